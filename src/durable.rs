@@ -1,0 +1,121 @@
+//! Durable file replacement: the one place where this server writes a file.
+//!
+//! A reader sees either the old file or the new one, never a mix, and once [`replace`]
+//! returns the new file survives a crash or power loss: the bytes go to a temp file in the
+//! same directory, which is fsynced, renamed over the target, and the directory (plus any
+//! directory created on the way) is fsynced so the rename itself is on disk.
+//!
+//! Temp files carry [`TEMP_PREFIX`]; one left by a crash is removed at start-up by the store.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// Name prefix of the temp files this module creates (a dot, so listings hide them).
+pub const TEMP_PREFIX: &str = ".tmp-";
+
+/// Atomically and durably replaces `path` with `bytes`, creating missing parent directories.
+///
+/// On error nothing is left behind: the temp file is removed and the previous content of
+/// `path`, if any, is untouched.
+pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
+    let created = create_dirs(dir)?;
+
+    let mut temp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempfile_in(dir)?;
+    temp.write_all(bytes)?;
+    temp.as_file().sync_all()?;
+    temp.persist(path).map_err(|e| e.error)?;
+
+    sync_dir(dir)?;
+    // A directory created just now is only durable once its own parent is synced.
+    for created_dir in created {
+        if let Some(parent) = created_dir.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+/// Durably renames `from` over `to` (both in one directory).
+pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
+    fs::rename(from, to)?;
+    match to.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
+/// Fsyncs a directory, so the names created, renamed or removed in it are durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` and its missing ancestors; returns the directories it created, outermost first.
+fn create_dirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut cursor = Some(dir);
+    while let Some(d) = cursor {
+        if d.as_os_str().is_empty() || d.is_dir() {
+            break;
+        }
+        missing.push(d.to_path_buf());
+        cursor = d.parent();
+    }
+    missing.reverse();
+    for d in &missing {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            // Another writer created it first; it still needs its parent synced, which the
+            // caller does for every directory in the list.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(missing)
+}
+
+/// Whether `name` is a temp file of [`replace`] (to be swept at start-up).
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with(TEMP_PREFIX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_creates_directories_and_leaves_no_temp_file() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("a/b/c.json");
+        replace(&path, b"one").unwrap();
+        replace(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("c.json")]);
+    }
+
+    #[test]
+    fn a_failed_replace_keeps_the_old_file() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("x.json");
+        replace(&path, b"old").unwrap();
+        // Renaming a file over a non-empty directory fails after the temp file was written.
+        let blocked = root.path().join("dir");
+        fs::create_dir_all(blocked.join("inner")).unwrap();
+        assert!(replace(&blocked, b"new").is_err());
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        let temps = fs::read_dir(root.path())
+            .unwrap()
+            .filter(|e| is_temp_name(&e.as_ref().unwrap().file_name().to_string_lossy()))
+            .count();
+        assert_eq!(temps, 0);
+    }
+}

@@ -1,0 +1,54 @@
+//! Errors at the server's two boundaries: what a Socket.IO client sees, and what stops start-up.
+
+use crate::config::ConfigError;
+use crate::protocol::MAX_DATA_LEN;
+use crate::store::{self, MAX_VERSION};
+
+/// Why an event could not be served. The client receives `{ error: "<this message>" }` as the
+/// acknowledgement and stays connected.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `get` or `set` before a `ref`.
+    #[error("Reference is not provided")]
+    NoRef,
+    /// `ref` with anything but 64 hex characters or `null`.
+    #[error("Invalid reference: expected 64 hexadecimal characters or null")]
+    InvalidRef,
+    /// `get`/`set` whose argument is not an object (`null`, a number, a string, an array).
+    #[error("Invalid argument: expected an object")]
+    NotAnObject,
+    /// A binary attachment, which no event of the protocol takes.
+    #[error("Invalid argument: binary attachments are not supported")]
+    Binary,
+    /// `known` or `version` that is not an integer in range.
+    #[error("Invalid {0}: expected an integer from 1 to {MAX_VERSION}")]
+    InvalidVersion(&'static str),
+    /// `data` that is not base64 text or is too long.
+    #[error("Invalid data: expected a base64 string of at most {MAX_DATA_LEN} characters")]
+    InvalidData,
+    /// The socket already has the maximum number of events waiting to run.
+    #[error("Too many pending requests on this connection")]
+    Busy,
+    /// The server is shutting down and takes no new events.
+    #[error("Server is shutting down")]
+    Closing,
+    /// The store failed. The cause is logged; the client only learns that nothing was done
+    /// (for `set`: the previous version is intact).
+    #[error("Storage error: the operation was not carried out")]
+    Store(#[from] store::Error),
+}
+
+/// Why the server could not start. The binary prints it as one sentence and exits non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot open the storage directory {path}: {source}")]
+    Storage {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}

@@ -1,0 +1,101 @@
+//! Blobs: a self-hosted blob server with optimistic concurrency and real-time change
+//! notifications, wire-compatible with the Node.js original (Socket.IO v4, one JSON file per
+//! blob). Every blob has a version that grows by one per write; a write names the version it
+//! replaces and a stale write is refused with the current data; every committed write is
+//! pushed as `changed` to the other clients watching that blob.
+//!
+//! # Layout
+//! - [`config`]: flags, environment and `.env`.
+//! - [`auth`]: bucket tokens (JWT), verification and minting.
+//! - [`names`]: validated bucket and ref names, the only inputs of a storage path.
+//! - [`store`]: versioned blobs, the storage trait and the JSON-file store.
+//! - [`durable`]: the one function that replaces a file (temp file, fsync, rename, fsync dir).
+//! - [`protocol`]: the Socket.IO events and their acknowledgements.
+//! - [`state`]: the shared state handle.
+//! - [`error`]: what clients and operators see when something fails.
+//! - [`client`]: a minimal Socket.IO-over-WebSocket client for exact-packet tests and the
+//!   benchmark.
+//!
+//! [`run`] serves on a listener until a shutdown future resolves; the binaries are thin
+//! wrappers around it.
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod durable;
+pub mod error;
+pub mod names;
+pub mod protocol;
+pub mod state;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{Method, StatusCode};
+use axum::response::IntoResponse;
+use socketioxide::SocketIo;
+use tokio::net::TcpListener;
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+
+use crate::auth::Keys;
+use crate::config::Config;
+use crate::error::StartError;
+use crate::protocol::MAX_MESSAGE_LEN;
+use crate::state::AppState;
+use crate::store::FsStore;
+
+/// Serves Blobs on `listener` until `shutdown` resolves, then shuts down gracefully: new events
+/// are refused, every event already accepted (writes included) is finished and acknowledged,
+/// and only then are the sockets closed.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let keys = Keys::new(config.secret()?);
+    let store = FsStore::open(&config.storage).map_err(|source| StartError::Storage {
+        path: config.storage.display().to_string(),
+        source,
+    })?;
+    let state = AppState::new(keys, Arc::new(store));
+
+    let (layer, io) = SocketIo::builder()
+        .with_state(state.clone())
+        .max_payload(MAX_MESSAGE_LEN as u64)
+        .ws_max_message_size(MAX_MESSAGE_LEN)
+        .ws_max_frame_size(MAX_MESSAGE_LEN)
+        .build_layer();
+    protocol::register(&io);
+
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::mirror_request())
+        .allow_credentials(true)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers(AllowHeaders::mirror_request());
+    let app = Router::new()
+        .fallback(not_found)
+        .layer(layer)
+        .layer(cors);
+
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, storage = %config.storage.display(), "listening");
+    }
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing accepted events");
+            state.drain().await;
+            io.close().await;
+        })
+        .await
+        .map_err(StartError::Serve)
+}
+
+async fn not_found() -> impl IntoResponse {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({ "error": "Not found" })),
+    )
+}

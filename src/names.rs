@@ -1,0 +1,118 @@
+//! Validated names: the bucket a token grants and the ref a client subscribes to.
+//!
+//! Every storage path is built from these two types and nothing else, so a name that could
+//! escape the storage root (`..`, `a/b`, NUL, an absolute path) can never reach the file
+//! system: it is refused here, before any path exists.
+
+use std::fmt;
+
+/// Longest bucket name, in bytes (the first character plus 127 more).
+const MAX_BUCKET_LEN: usize = 128;
+
+/// Length of a ref: 32 bytes written as hex.
+const REF_LEN: usize = 64;
+
+/// A bucket name that is safe as one directory name: `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`.
+///
+/// Upper case is kept as it is, because buckets of the original may use it and their
+/// directories must keep their names.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Bucket(String);
+
+impl Bucket {
+    /// Accepts `name` when it matches the pattern above.
+    pub fn parse(name: &str) -> Option<Self> {
+        let bytes = name.as_bytes();
+        let first_ok = bytes.first().is_some_and(u8::is_ascii_alphanumeric);
+        let rest_ok = bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        (first_ok && rest_ok && bytes.len() <= MAX_BUCKET_LEN).then(|| Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Bucket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A blob reference: 64 hex characters, normalised to lower case.
+///
+/// The original accepted either case but stored the name as sent, so one blob could have two
+/// files; lower-casing here gives every blob exactly one name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ref(String);
+
+impl Ref {
+    /// Accepts 64 ASCII hex digits of either case.
+    pub fn parse(text: &str) -> Option<Self> {
+        (text.len() == REF_LEN && text.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| Self(text.to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The shard directory of this ref: its first two characters.
+    pub fn shard(&self) -> &str {
+        &self.0[..2]
+    }
+}
+
+impl fmt::Display for Ref {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_single_safe_directory_names() {
+        for ok in ["a", "A", "0", "My.Bucket_1-2", &"b".repeat(128)] {
+            assert!(Bucket::parse(ok).is_some(), "{ok:?} should be accepted");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "-x",
+            "_x",
+            "a/b",
+            "a\\b",
+            "a\0b",
+            "a b",
+            "é",
+            &"b".repeat(129),
+        ] {
+            assert!(Bucket::parse(bad).is_none(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn refs_are_64_hex_lower_cased() {
+        let upper = "AB".repeat(32);
+        let r = Ref::parse(&upper).expect("hex of either case is a ref");
+        assert_eq!(r.as_str(), "ab".repeat(32));
+        assert_eq!(r.shard(), "ab");
+        for bad in [
+            String::new(),
+            "a".repeat(63),
+            "a".repeat(65),
+            "g".repeat(64),
+            format!("{}é", "a".repeat(62)),
+            format!("../{}", "a".repeat(61)),
+        ] {
+            assert!(Ref::parse(&bad).is_none(), "{bad:?} should be refused");
+        }
+    }
+}

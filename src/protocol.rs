@@ -1,0 +1,463 @@
+//! The Socket.IO protocol of the original: authentication, and the `now`, `ref`, `get` and
+//! `set` events with their acknowledgements, plus `changed` to the other subscribers of a blob.
+//!
+//! Two properties shape this module:
+//! - **Events take effect in the order a socket sent them.** socketioxide runs every async
+//!   handler in its own task, so `ref` followed at once by `get` could run out of order. Our
+//!   [`Handler`] therefore implements `MessageHandler` directly: socketioxide calls it
+//!   synchronously, in arrival order, and it only appends the event to the socket's queue. One
+//!   task per socket (started when the queue becomes non-empty, ended when it is empty, so idle
+//!   sockets cost no task) runs the events one by one.
+//! - **No event is ever missed.** Handlers are registered in the connect middleware, which
+//!   socketioxide awaits before it sends CONNECT, so an event emitted on `connect` always finds
+//!   its handler.
+//!
+//! This module never touches files: it validates, calls the store, and answers.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use serde_json::{Map, Value as Json, json};
+use socketioxide::SocketIo;
+use socketioxide::adapter::LocalAdapter;
+use socketioxide::extract::{AckSender, SocketRef, State, TryData};
+use socketioxide::handler::{ConnectHandler, FromMessageParts, MessageHandler, Value};
+use socketioxide::socket::{DisconnectReason, Socket};
+
+use crate::error::Error;
+use crate::names::{Bucket, Ref};
+use crate::state::AppState;
+use crate::store::{MAX_VERSION, SetOutcome, SetRequest};
+
+/// Longest `data` accepted, in base64 characters (the documented maximum: 768 KiB of bytes).
+pub const MAX_DATA_LEN: usize = 1_048_576;
+
+/// Largest Socket.IO message accepted on either transport: room for a maximal `set` with its
+/// framing. A larger frame disconnects only the client that sent it.
+pub const MAX_MESSAGE_LEN: usize = 2 * 1024 * 1024;
+
+/// Events a socket may have waiting to run. Past this, new events are answered
+/// `{ error }` at once instead of queued, which bounds a socket's memory.
+const MAX_PENDING: usize = 64;
+
+/// The message of the connect error every refused handshake gets.
+const ACCESS_DENIED: &str = "Access denied";
+
+/// An acknowledgement with no argument: serialises as `[]`, so the callback gets `undefined`.
+const NO_ARGS: [(); 0] = [];
+
+/// Mounts the protocol on the default namespace.
+pub fn register(io: &SocketIo) {
+    io.ns("/", on_connect.with(authenticate));
+}
+
+/// The refused handshake; the client's `connect_error` carries this message.
+#[derive(Debug, thiserror::Error)]
+#[error("{ACCESS_DENIED}")]
+struct AccessDenied;
+
+/// Verifies the token of the handshake (`auth: { token }`) and prepares the socket. Runs
+/// before CONNECT is sent, which is why the event handlers are registered here.
+async fn authenticate(
+    socket: SocketRef,
+    TryData(auth): TryData<Json>,
+    State(state): State<AppState>,
+) -> Result<(), AccessDenied> {
+    let token = auth.ok().and_then(|a| a.get("token")?.as_str().map(str::to_owned));
+    let Some(bucket) = token.and_then(|t| state.keys().verify(&t)) else {
+        tracing::debug!(sid = %socket.id, "handshake refused");
+        return Err(AccessDenied);
+    };
+    let ip = client_ip(&socket);
+    tracing::debug!(sid = %socket.id, %bucket, %ip, "connected");
+    let session = Arc::new(Session {
+        state,
+        bucket,
+        ip,
+        queue: Mutex::new(Queue::default()),
+    });
+    for event in [Event::Now, Event::Ref, Event::Get, Event::Set] {
+        let handler = Handler {
+            event,
+            session: session.clone(),
+        };
+        socket.on(event.name(), handler);
+    }
+    Ok(())
+}
+
+async fn on_connect(socket: SocketRef) {
+    socket.on_disconnect(async |socket: SocketRef, reason: DisconnectReason| {
+        tracing::debug!(sid = %socket.id, ?reason, "disconnected");
+    });
+}
+
+/// The `X-Real-IP` header set by the reverse proxy, when it holds an address.
+fn client_ip(socket: &SocketRef) -> String {
+    socket
+        .req_parts()
+        .headers
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok())
+        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Event {
+    Now,
+    Ref,
+    Get,
+    Set,
+}
+
+impl Event {
+    fn name(self) -> &'static str {
+        match self {
+            Event::Now => "now",
+            Event::Ref => "ref",
+            Event::Get => "get",
+            Event::Set => "set",
+        }
+    }
+}
+
+/// One connection's protocol state.
+struct Session {
+    state: AppState,
+    bucket: Bucket,
+    ip: String,
+    /// Events waiting to run and the subscription. A std mutex: held only to push, pop or
+    /// read, never across an await.
+    queue: Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Whether a task is running this queue; at most one is, which is what keeps the order.
+    running: bool,
+    /// The ref `get` and `set` act on.
+    subscribed: Option<Ref>,
+}
+
+struct Job {
+    socket: SocketRef,
+    /// `None` when the event came without an ack callback: the socket is disconnected.
+    call: Option<Call>,
+}
+
+struct Call {
+    event: Event,
+    args: Result<Vec<Json>, Error>,
+    ack: AckSender,
+}
+
+/// Marker for [`Handler`]'s `MessageHandler` implementation.
+struct Ordered;
+
+/// The synchronous handler socketioxide calls in arrival order; see the module doc.
+struct Handler {
+    event: Event,
+    session: Arc<Session>,
+}
+
+impl MessageHandler<LocalAdapter, Ordered> for Handler {
+    fn call(&self, socket: Arc<Socket>, mut value: Value, ack_id: Option<i64>) {
+        let call = ack_id.is_some().then(|| {
+            let ack = match AckSender::from_message_parts(&socket, &mut value, &ack_id) {
+                Ok(ack) => ack,
+                Err(never) => match never {},
+            };
+            Call {
+                event: self.event,
+                args: event_args(&value),
+                ack,
+            }
+        });
+        self.session.enqueue(Job {
+            socket: SocketRef::from(socket),
+            call,
+        });
+    }
+}
+
+/// The arguments of an event packet `["name", ...args]`, without the name.
+fn event_args(value: &Value) -> Result<Vec<Json>, Error> {
+    let Value::Str(text, binaries) = value else {
+        return Err(Error::Binary);
+    };
+    if binaries.as_ref().is_some_and(|b| !b.is_empty()) {
+        return Err(Error::Binary);
+    }
+    let mut items: Vec<Json> = serde_json::from_str(text.as_str()).map_err(|_| Error::NotAnObject)?;
+    if !items.is_empty() {
+        items.remove(0);
+    }
+    Ok(items)
+}
+
+impl Session {
+    fn enqueue(self: &Arc<Self>, job: Job) {
+        let refused = if self.state.is_closing() {
+            Some(Error::Closing)
+        } else {
+            let mut queue = self.queue.lock().expect("queue lock poisoned");
+            if queue.jobs.len() >= MAX_PENDING {
+                Some(Error::Busy)
+            } else {
+                queue.jobs.push_back(job);
+                if !queue.running {
+                    queue.running = true;
+                    let session = self.clone();
+                    self.state.tasks().spawn(async move { session.run_queue().await });
+                }
+                return;
+            }
+        };
+        if let (Some(error), Some(call)) = (refused, job.call) {
+            answer(call.ack, Err(error));
+        }
+    }
+
+    async fn run_queue(self: Arc<Self>) {
+        loop {
+            let job = {
+                let mut queue = self.queue.lock().expect("queue lock poisoned");
+                match queue.jobs.pop_front() {
+                    Some(job) => job,
+                    None => {
+                        queue.running = false;
+                        return;
+                    }
+                }
+            };
+            // A socket that is gone (or was disconnected for a missing ack) runs nothing more.
+            if !job.socket.connected() {
+                continue;
+            }
+            match job.call {
+                Some(call) => self.run(&job.socket, call).await,
+                None => {
+                    tracing::debug!(sid = %job.socket.id, "event without ack callback: disconnecting");
+                    job.socket.disconnect().ok();
+                }
+            }
+        }
+    }
+
+    async fn run(&self, socket: &SocketRef, call: Call) {
+        let Call { event, args, ack } = call;
+        let args = match args {
+            Ok(args) => args,
+            Err(error) => return answer(ack, Err(error)),
+        };
+        let reply = match event {
+            Event::Now => Ok(Reply::Json(json!({ "timestamp": now_ms() }))),
+            Event::Ref => self.subscribe(socket, args.first()),
+            Event::Get => self.get(args.first()).await,
+            Event::Set => self.set(socket, args.first()).await,
+        };
+        answer(ack, reply);
+    }
+
+    fn subscribe(&self, socket: &SocketRef, arg: Option<&Json>) -> Result<Reply, Error> {
+        let new = match arg {
+            Some(Json::Null) => None,
+            Some(Json::String(text)) => Some(Ref::parse(text).ok_or(Error::InvalidRef)?),
+            _ => return Err(Error::InvalidRef),
+        };
+        let mut queue = self.queue.lock().expect("queue lock poisoned");
+        if let Some(old) = queue.subscribed.take() {
+            socket.leave(self.room(&old));
+        }
+        if let Some(r) = &new {
+            socket.join(self.room(r));
+        }
+        queue.subscribed = new;
+        Ok(Reply::Empty)
+    }
+
+    fn subscribed(&self) -> Result<Ref, Error> {
+        let queue = self.queue.lock().expect("queue lock poisoned");
+        queue.subscribed.clone().ok_or(Error::NoRef)
+    }
+
+    async fn get(&self, arg: Option<&Json>) -> Result<Reply, Error> {
+        let known = optional_version(object(arg)?, "known")?;
+        let r = self.subscribed()?;
+        let Some(blob) = self.state.store().get(&self.bucket, &r).await? else {
+            return Ok(Reply::Json(Json::Null));
+        };
+        Ok(Reply::Json(if known == Some(blob.version) {
+            json!({ "version": blob.version })
+        } else {
+            with_data(json!({ "version": blob.version }), blob.data.as_deref())
+        }))
+    }
+
+    async fn set(&self, socket: &SocketRef, arg: Option<&Json>) -> Result<Reply, Error> {
+        let params = object(arg)?;
+        let version = optional_version(params, "version")?;
+        let data = optional_data(params)?;
+        let r = self.subscribed()?;
+        let request = SetRequest {
+            data,
+            version,
+            ip: self.ip.clone(),
+            now: now_ms(),
+        };
+        let outcome = self.state.store().set(&self.bucket, &r, request).await;
+        match outcome? {
+            SetOutcome::Committed { version } => {
+                tracing::debug!(bucket = %self.bucket, r#ref = %r, version, "committed");
+                let room = self.room(&r);
+                if let Err(e) = socket.to(room).emit("changed", &NO_ARGS).await {
+                    tracing::warn!(bucket = %self.bucket, r#ref = %r, "broadcast of changed failed: {e}");
+                }
+                Ok(Reply::Json(json!({ "success": true, "version": version })))
+            }
+            SetOutcome::Conflict(current) => Ok(Reply::Json(with_data(
+                json!({ "success": false, "version": current.version }),
+                current.data.as_deref(),
+            ))),
+        }
+    }
+
+    /// The Socket.IO room of one blob: its subscribers.
+    fn room(&self, r: &Ref) -> String {
+        format!("{}/{}", self.bucket, r)
+    }
+}
+
+/// A successful acknowledgement.
+enum Reply {
+    /// No argument (`ref`).
+    Empty,
+    Json(Json),
+}
+
+fn answer(ack: AckSender, reply: Result<Reply, Error>) {
+    let sent = match reply {
+        Ok(Reply::Empty) => ack.send(&NO_ARGS),
+        Ok(Reply::Json(value)) => ack.send(&value),
+        Err(error) => {
+            if let Error::Store(cause) = &error {
+                tracing::error!("storage failure: {cause}");
+            }
+            ack.send(&json!({ "error": error.to_string() }))
+        }
+    };
+    if let Err(e) = sent {
+        tracing::debug!("acknowledgement not delivered: {e}");
+    }
+}
+
+fn with_data(mut reply: Json, data: Option<&str>) -> Json {
+    if let (Some(data), Some(map)) = (data, reply.as_object_mut()) {
+        map.insert("data".to_owned(), Json::String(data.to_owned()));
+    }
+    reply
+}
+
+fn object(arg: Option<&Json>) -> Result<&Map<String, Json>, Error> {
+    arg.and_then(Json::as_object).ok_or(Error::NotAnObject)
+}
+
+/// `known` or `version`: absent or `null` is `None`; otherwise an integer in `1..=MAX_VERSION`.
+fn optional_version(params: &Map<String, Json>, key: &'static str) -> Result<Option<u64>, Error> {
+    match params.get(key) {
+        None | Some(Json::Null) => Ok(None),
+        Some(value) => value
+            .as_u64()
+            .filter(|v| (1..=MAX_VERSION).contains(v))
+            .map(Some)
+            .ok_or(Error::InvalidVersion(key)),
+    }
+}
+
+/// `data`: absent or `null` is `None`; otherwise standard base64 (padding optional, no
+/// whitespace) of at most [`MAX_DATA_LEN`] characters, kept exactly as sent.
+fn optional_data(params: &Map<String, Json>) -> Result<Option<String>, Error> {
+    match params.get("data") {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::String(text)) if text.len() <= MAX_DATA_LEN && is_base64(text) => {
+            Ok(Some(text.clone()))
+        }
+        Some(_) => Err(Error::InvalidData),
+    }
+}
+
+fn is_base64(text: &str) -> bool {
+    const ENGINE: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    ENGINE.decode(text).is_ok()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(value: Json) -> Map<String, Json> {
+        value.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn versions_are_integers_in_the_safe_range() {
+        for ok in [json!({}), json!({"known": null})] {
+            assert_eq!(optional_version(&params(ok), "known").unwrap(), None);
+        }
+        assert_eq!(
+            optional_version(&params(json!({"known": MAX_VERSION})), "known").unwrap(),
+            Some(MAX_VERSION)
+        );
+        for bad in [
+            json!({"known": 0}),
+            json!({"known": -1}),
+            json!({"known": 1.5}),
+            json!({"known": "1"}),
+            json!({"known": MAX_VERSION + 1}),
+            json!({"known": 1e300}),
+            json!({"known": [1]}),
+        ] {
+            assert!(optional_version(&params(bad), "known").is_err());
+        }
+    }
+
+    #[test]
+    fn data_is_bounded_base64() {
+        assert_eq!(optional_data(&params(json!({}))).unwrap(), None);
+        for ok in ["", "aGk=", "aGk", "+/+/"] {
+            assert_eq!(
+                optional_data(&params(json!({ "data": ok }))).unwrap().as_deref(),
+                Some(ok)
+            );
+        }
+        let max = "A".repeat(MAX_DATA_LEN);
+        assert!(optional_data(&params(json!({ "data": max }))).is_ok());
+        let over = "A".repeat(MAX_DATA_LEN + 4);
+        for bad in [
+            json!("aG k="),
+            json!("aGk=\n"),
+            json!("a-_b"),
+            json!("@@@@"),
+            json!(7),
+            json!({}),
+            json!(over),
+        ] {
+            assert!(optional_data(&params(json!({ "data": bad }))).is_err());
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The embedded store: one JSON file per blob under the storage root, in the original's layout
+//! `<root>/<bucket>/<ref[0..2]>/<ref>.json`.
+//!
+//! Writes go through [`durable::replace`] under a per-blob async lock, so compare-and-swap on one
+//! blob is serial while writes to different blobs overlap their fsyncs. Small blobs are kept in
+//! memory after first use; the files stay the source of truth, and the cache of a blob is only
+//! updated after its file is durable.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::durable;
+use crate::names::{Bucket, Ref};
+
+use super::{Blob, Error, Result, SetOutcome, SetRequest, Store, apply};
+
+/// Slots kept for blobs nobody is using; past this many, idle slots are dropped on the next
+/// insert (slots in use are never dropped, so the map can only exceed it by the number of
+/// operations in flight).
+const SLOT_LIMIT: usize = 4096;
+
+/// Blobs whose `data` is longer than this many characters are not kept in memory, which bounds
+/// the cache to about `SLOT_LIMIT * CACHED_DATA_LIMIT` (64 MiB).
+const CACHED_DATA_LIMIT: usize = 16 * 1024;
+
+/// Suffix of the backup files the original wrote before replacing a blob file.
+const BACKUP_SUFFIX: &str = ".backup";
+
+/// What is known in memory about one blob.
+enum Cached {
+    /// Not read yet, too large to keep, or in doubt after a failed write: read the file.
+    Unknown,
+    Missing,
+    Present(Arc<Blob>),
+}
+
+/// Guards one blob. A tokio mutex because it is held across the file read and the durable
+/// write: that is what makes compare-and-swap on one blob atomic.
+type Slot = tokio::sync::Mutex<Cached>;
+
+pub struct FsStore {
+    root: PathBuf,
+    /// Slot per recently used blob. A std mutex: held only to find or insert a slot, never
+    /// across an await.
+    slots: Mutex<HashMap<(Bucket, Ref), Arc<Slot>>>,
+}
+
+impl FsStore {
+    /// Opens (creating) the storage root, then repairs what a crash may have left: temp files
+    /// are removed and the original's `.backup` files are resolved (see [`recover_backup`]).
+    pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
+        let root = root.into();
+        fs::create_dir_all(&root)?;
+        sweep(&root)?;
+        Ok(Self {
+            root,
+            slots: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn path(&self, bucket: &Bucket, r: &Ref) -> PathBuf {
+        self.root
+            .join(bucket.as_str())
+            .join(r.shard())
+            .join(format!("{r}.json"))
+    }
+
+    fn slot(&self, bucket: &Bucket, r: &Ref) -> Arc<Slot> {
+        let mut slots = self.slots.lock().expect("slot map lock poisoned");
+        if let Some(slot) = slots.get(&(bucket.clone(), r.clone())) {
+            return slot.clone();
+        }
+        let slot = Arc::new(Slot::new(Cached::Unknown));
+        slots.insert((bucket.clone(), r.clone()), slot.clone());
+        if slots.len() > SLOT_LIMIT {
+            slots.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        slot
+    }
+
+    /// The current blob, from memory or from its file.
+    async fn load(&self, cached: &mut Cached, path: &Path) -> Result<Option<Arc<Blob>>> {
+        match cached {
+            Cached::Present(blob) => return Ok(Some(blob.clone())),
+            Cached::Missing => return Ok(None),
+            Cached::Unknown => {}
+        }
+        let owned = path.to_owned();
+        let blob = tokio::task::spawn_blocking(move || read_blob(&owned)).await??;
+        let blob = blob.map(Arc::new);
+        *cached = cache_entry(blob.as_ref());
+        Ok(blob)
+    }
+}
+
+fn cache_entry(blob: Option<&Arc<Blob>>) -> Cached {
+    match blob {
+        None => Cached::Missing,
+        Some(b) if b.data.as_ref().map_or(0, String::len) <= CACHED_DATA_LIMIT => {
+            Cached::Present(b.clone())
+        }
+        Some(_) => Cached::Unknown,
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for FsStore {
+    async fn get(&self, bucket: &Bucket, r: &Ref) -> Result<Option<Arc<Blob>>> {
+        let slot = self.slot(bucket, r);
+        let mut cached = slot.lock().await;
+        self.load(&mut cached, &self.path(bucket, r)).await
+    }
+
+    async fn set(&self, bucket: &Bucket, r: &Ref, request: SetRequest) -> Result<SetOutcome> {
+        let path = self.path(bucket, r);
+        let slot = self.slot(bucket, r);
+        let mut cached = slot.lock().await;
+        let current = self.load(&mut cached, &path).await?;
+        let blob = match apply(current.as_ref(), request)? {
+            Ok(blob) => Arc::new(blob),
+            Err(conflict) => return Ok(conflict),
+        };
+        let bytes = serde_json::to_vec(&*blob).expect("a blob always serialises");
+        // Until the write is known to be durable the file is in doubt.
+        *cached = Cached::Unknown;
+        let write_path = path.clone();
+        tokio::task::spawn_blocking(move || durable::replace(&write_path, &bytes))
+            .await?
+            .map_err(|source| io_error(&path, source))?;
+        *cached = cache_entry(Some(&blob));
+        Ok(SetOutcome::Committed {
+            version: blob.version,
+        })
+    }
+}
+
+fn io_error(path: &Path, source: io::Error) -> Error {
+    Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Reads one blob file; a missing file is `None`.
+fn read_blob(path: &Path) -> Result<Option<Blob>> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(io_error(path, source)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| Error::Corrupt {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+/// Walks `<root>/<bucket>/<shard>/` once at start-up: removes temp files and resolves backups.
+fn sweep(root: &Path) -> io::Result<()> {
+    for bucket in subdirs(root)? {
+        for shard in subdirs(&bucket)? {
+            for entry in fs::read_dir(&shard)? {
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if durable::is_temp_name(&name) {
+                    tracing::info!(path = %entry.path().display(), "removing temp file left by a crash");
+                    fs::remove_file(entry.path())?;
+                } else if name.ends_with(BACKUP_SUFFIX) {
+                    recover_backup(&entry.path())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn subdirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut dirs = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            dirs.push(entry.path());
+        }
+    }
+    Ok(dirs)
+}
+
+/// Resolves a `<ref>.json.backup` left by the original, which wrote the backup before replacing
+/// the blob file and deleted it afterwards. When the blob file is complete (it parses) the
+/// replacement finished and the backup is stale, so it is removed; when the blob file is
+/// missing or torn, the backup is the last complete version and is renamed back into place.
+fn recover_backup(backup: &Path) -> io::Result<()> {
+    let name = backup.to_string_lossy();
+    let target = PathBuf::from(&name[..name.len() - BACKUP_SUFFIX.len()]);
+    if matches!(read_blob(&target), Ok(Some(_))) {
+        tracing::info!(path = %backup.display(), "removing stale backup of a complete blob file");
+        fs::remove_file(backup)?;
+        if let Some(dir) = backup.parent() {
+            durable::sync_dir(dir)?;
+        }
+    } else if matches!(read_blob(backup), Ok(Some(_))) {
+        tracing::warn!(path = %target.display(), "restoring blob file from its backup");
+        durable::rename(backup, &target)?;
+    } else {
+        tracing::error!(path = %backup.display(), "backup and blob file are both unreadable; left as they are");
+    }
+    Ok(())
+}
