@@ -68,11 +68,11 @@ impl RawClient {
         if !open.starts_with('0') {
             return Err(ClientError::Unexpected(open));
         }
-        client.send_raw(&format!("40{auth}")).await?;
+        client.send_raw(&format!("0{auth}")).await?;
         let reply = client.recv().await?;
-        if reply.starts_with("40") {
+        if reply.starts_with('0') {
             Ok(client)
-        } else if let Some(error) = reply.strip_prefix("44") {
+        } else if let Some(error) = reply.strip_prefix('4') {
             let message: Value = serde_json::from_str(error).unwrap_or(Value::Null);
             Err(ClientError::Refused(
                 message["message"].as_str().unwrap_or(error).to_owned(),
