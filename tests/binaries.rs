@@ -1,0 +1,108 @@
+//! The two binaries as a user runs them: `token <bucket>` and the server itself.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+
+use blobs::client::{ClientError, RawClient};
+use common::{SECRET, TestServer, hex_ref};
+use serde_json::{Value, json};
+
+/// `token <bucket>` prints `Token for bucket: <bucket>` and a JWT the server accepts.
+#[tokio::test]
+async fn the_token_binary_mints_tokens_the_server_accepts() {
+    let cwd = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_token"))
+        .arg("Photos")
+        .env("TOKEN_SECRET", SECRET)
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert_eq!(lines[0], "Token for bucket: Photos");
+
+    let server = TestServer::start().await;
+    let mut client = RawClient::connect_token(server.addr, lines[1]).await.unwrap();
+    client.call("ref", &[json!(hex_ref("f0"))]).await.unwrap();
+    client.call1("set", json!({"data": "aGk="})).await.unwrap();
+    assert!(server.blob_path("Photos", &hex_ref("f0")).exists());
+    server.stop().await;
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_token"))
+        .arg("../etc")
+        .env("TOKEN_SECRET", SECRET)
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+/// Without TOKEN_SECRET the server refuses to start with one sentence and exit code 2.
+#[test]
+fn the_server_needs_a_secret() {
+    let cwd = tempfile::tempdir().unwrap();
+    for secret in [None, Some("")] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_blobs"));
+        command.current_dir(cwd.path()).env_remove("TOKEN_SECRET");
+        if let Some(secret) = secret {
+            command.env("TOKEN_SECRET", secret);
+        }
+        let output = command.output().unwrap();
+        assert_eq!(output.status.code(), Some(2));
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("TOKEN_SECRET"), "{stderr}");
+    }
+}
+
+/// SIGTERM: the server finishes, the client sees a clean close, the process exits 0, and
+/// the acknowledged write is on disk.
+#[tokio::test]
+async fn sigterm_shuts_down_cleanly() {
+    let storage = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blobs"))
+        .current_dir(storage.path())
+        .env("TOKEN_SECRET", SECRET)
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("STORAGE", storage.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr: SocketAddr = loop {
+        let line = lines.next().expect("server prints its address").unwrap();
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+
+    let mut client = RawClient::connect_token(addr, &common::token("b")).await.unwrap();
+    client.call("ref", &[json!(hex_ref("f1"))]).await.unwrap();
+    let ack = client.call1("set", json!({"data": "aGk="})).await.unwrap();
+    assert_eq!(ack["success"], true);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // The transport is closed cleanly (not a reset), so socket.io-client reconnects by itself
+    // once the server is back; a Socket.IO DISCONNECT would stop it from reconnecting.
+    let end = client.recv().await;
+    assert!(matches!(end, Err(ClientError::Closed)), "{end:?}");
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    let path = storage.path().join("b").join("f1").join(format!("{}.json", hex_ref("f1")));
+    let file: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    assert_eq!(file["version"], 1);
+}
