@@ -113,10 +113,26 @@ mod tests {
         let now = unix_seconds();
         let refused = [
             sign(Algorithm::HS256, json!({"bucket": "b"}), "other"),
-            sign(Algorithm::HS256, json!({"bucket": "b", "exp": now - 1}), SECRET),
-            sign(Algorithm::HS256, json!({"bucket": "b", "nbf": now + 3600}), SECRET),
-            sign(Algorithm::HS256, json!({"bucket": "b", "exp": "never"}), SECRET),
-            sign(Algorithm::HS256, json!({"bucket": "b", "nbf": "soon"}), SECRET),
+            sign(
+                Algorithm::HS256,
+                json!({"bucket": "b", "exp": now - 1}),
+                SECRET,
+            ),
+            sign(
+                Algorithm::HS256,
+                json!({"bucket": "b", "nbf": now + 3600}),
+                SECRET,
+            ),
+            sign(
+                Algorithm::HS256,
+                json!({"bucket": "b", "exp": "never"}),
+                SECRET,
+            ),
+            sign(
+                Algorithm::HS256,
+                json!({"bucket": "b", "nbf": "soon"}),
+                SECRET,
+            ),
             sign(Algorithm::HS256, json!({"iat": now}), SECRET),
             sign(Algorithm::HS256, json!({"bucket": ".."}), SECRET),
             sign(Algorithm::HS256, json!({"bucket": "a/b"}), SECRET),

@@ -141,7 +141,8 @@ impl RawClient {
         self.next_ack += 1;
         let mut payload = vec![json!(event)];
         payload.extend_from_slice(args);
-        self.send_raw(&format!("2{id}{}", Value::Array(payload))).await?;
+        self.send_raw(&format!("2{id}{}", Value::Array(payload)))
+            .await?;
         self.wait_ack(id).await
     }
 

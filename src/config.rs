@@ -10,7 +10,11 @@ use clap::Parser;
 
 /// Everything the server needs to start. Tests build it with [`Config::parse_from`].
 #[derive(Clone, Debug, Parser)]
-#[command(name = "blobs", version, about = "Blob server with optimistic concurrency over Socket.IO")]
+#[command(
+    name = "blobs",
+    version,
+    about = "Blob server with optimistic concurrency over Socket.IO"
+)]
 pub struct Config {
     /// Secret that signs and verifies the bucket tokens (HS256). Required and non-empty.
     #[arg(long, env = "TOKEN_SECRET", hide_env_values = true)]

@@ -32,12 +32,15 @@ pub mod store;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::Router;
+use axum::extract::Request;
 use axum::http::{Method, StatusCode};
 use axum::response::IntoResponse;
+use axum::{Router, ServiceExt};
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
+use tower::ServiceBuilder;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+use tower_http::map_response_body::MapResponseBodyLayer;
 
 use crate::auth::Keys;
 use crate::config::Config;
@@ -74,15 +77,19 @@ pub async fn run(
         .allow_credentials(true)
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
         .allow_headers(AllowHeaders::mirror_request());
-    let app = Router::new()
-        .fallback(not_found)
+    // Socket.IO wraps the router as one service: `Router::layer` would build one Engine.IO
+    // engine per route and fallback, and a long-polling session must always meet the engine
+    // that opened it.
+    let app = ServiceBuilder::new()
+        .layer(cors)
+        .layer(MapResponseBodyLayer::new(axum::body::Body::new))
         .layer(layer)
-        .layer(cors);
+        .service(Router::new().fallback(not_found));
 
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, storage = %config.storage.display(), "listening");
     }
-    axum::serve(listener, app)
+    axum::serve(listener, ServiceExt::<Request>::into_make_service(app))
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: finishing accepted events");

@@ -65,7 +65,9 @@ async fn authenticate(
     TryData(auth): TryData<Json>,
     State(state): State<AppState>,
 ) -> Result<(), AccessDenied> {
-    let token = auth.ok().and_then(|a| a.get("token")?.as_str().map(str::to_owned));
+    let token = auth
+        .ok()
+        .and_then(|a| a.get("token")?.as_str().map(str::to_owned));
     let Some(bucket) = token.and_then(|t| state.keys().verify(&t)) else {
         tracing::debug!(sid = %socket.id, "handshake refused");
         return Err(AccessDenied);
@@ -192,7 +194,8 @@ fn event_args(value: &Value) -> Result<Vec<Json>, Error> {
     if binaries.as_ref().is_some_and(|b| !b.is_empty()) {
         return Err(Error::Binary);
     }
-    let mut items: Vec<Json> = serde_json::from_str(text.as_str()).map_err(|_| Error::NotAnObject)?;
+    let mut items: Vec<Json> =
+        serde_json::from_str(text.as_str()).map_err(|_| Error::NotAnObject)?;
     if !items.is_empty() {
         items.remove(0);
     }
@@ -212,7 +215,9 @@ impl Session {
                 if !queue.running {
                     queue.running = true;
                     let session = self.clone();
-                    self.state.tasks().spawn(async move { session.run_queue().await });
+                    self.state
+                        .tasks()
+                        .spawn(async move { session.run_queue().await });
                 }
                 return;
             }
@@ -441,7 +446,9 @@ mod tests {
         assert_eq!(optional_data(&params(json!({}))).unwrap(), None);
         for ok in ["", "aGk=", "aGk", "+/+/"] {
             assert_eq!(
-                optional_data(&params(json!({ "data": ok }))).unwrap().as_deref(),
+                optional_data(&params(json!({ "data": ok })))
+                    .unwrap()
+                    .as_deref(),
                 Some(ok)
             );
         }

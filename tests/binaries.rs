@@ -27,7 +27,9 @@ async fn the_token_binary_mints_tokens_the_server_accepts() {
     assert_eq!(lines[0], "Token for bucket: Photos");
 
     let server = TestServer::start().await;
-    let mut client = RawClient::connect_token(server.addr, lines[1]).await.unwrap();
+    let mut client = RawClient::connect_token(server.addr, lines[1])
+        .await
+        .unwrap();
     client.call("ref", &[json!(hex_ref("f0"))]).await.unwrap();
     client.call1("set", json!({"data": "aGk="})).await.unwrap();
     assert!(server.blob_path("Photos", &hex_ref("f0")).exists());
@@ -85,7 +87,9 @@ async fn sigterm_shuts_down_cleanly() {
     // Keep draining the log so the server never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
 
-    let mut client = RawClient::connect_token(addr, &common::token("b")).await.unwrap();
+    let mut client = RawClient::connect_token(addr, &common::token("b"))
+        .await
+        .unwrap();
     client.call("ref", &[json!(hex_ref("f1"))]).await.unwrap();
     let ack = client.call1("set", json!({"data": "aGk="})).await.unwrap();
     assert_eq!(ack["success"], true);
@@ -99,10 +103,17 @@ async fn sigterm_shuts_down_cleanly() {
     // once the server is back; a Socket.IO DISCONNECT would stop it from reconnecting.
     let end = client.recv().await;
     assert!(matches!(end, Err(ClientError::Closed)), "{end:?}");
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status.code(), Some(0));
 
-    let path = storage.path().join("b").join("f1").join(format!("{}.json", hex_ref("f1")));
+    let path = storage
+        .path()
+        .join("b")
+        .join("f1")
+        .join(format!("{}.json", hex_ref("f1")));
     let file: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     assert_eq!(file["version"], 1);
 }

@@ -70,7 +70,11 @@ async fn bad_tokens_get_access_denied() {
         json!({ "token": "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJidWNrZXQiOiJiIn0." }),
     ];
     for auth in cases {
-        assert_eq!(refused(&server, auth.clone()).await, "Access denied", "{auth}");
+        assert_eq!(
+            refused(&server, auth.clone()).await,
+            "Access denied",
+            "{auth}"
+        );
     }
     let entries = std::fs::read_dir(server.storage()).unwrap().count();
     assert_eq!(entries, 0, "a refused client touches nothing on disk");
@@ -100,10 +104,22 @@ async fn tokens_of_the_original_are_accepted() {
 async fn ref_and_get_ack_shapes_are_exact() {
     let server = TestServer::start().await;
     let mut client = server.client("b").await;
-    assert_eq!(client.call_raw("ref", &[json!(hex_ref("ab"))]).await.unwrap(), "30[]");
-    assert_eq!(client.call_raw("get", &[json!({})]).await.unwrap(), "31[null]");
     assert_eq!(
-        client.call_raw("get", &[json!({"known": 3})]).await.unwrap(),
+        client
+            .call_raw("ref", &[json!(hex_ref("ab"))])
+            .await
+            .unwrap(),
+        "30[]"
+    );
+    assert_eq!(
+        client.call_raw("get", &[json!({})]).await.unwrap(),
+        "31[null]"
+    );
+    assert_eq!(
+        client
+            .call_raw("get", &[json!({"known": 3})])
+            .await
+            .unwrap(),
         "32[null]"
     );
     server.stop().await;
@@ -116,7 +132,10 @@ async fn set_is_compare_and_swap_and_get_honours_known() {
     let server = TestServer::start().await;
     let mut client = server.subscribed("b", &hex_ref("01")).await;
 
-    let created = client.call1("set", json!({"data": "aGk=", "version": 7})).await.unwrap();
+    let created = client
+        .call1("set", json!({"data": "aGk=", "version": 7}))
+        .await
+        .unwrap();
     assert_eq!(created, json!({"success": true, "version": 1}));
     assert_eq!(
         client.call1("get", json!({})).await.unwrap(),
@@ -131,9 +150,15 @@ async fn set_is_compare_and_swap_and_get_honours_known() {
         json!({"data": "aGk=", "version": 1})
     );
 
-    let updated = client.call1("set", json!({"data": "aGk9", "version": 1})).await.unwrap();
+    let updated = client
+        .call1("set", json!({"data": "aGk9", "version": 1}))
+        .await
+        .unwrap();
     assert_eq!(updated, json!({"success": true, "version": 2}));
-    for stale in [json!({"data": "eA==", "version": 1}), json!({"data": "eA=="})] {
+    for stale in [
+        json!({"data": "eA==", "version": 1}),
+        json!({"data": "eA=="}),
+    ] {
         assert_eq!(
             client.call1("set", stale).await.unwrap(),
             json!({"success": false, "data": "aGk9", "version": 2})
@@ -143,7 +168,10 @@ async fn set_is_compare_and_swap_and_get_honours_known() {
     // A blob may have a version and no data.
     let bare = client.call1("set", json!({"version": 2})).await.unwrap();
     assert_eq!(bare, json!({"success": true, "version": 3}));
-    assert_eq!(client.call1("get", json!({})).await.unwrap(), json!({"version": 3}));
+    assert_eq!(
+        client.call1("get", json!({})).await.unwrap(),
+        json!({"version": 3})
+    );
     assert_eq!(
         client.call1("set", json!({"version": 1})).await.unwrap(),
         json!({"success": false, "version": 3})
@@ -168,7 +196,10 @@ async fn ref_subscription_rules() {
     let mut client = server.client("b").await;
     let no_ref = json!({"error": "Reference is not provided"});
     assert_eq!(client.call1("get", json!({})).await.unwrap(), no_ref);
-    assert_eq!(client.call1("set", json!({"data": "aGk="})).await.unwrap(), no_ref);
+    assert_eq!(
+        client.call1("set", json!({"data": "aGk="})).await.unwrap(),
+        no_ref
+    );
 
     client.call("ref", &[json!(hex_ref("AB"))]).await.unwrap();
     assert_eq!(
@@ -182,7 +213,10 @@ async fn ref_subscription_rules() {
     );
     assert!(server.blob_path("b", &hex_ref("ab")).exists());
 
-    assert_eq!(client.call("ref", &[Value::Null]).await.unwrap(), Vec::<Value>::new());
+    assert_eq!(
+        client.call("ref", &[Value::Null]).await.unwrap(),
+        Vec::<Value>::new()
+    );
     assert_eq!(client.call1("get", json!({})).await.unwrap(), no_ref);
     server.stop().await;
 }
@@ -204,7 +238,10 @@ async fn invalid_arguments_get_error_acks() {
     ];
     for bad in bad_refs {
         let ack = client.call1("ref", bad.clone()).await.unwrap();
-        assert!(ack["error"].as_str().unwrap().contains("Invalid reference"), "{bad}: {ack}");
+        assert!(
+            ack["error"].as_str().unwrap().contains("Invalid reference"),
+            "{bad}: {ack}"
+        );
     }
     let ack = client.call("ref", &[]).await.unwrap();
     assert!(ack[0]["error"].is_string(), "ref without argument: {ack:?}");
@@ -227,22 +264,55 @@ async fn invalid_arguments_get_error_acks() {
         let ack = client.call(event, &[]).await.unwrap();
         assert!(ack[0]["error"].is_string(), "{event}(): {ack:?}");
     }
-    let versions = [json!(0), json!(-1), json!(1.5), json!("1"), huge.clone(), json!(9007199254740992u64), json!({"n": 1})];
+    let versions = [
+        json!(0),
+        json!(-1),
+        json!(1.5),
+        json!("1"),
+        huge.clone(),
+        json!(9007199254740992u64),
+        json!({"n": 1}),
+    ];
     for bad in &versions {
         let ack = client.call1("get", json!({"known": bad})).await.unwrap();
-        assert!(ack["error"].as_str().unwrap().starts_with("Invalid known"), "{bad}: {ack}");
-        let ack = client.call1("set", json!({"version": bad, "data": "aGk="})).await.unwrap();
-        assert!(ack["error"].as_str().unwrap().starts_with("Invalid version"), "{bad}: {ack}");
+        assert!(
+            ack["error"].as_str().unwrap().starts_with("Invalid known"),
+            "{bad}: {ack}"
+        );
+        let ack = client
+            .call1("set", json!({"version": bad, "data": "aGk="}))
+            .await
+            .unwrap();
+        assert!(
+            ack["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("Invalid version"),
+            "{bad}: {ack}"
+        );
     }
     let too_long = "A".repeat(1_048_580);
-    for bad in [json!("not base64!"), json!("aG k="), json!(" aGk="), json!(12), json!({"x": 1}), json!(too_long)] {
+    for bad in [
+        json!("not base64!"),
+        json!("aG k="),
+        json!(" aGk="),
+        json!(12),
+        json!({"x": 1}),
+        json!(too_long),
+    ] {
         let ack = client.call1("set", json!({"data": bad})).await.unwrap();
-        assert!(ack["error"].as_str().unwrap().starts_with("Invalid data"), "{ack}");
+        assert!(
+            ack["error"].as_str().unwrap().starts_with("Invalid data"),
+            "{ack}"
+        );
     }
     // Nothing of the above was written, and the socket still works; extra fields are ignored.
     assert_eq!(client.call1("get", json!({})).await.unwrap(), Value::Null);
     assert_eq!(
-        client.call1("set", json!({"data": "aGk=", "extra": {"deep": [1, 2]}})).await.unwrap(),
+        client
+            .call1("set", json!({"data": "aGk=", "extra": {"deep": [1, 2]}}))
+            .await
+            .unwrap(),
         json!({"success": true, "version": 1})
     );
     server.stop().await;
@@ -252,10 +322,19 @@ async fn invalid_arguments_get_error_acks() {
 #[tokio::test]
 async fn an_event_without_ack_disconnects() {
     let server = TestServer::start().await;
-    for packet in [r#"2["now"]"#, r#"2["ref",null]"#, r#"2["get",{}]"#, r#"2["set",{}]"#] {
+    for packet in [
+        r#"2["now"]"#,
+        r#"2["ref",null]"#,
+        r#"2["get",{}]"#,
+        r#"2["set",{}]"#,
+    ] {
         let mut client = server.client("b").await;
         client.send_raw(packet).await.unwrap();
-        assert_eq!(client.recv().await.unwrap(), "1", "{packet} gets a DISCONNECT packet");
+        assert_eq!(
+            client.recv().await.unwrap(),
+            "1",
+            "{packet} gets a DISCONNECT packet"
+        );
     }
     // Unknown events are ignored, as Socket.IO does, and others are unaffected.
     let mut client = server.client("b").await;
@@ -281,9 +360,18 @@ async fn events_take_effect_in_order() {
         };
         let ref_id = round * 2;
         let get_id = ref_id + 1;
-        client.send_raw(&format!(r#"2{ref_id}["ref","{r}"]"#)).await.unwrap();
-        client.send_raw(&format!(r#"2{get_id}["get",{{}}]"#)).await.unwrap();
-        assert_eq!(client.wait_ack(ref_id).await.unwrap(), format!("3{ref_id}[]"));
+        client
+            .send_raw(&format!(r#"2{ref_id}["ref","{r}"]"#))
+            .await
+            .unwrap();
+        client
+            .send_raw(&format!(r#"2{get_id}["get",{{}}]"#))
+            .await
+            .unwrap();
+        assert_eq!(
+            client.wait_ack(ref_id).await.unwrap(),
+            format!("3{ref_id}[]")
+        );
         let ack = client.wait_ack(get_id).await.unwrap();
         assert_eq!(ack, format!("3{get_id}[{expected}]"), "round {round}");
     }
@@ -317,11 +405,18 @@ async fn changed_reaches_the_other_subscribers_only() {
     }
     // `changed` is broadcast before the writer's ack, so one more round trip on every other
     // socket proves nothing was queued for it.
-    for client in [&mut writer, &mut other_ref, &mut other_bucket, &mut unsubscribed] {
+    for client in [
+        &mut writer,
+        &mut other_ref,
+        &mut other_bucket,
+        &mut unsubscribed,
+    ] {
         let ack = client.call_raw("now", &[]).await.unwrap();
         assert!(ack.contains("timestamp"));
         assert!(
-            tokio::time::timeout(std::time::Duration::ZERO, client.recv()).await.is_err(),
+            tokio::time::timeout(std::time::Duration::ZERO, client.recv())
+                .await
+                .is_err(),
             "no packet other than the ack arrived"
         );
     }
@@ -333,7 +428,11 @@ async fn changed_reaches_the_other_subscribers_only() {
         assert_eq!(watcher.recv().await.unwrap(), r#"2["changed"]"#);
     }
     quiet.call_raw("now", &[]).await.unwrap();
-    assert!(tokio::time::timeout(std::time::Duration::ZERO, quiet.recv()).await.is_err());
+    assert!(
+        tokio::time::timeout(std::time::Duration::ZERO, quiet.recv())
+            .await
+            .is_err()
+    );
     server.stop().await;
 }
 
@@ -429,10 +528,16 @@ async fn message_limits() {
     big.send_engine(&over).await.ok();
     let mut outcome = big.recv().await;
     while let Ok(packet) = &outcome {
-        assert!(!packet.starts_with("30"), "the oversized set must not be answered");
+        assert!(
+            !packet.starts_with("30"),
+            "the oversized set must not be answered"
+        );
         outcome = big.recv().await;
     }
     assert!(bystander.call1("now", Value::Null).await.unwrap()["timestamp"].is_u64());
-    assert_eq!(bystander.call1("get", json!({"known": 1})).await.unwrap(), json!({"version": 1}));
+    assert_eq!(
+        bystander.call1("get", json!({"known": 1})).await.unwrap(),
+        json!({"version": 1})
+    );
     server.stop().await;
 }

@@ -15,7 +15,10 @@ async fn a_restart_serves_what_was_acknowledged() {
     let mut version = None;
     for i in 0..5 {
         let ack = client
-            .call1("set", json!({"data": format!("{i}AAA"), "version": version}))
+            .call1(
+                "set",
+                json!({"data": format!("{i}AAA"), "version": version}),
+            )
             .await
             .unwrap();
         version = ack["version"].as_u64();
@@ -53,7 +56,12 @@ async fn a_store_of_the_original_is_read_as_is() {
         "",
         r#"{"data":"aGk=","version":3,"created":1763780000000,"updated":1763780100000,"ip":"203.0.113.7"}"#,
     );
-    write("MyApp", &bare, "", r#"{"version":1,"created":1763780000000,"ip":"unknown"}"#);
+    write(
+        "MyApp",
+        &bare,
+        "",
+        r#"{"version":1,"created":1763780000000,"ip":"unknown"}"#,
+    );
     write("MyApp", &torn, "", r#"{"data":"bmV3","vers"#);
     write(
         "MyApp",
@@ -93,12 +101,19 @@ async fn a_store_of_the_original_is_read_as_is() {
     let mut client = server.client("MyApp").await;
     for (r, expected) in &expectations {
         client.call("ref", &[json!(r)]).await.unwrap();
-        assert_eq!(client.call1("get", json!({})).await.unwrap(), *expected, "{r}");
+        assert_eq!(
+            client.call1("get", json!({})).await.unwrap(),
+            *expected,
+            "{r}"
+        );
     }
     // Writes continue from the stored version and keep `created`.
     client.call("ref", &[json!(plain)]).await.unwrap();
     assert_eq!(
-        client.call1("set", json!({"data": "eA==", "version": 3})).await.unwrap(),
+        client
+            .call1("set", json!({"data": "eA==", "version": 3}))
+            .await
+            .unwrap(),
         json!({"success": true, "version": 4})
     );
     let file: Value =
@@ -111,7 +126,10 @@ async fn a_store_of_the_original_is_read_as_is() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|name| !name.ends_with(".json"))
         .collect();
-    assert!(leftovers.is_empty(), "backups and temp files resolved: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "backups and temp files resolved: {leftovers:?}"
+    );
     server.stop().await;
 }
 
@@ -127,7 +145,10 @@ async fn a_corrupt_file_is_an_error_not_a_missing_blob() {
 
     let mut client = server.subscribed("b", &bad).await;
     let ack = client.call1("get", json!({})).await.unwrap();
-    assert!(ack["error"].as_str().unwrap().starts_with("Storage error"), "{ack}");
+    assert!(
+        ack["error"].as_str().unwrap().starts_with("Storage error"),
+        "{ack}"
+    );
     let ack = client.call1("set", json!({"data": "aGk="})).await.unwrap();
     assert!(ack["error"].is_string(), "{ack}");
     assert_eq!(fs::read_to_string(&path).unwrap(), "{not json");
@@ -153,7 +174,10 @@ async fn shutdown_acknowledges_writes_in_flight() {
     // and acknowledged or refused with an error, never left unanswered while the socket lives.
     for id in 101..110u64 {
         client
-            .send_raw(&format!(r#"2{id}["set",{{"data":"aGk=","version":{}}}]"#, id - 100))
+            .send_raw(&format!(
+                r#"2{id}["set",{{"data":"aGk=","version":{}}}]"#,
+                id - 100
+            ))
             .await
             .unwrap();
     }

@@ -160,7 +160,8 @@ mod tests {
         let text = r#"{"data":"aGk=","version":3,"created":1763780000000,"updated":1763780100000,"ip":"203.0.113.7"}"#;
         let blob: Blob = serde_json::from_str(text).unwrap();
         assert_eq!(serde_json::to_string(&blob).unwrap(), text);
-        let bare: Blob = serde_json::from_str(r#"{"version":1,"created":5,"ip":"unknown"}"#).unwrap();
+        let bare: Blob =
+            serde_json::from_str(r#"{"version":1,"created":5,"ip":"unknown"}"#).unwrap();
         assert_eq!(
             serde_json::to_string(&bare).unwrap(),
             r#"{"version":1,"created":5,"ip":"unknown"}"#

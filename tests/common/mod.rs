@@ -92,7 +92,10 @@ impl TestServer {
             .call_raw("ref", &[serde_json::json!(r)])
             .await
             .expect("ref ack");
-        assert!(ack.starts_with('3') && ack.ends_with("[]"), "ref is acknowledged with no argument: {ack}");
+        assert!(
+            ack.starts_with('3') && ack.ends_with("[]"),
+            "ref is acknowledged with no argument: {ack}"
+        );
         client
     }
 }

@@ -1,0 +1,79 @@
+//! Interop with Socket.IO clients nobody here wrote: the official JavaScript
+//! `socket.io-client` (WebSocket and long-polling) and python-socketio. The scenarios live in
+//! `tests/interop/`; `scripts/test` installs their dependencies.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{TestServer, token};
+use tokio::process::Command;
+
+/// Longest a scenario may take before it counts as hung.
+const SCENARIO_LIMIT: Duration = Duration::from_secs(120);
+
+fn interop_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+async fn run_scenario(program: PathBuf, script: &str, transport: &str) {
+    let dir = interop_dir();
+    assert!(
+        program.exists() || program.components().count() == 1,
+        "{} is missing: run scripts/test, which installs the interop clients",
+        program.display()
+    );
+    let server = TestServer::start().await;
+    let run = Command::new(&program)
+        .arg(dir.join(script))
+        .arg(transport)
+        .current_dir(&dir)
+        .env("BLOBS_URL", format!("http://{}", server.addr))
+        .env("BLOBS_TOKEN", token("interop"))
+        .env("BLOBS_TOKEN_OTHER", token("interop-other"))
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(SCENARIO_LIMIT, run)
+        .await
+        .expect("scenario finished in time")
+        .expect("scenario started");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{script} {transport} failed:\n{stdout}\n{stderr}"
+    );
+    assert_eq!(stdout.trim(), format!("ok {transport}"));
+    server.stop().await;
+}
+
+fn node_client_installed() {
+    assert!(
+        interop_dir().join("node_modules/socket.io-client").exists(),
+        "socket.io-client is not installed: run scripts/test, which installs the interop clients"
+    );
+}
+
+/// The official socket.io-client over WebSocket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_js_client_over_websocket() {
+    node_client_installed();
+    run_scenario("node".into(), "client.mjs", "websocket").await;
+}
+
+/// The official socket.io-client over HTTP long-polling, maximum payload included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_js_client_over_polling() {
+    node_client_installed();
+    run_scenario("node".into(), "client.mjs", "polling").await;
+}
+
+/// python-socketio over WebSocket and over long-polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_socketio_client() {
+    let python = interop_dir().join(".venv/bin/python");
+    for transport in ["websocket", "polling"] {
+        run_scenario(python.clone(), "client.py", transport).await;
+    }
+}

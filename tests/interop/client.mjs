@@ -1,0 +1,120 @@
+// Drives a Blobs server with the official socket.io-client, as browser apps of the original do.
+// Usage: BLOBS_URL=... BLOBS_TOKEN=... BLOBS_TOKEN_OTHER=... node client.mjs websocket|polling
+// Exits 0 and prints "ok" when every check passed; exits 1 with the failed check otherwise.
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { io } from 'socket.io-client';
+
+const url = process.env.BLOBS_URL;
+const token = process.env.BLOBS_TOKEN;
+const otherToken = process.env.BLOBS_TOKEN_OTHER;
+const transport = process.argv[2] ?? 'websocket';
+const options = { transports: [transport], reconnection: false, forceNew: true };
+
+setTimeout(() => {
+  console.error('interop scenario timed out');
+  process.exit(1);
+}, 60_000).unref();
+
+const newRef = () => randomBytes(32).toString('hex');
+
+function connect(auth) {
+  const socket = io(url, { ...options, auth });
+  return new Promise((resolve, reject) => {
+    socket.once('connect', () => resolve(socket));
+    socket.once('connect_error', (err) => {
+      socket.close();
+      reject(err);
+    });
+  });
+}
+
+function nextEvent(socket, name) {
+  return new Promise((resolve) => socket.once(name, (...args) => resolve(args)));
+}
+
+// The callback's arguments exactly, to tell "no argument" from null.
+function call(socket, event, ...args) {
+  return new Promise((resolve) => socket.emit(event, ...args, (...ackArgs) => resolve(ackArgs)));
+}
+
+async function main() {
+  // A refused handshake carries "Access denied".
+  for (const auth of [{}, { token: 'garbage' }]) {
+    await assert.rejects(connect(auth), (err) => err.message === 'Access denied');
+  }
+
+  // The apps' pattern: emit `ref` from the connect handler, before anything else.
+  const ref = newRef();
+  const refAck = new Promise((resolve) => {
+    const socket = io(url, { ...options, auth: { token } });
+    socket.on('connect', () => socket.emit('ref', ref, (...args) => resolve([socket, args])));
+  });
+  const [writer, refArgs] = await refAck;
+  assert.deepEqual(refArgs, [], 'ref is acknowledged with no argument');
+  assert.deepEqual(await call(writer, 'get', {}), [null], 'a missing blob is null');
+
+  const watcher = await connect({ token });
+  await call(watcher, 'ref', ref.toUpperCase());
+  const otherBucket = await connect({ token: otherToken });
+  await call(otherBucket, 'ref', ref);
+  let otherBucketHeard = false;
+  otherBucket.on('changed', () => { otherBucketHeard = true; });
+  let writerHeard = false;
+  writer.on('changed', () => { writerHeard = true; });
+
+  const changed = nextEvent(watcher, 'changed');
+  assert.deepEqual(await call(writer, 'set', { data: 'aGVsbG8=' }), [{ success: true, version: 1 }]);
+  assert.deepEqual(await changed, [], 'changed has no argument');
+  assert.deepEqual(await call(watcher, 'get', { known: 1 }), [{ version: 1 }]);
+  assert.deepEqual(await call(watcher, 'get', {}), [{ data: 'aGVsbG8=', version: 1 }]);
+  assert.deepEqual(
+    await call(watcher, 'set', { data: 'eA==', version: 7 }),
+    [{ success: false, data: 'aGVsbG8=', version: 1 }],
+  );
+
+  // The documented maximum fits in one set on this transport.
+  const max = 'QUJD'.repeat(1_048_576 / 4);
+  const bigChanged = nextEvent(watcher, 'changed');
+  assert.deepEqual(await call(writer, 'set', { data: max, version: 1 }), [{ success: true, version: 2 }]);
+  await bigChanged;
+  const [big] = await call(watcher, 'get', { known: 1 });
+  assert.equal(big.data.length, 1_048_576);
+  assert.equal(big.version, 2);
+
+  // Wrong shapes are answered with an error and the socket stays usable.
+  for (const [event, arg] of [['get', null], ['set', 'x'], ['get', 5], ['ref', 'nothex'], ['set', { version: 0 }]]) {
+    const [ack] = await call(writer, event, arg);
+    assert.equal(typeof ack.error, 'string', `${event}(${JSON.stringify(arg)})`);
+  }
+  assert.equal(typeof (await call(writer, 'now'))[0].timestamp, 'number');
+
+  // Events take effect in order: ref then get at once, without waiting for the first ack.
+  const fresh = newRef();
+  writer.emit('ref', fresh, () => {});
+  assert.deepEqual(await call(writer, 'get', {}), [null]);
+  writer.emit('ref', ref, () => {});
+  assert.equal((await call(writer, 'get', {}))[0].version, 2);
+
+  // One more round trip on each socket that must not have heard `changed`.
+  await call(otherBucket, 'now');
+  assert.equal(otherBucketHeard, false, 'other buckets hear nothing');
+  assert.equal(writerHeard, false, 'the writer does not receive its own changed');
+
+  // An event without an ack callback disconnects that socket.
+  const rude = await connect({ token });
+  const reason = new Promise((resolve) => rude.once('disconnect', resolve));
+  rude.emit('now');
+  assert.equal(await reason, 'io server disconnect');
+
+  for (const socket of [writer, watcher, otherBucket]) socket.close();
+  console.log(`ok ${transport}`);
+}
+
+main().then(
+  () => process.exit(0),
+  (err) => {
+    console.error(err);
+    process.exit(1);
+  },
+);
