@@ -33,8 +33,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::Request;
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
+use axum::serve::ListenerExt;
 use axum::{Router, ServiceExt};
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
@@ -69,6 +70,7 @@ pub async fn run(
         .max_payload(MAX_MESSAGE_LEN as u64)
         .ws_max_message_size(MAX_MESSAGE_LEN)
         .ws_max_frame_size(MAX_MESSAGE_LEN)
+        .ws_read_buffer_size(1024)
         .build_layer();
     protocol::register(&io);
 
@@ -82,6 +84,7 @@ pub async fn run(
     // that opened it.
     let app = ServiceBuilder::new()
         .layer(cors)
+        .map_request(detach_head)
         .layer(MapResponseBodyLayer::new(axum::body::Body::new))
         .layer(layer)
         .service(Router::new().fallback(not_found));
@@ -89,6 +92,12 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, storage = %config.storage.display(), "listening");
     }
+    // Small frames (acks, `changed`) go out at once rather than waiting on Nagle's algorithm.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(listener, ServiceExt::<Request>::into_make_service(app))
         .with_graceful_shutdown(async move {
             shutdown.await;
@@ -98,6 +107,24 @@ pub async fn run(
         })
         .await
         .map_err(StartError::Serve)
+}
+
+/// Copies the request's URI and header values into allocations of their own.
+///
+/// hyper parses them as slices of its connection read buffer (16 KiB), and an Engine.IO session
+/// keeps its handshake request for its whole life, so without this copy every idle connection
+/// would pin that whole buffer.
+fn detach_head(mut request: Request) -> Request {
+    for value in request.headers_mut().values_mut() {
+        if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
+            copy.set_sensitive(value.is_sensitive());
+            *value = copy;
+        }
+    }
+    if let Ok(uri) = Uri::try_from(request.uri().to_string()) {
+        *request.uri_mut() = uri;
+    }
+    request
 }
 
 async fn not_found() -> impl IntoResponse {

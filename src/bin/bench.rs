@@ -1,0 +1,359 @@
+//! Benchmark: starts the release server on a temp directory and drives it over real WebSocket
+//! connections, then prints the figures as JSON.
+//!
+//! `cargo run --release --bin bench -- [--seconds N] [--dir DIR]`
+//!
+//! Scenarios: `set` (32 clients, each its own ref, 1 KiB data, CAS loop), `get` (32 clients),
+//! `contend` (16 clients CAS-looping on one ref), `fanout` (1 writer, 1,000 subscribers: time
+//! from write to `changed`), and `idle` (server memory per idle connection, 2,000 sockets).
+//! The same run measures this disk's serial write+fsync+rename+fsync-dir rate, through the
+//! server's own durable replace, and reports `set` throughput as a multiple of it.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use blobs::auth::Keys;
+use blobs::client::RawClient;
+use blobs::names::Bucket;
+
+#[derive(Parser)]
+#[command(
+    name = "bench",
+    about = "Throughput, latency and memory figures of a Blobs server"
+)]
+struct Args {
+    /// Seconds each throughput scenario runs.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Directory on the disk to measure; the server's storage is a temp dir inside it.
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
+    dir: PathBuf,
+    /// Writes measured in the fanout scenario.
+    #[arg(long, default_value_t = 50)]
+    fanout_writes: usize,
+    /// Run only these scenarios (set, get, contend, fanout, idle); all when absent.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+impl Args {
+    fn runs(&self, scenario: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == scenario)
+    }
+}
+
+const SECRET: &str = "bench-secret";
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let storage = tempfile::tempdir_in(&args.dir).context("temp storage dir")?;
+    let fsync_rate = durable_write_rate(storage.path(), 1)?;
+    let parallel_rate = durable_write_rate(storage.path(), 32)?;
+
+    let mut server = Server::start(storage.path())?;
+    let token = Keys::new(SECRET).mint(&Bucket::parse("bench").expect("valid bucket"));
+    let duration = Duration::from_secs(args.seconds);
+    let addr = server.addr;
+
+    let mut report = json!({
+        "disk_serial_durable_writes_per_sec": round(fsync_rate),
+        "disk_32_threads_durable_writes_per_sec": round(parallel_rate),
+    });
+    if args.runs("set") {
+        let set = throughput(addr, &token, 32, duration, Workload::Set).await?;
+        let set_ops = set["ops_per_sec"].as_f64().unwrap_or(0.0);
+        report["set_vs_serial_fsync"] = json!(round(set_ops / fsync_rate));
+        report["set"] = set;
+    }
+    if args.runs("get") {
+        report["get"] = throughput(addr, &token, 32, duration, Workload::Get).await?;
+    }
+    if args.runs("contend") {
+        report["contend"] = throughput(addr, &token, 16, duration, Workload::Contend).await?;
+    }
+    if args.runs("fanout") {
+        report["fanout"] = fanout(addr, &token, 1000, args.fanout_writes).await?;
+    }
+    if args.runs("idle") {
+        report["idle"] = idle_memory(&server, &token, 2000).await?;
+    }
+    server.stop();
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+/// The release server, started as a child process so its memory can be read.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(storage: &Path) -> Result<Self> {
+        let exe = std::env::current_exe()?.with_file_name("blobs");
+        let mut child = Command::new(&exe)
+            .env("TOKEN_SECRET", SECRET)
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("STORAGE", storage)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {} (build it with --release)", exe.display()))?;
+        let mut lines = BufReader::new(child.stdout.take().context("server stdout")?).lines();
+        let addr = loop {
+            let Some(line) = lines.next() else {
+                bail!("the server exited before listening");
+            };
+            if let Some(rest) = line?.split("addr=").nth(1) {
+                break rest.split_whitespace().next().unwrap_or_default().parse()?;
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(Self { child, addr })
+    }
+
+    fn rss_bytes(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .context("VmRSS in /proc status")?;
+        Ok(kib * 1024)
+    }
+
+    fn stop(&mut self) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .ok();
+        self.child.wait().ok();
+    }
+}
+
+/// Write + fsync + rename + fsync-dir through the server's own durable replace, from
+/// `threads` threads at once (each its own file), in writes per second.
+fn durable_write_rate(dir: &Path, threads: usize) -> Result<f64> {
+    const WRITES: usize = 200;
+    let body = vec![b'x'; 1400];
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let path = dir
+                    .join(format!("probe-{}", t % 256))
+                    .join(format!("{t}.json"));
+                let body = &body;
+                scope.spawn(move || {
+                    (0..WRITES).try_for_each(|_| blobs::durable::replace(&path, body))
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("probe thread"))
+    })?;
+    Ok((WRITES * threads) as f64 / start.elapsed().as_secs_f64())
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Workload {
+    /// Each client its own ref, CAS loop.
+    Set,
+    /// Each client reads its own 1 KiB blob.
+    Get,
+    /// All clients CAS-loop on one ref.
+    Contend,
+}
+
+/// 1 KiB of data as base64.
+fn kib_data() -> String {
+    "QUJD".repeat(1024 / 3 + 1)
+}
+
+/// A distinct ref per index, spread over the shard directories as real (hash-like) refs are.
+fn bench_ref(i: usize) -> String {
+    format!("{:02x}{i:062x}", (i * 97) % 256)
+}
+
+async fn throughput(
+    addr: SocketAddr,
+    token: &str,
+    clients: usize,
+    duration: Duration,
+    workload: Workload,
+) -> Result<Value> {
+    let data = kib_data();
+    let mut sockets = Vec::with_capacity(clients);
+    for i in 0..clients {
+        let mut socket = RawClient::connect_token(addr, token).await?;
+        let r = if workload == Workload::Contend {
+            bench_ref(1_000_000)
+        } else {
+            bench_ref(i)
+        };
+        socket.call("ref", &[json!(r)]).await?;
+        if workload == Workload::Get {
+            socket.call1("set", json!({ "data": data })).await?;
+        }
+        sockets.push(socket);
+    }
+    let deadline = Instant::now() + duration;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for mut socket in sockets {
+        let data = data.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut committed = 0u64;
+            let mut version: Option<u64> = None;
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                let ack = match workload {
+                    Workload::Get => socket.call1("get", json!({})).await?,
+                    _ => {
+                        socket
+                            .call1("set", json!({ "data": data, "version": version }))
+                            .await?
+                    }
+                };
+                latencies.push(sent.elapsed());
+                if workload != Workload::Get {
+                    if ack["success"] == true {
+                        committed += 1;
+                    }
+                    version = ack["version"].as_u64();
+                } else if ack["version"].as_u64().is_none() {
+                    bail!("get failed: {ack}");
+                }
+            }
+            socket.close().await.ok();
+            Ok::<_, anyhow::Error>((latencies, committed))
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut committed = 0;
+    for task in tasks {
+        let (l, c) = task.await??;
+        latencies.extend(l);
+        committed += c;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut report = json!({
+        "clients": clients,
+        "ops": latencies.len(),
+        "ops_per_sec": round(latencies.len() as f64 / elapsed),
+        "p50_ms": percentile_ms(&mut latencies, 0.50),
+        "p99_ms": percentile_ms(&mut latencies, 0.99),
+    });
+    if workload == Workload::Contend {
+        report["committed_per_sec"] = json!(round(committed as f64 / elapsed));
+    }
+    Ok(report)
+}
+
+/// One writer, `subscribers` watchers of the same ref: time from sending `set` to each
+/// watcher's `changed`. Watchers keep their receive times to themselves (no shared lock on the
+/// measured path); an atomic count tells the writer when a round is complete.
+async fn fanout(addr: SocketAddr, token: &str, subscribers: usize, writes: usize) -> Result<Value> {
+    let r = bench_ref(2_000_000);
+    let mut writer = RawClient::connect_token(addr, token).await?;
+    writer.call("ref", &[json!(r)]).await?;
+    let received = Arc::new(AtomicUsize::new(0));
+    let round_done = Arc::new(Notify::new());
+    let mut watchers = Vec::new();
+    for _ in 0..subscribers {
+        let mut socket = RawClient::connect_token(addr, token).await?;
+        socket.call("ref", &[json!(r)]).await?;
+        let (received, round_done) = (received.clone(), round_done.clone());
+        watchers.push(tokio::spawn(async move {
+            let mut arrivals = Vec::with_capacity(writes);
+            for round in 1..=writes {
+                let packet = socket.recv().await?;
+                arrivals.push(Instant::now());
+                if packet != r#"2["changed"]"# {
+                    bail!("unexpected packet {packet}");
+                }
+                if received.fetch_add(1, Ordering::AcqRel) + 1 == subscribers * round {
+                    round_done.notify_one();
+                }
+            }
+            Ok::<_, anyhow::Error>(arrivals)
+        }));
+    }
+    let data = kib_data();
+    let mut sent = Vec::with_capacity(writes);
+    let mut version = None;
+    for _ in 0..writes {
+        let done = round_done.notified();
+        sent.push(Instant::now());
+        let ack = writer
+            .call1("set", json!({ "data": data, "version": version }))
+            .await?;
+        version = ack["version"].as_u64();
+        tokio::time::timeout(Duration::from_secs(30), done)
+            .await
+            .context("every subscriber hears changed")?;
+    }
+    let mut latencies = Vec::with_capacity(subscribers * writes);
+    for watcher in watchers {
+        let arrivals = watcher.await??;
+        latencies.extend(arrivals.iter().zip(&sent).map(|(at, sent)| *at - *sent));
+    }
+    Ok(json!({
+        "subscribers": subscribers,
+        "writes": writes,
+        "p50_ms": percentile_ms(&mut latencies, 0.50),
+        "p99_ms": percentile_ms(&mut latencies, 0.99),
+    }))
+}
+
+/// Server memory per idle connection: RSS growth over `count` connected sockets.
+async fn idle_memory(server: &Server, token: &str, count: usize) -> Result<Value> {
+    // Warm up allocator pools with one connection so the baseline is not the empty process.
+    let warm = RawClient::connect_token(server.addr, token).await?;
+    let before = server.rss_bytes()?;
+    let mut sockets = Vec::with_capacity(count);
+    for _ in 0..count {
+        sockets.push(RawClient::connect_token(server.addr, token).await?);
+    }
+    // A round trip on the last socket: every earlier handshake has completed by then.
+    if let Some(last) = sockets.last_mut() {
+        last.call("now", &[]).await?;
+    }
+    let after = server.rss_bytes()?;
+    drop(sockets);
+    drop(warm);
+    let per_connection = after.saturating_sub(before) as f64 / count as f64;
+    Ok(json!({
+        "connections": count,
+        "rss_before_bytes": before,
+        "rss_after_bytes": after,
+        "bytes_per_connection": round(per_connection),
+    }))
+}
+
+fn percentile_ms(samples: &mut [Duration], q: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort_unstable();
+    let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
+    round(samples[index].as_secs_f64() * 1000.0)
+}
+
+fn round(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}
