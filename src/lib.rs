@@ -70,6 +70,8 @@ pub async fn run(
         .max_payload(MAX_MESSAGE_LEN as u64)
         .ws_max_message_size(MAX_MESSAGE_LEN)
         .ws_max_frame_size(MAX_MESSAGE_LEN)
+        // Idle sockets dominate memory; 1 KiB read chunks save 3 KiB per connection over the
+        // default, at the cost of more reads for the rare large message.
         .ws_read_buffer_size(1024)
         .build_layer();
     protocol::register(&io);

@@ -9,6 +9,10 @@ use tracing_subscriber::EnvFilter;
 
 use blobs::config::Config;
 
+/// The placeholder secret of `.env.example`, accepted so the README's first command works, but
+/// never silently.
+const EXAMPLE_SECRET: &str = "change-me-to-a-long-random-secret";
+
 #[tokio::main]
 async fn main() -> ExitCode {
     dotenvy::dotenv().ok();
@@ -19,9 +23,17 @@ async fn main() -> ExitCode {
         .init();
 
     // Refuse a missing secret before binding, with exit code 2 like any other usage error.
-    if let Err(e) = config.secret() {
-        eprintln!("{e}");
-        return ExitCode::from(2);
+    match config.secret() {
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+        Ok(secret) if secret == EXAMPLE_SECRET => {
+            tracing::warn!(
+                "TOKEN_SECRET is the example value from .env.example: set a long random secret before exposing this server"
+            );
+        }
+        Ok(_) => {}
     }
     let listener = match TcpListener::bind((config.host, config.port)).await {
         Ok(listener) => listener,

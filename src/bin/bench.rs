@@ -70,6 +70,11 @@ async fn main() -> Result<()> {
         "disk_serial_durable_writes_per_sec": round(fsync_rate),
         "disk_32_threads_durable_writes_per_sec": round(parallel_rate),
     });
+    // Memory first, on the fresh server: after the other scenarios, freed memory would be
+    // reused by the new connections and hide their cost.
+    if args.runs("idle") {
+        report["idle"] = idle_memory(&server, &token, 2000).await?;
+    }
     if args.runs("set") {
         let set = throughput(addr, &token, 32, duration, Workload::Set).await?;
         let set_ops = set["ops_per_sec"].as_f64().unwrap_or(0.0);
@@ -84,9 +89,6 @@ async fn main() -> Result<()> {
     }
     if args.runs("fanout") {
         report["fanout"] = fanout(addr, &token, 1000, args.fanout_writes).await?;
-    }
-    if args.runs("idle") {
-        report["idle"] = idle_memory(&server, &token, 2000).await?;
     }
     server.stop();
     println!("{}", serde_json::to_string_pretty(&report)?);
@@ -334,8 +336,10 @@ async fn idle_memory(server: &Server, token: &str, count: usize) -> Result<Value
         last.call("now", &[]).await?;
     }
     let after = server.rss_bytes()?;
-    drop(sockets);
-    drop(warm);
+    for socket in sockets {
+        socket.close().await.ok();
+    }
+    warm.close().await.ok();
     let per_connection = after.saturating_sub(before) as f64 / count as f64;
     Ok(json!({
         "connections": count,
