@@ -32,9 +32,10 @@ pub enum Error {
     /// The server is shutting down and takes no new events.
     #[error("Server is shutting down")]
     Closing,
-    /// The store failed. The cause is logged; the client only learns that nothing was done
-    /// (for `set`: the previous version is intact).
-    #[error("Storage error: the operation was not carried out")]
+    /// The store failed. The cause is logged; the client learns that the operation did not
+    /// complete: a `set` answered this way was not acknowledged, and the blob keeps its
+    /// previous version unless the file was already replaced when the final sync failed.
+    #[error("Storage error: the operation could not be completed")]
     Store(#[from] store::Error),
 }
 

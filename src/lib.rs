@@ -30,6 +30,7 @@ pub mod state;
 pub mod store;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::Request;
@@ -92,6 +93,7 @@ pub async fn run(
         .service(Router::new().fallback(not_found));
 
     if let Ok(addr) = listener.local_addr() {
+        // The `addr=` field is read by `listening_addr`: keep the two together.
         tracing::info!(%addr, storage = %config.storage.display(), "listening");
     }
     // Small frames (acks, `changed`) go out at once rather than waiting on Nagle's algorithm.
@@ -109,6 +111,13 @@ pub async fn run(
         })
         .await
         .map_err(StartError::Serve)
+}
+
+/// The address in the server's "listening" log line (`... listening addr=127.0.0.1:3000 ...`),
+/// for tools that start the server on port 0 and need to know where it listens.
+pub fn listening_addr(log_line: &str) -> Option<SocketAddr> {
+    let rest = log_line.split("addr=").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
 }
 
 /// Copies the request's URI and header values into allocations of their own.

@@ -3,23 +3,27 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
 use blobs::client::{ClientError, RawClient};
 use common::{SECRET, TestServer, hex_ref};
 use serde_json::{Value, json};
 
-/// `token <bucket>` prints `Token for bucket: <bucket>` and a JWT the server accepts.
-#[tokio::test]
-async fn the_token_binary_mints_tokens_the_server_accepts() {
+/// Runs the token binary with the test secret, in a directory without a `.env`.
+fn run_token(bucket: &str) -> std::process::Output {
     let cwd = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_token"))
-        .arg("Photos")
+    Command::new(env!("CARGO_BIN_EXE_token"))
+        .arg(bucket)
         .env("TOKEN_SECRET", SECRET)
         .current_dir(cwd.path())
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// `token <bucket>` prints `Token for bucket: <bucket>` and a JWT the server accepts.
+#[tokio::test]
+async fn the_token_binary_mints_tokens_the_server_accepts() {
+    let output = run_token("Photos");
     assert!(output.status.success());
     let stdout = String::from_utf8(output.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
@@ -35,13 +39,7 @@ async fn the_token_binary_mints_tokens_the_server_accepts() {
     assert!(server.blob_path("Photos", &hex_ref("f0")).exists());
     server.stop().await;
 
-    let bad = Command::new(env!("CARGO_BIN_EXE_token"))
-        .arg("../etc")
-        .env("TOKEN_SECRET", SECRET)
-        .current_dir(cwd.path())
-        .output()
-        .unwrap();
-    assert_eq!(bad.status.code(), Some(2));
+    assert_eq!(run_token("../etc").status.code(), Some(2));
 }
 
 /// Without TOKEN_SECRET the server refuses to start with one sentence and exit code 2.
@@ -78,10 +76,10 @@ async fn sigterm_shuts_down_cleanly() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr: SocketAddr = loop {
+    let addr = loop {
         let line = lines.next().expect("server prints its address").unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        if let Some(addr) = blobs::listening_addr(&line) {
+            break addr;
         }
     };
     // Keep draining the log so the server never blocks on a full pipe.

@@ -118,8 +118,8 @@ impl Server {
             let Some(line) = lines.next() else {
                 bail!("the server exited before listening");
             };
-            if let Some(rest) = line?.split("addr=").nth(1) {
-                break rest.split_whitespace().next().unwrap_or_default().parse()?;
+            if let Some(addr) = blobs::listening_addr(&line?) {
+                break addr;
             }
         };
         std::thread::spawn(move || lines.for_each(drop));

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use blobs::auth::Keys;
+use blobs::config::ConfigError;
 use blobs::names::Bucket;
 
 /// Prints a token that grants access to one bucket (signed with TOKEN_SECRET).
@@ -22,7 +23,7 @@ fn main() -> ExitCode {
     dotenvy::dotenv().ok();
     let args = Args::parse();
     let Some(secret) = args.token_secret.filter(|s| !s.is_empty()) else {
-        eprintln!("TOKEN_SECRET is not set: put the server's secret in the environment or in .env");
+        eprintln!("{}", ConfigError::MissingSecret);
         return ExitCode::from(2);
     };
     let Some(bucket) = Bucket::parse(&args.bucket) else {
