@@ -526,14 +526,17 @@ async fn message_limits() {
 
     let over = format!(r#"420["set",{{"data":"{}"}}]"#, "A".repeat(3 * 1024 * 1024));
     big.send_engine(&over).await.ok();
-    let mut outcome = big.recv().await;
-    while let Ok(packet) = &outcome {
-        assert!(
-            !packet.starts_with("30"),
-            "the oversized set must not be answered"
-        );
-        outcome = big.recv().await;
-    }
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Ok(packet) = big.recv().await {
+            assert!(
+                !packet.starts_with("30"),
+                "the oversized set must not be answered"
+            );
+        }
+    });
+    closed
+        .await
+        .expect("the oversized frame closes the connection");
     assert!(bystander.call1("now", Value::Null).await.unwrap()["timestamp"].is_u64());
     assert_eq!(
         bystander.call1("get", json!({"known": 1})).await.unwrap(),
