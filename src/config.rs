@@ -5,8 +5,10 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
+use ipnet::IpNet;
 
 /// Everything the server needs to start. Tests build it with [`Config::parse_from`].
 #[derive(Clone, Debug, Parser)]
@@ -31,6 +33,55 @@ pub struct Config {
     /// Directory that holds the buckets (one JSON file per blob).
     #[arg(long, env = "STORAGE", default_value = "./data")]
     pub storage: PathBuf,
+
+    /// Proxies whose `X-Real-IP` header is believed: comma-separated addresses or CIDR blocks.
+    /// A connection from any other address is recorded with its own address.
+    #[arg(
+        long,
+        env = "TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = parse_network,
+        default_value = "127.0.0.0/8,::1"
+    )]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// Most Socket.IO connections served at once; more are refused at the handshake.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Most connections from one client address (after `TRUSTED_PROXIES`).
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
+
+    /// Events one socket may send per second, sustained; more get an `{ error }` ack, and a
+    /// socket that keeps sending at over twice this rate is disconnected.
+    #[arg(long, env = "EVENTS_PER_SECOND", default_value_t = 100)]
+    pub events_per_second: u32,
+
+    /// Events one socket may send in a burst above the sustained rate.
+    #[arg(long, env = "EVENT_BURST", default_value_t = 200)]
+    pub event_burst: u32,
+
+    /// Packets queued for one socket while it does not read; a socket whose queue is full is
+    /// dropped, which bounds the memory a slow or stalled client can hold.
+    #[arg(long, env = "SEND_BUFFER_PACKETS", default_value_t = 64)]
+    pub send_buffer_packets: usize,
+
+    /// How often the server pings each client (Engine.IO `pingInterval`), e.g. `25s`.
+    #[arg(long, env = "PING_INTERVAL", value_parser = humantime::parse_duration, default_value = "25s")]
+    pub ping_interval: Duration,
+
+    /// How long a client has to answer a ping before it is disconnected (`pingTimeout`).
+    #[arg(long, env = "PING_TIMEOUT", value_parser = humantime::parse_duration, default_value = "20s")]
+    pub ping_timeout: Duration,
+}
+
+/// An address (`10.0.0.1`, taken as a /32 or /128) or a CIDR block (`10.0.0.0/8`).
+fn parse_network(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is neither an IP address nor a CIDR block"))
 }
 
 /// A configuration that cannot start a server; its message is one sentence for the operator.
@@ -63,6 +114,28 @@ mod tests {
         assert_eq!(config.host.to_string(), "0.0.0.0");
         assert_eq!(config.storage, PathBuf::from("./data"));
         assert_eq!(config.secret().ok(), Some("s"));
+        let loopback: Vec<String> = config
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(loopback, ["127.0.0.0/8", "::1/128"]);
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_blocks() {
+        let config = Config::parse_from([
+            "blobs",
+            "--trusted-proxies",
+            "10.0.0.1, 192.168.0.0/16,fd00::/8",
+        ]);
+        let parsed: Vec<String> = config
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(parsed, ["10.0.0.1/32", "192.168.0.0/16", "fd00::/8"]);
+        assert!(Config::try_parse_from(["blobs", "--trusted-proxies", "nope"]).is_err());
     }
 
     #[test]

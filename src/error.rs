@@ -26,6 +26,12 @@ pub enum Error {
     /// `data` that is not base64 text or is too long.
     #[error("Invalid data: expected a base64 string of at most {MAX_DATA_LEN} characters")]
     InvalidData,
+    /// `set` with a read-only token.
+    #[error("Read-only token")]
+    ReadOnly,
+    /// The socket sends events faster than `EVENTS_PER_SECOND` allows.
+    #[error("Rate limit exceeded: too many events per second")]
+    RateLimited,
     /// The socket already has the maximum number of events waiting to run.
     #[error("Too many pending requests on this connection")]
     Busy,

@@ -11,6 +11,7 @@
 //! - [`store`]: versioned blobs, the storage trait and the JSON-file store.
 //! - [`durable`]: the one function that replaces a file (temp file, fsync, rename, fsync dir).
 //! - [`protocol`]: the Socket.IO events and their acknowledgements.
+//! - [`limits`]: overload limits (connection slots, per-socket event rate).
 //! - [`state`]: the shared state handle.
 //! - [`error`]: what clients and operators see when something fails.
 //! - [`client`]: a minimal Socket.IO-over-WebSocket client for exact-packet tests and the
@@ -24,6 +25,7 @@ pub mod client;
 pub mod config;
 pub mod durable;
 pub mod error;
+pub mod limits;
 pub mod names;
 pub mod protocol;
 pub mod state;
@@ -64,10 +66,13 @@ pub async fn run(
         path: config.storage.display().to_string(),
         source,
     })?;
-    let state = AppState::new(keys, Arc::new(store));
+    let state = AppState::new(&config, keys, Arc::new(store));
 
     let (layer, io) = SocketIo::builder()
         .with_state(state.clone())
+        .max_buffer_size(config.send_buffer_packets)
+        .ping_interval(config.ping_interval)
+        .ping_timeout(config.ping_timeout)
         .max_payload(MAX_MESSAGE_LEN as u64)
         .ws_max_message_size(MAX_MESSAGE_LEN)
         .ws_max_frame_size(MAX_MESSAGE_LEN)
@@ -102,7 +107,8 @@ pub async fn run(
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
     });
-    axum::serve(listener, ServiceExt::<Request>::into_make_service(app))
+    let app = ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app);
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: finishing accepted events");

@@ -15,18 +15,22 @@
 //! This module never touches files: it validates, calls the store, and answers.
 
 use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use axum::extract::ConnectInfo;
 use base64::Engine as _;
+use ipnet::IpNet;
 use serde_json::{Map, Value as Json, json};
-use socketioxide::SocketIo;
 use socketioxide::adapter::LocalAdapter;
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 use socketioxide::handler::{ConnectHandler, FromMessageParts, MessageHandler, Value};
 use socketioxide::socket::{DisconnectReason, Socket};
+use socketioxide::{SendError, SocketError, SocketIo};
 
 use crate::error::Error;
+use crate::limits::{ConnectionRefused, ConnectionSlot, RateLimiter, Verdict};
 use crate::names::{Bucket, Ref};
 use crate::state::AppState;
 use crate::store::{MAX_VERSION, SetOutcome, SetRequest};
@@ -42,6 +46,9 @@ pub const MAX_MESSAGE_LEN: usize = 2 * 1024 * 1024;
 /// `{ error }` at once instead of queued, which bounds a socket's memory.
 const MAX_PENDING: usize = 64;
 
+/// How often a stalled socket is asked again to disconnect.
+const STALLED_RETRY: Duration = Duration::from_millis(100);
+
 /// The message of the connect error every refused handshake gets.
 const ACCESS_DENIED: &str = "Access denied";
 
@@ -53,32 +60,49 @@ pub fn register(io: &SocketIo) {
     io.ns("/", on_connect.with(authenticate));
 }
 
-/// The refused handshake; the client's `connect_error` carries this message.
+/// A refused handshake; the client's `connect_error` carries the message.
 #[derive(Debug, thiserror::Error)]
-#[error("{ACCESS_DENIED}")]
-struct AccessDenied;
+enum Refused {
+    #[error("{ACCESS_DENIED}")]
+    AccessDenied,
+    #[error(transparent)]
+    Limit(#[from] ConnectionRefused),
+}
 
-/// Verifies the token of the handshake (`auth: { token }`) and prepares the socket. Runs
-/// before CONNECT is sent, which is why the event handlers are registered here.
+/// Verifies the token of the handshake (`auth: { token }`), takes a connection slot and
+/// prepares the socket. Runs before CONNECT is sent, which is why the event handlers are
+/// registered here.
 async fn authenticate(
     socket: SocketRef,
     TryData(auth): TryData<Json>,
     State(state): State<AppState>,
-) -> Result<(), AccessDenied> {
+) -> Result<(), Refused> {
     let token = auth
         .ok()
         .and_then(|a| a.get("token")?.as_str().map(str::to_owned));
-    let Some(bucket) = token.and_then(|t| state.keys().verify(&t)) else {
+    let Some(grant) = token.and_then(|t| state.keys().verify(&t)) else {
         tracing::debug!(sid = %socket.id, "handshake refused");
-        return Err(AccessDenied);
+        return Err(Refused::AccessDenied);
     };
-    let ip = client_ip(&socket);
-    tracing::debug!(sid = %socket.id, %bucket, %ip, "connected");
+    let address = client_address(&socket, state.trusted_proxies());
+    let slot = state.connections().acquire(address).inspect_err(|e| {
+        tracing::info!(sid = %socket.id, %address, "connection refused: {e}");
+    })?;
+    tracing::debug!(sid = %socket.id, bucket = %grant.bucket, read_only = grant.read_only, %address, "connected");
+    let (per_second, burst) = state.event_rate();
     let session = Arc::new(Session {
         state,
-        bucket,
-        ip,
-        queue: Mutex::new(Queue::default()),
+        bucket: grant.bucket,
+        read_only: grant.read_only,
+        ip: address.to_string(),
+        slot: Mutex::new(Some(slot)),
+        queue: Mutex::new(Queue {
+            jobs: VecDeque::new(),
+            running: false,
+            dropped: false,
+            subscribed: None,
+            limiter: RateLimiter::new(per_second, burst),
+        }),
     });
     for event in [Event::Now, Event::Ref, Event::Get, Event::Set] {
         let handler = Handler {
@@ -87,24 +111,34 @@ async fn authenticate(
         };
         socket.on(event.name(), handler);
     }
+    // Registered here rather than after CONNECT, so the slot is freed whatever happens next.
+    socket.on_disconnect(async move |socket: SocketRef, reason: DisconnectReason| {
+        tracing::debug!(sid = %socket.id, ?reason, "disconnected");
+        session.release();
+    });
     Ok(())
 }
 
-async fn on_connect(socket: SocketRef) {
-    socket.on_disconnect(async |socket: SocketRef, reason: DisconnectReason| {
-        tracing::debug!(sid = %socket.id, ?reason, "disconnected");
-    });
-}
+async fn on_connect() {}
 
-/// The `X-Real-IP` header set by the reverse proxy, when it holds an address.
-fn client_ip(socket: &SocketRef) -> String {
-    socket
-        .req_parts()
+/// The client's address: the `X-Real-IP` header when the peer is a trusted proxy and the
+/// header holds an address, else the peer's own address.
+fn client_address(socket: &SocketRef, trusted_proxies: &[IpNet]) -> IpAddr {
+    let parts = socket.req_parts();
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip().to_canonical())
+        .unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+    if !trusted_proxies.iter().any(|net| net.contains(&peer)) {
+        return peer;
+    }
+    parts
         .headers
         .get("x-real-ip")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok())
-        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+        .and_then(|v| v.trim().parse::<IpAddr>().ok())
+        .map_or(peer, |ip| ip.to_canonical())
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -130,25 +164,37 @@ impl Event {
 struct Session {
     state: AppState,
     bucket: Bucket,
+    read_only: bool,
+    /// The client address recorded with each write.
     ip: String,
-    /// Events waiting to run and the subscription. A std mutex: held only to push, pop or
-    /// read, never across an await.
+    /// This connection's slot in the connection limits; freed on disconnect (or, at the
+    /// latest, when the session is dropped).
+    slot: Mutex<Option<ConnectionSlot>>,
+    /// Events waiting to run, the subscription and the rate limiter. A std mutex: held only
+    /// to push, pop or read, never across an await.
     queue: Mutex<Queue>,
 }
 
-#[derive(Default)]
 struct Queue {
     jobs: VecDeque<Job>,
     /// Whether a task is running this queue; at most one is, which is what keeps the order.
     running: bool,
+    /// Set when the client stopped reading (its send buffer is full): nothing more is run.
+    dropped: bool,
     /// The ref `get` and `set` act on.
     subscribed: Option<Ref>,
+    limiter: RateLimiter,
 }
 
 struct Job {
     socket: SocketRef,
-    /// `None` when the event came without an ack callback: the socket is disconnected.
-    call: Option<Call>,
+    work: Work,
+}
+
+enum Work {
+    Call(Call),
+    /// Disconnect the socket, for this reason (logged).
+    Disconnect(&'static str),
 }
 
 struct Call {
@@ -168,20 +214,22 @@ struct Handler {
 
 impl MessageHandler<LocalAdapter, Ordered> for Handler {
     fn call(&self, socket: Arc<Socket>, mut value: Value, ack_id: Option<i64>) {
-        let call = ack_id.is_some().then(|| {
+        let work = if ack_id.is_some() {
             let ack = match AckSender::from_message_parts(&socket, &mut value, &ack_id) {
                 Ok(ack) => ack,
                 Err(never) => match never {},
             };
-            Call {
+            Work::Call(Call {
                 event: self.event,
                 args: event_args(&value),
                 ack,
-            }
-        });
+            })
+        } else {
+            Work::Disconnect("event without ack callback")
+        };
         self.session.enqueue(Job {
             socket: SocketRef::from(socket),
-            call,
+            work,
         });
     }
 }
@@ -203,14 +251,22 @@ fn event_args(value: &Value) -> Result<Vec<Json>, Error> {
 }
 
 impl Session {
-    fn enqueue(self: &Arc<Self>, job: Job) {
-        let refused = if self.state.is_closing() {
-            Some(Error::Closing)
-        } else {
+    /// Queues an event in arrival order, or answers it at once when it is refused.
+    fn enqueue(self: &Arc<Self>, mut job: Job) {
+        let refused = {
             let mut queue = self.queue.lock().expect("queue lock poisoned");
-            if queue.jobs.len() >= MAX_PENDING {
-                Some(Error::Busy)
-            } else {
+            let refused = match queue.limiter.check(Instant::now()) {
+                _ if self.state.is_closing() => Some(Error::Closing),
+                _ if queue.dropped => return,
+                Verdict::Disconnect => {
+                    job.work = Work::Disconnect("sustained event rate over twice the limit");
+                    None
+                }
+                Verdict::Refuse => Some(Error::RateLimited),
+                Verdict::Accept if queue.jobs.len() >= MAX_PENDING => Some(Error::Busy),
+                Verdict::Accept => None,
+            };
+            if refused.is_none() {
                 queue.jobs.push_back(job);
                 if !queue.running {
                     queue.running = true;
@@ -221,9 +277,10 @@ impl Session {
                 }
                 return;
             }
+            refused
         };
-        if let (Some(error), Some(call)) = (refused, job.call) {
-            answer(call.ack, Err(error));
+        if let (Some(error), Work::Call(call)) = (refused, job.work) {
+            self.answer(&job.socket, call.ack, Err(error));
         }
     }
 
@@ -232,32 +289,46 @@ impl Session {
             let job = {
                 let mut queue = self.queue.lock().expect("queue lock poisoned");
                 match queue.jobs.pop_front() {
-                    Some(job) => job,
-                    None => {
+                    Some(job) if !queue.dropped => job,
+                    _ => {
+                        queue.jobs.clear();
                         queue.running = false;
                         return;
                     }
                 }
             };
-            // A socket that is gone (or was disconnected for a missing ack) runs nothing more.
+            // A socket that is gone (or was disconnected) runs nothing more.
             if !job.socket.connected() {
                 continue;
             }
-            match job.call {
-                Some(call) => self.run(&job.socket, call).await,
-                None => {
-                    tracing::debug!(sid = %job.socket.id, "event without ack callback: disconnecting");
+            match job.work {
+                Work::Call(call) => self.run(&job.socket, call).await,
+                Work::Disconnect(reason) => {
+                    tracing::debug!(sid = %job.socket.id, reason, "disconnecting");
                     job.socket.disconnect().ok();
                 }
             }
         }
     }
 
+    /// Frees the connection slot (on disconnect).
+    fn release(&self) {
+        self.slot.lock().expect("slot lock poisoned").take();
+    }
+
+    /// The client stopped reading: its send buffer is full. It leaves every room so nothing
+    /// more is queued for it, its pending events are discarded, and its transport is closed
+    /// now if a DISCONNECT still fits, else by the next heartbeat (within `PING_INTERVAL`).
+    fn drop_stalled(&self, socket: &SocketRef) {
+        self.queue.lock().expect("queue lock poisoned").dropped = true;
+        drop_stalled(socket);
+    }
+
     async fn run(&self, socket: &SocketRef, call: Call) {
         let Call { event, args, ack } = call;
         let args = match args {
             Ok(args) => args,
-            Err(error) => return answer(ack, Err(error)),
+            Err(error) => return self.answer(socket, ack, Err(error)),
         };
         let reply = match event {
             Event::Now => Ok(Reply::Json(json!({ "timestamp": now_ms() }))),
@@ -265,7 +336,7 @@ impl Session {
             Event::Get => self.get(args.first()).await,
             Event::Set => self.set(socket, args.first()).await,
         };
-        answer(ack, reply);
+        self.answer(socket, ack, reply);
     }
 
     fn subscribe(&self, socket: &SocketRef, arg: Option<&Json>) -> Result<Reply, Error> {
@@ -304,6 +375,9 @@ impl Session {
     }
 
     async fn set(&self, socket: &SocketRef, arg: Option<&Json>) -> Result<Reply, Error> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
         let params = object(arg)?;
         let version = optional_version(params, "version")?;
         let data = optional_data(params)?;
@@ -318,16 +392,31 @@ impl Session {
         match outcome? {
             SetOutcome::Committed { version } => {
                 tracing::debug!(bucket = %self.bucket, r#ref = %r, version, "committed");
-                let room = self.room(&r);
-                if let Err(e) = socket.to(room).emit("changed", &NO_ARGS).await {
-                    tracing::warn!(bucket = %self.bucket, r#ref = %r, "broadcast of changed failed: {e}");
-                }
+                notify_changed(socket, self.room(&r));
                 Ok(Reply::Json(json!({ "success": true, "version": version })))
             }
             SetOutcome::Conflict(current) => Ok(Reply::Json(with_data(
                 json!({ "success": false, "version": current.version }),
                 current.data.as_deref(),
             ))),
+        }
+    }
+
+    fn answer(&self, socket: &SocketRef, ack: AckSender, reply: Result<Reply, Error>) {
+        let sent = match reply {
+            Ok(Reply::Empty) => ack.send(&NO_ARGS),
+            Ok(Reply::Json(value)) => ack.send(&value),
+            Err(error) => {
+                if let Error::Store(cause) = &error {
+                    tracing::error!(bucket = %self.bucket, "storage failure: {cause}");
+                }
+                ack.send(&json!({ "error": error.to_string() }))
+            }
+        };
+        match sent {
+            Ok(()) => {}
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => self.drop_stalled(socket),
+            Err(e) => tracing::debug!(sid = %socket.id, "acknowledgement not delivered: {e}"),
         }
     }
 
@@ -344,20 +433,35 @@ enum Reply {
     Json(Json),
 }
 
-fn answer(ack: AckSender, reply: Result<Reply, Error>) {
-    let sent = match reply {
-        Ok(Reply::Empty) => ack.send(&NO_ARGS),
-        Ok(Reply::Json(value)) => ack.send(&value),
-        Err(error) => {
-            if let Error::Store(cause) = &error {
-                tracing::error!("storage failure: {cause}");
-            }
-            ack.send(&json!({ "error": error.to_string() }))
+/// Sends `changed` to the other sockets of a blob's room, one by one, so that a subscriber
+/// whose send buffer is full can be told apart and dropped instead of holding memory.
+fn notify_changed(writer: &SocketRef, room: String) {
+    for target in writer.to(room).sockets() {
+        match target.emit("changed", &NO_ARGS) {
+            Ok(()) => {}
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => drop_stalled(&target),
+            Err(e) => tracing::debug!(sid = %target.id, "changed not delivered: {e}"),
         }
-    };
-    if let Err(e) = sent {
-        tracing::debug!("acknowledgement not delivered: {e}");
     }
+}
+
+/// Takes a stalled socket out of every room and disconnects it (see
+/// [`Session::drop_stalled`]).
+fn drop_stalled(socket: &SocketRef) {
+    tracing::info!(sid = %socket.id, "client stopped reading: dropping it");
+    socket.leave_all();
+    // DISCONNECT needs room in the full send buffer: retry until it fits or the transport is
+    // gone (the heartbeat closes a client that never reads again).
+    let socket = socket.clone();
+    tokio::spawn(async move {
+        let mut retry = tokio::time::interval(STALLED_RETRY);
+        while socket.connected() {
+            if socket.clone().disconnect().is_ok() {
+                break;
+            }
+            retry.tick().await;
+        }
+    });
 }
 
 fn with_data(mut reply: Json, data: Option<&str>) -> Json {

@@ -3,9 +3,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use ipnet::IpNet;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Keys;
+use crate::config::Config;
+use crate::limits::Connections;
 use crate::store::Store;
 
 /// Shared server state. Cloning is cheap: it is one `Arc`.
@@ -15,6 +18,10 @@ pub struct AppState(Arc<Inner>);
 struct Inner {
     keys: Keys,
     store: Arc<dyn Store>,
+    connections: Arc<Connections>,
+    /// Sustained events per second and burst allowed to one socket.
+    event_rate: (u32, u32),
+    trusted_proxies: Vec<IpNet>,
     /// Tasks that run client events; shutdown waits for them so every write that started is
     /// finished and acknowledged before the sockets close.
     tasks: TaskTracker,
@@ -23,10 +30,13 @@ struct Inner {
 }
 
 impl AppState {
-    pub fn new(keys: Keys, store: Arc<dyn Store>) -> Self {
+    pub fn new(config: &Config, keys: Keys, store: Arc<dyn Store>) -> Self {
         Self(Arc::new(Inner {
             keys,
             store,
+            connections: Connections::new(config.max_connections, config.max_connections_per_ip),
+            event_rate: (config.events_per_second, config.event_burst),
+            trusted_proxies: config.trusted_proxies.clone(),
             tasks: TaskTracker::new(),
             closing: AtomicBool::new(false),
         }))
@@ -38,6 +48,18 @@ impl AppState {
 
     pub fn store(&self) -> &dyn Store {
         &*self.0.store
+    }
+
+    pub fn connections(&self) -> &Arc<Connections> {
+        &self.0.connections
+    }
+
+    pub fn event_rate(&self) -> (u32, u32) {
+        self.0.event_rate
+    }
+
+    pub fn trusted_proxies(&self) -> &[IpNet] {
+        &self.0.trusted_proxies
     }
 
     pub fn tasks(&self) -> &TaskTracker {

@@ -184,7 +184,10 @@ async fn set_is_compare_and_swap_and_get_honours_known() {
     assert_eq!(file["version"], 3);
     assert!(file.get("data").is_none());
     assert!(file["created"].as_u64().unwrap() <= file["updated"].as_u64().unwrap());
-    assert_eq!(file["ip"], "unknown");
+    assert_eq!(
+        file["ip"], "127.0.0.1",
+        "the peer address when no X-Real-IP is sent"
+    );
     server.stop().await;
 }
 
@@ -347,7 +350,9 @@ async fn an_event_without_ack_disconnects() {
 /// reads the new ref, every time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_take_effect_in_order() {
-    let server = TestServer::start().await;
+    // 400 events at full speed: lift the per-socket rate limit for this test.
+    let unlimited = ["--events-per-second", "1000000", "--event-burst", "1000000"];
+    let server = TestServer::start_with(tempfile::tempdir().unwrap(), &unlimited).await;
     let mut writer = server.subscribed("b", &hex_ref("11")).await;
     writer.call1("set", json!({"data": "MTE="})).await.unwrap();
 

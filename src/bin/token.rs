@@ -1,10 +1,11 @@
 //! Mints a bucket token: `token <bucket>` prints `Token for bucket: <bucket>` and the JWT.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 
-use blobs::auth::Keys;
+use blobs::auth::{Keys, MintOptions};
 use blobs::config::ConfigError;
 use blobs::names::Bucket;
 
@@ -14,6 +15,14 @@ use blobs::names::Bucket;
 struct Args {
     /// The bucket: a letter or digit, then up to 127 letters, digits, `.`, `_` or `-`.
     bucket: String,
+    /// Lifetime of the token, e.g. `90d`, `12h`, `15m` (sets `exp`); without it the token
+    /// never expires.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    expires_in: Option<Duration>,
+    /// Mint a read-only token: it may `ref`, `get` and receive `changed`, and every write is
+    /// refused.
+    #[arg(long)]
+    read_only: bool,
     /// Secret the server verifies tokens with.
     #[arg(long, env = "TOKEN_SECRET", hide_env_values = true)]
     token_secret: Option<String>,
@@ -33,7 +42,11 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     };
+    let options = MintOptions {
+        expires_in: args.expires_in,
+        read_only: args.read_only,
+    };
     println!("Token for bucket: {bucket}");
-    println!("{}", Keys::new(&secret).mint(&bucket));
+    println!("{}", Keys::new(&secret).mint_with(&bucket, &options));
     ExitCode::SUCCESS
 }

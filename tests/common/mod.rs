@@ -33,17 +33,24 @@ impl TestServer {
     /// Starts a server on an existing storage directory (a restart, or a store prepared by the
     /// test).
     pub async fn start_in(storage: TempDir) -> Self {
+        Self::start_with(storage, &[]).await
+    }
+
+    /// Starts a server with extra command-line options, e.g. `["--max-connections", "2"]`.
+    pub async fn start_with(storage: TempDir, options: &[&str]) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
-        let config = Config::parse_from([
+        let mut args = vec![
             "blobs",
             "--token-secret",
             SECRET,
             "--storage",
             storage.path().to_str().expect("utf-8 temp path"),
-        ]);
+        ];
+        args.extend_from_slice(options);
+        let config = Config::parse_from(args);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(blobs::run(listener, config, async {
             stopped.await.ok();
