@@ -34,13 +34,14 @@ pub mod store;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::serve::ListenerExt;
 use axum::{Router, ServiceExt};
-use socketioxide::SocketIo;
+use socketioxide::{ParserConfig, SocketIo};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
@@ -68,7 +69,14 @@ pub async fn run(
     })?;
     let state = AppState::new(&config, keys, Arc::new(store));
 
+    // No event of the protocol carries binary attachments: a packet that announces more than
+    // one, or leaves one incomplete, closes that connection instead of holding memory.
+    let parser = ParserConfig::common()
+        .max_incoming_binaries(1)
+        .max_incoming_binary_buf_size(MAX_MESSAGE_LEN)
+        .packet_completion_timeout(Duration::from_secs(10));
     let (layer, io) = SocketIo::builder()
+        .with_parser(parser)
         .with_state(state.clone())
         .max_buffer_size(config.send_buffer_packets)
         .ping_interval(config.ping_interval)

@@ -1,0 +1,229 @@
+//! Hostile and malformed input: none of it may panic, hang or stop the server, and a normal
+//! client is served after each case.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use blobs::client::{ClientError, RawClient};
+use common::{SECRET, TestServer, hex_ref, token};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Longest any single hostile case may take to be answered or closed.
+const CASE_LIMIT: Duration = Duration::from_secs(20);
+
+async fn assert_healthy(server: &TestServer) {
+    let mut client = server.subscribed("healthy", &hex_ref("ee")).await;
+    let ack = client.call1("now", Value::Null).await.unwrap();
+    assert!(ack["timestamp"].is_u64());
+}
+
+/// Reads what the server sends after a hostile packet until the connection closes or a probe
+/// (`now` with a fresh ack id) is answered, whichever comes first; both are acceptable.
+async fn survive(client: &mut RawClient) {
+    let probe = async {
+        match client.call_raw("now", &[]).await {
+            Ok(_) | Err(ClientError::Closed) | Err(ClientError::Ws(_)) => {}
+            Err(e) => panic!("unexpected client error: {e}"),
+        }
+    };
+    tokio::time::timeout(CASE_LIMIT, probe)
+        .await
+        .expect("the server answers or closes, never hangs");
+}
+
+/// Tokens built to trick the verifier: algorithm confusion, `none`, bad claim types, unsafe
+/// buckets. All are "Access denied" and nothing appears on disk.
+#[tokio::test]
+async fn hostile_tokens_are_denied_and_touch_nothing() {
+    let server = TestServer::start().await;
+    let hs256 = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"bucket": "b"}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let mut parts = hs256.split('.');
+    let (_, payload, signature) = (parts.next(), parts.next().unwrap(), parts.next().unwrap());
+    let rs256_header = URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","typ":"JWT"}"#);
+    let none_header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
+    let sign = |claims: Value| {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let tokens = [
+        format!("{rs256_header}.{payload}.{signature}"),
+        format!("{none_header}.{payload}."),
+        format!("{none_header}.{payload}.{signature}"),
+        sign(json!({"bucket": "b", "exp": "tomorrow"})),
+        sign(json!({"bucket": "b", "nbf": [1]})),
+        sign(json!({"bucket": "a\u{0}b"})),
+        sign(json!({"bucket": "ünïcödé"})),
+        sign(json!({"bucket": ""})),
+        sign(json!({"bucket": "..", "iat": 1})),
+        sign(json!({"bucket": null})),
+        sign(json!({"bucket": "b", "scope": "admin"})),
+        "x".repeat(100_000),
+    ];
+    for token in tokens {
+        match RawClient::connect_token(server.addr, &token).await {
+            Err(ClientError::Refused(message)) => assert_eq!(message, "Access denied"),
+            Err(e) => panic!("{token:.60}: {e}"),
+            Ok(_) => panic!("{token:.60} was accepted"),
+        }
+    }
+    assert_eq!(std::fs::read_dir(server.storage()).unwrap().count(), 0);
+    assert_healthy(&server).await;
+    server.stop().await;
+}
+
+/// Malformed Engine.IO / Socket.IO packets over WebSocket: the server survives each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_packets_do_not_hurt_the_server() {
+    let server = TestServer::start().await;
+    let huge_attachments = r#"51000000000-["set",{"_placeholder":true,"num":0}]"#;
+    let packets = [
+        "4".to_owned(),
+        "42".to_owned(),
+        "42[".to_owned(),
+        "42{}".to_owned(),
+        "42[]".to_owned(),
+        "42[42]".to_owned(),
+        "42[\"get\",{\"known\":[[[[[[{}]]]]]]}]".to_owned(),
+        "4299999999999999999999999999[\"now\"]".to_owned(),
+        "42-1[\"now\"]".to_owned(),
+        format!("4{huge_attachments}"),
+        "49".to_owned(),
+        "9".to_owned(),
+        String::new(),
+        "40/admin,{}".to_owned(),
+        "42/admin,[\"now\"]".to_owned(),
+        "41".to_owned(),
+    ];
+    for packet in packets {
+        let mut client = server.client("b").await;
+        client.send_engine(&packet).await.ok();
+        survive(&mut client).await;
+        assert_healthy(&server).await;
+    }
+    // Binary frames: invalid UTF-8 and an unexpected attachment.
+    for frame in [vec![0xff, 0xfe, 0xfd], vec![0x34, 0x32, 0xc3, 0x28]] {
+        let mut client = server.client("b").await;
+        client.send_message(Message::binary(frame)).await.ok();
+        survive(&mut client).await;
+        assert_healthy(&server).await;
+    }
+    server.stop().await;
+}
+
+/// Long-polling: invalid UTF-8 bodies, unknown sessions, and a WebSocket upgrade for a session
+/// id that does not exist.
+#[tokio::test]
+async fn malformed_http_requests_get_errors() {
+    let server = TestServer::start().await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}/socket.io/?EIO=4&transport=polling", server.addr);
+    let open = http.get(&base).send().await.unwrap().text().await.unwrap();
+    let open: Value = serde_json::from_str(&open[1..]).unwrap();
+    let sid = open["sid"].as_str().unwrap();
+    let session = format!("{base}&sid={sid}");
+
+    let invalid_utf8 = http
+        .post(&session)
+        .body(vec![0x34, 0x32, 0xff, 0xfe])
+        .send()
+        .await
+        .unwrap();
+    assert!(invalid_utf8.status().is_client_error() || invalid_utf8.status().is_success());
+
+    let unknown = http
+        .post(format!("{base}&sid=AAAAAAAAAAAAAAAA"))
+        .body("40")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 400);
+
+    let bad_version = http
+        .get(format!(
+            "http://{}/socket.io/?EIO=9&transport=polling",
+            server.addr
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_version.status(), 400);
+
+    let upgrade = tokio_tungstenite::connect_async(format!(
+        "ws://{}/socket.io/?EIO=4&transport=websocket&sid=AAAAAAAAAAAAAAAA",
+        server.addr
+    ))
+    .await;
+    // Refused at the HTTP level, or upgraded and closed at once without an open packet.
+    match upgrade {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 400)
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok((mut ws, _)) => {
+            use futures_util::StreamExt;
+            let first = tokio::time::timeout(CASE_LIMIT, ws.next()).await.unwrap();
+            assert!(
+                matches!(first, None | Some(Err(_)) | Some(Ok(Message::Close(_)))),
+                "an upgrade for an unknown session is closed at once: {first:?}"
+            );
+        }
+    }
+    assert_healthy(&server).await;
+    server.stop().await;
+}
+
+/// Argument shapes nobody should send: deep nesting, huge numbers, wrong types everywhere.
+#[tokio::test]
+async fn garbage_arguments_get_error_acks() {
+    let server = TestServer::start().await;
+    let mut client = server.subscribed("b", &hex_ref("ab")).await;
+    let mut deep = json!(1);
+    for _ in 0..100 {
+        deep = json!([deep]);
+    }
+    // Each argument is refused by the events that read the field it spoils; `get` ignores
+    // `data` and `version`, and `set` ignores `known`, as extra fields are ignored.
+    let garbage = [
+        (deep.clone(), ["get", "set"].as_slice()),
+        (json!({"version": deep}), &["set"]),
+        (json!({"known": deep}), &["get"]),
+        (json!({"known": {"$gt": 0}}), &["get"]),
+        (json!({"data": ["aGk="]}), &["set"]),
+        (json!({"data": "aGk=", "version": 1e308}), &["set"]),
+        (
+            json!({"data": "aGk=", "version": -9007199254740991i64}),
+            &["set"],
+        ),
+        (
+            json!({"data": "aGk=", "version": 18446744073709551615u64}),
+            &["set"],
+        ),
+        (json!({"data": "\u{0}\u{1}"}), &["set"]),
+        (json!({"data": "aGk=\r\n"}), &["set"]),
+    ];
+    for (arg, events) in garbage {
+        for event in events {
+            let ack = client.call1(event, arg.clone()).await.unwrap();
+            assert!(
+                ack["error"].is_string(),
+                "{event}({arg}) must be refused: {ack}"
+            );
+        }
+    }
+    assert_eq!(client.call1("get", json!({})).await.unwrap(), Value::Null);
+    server.stop().await;
+}
