@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use blobs::client::{ClientError, RawClient};
-use common::{SECRET, TestServer, hex_ref, token};
+use common::{SECRET, TestServer, hex_ref};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
