@@ -2,11 +2,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use blobs::client::{ClientError, RawClient};
-use common::{SECRET, TestServer, hex_ref};
+use common::{SECRET, ServerProcess, TestServer, hex_ref};
 use serde_json::{Value, json};
 
 /// Runs the token binary with the test secret, in a directory without a `.env`.
@@ -65,47 +64,20 @@ fn the_server_needs_a_secret() {
 #[tokio::test]
 async fn sigterm_shuts_down_cleanly() {
     let storage = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blobs"))
-        .current_dir(storage.path())
-        .env("TOKEN_SECRET", SECRET)
-        .env("HOST", "127.0.0.1")
-        .env("PORT", "0")
-        .env("STORAGE", storage.path())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("server prints its address").unwrap();
-        if let Some(addr) = blobs::listening_addr(&line) {
-            break addr;
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-
-    let mut client = RawClient::connect_token(addr, &common::token("b"))
+    let server = ServerProcess::start(storage.path(), &[]);
+    let mut client = RawClient::connect_token(server.addr, &common::token("b"))
         .await
         .unwrap();
     client.call("ref", &[json!(hex_ref("f1"))]).await.unwrap();
     let ack = client.call1("set", json!({"data": "aGk="})).await.unwrap();
     assert_eq!(ack["success"], true);
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    server.terminate();
     // The transport is closed cleanly (not a reset), so socket.io-client reconnects by itself
     // once the server is back; a Socket.IO DISCONNECT would stop it from reconnecting.
     let end = client.recv().await;
     assert!(matches!(end, Err(ClientError::Closed)), "{end:?}");
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(server.wait().await, Some(0));
 
     let path = storage
         .path()

@@ -110,6 +110,11 @@ impl Server {
             .env("PORT", "0")
             .env("STORAGE", storage)
             .env("RUST_LOG", "info")
+            // Every benchmark connection comes from 127.0.0.1.
+            .env("MAX_CONNECTIONS_PER_IP", "100000")
+            .env("MAX_CONNECTIONS", "100000")
+            .env("EVENTS_PER_SECOND", "1000000")
+            .env("EVENT_BURST", "1000000")
             .stdout(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {} (build it with --release)", exe.display()))?;

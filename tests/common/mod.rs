@@ -116,3 +116,104 @@ pub fn token(bucket: &str) -> String {
 pub fn hex_ref(pair: &str) -> String {
     pair.repeat(32)
 }
+
+/// The server binary run as a child process, for tests that kill it, signal it or read its
+/// memory and file descriptors.
+pub struct ServerProcess {
+    pub addr: SocketAddr,
+    /// `None` once reaped; a process still running when the test ends (or panics) is killed.
+    child: Option<std::process::Child>,
+}
+
+impl ServerProcess {
+    /// Starts `blobs` on `127.0.0.1:0` with `storage`, plus extra environment variables, and
+    /// waits until it listens.
+    pub fn start(storage: &Path, env: &[(&str, &str)]) -> Self {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut command = Command::new(env!("CARGO_BIN_EXE_blobs"));
+        command
+            .current_dir(storage)
+            .env("TOKEN_SECRET", SECRET)
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("STORAGE", storage)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("server binary starts");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("the server prints its address before exiting")
+                .expect("readable log");
+            if let Some(addr) = blobs::listening_addr(&line) {
+                break addr;
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self {
+            addr,
+            child: Some(child),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("not reaped").id()
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().expect("not reaped");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn wait(mut self) -> Option<i32> {
+        let mut child = self.child.take().expect("not reaped");
+        tokio::task::spawn_blocking(move || child.wait().expect("wait").code())
+            .await
+            .expect("wait task")
+    }
+
+    /// Resident memory in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS");
+        kib * 1024
+    }
+
+    /// Open file descriptors.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+}
