@@ -211,13 +211,12 @@ async fn sigterm_under_load_loses_nothing() {
         .map(|i| tokio::spawn(writer(server.addr, ref_name(i % REFS), ledger.clone())))
         .collect();
     // Let the load build up: every ref written, a few hundred writes acknowledged.
-    loop {
+    let loaded = || {
         let ledger = ledger.lock().unwrap();
         let written = ledger.values().filter(|e| e.acked > 0).count();
-        if written == REFS && ledger.values().map(|e| e.acked).sum::<u64>() >= 300 {
-            break;
-        }
-        drop(ledger);
+        written == REFS && ledger.values().map(|e| e.acked).sum::<u64>() >= 300
+    };
+    while !loaded() {
         tokio::task::yield_now().await;
     }
     server.terminate();
