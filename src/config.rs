@@ -64,7 +64,7 @@ pub struct Config {
 
     /// Packets queued for one socket while it does not read; a socket whose queue is full is
     /// dropped, which bounds the memory a slow or stalled client can hold.
-    #[arg(long, env = "SEND_BUFFER_PACKETS", default_value_t = 64)]
+    #[arg(long, env = "SEND_BUFFER_PACKETS", default_value_t = 32)]
     pub send_buffer_packets: usize,
 
     /// How often the server pings each client (Engine.IO `pingInterval`), e.g. `25s`.

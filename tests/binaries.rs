@@ -10,9 +10,13 @@ use serde_json::{Value, json};
 
 /// Runs the token binary with the test secret, in a directory without a `.env`.
 fn run_token(bucket: &str) -> std::process::Output {
+    run_token_with(&[bucket])
+}
+
+fn run_token_with(args: &[&str]) -> std::process::Output {
     let cwd = tempfile::tempdir().unwrap();
     Command::new(env!("CARGO_BIN_EXE_token"))
-        .arg(bucket)
+        .args(args)
         .env("TOKEN_SECRET", SECRET)
         .current_dir(cwd.path())
         .output()
@@ -39,6 +43,36 @@ async fn the_token_binary_mints_tokens_the_server_accepts() {
     server.stop().await;
 
     assert_eq!(run_token("../etc").status.code(), Some(2));
+}
+
+/// `--expires-in` sets `exp`, `--read-only` mints a token whose writes are refused.
+#[tokio::test]
+async fn the_token_binary_mints_expiring_and_read_only_tokens() {
+    let output = run_token_with(&["b", "--expires-in", "2h", "--read-only"]);
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let token = stdout.lines().nth(1).unwrap();
+    let claims = jsonwebtoken::dangerous::insecure_decode::<Value>(token)
+        .unwrap()
+        .claims;
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        7200
+    );
+    assert_eq!(claims["scope"], "read");
+
+    let server = TestServer::start().await;
+    let mut client = RawClient::connect_token(server.addr, token).await.unwrap();
+    client.call("ref", &[json!(hex_ref("f2"))]).await.unwrap();
+    assert_eq!(
+        client.call1("set", json!({"data": "aGk="})).await.unwrap(),
+        json!({"error": "Read-only token"})
+    );
+    server.stop().await;
+    assert_eq!(
+        run_token_with(&["b", "--expires-in", "soon"]).status.code(),
+        Some(2)
+    );
 }
 
 /// Without TOKEN_SECRET the server refuses to start with one sentence and exit code 2.
