@@ -69,10 +69,8 @@ async fn read_only_tokens_read_and_listen_but_never_write() {
     server.stop().await;
 }
 
-/// `X-Real-IP` is believed only from a trusted proxy; otherwise the peer address is recorded.
-#[tokio::test]
-async fn x_real_ip_is_believed_only_from_trusted_proxies() {
-    let server = server_with(&["--trusted-proxies", "10.0.0.1,192.168.0.0/16"]).await;
+/// The address a server records for a write sent with `X-Real-IP: 203.0.113.7`.
+async fn recorded_address(server: &TestServer) -> Value {
     let r = hex_ref("a1");
     let mut client = RawClient::connect_with_headers(
         server.addr,
@@ -83,10 +81,22 @@ async fn x_real_ip_is_believed_only_from_trusted_proxies() {
     .unwrap();
     client.call("ref", &[json!(r)]).await.unwrap();
     client.call1("set", json!({"data": "aGk="})).await.unwrap();
-    let file: Value =
-        serde_json::from_slice(&std::fs::read(server.blob_path("b", &r)).unwrap()).unwrap();
-    assert_eq!(file["ip"], "127.0.0.1");
-    server.stop().await;
+    serde_json::from_slice::<Value>(&std::fs::read(server.blob_path("b", &r)).unwrap()).unwrap()
+        ["ip"]
+        .clone()
+}
+
+/// `X-Real-IP` is believed from a trusted proxy (loopback by default); from anyone else the
+/// peer address is recorded.
+#[tokio::test]
+async fn x_real_ip_is_believed_only_from_trusted_proxies() {
+    let trusting = TestServer::start().await;
+    assert_eq!(recorded_address(&trusting).await, "203.0.113.7");
+    trusting.stop().await;
+
+    let distrusting = server_with(&["--trusted-proxies", "10.0.0.1,192.168.0.0/16"]).await;
+    assert_eq!(recorded_address(&distrusting).await, "127.0.0.1");
+    distrusting.stop().await;
 }
 
 /// Connections beyond the per-address limit and the server limit are refused with a clear

@@ -8,17 +8,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use blobs::client::RawClient;
-use common::{ServerProcess, token};
+use common::{ServerProcess, env_or, token};
 use serde_json::json;
 
 const WRITERS: usize = 16;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn ref_name(i: usize) -> String {
     format!("{:02x}{:062x}", (i * 89) % 256, i)

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use blobs::client::{ClientError, RawClient};
-use common::{ServerProcess, token};
+use common::{ServerProcess, env_or, token};
 use serde_json::{Value, json};
 
 const WRITERS: usize = 8;
@@ -31,13 +31,6 @@ struct Entry {
 }
 
 type Ledger = Arc<Mutex<HashMap<String, Entry>>>;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn ref_name(i: usize) -> String {
     format!("{:02x}{:062x}", (i * 53) % 256, i)

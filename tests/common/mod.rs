@@ -112,6 +112,14 @@ pub fn token(bucket: &str) -> String {
     Keys::new(SECRET).mint(&Bucket::parse(bucket).expect("valid bucket"))
 }
 
+/// A numeric setting of a long-running test from the environment (e.g. its cycle count).
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A ref made of one repeated hex digit pair, e.g. `hex_ref("ab")`.
 pub fn hex_ref(pair: &str) -> String {
     pair.repeat(32)
