@@ -9,6 +9,7 @@
 //! - [`auth`]: bucket tokens (JWT), verification and minting.
 //! - [`names`]: validated bucket and ref names, the only inputs of a storage path.
 //! - [`store`]: versioned blobs, the storage trait and the JSON-file store.
+//! - [`changes`]: change notification to Socket.IO rooms and HTTP streams.
 //! - [`durable`]: the one function that replaces a file (temp file, fsync, rename, fsync dir).
 //! - [`protocol`]: the Socket.IO events and their acknowledgements.
 //! - [`limits`]: overload limits (connection slots, per-socket event rate).
@@ -21,6 +22,7 @@
 //! wrappers around it.
 
 pub mod auth;
+pub mod changes;
 pub mod client;
 pub mod config;
 pub mod durable;
@@ -89,6 +91,7 @@ pub async fn run(
         .ws_read_buffer_size(1024)
         .build_layer();
     protocol::register(&io);
+    state.changes().attach(io.clone());
 
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::mirror_request())

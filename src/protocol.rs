@@ -17,7 +17,7 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ConnectInfo;
 use base64::Engine as _;
@@ -29,11 +29,12 @@ use socketioxide::handler::{ConnectHandler, FromMessageParts, MessageHandler, Va
 use socketioxide::socket::{DisconnectReason, Socket};
 use socketioxide::{SendError, SocketError, SocketIo};
 
+use crate::changes::{self, Change};
 use crate::error::Error;
 use crate::limits::{ConnectionRefused, ConnectionSlot, RateLimiter, Verdict};
 use crate::names::{Bucket, Ref};
 use crate::state::AppState;
-use crate::store::{MAX_VERSION, SetOutcome, SetRequest};
+use crate::store::{Change as StoreChange, Expect, MAX_VERSION, SetOutcome, SetRequest, live};
 
 /// Longest `data` accepted, in base64 characters (the documented maximum: 768 KiB of bytes).
 pub const MAX_DATA_LEN: usize = 1_048_576;
@@ -45,9 +46,6 @@ pub const MAX_MESSAGE_LEN: usize = 2 * 1024 * 1024;
 /// Events a socket may have waiting to run. Past this, new events are answered
 /// `{ error }` at once instead of queued, which bounds a socket's memory.
 const MAX_PENDING: usize = 64;
-
-/// How often a stalled socket is asked again to disconnect.
-const STALLED_RETRY: Duration = Duration::from_millis(100);
 
 /// The message of the connect error every refused handshake gets.
 const ACCESS_DENIED: &str = "Access denied";
@@ -321,7 +319,7 @@ impl Session {
     /// now if a DISCONNECT still fits, else by the next heartbeat (within `PING_INTERVAL`).
     fn drop_stalled(&self, socket: &SocketRef) {
         self.queue.lock().expect("queue lock poisoned").dropped = true;
-        drop_stalled(socket);
+        changes::drop_stalled(socket);
     }
 
     async fn run(&self, socket: &SocketRef, call: Call) {
@@ -347,10 +345,10 @@ impl Session {
         };
         let mut queue = self.queue.lock().expect("queue lock poisoned");
         if let Some(old) = queue.subscribed.take() {
-            socket.leave(self.room(&old));
+            socket.leave(changes::room(&self.bucket, &old));
         }
         if let Some(r) = &new {
-            socket.join(self.room(r));
+            socket.join(changes::room(&self.bucket, r));
         }
         queue.subscribed = new;
         Ok(Reply::Empty)
@@ -364,7 +362,7 @@ impl Session {
     async fn get(&self, arg: Option<&Json>) -> Result<Reply, Error> {
         let known = optional_version(object(arg)?, "known")?;
         let r = self.subscribed()?;
-        let Some(blob) = self.state.store().get(&self.bucket, &r).await? else {
+        let Some(blob) = live(self.state.store().get(&self.bucket, &r).await?) else {
             return Ok(Reply::Json(Json::Null));
         };
         Ok(Reply::Json(if known == Some(blob.version) {
@@ -383,8 +381,8 @@ impl Session {
         let data = optional_data(params)?;
         let r = self.subscribed()?;
         let request = SetRequest {
-            data,
-            version,
+            change: StoreChange::Put(data),
+            expect: Expect::Protocol(version),
             ip: self.ip.clone(),
             now: now_ms(),
         };
@@ -392,13 +390,24 @@ impl Session {
         match outcome? {
             SetOutcome::Committed { version } => {
                 tracing::debug!(bucket = %self.bucket, r#ref = %r, version, "committed");
-                notify_changed(socket, self.room(&r));
+                let change = Change {
+                    bucket: self.bucket.clone(),
+                    r,
+                    version,
+                    deleted: false,
+                };
+                self.state.changes().publish(change, Some(socket));
                 Ok(Reply::Json(json!({ "success": true, "version": version })))
             }
-            SetOutcome::Conflict(current) => Ok(Reply::Json(with_data(
-                json!({ "success": false, "version": current.version }),
-                current.data.as_deref(),
-            ))),
+            // A protocol write always finds something to conflict with (a missing blob is
+            // created), so `current` is the live blob or its tombstone (which has no data).
+            SetOutcome::Conflict(Some(current)) | SetOutcome::PreconditionRequired(current) => {
+                Ok(Reply::Json(with_data(
+                    json!({ "success": false, "version": current.version }),
+                    current.data.as_deref(),
+                )))
+            }
+            SetOutcome::Conflict(None) => Ok(Reply::Json(json!({ "success": false }))),
         }
     }
 
@@ -419,11 +428,6 @@ impl Session {
             Err(e) => tracing::debug!(sid = %socket.id, "acknowledgement not delivered: {e}"),
         }
     }
-
-    /// The Socket.IO room of one blob: its subscribers.
-    fn room(&self, r: &Ref) -> String {
-        format!("{}/{}", self.bucket, r)
-    }
 }
 
 /// A successful acknowledgement.
@@ -431,37 +435,6 @@ enum Reply {
     /// No argument (`ref`).
     Empty,
     Json(Json),
-}
-
-/// Sends `changed` to the other sockets of a blob's room, one by one, so that a subscriber
-/// whose send buffer is full can be told apart and dropped instead of holding memory.
-fn notify_changed(writer: &SocketRef, room: String) {
-    for target in writer.to(room).sockets() {
-        match target.emit("changed", &NO_ARGS) {
-            Ok(()) => {}
-            Err(SendError::Socket(SocketError::InternalChannelFull)) => drop_stalled(&target),
-            Err(e) => tracing::debug!(sid = %target.id, "changed not delivered: {e}"),
-        }
-    }
-}
-
-/// Takes a stalled socket out of every room and disconnects it (see
-/// [`Session::drop_stalled`]).
-fn drop_stalled(socket: &SocketRef) {
-    tracing::info!(sid = %socket.id, "client stopped reading: dropping it");
-    socket.leave_all();
-    // DISCONNECT needs room in the full send buffer: retry until it fits or the transport is
-    // gone (the heartbeat closes a client that never reads again).
-    let socket = socket.clone();
-    tokio::spawn(async move {
-        let mut retry = tokio::time::interval(STALLED_RETRY);
-        while socket.connected() {
-            if socket.clone().disconnect().is_ok() {
-                break;
-            }
-            retry.tick().await;
-        }
-    });
 }
 
 fn with_data(mut reply: Json, data: Option<&str>) -> Json {

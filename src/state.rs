@@ -7,6 +7,7 @@ use ipnet::IpNet;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Keys;
+use crate::changes::Changes;
 use crate::config::Config;
 use crate::limits::Connections;
 use crate::store::Store;
@@ -18,6 +19,7 @@ pub struct AppState(Arc<Inner>);
 struct Inner {
     keys: Keys,
     store: Arc<dyn Store>,
+    changes: Changes,
     connections: Arc<Connections>,
     /// Sustained events per second and burst allowed to one socket.
     event_rate: (u32, u32),
@@ -34,6 +36,7 @@ impl AppState {
         Self(Arc::new(Inner {
             keys,
             store,
+            changes: Changes::default(),
             connections: Connections::new(config.max_connections, config.max_connections_per_ip),
             event_rate: (config.events_per_second, config.event_burst),
             trusted_proxies: config.trusted_proxies.clone(),
@@ -48,6 +51,10 @@ impl AppState {
 
     pub fn store(&self) -> &dyn Store {
         &*self.0.store
+    }
+
+    pub fn changes(&self) -> &Changes {
+        &self.0.changes
     }
 
     pub fn connections(&self) -> &Arc<Connections> {

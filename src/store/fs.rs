@@ -135,6 +135,66 @@ impl Store for FsStore {
             version: blob.version,
         })
     }
+
+    async fn list(
+        &self,
+        bucket: &Bucket,
+        after: Option<&Ref>,
+        limit: usize,
+    ) -> Result<Vec<(Ref, Arc<Blob>)>> {
+        let dir = self.root.join(bucket.as_str());
+        let after = after.cloned();
+        tokio::task::spawn_blocking(move || list_dir(&dir, after.as_ref(), limit)).await?
+    }
+
+    async fn writable(&self) -> bool {
+        let root = self.root.clone();
+        let probe = move || -> io::Result<()> {
+            let mut file = tempfile::Builder::new()
+                .prefix(durable::TEMP_PREFIX)
+                .tempfile_in(&root)?;
+            std::io::Write::write_all(&mut file, b"probe")
+        };
+        matches!(tokio::task::spawn_blocking(probe).await, Ok(Ok(())))
+    }
+}
+
+/// Live blobs under one bucket directory, in ref order, after `after`, at most `limit`.
+fn list_dir(dir: &Path, after: Option<&Ref>, limit: usize) -> Result<Vec<(Ref, Arc<Blob>)>> {
+    let mut found = Vec::new();
+    let mut shards = match sorted_names(dir) {
+        Ok(names) => names,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
+        Err(source) => return Err(io_error(dir, source)),
+    };
+    shards.retain(|s| s.len() == 2 && after.is_none_or(|a| s.as_str() >= a.shard()));
+    for shard in shards {
+        let shard_dir = dir.join(&shard);
+        let names = sorted_names(&shard_dir).map_err(|source| io_error(&shard_dir, source))?;
+        let refs = names
+            .iter()
+            .filter_map(|name| Ref::parse(name.strip_suffix(".json")?))
+            .filter(|r| r.shard() == shard && after.is_none_or(|a| r > a));
+        for r in refs {
+            let path = shard_dir.join(format!("{r}.json"));
+            if let Some(blob) = read_blob(&path)?.filter(|b| !b.deleted) {
+                found.push((r, Arc::new(blob)));
+                if found.len() == limit {
+                    return Ok(found);
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn sorted_names(dir: &Path) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        names.push(entry?.file_name().to_string_lossy().into_owned());
+    }
+    names.sort_unstable();
+    Ok(names)
 }
 
 fn io_error(path: &Path, source: io::Error) -> Error {

@@ -1,8 +1,12 @@
 //! Versioned blobs and the storage trait behind them.
 //!
-//! The trait is small on purpose: reading the current blob and a compare-and-swap write are
-//! all the protocol needs, and both map onto an object store with conditional writes as well
-//! as onto files. Implementations must acknowledge a write only once it is durable.
+//! The trait is small on purpose: reading the current blob, a conditional write and a listing
+//! are all the protocols need, and they map onto an object store with conditional writes as
+//! well as onto files. Implementations must acknowledge a write only once it is durable.
+//!
+//! A deleted blob stays as a tombstone (`"deleted": true`, no data, its version kept): readers
+//! see it as missing, and a blob created again continues from its version, so an old client's
+//! write naming a stale version can never win.
 
 mod fs;
 
@@ -18,7 +22,8 @@ pub use fs::FsStore;
 /// (and the next one) stays exact in a browser.
 pub const MAX_VERSION: u64 = (1 << 53) - 1;
 
-/// One blob, exactly as stored in `<bucket>/<ref[0..2]>/<ref>.json` (the original's format).
+/// One blob, exactly as stored in `<bucket>/<ref[0..2]>/<ref>.json` (the original's format,
+/// plus `deleted` on tombstones).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Blob {
     /// Base64 text as the client sent it; absent when the blob has a version and no data.
@@ -30,33 +35,84 @@ pub struct Blob {
     /// Milliseconds since the epoch; absent until the first update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated: Option<u64>,
-    /// Address of the last writer (`X-Real-IP`, or `"unknown"`).
+    /// Address of the last writer (`X-Real-IP` from a trusted proxy, or the peer).
     #[serde(default = "unknown_ip")]
     pub ip: String,
+    /// A tombstone: the blob was deleted at this version.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 fn unknown_ip() -> String {
     "unknown".to_owned()
 }
 
-/// A compare-and-swap write.
+impl Blob {
+    /// Time of the last change, milliseconds since the epoch.
+    pub fn modified(&self) -> u64 {
+        self.updated.unwrap_or(self.created)
+    }
+
+    /// Length of the decoded data in bytes (0 without data).
+    pub fn size(&self) -> usize {
+        self.data.as_deref().map_or(0, decoded_len)
+    }
+}
+
+/// Bytes a base64 text decodes to (padding optional).
+fn decoded_len(text: &str) -> usize {
+    let body = text.trim_end_matches('=').len();
+    body * 3 / 4
+}
+
+/// The blob as readers see it: `None` for a missing blob and for a tombstone.
+pub fn live(blob: Option<Arc<Blob>>) -> Option<Arc<Blob>> {
+    blob.filter(|b| !b.deleted)
+}
+
+/// What a write expects of the current blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// The Socket.IO rule: a missing blob is created whatever the version says; otherwise the
+    /// version must match the current one (a tombstone's included).
+    Protocol(Option<u64>),
+    /// `If-Match`: a live blob at exactly this version.
+    Version(u64),
+    /// `If-None-Match: *`: no live blob (missing, or a tombstone, which it continues).
+    Absent,
+    /// No precondition: creates like `Absent`, but a live blob needs a precondition.
+    Unconditional,
+}
+
+/// The change a write makes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// New data (or none: a blob with a version and no data).
+    Put(Option<String>),
+    /// A tombstone.
+    Delete,
+}
+
+/// A conditional write.
 #[derive(Clone, Debug)]
 pub struct SetRequest {
-    pub data: Option<String>,
-    /// The version the writer believes is current; `None` only matches a blob that does not exist.
-    pub version: Option<u64>,
+    pub change: Change,
+    pub expect: Expect,
     pub ip: String,
     /// Time of the write, milliseconds since the epoch.
     pub now: u64,
 }
 
-/// What a compare-and-swap did.
+/// What a conditional write did.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SetOutcome {
-    /// The write is durable; the blob now has this version.
+    /// The write is durable; the blob (or tombstone) now has this version.
     Committed { version: u64 },
-    /// The named version was stale: nothing was written; this is the current blob.
-    Conflict(Arc<Blob>),
+    /// The expectation failed: nothing was written; this is the current blob, if any
+    /// (tombstones included).
+    Conflict(Option<Arc<Blob>>),
+    /// An unconditional write met a live blob: the writer must say which version it replaces.
+    PreconditionRequired(Arc<Blob>),
 }
 
 /// A storage failure. Its detail is logged; the client only learns that the operation failed.
@@ -85,39 +141,69 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Storage for versioned blobs, shared by every connection.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// The current blob, or `None` when it does not exist.
+    /// The current blob or tombstone, or `None` when there never was one.
     async fn get(&self, bucket: &Bucket, r: &Ref) -> Result<Option<Arc<Blob>>>;
 
-    /// Compare-and-swap: writes when the blob does not exist (version 1) or when its version
-    /// equals `request.version` (version + 1); otherwise returns the current blob untouched.
+    /// A conditional write (see [`apply`] for the rules).
     async fn set(&self, bucket: &Bucket, r: &Ref, request: SetRequest) -> Result<SetOutcome>;
+
+    /// Live blobs of a bucket in ref order, after `after`, at most `limit` of them.
+    async fn list(
+        &self,
+        bucket: &Bucket,
+        after: Option<&Ref>,
+        limit: usize,
+    ) -> Result<Vec<(Ref, Arc<Blob>)>>;
+
+    /// Whether the store can take writes now (a probe write succeeds).
+    async fn writable(&self) -> bool;
 }
 
-/// The blob a compare-and-swap produces from the current one, or the conflict it reports.
+/// The blob a conditional write produces from the current one, or what it reports instead.
 ///
 /// Pure, so the version rules are tested once for every backend.
 pub fn apply(current: Option<&Arc<Blob>>, request: SetRequest) -> Result<Result<Blob, SetOutcome>> {
-    let Some(current) = current else {
-        return Ok(Ok(Blob {
-            data: request.data,
-            version: 1,
-            created: request.now,
-            updated: None,
-            ip: request.ip,
-        }));
+    let conflict = || Ok(Err(SetOutcome::Conflict(current.cloned())));
+    let live = current.filter(|b| !b.deleted);
+    let base = match (request.expect, current) {
+        (Expect::Protocol(_), None) => None,
+        (Expect::Protocol(version), Some(blob)) if version == Some(blob.version) => Some(blob),
+        (Expect::Protocol(_), Some(_)) => return conflict(),
+        (Expect::Version(version), _) => match live {
+            Some(blob) if blob.version == version => Some(blob),
+            _ => return conflict(),
+        },
+        (Expect::Absent, _) if live.is_some() => return conflict(),
+        (Expect::Unconditional, _) if live.is_some() => {
+            return Ok(Err(SetOutcome::PreconditionRequired(
+                live.cloned().expect("checked above"),
+            )));
+        }
+        (Expect::Absent | Expect::Unconditional, tombstone) => tombstone,
     };
-    if request.version != Some(current.version) {
-        return Ok(Err(SetOutcome::Conflict(current.clone())));
+    // Deleting what readers already see as missing is a conflict, not a new tombstone.
+    if request.change == Change::Delete && base.is_none_or(|b| b.deleted) {
+        return conflict();
     }
-    if current.version >= MAX_VERSION {
-        return Err(Error::VersionOverflow);
-    }
+    let version = match base {
+        None => 1,
+        Some(b) if b.version >= MAX_VERSION => return Err(Error::VersionOverflow),
+        Some(b) => b.version + 1,
+    };
+    let (data, deleted) = match request.change {
+        Change::Put(data) => (data, false),
+        Change::Delete => (None, true),
+    };
     Ok(Ok(Blob {
-        data: request.data,
-        version: current.version + 1,
-        created: current.created,
-        updated: Some(request.now),
+        data,
+        version,
+        // A blob created again over a tombstone starts a new life.
+        created: base
+            .filter(|b| !b.deleted)
+            .map_or(request.now, |b| b.created),
+        updated: base.is_some_and(|b| !b.deleted).then_some(request.now),
         ip: request.ip,
+        deleted,
     }))
 }
 
@@ -125,46 +211,121 @@ pub fn apply(current: Option<&Arc<Blob>>, request: SetRequest) -> Result<Result<
 mod tests {
     use super::*;
 
-    fn request(version: Option<u64>) -> SetRequest {
+    fn request(expect: Expect, change: Change) -> SetRequest {
         SetRequest {
-            data: Some("AA==".into()),
-            version,
+            change,
+            expect,
             ip: "ip".into(),
             now: 7,
         }
     }
 
+    fn put(expect: Expect) -> SetRequest {
+        request(expect, Change::Put(Some("AA==".into())))
+    }
+
+    fn committed(current: Option<&Arc<Blob>>, req: SetRequest) -> Arc<Blob> {
+        Arc::new(apply(current, req).unwrap().expect("write commits"))
+    }
+
     #[test]
-    fn a_missing_blob_is_created_at_version_one_whatever_the_request_says() {
+    fn a_missing_blob_is_created_at_version_one_whatever_the_protocol_request_says() {
         for version in [None, Some(1), Some(42)] {
-            let blob = apply(None, request(version)).unwrap().unwrap();
+            let blob = committed(None, put(Expect::Protocol(version)));
             assert_eq!((blob.version, blob.created, blob.updated), (1, 7, None));
         }
+        assert_eq!(committed(None, put(Expect::Absent)).version, 1);
+        assert_eq!(committed(None, put(Expect::Unconditional)).version, 1);
+        assert_eq!(
+            apply(None, put(Expect::Version(1))).unwrap(),
+            Err(SetOutcome::Conflict(None))
+        );
     }
 
     #[test]
     fn a_matching_version_increments_and_a_stale_one_conflicts() {
-        let current = Arc::new(apply(None, request(None)).unwrap().unwrap());
-        let next = apply(Some(&current), request(Some(1))).unwrap().unwrap();
+        let current = committed(None, put(Expect::Protocol(None)));
+        let next = committed(Some(&current), put(Expect::Protocol(Some(1))));
         assert_eq!((next.version, next.created, next.updated), (2, 7, Some(7)));
-        for stale in [None, Some(2), Some(0)] {
+        assert_eq!(
+            committed(Some(&current), put(Expect::Version(1))).version,
+            2
+        );
+        for stale in [
+            Expect::Protocol(None),
+            Expect::Protocol(Some(2)),
+            Expect::Version(2),
+        ] {
             assert_eq!(
-                apply(Some(&current), request(stale)).unwrap(),
-                Err(SetOutcome::Conflict(current.clone()))
+                apply(Some(&current), put(stale)).unwrap(),
+                Err(SetOutcome::Conflict(Some(current.clone())))
+            );
+        }
+        assert_eq!(
+            apply(Some(&current), put(Expect::Absent)).unwrap(),
+            Err(SetOutcome::Conflict(Some(current.clone())))
+        );
+        assert_eq!(
+            apply(Some(&current), put(Expect::Unconditional)).unwrap(),
+            Err(SetOutcome::PreconditionRequired(current.clone()))
+        );
+    }
+
+    #[test]
+    fn tombstones_keep_the_version_and_stale_writers_never_win() {
+        let v1 = committed(None, put(Expect::Protocol(None)));
+        let tombstone = committed(Some(&v1), request(Expect::Version(1), Change::Delete));
+        assert!(tombstone.deleted && tombstone.data.is_none());
+        assert_eq!(tombstone.version, 2);
+        assert!(live(Some(tombstone.clone())).is_none());
+        // An old client naming version 1, or none, loses.
+        for stale in [
+            Expect::Protocol(Some(1)),
+            Expect::Protocol(None),
+            Expect::Version(2),
+        ] {
+            assert!(matches!(
+                apply(Some(&tombstone), put(stale)).unwrap(),
+                Err(SetOutcome::Conflict(Some(_)))
+            ));
+        }
+        // Deleting again is a conflict; creating again continues the versions.
+        assert!(
+            apply(
+                Some(&tombstone),
+                request(Expect::Version(2), Change::Delete)
+            )
+            .unwrap()
+            .is_err()
+        );
+        for create in [
+            Expect::Absent,
+            Expect::Unconditional,
+            Expect::Protocol(Some(2)),
+        ] {
+            let again = committed(Some(&tombstone), put(create));
+            assert_eq!(
+                (again.version, again.deleted, again.updated),
+                (3, false, None)
             );
         }
     }
 
     #[test]
-    fn the_original_file_format_round_trips() {
+    fn the_file_format_round_trips() {
         let text = r#"{"data":"aGk=","version":3,"created":1763780000000,"updated":1763780100000,"ip":"203.0.113.7"}"#;
         let blob: Blob = serde_json::from_str(text).unwrap();
         assert_eq!(serde_json::to_string(&blob).unwrap(), text);
+        assert_eq!((blob.size(), blob.modified()), (2, 1763780100000));
         let bare: Blob =
             serde_json::from_str(r#"{"version":1,"created":5,"ip":"unknown"}"#).unwrap();
         assert_eq!(
             serde_json::to_string(&bare).unwrap(),
             r#"{"version":1,"created":5,"ip":"unknown"}"#
         );
+        let tombstone = r#"{"version":4,"created":5,"ip":"unknown","deleted":true}"#;
+        let blob: Blob = serde_json::from_str(tombstone).unwrap();
+        assert!(blob.deleted);
+        assert_eq!(serde_json::to_string(&blob).unwrap(), tombstone);
     }
 }

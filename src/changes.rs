@@ -1,0 +1,105 @@
+//! Change notification: every committed write, whichever protocol made it, reaches the
+//! Socket.IO subscribers of the blob (`changed`) and the HTTP change streams (SSE).
+//!
+//! Socket.IO subscribers of one blob share a room. `changed` is sent to them one socket at a
+//! time, so a subscriber whose send buffer is full can be told apart and dropped rather than
+//! holding memory. HTTP streams read one broadcast channel and keep the changes of their ref.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use socketioxide::extract::SocketRef;
+use socketioxide::{SendError, SocketError, SocketIo};
+use tokio::sync::broadcast;
+
+use crate::names::{Bucket, Ref};
+
+/// Changes an HTTP stream may fall behind by before it skips to the current version.
+const STREAM_BACKLOG: usize = 1024;
+
+/// How often a stalled socket is asked again to disconnect.
+const STALLED_RETRY: Duration = Duration::from_millis(100);
+
+/// An event with no argument: serialises as `["changed"]`.
+const NO_ARGS: [(); 0] = [];
+
+/// One committed write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub bucket: Bucket,
+    pub r: Ref,
+    pub version: u64,
+    pub deleted: bool,
+}
+
+/// Where changes go.
+pub struct Changes {
+    /// The Socket.IO server, set once when it is built (it needs the state that holds this).
+    io: OnceLock<SocketIo>,
+    /// Every change, for the HTTP streams; bounded (see [`STREAM_BACKLOG`]): a stream that
+    /// falls further behind is told the current version instead.
+    streams: broadcast::Sender<Change>,
+}
+
+impl Default for Changes {
+    fn default() -> Self {
+        Self {
+            io: OnceLock::new(),
+            streams: broadcast::channel(STREAM_BACKLOG).0,
+        }
+    }
+}
+
+impl Changes {
+    pub fn attach(&self, io: SocketIo) {
+        self.io.set(io).ok();
+    }
+
+    /// Announces a committed write. `writer` is the Socket.IO socket that made it, which does
+    /// not hear its own change.
+    pub fn publish(&self, change: Change, writer: Option<&SocketRef>) {
+        let room = room(&change.bucket, &change.r);
+        let targets = match (writer, self.io.get()) {
+            (Some(writer), _) => writer.to(room).sockets(),
+            (None, Some(io)) => io.to(room).sockets(),
+            (None, None) => Vec::new(),
+        };
+        for target in targets {
+            match target.emit("changed", &NO_ARGS) {
+                Ok(()) => {}
+                Err(SendError::Socket(SocketError::InternalChannelFull)) => drop_stalled(&target),
+                Err(e) => tracing::debug!(sid = %target.id, "changed not delivered: {e}"),
+            }
+        }
+        // No HTTP stream listening is not an error.
+        self.streams.send(change).ok();
+    }
+
+    /// All changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.streams.subscribe()
+    }
+}
+
+/// The Socket.IO room of one blob: its subscribers.
+pub fn room(bucket: &Bucket, r: &Ref) -> String {
+    format!("{bucket}/{r}")
+}
+
+/// Takes a socket whose send buffer is full out of every room and disconnects it.
+pub fn drop_stalled(socket: &SocketRef) {
+    tracing::info!(sid = %socket.id, "client stopped reading: dropping it");
+    socket.leave_all();
+    // DISCONNECT needs room in the full send buffer: retry until it fits or the transport is
+    // gone (the heartbeat closes a client that never reads again).
+    let socket = socket.clone();
+    tokio::spawn(async move {
+        let mut retry = tokio::time::interval(STALLED_RETRY);
+        while socket.connected() {
+            if socket.clone().disconnect().is_ok() {
+                break;
+            }
+            retry.tick().await;
+        }
+    });
+}
