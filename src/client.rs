@@ -155,6 +155,9 @@ impl RawClient {
         loop {
             let packet = self.recv_engine().await?;
             let Some(socketio) = packet.strip_prefix('4') else {
+                if packet == "1" {
+                    return Err(ClientError::Closed); // Engine.IO CLOSE
+                }
                 continue;
             };
             if socketio.starts_with(&prefix) {

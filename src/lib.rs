@@ -119,16 +119,33 @@ pub async fn run(
         }
     });
     let app = ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
+    let closed = Arc::new(tokio::sync::Notify::new());
+    let serve = axum::serve(listener, app).with_graceful_shutdown({
+        let closed = closed.clone();
+        async move {
             shutdown.await;
             tracing::info!("shutting down: finishing accepted events");
             state.drain().await;
             io.close().await;
-        })
-        .await
-        .map_err(StartError::Serve)
+            closed.notify_one();
+        }
+    });
+    // Every accepted event is answered and the sockets are closed before `closed` fires; a
+    // connection that lingers after that (a half-open socket, an idle HTTP client) gets a
+    // short grace period, so it can never hold a restart up.
+    let lingering = async {
+        closed.notified().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        tracing::warn!("connections still open after the grace period: closing them");
+    };
+    tokio::select! {
+        served = serve => served.map_err(StartError::Serve),
+        () = lingering => Ok(()),
+    }
 }
+
+/// How long connections may linger once every socket was closed at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The address in the server's "listening" log line (`... listening addr=127.0.0.1:3000 ...`),
 /// for tools that start the server on port 0 and need to know where it listens.
