@@ -34,6 +34,11 @@ pub struct Config {
     #[arg(long, env = "STORAGE", default_value = "./data")]
     pub storage: PathBuf,
 
+    /// Largest blob, in bytes, on both protocols (Socket.IO `data` is its base64: 786,432 bytes
+    /// are 1,048,576 characters).
+    #[arg(long, env = "MAX_DATA_BYTES", default_value_t = 786_432)]
+    pub max_data_bytes: usize,
+
     /// Proxies whose `X-Real-IP` header is believed: comma-separated addresses or CIDR blocks.
     /// A connection from any other address is recorded with its own address.
     #[arg(

@@ -1,7 +1,6 @@
 //! Errors at the server's two boundaries: what a Socket.IO client sees, and what stops start-up.
 
 use crate::config::ConfigError;
-use crate::protocol::MAX_DATA_LEN;
 use crate::store::{self, MAX_VERSION};
 
 /// Why an event could not be served. The client receives `{ error: "<this message>" }` as the
@@ -24,8 +23,8 @@ pub enum Error {
     #[error("Invalid {0}: expected an integer from 1 to {MAX_VERSION}")]
     InvalidVersion(&'static str),
     /// `data` that is not base64 text or is too long.
-    #[error("Invalid data: expected a base64 string of at most {MAX_DATA_LEN} characters")]
-    InvalidData,
+    #[error("Invalid data: expected a base64 string of at most {0} characters")]
+    InvalidData(usize),
     /// `set` with a read-only token.
     #[error("Read-only token")]
     ReadOnly,

@@ -12,6 +12,8 @@
 //! - [`changes`]: change notification to Socket.IO rooms and HTTP streams.
 //! - [`durable`]: the one function that replaces a file (temp file, fsync, rename, fsync dir).
 //! - [`protocol`]: the Socket.IO events and their acknowledgements.
+//! - [`http`]: the HTTP API (ETags, conditional requests, change stream, OpenAPI).
+//! - [`proxy`]: which client address to believe (trusted proxies).
 //! - [`limits`]: overload limits (connection slots, per-socket event rate).
 //! - [`state`]: the shared state handle.
 //! - [`error`]: what clients and operators see when something fails.
@@ -27,9 +29,11 @@ pub mod client;
 pub mod config;
 pub mod durable;
 pub mod error;
+pub mod http;
 pub mod limits;
 pub mod names;
 pub mod protocol;
+pub mod proxy;
 pub mod state;
 pub mod store;
 
@@ -38,11 +42,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::ServiceExt;
 use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::serve::ListenerExt;
-use axum::{Router, ServiceExt};
 use socketioxide::{ParserConfig, SocketIo};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -52,7 +56,6 @@ use tower_http::map_response_body::MapResponseBodyLayer;
 use crate::auth::Keys;
 use crate::config::Config;
 use crate::error::StartError;
-use crate::protocol::MAX_MESSAGE_LEN;
 use crate::state::AppState;
 use crate::store::FsStore;
 
@@ -70,12 +73,13 @@ pub async fn run(
         source,
     })?;
     let state = AppState::new(&config, keys, Arc::new(store));
+    let max_message = protocol::max_message_len(state.max_data_chars());
 
     // No event of the protocol carries binary attachments: a packet that announces more than
     // one, or leaves one incomplete, closes that connection instead of holding memory.
     let parser = ParserConfig::common()
         .max_incoming_binaries(1)
-        .max_incoming_binary_buf_size(MAX_MESSAGE_LEN)
+        .max_incoming_binary_buf_size(max_message)
         .packet_completion_timeout(Duration::from_secs(10));
     let (layer, io) = SocketIo::builder()
         .with_parser(parser)
@@ -83,9 +87,9 @@ pub async fn run(
         .max_buffer_size(config.send_buffer_packets)
         .ping_interval(config.ping_interval)
         .ping_timeout(config.ping_timeout)
-        .max_payload(MAX_MESSAGE_LEN as u64)
-        .ws_max_message_size(MAX_MESSAGE_LEN)
-        .ws_max_frame_size(MAX_MESSAGE_LEN)
+        .max_payload(max_message as u64)
+        .ws_max_message_size(max_message)
+        .ws_max_frame_size(max_message)
         // Idle sockets dominate memory; 1 KiB read chunks save 3 KiB per connection over the
         // default, at the cost of more reads for the rare large message.
         .ws_read_buffer_size(1024)
@@ -106,7 +110,7 @@ pub async fn run(
         .map_request(detach_head)
         .layer(MapResponseBodyLayer::new(axum::body::Body::new))
         .layer(layer)
-        .service(Router::new().fallback(not_found));
+        .service(http::router().fallback(not_found).with_state(state.clone()));
 
     if let Ok(addr) = listener.local_addr() {
         // The `addr=` field is read by `listening_addr`: keep the two together.
@@ -126,7 +130,14 @@ pub async fn run(
             shutdown.await;
             tracing::info!("shutting down: finishing accepted events");
             state.drain().await;
-            io.close().await;
+            // Every accepted event is answered by now; a transport that does not close in
+            // time must not hold the process up.
+            if tokio::time::timeout(SHUTDOWN_GRACE, io.close())
+                .await
+                .is_err()
+            {
+                tracing::warn!("some transports did not close within the grace period");
+            }
             closed.notify_one();
         }
     });
@@ -144,7 +155,7 @@ pub async fn run(
     }
 }
 
-/// How long connections may linger once every socket was closed at shutdown.
+/// How long transports may take to close, and connections to linger afterwards, at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The address in the server's "listening" log line (`... listening addr=127.0.0.1:3000 ...`),

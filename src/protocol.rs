@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -33,15 +34,18 @@ use crate::changes::{self, Change};
 use crate::error::Error;
 use crate::limits::{ConnectionRefused, ConnectionSlot, RateLimiter, Verdict};
 use crate::names::{Bucket, Ref};
+use crate::proxy;
 use crate::state::AppState;
 use crate::store::{Change as StoreChange, Expect, MAX_VERSION, SetOutcome, SetRequest, live};
 
-/// Longest `data` accepted, in base64 characters (the documented maximum: 768 KiB of bytes).
-pub const MAX_DATA_LEN: usize = 1_048_576;
+/// Smallest transport limit: room for a `set` of the documented maximum (1,048,576 base64
+/// characters) with its framing. A larger frame disconnects only the client that sent it.
+const MIN_MESSAGE_LEN: usize = 2 * 1024 * 1024;
 
-/// Largest Socket.IO message accepted on either transport: room for a maximal `set` with its
-/// framing. A larger frame disconnects only the client that sent it.
-pub const MAX_MESSAGE_LEN: usize = 2 * 1024 * 1024;
+/// Largest Socket.IO message accepted on either transport, for a `data` limit in characters.
+pub fn max_message_len(max_data_chars: usize) -> usize {
+    MIN_MESSAGE_LEN.max(max_data_chars + 64 * 1024)
+}
 
 /// Events a socket may have waiting to run. Past this, new events are answered
 /// `{ error }` at once instead of queued, which bounds a socket's memory.
@@ -94,6 +98,7 @@ async fn authenticate(
         read_only: grant.read_only,
         ip: address.to_string(),
         slot: Mutex::new(Some(slot)),
+        closed: AtomicBool::new(false),
         queue: Mutex::new(Queue {
             jobs: VecDeque::new(),
             running: false,
@@ -119,24 +124,14 @@ async fn authenticate(
 
 async fn on_connect() {}
 
-/// The client's address: the `X-Real-IP` header when the peer is a trusted proxy and the
-/// header holds an address, else the peer's own address.
+/// The client's address (see [`proxy::client_address`]).
 fn client_address(socket: &SocketRef, trusted_proxies: &[IpNet]) -> IpAddr {
     let parts = socket.req_parts();
     let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0.ip().to_canonical())
-        .unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
-    if !trusted_proxies.iter().any(|net| net.contains(&peer)) {
-        return peer;
-    }
-    parts
-        .headers
-        .get("x-real-ip")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<IpAddr>().ok())
-        .map_or(peer, |ip| ip.to_canonical())
+        .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |info| info.0.ip());
+    proxy::client_address(peer, &parts.headers, trusted_proxies)
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -168,6 +163,10 @@ struct Session {
     /// This connection's slot in the connection limits; freed on disconnect (or, at the
     /// latest, when the session is dropped).
     slot: Mutex<Option<ConnectionSlot>>,
+    /// Set on disconnect: queued events are skipped. (Not `SocketRef::connected`, which
+    /// socketioxide sets only after sending CONNECT, so a client's first events can arrive
+    /// before it.)
+    closed: AtomicBool,
     /// Events waiting to run, the subscription and the rate limiter. A std mutex: held only
     /// to push, pop or read, never across an await.
     queue: Mutex<Queue>,
@@ -296,21 +295,23 @@ impl Session {
                 }
             };
             // A socket that is gone (or was disconnected) runs nothing more.
-            if !job.socket.connected() {
+            if self.closed.load(Ordering::Acquire) {
                 continue;
             }
             match job.work {
                 Work::Call(call) => self.run(&job.socket, call).await,
                 Work::Disconnect(reason) => {
                     tracing::debug!(sid = %job.socket.id, reason, "disconnecting");
+                    self.closed.store(true, Ordering::Release);
                     job.socket.disconnect().ok();
                 }
             }
         }
     }
 
-    /// Frees the connection slot (on disconnect).
+    /// Marks the session closed and frees its connection slot (on disconnect).
     fn release(&self) {
+        self.closed.store(true, Ordering::Release);
         self.slot.lock().expect("slot lock poisoned").take();
     }
 
@@ -378,7 +379,7 @@ impl Session {
         }
         let params = object(arg)?;
         let version = optional_version(params, "version")?;
-        let data = optional_data(params)?;
+        let data = optional_data(params, self.state.max_data_chars())?;
         let r = self.subscribed()?;
         let request = SetRequest {
             change: StoreChange::Put(data),
@@ -461,14 +462,14 @@ fn optional_version(params: &Map<String, Json>, key: &'static str) -> Result<Opt
 }
 
 /// `data`: absent or `null` is `None`; otherwise standard base64 (padding optional, no
-/// whitespace) of at most [`MAX_DATA_LEN`] characters, kept exactly as sent.
-fn optional_data(params: &Map<String, Json>) -> Result<Option<String>, Error> {
+/// whitespace) of at most `max_chars` characters, kept exactly as sent.
+fn optional_data(params: &Map<String, Json>, max_chars: usize) -> Result<Option<String>, Error> {
     match params.get("data") {
         None | Some(Json::Null) => Ok(None),
-        Some(Json::String(text)) if text.len() <= MAX_DATA_LEN && is_base64(text) => {
+        Some(Json::String(text)) if text.len() <= max_chars && is_base64(text) => {
             Ok(Some(text.clone()))
         }
-        Some(_) => Err(Error::InvalidData),
+        Some(_) => Err(Error::InvalidData(max_chars)),
     }
 }
 
@@ -520,17 +521,21 @@ mod tests {
 
     #[test]
     fn data_is_bounded_base64() {
-        assert_eq!(optional_data(&params(json!({}))).unwrap(), None);
+        const MAX_DATA_LEN: usize = 1_048_576;
+        assert_eq!(
+            optional_data(&params(json!({})), MAX_DATA_LEN).unwrap(),
+            None
+        );
         for ok in ["", "aGk=", "aGk", "+/+/"] {
             assert_eq!(
-                optional_data(&params(json!({ "data": ok })))
+                optional_data(&params(json!({ "data": ok })), MAX_DATA_LEN)
                     .unwrap()
                     .as_deref(),
                 Some(ok)
             );
         }
         let max = "A".repeat(MAX_DATA_LEN);
-        assert!(optional_data(&params(json!({ "data": max }))).is_ok());
+        assert!(optional_data(&params(json!({ "data": max })), MAX_DATA_LEN).is_ok());
         let over = "A".repeat(MAX_DATA_LEN + 4);
         for bad in [
             json!("aG k="),
@@ -541,7 +546,7 @@ mod tests {
             json!({}),
             json!(over),
         ] {
-            assert!(optional_data(&params(json!({ "data": bad }))).is_err());
+            assert!(optional_data(&params(json!({ "data": bad })), MAX_DATA_LEN).is_err());
         }
     }
 }

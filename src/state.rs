@@ -21,6 +21,8 @@ struct Inner {
     store: Arc<dyn Store>,
     changes: Changes,
     connections: Arc<Connections>,
+    /// Largest blob in bytes (HTTP body; Socket.IO `data` is its base64).
+    max_data_bytes: usize,
     /// Sustained events per second and burst allowed to one socket.
     event_rate: (u32, u32),
     trusted_proxies: Vec<IpNet>,
@@ -38,6 +40,7 @@ impl AppState {
             store,
             changes: Changes::default(),
             connections: Connections::new(config.max_connections, config.max_connections_per_ip),
+            max_data_bytes: config.max_data_bytes,
             event_rate: (config.events_per_second, config.event_burst),
             trusted_proxies: config.trusted_proxies.clone(),
             tasks: TaskTracker::new(),
@@ -59,6 +62,15 @@ impl AppState {
 
     pub fn connections(&self) -> &Arc<Connections> {
         &self.0.connections
+    }
+
+    pub fn max_data_bytes(&self) -> usize {
+        self.0.max_data_bytes
+    }
+
+    /// Longest Socket.IO `data`: the base64 length of [`AppState::max_data_bytes`].
+    pub fn max_data_chars(&self) -> usize {
+        self.0.max_data_bytes.div_ceil(3) * 4
     }
 
     pub fn event_rate(&self) -> (u32, u32) {

@@ -2,10 +2,10 @@
 
 mod common;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use blobs::client::{ClientError, RawClient};
-use common::{SECRET, TestServer, hex_ref};
+use common::{SECRET, TestServer, hex_ref, token};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
@@ -379,6 +379,26 @@ async fn events_take_effect_in_order() {
         );
         let ack = client.wait_ack(get_id).await.unwrap();
         assert_eq!(ack, format!("3{get_id}[{expected}]"), "round {round}");
+    }
+    server.stop().await;
+}
+
+/// An event sent the moment CONNECT arrives is answered: socketioxide marks a socket
+/// connected only after sending CONNECT, so the server must not use that flag to skip events.
+/// The window is small; many connections make hitting it likely under load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_sent_on_connect_are_answered() {
+    let server = TestServer::start().await;
+    let clients = (0..200).map(|_| {
+        let addr = server.addr;
+        tokio::spawn(async move {
+            let mut client = RawClient::connect_token(addr, &token("b")).await.unwrap();
+            let ack = tokio::time::timeout(Duration::from_secs(20), client.call_raw("now", &[]));
+            assert!(ack.await.expect("answered").unwrap().contains("timestamp"));
+        })
+    });
+    for client in clients.collect::<Vec<_>>() {
+        client.await.unwrap();
     }
     server.stop().await;
 }

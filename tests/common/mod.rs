@@ -38,6 +38,10 @@ impl TestServer {
 
     /// Starts a server with extra command-line options, e.g. `["--max-connections", "2"]`.
     pub async fn start_with(storage: TempDir, options: &[&str]) -> Self {
+        // `BLOBS_TEST_LOG=debug` shows the server's log while debugging a test.
+        if let Ok(filter) = std::env::var("BLOBS_TEST_LOG") {
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");

@@ -1,0 +1,377 @@
+//! The HTTP API against the real server, with reqwest: ETags, preconditions, tombstones,
+//! paging, the change stream, cross-protocol notification, health and the OpenAPI document.
+
+mod common;
+
+use std::time::Duration;
+
+use blobs::auth::{Keys, MintOptions};
+use blobs::names::Bucket;
+use common::{SECRET, TestServer, hex_ref, token};
+use futures_util::StreamExt;
+use reqwest::{Client, Method, Response, StatusCode};
+use serde_json::{Value, json};
+
+struct Api {
+    http: Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    fn new(server: &TestServer, bucket: &str) -> Self {
+        Self {
+            http: Client::new(),
+            base: format!("http://{}", server.addr),
+            token: token(bucket),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .body(body.to_vec());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.unwrap()
+    }
+}
+
+fn etag(response: &Response) -> &str {
+    response.headers()["etag"].to_str().unwrap()
+}
+
+async fn error_of(response: Response) -> String {
+    let body: Value = response.json().await.unwrap();
+    body["error"].as_str().expect("JSON error body").to_owned()
+}
+
+/// Missing or bad tokens get 401 with `WWW-Authenticate: Bearer` and a JSON error; health
+/// endpoints need none.
+#[tokio::test]
+async fn auth_and_health() {
+    let server = TestServer::start().await;
+    let base = format!("http://{}", server.addr);
+    let http = Client::new();
+    for request in [
+        http.get(format!("{base}/v1/blobs")),
+        http.get(format!("{base}/v1/blobs")).bearer_auth("garbage"),
+    ] {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        assert!(!error_of(response).await.is_empty());
+    }
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            http.get(format!("{base}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    server.stop().await;
+}
+
+/// Create, read, conditional reads and writes: 201, 200, 304, 412, 428, 413, 400.
+#[tokio::test]
+async fn etags_and_preconditions() {
+    let server =
+        TestServer::start_with(tempfile::tempdir().unwrap(), &["--max-data-bytes", "16"]).await;
+    let api = Api::new(&server, "b");
+    let path = format!("/v1/blobs/{}", hex_ref("AB"));
+
+    let created = api.send(Method::PUT, &path, &[], b"hello").await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    assert_eq!(etag(&created), "\"1\"");
+
+    let read = api.send(Method::GET, &path, &[], b"").await;
+    assert_eq!(read.status(), 200);
+    assert_eq!(etag(&read), "\"1\"");
+    assert_eq!(read.headers()["content-type"], "application/octet-stream");
+    assert!(read.headers().contains_key("last-modified"));
+    assert_eq!(read.bytes().await.unwrap().as_ref(), b"hello");
+
+    let head = api.send(Method::HEAD, &path, &[], b"").await;
+    assert_eq!((head.status(), etag(&head)), (StatusCode::OK, "\"1\""));
+    let unchanged = api
+        .send(Method::GET, &path, &[("if-none-match", "\"1\"")], b"")
+        .await;
+    assert_eq!(unchanged.status(), StatusCode::NOT_MODIFIED);
+
+    let required = api.send(Method::PUT, &path, &[], b"again").await;
+    assert_eq!(required.status(), StatusCode::PRECONDITION_REQUIRED);
+    let updated = api
+        .send(Method::PUT, &path, &[("if-match", "\"1\"")], b"world")
+        .await;
+    assert_eq!(
+        (updated.status(), etag(&updated)),
+        (StatusCode::OK, "\"2\"")
+    );
+    let stale = api
+        .send(Method::PUT, &path, &[("if-match", "\"1\"")], b"lost")
+        .await;
+    assert_eq!(
+        (stale.status(), etag(&stale)),
+        (StatusCode::PRECONDITION_FAILED, "\"2\"")
+    );
+    assert_eq!(
+        stale.bytes().await.unwrap().as_ref(),
+        b"world",
+        "412 carries the current bytes"
+    );
+    let exists = api
+        .send(Method::PUT, &path, &[("if-none-match", "*")], b"new")
+        .await;
+    assert_eq!(exists.status(), StatusCode::PRECONDITION_FAILED);
+
+    let too_big = api
+        .send(Method::PUT, &path, &[("if-match", "\"2\"")], &[0u8; 17])
+        .await;
+    assert_eq!(too_big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let bad_ref = api.send(Method::GET, "/v1/blobs/xyz", &[], b"").await;
+    assert_eq!(bad_ref.status(), StatusCode::BAD_REQUEST);
+    let bad_tag = api
+        .send(Method::PUT, &path, &[("if-match", "2")], b"x")
+        .await;
+    assert_eq!(bad_tag.status(), StatusCode::BAD_REQUEST);
+    let missing = api
+        .send(
+            Method::GET,
+            &format!("/v1/blobs/{}", hex_ref("cd")),
+            &[],
+            b"",
+        )
+        .await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    server.stop().await;
+}
+
+/// DELETE leaves a tombstone: readers see nothing, the version continues, stale writers lose.
+#[tokio::test]
+async fn deletes_leave_tombstones() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server, "b");
+    let r = hex_ref("de");
+    let path = format!("/v1/blobs/{r}");
+    api.send(Method::PUT, &path, &[], b"one").await;
+    let mut socket = server.subscribed("b", &r).await;
+
+    assert_eq!(
+        api.send(Method::DELETE, &path, &[], b"").await.status(),
+        StatusCode::PRECONDITION_REQUIRED
+    );
+    let deleted = api
+        .send(Method::DELETE, &path, &[("if-match", "\"1\"")], b"")
+        .await;
+    assert_eq!(
+        (deleted.status(), etag(&deleted)),
+        (StatusCode::NO_CONTENT, "\"2\"")
+    );
+    assert_eq!(socket.recv().await.unwrap(), r#"2["changed"]"#);
+    assert_eq!(
+        api.send(Method::GET, &path, &[], b"").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(socket.call1("get", json!({})).await.unwrap(), Value::Null);
+    // An old Socket.IO client naming version 1 can never win.
+    let stale = socket
+        .call1("set", json!({"data": "eA==", "version": 1}))
+        .await
+        .unwrap();
+    assert_eq!(stale, json!({"success": false, "version": 2}));
+
+    let again = api
+        .send(Method::PUT, &path, &[("if-none-match", "*")], b"two")
+        .await;
+    assert_eq!(
+        (again.status(), etag(&again)),
+        (StatusCode::CREATED, "\"3\"")
+    );
+    server.stop().await;
+}
+
+/// The listing pages through live blobs in ref order.
+#[tokio::test]
+async fn listing_pages_in_ref_order() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server, "b");
+    let mut refs: Vec<String> = ["05", "a1", "33", "f0", "10"]
+        .iter()
+        .map(|p| hex_ref(p))
+        .collect();
+    for r in &refs {
+        api.send(Method::PUT, &format!("/v1/blobs/{r}"), &[], b"abc")
+            .await;
+    }
+    let gone = hex_ref("77");
+    api.send(Method::PUT, &format!("/v1/blobs/{gone}"), &[], b"x")
+        .await;
+    api.send(
+        Method::DELETE,
+        &format!("/v1/blobs/{gone}"),
+        &[("if-match", "\"1\"")],
+        b"",
+    )
+    .await;
+    refs.sort();
+
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let query = match &after {
+            Some(a) => format!("/v1/blobs?limit=2&after={a}"),
+            None => "/v1/blobs?limit=2".to_owned(),
+        };
+        let page: Value = api
+            .send(Method::GET, &query, &[], b"")
+            .await
+            .json()
+            .await
+            .unwrap();
+        for entry in page["blobs"].as_array().unwrap() {
+            assert_eq!(
+                (entry["version"].clone(), entry["size"].clone()),
+                (json!(1), json!(3))
+            );
+            assert!(entry["updated"].as_u64().unwrap() > 0);
+            seen.push(entry["ref"].as_str().unwrap().to_owned());
+        }
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, refs);
+    for bad in [
+        "/v1/blobs?limit=0",
+        "/v1/blobs?limit=1001",
+        "/v1/blobs?after=zz",
+    ] {
+        assert_eq!(
+            api.send(Method::GET, bad, &[], b"").await.status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
+    server.stop().await;
+}
+
+/// The change stream: HTTP and Socket.IO writes both appear, and `Last-Event-ID` resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_stream_sees_both_protocols_and_resumes() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server, "b");
+    let r = hex_ref("5e");
+    let path = format!("/v1/blobs/{r}");
+    let events = api
+        .send(Method::GET, &format!("{path}/events"), &[], b"")
+        .await;
+    assert_eq!(events.status(), 200);
+    let mut stream = events.bytes_stream();
+
+    api.send(Method::PUT, &path, &[], b"one").await;
+    let mut socket = server.subscribed("b", &r).await;
+    socket
+        .call1("set", json!({"data": "dHdv", "version": 1}))
+        .await
+        .unwrap();
+    let mut text = String::new();
+    while !text.contains("id: 2") {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("an event arrives")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("event: changed"), "{text}");
+    assert!(text.contains("data: {\"version\":1}"), "{text}");
+    assert!(text.contains("data: {\"version\":2}"), "{text}");
+
+    // Resume from version 1: the current version comes at once.
+    let resumed = api
+        .send(
+            Method::GET,
+            &format!("{path}/events"),
+            &[("last-event-id", "1")],
+            b"",
+        )
+        .await;
+    let mut stream = resumed.bytes_stream();
+    let chunk = tokio::time::timeout(Duration::from_secs(20), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&chunk).contains("id: 2"));
+    server.stop().await;
+}
+
+/// Read-only tokens read but never write; a blob without data answers 204.
+#[tokio::test]
+async fn read_only_tokens_and_empty_blobs() {
+    let server = TestServer::start().await;
+    let r = hex_ref("0e");
+    let mut socket = server.subscribed("b", &r).await;
+    socket.call1("set", json!({})).await.unwrap();
+    let mut api = Api::new(&server, "b");
+    let options = MintOptions {
+        expires_in: None,
+        read_only: true,
+    };
+    api.token = Keys::new(SECRET).mint_with(&Bucket::parse("b").unwrap(), &options);
+    let path = format!("/v1/blobs/{r}");
+    let empty = api.send(Method::GET, &path, &[], b"").await;
+    assert_eq!(
+        (empty.status(), etag(&empty)),
+        (StatusCode::NO_CONTENT, "\"1\"")
+    );
+    let refused = api
+        .send(Method::PUT, &path, &[("if-match", "\"1\"")], b"x")
+        .await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(error_of(refused).await, "Read-only token");
+    server.stop().await;
+}
+
+/// The OpenAPI document is 3.1 and names every route.
+#[tokio::test]
+async fn the_openapi_document_describes_every_route() {
+    let server = TestServer::start().await;
+    let doc: Value = reqwest::get(format!("http://{}/v1/openapi.json", server.addr))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, methods) in [
+        ("/v1/blobs", &["get"][..]),
+        ("/v1/blobs/{ref}", &["get", "put", "delete"][..]),
+        ("/v1/blobs/{ref}/events", &["get"][..]),
+        ("/v1/openapi.json", &["get"][..]),
+        ("/healthz", &["get"][..]),
+        ("/readyz", &["get"][..]),
+    ] {
+        for method in methods {
+            assert!(
+                paths[path].get(*method).is_some(),
+                "{method} {path} is documented"
+            );
+        }
+    }
+    assert_eq!(paths.len(), 6, "no undocumented or stale route");
+    server.stop().await;
+}
