@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use axum::ServiceExt;
 use axum::extract::Request;
-use axum::http::{HeaderValue, Method, StatusCode, Uri};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::IntoResponse;
 use axum::serve::ListenerExt;
 use socketioxide::{ParserConfig, SocketIo};
@@ -100,8 +100,17 @@ pub async fn run(
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::mirror_request())
         .allow_credentials(true)
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers(AllowHeaders::mirror_request());
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers(AllowHeaders::mirror_request())
+        // Browser apps of the HTTP API read versions from these.
+        .expose_headers([header::ETAG, header::LAST_MODIFIED]);
     // Socket.IO wraps the router as one service: `Router::layer` would build one Engine.IO
     // engine per route and fallback, and a long-polling session must always meet the engine
     // that opened it.

@@ -32,6 +32,11 @@ async fn cors_reflects_any_origin() {
     let headers = response.headers();
     assert_eq!(headers["access-control-allow-origin"], ORIGIN);
     assert_eq!(headers["access-control-allow-credentials"], "true");
+    let exposed = headers["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(exposed.contains("etag"), "{exposed}");
 
     let preflight = http
         .request(reqwest::Method::OPTIONS, &url)

@@ -4,6 +4,7 @@
 //! `cargo run --release --bin bench -- [--seconds N] [--dir DIR]`
 //!
 //! Scenarios: `set` (32 clients, each its own ref, 1 KiB data, CAS loop), `get` (32 clients),
+//! `http_get` and `http_put` (the same over the HTTP API, `PUT` with `If-Match`),
 //! `contend` (16 clients CAS-looping on one ref), `fanout` (1 writer, 1,000 subscribers: time
 //! from write to `changed`), and `idle` (server memory per idle connection, 2,000 sockets).
 //! The same run measures this disk's serial write+fsync+rename+fsync-dir rate, through the
@@ -41,7 +42,8 @@ struct Args {
     /// Writes measured in the fanout scenario.
     #[arg(long, default_value_t = 50)]
     fanout_writes: usize,
-    /// Run only these scenarios (set, get, contend, fanout, idle); all when absent.
+    /// Run only these scenarios (idle, set, get, http_get, http_put, contend, fanout); all
+    /// when absent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -83,6 +85,12 @@ async fn main() -> Result<()> {
     }
     if args.runs("get") {
         report["get"] = throughput(addr, &token, 32, duration, Workload::Get).await?;
+    }
+    if args.runs("http_get") {
+        report["http_get"] = http_throughput(addr, &token, 32, duration, false).await?;
+    }
+    if args.runs("http_put") {
+        report["http_put"] = http_throughput(addr, &token, 32, duration, true).await?;
     }
     if args.runs("contend") {
         report["contend"] = throughput(addr, &token, 16, duration, Workload::Contend).await?;
@@ -269,6 +277,68 @@ async fn throughput(
         report["committed_per_sec"] = json!(round(committed as f64 / elapsed));
     }
     Ok(report)
+}
+
+/// HTTP: each client reads its own 1 KiB blob (`GET`), or replaces it with `If-Match`
+/// (`PUT`, a durable compare-and-swap), over keep-alive connections.
+async fn http_throughput(
+    addr: SocketAddr,
+    token: &str,
+    clients: usize,
+    duration: Duration,
+    put: bool,
+) -> Result<Value> {
+    let body = vec![b'x'; 1024];
+    let deadline = Instant::now() + duration;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let url = format!("http://{addr}/v1/blobs/{}", bench_ref(3_000_000 + i));
+        let (token, body) = (token.to_owned(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let created = http
+                .put(&url)
+                .bearer_auth(&token)
+                .body(body.clone())
+                .send()
+                .await?;
+            let mut etag = created.headers()["etag"].to_str()?.to_owned();
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                let response = if put {
+                    http.put(&url)
+                        .bearer_auth(&token)
+                        .header("if-match", &etag)
+                        .body(body.clone())
+                        .send()
+                        .await?
+                } else {
+                    http.get(&url).bearer_auth(&token).send().await?
+                };
+                if !response.status().is_success() {
+                    bail!("{} from {url}", response.status());
+                }
+                etag = response.headers()["etag"].to_str()?.to_owned();
+                response.bytes().await?;
+                latencies.push(sent.elapsed());
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok(json!({
+        "clients": clients,
+        "ops": latencies.len(),
+        "ops_per_sec": round(latencies.len() as f64 / elapsed),
+        "p50_ms": percentile_ms(&mut latencies, 0.50),
+        "p99_ms": percentile_ms(&mut latencies, 0.99),
+    }))
 }
 
 /// One writer, `subscribers` watchers of the same ref: time from sending `set` to each
