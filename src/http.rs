@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::request::Parts;
@@ -38,8 +39,8 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
-/// The API's routes; the caller adds the state.
-pub fn router() -> Router<AppState> {
+/// The API's routes; the caller adds the state. `max_data_bytes` bounds request bodies.
+pub fn router(max_data_bytes: usize) -> Router<AppState> {
     Router::new()
         .route("/v1/blobs", get(list_blobs))
         .route(
@@ -50,6 +51,16 @@ pub fn router() -> Router<AppState> {
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_data_bytes))
+}
+
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(json!({ "error": "Method not allowed on this path" })),
+    )
+        .into_response()
 }
 
 /// The OpenAPI document of this API, generated from the handlers below.
@@ -313,11 +324,13 @@ async fn put_blob(
     token: Token,
     Path(r): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
     let bucket = token.writer()?.clone();
     let r = parse_ref(&r)?;
     let limit = state.max_data_bytes();
+    // The body limit layer refuses larger bodies while they arrive (chunked ones included).
+    let body = body.map_err(|_| HttpError::TooLarge(limit))?;
     if body.len() > limit {
         return Err(HttpError::TooLarge(limit));
     }
@@ -454,8 +467,11 @@ struct BlobPage {
 async fn list_blobs(
     State(state): State<AppState>,
     token: Token,
-    Query(query): Query<ListQuery>,
+    query: std::result::Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<BlobPage>> {
+    let Query(query) = query.map_err(|_| {
+        HttpError::BadRequest("Invalid query: expected after=<ref> and limit=<1 to 1000>")
+    })?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(HttpError::BadRequest("limit must be from 1 to 1000"));

@@ -119,7 +119,11 @@ pub async fn run(
         .map_request(detach_head)
         .layer(MapResponseBodyLayer::new(axum::body::Body::new))
         .layer(layer)
-        .service(http::router().fallback(not_found).with_state(state.clone()));
+        .service(
+            http::router(state.max_data_bytes())
+                .fallback(not_found)
+                .with_state(state.clone()),
+        );
 
     if let Ok(addr) = listener.local_addr() {
         // The `addr=` field is read by `listening_addr`: keep the two together.
