@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use socketioxide::extract::SocketRef;
 use socketioxide::{SendError, SocketError, SocketIo};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::names::{Bucket, Ref};
 
@@ -39,6 +39,8 @@ pub struct Changes {
     /// Every change, for the HTTP streams; bounded (see [`STREAM_BACKLOG`]): a stream that
     /// falls further behind is told the current version instead.
     streams: broadcast::Sender<Change>,
+    /// Becomes `true` at shutdown: HTTP streams end so they do not hold the server up.
+    closing: watch::Sender<bool>,
 }
 
 impl Default for Changes {
@@ -46,6 +48,7 @@ impl Default for Changes {
         Self {
             io: OnceLock::new(),
             streams: broadcast::channel(STREAM_BACKLOG).0,
+            closing: watch::channel(false).0,
         }
     }
 }
@@ -78,6 +81,19 @@ impl Changes {
     /// All changes from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.streams.subscribe()
+    }
+
+    /// Resolves once the server is shutting down.
+    pub fn closing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closing = self.closing.subscribe();
+        async move {
+            closing.wait_for(|closing| *closing).await.ok();
+        }
+    }
+
+    /// Ends the HTTP streams (at shutdown).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 }
 

@@ -429,6 +429,7 @@ async fn write(state: &AppState, bucket: Bucket, r: Ref, request: SetRequest) ->
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     /// Start after this ref (the `next` of the previous page).
     after: Option<String>,
@@ -537,8 +538,14 @@ async fn blob_events(
         if let Some(event) = first {
             emit(event);
         }
+        let closing = state.changes().closing();
+        tokio::pin!(closing);
         loop {
-            match changes.recv().await {
+            let received = tokio::select! {
+                received = changes.recv() => received,
+                () = &mut closing => return,
+            };
+            match received {
                 Ok(change) if change.bucket == bucket && change.r == r => {
                     emit(changed_event(change.version, change.deleted));
                 }

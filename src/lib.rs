@@ -143,6 +143,7 @@ pub async fn run(
             shutdown.await;
             tracing::info!("shutting down: finishing accepted events");
             state.drain().await;
+            state.changes().close();
             // Every accepted event is answered by now; a transport that does not close in
             // time must not hold the process up.
             if tokio::time::timeout(SHUTDOWN_GRACE, io.close())
