@@ -136,10 +136,32 @@ async fn etags_and_preconditions() {
         .await;
     assert_eq!(exists.status(), StatusCode::PRECONDITION_FAILED);
 
-    let too_big = api
-        .send(Method::PUT, &path, &[("if-match", "\"2\"")], &[0u8; 17])
-        .await;
-    assert_eq!(too_big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    for size in [17, 3 * 1024 * 1024] {
+        let body = vec![0u8; size];
+        let too_big = api
+            .send(Method::PUT, &path, &[("if-match", "\"2\"")], &body)
+            .await;
+        assert_eq!(too_big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(error_of(too_big).await.contains("limit"));
+    }
+    // The same limit holds for Socket.IO `data` (16 bytes are 24 base64 characters).
+    let mut socket = server.subscribed("b", &hex_ref("ab")).await;
+    let over = socket
+        .call1("set", json!({"data": "A".repeat(28), "version": 2}))
+        .await
+        .unwrap();
+    assert!(
+        over["error"].as_str().unwrap().contains("24 characters"),
+        "{over}"
+    );
+    let max = socket
+        .call1("set", json!({"data": "A".repeat(24), "version": 2}))
+        .await
+        .unwrap();
+    assert_eq!(max, json!({"success": true, "version": 3}));
+    let not_allowed = api.send(Method::POST, &path, &[], b"").await;
+    assert_eq!(not_allowed.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(!error_of(not_allowed).await.is_empty());
     let bad_ref = api.send(Method::GET, "/v1/blobs/xyz", &[], b"").await;
     assert_eq!(bad_ref.status(), StatusCode::BAD_REQUEST);
     let bad_tag = api
@@ -258,10 +280,13 @@ async fn listing_pages_in_ref_order() {
         "/v1/blobs?limit=0",
         "/v1/blobs?limit=1001",
         "/v1/blobs?after=zz",
+        "/v1/blobs?limit=x",
     ] {
-        assert_eq!(
-            api.send(Method::GET, bad, &[], b"").await.status(),
-            StatusCode::BAD_REQUEST
+        let response = api.send(Method::GET, bad, &[], b"").await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert!(
+            !error_of(response).await.is_empty(),
+            "{bad} answers a JSON error"
         );
     }
     server.stop().await;
