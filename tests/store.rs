@@ -89,6 +89,7 @@ async fn a_store_of_the_original_is_read_as_is() {
     );
     let shard = storage.path().join("MyApp").join("c1");
     fs::write(shard.join(".tmp-crashed"), "partial").unwrap();
+    fs::write(storage.path().join(".tmp-probe"), "probe").unwrap();
 
     let server = TestServer::start_in(storage).await;
     let expectations = [
@@ -130,6 +131,7 @@ async fn a_store_of_the_original_is_read_as_is() {
         leftovers.is_empty(),
         "backups and temp files resolved: {leftovers:?}"
     );
+    assert!(!server.storage().join(".tmp-probe").exists());
     server.stop().await;
 }
 

@@ -221,6 +221,13 @@ fn read_blob(path: &Path) -> Result<Option<Blob>> {
 
 /// Walks `<root>/<bucket>/<shard>/` once at start-up: removes temp files and resolves backups.
 fn sweep(root: &Path) -> io::Result<()> {
+    // The readiness probe writes its temp file in the root itself.
+    for entry in fs::read_dir(root)? {
+        let entry = entry?;
+        if durable::is_temp_name(&entry.file_name().to_string_lossy()) {
+            fs::remove_file(entry.path())?;
+        }
+    }
     for bucket in subdirs(root)? {
         for shard in subdirs(&bucket)? {
             for entry in fs::read_dir(&shard)? {
