@@ -23,14 +23,6 @@ fn read_only_token(bucket: &str) -> String {
     Keys::new(SECRET).mint_with(&Bucket::parse(bucket).unwrap(), &options)
 }
 
-async fn refusal(server: &TestServer) -> String {
-    match RawClient::connect_token(server.addr, &token("b")).await {
-        Err(ClientError::Refused(message)) => message,
-        Err(other) => panic!("expected a connect error, got {other}"),
-        Ok(_) => panic!("the connection should have been refused"),
-    }
-}
-
 /// A read-only token may `ref`, `get` and hear `changed`; every write is refused.
 #[tokio::test]
 async fn read_only_tokens_read_and_listen_but_never_write() {
@@ -107,7 +99,7 @@ async fn connection_limits_refuse_the_excess() {
     let first = server.client("b").await;
     let _second = server.client("b").await;
     assert_eq!(
-        refusal(&server).await,
+        server.refusal(json!({"token": token("b")})).await,
         "Too many connections from this address"
     );
     server.stop().await;
@@ -115,7 +107,10 @@ async fn connection_limits_refuse_the_excess() {
     let server = server_with(&["--max-connections", "2"]).await;
     let first_again = server.client("b").await;
     let _other = server.client("b").await;
-    assert_eq!(refusal(&server).await, "Server is at its connection limit");
+    assert_eq!(
+        server.refusal(json!({"token": token("b")})).await,
+        "Server is at its connection limit"
+    );
     // The slot is freed when the server has processed the close; retry (bounded) until then.
     first_again.close().await.unwrap();
     let mut attempts = 0;

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use blobs::client::{ClientError, RawClient};
+use blobs::client::RawClient;
 use common::{SECRET, TestServer, hex_ref, token};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -23,14 +23,6 @@ fn sign(claims: Value, alg: Algorithm, secret: &str) -> String {
         &EncodingKey::from_secret(secret.as_bytes()),
     )
     .unwrap()
-}
-
-async fn refused(server: &TestServer, auth: Value) -> String {
-    match RawClient::connect(server.addr, auth).await {
-        Err(ClientError::Refused(message)) => message,
-        Err(other) => panic!("expected a connect error, got {other}"),
-        Ok(_) => panic!("connection should have been refused"),
-    }
 }
 
 /// `now` answers the server time in milliseconds.
@@ -71,7 +63,7 @@ async fn bad_tokens_get_access_denied() {
     ];
     for auth in cases {
         assert_eq!(
-            refused(&server, auth.clone()).await,
+            server.refusal(auth.clone()).await,
             "Access denied",
             "{auth}"
         );

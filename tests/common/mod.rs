@@ -96,6 +96,15 @@ impl TestServer {
             .expect("client connects")
     }
 
+    /// The `connect_error` message of a handshake with `auth`, which must be refused.
+    pub async fn refusal(&self, auth: serde_json::Value) -> String {
+        match RawClient::connect(self.addr, auth).await {
+            Err(blobs::client::ClientError::Refused(message)) => message,
+            Err(other) => panic!("expected a connect error, got {other}"),
+            Ok(_) => panic!("the connection should have been refused"),
+        }
+    }
+
     /// A raw client of `bucket` subscribed to `r`.
     pub async fn subscribed(&self, bucket: &str, r: &str) -> RawClient {
         let mut client = self.client(bucket).await;
