@@ -6,7 +6,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -31,7 +31,7 @@ use crate::changes::Change;
 use crate::names::{Bucket, Ref};
 use crate::proxy;
 use crate::state::AppState;
-use crate::store::{self, Blob, Change as Write, Expect, SetOutcome, SetRequest, live};
+use crate::store::{self, Blob, Change as Write, Expect, SetOutcome, SetRequest, live, now_ms};
 
 /// Keep-alive comments on idle change streams.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -260,13 +260,6 @@ fn precondition_failed(current: Option<&Blob>) -> Result<Response> {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Reads a blob.
 #[utoipa::path(
     get,
@@ -331,9 +324,6 @@ async fn put_blob(
     let limit = state.max_data_bytes();
     // The body limit layer refuses larger bodies while they arrive (chunked ones included).
     let body = body.map_err(|_| HttpError::TooLarge(limit))?;
-    if body.len() > limit {
-        return Err(HttpError::TooLarge(limit));
-    }
     let expect = match (
         condition(&headers, header::IF_MATCH)?,
         condition(&headers, header::IF_NONE_MATCH)?,

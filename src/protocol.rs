@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::extract::ConnectInfo;
 use base64::Engine as _;
@@ -36,7 +36,9 @@ use crate::limits::{ConnectionRefused, ConnectionSlot, RateLimiter, Verdict};
 use crate::names::{Bucket, Ref};
 use crate::proxy;
 use crate::state::AppState;
-use crate::store::{Change as StoreChange, Expect, MAX_VERSION, SetOutcome, SetRequest, live};
+use crate::store::{
+    Change as StoreChange, Expect, MAX_VERSION, SetOutcome, SetRequest, live, now_ms,
+};
 
 /// Smallest transport limit: room for a `set` of the documented maximum (1,048,576 base64
 /// characters) with its framing. A larger frame disconnects only the client that sent it.
@@ -480,13 +482,6 @@ fn is_base64(text: &str) -> bool {
             .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
     );
     ENGINE.decode(text).is_ok()
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

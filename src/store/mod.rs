@@ -65,6 +65,14 @@ fn decoded_len(text: &str) -> usize {
     body * 3 / 4
 }
 
+/// Milliseconds since the epoch: the clock of `created`, `updated` and [`SetRequest::now`].
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// The blob as readers see it: `None` for a missing blob and for a tombstone.
 pub fn live(blob: Option<Arc<Blob>>) -> Option<Arc<Blob>> {
     blob.filter(|b| !b.deleted)
