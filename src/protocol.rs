@@ -104,7 +104,6 @@ async fn authenticate(
         queue: Mutex::new(Queue {
             jobs: VecDeque::new(),
             running: false,
-            dropped: false,
             subscribed: None,
             limiter: RateLimiter::new(per_second, burst),
         }),
@@ -165,9 +164,9 @@ struct Session {
     /// This connection's slot in the connection limits; freed on disconnect (or, at the
     /// latest, when the session is dropped).
     slot: Mutex<Option<ConnectionSlot>>,
-    /// Set on disconnect: queued events are skipped. (Not `SocketRef::connected`, which
-    /// socketioxide sets only after sending CONNECT, so a client's first events can arrive
-    /// before it.)
+    /// Set on disconnect, or when the client stopped reading: nothing more is queued or run.
+    /// (Not `SocketRef::connected`, which socketioxide sets only after sending CONNECT, so a
+    /// client's first events can arrive before it.)
     closed: AtomicBool,
     /// Events waiting to run, the subscription and the rate limiter. A std mutex: held only
     /// to push, pop or read, never across an await.
@@ -178,8 +177,6 @@ struct Queue {
     jobs: VecDeque<Job>,
     /// Whether a task is running this queue; at most one is, which is what keeps the order.
     running: bool,
-    /// Set when the client stopped reading (its send buffer is full): nothing more is run.
-    dropped: bool,
     /// The ref `get` and `set` act on.
     subscribed: Option<Ref>,
     limiter: RateLimiter,
@@ -256,7 +253,7 @@ impl Session {
             let mut queue = self.queue.lock().expect("queue lock poisoned");
             let refused = match queue.limiter.check(Instant::now()) {
                 _ if self.state.is_closing() => Some(Error::Closing),
-                _ if queue.dropped => return,
+                _ if self.closed.load(Ordering::Acquire) => return,
                 Verdict::Disconnect => {
                     job.work = Work::Disconnect("sustained event rate over twice the limit");
                     None
@@ -288,7 +285,8 @@ impl Session {
             let job = {
                 let mut queue = self.queue.lock().expect("queue lock poisoned");
                 match queue.jobs.pop_front() {
-                    Some(job) if !queue.dropped => job,
+                    // A socket that is gone (or was disconnected) runs nothing more.
+                    Some(job) if !self.closed.load(Ordering::Acquire) => job,
                     _ => {
                         queue.jobs.clear();
                         queue.running = false;
@@ -296,10 +294,6 @@ impl Session {
                     }
                 }
             };
-            // A socket that is gone (or was disconnected) runs nothing more.
-            if self.closed.load(Ordering::Acquire) {
-                continue;
-            }
             match job.work {
                 Work::Call(call) => self.run(&job.socket, call).await,
                 Work::Disconnect(reason) => {
@@ -321,7 +315,7 @@ impl Session {
     /// more is queued for it, its pending events are discarded, and its transport is closed
     /// now if a DISCONNECT still fits, else by the next heartbeat (within `PING_INTERVAL`).
     fn drop_stalled(&self, socket: &SocketRef) {
-        self.queue.lock().expect("queue lock poisoned").dropped = true;
+        self.closed.store(true, Ordering::Release);
         changes::drop_stalled(socket);
     }
 
