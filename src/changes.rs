@@ -1,8 +1,8 @@
 //! Change notification: every committed write, whichever protocol made it, reaches the
 //! Socket.IO subscribers of the blob (`changed`) and the HTTP change streams (SSE).
 //!
-//! Socket.IO subscribers of one blob share a room. `changed` is sent to them one socket at a
-//! time, so a subscriber whose send buffer is full can be told apart and dropped rather than
+//! Socket.IO subscribers of one blob share a room, and every socket of a bucket is in the
+//! bucket's room (for `blob-available`). Events are sent one socket at a time, so a subscriber whose send buffer is full can be told apart and dropped rather than
 //! holding memory. HTTP streams read one broadcast channel and keep the changes of their ref.
 
 use std::sync::OnceLock;
@@ -12,7 +12,7 @@ use socketioxide::extract::SocketRef;
 use socketioxide::{SendError, SocketError, SocketIo};
 use tokio::sync::{broadcast, watch};
 
-use crate::names::{Bucket, Ref};
+use crate::names::{Bucket, ContentHash, Ref};
 
 /// Changes an HTTP stream may fall behind by before it skips to the current version.
 const STREAM_BACKLOG: usize = 1024;
@@ -61,21 +61,44 @@ impl Changes {
     /// Announces a committed write. `writer` is the Socket.IO socket that made it, which does
     /// not hear its own change.
     pub fn publish(&self, change: Change, writer: Option<&SocketRef>) {
-        let room = room(&change.bucket, &change.r);
-        let targets = match (writer, self.io.get()) {
-            (Some(writer), _) => writer.to(room).sockets(),
+        self.emit(room(&change.bucket, &change.r), writer, "changed", &NO_ARGS);
+        // No HTTP stream listening is not an error.
+        self.streams.send(change).ok();
+    }
+
+    /// Announces content newly stored in `bucket` (`blob-available { hash }`) to every socket
+    /// of the bucket but `uploader`.
+    pub fn announce_content(
+        &self,
+        bucket: &Bucket,
+        hash: &ContentHash,
+        uploader: Option<&SocketRef>,
+    ) {
+        let payload = serde_json::json!({ "hash": hash.as_str() });
+        self.emit(bucket_room(bucket), uploader, "blob-available", &payload);
+    }
+
+    /// Sends `event` to every socket of `room` but `except`, dropping those that stopped
+    /// reading.
+    fn emit<T: serde::Serialize + ?Sized>(
+        &self,
+        room: String,
+        except: Option<&SocketRef>,
+        event: &str,
+        payload: &T,
+    ) {
+        let targets = match (except, self.io.get()) {
+            (Some(except), _) => except.to(room).sockets(),
             (None, Some(io)) => io.to(room).sockets(),
             (None, None) => Vec::new(),
         };
         for target in targets {
-            match target.emit("changed", &NO_ARGS) {
+            match target.emit(event, payload) {
                 Ok(()) => {}
                 Err(SendError::Socket(SocketError::InternalChannelFull)) => drop_stalled(&target),
-                Err(e) => tracing::debug!(sid = %target.id, "changed not delivered: {e}"),
+                Err(e) => tracing::debug!(sid = %target.id, event, "not delivered: {e}"),
             }
         }
-        // No HTTP stream listening is not an error.
-        self.streams.send(change).ok();
     }
 
     /// All changes from now on.
@@ -100,6 +123,11 @@ impl Changes {
 /// The Socket.IO room of one blob: its subscribers.
 pub fn room(bucket: &Bucket, r: &Ref) -> String {
     format!("{bucket}/{r}")
+}
+
+/// The Socket.IO room of every socket of a bucket (no `/`, so never a blob's room).
+pub fn bucket_room(bucket: &Bucket) -> String {
+    bucket.to_string()
 }
 
 /// Takes a socket whose send buffer is full out of every room and disconnects it.

@@ -79,6 +79,40 @@ pub struct Config {
     /// How long a client has to answer a ping before it is disconnected (`pingTimeout`).
     #[arg(long, env = "PING_TIMEOUT", value_parser = humantime::parse_duration, default_value = "20s")]
     pub ping_timeout: Duration,
+
+    /// Largest content-addressed blob, in bytes (64 MiB by default); a larger upload is refused
+    /// while it arrives.
+    #[arg(long, env = "CAS_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub cas_max_bytes: u64,
+
+    /// Content-addressed blobs larger than this come as a direct URL rather than inline when a
+    /// `blob-request` asks for redirects.
+    #[arg(long, env = "CAS_REDIRECT_BYTES", default_value_t = 256 * 1024)]
+    pub cas_redirect_bytes: u64,
+
+    /// How long a direct transfer URL stays valid, e.g. `15m`.
+    #[arg(long, env = "DIRECT_URL_TTL", value_parser = humantime::parse_duration, default_value = "15m")]
+    pub direct_url_ttl: Duration,
+
+    /// Public origin of this server in direct transfer URLs, e.g. `https://blobs.example.com`.
+    /// Unset: `http://` plus the `Host` the client connected with.
+    #[arg(long, env = "PUBLIC_URL", value_parser = parse_origin)]
+    pub public_url: Option<String>,
+}
+
+/// An origin for URLs: `http://` or `https://`, a host, no trailing slash.
+fn parse_origin(text: &str) -> Result<String, String> {
+    let text = text.trim().trim_end_matches('/');
+    let host = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .ok_or_else(|| format!("{text:?} must start with http:// or https://"))?;
+    if host.is_empty() || host.contains(['?', '#', ' ']) {
+        return Err(format!(
+            "{text:?} is not an origin like https://blobs.example.com"
+        ));
+    }
+    Ok(text.to_owned())
 }
 
 /// An address (`10.0.0.1`, taken as a /32 or /128) or a CIDR block (`10.0.0.0/8`).
@@ -141,6 +175,23 @@ mod tests {
             .collect();
         assert_eq!(parsed, ["10.0.0.1/32", "192.168.0.0/16", "fd00::/8"]);
         assert!(Config::try_parse_from(["blobs", "--trusted-proxies", "nope"]).is_err());
+    }
+
+    #[test]
+    fn public_urls_are_http_origins() {
+        let config = Config::parse_from(["blobs", "--public-url", "https://blobs.example.com/"]);
+        assert_eq!(
+            config.public_url.as_deref(),
+            Some("https://blobs.example.com")
+        );
+        assert_eq!(config.cas_max_bytes, 64 * 1024 * 1024);
+        assert_eq!(config.direct_url_ttl, Duration::from_secs(900));
+        for bad in ["blobs.example.com", "ftp://x", "https://", "http://a b"] {
+            assert!(
+                Config::try_parse_from(["blobs", "--public-url", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -22,23 +22,56 @@ pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
-    let created = create_dirs(dir)?;
+    let mut staged = Staged::new_in(dir)?;
+    staged.file().write_all(bytes)?;
+    staged.commit(path)
+}
 
-    let mut temp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .tempfile_in(dir)?;
-    temp.write_all(bytes)?;
-    temp.as_file().sync_all()?;
-    temp.persist(path).map_err(|e| e.error)?;
+/// A file being written that becomes visible, whole and durable, only when committed: the
+/// streaming form of [`replace`], for bodies too large to hold in memory or whose final name
+/// is only known once they are written (a content hash).
+///
+/// Dropped without [`Staged::commit`], its temp file is removed.
+pub struct Staged {
+    temp: tempfile::NamedTempFile,
+    /// Directories created for the temp file: durable only once their parents are synced.
+    created: Vec<PathBuf>,
+}
 
-    sync_dir(dir)?;
-    // A directory created just now is only durable once its own parent is synced.
-    for created_dir in created {
-        if let Some(parent) = created_dir.parent() {
-            sync_dir(parent)?;
-        }
+impl Staged {
+    /// A new temp file in `dir` (created if missing). `dir` must be on the file system of the
+    /// final path, so the commit is a rename.
+    pub fn new_in(dir: &Path) -> io::Result<Self> {
+        let created = create_dirs(dir)?;
+        let temp = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .tempfile_in(dir)?;
+        Ok(Self { temp, created })
     }
-    Ok(())
+
+    /// The temp file, to write to.
+    pub fn file(&mut self) -> &mut File {
+        self.temp.as_file_mut()
+    }
+
+    /// Fsyncs the temp file and renames it over `path` (creating missing parent directories),
+    /// then fsyncs the directories, so the new file survives a crash once this returns.
+    pub fn commit(mut self, path: &Path) -> io::Result<()> {
+        let dir = path
+            .parent()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
+        self.temp.as_file().sync_all()?;
+        self.created.extend(create_dirs(dir)?);
+        self.temp.persist(path).map_err(|e| e.error)?;
+        sync_dir(dir)?;
+        // A directory created on the way is only durable once its own parent is synced.
+        for created_dir in &self.created {
+            if let Some(parent) = created_dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Durably renames `from` over `to` (both in one directory).
@@ -79,9 +112,33 @@ fn create_dirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(missing)
 }
 
-/// Whether `name` is a temp file of [`replace`] (to be swept at start-up).
+/// Whether `name` is a temp file of [`replace`] or [`Staged`] (to be swept at start-up).
 pub fn is_temp_name(name: &str) -> bool {
     name.starts_with(TEMP_PREFIX)
+}
+
+/// Removes the temp files a crash left directly in `dir` (at start-up, before any writer).
+pub fn remove_temp_files(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if is_temp_name(&entry.file_name().to_string_lossy()) {
+            tracing::info!(path = %entry.path().display(), "removing temp file left by a crash");
+            fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// The directories directly under `dir`.
+pub fn subdirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut dirs = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            dirs.push(entry.path());
+        }
+    }
+    Ok(dirs)
 }
 
 #[cfg(test)]
@@ -100,6 +157,26 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("c.json")]);
+    }
+
+    #[test]
+    fn a_staged_file_appears_only_when_committed() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("cas/ab/abc");
+        let mut staged = Staged::new_in(&root.path().join("cas")).unwrap();
+        staged.file().write_all(b"streamed").unwrap();
+        assert!(!target.exists());
+        staged.commit(&target).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"streamed");
+        // Dropped without a commit: nothing is left behind.
+        let mut abandoned = Staged::new_in(&root.path().join("cas")).unwrap();
+        abandoned.file().write_all(b"half").unwrap();
+        drop(abandoned);
+        let left: Vec<_> = fs::read_dir(root.path().join("cas"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("ab")]);
     }
 
     #[test]

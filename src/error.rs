@@ -25,7 +25,10 @@ pub enum Error {
     /// `data` that is not base64 text or is too long.
     #[error("Invalid data: expected a base64 string of at most {0} characters")]
     InvalidData(usize),
-    /// `set` with a read-only token.
+    /// A content-addressed event whose argument does not have the documented shape.
+    #[error("Invalid argument: {0}")]
+    InvalidArgument(&'static str),
+    /// `set` or `blob-upload` with a read-only token.
     #[error("Read-only token")]
     ReadOnly,
     /// The socket sends events faster than `EVENTS_PER_SECOND` allows.
@@ -42,6 +45,9 @@ pub enum Error {
     /// previous version unless the file was already replaced when the final sync failed.
     #[error("Storage error: the operation could not be completed")]
     Store(#[from] store::Error),
+    /// The content store failed; logged, like [`Error::Store`].
+    #[error("Storage error: the operation could not be completed")]
+    Content(#[from] crate::cas::Error),
 }
 
 /// Why the server could not start. The binary prints it as one sentence and exits non-zero.

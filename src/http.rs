@@ -26,6 +26,8 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
+pub mod cas;
+
 use crate::auth::Grant;
 use crate::changes::Change;
 use crate::names::{Bucket, Ref};
@@ -51,8 +53,10 @@ pub fn router(max_data_bytes: usize) -> Router<AppState> {
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_data_bytes))
+        // The content routes stream their bodies under their own limit.
+        .merge(cas::router())
+        .method_not_allowed_fallback(method_not_allowed)
 }
 
 async fn method_not_allowed() -> Response {
@@ -159,15 +163,19 @@ impl FromRequestParts<AppState> for Token {
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .and_then(|token| state.keys().verify(token.trim()))
+        bearer_grant(&parts.headers, state)
             .map(Token)
             .ok_or(HttpError::Unauthorized)
     }
+}
+
+/// What the request's `Authorization: Bearer <token>` grants, if it is valid.
+fn bearer_grant(headers: &HeaderMap, state: &AppState) -> Option<Grant> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|token| state.keys().verify(token.trim()))
 }
 
 impl Token {

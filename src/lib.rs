@@ -9,10 +9,15 @@
 //! - [`auth`]: bucket tokens (JWT), verification and minting.
 //! - [`names`]: validated bucket and ref names, the only inputs of a storage path.
 //! - [`store`]: versioned blobs, the storage trait and the JSON-file store.
+//! - [`cas`]: content-addressed blobs (named by their BLAKE3 hash), their trait and file store.
+//! - [`locks`]: per-key async locks the stores serialise each blob's writes with.
+//! - [`direct`]: signed, expiring direct transfer URLs for content.
 //! - [`changes`]: change notification to Socket.IO rooms and HTTP streams.
 //! - [`durable`]: the one function that replaces a file (temp file, fsync, rename, fsync dir).
-//! - [`protocol`]: the Socket.IO events and their acknowledgements.
-//! - [`http`]: the HTTP API (ETags, conditional requests, change stream, OpenAPI).
+//! - [`protocol`]: the Socket.IO events and their acknowledgements; [`protocol::cas`] the
+//!   content-addressed blob flow.
+//! - [`http`]: the HTTP API (ETags, conditional requests, change stream, OpenAPI);
+//!   [`http::cas`] the content-addressed `/blobs/{hash}` routes.
 //! - [`proxy`]: which client address to believe (trusted proxies).
 //! - [`limits`]: overload limits (connection slots, per-socket event rate).
 //! - [`state`]: the shared state handle.
@@ -24,13 +29,16 @@
 //! wrappers around it.
 
 pub mod auth;
+pub mod cas;
 pub mod changes;
 pub mod client;
 pub mod config;
+pub mod direct;
 pub mod durable;
 pub mod error;
 pub mod http;
 pub mod limits;
+pub mod locks;
 pub mod names;
 pub mod protocol;
 pub mod proxy;
@@ -54,6 +62,7 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::map_response_body::MapResponseBodyLayer;
 
 use crate::auth::Keys;
+use crate::cas::FsContent;
 use crate::config::Config;
 use crate::error::StartError;
 use crate::state::AppState;
@@ -67,12 +76,15 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let keys = Keys::new(config.secret()?);
-    let store = FsStore::open(&config.storage).map_err(|source| StartError::Storage {
+    let secret = config.secret()?;
+    let keys = Keys::new(secret);
+    let storage_error = |source| StartError::Storage {
         path: config.storage.display().to_string(),
         source,
-    })?;
-    let state = AppState::new(&config, keys, Arc::new(store));
+    };
+    let store = FsStore::open(&config.storage).map_err(storage_error)?;
+    let content = FsContent::open(&config.storage).map_err(storage_error)?;
+    let state = AppState::new(&config, keys, Arc::new(store), Arc::new(content), secret);
     let max_message = protocol::max_message_len(state.max_data_chars());
 
     // No event of the protocol carries binary attachments: a packet that announces more than
@@ -110,7 +122,7 @@ pub async fn run(
         ])
         .allow_headers(AllowHeaders::mirror_request())
         // Browser apps of the HTTP API read versions from these.
-        .expose_headers([header::ETAG, header::LAST_MODIFIED]);
+        .expose_headers([header::ETAG, header::LAST_MODIFIED, header::CONTENT_RANGE]);
     // Socket.IO wraps the router as one service: `Router::layer` would build one Engine.IO
     // engine per route and fallback, and a long-polling session must always meet the engine
     // that opened it.

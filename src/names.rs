@@ -1,6 +1,7 @@
-//! Validated names: the bucket a token grants and the ref a client subscribes to.
+//! Validated names: the bucket a token grants, the ref a client subscribes to and the hash
+//! that names a content-addressed blob.
 //!
-//! Every storage path is built from these two types and nothing else, so a name that could
+//! Every storage path is built from these types and nothing else, so a name that could
 //! escape the storage root (`..`, `a/b`, NUL, an absolute path) can never reach the file
 //! system: it is refused here, before any path exists.
 
@@ -71,6 +72,47 @@ impl fmt::Display for Ref {
     }
 }
 
+/// The name of a content-addressed blob: the BLAKE3 hash of its bytes as 64 lower-case hex
+/// characters.
+///
+/// Unlike [`Ref`], nothing is normalised: the content-addressed contract forbids lower-casing,
+/// so `AB…` is refused rather than taken for `ab…`, and every blob has exactly one spelling.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContentHash(String);
+
+impl ContentHash {
+    /// Accepts exactly 64 lower-case hex digits.
+    pub fn parse(text: &str) -> Option<Self> {
+        (text.len() == REF_LEN && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| Self(text.to_owned()))
+    }
+
+    /// The name of `hash`.
+    pub fn from_blake3(hash: &blake3::Hash) -> Self {
+        Self(hash.to_hex().to_string())
+    }
+
+    /// The name of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self::from_blake3(&blake3::hash(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The shard directory of this hash: its first two characters.
+    pub fn shard(&self) -> &str {
+        &self.0[..2]
+    }
+}
+
+impl fmt::Display for ContentHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +155,30 @@ mod tests {
             format!("../{}", "a".repeat(61)),
         ] {
             assert!(Ref::parse(&bad).is_none(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn content_hashes_are_canonical_lower_case_hex() {
+        let empty = ContentHash::of(b"");
+        assert_eq!(
+            empty.as_str(),
+            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+        );
+        assert_eq!(ContentHash::parse(empty.as_str()), Some(empty.clone()));
+        assert_eq!(empty.shard(), "af");
+        for bad in [
+            empty.as_str().to_ascii_uppercase(),
+            format!("A{}", &empty.as_str()[1..]),
+            "a".repeat(63),
+            "a".repeat(65),
+            "g".repeat(64),
+            format!("../{}", "a".repeat(61)),
+        ] {
+            assert!(
+                ContentHash::parse(&bad).is_none(),
+                "{bad:?} should be refused"
+            );
         }
     }
 }

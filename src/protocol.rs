@@ -1,5 +1,6 @@
 //! The Socket.IO protocol of the original: authentication, and the `now`, `ref`, `get` and
 //! `set` events with their acknowledgements, plus `changed` to the other subscribers of a blob.
+//! The content-addressed blob flow ([`cas`]) shares the connection, its token and its queue.
 //!
 //! Two properties shape this module:
 //! - **Events take effect in the order a socket sent them.** socketioxide runs every async
@@ -59,6 +60,8 @@ const ACCESS_DENIED: &str = "Access denied";
 /// An acknowledgement with no argument: serialises as `[]`, so the callback gets `undefined`.
 const NO_ARGS: [(); 0] = [];
 
+pub mod cas;
+
 /// Mounts the protocol on the default namespace.
 pub fn register(io: &SocketIo) {
     io.ns("/", on_connect.with(authenticate));
@@ -94,11 +97,13 @@ async fn authenticate(
     })?;
     tracing::debug!(sid = %socket.id, bucket = %grant.bucket, read_only = grant.read_only, %address, "connected");
     let (per_second, burst) = state.event_rate();
+    socket.join(changes::bucket_room(&grant.bucket));
     let session = Arc::new(Session {
-        state,
+        state: state.clone(),
         bucket: grant.bucket,
         read_only: grant.read_only,
         ip: address.to_string(),
+        origin: origin(&socket, &state),
         slot: Mutex::new(Some(slot)),
         closed: AtomicBool::new(false),
         queue: Mutex::new(Queue {
@@ -108,7 +113,7 @@ async fn authenticate(
             limiter: RateLimiter::new(per_second, burst),
         }),
     });
-    for event in [Event::Now, Event::Ref, Event::Get, Event::Set] {
+    for event in Event::ALL {
         let handler = Handler {
             event,
             session: session.clone(),
@@ -124,6 +129,26 @@ async fn authenticate(
 }
 
 async fn on_connect() {}
+
+/// This server's origin as the client reached it, for the direct URLs it is given:
+/// `PUBLIC_URL`, else `http://` and the handshake's `Host`.
+fn origin(socket: &SocketRef, state: &AppState) -> String {
+    if let Some(url) = &state.cas().public_url {
+        return url.clone();
+    }
+    let host = socket
+        .req_parts()
+        .headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .unwrap_or("localhost");
+    format!("http://{host}")
+}
 
 /// The client's address (see [`proxy::client_address`]).
 fn client_address(socket: &SocketRef, trusted_proxies: &[IpNet]) -> IpAddr {
@@ -141,15 +166,46 @@ enum Event {
     Ref,
     Get,
     Set,
+    BlobUpload,
+    BlobRequest,
+    RequestUpload,
+    BlobUploaded,
 }
 
 impl Event {
+    const ALL: [Event; 8] = [
+        Event::Now,
+        Event::Ref,
+        Event::Get,
+        Event::Set,
+        Event::BlobUpload,
+        Event::BlobRequest,
+        Event::RequestUpload,
+        Event::BlobUploaded,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             Event::Now => "now",
             Event::Ref => "ref",
             Event::Get => "get",
             Event::Set => "set",
+            Event::BlobUpload => "blob-upload",
+            Event::BlobRequest => "blob-request",
+            Event::RequestUpload => "request-upload",
+            Event::BlobUploaded => "blob-uploaded",
+        }
+    }
+
+    /// The event that carries the reply when the client sent no ack: `None` for the events of
+    /// the original, which must be sent with an ack (an event without one disconnects).
+    fn reply_name(self) -> Option<&'static str> {
+        match self {
+            Event::Now | Event::Ref | Event::Get | Event::Set => None,
+            Event::BlobUpload => Some("blob-upload-result"),
+            Event::BlobRequest => Some("blob-pack"),
+            Event::RequestUpload => Some("upload-denied"),
+            Event::BlobUploaded => Some("upload-rejected"),
         }
     }
 }
@@ -161,6 +217,8 @@ struct Session {
     read_only: bool,
     /// The client address recorded with each write.
     ip: String,
+    /// This server's origin in the direct URLs this client is given.
+    origin: String,
     /// This connection's slot in the connection limits; freed on disconnect (or, at the
     /// latest, when the session is dropped).
     slot: Mutex<Option<ConnectionSlot>>,
@@ -196,7 +254,8 @@ enum Work {
 struct Call {
     event: Event,
     args: Result<Vec<Json>, Error>,
-    ack: AckSender,
+    /// `None`: the reply goes out as an event (content-addressed events only).
+    ack: Option<AckSender>,
 }
 
 /// Marker for [`Handler`]'s `MessageHandler` implementation.
@@ -210,11 +269,14 @@ struct Handler {
 
 impl MessageHandler<LocalAdapter, Ordered> for Handler {
     fn call(&self, socket: Arc<Socket>, mut value: Value, ack_id: Option<i64>) {
-        let work = if ack_id.is_some() {
-            let ack = match AckSender::from_message_parts(&socket, &mut value, &ack_id) {
-                Ok(ack) => ack,
-                Err(never) => match never {},
-            };
+        let work = if ack_id.is_some() || self.event.reply_name().is_some() {
+            let ack =
+                ack_id.map(
+                    |_| match AckSender::from_message_parts(&socket, &mut value, &ack_id) {
+                        Ok(ack) => ack,
+                        Err(never) => match never {},
+                    },
+                );
             Work::Call(Call {
                 event: self.event,
                 args: event_args(&value),
@@ -276,7 +338,7 @@ impl Session {
             refused
         };
         if let (Some(error), Work::Call(call)) = (refused, job.work) {
-            self.answer(&job.socket, call.ack, Err(error));
+            self.answer(&job.socket, call.event, call.ack, Err(error));
         }
     }
 
@@ -323,15 +385,20 @@ impl Session {
         let Call { event, args, ack } = call;
         let args = match args {
             Ok(args) => args,
-            Err(error) => return self.answer(socket, ack, Err(error)),
+            Err(error) => return self.answer(socket, event, ack, Err(error)),
         };
+        let arg = args.first();
         let reply = match event {
             Event::Now => Ok(Reply::Json(json!({ "timestamp": now_ms() }))),
-            Event::Ref => self.subscribe(socket, args.first()),
-            Event::Get => self.get(args.first()).await,
-            Event::Set => self.set(socket, args.first()).await,
+            Event::Ref => self.subscribe(socket, arg),
+            Event::Get => self.get(arg).await,
+            Event::Set => self.set(socket, arg).await,
+            Event::BlobUpload => cas::upload(self, socket, arg).await,
+            Event::BlobRequest => cas::request(self, arg).await,
+            Event::RequestUpload => cas::request_upload(self, arg).await,
+            Event::BlobUploaded => cas::uploaded(self, socket, arg).await,
         };
-        self.answer(socket, ack, reply);
+        self.answer(socket, event, ack, reply);
     }
 
     fn subscribe(&self, socket: &SocketRef, arg: Option<&Json>) -> Result<Reply, Error> {
@@ -408,16 +475,39 @@ impl Session {
         }
     }
 
-    fn answer(&self, socket: &SocketRef, ack: AckSender, reply: Result<Reply, Error>) {
-        let sent = match reply {
-            Ok(Reply::Empty) => ack.send(&NO_ARGS),
-            Ok(Reply::Json(value)) => ack.send(&value),
-            Err(error) => {
-                if let Error::Store(cause) = &error {
-                    tracing::error!(bucket = %self.bucket, "storage failure: {cause}");
+    /// Sends the reply: as the ack when there is one, else as the reply's events.
+    fn answer(
+        &self,
+        socket: &SocketRef,
+        event: Event,
+        ack: Option<AckSender>,
+        reply: Result<Reply, Error>,
+    ) {
+        let reply = reply.unwrap_or_else(|error| {
+            match &error {
+                Error::Store(cause) => {
+                    tracing::error!(bucket = %self.bucket, "storage failure: {cause}")
                 }
-                ack.send(&json!({ "error": error.to_string() }))
+                Error::Content(cause) => {
+                    tracing::error!(bucket = %self.bucket, "content storage failure: {cause}")
+                }
+                _ => {}
             }
+            let error = json!({ "error": error.to_string() });
+            match event.reply_name() {
+                Some(name) => Reply::Events(vec![(name, error)]),
+                None => Reply::Json(error),
+            }
+        });
+        let sent = match (ack, reply) {
+            (Some(ack), Reply::Empty) => ack.send(&NO_ARGS),
+            (Some(ack), Reply::Json(value)) => ack.send(&value),
+            (Some(ack), Reply::Events(events)) => ack.send(&merged(events)),
+            (None, Reply::Events(events)) => events
+                .into_iter()
+                .try_for_each(|(name, payload)| socket.emit(name, &payload)),
+            // Only events with a reply name run without an ack, and they reply with events.
+            (None, Reply::Empty | Reply::Json(_)) => Ok(()),
         };
         match sent {
             Ok(()) => {}
@@ -427,11 +517,25 @@ impl Session {
     }
 }
 
-/// A successful acknowledgement.
+/// A reply.
 enum Reply {
     /// No argument (`ref`).
     Empty,
     Json(Json),
+    /// Named replies of the content-addressed events: each is an event when the client sent
+    /// no ack; with an ack, their fields are merged into one object.
+    Events(Vec<(&'static str, Json)>),
+}
+
+/// The fields of several reply objects in one.
+fn merged(events: Vec<(&'static str, Json)>) -> Json {
+    let mut all = Map::new();
+    for (_, payload) in events {
+        if let Json::Object(fields) = payload {
+            all.extend(fields);
+        }
+    }
+    Json::Object(all)
 }
 
 fn with_data(mut reply: Json, data: Option<&str>) -> Json {

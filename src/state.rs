@@ -7,8 +7,10 @@ use ipnet::IpNet;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Keys;
+use crate::cas::ContentStore;
 use crate::changes::Changes;
 use crate::config::Config;
+use crate::direct::{DirectUrls, SignedUrls};
 use crate::limits::Connections;
 use crate::store::Store;
 
@@ -19,6 +21,12 @@ pub struct AppState(Arc<Inner>);
 struct Inner {
     keys: Keys,
     store: Arc<dyn Store>,
+    content: Arc<dyn ContentStore>,
+    /// Hands out direct transfer URLs for content.
+    direct: Arc<dyn DirectUrls>,
+    /// Checks the URLs this server signed itself.
+    signed: SignedUrls,
+    cas: CasSettings,
     changes: Changes,
     connections: Arc<Connections>,
     /// Largest blob in bytes (HTTP body; Socket.IO `data` is its base64).
@@ -33,11 +41,37 @@ struct Inner {
     closing: AtomicBool,
 }
 
+/// Limits and addresses of the content-addressed store.
+#[derive(Clone, Debug)]
+pub struct CasSettings {
+    /// Largest content, in bytes.
+    pub max_bytes: u64,
+    /// Content larger than this is redirected when a `blob-request` allows it.
+    pub redirect_bytes: u64,
+    /// Origin of direct URLs; `None`: from the client's `Host`.
+    pub public_url: Option<String>,
+}
+
 impl AppState {
-    pub fn new(config: &Config, keys: Keys, store: Arc<dyn Store>) -> Self {
+    pub fn new(
+        config: &Config,
+        keys: Keys,
+        store: Arc<dyn Store>,
+        content: Arc<dyn ContentStore>,
+        secret: &str,
+    ) -> Self {
+        let signed = SignedUrls::new(secret, config.direct_url_ttl);
         Self(Arc::new(Inner {
             keys,
             store,
+            content,
+            direct: Arc::new(signed.clone()),
+            signed,
+            cas: CasSettings {
+                max_bytes: config.cas_max_bytes,
+                redirect_bytes: config.cas_redirect_bytes,
+                public_url: config.public_url.clone(),
+            },
             changes: Changes::default(),
             connections: Connections::new(config.max_connections, config.max_connections_per_ip),
             max_data_bytes: config.max_data_bytes,
@@ -54,6 +88,22 @@ impl AppState {
 
     pub fn store(&self) -> &dyn Store {
         &*self.0.store
+    }
+
+    pub fn content(&self) -> &dyn ContentStore {
+        &*self.0.content
+    }
+
+    pub fn direct(&self) -> &dyn DirectUrls {
+        &*self.0.direct
+    }
+
+    pub fn signed(&self) -> &SignedUrls {
+        &self.0.signed
+    }
+
+    pub fn cas(&self) -> &CasSettings {
+        &self.0.cas
     }
 
     pub fn changes(&self) -> &Changes {

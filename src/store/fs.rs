@@ -6,46 +6,39 @@
 //! memory after first use; the files stay the source of truth, and the cache of a blob is only
 //! updated after its file is durable.
 
-use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::durable;
+use crate::locks::KeyedLocks;
 use crate::names::{Bucket, Ref};
 
 use super::{Blob, Error, Result, SetOutcome, SetRequest, Store, apply};
 
-/// Slots kept for blobs nobody is using; past this many, idle slots are dropped on the next
-/// insert (slots in use are never dropped, so the map can only exceed it by the number of
-/// operations in flight).
-const SLOT_LIMIT: usize = 4096;
-
 /// Blobs whose `data` is longer than this many characters are not kept in memory, which bounds
-/// the cache to about `SLOT_LIMIT * CACHED_DATA_LIMIT` (64 MiB).
+/// the cache to about 4,096 idle slots (see [`KeyedLocks`]) of 16 KiB: 64 MiB.
 const CACHED_DATA_LIMIT: usize = 16 * 1024;
 
 /// Suffix of the backup files the original wrote before replacing a blob file.
 const BACKUP_SUFFIX: &str = ".backup";
 
 /// What is known in memory about one blob.
+#[derive(Default)]
 enum Cached {
     /// Not read yet, too large to keep, or in doubt after a failed write: read the file.
+    #[default]
     Unknown,
     Missing,
     Present(Arc<Blob>),
 }
 
-/// Guards one blob. A tokio mutex because it is held across the file read and the durable
-/// write: that is what makes compare-and-swap on one blob atomic.
-type Slot = tokio::sync::Mutex<Cached>;
-
 pub struct FsStore {
     root: PathBuf,
-    /// Slot per recently used blob. A std mutex: held only to find or insert a slot, never
-    /// across an await.
-    slots: Mutex<HashMap<(Bucket, Ref), Arc<Slot>>>,
+    /// One lock per recently used blob, held across the file read and the durable write: that
+    /// is what makes compare-and-swap on one blob atomic.
+    slots: KeyedLocks<(Bucket, Ref), Cached>,
 }
 
 impl FsStore {
@@ -57,7 +50,7 @@ impl FsStore {
         sweep(&root)?;
         Ok(Self {
             root,
-            slots: Mutex::new(HashMap::new()),
+            slots: KeyedLocks::default(),
         })
     }
 
@@ -66,19 +59,6 @@ impl FsStore {
             .join(bucket.as_str())
             .join(r.shard())
             .join(format!("{r}.json"))
-    }
-
-    fn slot(&self, bucket: &Bucket, r: &Ref) -> Arc<Slot> {
-        let mut slots = self.slots.lock().expect("slot map lock poisoned");
-        if let Some(slot) = slots.get(&(bucket.clone(), r.clone())) {
-            return slot.clone();
-        }
-        let slot = Arc::new(Slot::new(Cached::Unknown));
-        slots.insert((bucket.clone(), r.clone()), slot.clone());
-        if slots.len() > SLOT_LIMIT {
-            slots.retain(|_, s| Arc::strong_count(s) > 1);
-        }
-        slot
     }
 
     /// The current blob, from memory or from its file.
@@ -109,14 +89,14 @@ fn cache_entry(blob: Option<&Arc<Blob>>) -> Cached {
 #[async_trait::async_trait]
 impl Store for FsStore {
     async fn get(&self, bucket: &Bucket, r: &Ref) -> Result<Option<Arc<Blob>>> {
-        let slot = self.slot(bucket, r);
+        let slot = self.slots.get(&(bucket.clone(), r.clone()));
         let mut cached = slot.lock().await;
         self.load(&mut cached, &self.path(bucket, r)).await
     }
 
     async fn set(&self, bucket: &Bucket, r: &Ref, request: SetRequest) -> Result<SetOutcome> {
         let path = self.path(bucket, r);
-        let slot = self.slot(bucket, r);
+        let slot = self.slots.get(&(bucket.clone(), r.clone()));
         let mut cached = slot.lock().await;
         let current = self.load(&mut cached, &path).await?;
         let blob = match apply(current.as_ref(), request)? {
@@ -222,21 +202,17 @@ fn read_blob(path: &Path) -> Result<Option<Blob>> {
 /// Walks `<root>/<bucket>/<shard>/` once at start-up: removes temp files and resolves backups.
 fn sweep(root: &Path) -> io::Result<()> {
     // The readiness probe writes its temp file in the root itself.
-    for entry in fs::read_dir(root)? {
-        let entry = entry?;
-        if durable::is_temp_name(&entry.file_name().to_string_lossy()) {
-            fs::remove_file(entry.path())?;
-        }
-    }
-    for bucket in subdirs(root)? {
-        for shard in subdirs(&bucket)? {
+    durable::remove_temp_files(root)?;
+    for bucket in durable::subdirs(root)? {
+        // Other directories of a bucket (`cas`) belong to other stores, which sweep them.
+        for shard in durable::subdirs(&bucket)?
+            .into_iter()
+            .filter(|d| is_shard_dir(d))
+        {
+            durable::remove_temp_files(&shard)?;
             for entry in fs::read_dir(&shard)? {
                 let entry = entry?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if durable::is_temp_name(&name) {
-                    tracing::info!(path = %entry.path().display(), "removing temp file left by a crash");
-                    fs::remove_file(entry.path())?;
-                } else if name.ends_with(BACKUP_SUFFIX) {
+                if entry.file_name().to_string_lossy().ends_with(BACKUP_SUFFIX) {
                     recover_backup(&entry.path())?;
                 }
             }
@@ -245,15 +221,8 @@ fn sweep(root: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn subdirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let mut dirs = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            dirs.push(entry.path());
-        }
-    }
-    Ok(dirs)
+fn is_shard_dir(dir: &Path) -> bool {
+    dir.file_name().is_some_and(|name| name.len() == 2)
 }
 
 /// Resolves a `<ref>.json.backup` left by the original, which wrote the backup before replacing

@@ -1,0 +1,359 @@
+//! The content-addressed blob HTTP surface, as NodalMerge clients speak it: `/blobs/{hash}`.
+//!
+//! The bucket is the Bearer token's, or, on a direct transfer URL, the one the URL was signed
+//! for. Error bodies are `{ "error": "<reason>" }` with the short lower-case reasons of that
+//! contract (`"not found"`, `"hash mismatch"`, `"non-canonical hash"`, `"unauthorized"`).
+//! Bodies stream both ways; nothing here holds a whole blob in memory.
+
+use std::io;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::TryStreamExt;
+use http_range_header::RangeUnsatisfiableError;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use crate::cas;
+use crate::direct::{Denied, now_unix};
+use crate::names::{Bucket, ContentHash};
+use crate::state::AppState;
+
+/// The routes; the caller adds the state.
+pub fn router() -> Router<AppState> {
+    Router::new().route(
+        "/blobs/{hash}",
+        get(get_content).put(put_content).delete(delete_content),
+    )
+}
+
+/// What a client of `/blobs/{hash}` sees when a request fails.
+#[derive(Debug, thiserror::Error)]
+pub enum CasError {
+    /// 400: `{hash}` is not 64 lower-case hex characters.
+    #[error("non-canonical hash")]
+    NonCanonical,
+    /// 401 with `WWW-Authenticate: Bearer`: no valid token and no signed URL.
+    #[error("unauthorized")]
+    Unauthorized,
+    /// 403: a read-only token writing, or a tampered or expired direct URL.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// 404.
+    #[error("not found")]
+    NotFound,
+    /// 413: the body is (or grew) over the limit.
+    #[error("too large: the limit is {0} bytes")]
+    TooLarge(u64),
+    /// 415: a `Content-Encoding` on PUT (the bytes must arrive as they hash).
+    #[error("unsupported content encoding: send the raw bytes")]
+    Encoded,
+    /// 416, with `Content-Range: bytes */<size>`.
+    #[error("range not satisfiable")]
+    Range(u64),
+    /// 422: the body's hash is not `{hash}`; nothing was stored.
+    #[error("hash mismatch")]
+    Mismatch,
+    /// 400: the body broke off while arriving.
+    #[error("the body could not be received")]
+    Body,
+    /// 500: the cause is logged.
+    #[error("storage error")]
+    Store(cas::Error),
+}
+
+impl From<cas::Error> for CasError {
+    fn from(error: cas::Error) -> Self {
+        match error {
+            cas::Error::Mismatch => CasError::Mismatch,
+            cas::Error::TooLarge(limit) => CasError::TooLarge(limit),
+            cas::Error::Body(_) => CasError::Body,
+            other => CasError::Store(other),
+        }
+    }
+}
+
+impl IntoResponse for CasError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            CasError::NonCanonical | CasError::Body => StatusCode::BAD_REQUEST,
+            CasError::Unauthorized => StatusCode::UNAUTHORIZED,
+            CasError::Forbidden(_) => StatusCode::FORBIDDEN,
+            CasError::NotFound => StatusCode::NOT_FOUND,
+            CasError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            CasError::Encoded => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            CasError::Range(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+            CasError::Mismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            CasError::Store(cause) => {
+                tracing::error!("content storage failure: {cause}");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let mut response =
+            (status, axum::Json(json!({ "error": self.to_string() }))).into_response();
+        let headers = response.headers_mut();
+        match self {
+            CasError::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            CasError::Range(size) => {
+                headers.insert(
+                    header::CONTENT_RANGE,
+                    header_value(format!("bytes */{size}")),
+                );
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+type Result<T, E = CasError> = std::result::Result<T, E>;
+
+/// The query of a direct transfer URL.
+#[derive(Deserialize)]
+struct Signed {
+    bucket: Option<String>,
+    exp: Option<u64>,
+    sig: Option<String>,
+}
+
+/// Who may do what on this request.
+struct Access {
+    bucket: Bucket,
+    may_write: bool,
+    /// Through a direct URL (the Socket.IO flow announces what arrives this way).
+    direct: bool,
+}
+
+/// The bucket and rights of a request: from its signed URL when it has one (checked for this
+/// method and hash), else from its Bearer token.
+fn access(
+    state: &AppState,
+    method: &Method,
+    hash: &ContentHash,
+    headers: &HeaderMap,
+    query: std::result::Result<Query<Signed>, QueryRejection>,
+) -> Result<Access> {
+    let signed = query.map_err(|_| CasError::Forbidden(Denied::BadSignature.to_string()))?;
+    if signed.bucket.is_none() && signed.exp.is_none() && signed.sig.is_none() {
+        let grant = super::bearer_grant(headers, state).ok_or(CasError::Unauthorized)?;
+        return Ok(Access {
+            bucket: grant.bucket,
+            may_write: !grant.read_only,
+            direct: false,
+        });
+    }
+    let forbidden = |denied: Denied| CasError::Forbidden(denied.to_string());
+    let (Some(bucket), Some(exp), Some(sig)) = (&signed.bucket, signed.exp, &signed.sig) else {
+        return Err(forbidden(Denied::BadSignature));
+    };
+    let bucket = Bucket::parse(bucket).ok_or(forbidden(Denied::BadSignature))?;
+    // HEAD is a GET without the body.
+    let method = if method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
+    };
+    state
+        .signed()
+        .verify(method, &bucket, hash, exp, sig, now_unix())
+        .map_err(forbidden)?;
+    Ok(Access {
+        bucket,
+        may_write: true,
+        direct: true,
+    })
+}
+
+fn parse_hash(text: &str) -> Result<ContentHash> {
+    ContentHash::parse(text).ok_or(CasError::NonCanonical)
+}
+
+fn header_value(text: String) -> HeaderValue {
+    HeaderValue::from_str(&text).expect("digits, quotes and ASCII words are a header value")
+}
+
+fn etag(hash: &ContentHash) -> HeaderValue {
+    header_value(format!("\"{hash}\""))
+}
+
+/// Whether a precondition header (`If-None-Match`, `If-Range`) names this content.
+fn names_content(headers: &HeaderMap, name: header::HeaderName, hash: &ContentHash) -> bool {
+    let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let tag = format!("\"{hash}\"");
+    value
+        .split(',')
+        .any(|t| t.trim() == "*" || t.trim() == tag || t.trim() == format!("W/{tag}"))
+}
+
+/// The one byte range to serve, `None` for the whole content. Several ranges, or a range the
+/// header does not state clearly, are answered with the whole content, as RFC 9110 allows.
+fn byte_range(headers: &HeaderMap, hash: &ContentHash, size: u64) -> Result<Option<(u64, u64)>> {
+    let Some(range) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    if headers.contains_key(header::IF_RANGE) && !names_content(headers, header::IF_RANGE, hash) {
+        return Ok(None);
+    }
+    let ranges = match http_range_header::parse_range_header(range).map(|r| r.validate(size)) {
+        Ok(Ok(ranges)) => ranges,
+        Err(RangeUnsatisfiableError::Invalid(_)) | Ok(Err(RangeUnsatisfiableError::Invalid(_))) => {
+            return Ok(None);
+        }
+        Err(_) | Ok(Err(_)) => return Err(CasError::Range(size)),
+    };
+    Ok(match ranges.as_slice() {
+        [one] => Some((*one.start(), *one.end())),
+        _ => None,
+    })
+}
+
+/// Reads content: 200 with the bytes, 206 for a range, 304 when `If-None-Match` names it.
+/// `HEAD` answers the same without the body.
+async fn get_content(
+    State(state): State<AppState>,
+    method: Method,
+    Path(hash): Path<String>,
+    headers: HeaderMap,
+    query: std::result::Result<Query<Signed>, QueryRejection>,
+) -> Result<Response> {
+    let hash = parse_hash(&hash)?;
+    let access = access(&state, &method, &hash, &headers, query)?;
+    let mut content = state
+        .content()
+        .open(&access.bucket, &hash)
+        .await?
+        .ok_or(CasError::NotFound)?;
+    if names_content(&headers, header::IF_NONE_MATCH, &hash) {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        response.headers_mut().insert(header::ETAG, etag(&hash));
+        return Ok(response);
+    }
+    let range = byte_range(&headers, &hash, content.size)?;
+    let (status, start, len) = match range {
+        Some((first, last)) => (StatusCode::PARTIAL_CONTENT, first, last - first + 1),
+        None => (StatusCode::OK, 0, content.size),
+    };
+    if start > 0 {
+        content
+            .reader
+            .seek(io::SeekFrom::Start(start))
+            .await
+            .map_err(|source| {
+                CasError::Store(cas::Error::Io {
+                    path: hash.to_string(),
+                    source,
+                })
+            })?;
+    }
+    let body = Body::from_stream(ReaderStream::new(content.reader.take(len)));
+    let mut response = (status, body).into_response();
+    let out = response.headers_mut();
+    out.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    out.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    out.insert(header::ETAG, etag(&hash));
+    out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // The bytes behind a name never change; they are private to the bucket.
+    out.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=31536000, immutable"),
+    );
+    if let Some((first, last)) = range {
+        out.insert(
+            header::CONTENT_RANGE,
+            header_value(format!("bytes {first}-{last}/{}", content.size)),
+        );
+    }
+    Ok(response)
+}
+
+/// Stores content: 201 when new, 200 when it was already there; 422 when the bytes do not
+/// hash to `{hash}`, 413 over the limit (checked while the body arrives).
+async fn put_content(
+    State(state): State<AppState>,
+    method: Method,
+    Path(hash): Path<String>,
+    headers: HeaderMap,
+    query: std::result::Result<Query<Signed>, QueryRejection>,
+    body: Body,
+) -> Result<Response> {
+    let hash = parse_hash(&hash)?;
+    let access = access(&state, &method, &hash, &headers, query)?;
+    if !access.may_write {
+        return Err(CasError::Forbidden("read-only token".to_owned()));
+    }
+    let encoded = headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        return Err(CasError::Encoded);
+    }
+    let limit = state.cas().max_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(CasError::TooLarge(limit));
+    }
+    let stream = body.into_data_stream().map_err(io::Error::other);
+    let stored = state
+        .content()
+        .put(&access.bucket, Some(&hash), Box::pin(stream), limit)
+        .await?;
+    if stored.created {
+        tracing::debug!(bucket = %access.bucket, %hash, size = stored.size, "content stored over HTTP");
+        // Content sent to a direct URL is announced by the `blob-uploaded` that follows it.
+        if !access.direct {
+            state
+                .changes()
+                .announce_content(&access.bucket, &hash, None);
+        }
+    }
+    let status = if stored.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut response = (
+        status,
+        axum::Json(json!({ "hash": stored.hash.as_str(), "size": stored.size })),
+    )
+        .into_response();
+    response.headers_mut().insert(header::ETAG, etag(&hash));
+    Ok(response)
+}
+
+/// Removes content: 204, or 404 when there is none. Needs a write token.
+async fn delete_content(
+    State(state): State<AppState>,
+    method: Method,
+    Path(hash): Path<String>,
+    headers: HeaderMap,
+    query: std::result::Result<Query<Signed>, QueryRejection>,
+) -> Result<Response> {
+    let hash = parse_hash(&hash)?;
+    let access = access(&state, &method, &hash, &headers, query)?;
+    if !access.may_write {
+        return Err(CasError::Forbidden("read-only token".to_owned()));
+    }
+    if state.content().delete(&access.bucket, &hash).await? {
+        tracing::debug!(bucket = %access.bucket, %hash, "content deleted");
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(CasError::NotFound)
+    }
+}

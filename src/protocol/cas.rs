@@ -1,0 +1,277 @@
+//! The content-addressed blob flow over Socket.IO, as NodalMerge clients speak it.
+//!
+//! | client sends | reply (as the ack, or else as these events) |
+//! |---|---|
+//! | `blob-upload { blobs: [{ hash, data_b64 }] }` | `blob-upload-result { accepted: [hash], rejected: [{ hash, reason }] }` |
+//! | `blob-request { hashes, redirect? }` | `blob-pack { blobs: [{ hash, data_b64 }], unavailable, deferred }`, and with `redirect`, `blob-redirect { redirects: [{ hash, url, expires_at_unix }] }` |
+//! | `request-upload { hash, size, content_type? }` | `upload-granted { hash, url, expires_at_unix }` or `upload-denied { hash, reason }` |
+//! | `blob-uploaded { hash }` | `blob-available { hash }` or `upload-rejected { hash, reason }` |
+//!
+//! With an ack, a reply made of several events comes as one object with all their fields.
+//! Every newly stored content is announced to the bucket's other sockets as
+//! `blob-available { hash }`.
+//!
+//! A message must fit the transport's message limit: inline blobs are at most the data limit
+//! (`MAX_DATA_BYTES`), a pack holds what fits and lists the rest as `deferred` (present, to
+//! be asked for again or through a redirect), and larger content takes the direct path
+//! (`request-upload`, or `blob-request` with `redirect`).
+
+use axum::http::Method;
+use base64::Engine as _;
+use bytes::Bytes;
+use serde_json::{Map, Value as Json, json};
+use socketioxide::extract::SocketRef;
+
+use super::{Reply, Session, max_message_len, object};
+use crate::cas;
+use crate::direct::now_unix;
+use crate::error::Error;
+use crate::names::ContentHash;
+
+/// Most entries (blobs or hashes) one message may carry.
+const MAX_ENTRIES: usize = 1024;
+
+/// Room left in a message for its framing and the JSON around each entry.
+const FRAMING: usize = 64 * 1024;
+const ENTRY_OVERHEAD: usize = 128;
+
+/// The reason an inline blob is refused for its size.
+const USE_DIRECT_PATH: &str =
+    "too large for the inline path: send request-upload and PUT the bytes to the granted URL";
+
+/// `blob-upload`: verifies and stores each inline blob.
+pub(super) async fn upload(
+    session: &Session,
+    socket: &SocketRef,
+    arg: Option<&Json>,
+) -> Result<Reply, Error> {
+    if session.read_only {
+        return Err(Error::ReadOnly);
+    }
+    let entries = list(
+        object(arg)?,
+        "blobs",
+        "expected { blobs: [{ hash, data_b64 }] }",
+    )?;
+    let max_chars = session.state.max_data_chars();
+    let mut accepted = Vec::new();
+    let mut rejected = Vec::new();
+    for entry in entries {
+        let named = entry.get("hash").cloned().unwrap_or(Json::Null);
+        match store_inline(session, entry, max_chars).await {
+            Ok(stored) => {
+                if stored.created {
+                    tracing::debug!(bucket = %session.bucket, hash = %stored.hash, "content stored inline");
+                    let changes = session.state.changes();
+                    changes.announce_content(&session.bucket, &stored.hash, Some(socket));
+                }
+                accepted.push(json!(stored.hash.as_str()));
+            }
+            Err(reason) => rejected.push(json!({ "hash": named, "reason": reason })),
+        }
+    }
+    let reply = json!({ "accepted": accepted, "rejected": rejected });
+    Ok(Reply::Events(vec![("blob-upload-result", reply)]))
+}
+
+/// Stores one `{ hash, data_b64 }`, or says why not.
+async fn store_inline(
+    session: &Session,
+    entry: &Json,
+    max_chars: usize,
+) -> Result<cas::Stored, String> {
+    let hash = entry
+        .get("hash")
+        .and_then(Json::as_str)
+        .and_then(ContentHash::parse)
+        .ok_or("non-canonical hash")?;
+    let data = entry
+        .get("data_b64")
+        .and_then(Json::as_str)
+        .ok_or("data_b64 must be a base64 string")?;
+    if data.len() > max_chars {
+        return Err(USE_DIRECT_PATH.to_owned());
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|_| "data_b64 is not valid base64")?;
+    let limit = session.state.cas().max_bytes;
+    let store = session.state.content();
+    match cas::put_bytes(store, &session.bucket, &hash, Bytes::from(bytes), limit).await {
+        Ok(stored) => Ok(stored),
+        Err(cas::Error::Mismatch) => Err("hash mismatch".to_owned()),
+        Err(cas::Error::TooLarge(limit)) => Err(format!("over the size limit of {limit} bytes")),
+        Err(cause) => {
+            tracing::error!(bucket = %session.bucket, %hash, "content storage failure: {cause}");
+            Err("storage error".to_owned())
+        }
+    }
+}
+
+/// `blob-request`: the requested content inline, as far as it fits one message; with
+/// `redirect`, large content as direct download URLs.
+pub(super) async fn request(session: &Session, arg: Option<&Json>) -> Result<Reply, Error> {
+    let params = object(arg)?;
+    let hashes = list(params, "hashes", "expected { hashes: [hash], redirect? }")?;
+    let redirect = match params.get("redirect") {
+        None | Some(Json::Null) => false,
+        Some(Json::Bool(redirect)) => *redirect,
+        Some(_) => return Err(Error::InvalidArgument("redirect must be true or false")),
+    };
+    let state = &session.state;
+    let threshold = state.cas().redirect_bytes;
+    // Room for the pack in one message, in base64 characters.
+    let mut room = max_message_len(state.max_data_chars()) - FRAMING;
+    let (mut blobs, mut unavailable, mut deferred, mut redirects) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for named in hashes {
+        let Some(hash) = named.as_str().and_then(ContentHash::parse) else {
+            unavailable.push(named.clone());
+            continue;
+        };
+        // Largest content that still fits the pack (and, with redirects, the threshold).
+        let mut inline_limit = (room.saturating_sub(ENTRY_OVERHEAD) / 4 * 3) as u64;
+        if redirect {
+            inline_limit = inline_limit.min(threshold);
+        }
+        match cas::read_small(state.content(), &session.bucket, &hash, inline_limit).await? {
+            None => unavailable.push(json!(hash.as_str())),
+            Some(Ok(bytes)) => {
+                let data = base64::engine::general_purpose::STANDARD.encode(&bytes);
+                room = room.saturating_sub(data.len() + ENTRY_OVERHEAD);
+                blobs.push(json!({ "hash": hash.as_str(), "data_b64": data }));
+            }
+            Some(Err(_size)) if redirect => {
+                let url = state.direct().grant(
+                    &session.origin,
+                    &Method::GET,
+                    &session.bucket,
+                    &hash,
+                    now_unix(),
+                );
+                redirects.push(json!({
+                    "hash": hash.as_str(),
+                    "url": url.url,
+                    "expires_at_unix": url.expires_at_unix,
+                }));
+            }
+            Some(Err(_size)) => deferred.push(json!(hash.as_str())),
+        }
+    }
+    let pack = json!({ "blobs": blobs, "unavailable": unavailable, "deferred": deferred });
+    let mut events = vec![("blob-pack", pack)];
+    if redirect {
+        events.push(("blob-redirect", json!({ "redirects": redirects })));
+    }
+    Ok(Reply::Events(events))
+}
+
+/// `request-upload`: a direct upload URL, or why not.
+pub(super) async fn request_upload(session: &Session, arg: Option<&Json>) -> Result<Reply, Error> {
+    let params = object(arg)?;
+    let named = params.get("hash").cloned().unwrap_or(Json::Null);
+    let denied = |reason: String| {
+        Ok(Reply::Events(vec![(
+            "upload-denied",
+            json!({ "hash": named, "reason": reason }),
+        )]))
+    };
+    let Some(hash) = named.as_str().and_then(ContentHash::parse) else {
+        return denied("non-canonical hash".to_owned());
+    };
+    if session.read_only {
+        return denied("read-only token".to_owned());
+    }
+    let Some(size) = params.get("size").and_then(Json::as_u64) else {
+        return denied("size must be the content's length in bytes".to_owned());
+    };
+    let limit = session.state.cas().max_bytes;
+    if size > limit {
+        return denied(format!("over the size limit of {limit} bytes"));
+    }
+    if !matches!(
+        params.get("content_type"),
+        None | Some(Json::Null | Json::String(_))
+    ) {
+        return denied("content_type must be a string".to_owned());
+    }
+    if session
+        .state
+        .content()
+        .open(&session.bucket, &hash)
+        .await?
+        .is_some()
+    {
+        return denied("already present".to_owned());
+    }
+    let url = session.state.direct().grant(
+        &session.origin,
+        &Method::PUT,
+        &session.bucket,
+        &hash,
+        now_unix(),
+    );
+    Ok(Reply::Events(vec![(
+        "upload-granted",
+        json!({ "hash": hash.as_str(), "url": url.url, "expires_at_unix": url.expires_at_unix }),
+    )]))
+}
+
+/// `blob-uploaded`: checks the content a client sent to its direct URL and announces it.
+pub(super) async fn uploaded(
+    session: &Session,
+    socket: &SocketRef,
+    arg: Option<&Json>,
+) -> Result<Reply, Error> {
+    let params = object(arg)?;
+    let named = params.get("hash").cloned().unwrap_or(Json::Null);
+    let rejected = |reason: &str| {
+        Ok(Reply::Events(vec![(
+            "upload-rejected",
+            json!({ "hash": named, "reason": reason }),
+        )]))
+    };
+    let Some(hash) = named.as_str().and_then(ContentHash::parse) else {
+        return rejected("non-canonical hash");
+    };
+    if session.read_only {
+        return rejected("read-only token");
+    }
+    // `open` verifies the stored bytes against the hash.
+    if session
+        .state
+        .content()
+        .open(&session.bucket, &hash)
+        .await?
+        .is_none()
+    {
+        return rejected(
+            "no content with this hash arrived: PUT the exact bytes to the granted URL",
+        );
+    }
+    tracing::debug!(bucket = %session.bucket, %hash, "direct upload confirmed");
+    session
+        .state
+        .changes()
+        .announce_content(&session.bucket, &hash, Some(socket));
+    Ok(Reply::Events(vec![(
+        "blob-available",
+        json!({ "hash": hash.as_str() }),
+    )]))
+}
+
+/// The array `params[key]`, of at most [`MAX_ENTRIES`] entries.
+fn list<'a>(
+    params: &'a Map<String, Json>,
+    key: &str,
+    shape: &'static str,
+) -> Result<&'a Vec<Json>, Error> {
+    let entries = params
+        .get(key)
+        .and_then(Json::as_array)
+        .ok_or(Error::InvalidArgument(shape))?;
+    if entries.len() > MAX_ENTRIES {
+        return Err(Error::InvalidArgument("at most 1024 entries per message"));
+    }
+    Ok(entries)
+}
