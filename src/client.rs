@@ -189,6 +189,48 @@ impl RawClient {
         })
     }
 
+    /// Emits `event` with `args` and no ack id (the server replies with events, if at all).
+    pub async fn emit(&mut self, event: &str, args: &[Value]) -> Result<()> {
+        let mut payload = vec![json!(event)];
+        payload.extend_from_slice(args);
+        self.send_raw(&format!("2{}", Value::Array(payload))).await
+    }
+
+    /// Waits for the event `name` and returns its arguments; other packets are kept for
+    /// [`RawClient::recv`] and [`RawClient::wait_ack`].
+    pub async fn next_event(&mut self, name: &str) -> Result<Vec<Value>> {
+        let prefix = format!("2[{}", json!(name));
+        let found = match self.backlog.iter().position(|p| p.starts_with(&prefix)) {
+            Some(pos) => self.backlog.remove(pos).expect("position is in range"),
+            None => loop {
+                let packet = self.recv_engine().await?;
+                let Some(socketio) = packet.strip_prefix('4') else {
+                    if packet == "1" {
+                        return Err(ClientError::Closed);
+                    }
+                    continue;
+                };
+                if socketio.starts_with(&prefix) {
+                    break socketio.to_owned();
+                }
+                self.backlog.push_back(socketio.to_owned());
+            },
+        };
+        let mut args: Vec<Value> = serde_json::from_str(&found[1..])
+            .map_err(|_| ClientError::Unexpected(found.clone()))?;
+        args.remove(0);
+        Ok(args)
+    }
+
+    /// How many `name` events were received and not yet taken.
+    pub fn pending_events(&self, name: &str) -> usize {
+        let prefix = format!("2[{}", json!(name));
+        self.backlog
+            .iter()
+            .filter(|p| p.starts_with(&prefix))
+            .count()
+    }
+
     /// Closes the connection politely.
     pub async fn close(mut self) -> Result<()> {
         self.ws.close(None).await?;

@@ -5,22 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use blobs::auth::{Keys, MintOptions};
 use blobs::client::{ClientError, RawClient};
-use blobs::names::Bucket;
-use common::{SECRET, TestServer, hex_ref, token};
+use common::{TestServer, hex_ref, read_only_token, token};
 use serde_json::{Value, json};
 
 async fn server_with(options: &[&str]) -> TestServer {
     TestServer::start_with(tempfile::tempdir().unwrap(), options).await
-}
-
-fn read_only_token(bucket: &str) -> String {
-    let options = MintOptions {
-        expires_in: None,
-        read_only: true,
-    };
-    Keys::new(SECRET).mint_with(&Bucket::parse(bucket).unwrap(), &options)
 }
 
 /// A read-only token may `ref`, `get` and hear `changed`; every write is refused.

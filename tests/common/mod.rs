@@ -125,6 +125,15 @@ pub fn token(bucket: &str) -> String {
     Keys::new(SECRET).mint(&Bucket::parse(bucket).expect("valid bucket"))
 }
 
+/// A read-only token for `bucket`.
+pub fn read_only_token(bucket: &str) -> String {
+    let options = blobs::auth::MintOptions {
+        expires_in: None,
+        read_only: true,
+    };
+    Keys::new(SECRET).mint_with(&Bucket::parse(bucket).expect("valid bucket"), &options)
+}
+
 /// A numeric setting of a long-running test from the environment (e.g. its cycle count).
 pub fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -213,13 +222,12 @@ impl ServerProcess {
 
     /// Resident memory in bytes.
     pub fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .expect("VmRSS");
-        kib * 1024
+        proc_status_kib(self.pid(), "VmRSS:") * 1024
+    }
+
+    /// Peak resident memory in bytes since the process started (`VmHWM`).
+    pub fn peak_rss_bytes(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM:") * 1024
     }
 
     /// Open file descriptors.
@@ -228,6 +236,16 @@ impl ServerProcess {
             .unwrap()
             .count()
     }
+}
+
+/// A `kB` field of `/proc/<pid>/status`.
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }
 
 impl Drop for ServerProcess {
