@@ -25,6 +25,8 @@ async fn run_scenario(program: PathBuf, script: &str, transport: &str) {
         program.display()
     );
     let server = TestServer::start().await;
+    let content = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(content.path(), sample_content().to_string()).expect("content file");
     let run = Command::new(&program)
         .arg(dir.join(script))
         .arg(transport)
@@ -32,6 +34,7 @@ async fn run_scenario(program: PathBuf, script: &str, transport: &str) {
         .env("BLOBS_URL", format!("http://{}", server.addr))
         .env("BLOBS_TOKEN", token("interop"))
         .env("BLOBS_TOKEN_OTHER", token("interop-other"))
+        .env("BLOBS_CONTENT", content.path())
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(SCENARIO_LIMIT, run)
@@ -46,6 +49,23 @@ async fn run_scenario(program: PathBuf, script: &str, transport: &str) {
     );
     assert_eq!(stdout.trim(), format!("ok {transport}"));
     server.stop().await;
+}
+
+/// Two contents with their hashes: one small (inline), one over the redirect threshold.
+fn sample_content() -> serde_json::Value {
+    use base64::Engine as _;
+    let contents = [b"interop inline content".to_vec(), vec![42u8; 300 * 1024]];
+    serde_json::Value::Array(
+        contents
+            .iter()
+            .map(|bytes| {
+                serde_json::json!({
+                    "hash": blobs::names::ContentHash::of(bytes).as_str(),
+                    "data_b64": base64::engine::general_purpose::STANDARD.encode(bytes),
+                })
+            })
+            .collect(),
+    )
 }
 
 fn node_client_installed() {

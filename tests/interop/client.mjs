@@ -3,6 +3,7 @@
 // Exits 0 and prints "ok" when every check passed; exits 1 with the failed check otherwise.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { io } from 'socket.io-client';
 
 const url = process.env.BLOBS_URL;
@@ -106,6 +107,36 @@ async function main() {
   const reason = new Promise((resolve) => rude.once('disconnect', resolve));
   rude.emit('now');
   assert.equal(await reason, 'io server disconnect');
+
+  // Content-addressed blobs: inline upload, the direct path and redirects. The test passes in
+  // two contents with their BLAKE3 hashes (a JSON file named by BLOBS_CONTENT), as a NodalMerge
+  // client computes them.
+  const [inline, direct] = JSON.parse(readFileSync(process.env.BLOBS_CONTENT, 'utf8'));
+  const available = nextEvent(watcher, 'blob-available');
+  const [uploaded] = await call(writer, 'blob-upload', { blobs: [inline] });
+  assert.deepEqual(uploaded, { accepted: [inline.hash], rejected: [] });
+  assert.deepEqual(await available, [{ hash: inline.hash }]);
+
+  // Without an ack, replies come as events of their own name.
+  const grant = nextEvent(writer, 'upload-granted');
+  const directBytes = Buffer.from(direct.data_b64, 'base64');
+  writer.emit('request-upload', { hash: direct.hash, size: directBytes.length });
+  const [{ url: uploadUrl }] = await grant;
+  const put = await fetch(uploadUrl, { method: 'PUT', body: directBytes });
+  assert.equal(put.status, 201);
+  const announced = nextEvent(watcher, 'blob-available');
+  assert.deepEqual(await call(writer, 'blob-uploaded', { hash: direct.hash }), [{ hash: direct.hash }]);
+  assert.deepEqual(await announced, [{ hash: direct.hash }]);
+
+  const [pack] = await call(watcher, 'blob-request', { hashes: [inline.hash, direct.hash, 'f'.repeat(64)] });
+  assert.deepEqual(pack.blobs, [inline, direct]);
+  assert.deepEqual(pack.unavailable, ['f'.repeat(64)]);
+  const [redirected] = await call(watcher, 'blob-request', { hashes: [direct.hash], redirect: true });
+  assert.equal(redirected.redirects.length, 1);
+  const download = await fetch(redirected.redirects[0].url);
+  assert.equal(download.status, 200);
+  assert.deepEqual(Buffer.from(await download.arrayBuffer()), directBytes);
+  assert.equal(otherBucketHeard, false);
 
   for (const socket of [writer, watcher, otherBucket]) socket.close();
   console.log(`ok ${transport}`);
