@@ -70,9 +70,12 @@ async fn method_not_allowed() -> Response {
 /// The OpenAPI document of this API, generated from the handlers below.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Blobs HTTP API", description = "Versioned blobs with ETags, conditional requests and a change stream."),
-    paths(list_blobs, get_blob, put_blob, delete_blob, blob_events, openapi, healthz, readyz),
-    components(schemas(ErrorBody, BlobEntry, BlobPage)),
+    info(title = "Blobs HTTP API", description = "Versioned blobs with ETags, conditional requests and a change stream; content-addressed blobs named by their BLAKE3 hash."),
+    paths(
+        list_blobs, get_blob, put_blob, delete_blob, blob_events, openapi, healthz, readyz,
+        cas::get_content, cas::put_content, cas::delete_content
+    ),
+    components(schemas(ErrorBody, BlobEntry, BlobPage, cas::StoredBody)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

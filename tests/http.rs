@@ -390,6 +390,7 @@ async fn the_openapi_document_describes_every_route() {
         ("/v1/openapi.json", &["get"][..]),
         ("/healthz", &["get"][..]),
         ("/readyz", &["get"][..]),
+        ("/blobs/{hash}", &["get", "put", "delete"][..]),
     ] {
         for method in methods {
             assert!(
@@ -398,7 +399,7 @@ async fn the_openapi_document_describes_every_route() {
             );
         }
     }
-    assert_eq!(paths.len(), 6, "no undocumented or stale route");
+    assert_eq!(paths.len(), 7, "no undocumented or stale route");
 
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), serde_json::to_vec(&doc).unwrap()).unwrap();

@@ -17,10 +17,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::TryStreamExt;
 use http_range_header::RangeUnsatisfiableError;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
+use utoipa::{IntoParams, ToSchema};
+
+use super::ErrorBody;
 
 use crate::cas;
 use crate::direct::{Denied, now_unix};
@@ -118,12 +121,23 @@ impl IntoResponse for CasError {
 
 type Result<T, E = CasError> = std::result::Result<T, E>;
 
-/// The query of a direct transfer URL.
-#[derive(Deserialize)]
-struct Signed {
+/// The query of a direct transfer URL (handed out over Socket.IO); absent with a Bearer token.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct Signed {
+    /// The bucket the URL was signed for.
     bucket: Option<String>,
+    /// Expiry, seconds since the epoch.
     exp: Option<u64>,
+    /// HMAC-SHA256 signature, hex.
     sig: Option<String>,
+}
+
+/// What a PUT stored.
+#[derive(Serialize, ToSchema)]
+pub(super) struct StoredBody {
+    hash: String,
+    size: u64,
 }
 
 /// Who may do what on this request.
@@ -221,7 +235,24 @@ fn byte_range(headers: &HeaderMap, hash: &ContentHash, size: u64) -> Result<Opti
 
 /// Reads content: 200 with the bytes, 206 for a range, 304 when `If-None-Match` names it.
 /// `HEAD` answers the same without the body.
-async fn get_content(
+#[utoipa::path(
+    get,
+    path = "/blobs/{hash}",
+    params(
+        ("hash" = String, Path, description = "BLAKE3 hash of the content: 64 lower-case hex characters"),
+        ("Range" = Option<String>, Header, description = "One byte range, e.g. `bytes=0-1023`"),
+        Signed
+    ),
+    responses(
+        (status = 200, description = "The bytes; `ETag` is the quoted hash", content_type = "application/octet-stream"),
+        (status = 206, description = "The requested range, with `Content-Range`", content_type = "application/octet-stream"),
+        (status = 304, description = "`If-None-Match` names this content"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 416, body = ErrorBody)
+    ),
+    security(("bearer" = []), ())
+)]
+pub(super) async fn get_content(
     State(state): State<AppState>,
     method: Method,
     Path(hash): Path<String>,
@@ -283,7 +314,23 @@ async fn get_content(
 
 /// Stores content: 201 when new, 200 when it was already there; 422 when the bytes do not
 /// hash to `{hash}`, 413 over the limit (checked while the body arrives).
-async fn put_content(
+#[utoipa::path(
+    put,
+    path = "/blobs/{hash}",
+    params(
+        ("hash" = String, Path, description = "BLAKE3 hash of the body: 64 lower-case hex characters"),
+        Signed
+    ),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 200, description = "Already present", body = StoredBody),
+        (status = 201, description = "Stored", body = StoredBody),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)
+    ),
+    security(("bearer" = []), ())
+)]
+pub(super) async fn put_content(
     State(state): State<AppState>,
     method: Method,
     Path(hash): Path<String>,
@@ -328,17 +375,28 @@ async fn put_content(
     } else {
         StatusCode::OK
     };
-    let mut response = (
-        status,
-        axum::Json(json!({ "hash": stored.hash.as_str(), "size": stored.size })),
-    )
-        .into_response();
+    let body = StoredBody {
+        hash: stored.hash.to_string(),
+        size: stored.size,
+    };
+    let mut response = (status, axum::Json(body)).into_response();
     response.headers_mut().insert(header::ETAG, etag(&hash));
     Ok(response)
 }
 
 /// Removes content: 204, or 404 when there is none. Needs a write token.
-async fn delete_content(
+#[utoipa::path(
+    delete,
+    path = "/blobs/{hash}",
+    params(("hash" = String, Path, description = "BLAKE3 hash of the content: 64 lower-case hex characters")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn delete_content(
     State(state): State<AppState>,
     method: Method,
     Path(hash): Path<String>,
