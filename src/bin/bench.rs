@@ -6,9 +6,11 @@
 //! Scenarios: `set` (32 clients, each its own ref, 1 KiB data, CAS loop), `get` (32 clients),
 //! `http_get` and `http_put` (the same over the HTTP API, `PUT` with `If-Match`),
 //! `contend` (16 clients CAS-looping on one ref), `fanout` (1 writer, 1,000 subscribers: time
-//! from write to `changed`), and `idle` (server memory per idle connection, 2,000 sockets).
+//! from write to `changed`), `idle` (server memory per idle connection, 2,000 sockets), and
+//! `cas_put` / `cas_get` (content-addressed `/blobs/{hash}` with 1 MiB blobs, in MB/s).
 //! The same run measures this disk's serial write+fsync+rename+fsync-dir rate, through the
-//! server's own durable replace, and reports `set` throughput as a multiple of it.
+//! server's own durable replace, and its sequential write rate; it reports `set` throughput
+//! as a multiple of the first and content throughput as a multiple of the second.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -42,8 +44,8 @@ struct Args {
     /// Writes measured in the fanout scenario.
     #[arg(long, default_value_t = 50)]
     fanout_writes: usize,
-    /// Run only these scenarios (idle, set, get, http_get, http_put, contend, fanout); all
-    /// when absent.
+    /// Run only these scenarios (idle, set, get, http_get, http_put, contend, fanout, cas_put,
+    /// cas_get); all when absent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -62,6 +64,7 @@ async fn main() -> Result<()> {
     let storage = tempfile::tempdir_in(&args.dir).context("temp storage dir")?;
     let fsync_rate = durable_write_rate(storage.path(), 1)?;
     let parallel_rate = durable_write_rate(storage.path(), 32)?;
+    let sequential_mb = sequential_write_mb_per_sec(storage.path())?;
 
     let mut server = Server::start(storage.path())?;
     let token = Keys::new(SECRET).mint(&Bucket::parse("bench").expect("valid bucket"));
@@ -71,6 +74,7 @@ async fn main() -> Result<()> {
     let mut report = json!({
         "disk_serial_durable_writes_per_sec": round(fsync_rate),
         "disk_32_threads_durable_writes_per_sec": round(parallel_rate),
+        "disk_sequential_write_mb_per_sec": round(sequential_mb),
     });
     // Memory first, on the fresh server: after the other scenarios, freed memory would be
     // reused by the new connections and hide their cost.
@@ -97,6 +101,23 @@ async fn main() -> Result<()> {
     }
     if args.runs("fanout") {
         report["fanout"] = fanout(addr, &token, 1000, args.fanout_writes).await?;
+    }
+    // PUT first: it leaves the blobs GET reads.
+    let mut stored = Vec::new();
+    if args.runs("cas_put") || args.runs("cas_get") {
+        let (put, hashes) = content_throughput(addr, &token, duration, None).await?;
+        let put_mb = put["mb_per_sec"].as_f64().unwrap_or(0.0);
+        report["cas_put_vs_sequential_write"] = json!(round(put_mb / sequential_mb));
+        if args.runs("cas_put") {
+            report["cas_put"] = put;
+        }
+        stored = hashes;
+    }
+    if args.runs("cas_get") {
+        let (get, _) = content_throughput(addr, &token, duration, Some(&stored)).await?;
+        let get_mb = get["mb_per_sec"].as_f64().unwrap_or(0.0);
+        report["cas_get_vs_sequential_write"] = json!(round(get_mb / sequential_mb));
+        report["cas_get"] = get;
     }
     server.stop();
     println!("{}", serde_json::to_string_pretty(&report)?);
@@ -181,6 +202,104 @@ fn durable_write_rate(dir: &Path, threads: usize) -> Result<f64> {
             .try_for_each(|w| w.join().expect("probe thread"))
     })?;
     Ok((WRITES * threads) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Sequential write rate of this disk in MB/s (10^6 bytes): 128 MiB in 1 MiB writes, then one
+/// fsync, the way a large content upload reaches the disk.
+fn sequential_write_mb_per_sec(dir: &Path) -> Result<f64> {
+    use std::io::Write;
+    const CHUNKS: usize = 128;
+    let chunk = vec![0x5au8; CONTENT_SIZE];
+    let path = dir.join("sequential-probe");
+    let start = Instant::now();
+    let mut file = std::fs::File::create(&path)?;
+    for _ in 0..CHUNKS {
+        file.write_all(&chunk)?;
+    }
+    file.sync_all()?;
+    let elapsed = start.elapsed().as_secs_f64();
+    std::fs::remove_file(&path)?;
+    Ok((CHUNKS * CONTENT_SIZE) as f64 / 1e6 / elapsed)
+}
+
+/// Size of the content in the `cas_*` scenarios.
+const CONTENT_SIZE: usize = 1024 * 1024;
+
+/// Clients of the `cas_*` scenarios: few, as large transfers saturate the disk and the two
+/// cores long before they saturate connections.
+const CONTENT_CLIENTS: usize = 4;
+
+/// Content throughput over `/blobs/{hash}` with 1 MiB blobs: `PUT`s of new content (each
+/// client hashes its bytes first, off the clock), or, given `stored`, `GET`s of those. The
+/// figures, and the hashes stored.
+async fn content_throughput(
+    addr: SocketAddr,
+    token: &str,
+    duration: Duration,
+    stored: Option<&[String]>,
+) -> Result<(Value, Vec<String>)> {
+    let deadline = Instant::now() + duration;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..CONTENT_CLIENTS {
+        let token = token.to_owned();
+        let reads: Option<Vec<String>> = stored.map(<[String]>::to_vec);
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            // Distinct per client; the first 8 bytes then make each PUT's content new.
+            let mut content: Vec<u8> = (0..CONTENT_SIZE)
+                .map(|i| (i.wrapping_mul(131) ^ client) as u8)
+                .collect();
+            let (mut latencies, mut hashes) = (Vec::new(), Vec::new());
+            for n in 0.. {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let (request, hash) = match &reads {
+                    Some(hashes) if hashes.is_empty() => bail!("nothing stored to read"),
+                    Some(hashes) => {
+                        let hash = hashes[(n * CONTENT_CLIENTS + client) % hashes.len()].clone();
+                        (http.get(format!("http://{addr}/blobs/{hash}")), hash)
+                    }
+                    None => {
+                        content[..8].copy_from_slice(&(n as u64).to_le_bytes());
+                        let hash = blake3::hash(&content).to_hex().to_string();
+                        let url = format!("http://{addr}/blobs/{hash}");
+                        (http.put(url).body(content.clone()), hash)
+                    }
+                };
+                let sent = Instant::now();
+                let response = request.bearer_auth(&token).send().await?;
+                if !response.status().is_success() {
+                    bail!("{} for {hash}", response.status());
+                }
+                let body = response.bytes().await?;
+                if reads.is_some() && body.len() != CONTENT_SIZE {
+                    bail!("short read of {hash}: {} bytes", body.len());
+                }
+                latencies.push(sent.elapsed());
+                hashes.push(hash);
+            }
+            Ok::<_, anyhow::Error>((latencies, hashes))
+        }));
+    }
+    let (mut latencies, mut hashes) = (Vec::new(), Vec::new());
+    for task in tasks {
+        let (l, h) = task.await??;
+        latencies.extend(l);
+        hashes.extend(h);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let figures = json!({
+        "clients": CONTENT_CLIENTS,
+        "blob_bytes": CONTENT_SIZE,
+        "ops": latencies.len(),
+        "ops_per_sec": round(latencies.len() as f64 / elapsed),
+        "mb_per_sec": round((latencies.len() * CONTENT_SIZE) as f64 / 1e6 / elapsed),
+        "p50_ms": percentile_ms(&mut latencies, 0.50),
+        "p99_ms": percentile_ms(&mut latencies, 0.99),
+    });
+    Ok((figures, hashes))
 }
 
 #[derive(Clone, Copy, PartialEq)]

@@ -18,6 +18,9 @@ use crate::names::{Bucket, ContentHash};
 
 use super::{ByteStream, Content, ContentStore, Error, Result, Stored};
 
+/// Bytes gathered from the network before each write to the staged file.
+const WRITE_BUFFER: usize = 256 * 1024;
+
 /// Directory of a bucket's content store, beside its versioned blobs' shard directories.
 const CAS_DIR: &str = "cas";
 
@@ -65,7 +68,9 @@ async fn receive(
     limit: u64,
 ) -> Result<(ContentHash, u64)> {
     let io_error = |source| io_error(dir, source);
-    let mut file = tokio::fs::File::from_std(staged.file().try_clone().map_err(io_error)?);
+    let file = tokio::fs::File::from_std(staged.file().try_clone().map_err(io_error)?);
+    // Network chunks are small; each file write is a trip to the blocking pool.
+    let mut file = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
     let mut hasher = blake3::Hasher::new();
     let mut size = 0u64;
     while let Some(chunk) = body.next().await {

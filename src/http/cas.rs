@@ -30,6 +30,10 @@ use crate::direct::{Denied, now_unix};
 use crate::names::{Bucket, ContentHash};
 use crate::state::AppState;
 
+/// Bytes read from storage per body chunk: large enough that a big download is a few dozen
+/// reads per MiB rather than hundreds, small enough to keep a download's memory flat.
+const READ_CHUNK: usize = 256 * 1024;
+
 /// The routes; the caller adds the state.
 pub fn router() -> Router<AppState> {
     Router::new().route(
@@ -288,7 +292,10 @@ pub(super) async fn get_content(
                 })
             })?;
     }
-    let body = Body::from_stream(ReaderStream::new(content.reader.take(len)));
+    let body = Body::from_stream(ReaderStream::with_capacity(
+        content.reader.take(len),
+        READ_CHUNK,
+    ));
     let mut response = (status, body).into_response();
     let out = response.headers_mut();
     out.insert(
