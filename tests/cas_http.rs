@@ -77,7 +77,7 @@ async fn put_get_head_delete_and_every_refusal() {
         .await
         .unwrap();
     assert_eq!(again.status(), StatusCode::OK, "already present");
-    assert_eq!(stored_files(&server, "b"), [hash.clone()]);
+    assert_eq!(stored_files(&server, "b"), [hash.as_str()]);
     let on_disk = server.storage().join("b/cas").join(&hash[..2]).join(&hash);
     assert_eq!(
         std::fs::read(on_disk).unwrap(),
@@ -114,7 +114,7 @@ async fn put_get_head_delete_and_every_refusal() {
         .unwrap();
     assert_eq!(lie.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(error_of(lie).await, "hash mismatch");
-    assert_eq!(stored_files(&server, "b"), [hash.clone()]);
+    assert_eq!(stored_files(&server, "b"), [hash.as_str()]);
     let missing = request(Method::GET, &self::url(&server, &claimed), "b")
         .send()
         .await
@@ -504,4 +504,31 @@ async fn a_50_mib_upload_keeps_memory_flat() {
         growth < 16 * 1024 * 1024,
         "peak memory grew by {growth} bytes for a 50 MiB body"
     );
+}
+
+/// Temp files a crash left in a content store are removed at start; stored content stays.
+#[tokio::test]
+async fn a_restart_sweeps_temp_files_and_keeps_content() {
+    let server = TestServer::start().await;
+    let bytes = b"kept".to_vec();
+    let hash = hash_of(&bytes);
+    request(Method::PUT, &url(&server, &hash), "b")
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    let storage = server.stop().await;
+    let cas = storage.path().join("b/cas");
+    std::fs::write(cas.join(".tmp-upload"), b"half an upload").unwrap();
+    std::fs::write(cas.join(&hash[..2]).join(".tmp-other"), b"half").unwrap();
+
+    let server = TestServer::start_in(storage).await;
+    // Answering a request means start-up, and its sweep, is over.
+    let got = request(Method::GET, &url(&server, &hash), "b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.bytes().await.unwrap(), bytes);
+    assert_eq!(stored_files(&server, "b"), [hash.as_str()]);
+    server.stop().await;
 }
