@@ -28,6 +28,11 @@ fn request(method: Method, url: &str, bucket: &str) -> RequestBuilder {
         .bearer_auth(token(bucket))
 }
 
+/// The status of the answer to `request`.
+async fn status(request: RequestBuilder) -> StatusCode {
+    request.send().await.unwrap().status()
+}
+
 async fn error_of(response: Response) -> String {
     let body: Value = response.json().await.unwrap();
     body["error"].as_str().expect("JSON error body").to_owned()
@@ -182,19 +187,11 @@ async fn put_get_head_delete_and_every_refusal() {
     let deleted = request(Method::DELETE, &url, "b").send().await.unwrap();
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     assert_eq!(
-        request(Method::GET, &url, "b")
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(request(Method::GET, &url, "b")).await,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        request(Method::DELETE, &url, "b")
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(request(Method::DELETE, &url, "b")).await,
         StatusCode::NOT_FOUND
     );
     assert!(stored_files(&server, "b").is_empty());
@@ -210,12 +207,7 @@ async fn byte_ranges() {
     let hash = hash_of(&bytes);
     let url = url(&server, &hash);
     assert_eq!(
-        request(Method::PUT, &url, "b")
-            .body(bytes.clone())
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(request(Method::PUT, &url, "b").body(bytes.clone())).await,
         StatusCode::CREATED
     );
     let range = |value: &'static str| request(Method::GET, &url, "b").header("range", value);
@@ -319,11 +311,7 @@ async fn corrupt_content_is_treated_as_missing() {
     let path = server.storage().join("b/cas").join(&hash[..2]).join(&hash);
     std::fs::write(&path, b"precioUs").unwrap();
     assert_eq!(
-        request(Method::GET, &url, "b")
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(request(Method::GET, &url, "b")).await,
         StatusCode::NOT_FOUND
     );
     let repaired = request(Method::PUT, &url, "b")
@@ -357,27 +345,15 @@ async fn buckets_are_isolated() {
         .await
         .unwrap();
     assert_eq!(
-        request(Method::GET, &url, "two")
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(request(Method::GET, &url, "two")).await,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        request(Method::DELETE, &url, "two")
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(request(Method::DELETE, &url, "two")).await,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        request(Method::GET, &url, "one")
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(request(Method::GET, &url, "one")).await,
         StatusCode::OK
     );
     server.stop().await;

@@ -10,8 +10,9 @@ use std::io;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -145,11 +146,43 @@ pub(super) struct StoredBody {
 }
 
 /// Who may do what on this request.
-struct Access {
+pub(super) struct Access {
     bucket: Bucket,
     may_write: bool,
     /// Through a direct URL (the Socket.IO flow announces what arrives this way).
     direct: bool,
+}
+
+/// The content a request names, and what the request may do with it: the checks every route
+/// makes first (a canonical hash, then a token or a signed URL).
+pub(super) struct Target {
+    hash: ContentHash,
+    access: Access,
+}
+
+impl FromRequestParts<AppState> for Target {
+    type Rejection = CasError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let Path(hash) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| CasError::NonCanonical)?;
+        let hash = ContentHash::parse(&hash).ok_or(CasError::NonCanonical)?;
+        let query = Query::<Signed>::from_request_parts(parts, state).await;
+        let access = access(state, &parts.method, &hash, &parts.headers, query)?;
+        Ok(Self { hash, access })
+    }
+}
+
+impl Target {
+    /// The bucket, when the request may change it.
+    fn writable_bucket(&self) -> Result<&Bucket> {
+        if self.access.may_write {
+            Ok(&self.access.bucket)
+        } else {
+            Err(CasError::Forbidden("read-only token".to_owned()))
+        }
+    }
 }
 
 /// The bucket and rights of a request: from its signed URL when it has one (checked for this
@@ -190,10 +223,6 @@ fn access(
         may_write: true,
         direct: true,
     })
-}
-
-fn parse_hash(text: &str) -> Result<ContentHash> {
-    ContentHash::parse(text).ok_or(CasError::NonCanonical)
 }
 
 fn header_value(text: String) -> HeaderValue {
@@ -258,13 +287,9 @@ fn byte_range(headers: &HeaderMap, hash: &ContentHash, size: u64) -> Result<Opti
 )]
 pub(super) async fn get_content(
     State(state): State<AppState>,
-    method: Method,
-    Path(hash): Path<String>,
+    Target { hash, access }: Target,
     headers: HeaderMap,
-    query: std::result::Result<Query<Signed>, QueryRejection>,
 ) -> Result<Response> {
-    let hash = parse_hash(&hash)?;
-    let access = access(&state, &method, &hash, &headers, query)?;
     let mut content = state
         .content()
         .open(&access.bucket, &hash)
@@ -339,17 +364,12 @@ pub(super) async fn get_content(
 )]
 pub(super) async fn put_content(
     State(state): State<AppState>,
-    method: Method,
-    Path(hash): Path<String>,
+    target: Target,
     headers: HeaderMap,
-    query: std::result::Result<Query<Signed>, QueryRejection>,
     body: Body,
 ) -> Result<Response> {
-    let hash = parse_hash(&hash)?;
-    let access = access(&state, &method, &hash, &headers, query)?;
-    if !access.may_write {
-        return Err(CasError::Forbidden("read-only token".to_owned()));
-    }
+    let bucket = target.writable_bucket()?;
+    let hash = &target.hash;
     let encoded = headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
@@ -366,15 +386,13 @@ pub(super) async fn put_content(
     let stream = body.into_data_stream().map_err(io::Error::other);
     let stored = state
         .content()
-        .put(&access.bucket, Some(&hash), Box::pin(stream), limit)
+        .put(bucket, Some(hash), Box::pin(stream), limit)
         .await?;
     if stored.created {
-        tracing::debug!(bucket = %access.bucket, %hash, size = stored.size, "content stored over HTTP");
+        tracing::debug!(%bucket, %hash, size = stored.size, "content stored over HTTP");
         // Content sent to a direct URL is announced by the `blob-uploaded` that follows it.
-        if !access.direct {
-            state
-                .changes()
-                .announce_content(&access.bucket, &hash, None);
+        if !target.access.direct {
+            state.changes().announce_content(bucket, hash, None);
         }
     }
     let status = if stored.created {
@@ -387,7 +405,7 @@ pub(super) async fn put_content(
         size: stored.size,
     };
     let mut response = (status, axum::Json(body)).into_response();
-    response.headers_mut().insert(header::ETAG, etag(&hash));
+    response.headers_mut().insert(header::ETAG, etag(hash));
     Ok(response)
 }
 
@@ -405,18 +423,12 @@ pub(super) async fn put_content(
 )]
 pub(super) async fn delete_content(
     State(state): State<AppState>,
-    method: Method,
-    Path(hash): Path<String>,
-    headers: HeaderMap,
-    query: std::result::Result<Query<Signed>, QueryRejection>,
+    target: Target,
 ) -> Result<Response> {
-    let hash = parse_hash(&hash)?;
-    let access = access(&state, &method, &hash, &headers, query)?;
-    if !access.may_write {
-        return Err(CasError::Forbidden("read-only token".to_owned()));
-    }
-    if state.content().delete(&access.bucket, &hash).await? {
-        tracing::debug!(bucket = %access.bucket, %hash, "content deleted");
+    let bucket = target.writable_bucket()?;
+    let hash = &target.hash;
+    if state.content().delete(bucket, hash).await? {
+        tracing::debug!(%bucket, %hash, "content deleted");
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(CasError::NotFound)
