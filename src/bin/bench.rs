@@ -62,9 +62,13 @@ const SECRET: &str = "bench-secret";
 async fn main() -> Result<()> {
     let args = Args::parse();
     let storage = tempfile::tempdir_in(&args.dir).context("temp storage dir")?;
-    let fsync_rate = durable_write_rate(storage.path(), 1)?;
-    let parallel_rate = durable_write_rate(storage.path(), 32)?;
+    let fsync_rate = durable_write_rate(storage.path(), 1, 200, 1400)?;
+    let parallel_rate = durable_write_rate(storage.path(), 32, 200, 1400)?;
     let sequential_mb = sequential_write_mb_per_sec(storage.path())?;
+    // What content PUTs cost the disk alone: 1 MiB durable writes from as many threads.
+    let durable_content_mb = durable_write_rate(storage.path(), CONTENT_CLIENTS, 25, CONTENT_SIZE)?
+        * CONTENT_SIZE as f64
+        / 1e6;
 
     let mut server = Server::start(storage.path())?;
     let token = Keys::new(SECRET).mint(&Bucket::parse("bench").expect("valid bucket"));
@@ -75,6 +79,7 @@ async fn main() -> Result<()> {
         "disk_serial_durable_writes_per_sec": round(fsync_rate),
         "disk_32_threads_durable_writes_per_sec": round(parallel_rate),
         "disk_sequential_write_mb_per_sec": round(sequential_mb),
+        "disk_durable_1mib_writes_mb_per_sec": round(durable_content_mb),
     });
     // Memory first, on the fresh server: after the other scenarios, freed memory would be
     // reused by the new connections and hide their cost.
@@ -108,6 +113,7 @@ async fn main() -> Result<()> {
         let (put, hashes) = content_throughput(addr, &token, duration, None).await?;
         let put_mb = put["mb_per_sec"].as_f64().unwrap_or(0.0);
         report["cas_put_vs_sequential_write"] = json!(round(put_mb / sequential_mb));
+        report["cas_put_vs_durable_1mib_writes"] = json!(round(put_mb / durable_content_mb));
         if args.runs("cas_put") {
             report["cas_put"] = put;
         }
@@ -180,10 +186,10 @@ impl Server {
 }
 
 /// Write + fsync + rename + fsync-dir through the server's own durable replace, from
-/// `threads` threads at once (each its own file), in writes per second.
-fn durable_write_rate(dir: &Path, threads: usize) -> Result<f64> {
-    const WRITES: usize = 200;
-    let body = vec![b'x'; 1400];
+/// `threads` threads at once (each its own file, `writes` times `body_len` bytes), in writes
+/// per second.
+fn durable_write_rate(dir: &Path, threads: usize, writes: usize, body_len: usize) -> Result<f64> {
+    let body = vec![b'x'; body_len];
     let start = Instant::now();
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
@@ -193,7 +199,7 @@ fn durable_write_rate(dir: &Path, threads: usize) -> Result<f64> {
                     .join(format!("{t}.json"));
                 let body = &body;
                 scope.spawn(move || {
-                    (0..WRITES).try_for_each(|_| blobs::durable::replace(&path, body))
+                    (0..writes).try_for_each(|_| blobs::durable::replace(&path, body))
                 })
             })
             .collect();
@@ -201,7 +207,7 @@ fn durable_write_rate(dir: &Path, threads: usize) -> Result<f64> {
             .into_iter()
             .try_for_each(|w| w.join().expect("probe thread"))
     })?;
-    Ok((WRITES * threads) as f64 / start.elapsed().as_secs_f64())
+    Ok((writes * threads) as f64 / start.elapsed().as_secs_f64())
 }
 
 /// Sequential write rate of this disk in MB/s (10^6 bytes): 128 MiB in 1 MiB writes, then one
