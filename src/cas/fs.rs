@@ -2,8 +2,9 @@
 //!
 //! A body streams into a temp file in `<bucket>/cas/` while it is hashed, and is renamed to its
 //! name only once it is complete, verified and fsynced ([`durable::Staged`]). Storing and
-//! deleting one hash are serialised by a per-hash lock, so a delete never removes bytes an
-//! upload of the same content has just confirmed as present.
+//! removing one hash are serialised by a per-hash lock, so a removal never takes bytes an
+//! upload of the same content has just confirmed as present. Content the Blob Service brought
+//! in carries a `<hash>.service` marker until a shared flow stores the same bytes.
 
 use std::fs::File;
 use std::io::{self, Seek};
@@ -16,7 +17,7 @@ use crate::durable::{self, Staged};
 use crate::locks::KeyedLocks;
 use crate::names::{Bucket, ContentHash};
 
-use super::{ByteStream, Content, ContentStore, Error, Result, Stored};
+use super::{ByteStream, Content, ContentLock, ContentStore, Error, Incoming, Owner, Result};
 
 /// Bytes gathered from the network before each write to the staged file.
 const WRITE_BUFFER: usize = 256 * 1024;
@@ -87,45 +88,80 @@ async fn receive(
     Ok((ContentHash::from_blake3(&hasher.finalize()), size))
 }
 
+/// Content received into a staged file, waiting for its commit.
+struct FsIncoming {
+    staged: Staged,
+    hash: ContentHash,
+    size: u64,
+    path: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl Incoming for FsIncoming {
+    fn hash(&self) -> &ContentHash {
+        &self.hash
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    async fn commit(self: Box<Self>, _held: &ContentLock, owner: Owner) -> Result<bool> {
+        let FsIncoming {
+            staged, hash, path, ..
+        } = *self;
+        let commit_path = path.clone();
+        tokio::task::spawn_blocking(move || -> io::Result<bool> {
+            let marker = service_marker(&commit_path);
+            // Present and intact: keep it (the staged copy is removed on drop). Present and
+            // corrupt: the verified upload replaces it.
+            let created = if verified_file(&commit_path, &hash)?.is_some() {
+                false
+            } else {
+                staged.commit(&commit_path)?;
+                true
+            };
+            match owner {
+                Owner::Service if created => durable::replace(&marker, b"")?,
+                // Stored again by a shared flow: no longer the service's to remove.
+                Owner::Shared if !created => remove_durably(&marker).map(drop)?,
+                _ => {}
+            }
+            Ok(created)
+        })
+        .await?
+        .map_err(|source| io_error(&path, source))
+    }
+}
+
 #[async_trait::async_trait]
 impl ContentStore for FsContent {
-    async fn put(
+    async fn receive(
         &self,
         bucket: &Bucket,
-        expected: Option<&ContentHash>,
         body: ByteStream,
         limit: u64,
-    ) -> Result<Stored> {
+    ) -> Result<Box<dyn Incoming>> {
         let dir = self.dir(bucket);
         let staging = dir.clone();
         let mut staged = tokio::task::spawn_blocking(move || Staged::new_in(&staging))
             .await?
             .map_err(|source| io_error(&dir, source))?;
         let (hash, size) = receive(&mut staged, &dir, body, limit).await?;
-        if expected.is_some_and(|e| *e != hash) {
-            return Err(Error::Mismatch);
-        }
-        let lock = self.locks.get(&(bucket.clone(), hash.clone()));
-        let _held = lock.lock().await;
         let path = self.path(bucket, &hash);
-        let commit_path = path.clone();
-        let expected_hash = hash.clone();
-        let created = tokio::task::spawn_blocking(move || -> io::Result<bool> {
-            // Present and intact: keep it (the staged copy is removed on drop). Present and
-            // corrupt: the verified upload replaces it.
-            if verified_file(&commit_path, &expected_hash)?.is_some() {
-                return Ok(false);
-            }
-            staged.commit(&commit_path)?;
-            Ok(true)
-        })
-        .await?
-        .map_err(|source| io_error(&path, source))?;
-        Ok(Stored {
+        Ok(Box::new(FsIncoming {
+            staged,
             hash,
             size,
-            created,
-        })
+            path,
+        }))
+    }
+
+    async fn lock(&self, bucket: &Bucket, hash: &ContentHash) -> ContentLock {
+        self.locks
+            .get(&(bucket.clone(), hash.clone()))
+            .lock_owned()
+            .await
     }
 
     async fn open(&self, bucket: &Bucket, hash: &ContentHash) -> Result<Option<Content>> {
@@ -141,25 +177,52 @@ impl ContentStore for FsContent {
         }))
     }
 
-    async fn delete(&self, bucket: &Bucket, hash: &ContentHash) -> Result<bool> {
-        let lock = self.locks.get(&(bucket.clone(), hash.clone()));
-        let _held = lock.lock().await;
+    async fn remove(
+        &self,
+        bucket: &Bucket,
+        hash: &ContentHash,
+        _held: &ContentLock,
+    ) -> Result<bool> {
         let path = self.path(bucket, hash);
         let remove_path = path.clone();
         tokio::task::spawn_blocking(move || -> io::Result<bool> {
-            match std::fs::remove_file(&remove_path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-                Err(e) => return Err(e),
-            }
-            if let Some(dir) = remove_path.parent() {
-                durable::sync_dir(dir)?;
-            }
-            Ok(true)
+            let removed = remove_durably(&remove_path)?;
+            remove_durably(&service_marker(&remove_path))?;
+            Ok(removed)
         })
         .await?
         .map_err(|source| io_error(&path, source))
     }
+
+    async fn service_owned(
+        &self,
+        bucket: &Bucket,
+        hash: &ContentHash,
+        _held: &ContentLock,
+    ) -> Result<bool> {
+        let marker = service_marker(&self.path(bucket, hash));
+        Ok(tokio::fs::try_exists(&marker)
+            .await
+            .map_err(|source| io_error(&marker, source))?)
+    }
+}
+
+/// The file that marks content as the Blob Service's alone: `<hash>.service` beside it.
+fn service_marker(content: &Path) -> PathBuf {
+    content.with_extension("service")
+}
+
+/// Removes a file and syncs its directory; `false` when there was none.
+fn remove_durably(path: &Path) -> io::Result<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    if let Some(dir) = path.parent() {
+        durable::sync_dir(dir)?;
+    }
+    Ok(true)
 }
 
 /// Opens `path` and checks that its bytes hash to `hash`; the file, rewound, and its size.

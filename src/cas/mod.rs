@@ -69,25 +69,87 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Holds one content's lock: while it is held, nobody else commits or removes that content.
+pub type ContentLock = tokio::sync::OwnedMutexGuard<()>;
+
+/// Who brings content into the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// The content-addressed flows (HTTP `/blobs`, Socket.IO): content stays until deleted.
+    Shared,
+    /// The Blob Service: its retention sweep may remove the content once no live record refers
+    /// to it, unless a shared flow stored the same bytes since.
+    Service,
+}
+
+/// A body received and hashed but not yet visible: dropped, it leaves nothing behind.
+#[async_trait::async_trait]
+pub trait Incoming: Send {
+    fn hash(&self) -> &ContentHash;
+    fn size(&self) -> u64;
+    /// Makes the content visible under its name, durably; `false` when intact content was
+    /// already there (a corrupt file is replaced). `held` is the content's lock.
+    async fn commit(self: Box<Self>, held: &ContentLock, owner: Owner) -> Result<bool>;
+}
+
 /// Content-addressed storage, shared by every connection.
 #[async_trait::async_trait]
 pub trait ContentStore: Send + Sync + 'static {
-    /// Streams `body` into the bucket's store while hashing it, durably. With `expected`, a
-    /// body of another hash is [`Error::Mismatch`]; a body over `limit` bytes is
-    /// [`Error::TooLarge`] as soon as it passes the limit. Either way nothing is kept.
-    async fn put(
+    /// Streams `body` into staging while hashing it; a body over `limit` bytes is
+    /// [`Error::TooLarge`] as soon as it passes the limit.
+    async fn receive(
         &self,
         bucket: &Bucket,
-        expected: Option<&ContentHash>,
         body: ByteStream,
         limit: u64,
-    ) -> Result<Stored>;
+    ) -> Result<Box<dyn Incoming>>;
+
+    /// Waits for the lock of one content.
+    async fn lock(&self, bucket: &Bucket, hash: &ContentHash) -> ContentLock;
 
     /// The verified content, or `None` when it is missing or no longer matches its hash.
     async fn open(&self, bucket: &Bucket, hash: &ContentHash) -> Result<Option<Content>>;
 
-    /// Removes the content; `false` when there was none.
-    async fn delete(&self, bucket: &Bucket, hash: &ContentHash) -> Result<bool>;
+    /// Removes the content (`held` is its lock); `false` when there was none.
+    async fn remove(&self, bucket: &Bucket, hash: &ContentHash, held: &ContentLock)
+    -> Result<bool>;
+
+    /// Whether the content is the Blob Service's alone (`held` is its lock).
+    async fn service_owned(
+        &self,
+        bucket: &Bucket,
+        hash: &ContentHash,
+        held: &ContentLock,
+    ) -> Result<bool>;
+}
+
+/// Streams `body` into the bucket's store for the content-addressed flows. With `expected`, a
+/// body of another hash is [`Error::Mismatch`] and nothing is kept.
+pub async fn put(
+    store: &dyn ContentStore,
+    bucket: &Bucket,
+    expected: Option<&ContentHash>,
+    body: ByteStream,
+    limit: u64,
+) -> Result<Stored> {
+    let incoming = store.receive(bucket, body, limit).await?;
+    if expected.is_some_and(|e| e != incoming.hash()) {
+        return Err(Error::Mismatch);
+    }
+    let (hash, size) = (incoming.hash().clone(), incoming.size());
+    let held = store.lock(bucket, &hash).await;
+    let created = incoming.commit(&held, Owner::Shared).await?;
+    Ok(Stored {
+        hash,
+        size,
+        created,
+    })
+}
+
+/// Removes content; `false` when there was none.
+pub async fn delete(store: &dyn ContentStore, bucket: &Bucket, hash: &ContentHash) -> Result<bool> {
+    let held = store.lock(bucket, hash).await;
+    store.remove(bucket, hash, &held).await
 }
 
 /// Stores bytes already in memory (a Socket.IO upload).
@@ -99,11 +161,8 @@ pub async fn put_bytes(
     limit: u64,
 ) -> Result<Stored> {
     let body = futures_util::stream::iter([Ok(bytes)]);
-    store
-        .put(bucket, Some(expected), Box::pin(body), limit)
-        .await
+    put(store, bucket, Some(expected), Box::pin(body), limit).await
 }
-
 /// Reads verified content into memory, when it is at most `limit` bytes; `Ok(Err(size))` when
 /// it is larger.
 pub async fn read_small(

@@ -384,10 +384,7 @@ pub(super) async fn put_content(
         return Err(CasError::TooLarge(limit));
     }
     let stream = body.into_data_stream().map_err(io::Error::other);
-    let stored = state
-        .content()
-        .put(bucket, Some(hash), Box::pin(stream), limit)
-        .await?;
+    let stored = cas::put(state.content(), bucket, Some(hash), Box::pin(stream), limit).await?;
     if stored.created {
         tracing::debug!(%bucket, %hash, size = stored.size, "content stored over HTTP");
         // Content sent to a direct URL is announced by the `blob-uploaded` that follows it.
@@ -427,7 +424,7 @@ pub(super) async fn delete_content(
 ) -> Result<Response> {
     let bucket = target.writable_bucket()?;
     let hash = &target.hash;
-    if state.content().delete(bucket, hash).await? {
+    if cas::delete(state.content(), bucket, hash).await? {
         tracing::debug!(%bucket, %hash, "content deleted");
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
