@@ -1,11 +1,13 @@
 //! Change notification: every committed write, whichever protocol made it, reaches the
-//! Socket.IO subscribers of the blob (`changed`) and the HTTP change streams (SSE).
+//! Socket.IO subscribers of the blob (`changed`) and the HTTP change streams (SSE); new content
+//! (`blob-available`) and Blob Service uploads (`blob-metadata`, the metadata streams) reach
+//! the sockets and streams of their bucket.
 //!
 //! Socket.IO subscribers of one blob share a room, and every socket of a bucket is in the
 //! bucket's room (for `blob-available`). Events are sent one socket at a time, so a subscriber whose send buffer is full can be told apart and dropped rather than
 //! holding memory. HTTP streams read one broadcast channel and keep the changes of their ref.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use socketioxide::extract::SocketRef;
@@ -13,6 +15,7 @@ use socketioxide::{SendError, SocketError, SocketIo};
 use tokio::sync::{broadcast, watch};
 
 use crate::names::{Bucket, ContentHash, Ref};
+use crate::service::Record;
 
 /// Changes an HTTP stream may fall behind by before it skips to the current version.
 const STREAM_BACKLOG: usize = 1024;
@@ -39,6 +42,9 @@ pub struct Changes {
     /// Every change, for the HTTP streams; bounded (see [`STREAM_BACKLOG`]): a stream that
     /// falls further behind is told the current version instead.
     streams: broadcast::Sender<Change>,
+    /// Every stored Blob Service upload, for the metadata streams; bounded the same way (a
+    /// stream that falls behind replays from the records).
+    metadata: broadcast::Sender<(Bucket, Arc<Record>)>,
     /// Becomes `true` at shutdown: HTTP streams end so they do not hold the server up.
     closing: watch::Sender<bool>,
 }
@@ -48,6 +54,7 @@ impl Default for Changes {
         Self {
             io: OnceLock::new(),
             streams: broadcast::channel(STREAM_BACKLOG).0,
+            metadata: broadcast::channel(STREAM_BACKLOG).0,
             closing: watch::channel(false).0,
         }
     }
@@ -76,6 +83,19 @@ impl Changes {
     ) {
         let payload = serde_json::json!({ "hash": hash.as_str() });
         self.emit(bucket_room(bucket), uploader, "blob-available", &payload);
+    }
+
+    /// Announces a stored Blob Service upload: `blob-metadata` with its record to every socket
+    /// of the bucket, and an event on the bucket's metadata streams.
+    pub fn publish_metadata(&self, bucket: &Bucket, record: Arc<Record>) {
+        self.emit(bucket_room(bucket), None, "blob-metadata", &record.event());
+        // No stream listening is not an error.
+        self.metadata.send((bucket.clone(), record)).ok();
+    }
+
+    /// Every stored Blob Service upload from now on.
+    pub fn subscribe_metadata(&self) -> broadcast::Receiver<(Bucket, Arc<Record>)> {
+        self.metadata.subscribe()
     }
 
     /// Sends `event` to every socket of `room` but `except`, dropping those that stopped

@@ -94,10 +94,23 @@ pub struct Config {
     #[arg(long, env = "DIRECT_URL_TTL", value_parser = humantime::parse_duration, default_value = "15m")]
     pub direct_url_ttl: Duration,
 
+    /// How often the Blob Service's retention sweep runs (it also runs at start), e.g. `1m`.
+    #[arg(long, env = "RETENTION_SWEEP_INTERVAL", value_parser = positive_duration, default_value = "1m")]
+    pub retention_sweep_interval: Duration,
+
     /// Public origin of this server in direct transfer URLs, e.g. `https://blobs.example.com`.
     /// Unset: `http://` plus the `Host` the client connected with.
     #[arg(long, env = "PUBLIC_URL", value_parser = parse_origin)]
     pub public_url: Option<String>,
+}
+
+/// A duration above zero, e.g. `30s`.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be longer than zero".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// An origin for URLs: `http://` or `https://`, a host, no trailing slash.

@@ -27,6 +27,7 @@ use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 pub mod cas;
+pub mod service;
 
 use crate::auth::Grant;
 use crate::changes::Change;
@@ -41,8 +42,9 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
-/// The API's routes; the caller adds the state. `max_data_bytes` bounds request bodies.
-pub fn router(max_data_bytes: usize) -> Router<AppState> {
+/// The API's routes; the caller adds the state. `max_data_bytes` bounds versioned blobs,
+/// `cas_max_bytes` content (and Blob Service uploads).
+pub fn router(max_data_bytes: usize, cas_max_bytes: u64) -> Router<AppState> {
     Router::new()
         .route("/v1/blobs", get(list_blobs))
         .route(
@@ -54,8 +56,9 @@ pub fn router(max_data_bytes: usize) -> Router<AppState> {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(max_data_bytes))
-        // The content routes stream their bodies under their own limit.
+        // The content routes stream their bodies under their own limits.
         .merge(cas::router())
+        .merge(service::router(cas_max_bytes))
         .method_not_allowed_fallback(method_not_allowed)
 }
 
@@ -173,7 +176,7 @@ impl FromRequestParts<AppState> for Token {
 }
 
 /// What the request's `Authorization: Bearer <token>` grants, if it is valid.
-fn bearer_grant(headers: &HeaderMap, state: &AppState) -> Option<Grant> {
+pub(crate) fn bearer_grant(headers: &HeaderMap, state: &AppState) -> Option<Grant> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -577,12 +580,13 @@ fn changed_event(version: u64, deleted: bool) -> Event {
 }
 
 /// A stream fed by a task through a channel: `body` gets a function that sends one item.
-fn async_stream<F, Fut>(body: F) -> impl Stream<Item = std::result::Result<Event, Infallible>>
+fn async_stream<T, F, Fut>(body: F) -> impl Stream<Item = std::result::Result<T, Infallible>>
 where
-    F: FnOnce(Box<dyn Fn(Event) + Send>) -> Fut,
+    T: Send + 'static,
+    F: FnOnce(Box<dyn Fn(T) + Send>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<T>();
     let task = tokio::spawn(body(Box::new(move |event| {
         tx.send(event).ok();
     })));

@@ -12,12 +12,15 @@
 //! - [`cas`]: content-addressed blobs (named by their BLAKE3 hash), their trait and file store.
 //! - [`locks`]: per-key async locks the stores serialise each blob's writes with.
 //! - [`direct`]: signed, expiring direct transfer URLs for content.
+//! - [`service`]: the Blob Service: uploads with semantics and retention, named by handles,
+//!   over the content store; the retention sweep.
 //! - [`changes`]: change notification to Socket.IO rooms and HTTP streams.
 //! - [`durable`]: the one function that replaces a file (temp file, fsync, rename, fsync dir).
 //! - [`protocol`]: the Socket.IO events and their acknowledgements; [`protocol::cas`] the
 //!   content-addressed blob flow.
 //! - [`http`]: the HTTP API (ETags, conditional requests, change stream, OpenAPI);
-//!   [`http::cas`] the content-addressed `/blobs/{hash}` routes.
+//!   [`http::cas`] the content-addressed `/blobs/{hash}` routes; [`http::service`] the Blob
+//!   Service API (`/api/v1/blobs`, `/api/v1/events/subscribe`).
 //! - [`proxy`]: which client address to believe (trusted proxies).
 //! - [`limits`]: overload limits (connection slots, per-socket event rate).
 //! - [`state`]: the shared state handle.
@@ -42,6 +45,7 @@ pub mod locks;
 pub mod names;
 pub mod protocol;
 pub mod proxy;
+pub mod service;
 pub mod state;
 pub mod store;
 
@@ -62,9 +66,10 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::map_response_body::MapResponseBodyLayer;
 
 use crate::auth::Keys;
-use crate::cas::FsContent;
+use crate::cas::{ContentStore, FsContent};
 use crate::config::Config;
 use crate::error::StartError;
+use crate::service::BlobService;
 use crate::state::AppState;
 use crate::store::FsStore;
 
@@ -83,8 +88,10 @@ pub async fn run(
         source,
     };
     let store = FsStore::open(&config.storage).map_err(storage_error)?;
-    let content = FsContent::open(&config.storage).map_err(storage_error)?;
-    let state = AppState::new(&config, keys, Arc::new(store), Arc::new(content), secret);
+    let content: Arc<dyn ContentStore> =
+        Arc::new(FsContent::open(&config.storage).map_err(storage_error)?);
+    let service = BlobService::open(&config.storage, content.clone()).map_err(storage_error)?;
+    let state = AppState::new(&config, keys, Arc::new(store), content, service, secret);
     let max_message = protocol::max_message_len(state.max_data_chars());
 
     // No event of the protocol carries binary attachments: a packet that announces more than
@@ -108,6 +115,10 @@ pub async fn run(
         .build_layer();
     protocol::register(&io);
     state.changes().attach(io.clone());
+    tokio::spawn(retention_sweeps(
+        state.clone(),
+        config.retention_sweep_interval,
+    ));
 
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::mirror_request())
@@ -132,7 +143,7 @@ pub async fn run(
         .layer(MapResponseBodyLayer::new(axum::body::Body::new))
         .layer(layer)
         .service(
-            http::router(state.max_data_bytes())
+            http::router(state.max_data_bytes(), state.cas().max_bytes)
                 .fallback(not_found)
                 .with_state(state.clone()),
         );
@@ -178,6 +189,30 @@ pub async fn run(
     tokio::select! {
         served = serve => served.map_err(StartError::Serve),
         () = lingering => Ok(()),
+    }
+}
+
+/// Runs the Blob Service's retention sweep now and every `interval`, until shutdown.
+async fn retention_sweeps(state: AppState, interval: Duration) {
+    let closing = state.changes().closing();
+    tokio::pin!(closing);
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = &mut closing => return,
+        }
+        match state.service().sweep(store::now_ms()).await {
+            Ok(swept) if swept.records > 0 => tracing::info!(
+                records = swept.records,
+                contents = swept.contents,
+                bytes = swept.bytes,
+                "retention sweep removed expired blobs"
+            ),
+            Ok(_) => tracing::debug!("retention sweep: nothing expired"),
+            Err(e) => tracing::error!("retention sweep failed: {e}"),
+        }
     }
 }
 

@@ -113,6 +113,47 @@ impl fmt::Display for ContentHash {
     }
 }
 
+/// The name of one Blob Service upload: 32 lower-case hex characters (a random UUID).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Handle(String);
+
+/// Length of a handle: 16 random bytes written as hex.
+const HANDLE_LEN: usize = 32;
+
+impl Handle {
+    /// A new random handle.
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    /// Accepts exactly 32 lower-case hex digits.
+    pub fn parse(text: &str) -> Option<Self> {
+        (text.len() == HANDLE_LEN && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| Self(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The shard directory of this handle: its first two characters.
+    pub fn shard(&self) -> &str {
+        &self.0[..2]
+    }
+}
+
+impl Default for Handle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +220,20 @@ mod tests {
                 ContentHash::parse(&bad).is_none(),
                 "{bad:?} should be refused"
             );
+        }
+    }
+
+    #[test]
+    fn handles_are_random_lower_case_hex() {
+        let (a, b) = (Handle::new(), Handle::new());
+        assert_ne!(a, b);
+        assert_eq!(Handle::parse(a.as_str()), Some(a.clone()));
+        for bad in [
+            a.as_str().to_ascii_uppercase(),
+            "a".repeat(31),
+            "../x".repeat(8),
+        ] {
+            assert!(Handle::parse(&bad).is_none(), "{bad:?} should be refused");
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::changes::Changes;
 use crate::config::Config;
 use crate::direct::{DirectUrls, SignedUrls};
 use crate::limits::Connections;
+use crate::service::BlobService;
 use crate::store::Store;
 
 /// Shared server state. Cloning is cheap: it is one `Arc`.
@@ -22,6 +23,7 @@ struct Inner {
     keys: Keys,
     store: Arc<dyn Store>,
     content: Arc<dyn ContentStore>,
+    service: BlobService,
     /// Hands out direct transfer URLs for content.
     direct: Arc<dyn DirectUrls>,
     /// Checks the URLs this server signed itself.
@@ -58,6 +60,7 @@ impl AppState {
         keys: Keys,
         store: Arc<dyn Store>,
         content: Arc<dyn ContentStore>,
+        service: BlobService,
         secret: &str,
     ) -> Self {
         let signed = SignedUrls::new(secret, config.direct_url_ttl);
@@ -65,6 +68,7 @@ impl AppState {
             keys,
             store,
             content,
+            service,
             direct: Arc::new(signed.clone()),
             signed,
             cas: CasSettings {
@@ -92,6 +96,10 @@ impl AppState {
 
     pub fn content(&self) -> &dyn ContentStore {
         &*self.0.content
+    }
+
+    pub fn service(&self) -> &BlobService {
+        &self.0.service
     }
 
     pub fn direct(&self) -> &dyn DirectUrls {

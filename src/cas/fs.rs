@@ -65,7 +65,7 @@ impl FsContent {
 async fn receive(
     staged: &mut Staged,
     dir: &Path,
-    mut body: ByteStream,
+    mut body: ByteStream<'_>,
     limit: u64,
 ) -> Result<(ContentHash, u64)> {
     let io_error = |source| io_error(dir, source);
@@ -139,7 +139,7 @@ impl ContentStore for FsContent {
     async fn receive(
         &self,
         bucket: &Bucket,
-        body: ByteStream,
+        body: ByteStream<'_>,
         limit: u64,
     ) -> Result<Box<dyn Incoming>> {
         let dir = self.dir(bucket);

@@ -21,8 +21,8 @@ use crate::names::{Bucket, ContentHash};
 
 pub use fs::FsContent;
 
-/// A body arriving in chunks (an HTTP request body, or one buffer).
-pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+/// A body arriving in chunks (an HTTP request body, a multipart part, or one buffer).
+pub type ByteStream<'a> = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + 'a>>;
 
 /// What storing a body did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,7 +100,7 @@ pub trait ContentStore: Send + Sync + 'static {
     async fn receive(
         &self,
         bucket: &Bucket,
-        body: ByteStream,
+        body: ByteStream<'_>,
         limit: u64,
     ) -> Result<Box<dyn Incoming>>;
 
@@ -129,7 +129,7 @@ pub async fn put(
     store: &dyn ContentStore,
     bucket: &Bucket,
     expected: Option<&ContentHash>,
-    body: ByteStream,
+    body: ByteStream<'_>,
     limit: u64,
 ) -> Result<Stored> {
     let incoming = store.receive(bucket, body, limit).await?;

@@ -26,7 +26,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::ErrorBody;
 
-use crate::cas;
+use crate::cas::{self, Content};
 use crate::direct::{Denied, now_unix};
 use crate::names::{Bucket, ContentHash};
 use crate::state::AppState;
@@ -290,17 +290,28 @@ pub(super) async fn get_content(
     Target { hash, access }: Target,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let mut content = state
+    let content = state
         .content()
         .open(&access.bucket, &hash)
         .await?
         .ok_or(CasError::NotFound)?;
-    if names_content(&headers, header::IF_NONE_MATCH, &hash) {
+    serve(content, &hash, "application/octet-stream", &headers).await
+}
+
+/// The response to a read of verified content: 200 with the bytes, 206 for one range, 304
+/// when `If-None-Match` names it, 416 for a range outside it; `ETag` is the quoted hash.
+pub(crate) async fn serve(
+    mut content: Content,
+    hash: &ContentHash,
+    content_type: &str,
+    headers: &HeaderMap,
+) -> Result<Response> {
+    if names_content(headers, header::IF_NONE_MATCH, hash) {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
-        response.headers_mut().insert(header::ETAG, etag(&hash));
+        response.headers_mut().insert(header::ETAG, etag(hash));
         return Ok(response);
     }
-    let range = byte_range(&headers, &hash, content.size)?;
+    let range = byte_range(headers, hash, content.size)?;
     let (status, start, len) = match range {
         Some((first, last)) => (StatusCode::PARTIAL_CONTENT, first, last - first + 1),
         None => (StatusCode::OK, 0, content.size),
@@ -325,10 +336,11 @@ pub(super) async fn get_content(
     let out = response.headers_mut();
     out.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
+        HeaderValue::from_str(content_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
     out.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    out.insert(header::ETAG, etag(&hash));
+    out.insert(header::ETAG, etag(hash));
     out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     // The bytes behind a name never change; they are private to the bucket.
     out.insert(

@@ -1,0 +1,481 @@
+//! The Blob Service HTTP API, as in ActyxOS: `POST /api/v1/blobs` (multipart upload with
+//! `semantics` and `retentionPolicy`), reads by handle, listing by semantics, and the metadata
+//! event stream `POST /api/v1/events/subscribe`.
+//!
+//! The bucket is the token's: `Authorization: Bearer`, or on GET, for `<img src>` and browser
+//! downloads, the `access_token` query parameter (RFC 6750 section 2.3). Every error is JSON
+//! `{ "error": "<sentence>" }`; a refused upload stores nothing.
+
+use std::collections::HashSet;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequestParts, Multipart, Path, Query, State,
+};
+use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::TryStreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::cas::{CasError, serve};
+use super::{async_stream, bearer_grant};
+use crate::auth::Grant;
+use crate::cas::{self, Incoming};
+use crate::names::{Bucket, Handle};
+use crate::proxy;
+use crate::service::{self, Metadata, Record, STREAM_NAME, STREAM_SEMANTICS, Upload};
+use crate::state::AppState;
+use crate::store::now_ms;
+
+/// Largest `metadata` part, in bytes.
+const MAX_METADATA: usize = 64 * 1024;
+/// Room in an upload's body for its parts' headers and its metadata.
+const MULTIPART_OVERHEAD: u64 = 1024 * 1024;
+/// Longest stored content type and file name, in bytes.
+const MAX_CONTENT_TYPE: usize = 255;
+const MAX_FILE_NAME: usize = 1024;
+/// Page size of the listing, by default and at most.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+/// A newline on an idle event stream this often, so proxies and clients keep it open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The routes; the caller adds the state. `max_bytes` is the largest upload.
+pub fn router(max_bytes: u64) -> Router<AppState> {
+    let body_limit =
+        usize::try_from(max_bytes.saturating_add(MULTIPART_OVERHEAD)).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/api/v1/blobs", get(list).post(upload))
+        .route("/api/v1/blobs/{handle}", get(read).delete(remove))
+        .route("/api/v1/blobs/{handle}/metadata", get(metadata))
+        .route("/api/v1/events/subscribe", post(subscribe))
+        .layer(DefaultBodyLimit::max(body_limit))
+}
+
+/// What a client of the Blob Service sees when a request fails.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// 401 with `WWW-Authenticate: Bearer`.
+    #[error("A valid bucket token is required: send Authorization: Bearer <token>")]
+    Unauthorized,
+    /// 403.
+    #[error("Read-only token")]
+    ReadOnly,
+    /// 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 404.
+    #[error("No such blob")]
+    NotFound,
+    /// 413.
+    #[error("The upload is larger than the limit of {0} bytes")]
+    TooLarge(u64),
+    /// 500: the cause is logged.
+    #[error("Storage error: the operation could not be completed")]
+    Store(#[from] service::Error),
+    /// Reading content (416 for a bad range; 500 when the store fails).
+    #[error(transparent)]
+    Content(#[from] CasError),
+}
+
+impl From<cas::Error> for ServiceError {
+    fn from(error: cas::Error) -> Self {
+        ServiceError::Store(service::Error::Content(error))
+    }
+}
+
+impl IntoResponse for ServiceError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ServiceError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ServiceError::ReadOnly => StatusCode::FORBIDDEN,
+            ServiceError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ServiceError::NotFound => StatusCode::NOT_FOUND,
+            ServiceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ServiceError::Store(cause) => {
+                tracing::error!("blob service storage failure: {cause}");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            ServiceError::Content(_) => {
+                let ServiceError::Content(inner) = self else {
+                    unreachable!("matched above")
+                };
+                return inner.into_response();
+            }
+        };
+        let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
+        if matches!(self, ServiceError::Unauthorized) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+fn bad(message: impl Into<String>) -> ServiceError {
+    ServiceError::BadRequest(message.into())
+}
+
+/// The grant of the request's token: Bearer, or on GET the `access_token` query parameter.
+struct Token(Grant);
+
+#[derive(Deserialize)]
+struct AccessToken {
+    access_token: Option<String>,
+}
+
+impl FromRequestParts<AppState> for Token {
+    type Rejection = ServiceError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        if let Some(grant) = bearer_grant(&parts.headers, state) {
+            return Ok(Token(grant));
+        }
+        if parts.method != Method::GET && parts.method != Method::HEAD {
+            return Err(ServiceError::Unauthorized);
+        }
+        let query = Query::<AccessToken>::from_request_parts(parts, state).await;
+        query
+            .ok()
+            .and_then(|Query(q)| q.access_token)
+            .and_then(|token| state.keys().verify(&token))
+            .map(Token)
+            .ok_or(ServiceError::Unauthorized)
+    }
+}
+
+impl Token {
+    fn writer(&self) -> Result<&Bucket> {
+        if self.0.read_only {
+            Err(ServiceError::ReadOnly)
+        } else {
+            Ok(&self.0.bucket)
+        }
+    }
+}
+
+fn parse_handle(text: &str) -> Result<Handle> {
+    Handle::parse(text).ok_or_else(|| bad("Invalid handle: expected 32 lower-case hex characters"))
+}
+
+/// A multipart error as the client should see it (413 when the body is over the limit).
+fn multipart_error(error: MultipartError, limit: u64) -> ServiceError {
+    if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ServiceError::TooLarge(limit)
+    } else {
+        bad(format!("Malformed multipart body: {}", error.body_text()))
+    }
+}
+
+/// Stores an upload: 201 `{ "handle": … }`.
+async fn upload(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    token: Token,
+    headers: HeaderMap,
+    multipart: std::result::Result<Multipart, MultipartRejection>,
+) -> Result<Response> {
+    let bucket = token.writer()?;
+    let limit = state.cas().max_bytes;
+    let mut multipart = multipart
+        .map_err(|_| bad("Expected a multipart/form-data body with the parts blob and metadata"))?;
+    let now = now_ms();
+    let mut metadata = None;
+    let mut blob: Option<(Box<dyn Incoming>, String, Option<String>)> = None;
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| multipart_error(e, limit))?
+    {
+        match field.name() {
+            Some("metadata") if metadata.is_none() => {
+                let text = read_small(field, limit).await?;
+                let parsed: Metadata = serde_json::from_slice(&text).map_err(|e| {
+                    bad(format!("The metadata part is not valid metadata JSON: {e}"))
+                })?;
+                metadata = Some(parsed.validate(now).map_err(|e| bad(e.to_string()))?);
+            }
+            Some("blob") if blob.is_none() => {
+                let content_type = field
+                    .content_type()
+                    .unwrap_or("application/octet-stream")
+                    .to_owned();
+                if content_type.len() > MAX_CONTENT_TYPE
+                    || HeaderValue::from_str(&content_type).is_err()
+                {
+                    return Err(bad(
+                        "The blob part's Content-Type is not a valid media type",
+                    ));
+                }
+                let file_name = field
+                    .file_name()
+                    .map(|name| name.chars().take(MAX_FILE_NAME).collect::<String>());
+                let body = field.map_err(io::Error::other);
+                let incoming = state
+                    .content()
+                    .receive(bucket, Box::pin(body), limit)
+                    .await
+                    .map_err(|e| match e {
+                        cas::Error::TooLarge(limit) => ServiceError::TooLarge(limit),
+                        cas::Error::Body(cause) => bad(format!("The blob part broke off: {cause}")),
+                        other => other.into(),
+                    })?;
+                blob = Some((incoming, content_type, file_name));
+            }
+            Some(name @ ("metadata" | "blob")) => {
+                return Err(bad(format!("The part {name} appears more than once")));
+            }
+            _ => {
+                return Err(bad(
+                    "Unexpected part: an upload has the parts blob and metadata",
+                ));
+            }
+        }
+    }
+    let (Some((incoming, content_type, file_name)), Some((semantics, retention_policy))) =
+        (blob, metadata)
+    else {
+        return Err(bad(
+            "An upload needs both parts: blob (the file) and metadata (JSON)",
+        ));
+    };
+    let upload = Upload {
+        semantics,
+        retention_policy,
+        content_type,
+        file_name,
+        uploader: proxy::client_address(peer.ip(), &headers, state.trusted_proxies()).to_string(),
+        now,
+    };
+    let record = state.service().upload(bucket, incoming, upload).await?;
+    tracing::debug!(%bucket, handle = %record.handle, size = record.size, "blob service upload stored");
+    state.changes().publish_metadata(bucket, record.clone());
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "handle": record.handle })),
+    )
+        .into_response())
+}
+
+/// The bytes of a small part (the metadata), refused past [`MAX_METADATA`].
+async fn read_small(mut field: Field<'_>, limit: u64) -> Result<Vec<u8>> {
+    let mut text = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, limit))? {
+        if text.len() + chunk.len() > MAX_METADATA {
+            return Err(bad(format!(
+                "The metadata part is larger than {MAX_METADATA} bytes"
+            )));
+        }
+        text.extend_from_slice(&chunk);
+    }
+    Ok(text)
+}
+
+/// The live record of a handle in the token's bucket.
+fn live_record(state: &AppState, token: &Token, handle: &str) -> Result<std::sync::Arc<Record>> {
+    let handle = parse_handle(handle)?;
+    state
+        .service()
+        .get(&token.0.bucket, &handle, now_ms())
+        .ok_or(ServiceError::NotFound)
+}
+
+/// The bytes of an upload, with its `Content-Type`; ranges as for content.
+async fn read(
+    State(state): State<AppState>,
+    token: Token,
+    Path(handle): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let record = live_record(&state, &token, &handle)?;
+    let hash = cas_hash(&record)?;
+    let Some(content) = state.content().open(&token.0.bucket, &hash).await? else {
+        tracing::error!(bucket = %token.0.bucket, handle = %record.handle, %hash, "the content of a live record is missing");
+        return Err(ServiceError::NotFound);
+    };
+    Ok(serve(content, &hash, &record.content_type, &headers).await?)
+}
+
+fn cas_hash(record: &Record) -> Result<crate::names::ContentHash> {
+    crate::names::ContentHash::parse(&record.hash).ok_or(ServiceError::NotFound)
+}
+
+/// The record of an upload.
+async fn metadata(
+    State(state): State<AppState>,
+    token: Token,
+    Path(handle): Path<String>,
+) -> Result<Json<Record>> {
+    Ok(Json((*live_record(&state, &token, &handle)?).clone()))
+}
+
+/// Deletes an upload: 204.
+async fn remove(
+    State(state): State<AppState>,
+    token: Token,
+    Path(handle): Path<String>,
+) -> Result<Response> {
+    let bucket = token.writer()?;
+    let handle = parse_handle(&handle)?;
+    if state.service().delete(bucket, &handle, now_ms()).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ServiceError::NotFound)
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    semantics: Option<String>,
+    limit: Option<usize>,
+    /// The `next` of the previous page.
+    cursor: Option<String>,
+}
+
+/// A page cursor: `<created>-<handle>` of the page's last record.
+fn parse_cursor(text: &str) -> Option<(u64, Handle)> {
+    let (created, handle) = text.split_once('-')?;
+    Some((created.parse().ok()?, Handle::parse(handle)?))
+}
+
+/// The bucket's live uploads, newest first: `{ "blobs": [record], "next"? }`.
+async fn list(
+    State(state): State<AppState>,
+    token: Token,
+    query: std::result::Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response> {
+    let Query(query) =
+        query.map_err(|_| bad("Invalid query: expected semantics, limit and cursor"))?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(bad("limit must be from 1 to 1000"));
+    }
+    let cursor = match query.cursor.as_deref() {
+        Some(text) => Some(parse_cursor(text).ok_or_else(|| bad("Invalid cursor"))?),
+        None => None,
+    };
+    let (page, more) = state.service().list(
+        &token.0.bucket,
+        query.semantics.as_deref(),
+        cursor.as_ref(),
+        limit,
+        now_ms(),
+    );
+    let next = more
+        .then(|| page.last().map(|r| format!("{}-{}", r.created, r.handle)))
+        .flatten();
+    let blobs: Vec<&Record> = page.iter().map(|r| &**r).collect();
+    let mut body = json!({ "blobs": blobs });
+    if let Some(next) = next {
+        body["next"] = json!(next);
+    }
+    Ok(Json(body).into_response())
+}
+
+/// One subscription of a subscribe request; the metadata stream matches a subscription that
+/// names it or leaves the field out.
+#[derive(Deserialize)]
+struct Subscription {
+    name: Option<String>,
+    semantics: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SubscribeRequest {
+    subscriptions: Vec<Subscription>,
+    /// Replay the live records created after this time (ms since the epoch) first.
+    since: Option<u64>,
+}
+
+/// The metadata stream: one JSON record per line, one write per event, keep-alive newlines.
+async fn subscribe(
+    State(state): State<AppState>,
+    token: Token,
+    request: std::result::Result<Json<SubscribeRequest>, JsonRejection>,
+) -> Result<Response> {
+    let Json(request) = request.map_err(|e| {
+        bad(format!(
+            "Expected {{ \"subscriptions\": [{{ \"name\", \"semantics\" }}], \"since\"? }}: {}",
+            e.body_text()
+        ))
+    })?;
+    let wanted = request.subscriptions.iter().any(|s| {
+        s.name.as_deref().is_none_or(|n| n == STREAM_NAME)
+            && s.semantics.as_deref().is_none_or(|n| n == STREAM_SEMANTICS)
+    });
+    let bucket = token.0.bucket;
+    // Subscribe before reading the replay, so no upload falls between the two.
+    let mut live = state.changes().subscribe_metadata();
+    let replay = match (wanted, request.since) {
+        (true, Some(since)) => state.service().created_after(&bucket, since, now_ms()),
+        _ => Vec::new(),
+    };
+    let stream = async_stream(move |emit| async move {
+        let line = |record: &Record| Bytes::from(format!("{}\n", record.event()));
+        let mut replayed = HashSet::new();
+        let mut last_created = request.since.unwrap_or(0);
+        for record in &replay {
+            emit(line(record));
+            replayed.insert(record.handle.clone());
+            last_created = last_created.max(record.created);
+        }
+        let closing = state.changes().closing();
+        tokio::pin!(closing);
+        let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
+        keep_alive.reset();
+        loop {
+            let received = tokio::select! {
+                received = live.recv() => received,
+                _ = keep_alive.tick() => {
+                    emit(Bytes::from_static(b"\n"));
+                    continue;
+                }
+                () = &mut closing => return,
+            };
+            match received {
+                Ok((b, record)) if wanted && b == bucket && !replayed.contains(&record.handle) => {
+                    last_created = last_created.max(record.created);
+                    emit(line(&record));
+                    keep_alive.reset();
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) if wanted => {
+                    // Fell behind the live events: replay them from the records.
+                    let missed = state
+                        .service()
+                        .created_after(&bucket, last_created, now_ms());
+                    for record in missed {
+                        last_created = last_created.max(record.created);
+                        emit(line(&record));
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+    let mut response = Body::from_stream(stream).into_response();
+    let out = response.headers_mut();
+    out.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // nginx: pass each event on at once.
+    out.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
