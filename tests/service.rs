@@ -1,0 +1,613 @@
+//! The Blob Service API against the real server, with reqwest: multipart uploads and every
+//! refusal, reads by handle (Bearer and `access_token`), listing, deletion, retention and its
+//! sweep, and the metadata stream over HTTP and Socket.IO.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use blobs::names::ContentHash;
+use common::{TestServer, read_only_token, token};
+use futures_util::StreamExt;
+use reqwest::multipart::{Form, Part};
+use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
+use serde_json::{Value, json};
+
+const PNG: &str = "image/png";
+
+struct Api {
+    base: String,
+    token: String,
+}
+
+impl Api {
+    fn new(server: &TestServer, bucket: &str) -> Self {
+        Self {
+            base: format!("http://{}/api/v1", server.addr),
+            token: token(bucket),
+        }
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        Client::new()
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+
+    /// Uploads `bytes` with `metadata`; the response.
+    async fn upload_raw(&self, bytes: &[u8], metadata: Value) -> Response {
+        let form = Form::new()
+            .part(
+                "blob",
+                Part::bytes(bytes.to_vec())
+                    .file_name("photo.png")
+                    .mime_str(PNG)
+                    .unwrap(),
+            )
+            .text("metadata", metadata.to_string());
+        self.request(Method::POST, "/blobs")
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Uploads and returns the new handle.
+    async fn upload(&self, bytes: &[u8], metadata: Value) -> String {
+        let response = self.upload_raw(bytes, metadata).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value = response.json().await.unwrap();
+        body["handle"].as_str().expect("a handle").to_owned()
+    }
+
+    async fn status(&self, method: Method, path: &str) -> StatusCode {
+        self.request(method, path).send().await.unwrap().status()
+    }
+
+    async fn list(&self, query: &str) -> Value {
+        let response = self
+            .request(Method::GET, &format!("/blobs?{query}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.unwrap()
+    }
+}
+
+async fn error_of(response: Response) -> String {
+    let body: Value = response.json().await.unwrap();
+    body["error"].as_str().expect("JSON error body").to_owned()
+}
+
+fn handles_of(page: &Value) -> Vec<String> {
+    page["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["handle"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Every file under `dir` (recursively), temp files included.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(files_under(&path));
+        } else {
+            found.push(path.display().to_string());
+        }
+    }
+    found
+}
+
+fn content_path(server: &TestServer, bucket: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let hash = ContentHash::of(bytes);
+    server
+        .storage()
+        .join(bucket)
+        .join("cas")
+        .join(hash.shard())
+        .join(hash.as_str())
+}
+
+fn now_ms() -> u64 {
+    blobs::store::now_ms()
+}
+
+/// An upload is stored once and named by its handle; its bytes come back with their
+/// Content-Type and ranges, its record as metadata, with Bearer or `access_token`; a read-only
+/// token reads but neither uploads nor deletes; deleting makes it 404.
+#[tokio::test]
+async fn upload_read_metadata_and_delete() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server, "b");
+    let photo = b"\x89PNG pretend this is a photo".to_vec();
+    let before = now_ms();
+    let handle = api
+        .upload(&photo, json!({ "semantics": "inspection-photo" }))
+        .await;
+    assert_eq!(handle.len(), 32);
+    assert_eq!(
+        std::fs::read(content_path(&server, "b", &photo)).unwrap(),
+        photo
+    );
+
+    let read = api
+        .request(Method::GET, &format!("/blobs/{handle}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
+    assert_eq!(read.headers()["content-type"], PNG);
+    let hash = ContentHash::of(&photo);
+    assert_eq!(read.headers()["etag"], format!("\"{hash}\"").as_str());
+    assert_eq!(read.bytes().await.unwrap(), photo);
+    let partial = api
+        .request(Method::GET, &format!("/blobs/{handle}"))
+        .header("range", "bytes=1-3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(partial.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(partial.bytes().await.unwrap(), &photo[1..=3]);
+
+    let record: Value = api
+        .request(Method::GET, &format!("/blobs/{handle}/metadata"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(record["handle"], handle);
+    assert_eq!(record["hash"], hash.as_str());
+    assert_eq!(record["size"], photo.len());
+    assert_eq!(record["contentType"], PNG);
+    assert_eq!(record["fileName"], "photo.png");
+    assert_eq!(record["semantics"], "inspection-photo");
+    assert_eq!(
+        record["retentionPolicy"],
+        json!({ "policy": "keepForever" })
+    );
+    assert_eq!(record["uploader"], "127.0.0.1");
+    let created = record["created"].as_u64().unwrap();
+    assert!(created >= before && created <= now_ms());
+
+    // A browser's <img src>: the token as a query parameter, on GET only.
+    let img = Client::new()
+        .get(format!(
+            "{}/blobs/{handle}?access_token={}",
+            api.base, api.token
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(img.status(), StatusCode::OK);
+    assert_eq!(img.bytes().await.unwrap(), photo);
+    let by_query = Client::new()
+        .delete(format!(
+            "{}/blobs/{handle}?access_token={}",
+            api.base, api.token
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_query.status(), StatusCode::UNAUTHORIZED);
+    for unauthorized in [
+        Client::new().get(format!("{}/blobs/{handle}", api.base)),
+        Client::new().get(format!("{}/blobs/{handle}?access_token=nope", api.base)),
+        Client::new().get(format!("{}/blobs", api.base)),
+    ] {
+        let response = unauthorized.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert!(!error_of(response).await.is_empty());
+    }
+
+    // Another bucket sees nothing.
+    let other = Api::new(&server, "other");
+    assert_eq!(
+        other.status(Method::GET, &format!("/blobs/{handle}")).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        other
+            .status(Method::DELETE, &format!("/blobs/{handle}"))
+            .await,
+        StatusCode::NOT_FOUND
+    );
+
+    let reader = Api {
+        base: api.base.clone(),
+        token: read_only_token("b"),
+    };
+    assert_eq!(
+        reader
+            .status(Method::GET, &format!("/blobs/{handle}"))
+            .await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        reader
+            .upload_raw(b"x", json!({ "semantics": "s" }))
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        reader
+            .status(Method::DELETE, &format!("/blobs/{handle}"))
+            .await,
+        StatusCode::FORBIDDEN
+    );
+
+    assert_eq!(
+        api.status(Method::GET, "/blobs/NOT-A-HANDLE").await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        api.status(Method::DELETE, &format!("/blobs/{handle}"))
+            .await,
+        StatusCode::NO_CONTENT
+    );
+    for path in [
+        format!("/blobs/{handle}"),
+        format!("/blobs/{handle}/metadata"),
+    ] {
+        let gone = api.request(Method::GET, &path).send().await.unwrap();
+        assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+        assert!(!error_of(gone).await.is_empty());
+    }
+    assert_eq!(
+        api.status(Method::DELETE, &format!("/blobs/{handle}"))
+            .await,
+        StatusCode::NOT_FOUND
+    );
+    // The content was the service's alone: deleting its only record removed it.
+    assert!(!content_path(&server, "b", &photo).exists());
+    server.stop().await;
+}
+
+/// Every malformed upload is a 4xx with a JSON error and stores nothing.
+#[tokio::test]
+async fn a_refused_upload_stores_nothing() {
+    let server =
+        TestServer::start_with(tempfile::tempdir().unwrap(), &["--cas-max-bytes", "65536"]).await;
+    let api = Api::new(&server, "b");
+    let past = now_ms() - 1000;
+    let bytes = b"bytes".to_vec();
+    for (metadata, expect) in [
+        (json!({}), "semantics"),
+        (json!({ "semantics": "" }), "semantics"),
+        (json!({ "semantics": "s".repeat(257) }), "semantics"),
+        (json!({ "semantics": 5 }), "metadata"),
+        (
+            json!({ "semantics": "s", "retentionPolicy": { "policy": "keepALittle" } }),
+            "metadata",
+        ),
+        (
+            json!({ "semantics": "s", "retentionPolicy": { "policy": "keepUntilTime", "until": past } }),
+            "past",
+        ),
+        (
+            json!({ "semantics": "s", "retentionPolicy": { "policy": "keepForDuration", "durationMs": 0 } }),
+            "durationMs",
+        ),
+    ] {
+        let response = api.upload_raw(&bytes, metadata.clone()).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{metadata}");
+        let error = error_of(response).await;
+        assert!(error.contains(expect), "{metadata}: {error}");
+    }
+
+    let send = |form: Form| api.request(Method::POST, "/blobs").multipart(form).send();
+    let blob_only = Form::new().part("blob", Part::bytes(bytes.clone()));
+    let metadata_only = Form::new().text("metadata", json!({ "semantics": "s" }).to_string());
+    let not_json = Form::new()
+        .part("blob", Part::bytes(bytes.clone()))
+        .text("metadata", "{semantics: s");
+    let stray = Form::new()
+        .part("blob", Part::bytes(bytes.clone()))
+        .text("metadata", json!({ "semantics": "s" }).to_string())
+        .text("extra", "?");
+    for form in [blob_only, metadata_only, not_json, stray] {
+        let response = send(form).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert!(!error_of(response).await.is_empty());
+    }
+    let plain = api
+        .request(Method::POST, "/blobs")
+        .body("not multipart")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), StatusCode::BAD_REQUEST);
+    assert!(error_of(plain).await.contains("multipart"));
+
+    // Over the limit, while the part streams in.
+    let big = api
+        .upload_raw(&vec![1u8; 200_000], json!({ "semantics": "s" }))
+        .await;
+    assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(error_of(big).await.contains("65536"));
+
+    assert_eq!(
+        files_under(&server.storage().join("b")),
+        Vec::<String>::new(),
+        "no content, record or temp file"
+    );
+    assert_eq!(handles_of(&api.list("").await), Vec::<String>::new());
+    server.stop().await;
+}
+
+/// The listing is newest first, filtered by semantics, and paged with a cursor.
+#[tokio::test]
+async fn listing_by_semantics_newest_first_in_pages() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server, "b");
+    let mut photos = Vec::new();
+    for i in 0..5u8 {
+        let semantics = if i % 2 == 0 { "photo" } else { "pdf" };
+        let handle = api.upload(&[i], json!({ "semantics": semantics })).await;
+        if semantics == "photo" {
+            photos.push(handle);
+        }
+    }
+    photos.reverse();
+    assert_eq!(handles_of(&api.list("semantics=photo").await), photos);
+    assert_eq!(handles_of(&api.list("").await).len(), 5);
+
+    let first = api.list("semantics=photo&limit=2").await;
+    assert_eq!(handles_of(&first), photos[..2]);
+    let cursor = first["next"].as_str().unwrap().to_owned();
+    let second = api
+        .list(&format!("semantics=photo&limit=2&cursor={cursor}"))
+        .await;
+    assert_eq!(handles_of(&second), photos[2..]);
+    assert!(second.get("next").is_none());
+    for bad in ["limit=0", "limit=1001", "cursor=nonsense", "limit=x"] {
+        assert_eq!(
+            api.status(Method::GET, &format!("/blobs?{bad}")).await,
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
+    }
+    server.stop().await;
+}
+
+/// Waits, within a bound, until `done` holds (the retention sweep runs in the background).
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} did not happen in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An expired upload is gone for readers at once; the sweep then deletes its record and the
+/// content nothing else refers to, while content another record or a shared flow still
+/// needs survives.
+#[tokio::test]
+async fn retention_expires_readers_at_once_and_the_sweep_frees_content() {
+    let server = TestServer::start_with(
+        tempfile::tempdir().unwrap(),
+        &["--retention-sweep-interval", "100ms"],
+    )
+    .await;
+    let api = Api::new(&server, "b");
+    let short = |ms: u64| json!({ "semantics": "s", "retentionPolicy": { "policy": "keepForDuration", "durationMs": ms } });
+
+    let alone = b"expires alone".to_vec();
+    let shared = b"shared by two records".to_vec();
+    let nodal = b"also stored by the content flow".to_vec();
+    let expiring = api.upload(&alone, short(1500)).await;
+    let shared_expiring = api.upload(&shared, short(1500)).await;
+    let shared_forever = api.upload(&shared, json!({ "semantics": "s" })).await;
+    let nodal_expiring = api.upload(&nodal, short(1500)).await;
+    // The same bytes stored through the content-addressed flow: no longer the service's alone.
+    let put = Client::new()
+        .put(format!(
+            "http://{}/blobs/{}",
+            server.addr,
+            ContentHash::of(&nodal)
+        ))
+        .bearer_auth(token("b"))
+        .body(nodal.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK, "already present");
+    let until = now_ms() + 1500;
+    let by_time = api
+        .upload(
+            b"until a time",
+            json!({ "semantics": "s", "retentionPolicy": { "policy": "keepUntilTime", "until": until } }),
+        )
+        .await;
+    assert_eq!(
+        api.status(Method::GET, &format!("/blobs/{expiring}")).await,
+        StatusCode::OK
+    );
+
+    // Time passes: the subject of this test is the clock, not another task.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    for handle in [&expiring, &shared_expiring, &nodal_expiring, &by_time] {
+        assert_eq!(
+            api.status(Method::GET, &format!("/blobs/{handle}")).await,
+            StatusCode::NOT_FOUND
+        );
+    }
+    assert_eq!(handles_of(&api.list("").await), [shared_forever.clone()]);
+
+    let alone_path = content_path(&server, "b", &alone);
+    eventually("the sweep removing unreferenced content", || {
+        !alone_path.exists()
+    })
+    .await;
+    let records = server.storage().join("b/handles");
+    eventually("the sweep removing expired records", || {
+        files_under(&records).len() == 1
+    })
+    .await;
+    assert!(content_path(&server, "b", &shared).exists());
+    assert!(content_path(&server, "b", &nodal).exists());
+    let still = api
+        .request(Method::GET, &format!("/blobs/{shared_forever}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(still.bytes().await.unwrap(), shared);
+    server.stop().await;
+}
+
+/// Reads the next non-empty line of a metadata stream.
+async fn next_line(
+    stream: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    buffer: &mut String,
+) -> Value {
+    loop {
+        if let Some(end) = buffer.find('\n') {
+            let line: String = buffer.drain(..=end).collect();
+            if !line.trim().is_empty() {
+                return serde_json::from_str(&line).unwrap();
+            }
+            continue;
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("an event in time")
+            .expect("the stream stays open")
+            .unwrap();
+        buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+}
+
+fn subscription(since: Option<u64>) -> Value {
+    let mut request = json!({ "subscriptions": [{
+        "name": "ActyxOS-BlobService-Metadata",
+        "semantics": "com.actyx.os.blobs.metadata",
+    }]});
+    if let Some(since) = since {
+        request["since"] = json!(since);
+    }
+    request
+}
+
+/// The metadata stream replays records created after `since`, then delivers each new upload
+/// of the bucket, one JSON record per line; other buckets' uploads never appear; every socket
+/// of the bucket receives `blob-metadata`.
+#[tokio::test]
+async fn the_metadata_stream_replays_and_delivers_per_bucket() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server, "b");
+    let other = Api::new(&server, "other");
+    let old = api.upload(b"old", json!({ "semantics": "old" })).await;
+    let cut = now_ms();
+    tokio::time::sleep(Duration::from_millis(5)).await; // a later millisecond for `created`
+    let recent = api
+        .upload(b"recent", json!({ "semantics": "recent" }))
+        .await;
+
+    let response = api
+        .request(Method::POST, "/events/subscribe")
+        .json(&subscription(Some(cut)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let mut stream = response.bytes_stream();
+    let mut buffer = String::new();
+    let replayed = next_line(&mut stream, &mut buffer).await;
+    assert_eq!(
+        replayed["handle"], recent,
+        "only records after since: not {old}"
+    );
+    assert_eq!(replayed["semantics"], "recent");
+
+    let other_response = other
+        .request(Method::POST, "/events/subscribe")
+        .json(&subscription(None))
+        .send()
+        .await
+        .unwrap();
+    let mut other_stream = other_response.bytes_stream();
+    let mut other_buffer = String::new();
+
+    let mut socket = server.client("b").await;
+    let mut stranger = server.client("other").await;
+    let live = api
+        .upload(
+            b"live",
+            json!({ "semantics": "live", "retentionPolicy": { "policy": "keepForDuration", "durationMs": 60000 } }),
+        )
+        .await;
+    let event = next_line(&mut stream, &mut buffer).await;
+    assert_eq!(event["handle"], live);
+    assert_eq!(event["semantics"], "live");
+    assert_eq!(event["size"], 4);
+    assert_eq!(event["contentType"], PNG);
+    assert_eq!(
+        event["retentionPolicy"],
+        json!({ "policy": "keepForDuration", "durationMs": 60000 })
+    );
+    assert!(event["created"].as_u64().is_some());
+    let announced = socket.next_event("blob-metadata").await.unwrap();
+    assert_eq!(announced[0], event);
+
+    // The other bucket's stream and socket: their next event is their own upload.
+    let theirs = other
+        .upload(b"theirs", json!({ "semantics": "theirs" }))
+        .await;
+    assert_eq!(
+        next_line(&mut other_stream, &mut other_buffer).await["handle"],
+        theirs
+    );
+    let seen = stranger.next_event("blob-metadata").await.unwrap();
+    assert_eq!(seen[0]["handle"], theirs);
+    assert_eq!(stranger.pending_events("blob-metadata"), 0);
+
+    // A subscription to another stream gets no records; a malformed one is a 400.
+    let unrelated = api
+        .request(Method::POST, "/events/subscribe")
+        .json(&json!({ "subscriptions": [{ "name": "some-other-stream" }], "since": 0 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unrelated.status(), StatusCode::OK);
+    let bad = api
+        .request(Method::POST, "/events/subscribe")
+        .json(&json!({ "subscribe": [] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert!(!error_of(bad).await.is_empty());
+    drop(unrelated);
+    server.stop().await;
+}
+
+/// Records survive a restart.
+#[tokio::test]
+async fn records_survive_a_restart() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server, "b");
+    let handle = api.upload(b"durable", json!({ "semantics": "s" })).await;
+    let storage = server.stop().await;
+    let server = TestServer::start_in(storage).await;
+    let api = Api::new(&server, "b");
+    let read = api
+        .request(Method::GET, &format!("/blobs/{handle}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.bytes().await.unwrap(), b"durable".as_slice());
+    assert_eq!(handles_of(&api.list("semantics=s").await), [handle]);
+    server.stop().await;
+}
