@@ -1,6 +1,7 @@
-//! Interop with Socket.IO clients nobody here wrote: the official JavaScript
-//! `socket.io-client` (WebSocket and long-polling) and python-socketio. The scenarios live in
-//! `tests/interop/`; `scripts/test` installs their dependencies.
+//! Interop with clients nobody here wrote: the official JavaScript `socket.io-client`
+//! (WebSocket and long-polling), python-socketio, and the ActyxOS Blob Service documentation's
+//! example (a Node.js `form-data` upload and a page in headless Chromium). The scenarios live
+//! in `tests/interop/`; `scripts/test` installs their dependencies.
 
 mod common;
 
@@ -96,4 +97,64 @@ async fn python_socketio_client() {
     for transport in ["websocket", "polling"] {
         run_scenario(python.clone(), "client.py", transport).await;
     }
+}
+
+/// The ActyxOS documentation's example: a Node.js app uploads a photo with `form-data`, and a
+/// page in headless Chromium (driven by playwright-core) receives its metadata from the event
+/// stream and shows the image; the page's screenshot is a real PNG.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actyx_documentation_example_in_chromium() {
+    node_client_installed();
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "Chromium is not installed: run scripts/test, which installs Debian's chromium"
+    );
+    let server = TestServer::start().await;
+    let shots = tempfile::tempdir().expect("temp dir");
+    let screenshot = shots.path().join("inspection.png");
+    let run = Command::new("node")
+        .arg(interop_dir().join("actyx-docs.mjs"))
+        .current_dir(interop_dir())
+        .env("BLOBS_URL", format!("http://{}", server.addr))
+        .env("BLOBS_TOKEN", token("factory"))
+        .env("SCREENSHOT", &screenshot)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(SCENARIO_LIMIT, run)
+        .await
+        .expect("scenario finished in time")
+        .expect("scenario started");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "documentation example failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let handle = stdout
+        .trim()
+        .strip_prefix("ok ")
+        .expect("the page showed the photo");
+    let metadata: serde_json::Value = reqwest::Client::new()
+        .get(format!(
+            "http://{}/api/v1/blobs/{handle}/metadata",
+            server.addr
+        ))
+        .bearer_auth(token("factory"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(metadata["semantics"], "com.example.inspection-photo");
+    assert_eq!(metadata["fileName"], "inspection-42.png");
+    let png = std::fs::read(&screenshot).expect("a screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 1000,
+        "a PNG screenshot"
+    );
+    if let Ok(dir) = std::env::var("BLOBS_SCREENSHOT_DIR") {
+        std::fs::copy(&screenshot, Path::new(&dir).join("inspection.png")).ok();
+    }
+    server.stop().await;
 }
