@@ -94,6 +94,11 @@ pub struct Config {
     #[arg(long, env = "DIRECT_URL_TTL", value_parser = humantime::parse_duration, default_value = "15m")]
     pub direct_url_ttl: Duration,
 
+    /// How often an idle event stream (SSE change stream, metadata stream) gets a keep-alive,
+    /// so proxies and clients keep it open, e.g. `15s`.
+    #[arg(long, env = "STREAM_KEEP_ALIVE", value_parser = positive_duration, default_value = "15s")]
+    pub stream_keep_alive: Duration,
+
     /// How often the Blob Service's retention sweep runs (it also runs at start), e.g. `1m`.
     #[arg(long, env = "RETENTION_SWEEP_INTERVAL", value_parser = positive_duration, default_value = "1m")]
     pub retention_sweep_interval: Duration,

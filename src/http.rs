@@ -36,8 +36,6 @@ use crate::proxy;
 use crate::state::AppState;
 use crate::store::{self, Blob, Change as Write, Expect, SetOutcome, SetRequest, live, now_ms};
 
-/// Keep-alive comments on idle change streams.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Page size of the listing, by default and at most.
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
@@ -538,6 +536,7 @@ async fn blob_events(
             first = Some(changed_event(blob.version, blob.deleted));
         }
     }
+    let keep_alive = KeepAlive::new().interval(state.stream_keep_alive());
     let stream = async_stream(move |emit| async move {
         if let Some(event) = first {
             emit(event);
@@ -564,7 +563,7 @@ async fn blob_events(
             }
         }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+    Ok(Sse::new(stream).keep_alive(keep_alive))
 }
 
 fn changed_event(version: u64, deleted: bool) -> Event {

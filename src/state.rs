@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use tokio_util::task::TaskTracker;
@@ -33,6 +34,8 @@ struct Inner {
     connections: Arc<Connections>,
     /// Largest blob in bytes (HTTP body; Socket.IO `data` is its base64).
     max_data_bytes: usize,
+    /// Keep-alive interval of idle event streams.
+    stream_keep_alive: Duration,
     /// Sustained events per second and burst allowed to one socket.
     event_rate: (u32, u32),
     trusted_proxies: Vec<IpNet>,
@@ -80,6 +83,7 @@ impl AppState {
             connections: Connections::new(config.max_connections, config.max_connections_per_ip),
             max_data_bytes: config.max_data_bytes,
             event_rate: (config.events_per_second, config.event_burst),
+            stream_keep_alive: config.stream_keep_alive,
             trusted_proxies: config.trusted_proxies.clone(),
             tasks: TaskTracker::new(),
             closing: AtomicBool::new(false),
@@ -129,6 +133,10 @@ impl AppState {
     /// Longest Socket.IO `data`: the base64 length of [`AppState::max_data_bytes`].
     pub fn max_data_chars(&self) -> usize {
         self.0.max_data_bytes.div_ceil(3) * 4
+    }
+
+    pub fn stream_keep_alive(&self) -> Duration {
+        self.0.stream_keep_alive
     }
 
     pub fn event_rate(&self) -> (u32, u32) {

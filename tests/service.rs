@@ -611,3 +611,36 @@ async fn records_survive_a_restart() {
     assert_eq!(handles_of(&api.list("semantics=s").await), [handle]);
     server.stop().await;
 }
+
+/// An idle metadata stream gets keep-alive newlines (here every 50 ms), which a reader that
+/// skips empty lines ignores.
+#[tokio::test]
+async fn an_idle_stream_gets_keep_alive_newlines() {
+    let server = TestServer::start_with(
+        tempfile::tempdir().unwrap(),
+        &["--stream-keep-alive", "50ms"],
+    )
+    .await;
+    let api = Api::new(&server, "b");
+    let response = api
+        .request(Method::POST, "/events/subscribe")
+        .json(&subscription(None))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = response.bytes_stream();
+    for _ in 0..2 {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("a keep-alive in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(chunk.as_ref(), b"\n");
+    }
+    let handle = api
+        .upload(b"after the silence", json!({ "semantics": "s" }))
+        .await;
+    let mut buffer = String::new();
+    assert_eq!(next_line(&mut stream, &mut buffer).await["handle"], handle);
+    server.stop().await;
+}

@@ -9,7 +9,6 @@
 use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
@@ -48,8 +47,6 @@ const MAX_FILE_NAME: usize = 1024;
 /// Page size of the listing, by default and at most.
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
-/// A newline on an idle event stream this often, so proxies and clients keep it open.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// The routes; the caller adds the state. `max_bytes` is the largest upload.
 pub fn router(max_bytes: u64) -> Router<AppState> {
@@ -435,7 +432,8 @@ async fn subscribe(
         }
         let closing = state.changes().closing();
         tokio::pin!(closing);
-        let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
+        // A newline on an idle stream, so proxies and clients keep it open.
+        let mut keep_alive = tokio::time::interval(state.stream_keep_alive());
         keep_alive.reset();
         loop {
             let received = tokio::select! {
