@@ -71,12 +71,18 @@ async fn method_not_allowed() -> Response {
 /// The OpenAPI document of this API, generated from the handlers below.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Blobs HTTP API", description = "Versioned blobs with ETags, conditional requests and a change stream; content-addressed blobs named by their BLAKE3 hash."),
+    info(title = "Blobs HTTP API", description = "Versioned blobs with ETags, conditional requests and a change stream; content-addressed blobs named by their BLAKE3 hash; the Blob Service (uploads with semantics and retention, metadata stream)."),
     paths(
         list_blobs, get_blob, put_blob, delete_blob, blob_events, openapi, healthz, readyz,
-        cas::get_content, cas::put_content, cas::delete_content
+        cas::get_content, cas::put_content, cas::delete_content,
+        service::upload, service::list, service::read, service::metadata, service::remove,
+        service::subscribe
     ),
-    components(schemas(ErrorBody, BlobEntry, BlobPage, cas::StoredBody)),
+    components(schemas(
+        ErrorBody, BlobEntry, BlobPage, cas::StoredBody, crate::service::Record,
+        crate::service::RetentionPolicy, service::RecordPage, service::UploadForm,
+        service::SubscribeRequest, service::Subscription
+    )),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -35,7 +35,7 @@ pub const MAX_SEMANTICS: usize = 256;
 const HANDLES_DIR: &str = "handles";
 
 /// How long an upload is kept.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "policy", rename_all = "camelCase")]
 pub enum RetentionPolicy {
     #[default]
@@ -100,7 +100,7 @@ impl Metadata {
 }
 
 /// One upload, exactly as stored in its file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Record {
     pub handle: String,

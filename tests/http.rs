@@ -391,6 +391,10 @@ async fn the_openapi_document_describes_every_route() {
         ("/healthz", &["get"][..]),
         ("/readyz", &["get"][..]),
         ("/blobs/{hash}", &["get", "put", "delete"][..]),
+        ("/api/v1/blobs", &["get", "post"][..]),
+        ("/api/v1/blobs/{handle}", &["get", "delete"][..]),
+        ("/api/v1/blobs/{handle}/metadata", &["get"][..]),
+        ("/api/v1/events/subscribe", &["post"][..]),
     ] {
         for method in methods {
             assert!(
@@ -399,7 +403,7 @@ async fn the_openapi_document_describes_every_route() {
             );
         }
     }
-    assert_eq!(paths.len(), 7, "no undocumented or stale route");
+    assert_eq!(paths.len(), 11, "no undocumented or stale route");
 
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), serde_json::to_vec(&doc).unwrap()).unwrap();

@@ -443,7 +443,7 @@ async fn retention_expires_readers_at_once_and_the_sweep_frees_content() {
             StatusCode::NOT_FOUND
         );
     }
-    assert_eq!(handles_of(&api.list("").await), [shared_forever.clone()]);
+    assert_eq!(handles_of(&api.list("").await), [shared_forever.as_str()]);
 
     let alone_path = content_path(&server, "b", &alone);
     eventually("the sweep removing unreferenced content", || {

@@ -23,12 +23,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::TryStreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
+use utoipa::{IntoParams, ToSchema};
 
 use super::cas::{CasError, serve};
-use super::{async_stream, bearer_grant};
+use super::{ErrorBody, async_stream, bearer_grant};
 use crate::auth::Grant;
 use crate::cas::{self, Incoming};
 use crate::names::{Bucket, Handle};
@@ -128,10 +129,13 @@ fn bad(message: impl Into<String>) -> ServiceError {
 }
 
 /// The grant of the request's token: Bearer, or on GET the `access_token` query parameter.
-struct Token(Grant);
+pub(super) struct Token(Grant);
 
-#[derive(Deserialize)]
-struct AccessToken {
+/// The token as a query parameter (RFC 6750 section 2.3), for `<img src>` and downloads.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct AccessToken {
+    /// The bucket token, on GET only.
     access_token: Option<String>,
 }
 
@@ -179,7 +183,18 @@ fn multipart_error(error: MultipartError, limit: u64) -> ServiceError {
 }
 
 /// Stores an upload: 201 `{ "handle": … }`.
-async fn upload(
+#[utoipa::path(
+    post,
+    path = "/api/v1/blobs",
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, description = "Stored: `{ \"handle\": … }`"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 413, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn upload(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     token: Token,
@@ -292,7 +307,20 @@ fn live_record(state: &AppState, token: &Token, handle: &str) -> Result<std::syn
 }
 
 /// The bytes of an upload, with its `Content-Type`; ranges as for content.
-async fn read(
+#[utoipa::path(
+    get,
+    path = "/api/v1/blobs/{handle}",
+    params(("handle" = String, Path, description = "32 lower-case hex characters"), AccessToken),
+    responses(
+        (status = 200, description = "The bytes, with the upload's `Content-Type`; `ETag` is the quoted content hash"),
+        (status = 206, description = "One byte range"),
+        (status = 304, description = "`If-None-Match` names this content"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 416, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn read(
     State(state): State<AppState>,
     token: Token,
     Path(handle): Path<String>,
@@ -312,7 +340,17 @@ fn cas_hash(record: &Record) -> Result<crate::names::ContentHash> {
 }
 
 /// The record of an upload.
-async fn metadata(
+#[utoipa::path(
+    get,
+    path = "/api/v1/blobs/{handle}/metadata",
+    params(("handle" = String, Path, description = "32 lower-case hex characters"), AccessToken),
+    responses(
+        (status = 200, body = Record),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn metadata(
     State(state): State<AppState>,
     token: Token,
     Path(handle): Path<String>,
@@ -321,7 +359,18 @@ async fn metadata(
 }
 
 /// Deletes an upload: 204.
-async fn remove(
+#[utoipa::path(
+    delete,
+    path = "/api/v1/blobs/{handle}",
+    params(("handle" = String, Path, description = "32 lower-case hex characters")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn remove(
     State(state): State<AppState>,
     token: Token,
     Path(handle): Path<String>,
@@ -335,9 +384,12 @@ async fn remove(
     }
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ListQuery {
+    /// Only uploads with this semantics.
     semantics: Option<String>,
+    /// Page size, 1 to 1000 (100 by default).
     limit: Option<usize>,
     /// The `next` of the previous page.
     cursor: Option<String>,
@@ -350,11 +402,21 @@ fn parse_cursor(text: &str) -> Option<(u64, Handle)> {
 }
 
 /// The bucket's live uploads, newest first: `{ "blobs": [record], "next"? }`.
-async fn list(
+#[utoipa::path(
+    get,
+    path = "/api/v1/blobs",
+    params(ListQuery, AccessToken),
+    responses(
+        (status = 200, body = RecordPage),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn list(
     State(state): State<AppState>,
     token: Token,
     query: std::result::Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Response> {
+) -> Result<Json<RecordPage>> {
     let Query(query) =
         query.map_err(|_| bad("Invalid query: expected semantics, limit and cursor"))?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
@@ -375,31 +437,57 @@ async fn list(
     let next = more
         .then(|| page.last().map(|r| format!("{}-{}", r.created, r.handle)))
         .flatten();
-    let blobs: Vec<&Record> = page.iter().map(|r| &**r).collect();
-    let mut body = json!({ "blobs": blobs });
-    if let Some(next) = next {
-        body["next"] = json!(next);
-    }
-    Ok(Json(body).into_response())
+    let blobs = page.iter().map(|r| (**r).clone()).collect();
+    Ok(Json(RecordPage { blobs, next }))
 }
 
 /// One subscription of a subscribe request; the metadata stream matches a subscription that
 /// names it or leaves the field out.
-#[derive(Deserialize)]
-struct Subscription {
+#[derive(Deserialize, ToSchema)]
+pub(super) struct Subscription {
     name: Option<String>,
     semantics: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct SubscribeRequest {
+#[derive(Deserialize, ToSchema)]
+pub(super) struct SubscribeRequest {
     subscriptions: Vec<Subscription>,
     /// Replay the live records created after this time (ms since the epoch) first.
     since: Option<u64>,
 }
 
+/// A page of the listing, newest first.
+#[derive(Serialize, ToSchema)]
+pub(super) struct RecordPage {
+    blobs: Vec<Record>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+}
+
+/// An upload's parts.
+#[derive(ToSchema)]
+#[allow(dead_code)] // the shape of the multipart body, for the OpenAPI document
+pub(super) struct UploadForm {
+    /// The file; its part's Content-Type and file name are kept.
+    #[schema(value_type = String, format = Binary)]
+    blob: Vec<u8>,
+    /// JSON: `{ "semantics": "…", "retentionPolicy"?: { "policy": "keepForever" | "keepUntilTime" (with "until", ms) | "keepForDuration" (with "durationMs") } }`.
+    metadata: String,
+}
+
 /// The metadata stream: one JSON record per line, one write per event, keep-alive newlines.
-async fn subscribe(
+#[utoipa::path(
+    post,
+    path = "/api/v1/events/subscribe",
+    request_body = SubscribeRequest,
+    responses(
+        (status = 200, description = "One metadata record (`handle`, `semantics`, `size`, `contentType`, `retentionPolicy`, `created`) per line; empty keep-alive lines while idle", content_type = "application/x-ndjson"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn subscribe(
     State(state): State<AppState>,
     token: Token,
     request: std::result::Result<Json<SubscribeRequest>, JsonRejection>,
