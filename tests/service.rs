@@ -644,3 +644,34 @@ async fn an_idle_stream_gets_keep_alive_newlines() {
     assert_eq!(next_line(&mut stream, &mut buffer).await["handle"], handle);
     server.stop().await;
 }
+
+/// Deleting an upload never takes the bytes of a concurrent upload of the same content: in
+/// every round, the new upload's bytes stay readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_never_races_an_upload_of_the_same_bytes() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server, "b");
+    let bytes = vec![7u8; 64 * 1024];
+    for round in 0..30 {
+        let first = api.upload(&bytes, json!({ "semantics": "s" })).await;
+        let delete = api
+            .request(Method::DELETE, &format!("/blobs/{first}"))
+            .send();
+        let (deleted, second) =
+            tokio::join!(delete, api.upload(&bytes, json!({ "semantics": "s" })));
+        assert_eq!(deleted.unwrap().status(), StatusCode::NO_CONTENT);
+        let read = api
+            .request(Method::GET, &format!("/blobs/{second}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status(), StatusCode::OK, "round {round}");
+        assert_eq!(read.bytes().await.unwrap(), bytes);
+        let cleanup = api
+            .status(Method::DELETE, &format!("/blobs/{second}"))
+            .await;
+        assert_eq!(cleanup, StatusCode::NO_CONTENT);
+    }
+    assert!(!content_path(&server, "b", &bytes).exists());
+    server.stop().await;
+}
