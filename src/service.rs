@@ -253,7 +253,14 @@ impl BlobService {
             .join(format!("{handle}.json"))
     }
 
-    fn with_index<T>(&self, bucket: &Bucket, f: impl FnOnce(&mut Index) -> T) -> T {
+    /// Runs `f` on the bucket's records (none yet: an empty index, not kept).
+    fn with_index<T>(&self, bucket: &Bucket, f: impl FnOnce(&Index) -> T) -> T {
+        let index = self.index.lock().expect("record index lock poisoned");
+        f(index.get(bucket).unwrap_or(&Index::default()))
+    }
+
+    /// Changes the bucket's records.
+    fn change_index<T>(&self, bucket: &Bucket, f: impl FnOnce(&mut Index) -> T) -> T {
         let mut index = self.index.lock().expect("record index lock poisoned");
         f(index.entry(bucket.clone()).or_default())
     }
@@ -293,7 +300,7 @@ impl BlobService {
             }
             return Err(e);
         }
-        self.with_index(bucket, |index| index.insert(handle, record.clone()));
+        self.change_index(bucket, |index| index.insert(handle, record.clone()));
         Ok(record)
     }
 
@@ -389,7 +396,7 @@ impl BlobService {
         tokio::task::spawn_blocking(move || remove_file(&remove_path))
             .await?
             .map_err(|source| io_error(&path, source))?;
-        self.with_index(bucket, |index| index.remove(handle));
+        self.change_index(bucket, |index| index.remove(handle));
         swept.records += 1;
         let Some(hash) = record.content_hash() else {
             return Ok(());
