@@ -7,7 +7,7 @@
 //! bucket's room (for `blob-available`). Events are sent one socket at a time, so a subscriber whose send buffer is full can be told apart and dropped rather than
 //! holding memory. HTTP streams read one broadcast channel and keep the changes of their ref.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use socketioxide::extract::SocketRef;
@@ -42,9 +42,6 @@ pub struct Changes {
     /// Every change, for the HTTP streams; bounded (see [`STREAM_BACKLOG`]): a stream that
     /// falls further behind is told the current version instead.
     streams: broadcast::Sender<Change>,
-    /// Every stored Blob Service upload, for the metadata streams; bounded the same way (a
-    /// stream that falls behind replays from the records).
-    metadata: broadcast::Sender<(Bucket, Arc<Record>)>,
     /// Becomes `true` at shutdown: HTTP streams end so they do not hold the server up.
     closing: watch::Sender<bool>,
 }
@@ -54,7 +51,6 @@ impl Default for Changes {
         Self {
             io: OnceLock::new(),
             streams: broadcast::channel(STREAM_BACKLOG).0,
-            metadata: broadcast::channel(STREAM_BACKLOG).0,
             closing: watch::channel(false).0,
         }
     }
@@ -85,17 +81,10 @@ impl Changes {
         self.emit(bucket_room(bucket), uploader, "blob-available", &payload);
     }
 
-    /// Announces a stored Blob Service upload: `blob-metadata` with its record to every socket
-    /// of the bucket, and an event on the bucket's metadata streams.
-    pub fn publish_metadata(&self, bucket: &Bucket, record: Arc<Record>) {
+    /// Announces a stored Blob Service upload to every socket of the bucket: `blob-metadata`
+    /// with its record. (The service itself feeds the HTTP metadata streams.)
+    pub fn announce_metadata(&self, bucket: &Bucket, record: &Record) {
         self.emit(bucket_room(bucket), None, "blob-metadata", &record.event());
-        // No stream listening is not an error.
-        self.metadata.send((bucket.clone(), record)).ok();
-    }
-
-    /// Every stored Blob Service upload from now on.
-    pub fn subscribe_metadata(&self) -> broadcast::Receiver<(Bucket, Arc<Record>)> {
-        self.metadata.subscribe()
     }
 
     /// Sends `event` to every socket of `room` but `except`, dropping those that stopped

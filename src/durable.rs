@@ -83,6 +83,19 @@ pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
+/// Durably removes a file (its directory is synced); `false` when there was none.
+pub fn remove(path: &Path) -> io::Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(true)
+}
+
 /// Fsyncs a directory, so the names created, renamed or removed in it are durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

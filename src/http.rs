@@ -543,9 +543,11 @@ async fn blob_events(
         }
     }
     let keep_alive = KeepAlive::new().interval(state.stream_keep_alive());
-    let stream = async_stream(move |emit| async move {
-        if let Some(event) = first {
-            emit(event);
+    let stream = async_stream(move |tx| async move {
+        if let Some(event) = first
+            && tx.send(event).await.is_err()
+        {
+            return;
         }
         let closing = state.changes().closing();
         tokio::pin!(closing);
@@ -554,18 +556,20 @@ async fn blob_events(
                 received = changes.recv() => received,
                 () = &mut closing => return,
             };
-            match received {
+            let event = match received {
                 Ok(change) if change.bucket == bucket && change.r == r => {
-                    emit(changed_event(change.version, change.deleted));
+                    changed_event(change.version, change.deleted)
                 }
-                Ok(_) => {}
-                Err(RecvError::Lagged(_)) => {
-                    // Fell behind: say where the blob is now.
-                    if let Ok(Some(blob)) = state.store().get(&bucket, &r).await {
-                        emit(changed_event(blob.version, blob.deleted));
-                    }
-                }
+                Ok(_) => continue,
+                // Fell behind: say where the blob is now.
+                Err(RecvError::Lagged(_)) => match state.store().get(&bucket, &r).await {
+                    Ok(Some(blob)) => changed_event(blob.version, blob.deleted),
+                    _ => continue,
+                },
                 Err(RecvError::Closed) => return,
+            };
+            if tx.send(event).await.is_err() {
+                return;
             }
         }
     });
@@ -584,17 +588,21 @@ fn changed_event(version: u64, deleted: bool) -> Event {
         .data(data.to_string())
 }
 
-/// A stream fed by a task through a channel: `body` gets a function that sends one item.
+/// Items a response stream holds for a client that reads slowly. The feeding task waits when
+/// it is full (so a stalled client holds bounded memory); the broadcasts it reads from are
+/// bounded too, and a feeder that falls behind them recovers from the store.
+const STREAM_QUEUE: usize = 64;
+
+/// A stream fed by a task through a bounded channel: `body` gets the sender, and ends when a
+/// send fails (the client left).
 fn async_stream<T, F, Fut>(body: F) -> impl Stream<Item = std::result::Result<T, Infallible>>
 where
     T: Send + 'static,
-    F: FnOnce(Box<dyn Fn(T) + Send>) -> Fut,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<T>();
-    let task = tokio::spawn(body(Box::new(move |event| {
-        tx.send(event).ok();
-    })));
+    let (tx, rx) = tokio::sync::mpsc::channel::<T>(STREAM_QUEUE);
+    let task = tokio::spawn(body(tx));
     futures_util::stream::unfold((rx, AbortOnDrop(task)), |(mut rx, task)| async move {
         rx.recv().await.map(|event| (Ok(event), (rx, task)))
     })

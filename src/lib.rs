@@ -203,15 +203,16 @@ async fn retention_sweeps(state: AppState, interval: Duration) {
             _ = ticks.tick() => {}
             () = &mut closing => return,
         }
-        match state.service().sweep(store::now_ms()).await {
-            Ok(swept) if swept.records > 0 => tracing::info!(
+        let swept = state.service().sweep(store::now_ms()).await;
+        if swept.records > 0 || swept.contents > 0 {
+            tracing::info!(
                 records = swept.records,
                 contents = swept.contents,
                 bytes = swept.bytes,
                 "retention sweep removed expired blobs"
-            ),
-            Ok(_) => tracing::debug!("retention sweep: nothing expired"),
-            Err(e) => tracing::error!("retention sweep failed: {e}"),
+            );
+        } else {
+            tracing::debug!("retention sweep: nothing expired");
         }
     }
 }

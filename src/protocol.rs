@@ -493,10 +493,13 @@ impl Session {
                 }
                 _ => {}
             }
-            let error = json!({ "error": error.to_string() });
+            let message = error.to_string();
             match event.reply_name() {
-                Some(name) => Reply::Events(vec![(name, error)]),
-                None => Reply::Json(error),
+                // The content events' replies give their reasons as `reason`.
+                Some(name) => {
+                    Reply::Events(vec![(name, json!({ "error": message, "reason": message }))])
+                }
+                None => Reply::Json(json!({ "error": message })),
             }
         });
         let sent = match (ack, reply) {

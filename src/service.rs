@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 
 use crate::cas::{self, ContentStore, Incoming, Owner};
 use crate::durable;
@@ -154,17 +155,21 @@ pub struct Upload {
     pub now: u64,
 }
 
-/// A storage failure; its detail is logged, the client sees a 500.
+/// A storage failure; every variant is logged with its detail, and the client sees a 500
+/// `Storage error`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The content store failed.
     #[error(transparent)]
     Content(#[from] cas::Error),
+    /// A record file could not be written or removed.
     #[error("i/o error on {path}: {source}")]
     Io {
         path: String,
         #[source]
         source: io::Error,
     },
+    /// A storage task panicked.
     #[error("storage task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -185,10 +190,15 @@ struct Index {
     by_handle: HashMap<Handle, Arc<Record>>,
     /// Newest first when iterated in reverse: `(created, handle)`.
     by_time: BTreeSet<(u64, Handle)>,
+    /// Records (live or expired) per content: content with none is the sweep's to remove.
+    refs: HashMap<ContentHash, usize>,
 }
 
 impl Index {
     fn insert(&mut self, handle: Handle, record: Arc<Record>) {
+        if let Some(hash) = record.content_hash() {
+            *self.refs.entry(hash).or_default() += 1;
+        }
         self.by_time.insert((record.created, handle.clone()));
         self.by_handle.insert(handle, record);
     }
@@ -196,24 +206,58 @@ impl Index {
     fn remove(&mut self, handle: &Handle) -> Option<Arc<Record>> {
         let record = self.by_handle.remove(handle)?;
         self.by_time.remove(&(record.created, handle.clone()));
+        if let Some(hash) = record.content_hash()
+            && let Some(count) = self.refs.get_mut(&hash)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.refs.remove(&hash);
+            }
+        }
         Some(record)
+    }
+
+    fn referenced(&self, hash: &ContentHash) -> bool {
+        self.refs.contains_key(hash)
     }
 }
 
-/// The Blob Service's records, over the bucket's content store.
-pub struct BlobService {
+/// Every bucket's records, and the order new ones are announced in.
+#[derive(Default)]
+struct Records {
+    buckets: HashMap<Bucket, Index>,
+    /// `created` of the newest record: each new one gets a later time, so `created` orders
+    /// records and a stream can resume from the last one it saw.
+    newest: u64,
+}
+
+/// The Blob Service's records, over the bucket's content store. Cloning is cheap: the state
+/// is shared.
+#[derive(Clone)]
+pub struct BlobService(Arc<Inner>);
+
+struct Inner {
     root: PathBuf,
     content: Arc<dyn ContentStore>,
-    /// Every bucket's records. A std mutex: held only to read or change the maps, never across
-    /// an await.
-    index: Mutex<HashMap<Bucket, Index>>,
+    /// A std mutex: held only to read or change the maps (and to announce a new record, so
+    /// announcements come in `created` order), never across an await.
+    records: Mutex<Records>,
+    /// Every new record, in `created` order, for the metadata streams; bounded (see
+    /// [`STREAM_BACKLOG`]): a stream that falls further behind replays from the records.
+    stream: broadcast::Sender<(Bucket, Arc<Record>)>,
 }
+
+/// New records of every bucket, in `created` order, as a metadata stream reads them.
+pub type NewRecords = broadcast::Receiver<(Bucket, Arc<Record>)>;
+
+/// New records a metadata stream may fall behind by before it replays from the records.
+const STREAM_BACKLOG: usize = 1024;
 
 impl BlobService {
     /// Loads every record under `root` (removing temp files a crash left among them).
     pub fn open(root: impl Into<PathBuf>, content: Arc<dyn ContentStore>) -> io::Result<Self> {
         let root = root.into();
-        let mut index: HashMap<Bucket, Index> = HashMap::new();
+        let mut records = Records::default();
         for bucket_dir in durable::subdirs(&root)? {
             let handles = bucket_dir.join(HANDLES_DIR);
             let bucket = bucket_dir
@@ -228,67 +272,83 @@ impl BlobService {
                     let path = entry?.path();
                     match read_record(&path) {
                         Ok((handle, record)) => {
-                            index
-                                .entry(bucket.clone())
-                                .or_default()
-                                .insert(handle, record);
+                            records.newest = records.newest.max(record.created);
+                            let index = records.buckets.entry(bucket.clone()).or_default();
+                            index.insert(handle, record);
                         }
                         Err(e) => tracing::error!(path = %path.display(), "record left out: {e}"),
                     }
                 }
             }
         }
-        Ok(Self {
+        Ok(Self(Arc::new(Inner {
             root,
             content,
-            index: Mutex::new(index),
-        })
+            records: Mutex::new(records),
+            stream: broadcast::channel(STREAM_BACKLOG).0,
+        })))
     }
 
     fn path(&self, bucket: &Bucket, handle: &Handle) -> PathBuf {
-        self.root
+        self.0
+            .root
             .join(bucket.as_str())
             .join(HANDLES_DIR)
             .join(handle.shard())
             .join(format!("{handle}.json"))
     }
 
+    fn records(&self) -> std::sync::MutexGuard<'_, Records> {
+        self.0.records.lock().expect("record index lock poisoned")
+    }
+
     /// Runs `f` on the bucket's records (none yet: an empty index, not kept).
     fn with_index<T>(&self, bucket: &Bucket, f: impl FnOnce(&Index) -> T) -> T {
-        let index = self.index.lock().expect("record index lock poisoned");
-        f(index.get(bucket).unwrap_or(&Index::default()))
+        let records = self.records();
+        f(records.buckets.get(bucket).unwrap_or(&Index::default()))
     }
 
-    /// Changes the bucket's records.
-    fn change_index<T>(&self, bucket: &Bucket, f: impl FnOnce(&mut Index) -> T) -> T {
-        let mut index = self.index.lock().expect("record index lock poisoned");
-        f(index.entry(bucket.clone()).or_default())
-    }
-
-    /// Commits received content and its new record, durably; the record.
+    /// Commits received content and a new record for it, durably, and announces the record on
+    /// the metadata streams. Runs to the end even if the caller goes away.
     pub async fn upload(
         &self,
         bucket: &Bucket,
         incoming: Box<dyn Incoming>,
         upload: Upload,
     ) -> Result<Arc<Record>> {
-        let hash = incoming.hash().clone();
+        let this = self.clone();
+        let bucket = bucket.clone();
+        tokio::spawn(async move { this.store_upload(bucket, incoming, upload).await }).await?
+    }
+
+    async fn store_upload(
+        &self,
+        bucket: Bucket,
+        incoming: Box<dyn Incoming>,
+        upload: Upload,
+    ) -> Result<Arc<Record>> {
+        let (hash, size) = (incoming.hash().clone(), incoming.size());
         let handle = Handle::new();
-        let record = Arc::new(Record {
+        let held = self.0.content.lock(&bucket, &hash).await;
+        let (created, held) = incoming.commit(held, Owner::Service).await?;
+        let mut record = Record {
             handle: handle.to_string(),
             hash: hash.to_string(),
-            size: incoming.size(),
+            size,
             content_type: upload.content_type,
             file_name: upload.file_name,
             semantics: upload.semantics,
             retention_policy: upload.retention_policy,
-            created: upload.now,
+            created: 0,
             uploader: upload.uploader,
-        });
-        let held = self.content.lock(bucket, &hash).await;
-        let created = incoming.commit(&held, Owner::Service).await?;
-        let path = self.path(bucket, &handle);
-        let bytes = serde_json::to_vec(&*record).expect("a record always serialises");
+        };
+        record.created = {
+            let mut records = self.records();
+            records.newest = records.newest.saturating_add(1).max(upload.now);
+            records.newest
+        };
+        let path = self.path(&bucket, &handle);
+        let bytes = serde_json::to_vec(&record).expect("a record always serialises");
         let write_path = path.clone();
         let written = tokio::task::spawn_blocking(move || durable::replace(&write_path, &bytes))
             .await?
@@ -296,11 +356,19 @@ impl BlobService {
         if let Err(e) = written {
             // Nothing refers to content this upload brought in: take it out again.
             if created {
-                self.content.remove(bucket, &hash, &held).await?;
+                self.0.content.release(&bucket, &hash, held).await?;
             }
             return Err(e);
         }
-        self.change_index(bucket, |index| index.insert(handle, record.clone()));
+        let record = Arc::new(record);
+        {
+            let mut records = self.records();
+            let index = records.buckets.entry(bucket.clone()).or_default();
+            index.insert(handle, record.clone());
+            // Under the lock, so streams receive records in `created` order.
+            self.0.stream.send((bucket, record.clone())).ok();
+        }
+        drop(held);
         Ok(record)
     }
 
@@ -333,90 +401,151 @@ impl BlobService {
         })
     }
 
-    /// Live records created after `since`, oldest first (the replay of a subscription).
+    /// Live records created after `since`, oldest first.
     pub fn created_after(&self, bucket: &Bucket, since: u64, now: u64) -> Vec<Arc<Record>> {
-        self.with_index(bucket, |index| {
-            index
-                .by_time
-                .iter()
-                .skip_while(|(created, _)| *created <= since)
-                .filter_map(|(_, handle)| index.by_handle.get(handle))
-                .filter(|r| r.live(now))
-                .cloned()
-                .collect()
-        })
+        self.with_index(bucket, |index| created_after(index, since, now))
+    }
+
+    /// The live records of `bucket` created after `since` (none without `since`), and every
+    /// new record from then on: together, each record exactly once, in `created` order.
+    pub fn follow(
+        &self,
+        bucket: &Bucket,
+        since: Option<u64>,
+        now: u64,
+    ) -> (Vec<Arc<Record>>, NewRecords) {
+        let records = self.records();
+        // Subscribed under the lock that announcements are sent under: no gap, no overlap.
+        let live = self.0.stream.subscribe();
+        let replay = match (since, records.buckets.get(bucket)) {
+            (Some(since), Some(index)) => created_after(index, since, now),
+            _ => Vec::new(),
+        };
+        (replay, live)
     }
 
     /// Deletes a live record, then its content if nothing else refers to it; `false` when
-    /// there is no such live record.
+    /// there is no such live record. Runs to the end even if the caller goes away.
     pub async fn delete(&self, bucket: &Bucket, handle: &Handle, now: u64) -> Result<bool> {
-        let Some(record) = self.get(bucket, handle, now) else {
+        if self.get(bucket, handle, now).is_none() {
             return Ok(false);
-        };
-        self.remove_record(bucket, handle, &record, now, &mut Swept::default())
-            .await?;
-        Ok(true)
+        }
+        let this = self.clone();
+        let (bucket, handle) = (bucket.clone(), handle.clone());
+        tokio::spawn(async move {
+            let Some(record) = this.remove_record(&bucket, &handle).await? else {
+                return Ok(false);
+            };
+            if let Some(hash) = record.content_hash() {
+                this.collect(&bucket, &hash).await?;
+            }
+            Ok(true)
+        })
+        .await?
     }
 
-    /// Deletes every expired record, then the content no live record refers to.
-    pub async fn sweep(&self, now: u64) -> Result<Swept> {
-        let expired: Vec<(Bucket, Handle, Arc<Record>)> = {
-            let index = self.index.lock().expect("record index lock poisoned");
-            index
+    /// Deletes content for a shared flow (`DELETE /blobs/{hash}`): while records of this
+    /// service refer to it, the content becomes the service's (removed with its last record)
+    /// instead. `false` when there is no such content.
+    pub async fn delete_shared(&self, bucket: &Bucket, hash: &ContentHash) -> Result<bool> {
+        let this = self.clone();
+        let (bucket, hash) = (bucket.clone(), hash.clone());
+        tokio::spawn(async move {
+            let content = &this.0.content;
+            let held = content.lock(&bucket, &hash).await;
+            if this.with_index(&bucket, |index| index.referenced(&hash)) {
+                Ok(content.claim(&bucket, &hash, held).await?)
+            } else {
+                Ok(content.remove(&bucket, &hash, held).await?)
+            }
+        })
+        .await?
+    }
+
+    /// Deletes every expired record, then the service's content no record refers to (also
+    /// what a crash or a failed upload left behind). A failure is logged and the sweep goes on.
+    pub async fn sweep(&self, now: u64) -> Swept {
+        let expired: Vec<(Bucket, Handle)> = {
+            let records = self.records();
+            records
+                .buckets
                 .iter()
-                .flat_map(|(bucket, records)| {
-                    records
+                .flat_map(|(bucket, index)| {
+                    index
                         .by_handle
                         .iter()
                         .filter(|(_, r)| !r.live(now))
-                        .map(|(h, r)| (bucket.clone(), h.clone(), r.clone()))
+                        .map(|(h, _)| (bucket.clone(), h.clone()))
                 })
                 .collect()
         };
         let mut swept = Swept::default();
-        for (bucket, handle, record) in expired {
-            self.remove_record(&bucket, &handle, &record, now, &mut swept)
-                .await?;
+        for (bucket, handle) in expired {
+            match self.remove_record(&bucket, &handle).await {
+                Ok(removed) => swept.records += usize::from(removed.is_some()),
+                Err(e) => tracing::error!(%bucket, %handle, "sweep: cannot remove a record: {e}"),
+            }
         }
-        Ok(swept)
+        let owned = match self.0.content.service_owned().await {
+            Ok(owned) => owned,
+            Err(e) => {
+                tracing::error!("sweep: cannot list the service's content: {e}");
+                return swept;
+            }
+        };
+        for (bucket, hash) in owned {
+            if self.with_index(&bucket, |index| index.referenced(&hash)) {
+                continue;
+            }
+            match self.collect(&bucket, &hash).await {
+                Ok(Some(bytes)) => {
+                    swept.contents += 1;
+                    swept.bytes += bytes;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(%bucket, %hash, "sweep: cannot remove content: {e}"),
+            }
+        }
+        swept
     }
 
-    /// Removes a record's file and entry, then its content when the service owns it and no
-    /// live record refers to it any more (checked under the content's lock).
-    async fn remove_record(
-        &self,
-        bucket: &Bucket,
-        handle: &Handle,
-        record: &Record,
-        now: u64,
-        swept: &mut Swept,
-    ) -> Result<()> {
+    /// Removes a record's file, then its entry; the record, if there was one.
+    async fn remove_record(&self, bucket: &Bucket, handle: &Handle) -> Result<Option<Arc<Record>>> {
         let path = self.path(bucket, handle);
         let remove_path = path.clone();
-        tokio::task::spawn_blocking(move || remove_file(&remove_path))
+        tokio::task::spawn_blocking(move || durable::remove(&remove_path))
             .await?
             .map_err(|source| io_error(&path, source))?;
-        self.change_index(bucket, |index| index.remove(handle));
-        swept.records += 1;
-        let Some(hash) = record.content_hash() else {
-            return Ok(());
-        };
-        let held = self.content.lock(bucket, &hash).await;
-        let referenced = self.with_index(bucket, |index| {
-            index
-                .by_handle
-                .values()
-                .any(|r| r.hash == record.hash && r.live(now))
-        });
-        if !referenced
-            && self.content.service_owned(bucket, &hash, &held).await?
-            && self.content.remove(bucket, &hash, &held).await?
-        {
-            swept.contents += 1;
-            swept.bytes += record.size;
-        }
-        Ok(())
+        let mut records = self.records();
+        Ok(records
+            .buckets
+            .get_mut(bucket)
+            .and_then(|index| index.remove(handle)))
     }
+
+    /// Removes the service's content if no record refers to it (checked under its lock, so
+    /// an upload of the same bytes either commits first and keeps it, or finds it gone and
+    /// stores it again); its size when removed.
+    async fn collect(&self, bucket: &Bucket, hash: &ContentHash) -> Result<Option<u64>> {
+        let content = &self.0.content;
+        let held = content.lock(bucket, hash).await;
+        if self.with_index(bucket, |index| index.referenced(hash)) {
+            return Ok(None);
+        }
+        Ok(content.release(bucket, hash, held).await?)
+    }
+}
+
+/// Live records of one bucket created after `since`, oldest first.
+fn created_after(index: &Index, since: u64, now: u64) -> Vec<Arc<Record>> {
+    index
+        .by_time
+        .iter()
+        .skip_while(|(created, _)| *created <= since)
+        .filter_map(|(_, handle)| index.by_handle.get(handle))
+        .filter(|r| r.live(now))
+        .cloned()
+        .collect()
 }
 
 /// Reads one record file.
@@ -432,19 +561,6 @@ fn read_record(path: &Path) -> Result<(Handle, Arc<Record>), String> {
         return Err("the file name is not its handle".to_owned());
     }
     Ok((handle, Arc::new(record)))
-}
-
-/// Removes a file and syncs its directory; a missing file is not an error.
-fn remove_file(path: &Path) -> io::Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    }
-    match path.parent() {
-        Some(dir) => durable::sync_dir(dir),
-        None => Ok(()),
-    }
 }
 
 fn io_error(path: &Path, source: io::Error) -> Error {

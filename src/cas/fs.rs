@@ -106,28 +106,35 @@ impl Incoming for FsIncoming {
         self.size
     }
 
-    async fn commit(self: Box<Self>, _held: &ContentLock, owner: Owner) -> Result<bool> {
+    async fn commit(
+        self: Box<Self>,
+        held: ContentLock,
+        owner: Owner,
+    ) -> Result<(bool, ContentLock)> {
         let FsIncoming {
             staged, hash, path, ..
         } = *self;
         let commit_path = path.clone();
-        tokio::task::spawn_blocking(move || -> io::Result<bool> {
+        // The lock goes with the file work, so it is held until that is done.
+        tokio::task::spawn_blocking(move || -> io::Result<(bool, ContentLock)> {
             let marker = service_marker(&commit_path);
-            // Present and intact: keep it (the staged copy is removed on drop). Present and
-            // corrupt: the verified upload replaces it.
-            let created = if verified_file(&commit_path, &hash)?.is_some() {
-                false
-            } else {
-                staged.commit(&commit_path)?;
-                true
-            };
-            match owner {
-                Owner::Service if created => durable::replace(&marker, b"")?,
-                // Stored again by a shared flow: no longer the service's to remove.
-                Owner::Shared if !created => remove_durably(&marker).map(drop)?,
-                _ => {}
+            if verified_file(&commit_path, &hash)?.is_some() {
+                // Present and intact: keep it (the staged copy is removed on drop). Stored
+                // again by a shared flow, it is no longer the service's to remove.
+                if owner == Owner::Shared {
+                    durable::remove(&marker)?;
+                }
+                return Ok((false, held));
             }
-            Ok(created)
+            match owner {
+                // Marked before it appears: a crash in between leaves a marker without content,
+                // which the sweep clears, never service content without its marker.
+                Owner::Service => durable::replace(&marker, b"")?,
+                // Repairing a corrupt file: the bytes are the shared flow's from now on.
+                Owner::Shared => drop(durable::remove(&marker)?),
+            }
+            staged.commit(&commit_path)?;
+            Ok((true, held))
         })
         .await?
         .map_err(|source| io_error(&path, source))
@@ -177,52 +184,110 @@ impl ContentStore for FsContent {
         }))
     }
 
-    async fn remove(
-        &self,
-        bucket: &Bucket,
-        hash: &ContentHash,
-        _held: &ContentLock,
-    ) -> Result<bool> {
+    async fn size(&self, bucket: &Bucket, hash: &ContentHash) -> Result<Option<u64>> {
+        let path = self.path(bucket, hash);
+        match tokio::fs::metadata(&path).await {
+            Ok(meta) => Ok(Some(meta.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(io_error(&path, source)),
+        }
+    }
+
+    async fn remove(&self, bucket: &Bucket, hash: &ContentHash, held: ContentLock) -> Result<bool> {
         let path = self.path(bucket, hash);
         let remove_path = path.clone();
         tokio::task::spawn_blocking(move || -> io::Result<bool> {
-            let removed = remove_durably(&remove_path)?;
-            remove_durably(&service_marker(&remove_path))?;
-            Ok(removed)
+            let _held = held;
+            // The marker first: a crash in between leaves shared-looking content, never a
+            // marker that would let the sweep remove content stored again since.
+            durable::remove(&service_marker(&remove_path))?;
+            durable::remove(&remove_path)
         })
         .await?
         .map_err(|source| io_error(&path, source))
     }
 
-    async fn service_owned(
+    async fn claim(&self, bucket: &Bucket, hash: &ContentHash, held: ContentLock) -> Result<bool> {
+        let path = self.path(bucket, hash);
+        let claim_path = path.clone();
+        tokio::task::spawn_blocking(move || -> io::Result<bool> {
+            let _held = held;
+            if !claim_path.exists() {
+                return Ok(false);
+            }
+            durable::replace(&service_marker(&claim_path), b"")?;
+            Ok(true)
+        })
+        .await?
+        .map_err(|source| io_error(&path, source))
+    }
+
+    async fn release(
         &self,
         bucket: &Bucket,
         hash: &ContentHash,
-        _held: &ContentLock,
-    ) -> Result<bool> {
-        let marker = service_marker(&self.path(bucket, hash));
-        Ok(tokio::fs::try_exists(&marker)
-            .await
-            .map_err(|source| io_error(&marker, source))?)
+        held: ContentLock,
+    ) -> Result<Option<u64>> {
+        let path = self.path(bucket, hash);
+        let release_path = path.clone();
+        tokio::task::spawn_blocking(move || -> io::Result<Option<u64>> {
+            let _held = held;
+            let marker = service_marker(&release_path);
+            if !marker.exists() {
+                return Ok(None);
+            }
+            let size = std::fs::metadata(&release_path).map(|m| m.len()).ok();
+            // The content first: until it is gone, the marker says whose it is.
+            durable::remove(&release_path)?;
+            durable::remove(&marker)?;
+            Ok(Some(size.unwrap_or(0)))
+        })
+        .await?
+        .map_err(|source| io_error(&path, source))
+    }
+
+    async fn service_owned(&self) -> Result<Vec<(Bucket, ContentHash)>> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || -> io::Result<Vec<(Bucket, ContentHash)>> {
+            let mut owned = Vec::new();
+            for bucket_dir in durable::subdirs(&root)? {
+                let cas = bucket_dir.join(CAS_DIR);
+                let name = bucket_dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned());
+                let Some(bucket) = name.as_deref().and_then(Bucket::parse) else {
+                    continue;
+                };
+                if !cas.is_dir() {
+                    continue;
+                }
+                for shard in durable::subdirs(&cas)? {
+                    for entry in std::fs::read_dir(&shard)? {
+                        let name = entry?.file_name().to_string_lossy().into_owned();
+                        let hash = name
+                            .strip_suffix(MARKER_SUFFIX)
+                            .and_then(ContentHash::parse);
+                        if let Some(hash) = hash {
+                            owned.push((bucket.clone(), hash));
+                        }
+                    }
+                }
+            }
+            Ok(owned)
+        })
+        .await?
+        .map_err(|source| io_error(&self.root, source))
     }
 }
 
-/// The file that marks content as the Blob Service's alone: `<hash>.service` beside it.
+/// Suffix of the file that marks content as the Blob Service's alone.
+const MARKER_SUFFIX: &str = ".service";
+
+/// The marker of a content file: `<hash>.service` beside it.
 fn service_marker(content: &Path) -> PathBuf {
-    content.with_extension("service")
-}
-
-/// Removes a file and syncs its directory; `false` when there was none.
-fn remove_durably(path: &Path) -> io::Result<bool> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    }
-    if let Some(dir) = path.parent() {
-        durable::sync_dir(dir)?;
-    }
-    Ok(true)
+    let mut name = content.as_os_str().to_owned();
+    name.push(MARKER_SUFFIX);
+    PathBuf::from(name)
 }
 
 /// Opens `path` and checks that its bytes hash to `hash`; the file, rewound, and its size.

@@ -56,13 +56,15 @@ pub enum Error {
     /// The body could not be read from the client (it went away, or its transport failed).
     #[error("the body could not be received: {0}")]
     Body(#[source] io::Error),
-    /// The storage failed; logged, and masked toward clients.
+    /// The storage failed; logged, and masked toward clients (500, or a Socket.IO
+    /// `storage error`).
     #[error("i/o error on {path}: {source}")]
     Io {
         path: String,
         #[source]
         source: io::Error,
     },
+    /// A storage task panicked or was cancelled; seen like [`Error::Io`].
     #[error("storage task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -70,6 +72,8 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Holds one content's lock: while it is held, nobody else commits or removes that content.
+/// The store's operations take it by value and keep it until their file work is done, so a
+/// caller that goes away mid-way (a client disconnecting) cannot release it early.
 pub type ContentLock = tokio::sync::OwnedMutexGuard<()>;
 
 /// Who brings content into the store.
@@ -77,8 +81,8 @@ pub type ContentLock = tokio::sync::OwnedMutexGuard<()>;
 pub enum Owner {
     /// The content-addressed flows (HTTP `/blobs`, Socket.IO): content stays until deleted.
     Shared,
-    /// The Blob Service: its retention sweep may remove the content once no live record refers
-    /// to it, unless a shared flow stored the same bytes since.
+    /// The Blob Service: content it brings in is marked as its own, and its sweep removes it
+    /// once no record refers to it, unless a shared flow stores the same bytes since.
     Service,
 }
 
@@ -87,9 +91,13 @@ pub enum Owner {
 pub trait Incoming: Send {
     fn hash(&self) -> &ContentHash;
     fn size(&self) -> u64;
-    /// Makes the content visible under its name, durably; `false` when intact content was
-    /// already there (a corrupt file is replaced). `held` is the content's lock.
-    async fn commit(self: Box<Self>, held: &ContentLock, owner: Owner) -> Result<bool>;
+    /// Makes the content visible under its name, durably, under its lock `held` (handed
+    /// back); `false` when intact content was already there (a corrupt file is replaced).
+    async fn commit(
+        self: Box<Self>,
+        held: ContentLock,
+        owner: Owner,
+    ) -> Result<(bool, ContentLock)>;
 }
 
 /// Content-addressed storage, shared by every connection.
@@ -110,17 +118,27 @@ pub trait ContentStore: Send + Sync + 'static {
     /// The verified content, or `None` when it is missing or no longer matches its hash.
     async fn open(&self, bucket: &Bucket, hash: &ContentHash) -> Result<Option<Content>>;
 
-    /// Removes the content (`held` is its lock); `false` when there was none.
-    async fn remove(&self, bucket: &Bucket, hash: &ContentHash, held: &ContentLock)
-    -> Result<bool>;
+    /// The size of the stored content, unverified (cheap: no read); `None` when missing.
+    async fn size(&self, bucket: &Bucket, hash: &ContentHash) -> Result<Option<u64>>;
 
-    /// Whether the content is the Blob Service's alone (`held` is its lock).
-    async fn service_owned(
+    /// Removes the content (`held` is its lock); `false` when there was none.
+    async fn remove(&self, bucket: &Bucket, hash: &ContentHash, held: ContentLock) -> Result<bool>;
+
+    /// Marks present content as the Blob Service's (`held` is its lock); `false` when there
+    /// is none.
+    async fn claim(&self, bucket: &Bucket, hash: &ContentHash, held: ContentLock) -> Result<bool>;
+
+    /// Removes the content if it is the Blob Service's (`held` is its lock); its size when it
+    /// was removed.
+    async fn release(
         &self,
         bucket: &Bucket,
         hash: &ContentHash,
-        held: &ContentLock,
-    ) -> Result<bool>;
+        held: ContentLock,
+    ) -> Result<Option<u64>>;
+
+    /// Every content the Blob Service owns, for its sweep.
+    async fn service_owned(&self) -> Result<Vec<(Bucket, ContentHash)>>;
 }
 
 /// Streams `body` into the bucket's store for the content-addressed flows. With `expected`, a
@@ -138,18 +156,12 @@ pub async fn put(
     }
     let (hash, size) = (incoming.hash().clone(), incoming.size());
     let held = store.lock(bucket, &hash).await;
-    let created = incoming.commit(&held, Owner::Shared).await?;
+    let (created, _held) = incoming.commit(held, Owner::Shared).await?;
     Ok(Stored {
         hash,
         size,
         created,
     })
-}
-
-/// Removes content; `false` when there was none.
-pub async fn delete(store: &dyn ContentStore, bucket: &Bucket, hash: &ContentHash) -> Result<bool> {
-    let held = store.lock(bucket, hash).await;
-    store.remove(bucket, hash, &held).await
 }
 
 /// Stores bytes already in memory (a Socket.IO upload).
@@ -164,13 +176,18 @@ pub async fn put_bytes(
     put(store, bucket, Some(expected), Box::pin(body), limit).await
 }
 /// Reads verified content into memory, when it is at most `limit` bytes; `Ok(Err(size))` when
-/// it is larger.
+/// it is larger (known from its size alone: nothing is read).
 pub async fn read_small(
     store: &dyn ContentStore,
     bucket: &Bucket,
     hash: &ContentHash,
     limit: u64,
 ) -> Result<Option<Result<Vec<u8>, u64>>> {
+    match store.size(bucket, hash).await? {
+        None => return Ok(None),
+        Some(size) if size > limit => return Ok(Some(Err(size))),
+        Some(_) => {}
+    }
     let Some(mut content) = store.open(bucket, hash).await? else {
         return Ok(None);
     };

@@ -75,7 +75,13 @@ pub enum CasError {
     Body,
     /// 500: the cause is logged.
     #[error("storage error")]
-    Store(cas::Error),
+    Store(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<crate::service::Error> for CasError {
+    fn from(error: crate::service::Error) -> Self {
+        CasError::Store(Box::new(error))
+    }
 }
 
 impl From<cas::Error> for CasError {
@@ -84,7 +90,7 @@ impl From<cas::Error> for CasError {
             cas::Error::Mismatch => CasError::Mismatch,
             cas::Error::TooLarge(limit) => CasError::TooLarge(limit),
             cas::Error::Body(_) => CasError::Body,
-            other => CasError::Store(other),
+            other => CasError::Store(Box::new(other)),
         }
     }
 }
@@ -266,6 +272,26 @@ fn byte_range(headers: &HeaderMap, hash: &ContentHash, size: u64) -> Result<Opti
     })
 }
 
+/// Whether a browser may show content of this type in place: media and plain formats that
+/// cannot carry script (not HTML, SVG or XML).
+fn shown_inline(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let (kind, subtype) = essence.split_once('/').unwrap_or((&essence, ""));
+    match kind {
+        "image" => subtype != "svg+xml",
+        "audio" | "video" => true,
+        _ => matches!(
+            essence.as_str(),
+            "application/octet-stream" | "application/pdf" | "application/json" | "text/plain"
+        ),
+    }
+}
+
 /// Reads content: 200 with the bytes, 206 for a range, 304 when `If-None-Match` names it.
 /// `HEAD` answers the same without the body.
 #[utoipa::path(
@@ -321,12 +347,7 @@ pub(crate) async fn serve(
             .reader
             .seek(io::SeekFrom::Start(start))
             .await
-            .map_err(|source| {
-                CasError::Store(cas::Error::Io {
-                    path: hash.to_string(),
-                    source,
-                })
-            })?;
+            .map_err(|e| CasError::Store(Box::new(e)))?;
     }
     let body = Body::from_stream(ReaderStream::with_capacity(
         content.reader.take(len),
@@ -342,6 +363,23 @@ pub(crate) async fn serve(
     out.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     out.insert(header::ETAG, etag(hash));
     out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // Uploaded bytes must never run as a page of this origin (where tokens live): no type
+    // sniffing, a sandbox for anything a browser opens, and a download for any type that
+    // could carry script.
+    out.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    out.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox"),
+    );
+    if !shown_inline(content_type) {
+        out.insert(
+            header::CONTENT_DISPOSITION,
+            HeaderValue::from_static("attachment"),
+        );
+    }
     // The bytes behind a name never change; they are private to the bucket.
     out.insert(
         header::CACHE_CONTROL,
@@ -436,7 +474,8 @@ pub(super) async fn delete_content(
 ) -> Result<Response> {
     let bucket = target.writable_bucket()?;
     let hash = &target.hash;
-    if cas::delete(state.content(), bucket, hash).await? {
+    // Bytes that Blob Service uploads also refer to go to that service instead.
+    if state.service().delete_shared(bucket, hash).await? {
         tracing::debug!(%bucket, %hash, "content deleted");
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {

@@ -6,7 +6,6 @@
 //! downloads, the `access_token` query parameter (RFC 6750 section 2.3). Every error is JSON
 //! `{ "error": "<sentence>" }`; a refused upload stores nothing.
 
-use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 
@@ -275,7 +274,7 @@ pub(super) async fn upload(
     };
     let record = state.service().upload(bucket, incoming, upload).await?;
     tracing::debug!(%bucket, handle = %record.handle, size = record.size, "blob service upload stored");
-    state.changes().publish_metadata(bucket, record.clone());
+    state.changes().announce_metadata(bucket, &record);
     Ok((
         StatusCode::CREATED,
         Json(json!({ "handle": record.handle })),
@@ -503,20 +502,17 @@ pub(super) async fn subscribe(
             && s.semantics.as_deref().is_none_or(|n| n == STREAM_SEMANTICS)
     });
     let bucket = token.0.bucket;
-    // Subscribe before reading the replay, so no upload falls between the two.
-    let mut live = state.changes().subscribe_metadata();
-    let replay = match (wanted, request.since) {
-        (true, Some(since)) => state.service().created_after(&bucket, since, now_ms()),
-        _ => Vec::new(),
-    };
-    let stream = async_stream(move |emit| async move {
+    let since = request.since.filter(|_| wanted);
+    let (replay, mut live) = state.service().follow(&bucket, since, now_ms());
+    let stream = async_stream(move |tx| async move {
         let line = |record: &Record| Bytes::from(format!("{}\n", record.event()));
-        let mut replayed = HashSet::new();
-        let mut last_created = request.since.unwrap_or(0);
+        // Records come in `created` order; this is the newest one sent.
+        let mut last_sent = request.since.unwrap_or(0);
         for record in &replay {
-            emit(line(record));
-            replayed.insert(record.handle.clone());
-            last_created = last_created.max(record.created);
+            if tx.send(line(record)).await.is_err() {
+                return;
+            }
+            last_sent = record.created;
         }
         let closing = state.changes().closing();
         tokio::pin!(closing);
@@ -527,30 +523,32 @@ pub(super) async fn subscribe(
             let received = tokio::select! {
                 received = live.recv() => received,
                 _ = keep_alive.tick() => {
-                    emit(Bytes::from_static(b"\n"));
+                    if tx.send(Bytes::from_static(b"\n")).await.is_err() {
+                        return;
+                    }
                     continue;
                 }
                 () = &mut closing => return,
             };
-            match received {
-                Ok((b, record)) if wanted && b == bucket && !replayed.contains(&record.handle) => {
-                    last_created = last_created.max(record.created);
-                    emit(line(&record));
-                    keep_alive.reset();
+            let records = match received {
+                Ok((b, record)) if wanted && b == bucket => vec![record],
+                Ok(_) => continue,
+                Err(RecvError::Lagged(_)) if !wanted => continue,
+                // Fell behind the live records: the missed ones come from the records.
+                Err(RecvError::Lagged(_)) => {
+                    state.service().created_after(&bucket, last_sent, now_ms())
                 }
-                Ok(_) => {}
-                Err(RecvError::Lagged(_)) if wanted => {
-                    // Fell behind the live events: replay them from the records.
-                    let missed = state
-                        .service()
-                        .created_after(&bucket, last_created, now_ms());
-                    for record in missed {
-                        last_created = last_created.max(record.created);
-                        emit(line(&record));
-                    }
-                }
-                Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => return,
+            };
+            for record in records {
+                if record.created <= last_sent {
+                    continue;
+                }
+                if tx.send(line(&record)).await.is_err() {
+                    return;
+                }
+                last_sent = record.created;
+                keep_alive.reset();
             }
         }
     });

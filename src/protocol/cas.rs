@@ -7,7 +7,9 @@
 //! | `request-upload { hash, size, content_type? }` | `upload-granted { hash, url, expires_at_unix }` or `upload-denied { hash, reason }` |
 //! | `blob-uploaded { hash }` | `blob-available { hash }` or `upload-rejected { hash, reason }` |
 //!
-//! With an ack, a reply made of several events comes as one object with all their fields.
+//! With an ack, a reply made of several events comes as one object with all their fields. An
+//! event refused as a whole (a malformed argument, the rate limit, a read-only `blob-upload`)
+//! is answered `{ error, reason }` in the same way.
 //! Every newly stored content is announced to the bucket's other sockets as
 //! `blob-available { hash }`.
 //!
