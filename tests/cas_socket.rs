@@ -307,6 +307,14 @@ async fn direct_upload_grant_put_and_confirm() {
         .await
         .unwrap();
     assert_eq!(upper["reason"], "non-canonical hash");
+    // A malformed request is refused in the same shape, with a reason.
+    let malformed = client.call1("request-upload", json!("nope")).await.unwrap();
+    assert!(
+        malformed["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid argument")
+    );
     let mut reader = RawClient::connect_token(server.addr, &read_only_token("b"))
         .await
         .unwrap();

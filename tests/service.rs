@@ -508,11 +508,19 @@ async fn the_metadata_stream_replays_and_delivers_per_bucket() {
     let api = Api::new(&server, "b");
     let other = Api::new(&server, "other");
     let old = api.upload(b"old", json!({ "semantics": "old" })).await;
-    let cut = now_ms();
-    tokio::time::sleep(Duration::from_millis(5)).await; // a later millisecond for `created`
     let recent = api
         .upload(b"recent", json!({ "semantics": "recent" }))
         .await;
+    // Every record is created after the one before it, so `since` can name a record.
+    let old_record: Value = api
+        .request(Method::GET, &format!("/blobs/{old}/metadata"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cut = old_record["created"].as_u64().unwrap();
 
     let response = api
         .request(Method::POST, "/events/subscribe")
@@ -673,5 +681,131 @@ async fn deleting_never_races_an_upload_of_the_same_bytes() {
         assert_eq!(cleanup, StatusCode::NO_CONTENT);
     }
     assert!(!content_path(&server, "b", &bytes).exists());
+    server.stop().await;
+}
+
+/// Content that a shared flow deletes while an upload still refers to it stays for that
+/// upload, and goes with it; content a shared flow stores again after a repair is no longer
+/// the service's to remove.
+#[tokio::test]
+async fn shared_deletes_and_repairs_respect_the_other_flow() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server, "b");
+    let cas_url = |bytes: &[u8]| format!("http://{}/blobs/{}", server.addr, ContentHash::of(bytes));
+    let shared = Client::new();
+
+    let photo = b"needed by an upload".to_vec();
+    let handle = api.upload(&photo, json!({ "semantics": "s" })).await;
+    let deleted = shared
+        .delete(cas_url(&photo))
+        .bearer_auth(token("b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let read = api
+        .request(Method::GET, &format!("/blobs/{handle}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.bytes().await.unwrap(), photo, "the upload still reads");
+    assert_eq!(
+        api.status(Method::DELETE, &format!("/blobs/{handle}"))
+            .await,
+        StatusCode::NO_CONTENT
+    );
+    assert!(
+        !content_path(&server, "b", &photo).exists(),
+        "gone with its last upload"
+    );
+
+    // A corrupt file repaired by a shared PUT belongs to the shared flow from then on.
+    let repaired = b"repaired by the shared flow".to_vec();
+    let handle = api.upload(&repaired, json!({ "semantics": "s" })).await;
+    std::fs::write(content_path(&server, "b", &repaired), b"bit rot").unwrap();
+    let put = shared
+        .put(cas_url(&repaired))
+        .bearer_auth(token("b"))
+        .body(repaired.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED);
+    assert_eq!(
+        api.status(Method::DELETE, &format!("/blobs/{handle}"))
+            .await,
+        StatusCode::NO_CONTENT
+    );
+    let kept = shared
+        .get(cas_url(&repaired))
+        .bearer_auth(token("b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.bytes().await.unwrap(), repaired);
+    server.stop().await;
+}
+
+/// Service content that no record refers to — what a crash between the content and its
+/// record leaves — is removed by the sweep.
+#[tokio::test]
+async fn the_sweep_removes_content_a_crash_left_without_a_record() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server, "b");
+    let bytes = b"left behind".to_vec();
+    let handle = api.upload(&bytes, json!({ "semantics": "s" })).await;
+    let storage = server.stop().await;
+    // The crash: the record never became durable.
+    let records = storage.path().join("b/handles").join(&handle[..2]);
+    std::fs::remove_file(records.join(format!("{handle}.json"))).unwrap();
+
+    let server = TestServer::start_with(storage, &["--retention-sweep-interval", "100ms"]).await;
+    let orphan = content_path(&server, "b", &bytes);
+    eventually("the sweep removing orphaned content", || !orphan.exists()).await;
+    assert!(files_under(&server.storage().join("b/cas")).is_empty());
+    server.stop().await;
+}
+
+/// Uploaded bytes never run as a page of the server's origin: `nosniff` and a sandbox
+/// always, and a download for types that could carry script.
+#[tokio::test]
+async fn uploads_are_served_so_they_cannot_run_script() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server, "b");
+    let upload_as = |content_type: &'static str, bytes: &'static [u8]| {
+        let form = Form::new()
+            .part("blob", Part::bytes(bytes).mime_str(content_type).unwrap())
+            .text("metadata", json!({ "semantics": "s" }).to_string());
+        api.request(Method::POST, "/blobs").multipart(form).send()
+    };
+    for (content_type, bytes, attachment) in [
+        ("text/html", b"<script>alert(1)</script>".as_slice(), true),
+        ("image/svg+xml", b"<svg onload=alert(1)/>".as_slice(), true),
+        ("image/png", b"\x89PNG".as_slice(), false),
+    ] {
+        let created: Value = upload_as(content_type, bytes)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let handle = created["handle"].as_str().unwrap();
+        let read = api
+            .request(Method::GET, &format!("/blobs/{handle}"))
+            .send()
+            .await
+            .unwrap();
+        let headers = read.headers();
+        assert_eq!(headers["content-type"], content_type);
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert_eq!(headers["content-security-policy"], "sandbox");
+        assert_eq!(
+            headers
+                .get("content-disposition")
+                .is_some_and(|v| v == "attachment"),
+            attachment,
+            "{content_type}"
+        );
+    }
     server.stop().await;
 }
