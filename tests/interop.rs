@@ -38,10 +38,7 @@ async fn run_scenario(program: PathBuf, script: &str, transport: &str) {
         .env("BLOBS_CONTENT", content.path())
         .kill_on_drop(true)
         .output();
-    let output = tokio::time::timeout(SCENARIO_LIMIT, run)
-        .await
-        .expect("scenario finished in time")
-        .expect("scenario started");
+    let output = within_limit(run).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -50,6 +47,16 @@ async fn run_scenario(program: PathBuf, script: &str, transport: &str) {
     );
     assert_eq!(stdout.trim(), format!("ok {transport}"));
     server.stop().await;
+}
+
+/// The output of a scenario, which must finish within [`SCENARIO_LIMIT`].
+async fn within_limit(
+    run: impl std::future::Future<Output = std::io::Result<std::process::Output>>,
+) -> std::process::Output {
+    tokio::time::timeout(SCENARIO_LIMIT, run)
+        .await
+        .expect("scenario finished in time")
+        .expect("scenario started")
 }
 
 /// Two contents with their hashes: one small (inline), one over the redirect threshold.
@@ -120,10 +127,7 @@ async fn actyx_documentation_example_in_chromium() {
         .env("SCREENSHOT", &screenshot)
         .kill_on_drop(true)
         .output();
-    let output = tokio::time::timeout(SCENARIO_LIMIT, run)
-        .await
-        .expect("scenario finished in time")
-        .expect("scenario started");
+    let output = within_limit(run).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
