@@ -23,6 +23,7 @@ use tokio::sync::broadcast;
 
 use crate::cas::{self, ContentStore, Incoming, Owner};
 use crate::durable;
+use crate::locks::KeyedLocks;
 use crate::names::{Bucket, ContentHash, Handle};
 
 /// Name of the metadata stream, as in ActyxOS.
@@ -245,6 +246,10 @@ struct Inner {
     /// Every new record, in `created` order, for the metadata streams; bounded (see
     /// [`STREAM_BACKLOG`]): a stream that falls further behind replays from the records.
     stream: broadcast::Sender<(Bucket, Arc<Record>)>,
+    /// One lock per bucket, held by an upload from choosing its `created` until its record is
+    /// announced. A tokio lock: the record's durable write happens under it. Taken after the
+    /// content lock and before `records`, by uploads only.
+    order: KeyedLocks<Bucket, ()>,
 }
 
 /// New records of every bucket, in `created` order, as a metadata stream reads them.
@@ -286,6 +291,7 @@ impl BlobService {
             content,
             records: Mutex::new(records),
             stream: broadcast::channel(STREAM_BACKLOG).0,
+            order: KeyedLocks::default(),
         })))
     }
 
@@ -308,17 +314,24 @@ impl BlobService {
         f(records.buckets.get(bucket).unwrap_or(&Index::default()))
     }
 
-    /// Commits received content and a new record for it, durably, and announces the record on
-    /// the metadata streams. Runs to the end even if the caller goes away.
+    /// Commits received content and a new record for it, durably, announces the record on the
+    /// metadata streams and hands it to `announce` (for the other protocols). Runs to the end
+    /// even if the caller goes away.
     pub async fn upload(
         &self,
         bucket: &Bucket,
         incoming: Box<dyn Incoming>,
         upload: Upload,
+        announce: impl FnOnce(&Arc<Record>) + Send + 'static,
     ) -> Result<Arc<Record>> {
         let this = self.clone();
         let bucket = bucket.clone();
-        tokio::spawn(async move { this.store_upload(bucket, incoming, upload).await }).await?
+        tokio::spawn(async move {
+            let record = this.store_upload(bucket, incoming, upload).await?;
+            announce(&record);
+            Ok(record)
+        })
+        .await?
     }
 
     async fn store_upload(
@@ -342,6 +355,10 @@ impl BlobService {
             created: 0,
             uploader: upload.uploader,
         };
+        // From `created` to the announcement, one upload of the bucket at a time: records
+        // reach the streams in `created` order.
+        let order = self.0.order.get(&bucket);
+        let _ordered = order.lock().await;
         record.created = {
             let mut records = self.records();
             records.newest = records.newest.saturating_add(1).max(upload.now);
@@ -621,6 +638,53 @@ mod tests {
         );
         let longer = format!(r#"{{"semantics":"{}"}}"#, "a".repeat(MAX_SEMANTICS + 1));
         assert!(metadata(&longer).is_err());
+    }
+
+    /// Concurrent uploads to one bucket reach a follower in strictly increasing `created`
+    /// order, each once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_uploads_are_announced_in_created_order() {
+        const UPLOADS: usize = 200;
+        let root = tempfile::tempdir().unwrap();
+        let content: Arc<dyn ContentStore> =
+            Arc::new(crate::cas::FsContent::open(root.path()).unwrap());
+        let service = BlobService::open(root.path(), content.clone()).unwrap();
+        let bucket = Bucket::parse("b").unwrap();
+        let (replay, mut live) = service.follow(&bucket, Some(0), 0);
+        assert!(replay.is_empty());
+        let tasks: Vec<_> = (0..UPLOADS)
+            .map(|i| {
+                let (service, content, bucket) = (service.clone(), content.clone(), bucket.clone());
+                tokio::spawn(async move {
+                    let body = futures_util::stream::iter([Ok(bytes::Bytes::from(i.to_string()))]);
+                    let incoming = content
+                        .receive(&bucket, Box::pin(body), 1024)
+                        .await
+                        .unwrap();
+                    let upload = Upload {
+                        semantics: "s".into(),
+                        retention_policy: RetentionPolicy::KeepForever,
+                        content_type: "text/plain".into(),
+                        file_name: None,
+                        uploader: "test".into(),
+                        now: 1,
+                    };
+                    service
+                        .upload(&bucket, incoming, upload, |_| {})
+                        .await
+                        .unwrap();
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let mut last = 0;
+        for _ in 0..UPLOADS {
+            let (_, record) = live.recv().await.unwrap();
+            assert!(record.created > last, "{} after {last}", record.created);
+            last = record.created;
+        }
     }
 
     #[test]

@@ -198,10 +198,11 @@ impl ContentStore for FsContent {
         let remove_path = path.clone();
         tokio::task::spawn_blocking(move || -> io::Result<bool> {
             let _held = held;
-            // The marker first: a crash in between leaves shared-looking content, never a
-            // marker that would let the sweep remove content stored again since.
+            // The content first: a crash in between leaves a marker without content, which
+            // the sweep clears (and any later store fixes the marker up either way).
+            let removed = durable::remove(&remove_path)?;
             durable::remove(&service_marker(&remove_path))?;
-            durable::remove(&remove_path)
+            Ok(removed)
         })
         .await?
         .map_err(|source| io_error(&path, source))

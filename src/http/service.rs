@@ -272,9 +272,16 @@ pub(super) async fn upload(
         uploader: proxy::client_address(peer.ip(), &headers, state.trusted_proxies()).to_string(),
         now,
     };
-    let record = state.service().upload(bucket, incoming, upload).await?;
+    let announcer = state.clone();
+    let announced = bucket.clone();
+    let announce = move |record: &std::sync::Arc<Record>| {
+        announcer.changes().announce_metadata(&announced, record);
+    };
+    let record = state
+        .service()
+        .upload(bucket, incoming, upload, announce)
+        .await?;
     tracing::debug!(%bucket, handle = %record.handle, size = record.size, "blob service upload stored");
-    state.changes().announce_metadata(bucket, &record);
     Ok((
         StatusCode::CREATED,
         Json(json!({ "handle": record.handle })),
