@@ -8,7 +8,8 @@
 //! - [`config`]: flags, environment and `.env`.
 //! - [`auth`]: bucket tokens (JWT), verification and minting.
 //! - [`names`]: validated bucket and ref names, the only inputs of a storage path.
-//! - [`store`]: versioned blobs, the storage trait and the JSON-file store.
+//! - [`store`]: versioned blobs, the storage trait, the JSON-file store and the object-store
+//!   backend (S3 conditional writes as the compare-and-swap).
 //! - [`cas`]: content-addressed blobs (named by their BLAKE3 hash), their trait and file store.
 //! - [`locks`]: per-key async locks the stores serialise each blob's writes with.
 //! - [`direct`]: signed, expiring direct transfer URLs for content.

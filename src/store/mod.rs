@@ -1,14 +1,16 @@
 //! Versioned blobs and the storage trait behind them.
 //!
 //! The trait is small on purpose: reading the current blob, a conditional write and a listing
-//! are all the protocols need, and they map onto an object store with conditional writes as
-//! well as onto files. Implementations must acknowledge a write only once it is durable.
+//! are all the protocols need, and they map onto an object store with conditional writes
+//! ([`ObjectBlobs`]) as well as onto files ([`FsStore`]). Implementations must acknowledge a
+//! write only once it is durable.
 //!
 //! A deleted blob stays as a tombstone (`"deleted": true`, no data, its version kept): readers
 //! see it as missing, and a blob created again continues from its version, so an old client's
 //! write naming a stale version can never win.
 
 mod fs;
+mod object;
 
 use std::sync::Arc;
 
@@ -17,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::names::{Bucket, Ref};
 
 pub use fs::FsStore;
+pub use object::ObjectBlobs;
 
 /// Largest version a client may name: JavaScript's `Number.MAX_SAFE_INTEGER`, so every version
 /// (and the next one) stays exact in a browser.
@@ -142,6 +145,9 @@ pub enum Error {
     VersionOverflow,
     #[error("storage task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The object store failed (or could not be reached).
+    #[error("object store: {0}")]
+    Object(#[from] object_store::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -256,3 +256,107 @@ impl Drop for ServerProcess {
         }
     }
 }
+
+/// An S3-compatible server for the tests: `moto_server` from PyPI (installed by
+/// `scripts/test`), on a free loopback port, with one empty bucket; killed when dropped.
+pub struct S3Server {
+    pub endpoint: String,
+    pub bucket: String,
+    child: std::process::Child,
+}
+
+impl S3Server {
+    /// Starts moto, creates the bucket, and checks that a stale `If-Match` really gets 412, so
+    /// a server that ignores the header cannot make the tests pass.
+    pub async fn start() -> Self {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let program =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/.venv/bin/moto_server");
+        let mut child = Command::new(&program)
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} starts (run scripts/test to install it): {e}",
+                    program.display()
+                )
+            });
+        let mut lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+        let endpoint = loop {
+            let line = lines
+                .next()
+                .expect("moto prints its address before exiting")
+                .expect("readable log");
+            if let Some(at) = line.find("Running on http://") {
+                break line[at + "Running on ".len()..].trim().to_owned();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        let bucket = "blobs-test".to_owned();
+        let http = reqwest::Client::new();
+        let created = http
+            .put(format!("{endpoint}/{bucket}"))
+            .send()
+            .await
+            .expect("moto answers");
+        assert!(
+            created.status().is_success(),
+            "bucket created: {}",
+            created.status()
+        );
+        let server = Self {
+            endpoint,
+            bucket,
+            child,
+        };
+        // Through the signed client, as the store talks to it: a stale ETag must be refused.
+        use object_store::{ObjectStoreExt, PutMode, PutPayload, UpdateVersion};
+        let client = server.client();
+        let check = object_store::path::Path::from("if-match-check");
+        client
+            .put(&check, PutPayload::from_static(b"one"))
+            .await
+            .expect("a put");
+        let stale = UpdateVersion {
+            e_tag: Some("\"0123456789abcdef0123456789abcdef\"".to_owned()),
+            version: None,
+        };
+        let refused = client
+            .put_opts(
+                &check,
+                PutPayload::from_static(b"two"),
+                PutMode::Update(stale).into(),
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(object_store::Error::Precondition { .. })),
+            "the S3 server must answer a stale If-Match with 412, got {refused:?}"
+        );
+        client.delete(&check).await.expect("a delete");
+        server
+    }
+
+    /// An object-store client of the bucket.
+    pub fn client(&self) -> std::sync::Arc<dyn object_store::ObjectStore> {
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&self.endpoint)
+            .with_allow_http(true)
+            .with_bucket_name(&self.bucket)
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .build()
+            .expect("S3 client");
+        std::sync::Arc::new(store)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}

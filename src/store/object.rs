@@ -1,0 +1,159 @@
+//! The object-store backend of the versioned store (AWS S3, MinIO, R2, Ceph RGW, …): one
+//! object per blob at `<prefix><bucket>/<ref[0..2]>/<ref>.json`, holding the same JSON as the
+//! file layout.
+//!
+//! The object store is the compare-and-swap: a write is a conditional PUT against the ETag of
+//! the object it read (`If-Match`), or `If-None-Match: *` to create. A 412 (or 409) means
+//! another writer, on this node or another, got there first; the write is then decided again
+//! against what that writer left, so the outcome is the one a serial order of the two writes
+//! gives. Nothing on this node is relied on for correctness, and nothing is cached: every read
+//! asks the store.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, UpdateVersion};
+
+use crate::names::{Bucket, Ref};
+
+use super::{Blob, Error, Result, SetOutcome, SetRequest, Store, apply};
+
+/// Rounds of read, decide and conditional write one `set` may take while other writers keep
+/// winning; past this the caller gets a conflict with the latest data, as for any lost race.
+const MAX_ATTEMPTS: usize = 16;
+
+/// Versioned blobs in an object store.
+pub struct ObjectBlobs {
+    store: Arc<dyn ObjectStore>,
+    /// Prepended to every object name (`S3_PREFIX`), e.g. `blobs/`.
+    prefix: String,
+}
+
+impl ObjectBlobs {
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
+        Self {
+            store,
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    fn bucket_prefix(&self, bucket: &Bucket) -> String {
+        format!("{}{bucket}/", self.prefix)
+    }
+
+    fn path(&self, bucket: &Bucket, r: &Ref) -> Path {
+        Path::from(format!(
+            "{}{}/{r}.json",
+            self.bucket_prefix(bucket),
+            r.shard()
+        ))
+    }
+
+    /// The blob at `path` and the version to update it with; `None` when there is none.
+    async fn read(&self, path: &Path) -> Result<Option<(Arc<Blob>, UpdateVersion)>> {
+        let found = match self.store.get(path).await {
+            Ok(found) => found,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let version = UpdateVersion {
+            e_tag: found.meta.e_tag.clone(),
+            version: found.meta.version.clone(),
+        };
+        let bytes = found.bytes().await?;
+        let blob = serde_json::from_slice(&bytes).map_err(|source| Error::Corrupt {
+            path: path.to_string(),
+            source,
+        })?;
+        Ok(Some((Arc::new(blob), version)))
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for ObjectBlobs {
+    async fn get(&self, bucket: &Bucket, r: &Ref) -> Result<Option<Arc<Blob>>> {
+        Ok(self
+            .read(&self.path(bucket, r))
+            .await?
+            .map(|(blob, _)| blob))
+    }
+
+    async fn set(&self, bucket: &Bucket, r: &Ref, request: SetRequest) -> Result<SetOutcome> {
+        let path = self.path(bucket, r);
+        let mut current = None;
+        for _ in 0..MAX_ATTEMPTS {
+            let read = self.read(&path).await?;
+            current = read.as_ref().map(|(blob, _)| blob.clone());
+            let blob = match apply(current.as_ref(), request.clone())? {
+                Ok(blob) => blob,
+                Err(outcome) => return Ok(outcome),
+            };
+            let mode = match read {
+                Some((_, version)) => PutMode::Update(version),
+                None => PutMode::Create,
+            };
+            let bytes = serde_json::to_vec(&blob).expect("a blob always serialises");
+            match self
+                .store
+                .put_opts(&path, PutPayload::from(bytes), mode.into())
+                .await
+            {
+                Ok(_) => {
+                    return Ok(SetOutcome::Committed {
+                        version: blob.version,
+                    });
+                }
+                // Another writer won: decide again against what it left.
+                Err(object_store::Error::Precondition { .. })
+                | Err(object_store::Error::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(SetOutcome::Conflict(current))
+    }
+
+    async fn list(
+        &self,
+        bucket: &Bucket,
+        after: Option<&Ref>,
+        limit: usize,
+    ) -> Result<Vec<(Ref, Arc<Blob>)>> {
+        let prefix = Path::from(self.bucket_prefix(bucket));
+        // Object names sort like refs: the shard is the ref's first two characters.
+        let mut names = match after {
+            Some(after) => self
+                .store
+                .list_with_offset(Some(&prefix), &self.path(bucket, after)),
+            None => self.store.list(Some(&prefix)),
+        };
+        let mut found = Vec::new();
+        while let Some(meta) = names.next().await {
+            let meta = meta?;
+            let name = meta.location.filename().unwrap_or_default();
+            let Some(r) = name.strip_suffix(".json").and_then(Ref::parse) else {
+                continue;
+            };
+            if meta.location != self.path(bucket, &r) || after.is_some_and(|a| r <= *a) {
+                continue;
+            }
+            if let Some((blob, _)) = self.read(&meta.location).await?
+                && !blob.deleted
+            {
+                found.push((r, blob));
+                if found.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn writable(&self) -> bool {
+        let probe = Path::from(format!("{}.readiness-probe", self.prefix));
+        self.store
+            .put(&probe, PutPayload::from_static(b"probe"))
+            .await
+            .is_ok()
+    }
+}
