@@ -10,9 +10,12 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use serde_json::Value as Json;
+use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide::extract::SocketRef;
+use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError, SocketIo};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::names::{Bucket, ContentHash, Ref};
 use crate::service::Record;
@@ -37,76 +40,122 @@ pub struct Change {
 
 /// Where changes go.
 pub struct Changes {
-    /// The Socket.IO server, set once when it is built (it needs the state that holds this).
-    io: OnceLock<SocketIo>,
+    /// The Socket.IO rooms, set once when the server is built (it needs the state that holds
+    /// this).
+    rooms: OnceLock<Box<dyn Rooms>>,
     /// Every change, for the HTTP streams; bounded (see [`STREAM_BACKLOG`]): a stream that
     /// falls further behind is told the current version instead.
     streams: broadcast::Sender<Change>,
+    /// With several nodes: this node's changes, on their way to the other nodes' HTTP streams
+    /// over Redis pub/sub (unbounded, but drained at once by one publishing task).
+    relay: OnceLock<mpsc::UnboundedSender<Change>>,
     /// Becomes `true` at shutdown: HTTP streams end so they do not hold the server up.
     closing: watch::Sender<bool>,
 }
 
+/// The Redis channel that carries changes between nodes.
+const RELAY_CHANNEL: &str = "blobs:changes";
+
 impl Default for Changes {
     fn default() -> Self {
         Self {
-            io: OnceLock::new(),
+            rooms: OnceLock::new(),
             streams: broadcast::channel(STREAM_BACKLOG).0,
+            relay: OnceLock::new(),
             closing: watch::channel(false).0,
         }
     }
 }
 
 impl Changes {
-    pub fn attach(&self, io: SocketIo) {
-        self.io.set(io).ok();
+    /// Sends room events through `io`: to this node's sockets one at a time (dropping those
+    /// that stopped reading).
+    pub fn attach(&self, io: SocketIo<LocalAdapter>) {
+        self.rooms.set(Box::new(LocalRooms(io))).ok();
+    }
+
+    /// Sends room events through `io`'s adapter, which carries them to every node.
+    pub fn attach_cluster<A: Adapter>(&self, io: SocketIo<A>) {
+        self.rooms.set(Box::new(ClusterRooms(io))).ok();
     }
 
     /// Announces a committed write. `writer` is the Socket.IO socket that made it, which does
     /// not hear its own change.
-    pub fn publish(&self, change: Change, writer: Option<&SocketRef>) {
-        self.emit(room(&change.bucket, &change.r), writer, "changed", &NO_ARGS);
+    pub fn publish(&self, change: Change, writer: Option<Sid>) {
+        self.emit(
+            room(&change.bucket, &change.r),
+            writer,
+            "changed",
+            Json::Array(Vec::new()),
+        );
+        if let Some(relay) = self.relay.get() {
+            relay.send(change.clone()).ok();
+        }
         // No HTTP stream listening is not an error.
         self.streams.send(change).ok();
     }
 
+    /// Carries changes between this node's HTTP streams and the other nodes' over Redis
+    /// pub/sub (the Socket.IO rooms already span the nodes through the adapter).
+    pub async fn relay(&self, client: &redis::Client) -> redis::RedisResult<()> {
+        use futures_util::StreamExt as _;
+        use redis::AsyncCommands as _;
+        let mut publisher = client.get_multiplexed_async_connection().await?;
+        let mut subscriber = client.get_async_pubsub().await?;
+        subscriber.subscribe(RELAY_CHANNEL).await?;
+        let node = uuid::Uuid::new_v4().simple().to_string();
+        let (relay, mut outgoing) = mpsc::unbounded_channel::<Change>();
+        let ours = node.clone();
+        tokio::spawn(async move {
+            while let Some(change) = outgoing.recv().await {
+                let message = serde_json::json!({
+                    "node": ours,
+                    "bucket": change.bucket.as_str(),
+                    "ref": change.r.as_str(),
+                    "version": change.version,
+                    "deleted": change.deleted,
+                });
+                let sent: redis::RedisResult<()> =
+                    publisher.publish(RELAY_CHANNEL, message.to_string()).await;
+                if let Err(e) = sent {
+                    tracing::warn!("change not relayed to the other nodes: {e}");
+                }
+            }
+        });
+        let streams = self.streams.clone();
+        tokio::spawn(async move {
+            let mut messages = subscriber.into_on_message();
+            while let Some(message) = messages.next().await {
+                let text: String = message.get_payload().unwrap_or_default();
+                match relayed_change(&text, &node) {
+                    Some(change) => {
+                        streams.send(change).ok();
+                    }
+                    None => tracing::trace!("relayed message skipped"),
+                }
+            }
+            tracing::warn!("the change relay from Redis ended");
+        });
+        self.relay.set(relay).ok();
+        Ok(())
+    }
+
     /// Announces content newly stored in `bucket` (`blob-available { hash }`) to every socket
     /// of the bucket but `uploader`.
-    pub fn announce_content(
-        &self,
-        bucket: &Bucket,
-        hash: &ContentHash,
-        uploader: Option<&SocketRef>,
-    ) {
+    pub fn announce_content(&self, bucket: &Bucket, hash: &ContentHash, uploader: Option<Sid>) {
         let payload = serde_json::json!({ "hash": hash.as_str() });
-        self.emit(bucket_room(bucket), uploader, "blob-available", &payload);
+        self.emit(bucket_room(bucket), uploader, "blob-available", payload);
     }
 
     /// Announces a stored Blob Service upload to every socket of the bucket: `blob-metadata`
     /// with its record. (The service itself feeds the HTTP metadata streams.)
     pub fn announce_metadata(&self, bucket: &Bucket, record: &Record) {
-        self.emit(bucket_room(bucket), None, "blob-metadata", &record.event());
+        self.emit(bucket_room(bucket), None, "blob-metadata", record.event());
     }
 
-    /// Sends `event` to every socket of `room` but `except`, dropping those that stopped
-    /// reading.
-    fn emit<T: serde::Serialize + ?Sized>(
-        &self,
-        room: String,
-        except: Option<&SocketRef>,
-        event: &str,
-        payload: &T,
-    ) {
-        let targets = match (except, self.io.get()) {
-            (Some(except), _) => except.to(room).sockets(),
-            (None, Some(io)) => io.to(room).sockets(),
-            (None, None) => Vec::new(),
-        };
-        for target in targets {
-            match target.emit(event, payload) {
-                Ok(()) => {}
-                Err(SendError::Socket(SocketError::InternalChannelFull)) => drop_stalled(&target),
-                Err(e) => tracing::debug!(sid = %target.id, event, "not delivered: {e}"),
-            }
+    fn emit(&self, room: String, except: Option<Sid>, event: &'static str, payload: Json) {
+        if let Some(rooms) = self.rooms.get() {
+            rooms.emit(room, except, event, payload);
         }
     }
 
@@ -129,6 +178,20 @@ impl Changes {
     }
 }
 
+/// A change another node relayed (`None` for this node's own, or anything malformed).
+fn relayed_change(text: &str, this_node: &str) -> Option<Change> {
+    let message: Json = serde_json::from_str(text).ok()?;
+    if message["node"].as_str()? == this_node {
+        return None;
+    }
+    Some(Change {
+        bucket: Bucket::parse(message["bucket"].as_str()?)?,
+        r: Ref::parse(message["ref"].as_str()?)?,
+        version: message["version"].as_u64()?,
+        deleted: message["deleted"].as_bool()?,
+    })
+}
+
 /// The Socket.IO room of one blob: its subscribers.
 pub fn room(bucket: &Bucket, r: &Ref) -> String {
     format!("{bucket}/{r}")
@@ -139,8 +202,68 @@ pub fn bucket_room(bucket: &Bucket) -> String {
     bucket.to_string()
 }
 
+/// Sends events to the sockets of a room.
+trait Rooms: Send + Sync {
+    /// `event` with `payload` (an array is the argument list; anything else one argument) to
+    /// every socket of `room` but `except`.
+    fn emit(&self, room: String, except: Option<Sid>, event: &'static str, payload: Json);
+}
+
+/// One node: each socket of the room in turn, so one that stopped reading is told apart and
+/// dropped rather than holding memory.
+struct LocalRooms(SocketIo<LocalAdapter>);
+
+impl Rooms for LocalRooms {
+    fn emit(&self, room: String, except: Option<Sid>, event: &'static str, payload: Json) {
+        for target in self.0.to(room).sockets() {
+            if Some(target.id) == except {
+                continue;
+            }
+            match emit_value(&target, event, &payload) {
+                Ok(()) => {}
+                Err(SendError::Socket(SocketError::InternalChannelFull)) => drop_stalled(&target),
+                Err(e) => tracing::debug!(sid = %target.id, event, "not delivered: {e}"),
+            }
+        }
+    }
+}
+
+/// Several nodes: the adapter carries the event to every node, which delivers it to its
+/// own sockets of the room.
+struct ClusterRooms<A: Adapter>(SocketIo<A>);
+
+impl<A: Adapter> Rooms for ClusterRooms<A> {
+    fn emit(&self, room: String, except: Option<Sid>, event: &'static str, payload: Json) {
+        let mut operators = self.0.to(room);
+        if let Some(sid) = except {
+            operators = operators.except(sid);
+        }
+        tokio::spawn(async move {
+            let sent = match &payload {
+                Json::Array(args) if args.is_empty() => operators.emit(event, &NO_ARGS).await,
+                _ => operators.emit(event, &payload).await,
+            };
+            if let Err(e) = sent {
+                tracing::warn!(event, "broadcast through the adapter failed: {e}");
+            }
+        });
+    }
+}
+
+/// Emits `payload` to one socket (an empty array: no argument).
+fn emit_value<A: Adapter>(
+    socket: &SocketRef<A>,
+    event: &'static str,
+    payload: &Json,
+) -> Result<(), SendError> {
+    match payload {
+        Json::Array(args) if args.is_empty() => socket.emit(event, &NO_ARGS),
+        _ => socket.emit(event, payload),
+    }
+}
+
 /// Takes a socket whose send buffer is full out of every room and disconnects it.
-pub fn drop_stalled(socket: &SocketRef) {
+pub fn drop_stalled<A: Adapter>(socket: &SocketRef<A>) {
     tracing::info!(sid = %socket.id, "client stopped reading: dropping it");
     socket.leave_all();
     // DISCONNECT needs room in the full send buffer: retry until it fits or the transport is

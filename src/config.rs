@@ -103,10 +103,52 @@ pub struct Config {
     #[arg(long, env = "RETENTION_SWEEP_INTERVAL", value_parser = positive_duration, default_value = "1m")]
     pub retention_sweep_interval: Duration,
 
+    /// Where versioned blobs live: `fs` (JSON files under `STORAGE`) or `s3` (an S3-compatible
+    /// object store, shared by every node; content-addressed blobs and Blob Service records
+    /// stay under `STORAGE`).
+    #[arg(long, env = "STORE", value_enum, default_value = "fs")]
+    pub store: StoreKind,
+
+    /// S3 endpoint, e.g. `https://s3.eu-west-1.amazonaws.com` or `http://minio:9000`.
+    #[arg(long, env = "S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 bucket that holds the blobs.
+    #[arg(long, env = "S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+
+    /// S3 region.
+    #[arg(long, env = "S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+
+    /// S3 access key id.
+    #[arg(long, env = "S3_ACCESS_KEY_ID", hide_env_values = true)]
+    pub s3_access_key_id: Option<String>,
+
+    /// S3 secret access key.
+    #[arg(long, env = "S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
+
+    /// Prefix of every object name, e.g. `blobs/`.
+    #[arg(long, env = "S3_PREFIX", default_value = "")]
+    pub s3_prefix: String,
+
+    /// Redis URL (`redis://host:6379`): when set, Socket.IO rooms and change notifications
+    /// span every node on this Redis (Redis 7 or later, RESP3).
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
     /// Public origin of this server in direct transfer URLs, e.g. `https://blobs.example.com`.
     /// Unset: `http://` plus the `Host` the client connected with.
     #[arg(long, env = "PUBLIC_URL", value_parser = parse_origin)]
     pub public_url: Option<String>,
+}
+
+/// Where versioned blobs live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    Fs,
+    S3,
 }
 
 /// A duration above zero, e.g. `30s`.
@@ -148,9 +190,27 @@ pub enum ConfigError {
         "TOKEN_SECRET is not set: put a long random secret in the environment or in .env (see .env.example)"
     )]
     MissingSecret,
+    #[error("STORE=s3 needs S3_ENDPOINT, S3_BUCKET, S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY")]
+    MissingS3,
+    #[error("the S3 settings are not usable: {0}")]
+    BadS3(String),
 }
 
 impl Config {
+    /// The object store of `STORE=s3`.
+    pub fn s3(&self) -> Result<std::sync::Arc<dyn object_store::ObjectStore>, ConfigError> {
+        let (Some(endpoint), Some(bucket), Some(key), Some(secret)) = (
+            &self.s3_endpoint,
+            &self.s3_bucket,
+            &self.s3_access_key_id,
+            &self.s3_secret_access_key,
+        ) else {
+            return Err(ConfigError::MissingS3);
+        };
+        crate::store::s3_client(endpoint, bucket, &self.s3_region, key, secret)
+            .map_err(|e| ConfigError::BadS3(e.to_string()))
+    }
+
     /// The token secret, refusing a missing or empty one.
     pub fn secret(&self) -> Result<&str, ConfigError> {
         match self.token_secret.as_deref() {

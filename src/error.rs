@@ -63,4 +63,12 @@ pub enum StartError {
     },
     #[error("server failed: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("cannot use Redis at {url}: {source}")]
+    Redis {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("the Socket.IO Redis adapter failed to start: {0}")]
+    Adapter(String),
 }

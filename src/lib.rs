@@ -60,7 +60,10 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::IntoResponse;
 use axum::serve::ListenerExt;
-use socketioxide::{ParserConfig, SocketIo};
+use socketioxide::adapter::{Adapter, Emitter};
+use socketioxide::layer::SocketIoLayer;
+use socketioxide::{ParserConfig, SocketIo, SocketIoBuilder};
+use socketioxide_redis::{RedisAdapter, RedisAdapterCtr};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
@@ -69,10 +72,11 @@ use tower_http::map_response_body::MapResponseBodyLayer;
 use crate::auth::Keys;
 use crate::cas::{ContentStore, FsContent};
 use crate::config::Config;
+use crate::config::StoreKind;
 use crate::error::StartError;
 use crate::service::BlobService;
 use crate::state::AppState;
-use crate::store::FsStore;
+use crate::store::{FsStore, ObjectBlobs, Store};
 
 /// Serves Blobs on `listener` until `shutdown` resolves, then shuts down gracefully: new events
 /// are refused, every event already accepted (writes included) is finished and acknowledged,
@@ -88,20 +92,58 @@ pub async fn run(
         path: config.storage.display().to_string(),
         source,
     };
-    let store = FsStore::open(&config.storage).map_err(storage_error)?;
+    let store: Arc<dyn Store> = match config.store {
+        StoreKind::Fs => Arc::new(FsStore::open(&config.storage).map_err(storage_error)?),
+        StoreKind::S3 => Arc::new(ObjectBlobs::new(config.s3()?, &config.s3_prefix)),
+    };
     let content: Arc<dyn ContentStore> =
         Arc::new(FsContent::open(&config.storage).map_err(storage_error)?);
     let service = BlobService::open(&config.storage, content.clone()).map_err(storage_error)?;
-    let state = AppState::new(&config, keys, Arc::new(store), content, service, secret);
-    let max_message = protocol::max_message_len(state.max_data_chars());
+    let state = AppState::new(&config, keys, store, content, service, secret);
+    tokio::spawn(retention_sweeps(
+        state.clone(),
+        config.retention_sweep_interval,
+    ));
+    let builder = sockets(&config, &state);
+    match &config.redis_url {
+        None => {
+            let (layer, io) = builder.build_layer();
+            protocol::register(&io);
+            state.changes().attach(io.clone());
+            serve(listener, &config, state, layer, io, shutdown).await
+        }
+        Some(url) => {
+            let redis_error = |source| StartError::Redis {
+                url: url.clone(),
+                source,
+            };
+            let client = redis::Client::open(resp3(url)).map_err(redis_error)?;
+            let adapter = RedisAdapterCtr::new_with_redis(&client)
+                .await
+                .map_err(redis_error)?;
+            let (layer, io) = builder
+                .with_adapter::<RedisAdapter<Emitter>>(adapter)
+                .build_layer();
+            protocol::register_cluster(&io)
+                .await
+                .map_err(|e| StartError::Adapter(e.to_string()))?;
+            state.changes().attach_cluster(io.clone());
+            state.changes().relay(&client).await.map_err(redis_error)?;
+            serve(listener, &config, state, layer, io, shutdown).await
+        }
+    }
+}
 
+/// The Socket.IO server's settings, before its adapter is chosen.
+fn sockets(config: &Config, state: &AppState) -> SocketIoBuilder {
+    let max_message = protocol::max_message_len(state.max_data_chars());
     // No event of the protocol carries binary attachments: a packet that announces more than
     // one, or leaves one incomplete, closes that connection instead of holding memory.
     let parser = ParserConfig::common()
         .max_incoming_binaries(1)
         .max_incoming_binary_buf_size(max_message)
         .packet_completion_timeout(Duration::from_secs(10));
-    let (layer, io) = SocketIo::builder()
+    SocketIo::builder()
         .with_parser(parser)
         .with_state(state.clone())
         .max_buffer_size(config.send_buffer_packets)
@@ -113,14 +155,28 @@ pub async fn run(
         // Idle sockets dominate memory; 1 KiB read chunks save 3 KiB per connection over the
         // default, at the cost of more reads for the rare large message.
         .ws_read_buffer_size(1024)
-        .build_layer();
-    protocol::register(&io);
-    state.changes().attach(io.clone());
-    tokio::spawn(retention_sweeps(
-        state.clone(),
-        config.retention_sweep_interval,
-    ));
+}
 
+/// A Redis URL asking for RESP3, which the Socket.IO adapter needs.
+fn resp3(url: &str) -> String {
+    if url.contains("protocol=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&protocol=resp3")
+    } else {
+        format!("{url}?protocol=resp3")
+    }
+}
+
+/// Serves HTTP and Socket.IO (through `layer`, whichever adapter it has) until `shutdown`.
+async fn serve<A: Adapter>(
+    listener: TcpListener,
+    config: &Config,
+    state: AppState,
+    layer: SocketIoLayer<A>,
+    io: SocketIo<A>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::mirror_request())
         .allow_credentials(true)

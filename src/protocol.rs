@@ -25,11 +25,12 @@ use axum::extract::ConnectInfo;
 use base64::Engine as _;
 use ipnet::IpNet;
 use serde_json::{Map, Value as Json, json};
-use socketioxide::adapter::LocalAdapter;
+use socketioxide::adapter::{Adapter, Emitter, LocalAdapter};
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 use socketioxide::handler::{ConnectHandler, FromMessageParts, MessageHandler, Value};
 use socketioxide::socket::{DisconnectReason, Socket};
 use socketioxide::{SendError, SocketError, SocketIo};
+use socketioxide_redis::RedisAdapter;
 
 use crate::changes::{self, Change};
 use crate::error::Error;
@@ -64,7 +65,16 @@ pub mod cas;
 
 /// Mounts the protocol on the default namespace.
 pub fn register(io: &SocketIo) {
-    io.ns("/", on_connect.with(authenticate));
+    io.ns("/", on_connect.with(authenticate::<LocalAdapter>));
+}
+
+/// Mounts the protocol on the default namespace of a server whose rooms span several nodes
+/// (the Redis adapter).
+pub async fn register_cluster(
+    io: &SocketIo<RedisAdapter<Emitter>>,
+) -> Result<(), impl std::error::Error + use<>> {
+    io.ns("/", on_connect.with(authenticate::<RedisAdapter<Emitter>>))
+        .await
 }
 
 /// A refused handshake; the client's `connect_error` carries the message.
@@ -79,8 +89,8 @@ enum Refused {
 /// Verifies the token of the handshake (`auth: { token }`), takes a connection slot and
 /// prepares the socket. Runs before CONNECT is sent, which is why the event handlers are
 /// registered here.
-async fn authenticate(
-    socket: SocketRef,
+async fn authenticate<A: Adapter>(
+    socket: SocketRef<A>,
     TryData(auth): TryData<Json>,
     State(state): State<AppState>,
 ) -> Result<(), Refused> {
@@ -121,10 +131,12 @@ async fn authenticate(
         socket.on(event.name(), handler);
     }
     // Registered here rather than after CONNECT, so the slot is freed whatever happens next.
-    socket.on_disconnect(async move |socket: SocketRef, reason: DisconnectReason| {
-        tracing::debug!(sid = %socket.id, ?reason, "disconnected");
-        session.release();
-    });
+    socket.on_disconnect(
+        async move |socket: SocketRef<A>, reason: DisconnectReason| {
+            tracing::debug!(sid = %socket.id, ?reason, "disconnected");
+            session.release();
+        },
+    );
     Ok(())
 }
 
@@ -132,7 +144,7 @@ async fn on_connect() {}
 
 /// This server's origin as the client reached it, for the direct URLs it is given:
 /// `PUBLIC_URL`, else `http://` and the handshake's `Host`.
-fn origin(socket: &SocketRef, state: &AppState) -> String {
+fn origin<A: Adapter>(socket: &SocketRef<A>, state: &AppState) -> String {
     if let Some(url) = &state.cas().public_url {
         return url.clone();
     }
@@ -151,7 +163,7 @@ fn origin(socket: &SocketRef, state: &AppState) -> String {
 }
 
 /// The client's address (see [`proxy::client_address`]).
-fn client_address(socket: &SocketRef, trusted_proxies: &[IpNet]) -> IpAddr {
+fn client_address<A: Adapter>(socket: &SocketRef<A>, trusted_proxies: &[IpNet]) -> IpAddr {
     let parts = socket.req_parts();
     let peer = parts
         .extensions
@@ -211,7 +223,7 @@ impl Event {
 }
 
 /// One connection's protocol state.
-struct Session {
+struct Session<A: Adapter> {
     state: AppState,
     bucket: Bucket,
     read_only: bool,
@@ -228,11 +240,11 @@ struct Session {
     closed: AtomicBool,
     /// Events waiting to run, the subscription and the rate limiter. A std mutex: held only
     /// to push, pop or read, never across an await.
-    queue: Mutex<Queue>,
+    queue: Mutex<Queue<A>>,
 }
 
-struct Queue {
-    jobs: VecDeque<Job>,
+struct Queue<A: Adapter> {
+    jobs: VecDeque<Job<A>>,
     /// Whether a task is running this queue; at most one is, which is what keeps the order.
     running: bool,
     /// The ref `get` and `set` act on.
@@ -240,35 +252,35 @@ struct Queue {
     limiter: RateLimiter,
 }
 
-struct Job {
-    socket: SocketRef,
-    work: Work,
+struct Job<A: Adapter> {
+    socket: SocketRef<A>,
+    work: Work<A>,
 }
 
-enum Work {
-    Call(Call),
+enum Work<A: Adapter> {
+    Call(Call<A>),
     /// Disconnect the socket, for this reason (logged).
     Disconnect(&'static str),
 }
 
-struct Call {
+struct Call<A: Adapter> {
     event: Event,
     args: Result<Vec<Json>, Error>,
     /// `None`: the reply goes out as an event (content-addressed events only).
-    ack: Option<AckSender>,
+    ack: Option<AckSender<A>>,
 }
 
 /// Marker for [`Handler`]'s `MessageHandler` implementation.
 struct Ordered;
 
 /// The synchronous handler socketioxide calls in arrival order; see the module doc.
-struct Handler {
+struct Handler<A: Adapter> {
     event: Event,
-    session: Arc<Session>,
+    session: Arc<Session<A>>,
 }
 
-impl MessageHandler<LocalAdapter, Ordered> for Handler {
-    fn call(&self, socket: Arc<Socket>, mut value: Value, ack_id: Option<i64>) {
+impl<A: Adapter> MessageHandler<A, Ordered> for Handler<A> {
+    fn call(&self, socket: Arc<Socket<A>>, mut value: Value, ack_id: Option<i64>) {
         let work = if ack_id.is_some() || self.event.reply_name().is_some() {
             let ack =
                 ack_id.map(
@@ -308,9 +320,9 @@ fn event_args(value: &Value) -> Result<Vec<Json>, Error> {
     Ok(items)
 }
 
-impl Session {
+impl<A: Adapter> Session<A> {
     /// Queues an event in arrival order, or answers it at once when it is refused.
-    fn enqueue(self: &Arc<Self>, mut job: Job) {
+    fn enqueue(self: &Arc<Self>, mut job: Job<A>) {
         let refused = {
             let mut queue = self.queue.lock().expect("queue lock poisoned");
             let refused = match queue.limiter.check(Instant::now()) {
@@ -376,12 +388,12 @@ impl Session {
     /// The client stopped reading: its send buffer is full. It leaves every room so nothing
     /// more is queued for it, its pending events are discarded, and its transport is closed
     /// now if a DISCONNECT still fits, else by the next heartbeat (within `PING_INTERVAL`).
-    fn drop_stalled(&self, socket: &SocketRef) {
+    fn drop_stalled(&self, socket: &SocketRef<A>) {
         self.closed.store(true, Ordering::Release);
         changes::drop_stalled(socket);
     }
 
-    async fn run(&self, socket: &SocketRef, call: Call) {
+    async fn run(&self, socket: &SocketRef<A>, call: Call<A>) {
         let Call { event, args, ack } = call;
         let args = match args {
             Ok(args) => args,
@@ -401,7 +413,7 @@ impl Session {
         self.answer(socket, event, ack, reply);
     }
 
-    fn subscribe(&self, socket: &SocketRef, arg: Option<&Json>) -> Result<Reply, Error> {
+    fn subscribe(&self, socket: &SocketRef<A>, arg: Option<&Json>) -> Result<Reply, Error> {
         let new = match arg {
             Some(Json::Null) => None,
             Some(Json::String(text)) => Some(Ref::parse(text).ok_or(Error::InvalidRef)?),
@@ -436,7 +448,7 @@ impl Session {
         }))
     }
 
-    async fn set(&self, socket: &SocketRef, arg: Option<&Json>) -> Result<Reply, Error> {
+    async fn set(&self, socket: &SocketRef<A>, arg: Option<&Json>) -> Result<Reply, Error> {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
@@ -460,7 +472,7 @@ impl Session {
                     version,
                     deleted: false,
                 };
-                self.state.changes().publish(change, Some(socket));
+                self.state.changes().publish(change, Some(socket.id));
                 Ok(Reply::Json(json!({ "success": true, "version": version })))
             }
             // A protocol write always finds something to conflict with (a missing blob is
@@ -478,9 +490,9 @@ impl Session {
     /// Sends the reply: as the ack when there is one, else as the reply's events.
     fn answer(
         &self,
-        socket: &SocketRef,
+        socket: &SocketRef<A>,
         event: Event,
-        ack: Option<AckSender>,
+        ack: Option<AckSender<A>>,
         reply: Result<Reply, Error>,
     ) {
         let reply = reply.unwrap_or_else(|error| {

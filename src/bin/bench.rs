@@ -41,11 +41,14 @@ struct Args {
     /// Directory on the disk to measure; the server's storage is a temp dir inside it.
     #[arg(long, default_value_os_t = std::env::temp_dir())]
     dir: PathBuf,
+    /// moto's S3 server, for the cluster scenario (with Debian's redis-server on the PATH).
+    #[arg(long, default_value = "tests/interop/.venv/bin/moto_server")]
+    moto: PathBuf,
     /// Writes measured in the fanout scenario.
     #[arg(long, default_value_t = 50)]
     fanout_writes: usize,
     /// Run only these scenarios (idle, set, get, http_get, http_put, contend, fanout, cas_put,
-    /// cas_get); all when absent.
+    /// cas_get, cluster); all when absent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -70,7 +73,7 @@ async fn main() -> Result<()> {
         * CONTENT_SIZE as f64
         / 1e6;
 
-    let mut server = Server::start(storage.path())?;
+    let mut server = Server::start(storage.path(), &[])?;
     let token = Keys::new(SECRET).mint(&Bucket::parse("bench").expect("valid bucket"));
     let duration = Duration::from_secs(args.seconds);
     let addr = server.addr;
@@ -87,13 +90,13 @@ async fn main() -> Result<()> {
         report["idle"] = idle_memory(&server, &token, 2000).await?;
     }
     if args.runs("set") {
-        let set = throughput(addr, &token, 32, duration, Workload::Set).await?;
+        let set = throughput(&[addr], &token, 32, duration, Workload::Set).await?;
         let set_ops = set["ops_per_sec"].as_f64().unwrap_or(0.0);
         report["set_vs_serial_fsync"] = json!(round(set_ops / fsync_rate));
         report["set"] = set;
     }
     if args.runs("get") {
-        report["get"] = throughput(addr, &token, 32, duration, Workload::Get).await?;
+        report["get"] = throughput(&[addr], &token, 32, duration, Workload::Get).await?;
     }
     if args.runs("http_get") {
         report["http_get"] = http_throughput(addr, &token, 32, duration, false).await?;
@@ -102,10 +105,10 @@ async fn main() -> Result<()> {
         report["http_put"] = http_throughput(addr, &token, 32, duration, true).await?;
     }
     if args.runs("contend") {
-        report["contend"] = throughput(addr, &token, 16, duration, Workload::Contend).await?;
+        report["contend"] = throughput(&[addr], &token, 16, duration, Workload::Contend).await?;
     }
     if args.runs("fanout") {
-        report["fanout"] = fanout(addr, &token, 1000, args.fanout_writes).await?;
+        report["fanout"] = fanout(&[addr], &token, 1000, args.fanout_writes).await?;
     }
     // PUT first: it leaves the blobs GET reads.
     let mut stored = Vec::new();
@@ -126,8 +129,142 @@ async fn main() -> Result<()> {
         report["cas_get"] = get;
     }
     server.stop();
+    if args.runs("cluster") {
+        report["cluster"] = match cluster(&args, &token, duration).await {
+            Ok(figures) => figures,
+            Err(e) => json!({ "skipped": e.to_string() }),
+        };
+        let fs_set = report["set"]["ops_per_sec"].as_f64();
+        let s3_set = report["cluster"]["1_node"]["set"]["ops_per_sec"].as_f64();
+        if let (Some(fs), Some(s3)) = (fs_set, s3_set) {
+            report["s3_set_vs_fs_set"] = json!(round(s3 / fs));
+        }
+    }
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// Subscribers of the several-node fanout, spread over the nodes.
+const CLUSTER_SUBSCRIBERS: usize = 300;
+
+/// 1 node and then 3 nodes on one Redis and one S3-compatible store (moto, started here like
+/// Redis, both on loopback): `set` and `get` with 32 clients spread over the nodes, and the
+/// fanout of a write on one node to subscribers spread over all of them.
+async fn cluster(args: &Args, token: &str, duration: Duration) -> Result<Value> {
+    let redis = Helper::redis()?;
+    let moto = Helper::moto(&args.moto)?;
+    let bucket = "blobs-bench";
+    let created = reqwest::Client::new()
+        .put(format!("{}/{bucket}", moto.address))
+        .send()
+        .await?;
+    if !created.status().is_success() {
+        bail!("cannot create the S3 bucket: {}", created.status());
+    }
+    let env = vec![
+        ("STORE", "s3".to_owned()),
+        ("S3_ENDPOINT", moto.address.clone()),
+        ("S3_BUCKET", bucket.to_owned()),
+        ("S3_ACCESS_KEY_ID", "bench".to_owned()),
+        ("S3_SECRET_ACCESS_KEY", "bench".to_owned()),
+        ("REDIS_URL", redis.address.clone()),
+    ];
+    let dirs: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir_in(&args.dir))
+        .collect::<std::io::Result<_>>()?;
+    let mut nodes = vec![Server::start(dirs[0].path(), &env)?];
+    let mut report = json!({});
+    for count in [1, 3] {
+        while nodes.len() < count {
+            nodes.push(Server::start(dirs[nodes.len()].path(), &env)?);
+        }
+        let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+        report[format!("{count}_node")] = json!({
+            "set": throughput(&addrs, token, 32, duration, Workload::Set).await?,
+            "get": throughput(&addrs, token, 32, duration, Workload::Get).await?,
+            "fanout": fanout(&addrs, token, CLUSTER_SUBSCRIBERS, args.fanout_writes).await?,
+        });
+    }
+    for node in &mut nodes {
+        node.stop();
+    }
+    Ok(report)
+}
+
+/// A helper server of the cluster scenario (Redis or moto), killed when dropped.
+struct Helper {
+    child: Child,
+    address: String,
+}
+
+impl Helper {
+    /// Debian's `redis-server` on a free loopback port, without persistence.
+    fn redis() -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("redis-server (Debian package redis-server)")?;
+        let stdout = child.stdout.take().context("redis stdout")?;
+        let lines = BufReader::new(stdout).lines();
+        Self::wait_for(&mut child, lines, "Ready to accept connections")?;
+        Ok(Self {
+            child,
+            address: format!("redis://127.0.0.1:{port}"),
+        })
+    }
+
+    /// moto's S3 server on a free loopback port.
+    fn moto(program: &Path) -> Result<Self> {
+        let mut child = Command::new(program)
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("{} (installed by scripts/test)", program.display()))?;
+        let stderr = child.stderr.take().context("moto stderr")?;
+        let line = Self::wait_for(
+            &mut child,
+            BufReader::new(stderr).lines(),
+            "Running on http://",
+        )?;
+        let at = line.find("http://").context("moto address")?;
+        Ok(Self {
+            child,
+            address: line[at..].trim().to_owned(),
+        })
+    }
+
+    /// Reads `lines` until one contains `marker` (then keeps draining them); that line.
+    fn wait_for(
+        child: &mut Child,
+        mut lines: impl Iterator<Item = std::io::Result<String>> + Send + 'static,
+        marker: &str,
+    ) -> Result<String> {
+        let found = loop {
+            let Some(line) = lines.next() else {
+                child.kill().ok();
+                bail!("the helper exited before saying {marker:?}");
+            };
+            let line = line?;
+            if line.contains(marker) {
+                break line;
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(found)
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
 }
 
 /// The release server, started as a child process so its memory can be read.
@@ -137,7 +274,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(storage: &Path) -> Result<Self> {
+    fn start(storage: &Path, env: &[(&str, String)]) -> Result<Self> {
         let exe = std::env::current_exe()?.with_file_name("blobs");
         let mut child = Command::new(&exe)
             .env("TOKEN_SECRET", SECRET)
@@ -150,6 +287,7 @@ impl Server {
             .env("MAX_CONNECTIONS", "100000")
             .env("EVENTS_PER_SECOND", "1000000")
             .env("EVENT_BURST", "1000000")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {} (build it with --release)", exe.display()))?;
@@ -329,7 +467,7 @@ fn bench_ref(i: usize) -> String {
 }
 
 async fn throughput(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     token: &str,
     clients: usize,
     duration: Duration,
@@ -338,7 +476,7 @@ async fn throughput(
     let data = kib_data();
     let mut sockets = Vec::with_capacity(clients);
     for i in 0..clients {
-        let mut socket = RawClient::connect_token(addr, token).await?;
+        let mut socket = RawClient::connect_token(addrs[i % addrs.len()], token).await?;
         let r = if workload == Workload::Contend {
             bench_ref(1_000_000)
         } else {
@@ -469,15 +607,20 @@ async fn http_throughput(
 /// One writer, `subscribers` watchers of the same ref: time from sending `set` to each
 /// watcher's `changed`. Watchers keep their receive times to themselves (no shared lock on the
 /// measured path); an atomic count tells the writer when a round is complete.
-async fn fanout(addr: SocketAddr, token: &str, subscribers: usize, writes: usize) -> Result<Value> {
-    let r = bench_ref(2_000_000);
-    let mut writer = RawClient::connect_token(addr, token).await?;
+async fn fanout(
+    addrs: &[SocketAddr],
+    token: &str,
+    subscribers: usize,
+    writes: usize,
+) -> Result<Value> {
+    let r = bench_ref(2_000_000 + subscribers + addrs.len());
+    let mut writer = RawClient::connect_token(addrs[0], token).await?;
     writer.call("ref", &[json!(r)]).await?;
     let received = Arc::new(AtomicUsize::new(0));
     let round_done = Arc::new(Notify::new());
     let mut watchers = Vec::new();
-    for _ in 0..subscribers {
-        let mut socket = RawClient::connect_token(addr, token).await?;
+    for i in 0..subscribers {
+        let mut socket = RawClient::connect_token(addrs[i % addrs.len()], token).await?;
         socket.call("ref", &[json!(r)]).await?;
         let (received, round_done) = (received.clone(), round_done.clone());
         watchers.push(tokio::spawn(async move {

@@ -22,6 +22,7 @@ use axum::http::Method;
 use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{Map, Value as Json, json};
+use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
 
 use super::{Reply, Session, max_message_len, object};
@@ -42,9 +43,9 @@ const USE_DIRECT_PATH: &str =
     "too large for the inline path: send request-upload and PUT the bytes to the granted URL";
 
 /// `blob-upload`: verifies and stores each inline blob.
-pub(super) async fn upload(
-    session: &Session,
-    socket: &SocketRef,
+pub(super) async fn upload<A: Adapter>(
+    session: &Session<A>,
+    socket: &SocketRef<A>,
     arg: Option<&Json>,
 ) -> Result<Reply, Error> {
     if session.read_only {
@@ -65,7 +66,7 @@ pub(super) async fn upload(
                 if stored.created {
                     tracing::debug!(bucket = %session.bucket, hash = %stored.hash, "content stored inline");
                     let changes = session.state.changes();
-                    changes.announce_content(&session.bucket, &stored.hash, Some(socket));
+                    changes.announce_content(&session.bucket, &stored.hash, Some(socket.id));
                 }
                 accepted.push(json!(stored.hash.as_str()));
             }
@@ -77,8 +78,8 @@ pub(super) async fn upload(
 }
 
 /// Stores one `{ hash, data_b64 }`, or says why not.
-async fn store_inline(
-    session: &Session,
+async fn store_inline<A: Adapter>(
+    session: &Session<A>,
     entry: &Json,
     max_chars: usize,
 ) -> Result<cas::Stored, String> {
@@ -112,7 +113,10 @@ async fn store_inline(
 
 /// `blob-request`: the requested content inline, as far as it fits one message; with
 /// `redirect`, large content as direct download URLs.
-pub(super) async fn request(session: &Session, arg: Option<&Json>) -> Result<Reply, Error> {
+pub(super) async fn request<A: Adapter>(
+    session: &Session<A>,
+    arg: Option<&Json>,
+) -> Result<Reply, Error> {
     let params = object(arg)?;
     let hashes = list(params, "hashes", "expected { hashes: [hash], redirect? }")?;
     let redirect = match params.get("redirect") {
@@ -169,7 +173,10 @@ pub(super) async fn request(session: &Session, arg: Option<&Json>) -> Result<Rep
 }
 
 /// `request-upload`: a direct upload URL, or why not.
-pub(super) async fn request_upload(session: &Session, arg: Option<&Json>) -> Result<Reply, Error> {
+pub(super) async fn request_upload<A: Adapter>(
+    session: &Session<A>,
+    arg: Option<&Json>,
+) -> Result<Reply, Error> {
     let params = object(arg)?;
     let named = params.get("hash").cloned().unwrap_or(Json::Null);
     let denied = |reason: String| {
@@ -220,9 +227,9 @@ pub(super) async fn request_upload(session: &Session, arg: Option<&Json>) -> Res
 }
 
 /// `blob-uploaded`: checks the content a client sent to its direct URL and announces it.
-pub(super) async fn uploaded(
-    session: &Session,
-    socket: &SocketRef,
+pub(super) async fn uploaded<A: Adapter>(
+    session: &Session<A>,
+    socket: &SocketRef<A>,
     arg: Option<&Json>,
 ) -> Result<Reply, Error> {
     let params = object(arg)?;
@@ -255,7 +262,7 @@ pub(super) async fn uploaded(
     session
         .state
         .changes()
-        .announce_content(&session.bucket, &hash, Some(socket));
+        .announce_content(&session.bucket, &hash, Some(socket.id));
     Ok(Reply::Events(vec![(
         "blob-available",
         json!({ "hash": hash.as_str() }),

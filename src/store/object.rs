@@ -23,6 +23,25 @@ use super::{Blob, Error, Result, SetOutcome, SetRequest, Store, apply};
 /// winning; past this the caller gets a conflict with the latest data, as for any lost race.
 const MAX_ATTEMPTS: usize = 16;
 
+/// A client of one S3 bucket; plain `http://` endpoints (MinIO, tests) are allowed.
+pub fn s3_client(
+    endpoint: &str,
+    bucket: &str,
+    region: &str,
+    access_key_id: &str,
+    secret_access_key: &str,
+) -> object_store::Result<Arc<dyn ObjectStore>> {
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(endpoint)
+        .with_allow_http(endpoint.starts_with("http://"))
+        .with_bucket_name(bucket)
+        .with_region(region)
+        .with_access_key_id(access_key_id)
+        .with_secret_access_key(secret_access_key)
+        .build()?;
+    Ok(Arc::new(store))
+}
+
 /// Versioned blobs in an object store.
 pub struct ObjectBlobs {
     store: Arc<dyn ObjectStore>,

@@ -341,20 +341,59 @@ impl S3Server {
 
     /// An object-store client of the bucket.
     pub fn client(&self) -> std::sync::Arc<dyn object_store::ObjectStore> {
-        let store = object_store::aws::AmazonS3Builder::new()
-            .with_endpoint(&self.endpoint)
-            .with_allow_http(true)
-            .with_bucket_name(&self.bucket)
-            .with_region("us-east-1")
-            .with_access_key_id("test")
-            .with_secret_access_key("test")
-            .build()
-            .expect("S3 client");
-        std::sync::Arc::new(store)
+        blobs::store::s3_client(&self.endpoint, &self.bucket, "us-east-1", "test", "test")
+            .expect("S3 client")
     }
 }
 
 impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// A Redis server for the several-node tests (Debian's `redis-server`, installed by
+/// `scripts/test`) on a free loopback port, without persistence; killed when dropped.
+pub struct RedisServer {
+    pub url: String,
+    child: std::process::Child,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        // Redis takes no port 0: take a free port from the kernel and hand it over.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("redis-server starts (run scripts/test to install it)");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        loop {
+            let line = lines
+                .next()
+                .expect("redis-server says it is ready before exiting")
+                .expect("readable log");
+            if line.contains("Ready to accept connections") {
+                break;
+            }
+        }
+        std::thread::spawn(move || lines.for_each(drop));
+        Self {
+            url: format!("redis://127.0.0.1:{port}"),
+            child,
+        }
+    }
+}
+
+impl Drop for RedisServer {
     fn drop(&mut self) {
         self.child.kill().ok();
         self.child.wait().ok();
