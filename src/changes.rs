@@ -123,9 +123,20 @@ impl Changes {
             }
         });
         let streams = self.streams.clone();
+        // Ends with the server (the publishing task ends when this `Changes` is dropped).
+        let closing = self.closing();
         tokio::spawn(async move {
+            tokio::pin!(closing);
             let mut messages = subscriber.into_on_message();
-            while let Some(message) = messages.next().await {
+            loop {
+                let message = tokio::select! {
+                    message = messages.next() => message,
+                    () = &mut closing => return,
+                };
+                let Some(message) = message else {
+                    tracing::warn!("the change relay from Redis ended");
+                    return;
+                };
                 let text: String = message.get_payload().unwrap_or_default();
                 match relayed_change(&text, &node) {
                     Some(change) => {
@@ -134,7 +145,6 @@ impl Changes {
                     None => tracing::trace!("relayed message skipped"),
                 }
             }
-            tracing::warn!("the change relay from Redis ended");
         });
         self.relay.set(relay).ok();
         Ok(())
