@@ -41,6 +41,13 @@ pub struct Grant {
     pub read_only: bool,
 }
 
+impl Grant {
+    /// The bucket, when the token may write to it.
+    pub fn writable_bucket(&self) -> Option<&Bucket> {
+        (!self.read_only).then_some(&self.bucket)
+    }
+}
+
 /// Options of a token to mint.
 #[derive(Clone, Debug, Default)]
 pub struct MintOptions {

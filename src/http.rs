@@ -190,11 +190,7 @@ pub(crate) fn bearer_grant(headers: &HeaderMap, state: &AppState) -> Option<Gran
 
 impl Token {
     fn writer(&self) -> Result<&Bucket> {
-        if self.0.read_only {
-            Err(HttpError::ReadOnly)
-        } else {
-            Ok(&self.0.bucket)
-        }
+        self.0.writable_bucket().ok_or(HttpError::ReadOnly)
     }
 }
 

@@ -72,6 +72,12 @@ impl fmt::Display for Ref {
     }
 }
 
+/// Whether `text` is exactly `len` lower-case hex digits (the only spelling of content hashes
+/// and handles).
+fn is_lower_hex(text: &str, len: usize) -> bool {
+    text.len() == len && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// The name of a content-addressed blob: the BLAKE3 hash of its bytes as 64 lower-case hex
 /// characters.
 ///
@@ -83,8 +89,7 @@ pub struct ContentHash(String);
 impl ContentHash {
     /// Accepts exactly 64 lower-case hex digits.
     pub fn parse(text: &str) -> Option<Self> {
-        (text.len() == REF_LEN && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-            .then(|| Self(text.to_owned()))
+        is_lower_hex(text, REF_LEN).then(|| Self(text.to_owned()))
     }
 
     /// The name of `hash`.
@@ -128,8 +133,7 @@ impl Handle {
 
     /// Accepts exactly 32 lower-case hex digits.
     pub fn parse(text: &str) -> Option<Self> {
-        (text.len() == HANDLE_LEN && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-            .then(|| Self(text.to_owned()))
+        is_lower_hex(text, HANDLE_LEN).then(|| Self(text.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {

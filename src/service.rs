@@ -140,7 +140,8 @@ impl Record {
         })
     }
 
-    fn content_hash(&self) -> Option<ContentHash> {
+    /// The name of the record's content (`None` for a record edited into nonsense).
+    pub fn content_hash(&self) -> Option<ContentHash> {
         ContentHash::parse(&self.hash)
     }
 }

@@ -160,11 +160,7 @@ impl FromRequestParts<AppState> for Token {
 
 impl Token {
     fn writer(&self) -> Result<&Bucket> {
-        if self.0.read_only {
-            Err(ServiceError::ReadOnly)
-        } else {
-            Ok(&self.0.bucket)
-        }
+        self.0.writable_bucket().ok_or(ServiceError::ReadOnly)
     }
 }
 
@@ -333,16 +329,12 @@ pub(super) async fn read(
     headers: HeaderMap,
 ) -> Result<Response> {
     let record = live_record(&state, &token, &handle)?;
-    let hash = cas_hash(&record)?;
+    let hash = record.content_hash().ok_or(ServiceError::NotFound)?;
     let Some(content) = state.content().open(&token.0.bucket, &hash).await? else {
         tracing::error!(bucket = %token.0.bucket, handle = %record.handle, %hash, "the content of a live record is missing");
         return Err(ServiceError::NotFound);
     };
     Ok(serve(content, &hash, &record.content_type, &headers).await?)
-}
-
-fn cas_hash(record: &Record) -> Result<crate::names::ContentHash> {
-    crate::names::ContentHash::parse(&record.hash).ok_or(ServiceError::NotFound)
 }
 
 /// The record of an upload.

@@ -234,10 +234,7 @@ fn recover_backup(backup: &Path) -> io::Result<()> {
     let target = PathBuf::from(&name[..name.len() - BACKUP_SUFFIX.len()]);
     if matches!(read_blob(&target), Ok(Some(_))) {
         tracing::info!(path = %backup.display(), "removing stale backup of a complete blob file");
-        fs::remove_file(backup)?;
-        if let Some(dir) = backup.parent() {
-            durable::sync_dir(dir)?;
-        }
+        durable::remove(backup)?;
     } else if matches!(read_blob(backup), Ok(Some(_))) {
         tracing::warn!(path = %target.display(), "restoring blob file from its backup");
         durable::rename(backup, &target)?;
