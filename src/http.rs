@@ -61,11 +61,10 @@ pub fn router(max_data_bytes: usize, cas_max_bytes: u64) -> Router<AppState> {
 }
 
 async fn method_not_allowed() -> Response {
-    (
+    error_response(
         StatusCode::METHOD_NOT_ALLOWED,
-        Json(json!({ "error": "Method not allowed on this path" })),
+        "Method not allowed on this path".to_owned(),
     )
-        .into_response()
 }
 
 /// The OpenAPI document of this API, generated from the handlers below.
@@ -154,14 +153,20 @@ impl IntoResponse for HttpError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
-        if matches!(self, HttpError::Unauthorized) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
+        error_response(status, self.to_string())
     }
+}
+
+/// A JSON error body `{ "error": message }` with its status, for every HTTP API; a 401 carries
+/// the Bearer challenge.
+fn error_response(status: StatusCode, message: String) -> Response {
+    let mut response = (status, Json(json!({ "error": message }))).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
 }
 
 type Result<T, E = HttpError> = std::result::Result<T, E>;

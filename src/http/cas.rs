@@ -19,12 +19,11 @@ use axum::routing::get;
 use futures_util::TryStreamExt;
 use http_range_header::RangeUnsatisfiableError;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 use utoipa::{IntoParams, ToSchema};
 
-use super::ErrorBody;
+use super::{ErrorBody, error_response};
 
 use crate::cas::{self, Content};
 use crate::direct::{Denied, now_unix};
@@ -111,20 +110,12 @@ impl IntoResponse for CasError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        let mut response =
-            (status, axum::Json(json!({ "error": self.to_string() }))).into_response();
-        let headers = response.headers_mut();
-        match self {
-            CasError::Unauthorized => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            CasError::Range(size) => {
-                headers.insert(
-                    header::CONTENT_RANGE,
-                    header_value(format!("bytes */{size}")),
-                );
-            }
-            _ => {}
+        let mut response = error_response(status, self.to_string());
+        if let CasError::Range(size) = self {
+            response.headers_mut().insert(
+                header::CONTENT_RANGE,
+                header_value(format!("bytes */{size}")),
+            );
         }
         response
     }

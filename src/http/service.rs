@@ -28,7 +28,7 @@ use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
 
 use super::cas::{CasError, serve};
-use super::{ErrorBody, async_stream, bearer_grant};
+use super::{ErrorBody, async_stream, bearer_grant, error_response};
 use crate::auth::Grant;
 use crate::cas::{self, Incoming};
 use crate::names::{Bucket, Handle};
@@ -94,7 +94,10 @@ impl From<cas::Error> for ServiceError {
 
 impl IntoResponse for ServiceError {
     fn into_response(self) -> Response {
-        let status = match &self {
+        let message = self.to_string();
+        let status = match self {
+            // Reading content fails as content reads do (416 with its Content-Range).
+            ServiceError::Content(inner) => return inner.into_response(),
             ServiceError::Unauthorized => StatusCode::UNAUTHORIZED,
             ServiceError::ReadOnly => StatusCode::FORBIDDEN,
             ServiceError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -104,20 +107,8 @@ impl IntoResponse for ServiceError {
                 tracing::error!("blob service storage failure: {cause}");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            ServiceError::Content(_) => {
-                let ServiceError::Content(inner) = self else {
-                    unreachable!("matched above")
-                };
-                return inner.into_response();
-            }
         };
-        let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
-        if matches!(self, ServiceError::Unauthorized) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
+        error_response(status, message)
     }
 }
 
