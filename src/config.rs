@@ -198,7 +198,7 @@ pub enum ConfigError {
 
 impl Config {
     /// The object store of `STORE=s3`.
-    pub fn s3(&self) -> Result<std::sync::Arc<dyn object_store::ObjectStore>, ConfigError> {
+    pub fn s3(&self) -> Result<object_store::aws::AmazonS3, ConfigError> {
         let (Some(endpoint), Some(bucket), Some(key), Some(secret)) = (
             &self.s3_endpoint,
             &self.s3_bucket,

@@ -1,19 +1,23 @@
 //! Direct transfer URLs: a client moves large content with a plain HTTP request to a URL the
 //! server handed out, without a Bearer token, instead of through the Socket.IO connection.
 //!
-//! Handing out URLs is behind [`DirectUrls`], so an object-store backend can give its own
-//! presigned URLs instead. [`SignedUrls`] is this server's own kind: its `/blobs/{hash}` routes
-//! with `?bucket=&exp=&sig=`, where `sig` is an HMAC-SHA256 over the method, bucket, hash and
-//! expiry. A URL is good for one method, one bucket and one hash until it expires; changing any
-//! part of it breaks the signature.
+//! Handing out URLs is behind [`DirectUrls`]. [`SignedUrls`] is this server's own kind: its
+//! `/blobs/{hash}` routes with `?bucket=&exp=&sig=`, where `sig` is an HMAC-SHA256 over the
+//! method, bucket, hash and expiry. [`PresignedUrls`] are the object store's own (S3 query
+//! signatures), so the bytes bypass the nodes: a GET reads the content's object, a PUT writes
+//! a staging object that `blob-uploaded` verifies by hash before it becomes the content. A URL
+//! is good for one method, one bucket and one hash until it expires; changing any part of it
+//! breaks the signature.
 
 use std::time::Duration;
 
 use axum::http::Method;
 use hmac::{Hmac, Mac};
+use object_store::signer::Signer;
 use serde::Serialize;
 use sha2::Sha256;
 
+use crate::cas;
 use crate::names::{Bucket, ContentHash};
 
 /// A URL handed to a client, and when it stops working.
@@ -24,17 +28,18 @@ pub struct DirectUrl {
 }
 
 /// Hands out direct transfer URLs.
+#[async_trait::async_trait]
 pub trait DirectUrls: Send + Sync + 'static {
     /// A URL that lets its holder `method` (GET or PUT) this one content of `bucket` until it
     /// expires. `origin` is this server's public origin (`https://blobs.example.com`).
-    fn grant(
+    async fn grant(
         &self,
         origin: &str,
         method: &Method,
         bucket: &Bucket,
         hash: &ContentHash,
         now_unix: u64,
-    ) -> DirectUrl;
+    ) -> cas::Result<DirectUrl>;
 }
 
 /// Why a signed URL is refused (the client sees 403 either way).
@@ -99,22 +104,73 @@ impl SignedUrls {
     }
 }
 
+#[async_trait::async_trait]
 impl DirectUrls for SignedUrls {
-    fn grant(
+    async fn grant(
         &self,
         origin: &str,
         method: &Method,
         bucket: &Bucket,
         hash: &ContentHash,
         now_unix: u64,
-    ) -> DirectUrl {
+    ) -> cas::Result<DirectUrl> {
         let exp = now_unix + self.lifetime.as_secs().max(1);
         let sig = hex::encode(self.mac(method, bucket, hash, exp).finalize().into_bytes());
         // Bucket names and hashes need no escaping in a URL.
-        DirectUrl {
+        Ok(DirectUrl {
             url: format!("{origin}/blobs/{hash}?bucket={bucket}&exp={exp}&sig={sig}"),
             expires_at_unix: exp,
+        })
+    }
+}
+
+/// The object store's presigned URLs (S3 query signatures).
+pub struct PresignedUrls {
+    s3: object_store::aws::AmazonS3,
+    /// Prepended to every object name (`S3_PREFIX`).
+    prefix: String,
+    lifetime: Duration,
+}
+
+impl PresignedUrls {
+    pub fn new(s3: object_store::aws::AmazonS3, prefix: &str, lifetime: Duration) -> Self {
+        Self {
+            s3,
+            prefix: prefix.to_owned(),
+            lifetime,
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl DirectUrls for PresignedUrls {
+    async fn grant(
+        &self,
+        _origin: &str,
+        method: &Method,
+        bucket: &Bucket,
+        hash: &ContentHash,
+        now_unix: u64,
+    ) -> cas::Result<DirectUrl> {
+        // Uploads land beside the content, never on it: `blob-uploaded` checks them first.
+        let path = if method == Method::PUT {
+            cas::staging_path(&self.prefix, bucket, hash)
+        } else {
+            cas::content_path(&self.prefix, bucket, hash)
+        };
+        let lifetime = self.lifetime.max(Duration::from_secs(1));
+        let url = self
+            .s3
+            .signed_url(method.clone(), &path, lifetime)
+            .await
+            .map_err(|e| cas::Error::Io {
+                path: path.to_string(),
+                source: std::io::Error::other(e),
+            })?;
+        Ok(DirectUrl {
+            url: url.to_string(),
+            expires_at_unix: now_unix + lifetime.as_secs(),
+        })
     }
 }
 
@@ -136,12 +192,15 @@ mod tests {
             .to_owned()
     }
 
-    #[test]
-    fn a_url_is_good_for_one_method_bucket_and_hash_until_it_expires() {
+    #[tokio::test]
+    async fn a_url_is_good_for_one_method_bucket_and_hash_until_it_expires() {
         let urls = SignedUrls::new("secret", Duration::from_secs(900));
         let bucket = Bucket::parse("photos").unwrap();
         let hash = ContentHash::of(b"bytes");
-        let granted = urls.grant("http://h", &Method::PUT, &bucket, &hash, 1_000);
+        let granted = urls
+            .grant("http://h", &Method::PUT, &bucket, &hash, 1_000)
+            .await
+            .unwrap();
         assert_eq!(granted.expires_at_unix, 1_900);
         assert!(granted.url.starts_with(&format!(
             "http://h/blobs/{hash}?bucket=photos&exp=1900&sig="

@@ -71,4 +71,6 @@ pub enum StartError {
     },
     #[error("the Socket.IO Redis adapter failed to start: {0}")]
     Adapter(String),
+    #[error("cannot load the Blob Service's records: {0}")]
+    Records(#[source] crate::service::Error),
 }

@@ -70,11 +70,12 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::map_response_body::MapResponseBodyLayer;
 
 use crate::auth::Keys;
-use crate::cas::{ContentStore, FsContent};
+use crate::cas::{CLAIM_GRACE, ContentStore, FsContent, ObjectContent};
 use crate::config::Config;
 use crate::config::StoreKind;
+use crate::direct::{DirectUrls, PresignedUrls};
 use crate::error::StartError;
-use crate::service::BlobService;
+use crate::service::{BlobService, RecordFiles, RecordObjects, RecordStore};
 use crate::state::AppState;
 use crate::store::{FsStore, ObjectBlobs, Store};
 
@@ -92,17 +93,34 @@ pub async fn run(
         path: config.storage.display().to_string(),
         source,
     };
-    let store: Arc<dyn Store> = match config.store {
-        StoreKind::Fs => Arc::new(FsStore::open(&config.storage).map_err(storage_error)?),
-        StoreKind::S3 => Arc::new(ObjectBlobs::new(config.s3()?, &config.s3_prefix)),
+    let (store, content, records, direct): Backend = match config.store {
+        StoreKind::Fs => (
+            Arc::new(FsStore::open(&config.storage).map_err(storage_error)?),
+            Arc::new(FsContent::open(&config.storage).map_err(storage_error)?),
+            Arc::new(RecordFiles::new(&config.storage)),
+            None,
+        ),
+        StoreKind::S3 => {
+            let s3 = config.s3()?;
+            let prefix = &config.s3_prefix;
+            let shared: Arc<dyn object_store::ObjectStore> = Arc::new(s3.clone());
+            (
+                Arc::new(ObjectBlobs::new(shared.clone(), prefix)),
+                Arc::new(ObjectContent::new(shared.clone(), prefix, CLAIM_GRACE)),
+                Arc::new(RecordObjects::new(shared, prefix)),
+                Some(Arc::new(PresignedUrls::new(s3, prefix, config.direct_url_ttl)) as _),
+            )
+        }
     };
-    let content: Arc<dyn ContentStore> =
-        Arc::new(FsContent::open(&config.storage).map_err(storage_error)?);
-    let service = BlobService::open(&config.storage, content.clone()).map_err(storage_error)?;
-    let state = AppState::new(&config, keys, store, content, service, secret);
+    let service = BlobService::open(records, content.clone())
+        .await
+        .map_err(StartError::Records)?;
+    let state = AppState::new(&config, keys, store, content, service, direct, secret);
     tokio::spawn(retention_sweeps(
         state.clone(),
         config.retention_sweep_interval,
+        // A direct upload nobody confirmed within twice its URL's lifetime never will be.
+        config.direct_url_ttl * 2,
     ));
     let builder = sockets(&config, &state);
     match &config.redis_url {
@@ -129,10 +147,24 @@ pub async fn run(
                 .map_err(|e| StartError::Adapter(e.to_string()))?;
             state.changes().attach_cluster(io.clone());
             state.changes().relay(&client).await.map_err(redis_error)?;
+            state
+                .service()
+                .join(&client, state.changes().closing())
+                .await
+                .map_err(StartError::Records)?;
             serve(listener, &config, state, layer, io, shutdown).await
         }
     }
 }
+
+/// The storage a node runs on: versioned blobs, content, the Blob Service's records, and the
+/// direct URLs of the storage itself (`None`: this server's signed URLs).
+type Backend = (
+    Arc<dyn Store>,
+    Arc<dyn ContentStore>,
+    Arc<dyn RecordStore>,
+    Option<Arc<dyn DirectUrls>>,
+);
 
 /// The Socket.IO server's settings, before its adapter is chosen.
 fn sockets(config: &Config, state: &AppState) -> SocketIoBuilder {
@@ -249,8 +281,9 @@ async fn serve<A: Adapter>(
     }
 }
 
-/// Runs the Blob Service's retention sweep now and every `interval`, until shutdown.
-async fn retention_sweeps(state: AppState, interval: Duration) {
+/// Runs the Blob Service's retention sweep, and the sweep of direct uploads nobody confirmed
+/// within `staging_age`, now and every `interval`, until shutdown.
+async fn retention_sweeps(state: AppState, interval: Duration, staging_age: Duration) {
     let closing = state.changes().closing();
     tokio::pin!(closing);
     let mut ticks = tokio::time::interval(interval);
@@ -270,6 +303,11 @@ async fn retention_sweeps(state: AppState, interval: Duration) {
             );
         } else {
             tracing::debug!("retention sweep: nothing expired");
+        }
+        match state.content().sweep_staging(staging_age).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "unconfirmed direct uploads removed"),
+            Err(e) => tracing::error!("cannot sweep unconfirmed direct uploads: {e}"),
         }
     }
 }

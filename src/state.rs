@@ -64,15 +64,17 @@ impl AppState {
         store: Arc<dyn Store>,
         content: Arc<dyn ContentStore>,
         service: BlobService,
+        direct: Option<Arc<dyn DirectUrls>>,
         secret: &str,
     ) -> Self {
         let signed = SignedUrls::new(secret, config.direct_url_ttl);
+        let direct = direct.unwrap_or_else(|| Arc::new(signed.clone()));
         Self(Arc::new(Inner {
             keys,
             store,
             content,
             service,
-            direct: Arc::new(signed.clone()),
+            direct,
             signed,
             cas: CasSettings {
                 max_bytes: config.cas_max_bytes,

@@ -370,8 +370,14 @@ async fn signed_urls_are_bound_and_expire() {
     let bytes = b"direct".to_vec();
     let hash = ContentHash::of(&bytes);
     let now = blobs::direct::now_unix();
-    let put = urls.grant(&origin, &Method::PUT, &bucket, &hash, now);
-    let get = urls.grant(&origin, &Method::GET, &bucket, &hash, now);
+    let put = urls
+        .grant(&origin, &Method::PUT, &bucket, &hash, now)
+        .await
+        .unwrap();
+    let get = urls
+        .grant(&origin, &Method::GET, &bucket, &hash, now)
+        .await
+        .unwrap();
     let http = Client::new();
 
     let forbidden = |response: Response| async move {
@@ -414,7 +420,10 @@ async fn signed_urls_are_bound_and_expire() {
         forbidden(http.get(&tampered).send().await.unwrap()).await;
     }
     // Expired an hour ago: signed with a start time in the past.
-    let expired = urls.grant(&origin, &Method::GET, &bucket, &hash, now - 3600);
+    let expired = urls
+        .grant(&origin, &Method::GET, &bucket, &hash, now - 3600)
+        .await
+        .unwrap();
     let response = http.get(&expired.url).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     assert!(error_of(response).await.contains("expired"));

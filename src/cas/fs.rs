@@ -10,17 +10,11 @@ use std::fs::File;
 use std::io::{self, Seek};
 use std::path::{Path, PathBuf};
 
-use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
-
 use crate::durable::{self, Staged};
 use crate::locks::KeyedLocks;
 use crate::names::{Bucket, ContentHash};
 
 use super::{ByteStream, Content, ContentLock, ContentStore, Error, Incoming, Owner, Result};
-
-/// Bytes gathered from the network before each write to the staged file.
-const WRITE_BUFFER: usize = 256 * 1024;
 
 /// Directory of a bucket's content store, beside its versioned blobs' shard directories.
 const CAS_DIR: &str = "cas";
@@ -59,33 +53,6 @@ impl FsContent {
     fn path(&self, bucket: &Bucket, hash: &ContentHash) -> PathBuf {
         self.dir(bucket).join(hash.shard()).join(hash.as_str())
     }
-}
-
-/// Streams `body` into a file staged in `dir`; its hash and size.
-async fn receive(
-    staged: &mut Staged,
-    dir: &Path,
-    mut body: ByteStream<'_>,
-    limit: u64,
-) -> Result<(ContentHash, u64)> {
-    let io_error = |source| io_error(dir, source);
-    let file = tokio::fs::File::from_std(staged.file().try_clone().map_err(io_error)?);
-    // Network chunks are small; each file write is a trip to the blocking pool.
-    let mut file = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
-    let mut hasher = blake3::Hasher::new();
-    let mut size = 0u64;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(Error::Body)?;
-        size += chunk.len() as u64;
-        if size > limit {
-            return Err(Error::TooLarge(limit));
-        }
-        hasher.update(&chunk);
-        file.write_all(&chunk).await.map_err(io_error)?;
-    }
-    // A tokio file finishes its last write in the background until flushed.
-    file.flush().await.map_err(io_error)?;
-    Ok((ContentHash::from_blake3(&hasher.finalize()), size))
 }
 
 /// Content received into a staged file, waiting for its commit.
@@ -154,7 +121,12 @@ impl ContentStore for FsContent {
         let mut staged = tokio::task::spawn_blocking(move || Staged::new_in(&staging))
             .await?
             .map_err(|source| io_error(&dir, source))?;
-        let (hash, size) = receive(&mut staged, &dir, body, limit).await?;
+        let file = staged
+            .file()
+            .try_clone()
+            .map_err(|source| io_error(&dir, source))?;
+        let file = tokio::fs::File::from_std(file);
+        let (hash, size) = super::hash_into(file, body, limit, &dir.display().to_string()).await?;
         let path = self.path(bucket, &hash);
         Ok(Box::new(FsIncoming {
             staged,

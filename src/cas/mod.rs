@@ -9,17 +9,19 @@
 //! The trait is what an object-store backend implements as well as the file backend.
 
 mod fs;
+mod object;
 
 use std::io;
 use std::pin::Pin;
 
 use bytes::Bytes;
-use futures_util::Stream;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek};
+use futures_util::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, AsyncWrite, AsyncWriteExt};
 
 use crate::names::{Bucket, ContentHash};
 
 pub use fs::FsContent;
+pub use object::{CLAIM_GRACE, DOOM_LEASE, ObjectContent, content_path, staging_path};
 
 /// A body arriving in chunks (an HTTP request body, a multipart part, or one buffer).
 pub type ByteStream<'a> = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + 'a>>;
@@ -139,6 +141,60 @@ pub trait ContentStore: Send + Sync + 'static {
 
     /// Every content the Blob Service owns, for its sweep.
     async fn service_owned(&self) -> Result<Vec<(Bucket, ContentHash)>>;
+
+    /// Takes in content a client sent to a direct upload URL (`held` is its lock); `false`
+    /// when no intact content of this hash arrived. This server's own URLs store through
+    /// [`put`], which verifies, so by default there is only the stored content to check.
+    async fn adopt(&self, bucket: &Bucket, hash: &ContentHash, held: ContentLock) -> Result<bool> {
+        let _held = held;
+        Ok(self.open(bucket, hash).await?.is_some())
+    }
+
+    /// Removes direct uploads older than `age` that nobody confirmed; how many. None by
+    /// default: this server's own URLs stage nothing.
+    async fn sweep_staging(&self, _age: std::time::Duration) -> Result<usize> {
+        Ok(0)
+    }
+}
+
+/// `blob-uploaded`: takes in what arrived at the direct upload URL of `hash`, verified.
+pub async fn adopt(store: &dyn ContentStore, bucket: &Bucket, hash: &ContentHash) -> Result<bool> {
+    let held = store.lock(bucket, hash).await;
+    store.adopt(bucket, hash, held).await
+}
+
+/// Bytes gathered from the network before each write to a staged file.
+const WRITE_BUFFER: usize = 256 * 1024;
+
+/// Writes `body` to `file` while hashing it; its hash and size. A body over `limit` bytes is
+/// [`Error::TooLarge`] as soon as it passes the limit. `file` (named `what` in errors) is
+/// flushed before this returns.
+async fn hash_into(
+    file: impl AsyncWrite + Unpin,
+    mut body: ByteStream<'_>,
+    limit: u64,
+    what: &str,
+) -> Result<(ContentHash, u64)> {
+    let io_error = |source| Error::Io {
+        path: what.to_owned(),
+        source,
+    };
+    // Network chunks are small; each file write is a trip to the blocking pool.
+    let mut file = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
+    let mut hasher = blake3::Hasher::new();
+    let mut size = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(Error::Body)?;
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(Error::TooLarge(limit));
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk).await.map_err(io_error)?;
+    }
+    // A tokio file finishes its last write in the background until flushed.
+    file.flush().await.map_err(io_error)?;
+    Ok((ContentHash::from_blake3(&hasher.finalize()), size))
 }
 
 /// Streams `body` into the bucket's store for the content-addressed flows. With `expected`, a

@@ -291,11 +291,16 @@ async fn read_small(mut field: Field<'_>, limit: u64) -> Result<Vec<u8>> {
 }
 
 /// The live record of a handle in the token's bucket.
-fn live_record(state: &AppState, token: &Token, handle: &str) -> Result<std::sync::Arc<Record>> {
+async fn live_record(
+    state: &AppState,
+    token: &Token,
+    handle: &str,
+) -> Result<std::sync::Arc<Record>> {
     let handle = parse_handle(handle)?;
     state
         .service()
         .get(&token.0.bucket, &handle, now_ms())
+        .await?
         .ok_or(ServiceError::NotFound)
 }
 
@@ -319,7 +324,7 @@ pub(super) async fn read(
     Path(handle): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let record = live_record(&state, &token, &handle)?;
+    let record = live_record(&state, &token, &handle).await?;
     let hash = record.content_hash().ok_or(ServiceError::NotFound)?;
     let Some(content) = state.content().open(&token.0.bucket, &hash).await? else {
         tracing::error!(bucket = %token.0.bucket, handle = %record.handle, %hash, "the content of a live record is missing");
@@ -344,7 +349,7 @@ pub(super) async fn metadata(
     token: Token,
     Path(handle): Path<String>,
 ) -> Result<Json<Record>> {
-    Ok(Json((*live_record(&state, &token, &handle)?).clone()))
+    Ok(Json((*live_record(&state, &token, &handle).await?).clone()))
 }
 
 /// Deletes an upload: 204.

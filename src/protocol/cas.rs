@@ -148,13 +148,16 @@ pub(super) async fn request<A: Adapter>(
                 blobs.push(json!({ "hash": hash.as_str(), "data_b64": data }));
             }
             Some(Err(_size)) if redirect => {
-                let url = state.direct().grant(
-                    &session.origin,
-                    &Method::GET,
-                    &session.bucket,
-                    &hash,
-                    now_unix(),
-                );
+                let url = state
+                    .direct()
+                    .grant(
+                        &session.origin,
+                        &Method::GET,
+                        &session.bucket,
+                        &hash,
+                        now_unix(),
+                    )
+                    .await?;
                 redirects.push(json!({
                     "hash": hash.as_str(),
                     "url": url.url,
@@ -213,13 +216,17 @@ pub(super) async fn request_upload<A: Adapter>(
     {
         return denied("already present".to_owned());
     }
-    let url = session.state.direct().grant(
-        &session.origin,
-        &Method::PUT,
-        &session.bucket,
-        &hash,
-        now_unix(),
-    );
+    let url = session
+        .state
+        .direct()
+        .grant(
+            &session.origin,
+            &Method::PUT,
+            &session.bucket,
+            &hash,
+            now_unix(),
+        )
+        .await?;
     Ok(Reply::Events(vec![(
         "upload-granted",
         json!({ "hash": hash.as_str(), "url": url.url, "expires_at_unix": url.expires_at_unix }),
@@ -246,14 +253,7 @@ pub(super) async fn uploaded<A: Adapter>(
     if session.read_only {
         return rejected("read-only token");
     }
-    // `open` verifies the stored bytes against the hash.
-    if session
-        .state
-        .content()
-        .open(&session.bucket, &hash)
-        .await?
-        .is_none()
-    {
+    if !cas::adopt(session.state.content(), &session.bucket, &hash).await? {
         return rejected(
             "no content with this hash arrived: PUT the exact bytes to the granted URL",
         );

@@ -30,16 +30,15 @@ pub fn s3_client(
     region: &str,
     access_key_id: &str,
     secret_access_key: &str,
-) -> object_store::Result<Arc<dyn ObjectStore>> {
-    let store = object_store::aws::AmazonS3Builder::new()
+) -> object_store::Result<object_store::aws::AmazonS3> {
+    object_store::aws::AmazonS3Builder::new()
         .with_endpoint(endpoint)
         .with_allow_http(endpoint.starts_with("http://"))
         .with_bucket_name(bucket)
         .with_region(region)
         .with_access_key_id(access_key_id)
         .with_secret_access_key(secret_access_key)
-        .build()?;
-    Ok(Arc::new(store))
+        .build()
 }
 
 /// Versioned blobs in an object store.

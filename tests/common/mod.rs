@@ -341,8 +341,10 @@ impl S3Server {
 
     /// An object-store client of the bucket.
     pub fn client(&self) -> std::sync::Arc<dyn object_store::ObjectStore> {
-        blobs::store::s3_client(&self.endpoint, &self.bucket, "us-east-1", "test", "test")
-            .expect("S3 client")
+        std::sync::Arc::new(
+            blobs::store::s3_client(&self.endpoint, &self.bucket, "us-east-1", "test", "test")
+                .expect("S3 client"),
+        )
     }
 }
 

@@ -2,10 +2,12 @@
 //! a lifetime (`retentionPolicy`), named by a handle, stored once in the bucket's content
 //! store, and announced on the bucket's metadata stream.
 //!
-//! Each upload is a record, one JSON file per handle at
-//! `<root>/<bucket>/handles/<handle[0..2]>/<handle>.json`, written through
-//! [`durable::replace`]; every record is also kept in memory (loaded at start) for listing and
-//! for the reference checks of the retention sweep. An expired record is gone for readers at
+//! Each upload is a record, one JSON document per handle at
+//! `<bucket>/handles/<handle[0..2]>/<handle>.json`, as a file or as an object ([`records`]);
+//! every record is also kept in memory (loaded at start) for listing and for the reference
+//! checks of the retention sweep. With several nodes ([`cluster`]), that memory follows the
+//! other nodes' records through Redis, a handle it does not know yet is looked up in storage,
+//! and each sweep first catches up with storage. An expired record is gone for readers at
 //! once; the sweep deletes expired records, then the content no live record refers to any
 //! more, if the service brought it in (content a shared flow also stored stays).
 //!
@@ -13,18 +15,24 @@
 //! unreferenced, happen under the content's lock, so a sweep never removes bytes an upload of
 //! the same content is committing.
 
-use std::collections::{BTreeSet, HashMap};
-use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+pub mod cluster;
+pub mod records;
 
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::io;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::cas::{self, ContentStore, Incoming, Owner};
-use crate::durable;
 use crate::locks::KeyedLocks;
 use crate::names::{Bucket, ContentHash, Handle};
+
+use cluster::{Applied, Cluster, Relayed};
+pub use records::{RecordFiles, RecordObjects, RecordStore};
 
 /// Name of the metadata stream, as in ActyxOS.
 pub const STREAM_NAME: &str = "ActyxOS-BlobService-Metadata";
@@ -32,9 +40,6 @@ pub const STREAM_NAME: &str = "ActyxOS-BlobService-Metadata";
 pub const STREAM_SEMANTICS: &str = "com.actyx.os.blobs.metadata";
 /// Longest `semantics`, in characters.
 pub const MAX_SEMANTICS: usize = 256;
-
-/// Directory of a bucket's records, beside its versioned blobs and its content store.
-const HANDLES_DIR: &str = "handles";
 
 /// How long an upload is kept.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -164,13 +169,16 @@ pub enum Error {
     /// The content store failed.
     #[error(transparent)]
     Content(#[from] cas::Error),
-    /// A record file could not be written or removed.
+    /// A record could not be read, written or removed.
     #[error("i/o error on {path}: {source}")]
     Io {
         path: String,
         #[source]
         source: io::Error,
     },
+    /// Redis, which orders new records across nodes, failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
     /// A storage task panicked.
     #[error("storage task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -197,12 +205,17 @@ struct Index {
 }
 
 impl Index {
-    fn insert(&mut self, handle: Handle, record: Arc<Record>) {
+    /// Adds a record; `false` (and nothing changes) when its handle is known already.
+    fn insert(&mut self, handle: Handle, record: Arc<Record>) -> bool {
+        if self.by_handle.contains_key(&handle) {
+            return false;
+        }
         if let Some(hash) = record.content_hash() {
             *self.refs.entry(hash).or_default() += 1;
         }
         self.by_time.insert((record.created, handle.clone()));
         self.by_handle.insert(handle, record);
+        true
     }
 
     fn remove(&mut self, handle: &Handle) -> Option<Arc<Record>> {
@@ -239,7 +252,7 @@ struct Records {
 pub struct BlobService(Arc<Inner>);
 
 struct Inner {
-    root: PathBuf,
+    storage: Arc<dyn RecordStore>,
     content: Arc<dyn ContentStore>,
     /// A std mutex: held only to read or change the maps (and to announce a new record, so
     /// announcements come in `created` order), never across an await.
@@ -249,8 +262,14 @@ struct Inner {
     stream: broadcast::Sender<(Bucket, Arc<Record>)>,
     /// One lock per bucket, held by an upload from choosing its `created` until its record is
     /// announced. A tokio lock: the record's durable write happens under it. Taken after the
-    /// content lock and before `records`, by uploads only.
+    /// content lock and before `records`, by uploads only. With several nodes, the bucket's
+    /// lock in Redis does this instead.
     order: KeyedLocks<Bucket, ()>,
+    /// The other nodes, once joined (`REDIS_URL`).
+    cluster: OnceLock<Cluster>,
+    /// `created` of the newest record applied from the other nodes' channel: an upload waits
+    /// for its own record to come back, so this node lists it from then on.
+    applied: watch::Sender<u64>,
 }
 
 /// New records of every bucket, in `created` order, as a metadata stream reads them.
@@ -259,50 +278,132 @@ pub type NewRecords = broadcast::Receiver<(Bucket, Arc<Record>)>;
 /// New records a metadata stream may fall behind by before it replays from the records.
 const STREAM_BACKLOG: usize = 1024;
 
+/// How long an upload waits for its record to come back from Redis before this node lists it
+/// anyway (Redis pub/sub loses messages while a connection is re-established).
+const APPLY_WAIT: Duration = Duration::from_secs(2);
+
+/// Records younger than this are left to the other nodes' channel when a sweep catches up with
+/// storage, so they reach the metadata streams in `created` order.
+const SETTLE: Duration = Duration::from_secs(10);
+
 impl BlobService {
-    /// Loads every record under `root` (removing temp files a crash left among them).
-    pub fn open(root: impl Into<PathBuf>, content: Arc<dyn ContentStore>) -> io::Result<Self> {
-        let root = root.into();
+    /// Loads every record from `storage`.
+    pub async fn open(
+        storage: Arc<dyn RecordStore>,
+        content: Arc<dyn ContentStore>,
+    ) -> Result<Self> {
         let mut records = Records::default();
-        for bucket_dir in durable::subdirs(&root)? {
-            let handles = bucket_dir.join(HANDLES_DIR);
-            let bucket = bucket_dir
-                .file_name()
-                .and_then(|n| Bucket::parse(&n.to_string_lossy()));
-            let Some(bucket) = bucket.filter(|_| handles.is_dir()) else {
-                continue;
-            };
-            for shard in durable::subdirs(&handles)? {
-                durable::remove_temp_files(&shard)?;
-                for entry in std::fs::read_dir(&shard)? {
-                    let path = entry?.path();
-                    match read_record(&path) {
-                        Ok((handle, record)) => {
-                            records.newest = records.newest.max(record.created);
-                            let index = records.buckets.entry(bucket.clone()).or_default();
-                            index.insert(handle, record);
-                        }
-                        Err(e) => tracing::error!(path = %path.display(), "record left out: {e}"),
-                    }
-                }
-            }
+        for (bucket, handle, record) in storage.load().await? {
+            records.newest = records.newest.max(record.created);
+            let index = records.buckets.entry(bucket).or_default();
+            index.insert(handle, record);
         }
         Ok(Self(Arc::new(Inner {
-            root,
+            storage,
             content,
             records: Mutex::new(records),
             stream: broadcast::channel(STREAM_BACKLOG).0,
             order: KeyedLocks::default(),
+            cluster: OnceLock::new(),
+            applied: watch::channel(0).0,
         })))
     }
 
-    fn path(&self, bucket: &Bucket, handle: &Handle) -> PathBuf {
-        self.0
-            .root
-            .join(bucket.as_str())
-            .join(HANDLES_DIR)
-            .join(handle.shard())
-            .join(format!("{handle}.json"))
+    /// Joins the other nodes on Redis: from now on this node's new records are ordered with
+    /// theirs, and it follows their records until `closing` resolves.
+    pub async fn join(
+        &self,
+        client: &redis::Client,
+        closing: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let cluster = Cluster::connect(client).await?;
+        let mut subscriber = client.get_async_pubsub().await?;
+        subscriber.subscribe(cluster::CHANNEL).await?;
+        // Subscribed first: what the others write from here on is either in storage now or
+        // arrives on the channel.
+        self.catch_up(u64::MAX).await?;
+        self.0.cluster.set(cluster).ok();
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::pin!(closing);
+            let mut messages = subscriber.into_on_message();
+            loop {
+                let message = tokio::select! {
+                    message = messages.next() => message,
+                    () = &mut closing => return,
+                };
+                let Some(message) = message else {
+                    tracing::warn!("the metadata relay from Redis ended");
+                    return;
+                };
+                let text: String = message.get_payload().unwrap_or_default();
+                match Relayed::parse(&text) {
+                    Some(applied) => this.apply(applied),
+                    None => tracing::trace!("relayed record skipped"),
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Applies what a node (this one included) announced.
+    fn apply(&self, applied: Applied) {
+        let mut records = self.records();
+        match applied {
+            Applied::Created(bucket, handle, record) => {
+                records.newest = records.newest.max(record.created);
+                let index = records.buckets.entry(bucket.clone()).or_default();
+                index.insert(handle, record.clone());
+                // Under the lock, so streams receive records in `created` order.
+                self.0.stream.send((bucket, record.clone())).ok();
+                self.0.applied.send_if_modified(|newest| {
+                    let newer = record.created > *newest;
+                    *newest = (*newest).max(record.created);
+                    newer
+                });
+            }
+            Applied::Removed(bucket, handle) => {
+                if let Some(index) = records.buckets.get_mut(&bucket) {
+                    index.remove(&handle);
+                }
+            }
+        }
+    }
+
+    /// Brings memory up to what storage holds: records created before `settled` that memory
+    /// lacks are added (younger ones are on their way through the channel), and records
+    /// memory had before this look that storage no longer has are dropped.
+    async fn catch_up(&self, settled: u64) -> Result<()> {
+        let before = self.records().newest;
+        let found = self.0.storage.load().await?;
+        let present: HashSet<(&Bucket, &Handle)> = found.iter().map(|(b, h, _)| (b, h)).collect();
+        let mut records = self.records();
+        let gone: Vec<(Bucket, Handle)> = records
+            .buckets
+            .iter()
+            .flat_map(|(bucket, index)| {
+                index
+                    .by_handle
+                    .iter()
+                    .filter(|(handle, r)| {
+                        r.created <= before && !present.contains(&(bucket, *handle))
+                    })
+                    .map(|(handle, _)| (bucket.clone(), handle.clone()))
+            })
+            .collect();
+        for (bucket, handle) in gone {
+            if let Some(index) = records.buckets.get_mut(&bucket) {
+                index.remove(&handle);
+            }
+        }
+        for (bucket, handle, record) in found {
+            if record.created < settled {
+                records.newest = records.newest.max(record.created);
+                let index = records.buckets.entry(bucket).or_default();
+                index.insert(handle, record);
+            }
+        }
+        Ok(())
     }
 
     fn records(&self) -> std::sync::MutexGuard<'_, Records> {
@@ -345,7 +446,7 @@ impl BlobService {
         let handle = Handle::new();
         let held = self.0.content.lock(&bucket, &hash).await;
         let (created, held) = incoming.commit(held, Owner::Service).await?;
-        let mut record = Record {
+        let record = Record {
             handle: handle.to_string(),
             hash: hash.to_string(),
             size,
@@ -356,44 +457,115 @@ impl BlobService {
             created: 0,
             uploader: upload.uploader,
         };
-        // From `created` to the announcement, one upload of the bucket at a time: records
-        // reach the streams in `created` order.
-        let order = self.0.order.get(&bucket);
+        let written = match self.0.cluster.get() {
+            None => {
+                self.write_in_order(&bucket, &handle, record, upload.now)
+                    .await
+            }
+            Some(cluster) => {
+                self.write_in_cluster_order(cluster, &bucket, &handle, record, upload.now)
+                    .await
+            }
+        };
+        match written {
+            Ok(record) => {
+                drop(held);
+                Ok(record)
+            }
+            Err(e) => {
+                // Nothing refers to content this upload brought in: take it out again.
+                if created {
+                    self.0.content.release(&bucket, &hash, held).await?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives the record its `created`, writes it and announces it, one upload of the bucket
+    /// at a time from `created` to the announcement: records reach the streams in `created`
+    /// order.
+    async fn write_in_order(
+        &self,
+        bucket: &Bucket,
+        handle: &Handle,
+        mut record: Record,
+        now: u64,
+    ) -> Result<Arc<Record>> {
+        let order = self.0.order.get(bucket);
         let _ordered = order.lock().await;
         record.created = {
             let mut records = self.records();
-            records.newest = records.newest.saturating_add(1).max(upload.now);
+            records.newest = records.newest.saturating_add(1).max(now);
             records.newest
         };
-        let path = self.path(&bucket, &handle);
-        let bytes = serde_json::to_vec(&record).expect("a record always serialises");
-        let write_path = path.clone();
-        let written = tokio::task::spawn_blocking(move || durable::replace(&write_path, &bytes))
-            .await?
-            .map_err(|source| io_error(&path, source));
-        if let Err(e) = written {
-            // Nothing refers to content this upload brought in: take it out again.
-            if created {
-                self.0.content.release(&bucket, &hash, held).await?;
-            }
-            return Err(e);
-        }
+        self.0.storage.write(bucket, handle, &record).await?;
         let record = Arc::new(record);
-        {
-            let mut records = self.records();
-            let index = records.buckets.entry(bucket.clone()).or_default();
-            index.insert(handle, record.clone());
-            // Under the lock, so streams receive records in `created` order.
-            self.0.stream.send((bucket, record.clone())).ok();
-        }
-        drop(held);
+        let mut records = self.records();
+        let index = records.buckets.entry(bucket.clone()).or_default();
+        index.insert(handle.clone(), record.clone());
+        // Under the lock, so streams receive records in `created` order.
+        self.0.stream.send((bucket.clone(), record.clone())).ok();
         Ok(record)
     }
 
-    /// The live record of `handle`.
-    pub fn get(&self, bucket: &Bucket, handle: &Handle, now: u64) -> Option<Arc<Record>> {
-        self.with_index(bucket, |index| index.by_handle.get(handle).cloned())
-            .filter(|r| r.live(now))
+    /// [`BlobService::write_in_order`] across nodes: under the bucket's order lock in Redis,
+    /// above the bucket's clock there, announced on the channel every node applies in order.
+    async fn write_in_cluster_order(
+        &self,
+        cluster: &Cluster,
+        bucket: &Bucket,
+        handle: &Handle,
+        mut record: Record,
+        now: u64,
+    ) -> Result<Arc<Record>> {
+        let lock = cluster.lock(bucket).await?;
+        let written = async {
+            let clock = cluster.clock(bucket).await?;
+            let newest = self.records().newest;
+            record.created = now.max(clock.max(newest).saturating_add(1));
+            self.0.storage.write(bucket, handle, &record).await?;
+            cluster.set_clock(bucket, record.created).await?;
+            let message = Relayed::Created {
+                bucket: bucket.to_string(),
+                record: record.clone(),
+            };
+            if let Err(e) = cluster.publish(&message).await {
+                tracing::warn!(%bucket, %handle, "record not announced to the other nodes: {e}");
+            }
+            Ok::<_, Error>(record)
+        }
+        .await;
+        if let Err(e) = cluster.unlock(lock).await {
+            tracing::warn!(%bucket, "order lock not released (it expires): {e}");
+        }
+        let record = Arc::new(written?);
+        let mut applied = self.0.applied.subscribe();
+        let back = applied.wait_for(|newest| *newest >= record.created);
+        if tokio::time::timeout(APPLY_WAIT, back).await.is_err() {
+            tracing::warn!(%bucket, %handle, "record did not come back from Redis in time");
+            let mut records = self.records();
+            let index = records.buckets.entry(bucket.clone()).or_default();
+            index.insert(handle.clone(), record.clone());
+        }
+        Ok(record)
+    }
+
+    /// The live record of `handle` (looked up in storage when another node may have written
+    /// it and this one has not heard yet).
+    pub async fn get(
+        &self,
+        bucket: &Bucket,
+        handle: &Handle,
+        now: u64,
+    ) -> Result<Option<Arc<Record>>> {
+        let known = self.with_index(bucket, |index| index.by_handle.get(handle).cloned());
+        let record = match known {
+            Some(record) => Some(record),
+            None if self.0.storage.shared() => self.0.storage.read(bucket, handle).await?,
+            None => None,
+        };
+        Ok(record.filter(|r| r.live(now)))
     }
 
     /// Live records, newest first, with this semantics (any when `None`), starting after the
@@ -445,7 +617,7 @@ impl BlobService {
     /// Deletes a live record, then its content if nothing else refers to it; `false` when
     /// there is no such live record. Runs to the end even if the caller goes away.
     pub async fn delete(&self, bucket: &Bucket, handle: &Handle, now: u64) -> Result<bool> {
-        if self.get(bucket, handle, now).is_none() {
+        if self.get(bucket, handle, now).await?.is_none() {
             return Ok(false);
         }
         let this = self.clone();
@@ -483,6 +655,15 @@ impl BlobService {
     /// Deletes every expired record, then the service's content no record refers to (also
     /// what a crash or a failed upload left behind). A failure is logged and the sweep goes on.
     pub async fn sweep(&self, now: u64) -> Swept {
+        if self.0.storage.shared() {
+            // Another node's records refer to content too: look at them all, not only at
+            // what arrived through Redis.
+            let settled = now.saturating_sub(SETTLE.as_millis() as u64);
+            if let Err(e) = self.catch_up(settled).await {
+                tracing::error!("sweep: cannot read the records, nothing removed: {e}");
+                return Swept::default();
+            }
+        }
         let expired: Vec<(Bucket, Handle)> = {
             let records = self.records();
             records
@@ -527,13 +708,19 @@ impl BlobService {
         swept
     }
 
-    /// Removes a record's file, then its entry; the record, if there was one.
+    /// Removes a record from storage, then from memory (here and on the other nodes); the
+    /// record, if this node had it.
     async fn remove_record(&self, bucket: &Bucket, handle: &Handle) -> Result<Option<Arc<Record>>> {
-        let path = self.path(bucket, handle);
-        let remove_path = path.clone();
-        tokio::task::spawn_blocking(move || durable::remove(&remove_path))
-            .await?
-            .map_err(|source| io_error(&path, source))?;
+        self.0.storage.remove(bucket, handle).await?;
+        if let Some(cluster) = self.0.cluster.get() {
+            let message = Relayed::Removed {
+                bucket: bucket.to_string(),
+                handle: handle.to_string(),
+            };
+            if let Err(e) = cluster.publish(&message).await {
+                tracing::warn!(%bucket, %handle, "removal not announced to the other nodes: {e}");
+            }
+        }
         let mut records = self.records();
         Ok(records
             .buckets
@@ -564,28 +751,6 @@ fn created_after(index: &Index, since: u64, now: u64) -> Vec<Arc<Record>> {
         .filter(|r| r.live(now))
         .cloned()
         .collect()
-}
-
-/// Reads one record file.
-fn read_record(path: &Path) -> Result<(Handle, Arc<Record>), String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let record: Record = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-    let handle = Handle::parse(&record.handle).ok_or("the handle is not canonical")?;
-    let expected = format!("{handle}.json");
-    if path
-        .file_name()
-        .is_none_or(|name| name != expected.as_str())
-    {
-        return Err("the file name is not its handle".to_owned());
-    }
-    Ok((handle, Arc::new(record)))
-}
-
-fn io_error(path: &Path, source: io::Error) -> Error {
-    Error::Io {
-        path: path.display().to_string(),
-        source,
-    }
 }
 
 #[cfg(test)]
@@ -649,7 +814,8 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let content: Arc<dyn ContentStore> =
             Arc::new(crate::cas::FsContent::open(root.path()).unwrap());
-        let service = BlobService::open(root.path(), content.clone()).unwrap();
+        let records = Arc::new(RecordFiles::new(root.path()));
+        let service = BlobService::open(records, content.clone()).await.unwrap();
         let bucket = Bucket::parse("b").unwrap();
         let (replay, mut live) = service.follow(&bucket, Some(0), 0);
         assert!(replay.is_empty());

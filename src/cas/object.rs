@@ -1,0 +1,584 @@
+//! The object-store content store: the same names as the files,
+//! `<prefix><bucket>/cas/<hash[0..2]>/<hash>` for the bytes and `<hash>.service` for the Blob
+//! Service's marker, in an S3-compatible store shared by every node.
+//!
+//! A body is received into an anonymous local temp file while it is hashed, and uploaded under
+//! its name only once its hash is known and accepted (as a multipart upload when large). A
+//! read downloads into a temp file while hashing and serves that file only if it matches, so
+//! every byte handed out is verified, as with the files.
+//!
+//! Several nodes may store, claim and remove one content at once, and no node-local lock can
+//! order them. The marker object does, through conditional writes (`If-Match` on its ETag,
+//! `If-None-Match: *` to create it):
+//! - `{"claimed": t}`: the Blob Service brought the content in (or referred to it again) at
+//!   `t`. Every Blob Service commit rewrites it *before* it looks at the content.
+//! - `{"doomed": t}`: a node is removing the content. It got there by a conditional write
+//!   against the marker it had checked, so nobody claimed the content in between; whoever
+//!   wants the content from now on waits until the marker is gone (the content is gone by
+//!   then) and uploads again. A doomed marker older than [`DOOM_LEASE`] was left by a node
+//!   that died mid-removal and is taken over.
+//! - `{"shared": t}`: a shared flow stored the bytes; the marker is on its way out.
+//!
+//! The sweep removes only content claimed more than the grace period ago: an upload on another
+//! node writes its record moments after its claim, and the grace keeps its content safe until
+//! every node's records show it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, UpdateVersion};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+
+use crate::locks::KeyedLocks;
+use crate::names::{Bucket, ContentHash};
+use crate::store::now_ms;
+
+use super::{ByteStream, Content, ContentLock, ContentStore, Error, Incoming, Owner, Result};
+
+/// How long a doomed marker protects a removal in progress; older, its node is taken to have
+/// died mid-way and the marker is taken over.
+pub const DOOM_LEASE: Duration = Duration::from_secs(60);
+
+/// How long after its last claim service content stays safe from the sweep, whatever the
+/// records say: the time an upload on another node has to make its record seen.
+pub const CLAIM_GRACE: Duration = Duration::from_secs(600);
+
+/// First wait, and the longest, between looks at a doomed marker.
+const DOOM_POLL: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(250));
+
+/// Directory of a bucket's content, as in the file layout.
+const CAS_DIR: &str = "cas";
+
+/// Directory, beside the shards, of what clients put to presigned upload URLs.
+const STAGING_DIR: &str = "incoming";
+
+/// The object of a content: `<prefix><bucket>/cas/<hash[0..2]>/<hash>`.
+pub fn content_path(prefix: &str, bucket: &Bucket, hash: &ContentHash) -> Path {
+    Path::from(format!(
+        "{prefix}{bucket}/{CAS_DIR}/{}/{hash}",
+        hash.shard()
+    ))
+}
+
+/// Where a presigned upload of a content lands, until `blob-uploaded` verifies it.
+pub fn staging_path(prefix: &str, bucket: &Bucket, hash: &ContentHash) -> Path {
+    Path::from(format!("{prefix}{bucket}/{CAS_DIR}/{STAGING_DIR}/{hash}"))
+}
+
+/// Suffix of a content's marker, as in the file layout.
+const MARKER_SUFFIX: &str = ".service";
+
+/// Whose content is, as its marker says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Marker {
+    Claimed(u64),
+    Doomed(u64),
+    Shared(u64),
+}
+
+/// Content in an object store.
+pub struct ObjectContent {
+    objects: Arc<Objects>,
+    /// One lock per hash in use on this node: batches this node's work on one content (the
+    /// markers decide between nodes).
+    locks: KeyedLocks<(Bucket, ContentHash), ()>,
+}
+
+/// The store's client and names, shared with bodies waiting for their commit.
+struct Objects {
+    store: Arc<dyn ObjectStore>,
+    /// Prepended to every object name (`S3_PREFIX`).
+    prefix: String,
+    /// See [`CLAIM_GRACE`]; shorter in tests.
+    grace: Duration,
+}
+
+impl ObjectContent {
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, grace: Duration) -> Self {
+        Self {
+            objects: Arc::new(Objects {
+                store,
+                prefix: prefix.to_owned(),
+                grace,
+            }),
+            locks: KeyedLocks::default(),
+        }
+    }
+}
+
+impl Objects {
+    fn dir(&self, bucket: &Bucket) -> String {
+        format!("{}{bucket}/{CAS_DIR}/", self.prefix)
+    }
+
+    fn path(&self, bucket: &Bucket, hash: &ContentHash) -> Path {
+        content_path(&self.prefix, bucket, hash)
+    }
+
+    /// The buckets that have objects under the prefix.
+    async fn buckets(&self) -> Result<Vec<Bucket>> {
+        let root = (!self.prefix.is_empty()).then(|| Path::from(self.prefix.as_str()));
+        let top = self
+            .store
+            .list_with_delimiter(root.as_ref())
+            .await
+            .map_err(|e| store_error(&root.clone().unwrap_or_default(), e))?;
+        Ok(top
+            .common_prefixes
+            .iter()
+            .filter_map(|dir| dir.filename().and_then(Bucket::parse))
+            .collect())
+    }
+
+    /// Downloads `path` into a local temp file while hashing it; the file, rewound, and its
+    /// size when it hashes to `hash`. A missing object is `None`; so is one that does not
+    /// match, which is logged.
+    async fn download(
+        &self,
+        path: &Path,
+        hash: &ContentHash,
+    ) -> Result<Option<(tokio::fs::File, u64)>> {
+        let found = match self.store.get(path).await {
+            Ok(found) => found,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(store_error(path, e)),
+        };
+        let what = path.to_string();
+        let body = found.into_stream().map_err(std::io::Error::other).boxed();
+        let mut file = temp_file(&what).await?;
+        let (actual, size) = match super::hash_into(&mut file, body, u64::MAX, &what).await {
+            Ok(read) => read,
+            Err(Error::Body(source)) => return Err(Error::Io { path: what, source }),
+            Err(e) => return Err(e),
+        };
+        if actual != *hash {
+            tracing::error!(path = %what, %actual, "content does not match its hash: treated as missing");
+            return Ok(None);
+        }
+        file.rewind()
+            .await
+            .map_err(|source| Error::Io { path: what, source })?;
+        Ok(Some((file, size)))
+    }
+
+    fn marker_path(&self, bucket: &Bucket, hash: &ContentHash) -> Path {
+        Path::from(format!(
+            "{}{}/{hash}{MARKER_SUFFIX}",
+            self.dir(bucket),
+            hash.shard()
+        ))
+    }
+
+    /// The size of the object at `path`; `None` when there is none.
+    async fn head(&self, path: &Path) -> Result<Option<u64>> {
+        match self.store.head(path).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(store_error(path, e)),
+        }
+    }
+
+    async fn delete(&self, path: &Path) -> Result<()> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(store_error(path, e)),
+        }
+    }
+
+    /// The marker at `path` and the version to replace it with.
+    async fn read_marker(&self, path: &Path) -> Result<Option<(Marker, UpdateVersion)>> {
+        let found = match self.store.get(path).await {
+            Ok(found) => found,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(store_error(path, e)),
+        };
+        let version = UpdateVersion {
+            e_tag: found.meta.e_tag.clone(),
+            version: found.meta.version.clone(),
+        };
+        let bytes = found.bytes().await.map_err(|e| store_error(path, e))?;
+        // A marker that cannot be read (an empty file copied from the file layout) is a claim
+        // made long ago.
+        let marker = serde_json::from_slice(&bytes).unwrap_or(Marker::Claimed(0));
+        Ok(Some((marker, version)))
+    }
+
+    /// The marker at `path` once no removal is in progress (waiting out a fresh doomed one).
+    async fn settled_marker(&self, path: &Path) -> Result<Option<(Marker, UpdateVersion)>> {
+        let mut pause = DOOM_POLL.0;
+        loop {
+            match self.read_marker(path).await? {
+                Some((Marker::Doomed(at), _)) if !older_than(at, DOOM_LEASE) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(DOOM_POLL.1);
+                }
+                found => return Ok(found),
+            }
+        }
+    }
+
+    /// Writes `marker` over the version read (`None`: only if there is none); `false` when
+    /// another node changed it first.
+    async fn write_marker(
+        &self,
+        path: &Path,
+        marker: Marker,
+        over: Option<UpdateVersion>,
+    ) -> Result<bool> {
+        let mode = match over {
+            Some(version) => PutMode::Update(version),
+            None => PutMode::Create,
+        };
+        let body = serde_json::to_vec(&marker).expect("a marker always serialises");
+        match self
+            .store
+            .put_opts(path, PutPayload::from(body), mode.into())
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(
+                object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. }
+                | object_store::Error::NotFound { .. },
+            ) => Ok(false),
+            Err(e) => Err(store_error(path, e)),
+        }
+    }
+
+    /// Removes the content if its marker, read now, passes `removable`: the marker is doomed
+    /// first by a conditional write, so nobody claims the content in between. `None` when it
+    /// was not removable (or another node changed the marker first); else the removed size.
+    async fn doom_and_remove(
+        &self,
+        bucket: &Bucket,
+        hash: &ContentHash,
+        removable: impl Fn(Option<Marker>) -> bool,
+    ) -> Result<Option<Option<u64>>> {
+        let marker_path = self.marker_path(bucket, hash);
+        let current = self.settled_marker(&marker_path).await?;
+        let (marker, version) = match current {
+            Some((marker, version)) => (Some(marker), Some(version)),
+            None => (None, None),
+        };
+        if !removable(marker) {
+            return Ok(None);
+        }
+        if !self
+            .write_marker(&marker_path, Marker::Doomed(now_ms()), version)
+            .await?
+        {
+            return Ok(None);
+        }
+        let path = self.path(bucket, hash);
+        let size = self.head(&path).await?;
+        // The content first: while the doomed marker is there, nobody relies on it.
+        self.delete(&path).await?;
+        self.delete(&marker_path).await?;
+        Ok(Some(size))
+    }
+
+    /// Uploads the temp file `file` to `path` (multipart when large).
+    async fn upload(&self, file: &mut tokio::fs::File, path: &Path) -> Result<()> {
+        let io_error = |source| Error::Io {
+            path: path.to_string(),
+            source,
+        };
+        file.rewind().await.map_err(io_error)?;
+        let mut upload = BufWriter::new(self.store.clone(), path.clone());
+        if let Err(e) = tokio::io::copy(file, &mut upload).await {
+            upload.abort().await.ok();
+            return Err(io_error(e));
+        }
+        upload.shutdown().await.map_err(io_error)
+    }
+}
+
+/// Whether the time `at` (milliseconds) is more than `age` ago.
+fn older_than(at: u64, age: Duration) -> bool {
+    now_ms().saturating_sub(at) >= age.as_millis() as u64
+}
+
+/// An anonymous local temp file (gone when closed, whatever happens).
+async fn temp_file(what: &str) -> Result<tokio::fs::File> {
+    let file = tokio::task::spawn_blocking(tempfile::tempfile)
+        .await?
+        .map_err(|source| Error::Io {
+            path: what.to_owned(),
+            source,
+        })?;
+    Ok(tokio::fs::File::from_std(file))
+}
+
+fn store_error(path: &Path, e: object_store::Error) -> Error {
+    Error::Io {
+        path: path.to_string(),
+        source: std::io::Error::other(e),
+    }
+}
+
+/// Content received into a local temp file, waiting for its commit.
+struct ObjectIncoming {
+    file: tokio::fs::File,
+    hash: ContentHash,
+    size: u64,
+    bucket: Bucket,
+    objects: Arc<Objects>,
+    /// An object holding the same, verified bytes: copied inside the store instead of
+    /// uploaded from `file`.
+    copy_from: Option<Path>,
+}
+
+#[async_trait::async_trait]
+impl Incoming for ObjectIncoming {
+    fn hash(&self) -> &ContentHash {
+        &self.hash
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    async fn commit(
+        mut self: Box<Self>,
+        held: ContentLock,
+        owner: Owner,
+    ) -> Result<(bool, ContentLock)> {
+        let content = self.objects.clone();
+        let (bucket, hash) = (&self.bucket, &self.hash);
+        let (path, marker_path) = (
+            content.path(bucket, hash),
+            content.marker_path(bucket, hash),
+        );
+        loop {
+            // Claims and conversions come before looking at the content: a node that dooms the
+            // marker after this write fails, and one that doomed it before is waited out.
+            let marker = content.settled_marker(&marker_path).await?;
+            let present = content.head(&path).await? == Some(self.size);
+            let (state, version) = match marker {
+                Some((marker, version)) => (Some(marker), Some(version)),
+                None => (None, None),
+            };
+            let now = now_ms();
+            let written = match (owner, state) {
+                // Shared content the service stores again stays shared.
+                (Owner::Service, None | Some(Marker::Shared(_))) if present => true,
+                (Owner::Service, _) => {
+                    content
+                        .write_marker(&marker_path, Marker::Claimed(now), version)
+                        .await?
+                }
+                (Owner::Shared, None) => true,
+                (Owner::Shared, Some(_)) => {
+                    content
+                        .write_marker(&marker_path, Marker::Shared(now), version)
+                        .await?
+                }
+            };
+            if !written {
+                continue;
+            }
+            let created = !present;
+            if created {
+                match &self.copy_from {
+                    Some(from) => content
+                        .store
+                        .copy(from, &path)
+                        .await
+                        .map_err(|e| store_error(&path, e))?,
+                    None => content.upload(&mut self.file, &path).await?,
+                }
+            }
+            if owner == Owner::Shared && state.is_some() {
+                content.delete(&marker_path).await?;
+            }
+            return Ok((created, held));
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ContentStore for ObjectContent {
+    async fn receive(
+        &self,
+        bucket: &Bucket,
+        body: ByteStream<'_>,
+        limit: u64,
+    ) -> Result<Box<dyn Incoming>> {
+        let what = "a local temp file";
+        let mut file = temp_file(what).await?;
+        let (hash, size) = super::hash_into(&mut file, body, limit, what).await?;
+        Ok(Box::new(ObjectIncoming {
+            file,
+            hash,
+            size,
+            bucket: bucket.clone(),
+            objects: self.objects.clone(),
+            copy_from: None,
+        }))
+    }
+
+    async fn lock(&self, bucket: &Bucket, hash: &ContentHash) -> ContentLock {
+        self.locks
+            .get(&(bucket.clone(), hash.clone()))
+            .lock_owned()
+            .await
+    }
+
+    async fn open(&self, bucket: &Bucket, hash: &ContentHash) -> Result<Option<Content>> {
+        let path = self.objects.path(bucket, hash);
+        let found = self.objects.download(&path, hash).await?;
+        Ok(found.map(|(file, size)| Content {
+            size,
+            reader: Box::new(file),
+        }))
+    }
+
+    async fn size(&self, bucket: &Bucket, hash: &ContentHash) -> Result<Option<u64>> {
+        self.objects.head(&self.objects.path(bucket, hash)).await
+    }
+
+    async fn remove(&self, bucket: &Bucket, hash: &ContentHash, held: ContentLock) -> Result<bool> {
+        let _held = held;
+        // Content the Blob Service claims is its sweep's to remove, once no record refers to
+        // it: the records another node just wrote may not be in this node's view yet.
+        let removed = self
+            .objects
+            .doom_and_remove(bucket, hash, |marker| {
+                matches!(marker, None | Some(Marker::Shared(_) | Marker::Doomed(_)))
+            })
+            .await?;
+        match removed {
+            Some(size) => Ok(size.is_some()),
+            None => Ok(self.size(bucket, hash).await?.is_some()),
+        }
+    }
+
+    async fn claim(&self, bucket: &Bucket, hash: &ContentHash, held: ContentLock) -> Result<bool> {
+        let _held = held;
+        let path = self.objects.marker_path(bucket, hash);
+        loop {
+            let current = self.objects.settled_marker(&path).await?;
+            if self.size(bucket, hash).await?.is_none() {
+                return Ok(false);
+            }
+            let version = current.map(|(_, version)| version);
+            if self
+                .objects
+                .write_marker(&path, Marker::Claimed(now_ms()), version)
+                .await?
+            {
+                return Ok(true);
+            }
+        }
+    }
+
+    async fn release(
+        &self,
+        bucket: &Bucket,
+        hash: &ContentHash,
+        held: ContentLock,
+    ) -> Result<Option<u64>> {
+        let _held = held;
+        let grace = self.objects.grace;
+        let removed = self
+            .objects
+            .doom_and_remove(bucket, hash, |marker| match marker {
+                Some(Marker::Claimed(at)) => older_than(at, grace),
+                // Left by a node that died mid-removal (fresh ones were waited out).
+                Some(Marker::Doomed(_)) => true,
+                None | Some(Marker::Shared(_)) => false,
+            })
+            .await?;
+        Ok(removed.map(|size| size.unwrap_or(0)))
+    }
+
+    async fn service_owned(&self) -> Result<Vec<(Bucket, ContentHash)>> {
+        let objects = &self.objects;
+        let mut owned = Vec::new();
+        for bucket in objects.buckets().await? {
+            let cas = Path::from(objects.dir(&bucket));
+            let mut names = objects.store.list(Some(&cas));
+            while let Some(meta) = names.next().await {
+                let meta = meta.map_err(|e| store_error(&cas, e))?;
+                let hash = meta
+                    .location
+                    .filename()
+                    .and_then(|name| name.strip_suffix(MARKER_SUFFIX))
+                    .and_then(ContentHash::parse);
+                if let Some(hash) = hash
+                    && meta.location == objects.marker_path(&bucket, &hash)
+                {
+                    owned.push((bucket.clone(), hash));
+                }
+            }
+        }
+        Ok(owned)
+    }
+
+    async fn adopt(&self, bucket: &Bucket, hash: &ContentHash, held: ContentLock) -> Result<bool> {
+        let objects = &self.objects;
+        let staging = staging_path(&objects.prefix, bucket, hash);
+        // A copy of its own: the client may still PUT to the URL while this checks it.
+        let checked = Path::from(format!("{staging}.{}", uuid::Uuid::new_v4().simple()));
+        match objects.store.copy(&staging, &checked).await {
+            Ok(()) => {}
+            // Nothing staged: taken in already, or never sent.
+            Err(object_store::Error::NotFound { .. }) => {
+                return Ok(self.open(bucket, hash).await?.is_some());
+            }
+            Err(e) => return Err(store_error(&staging, e)),
+        }
+        objects.delete(&staging).await?;
+        let adopted = match objects.download(&checked, hash).await {
+            Ok(Some((file, size))) => {
+                let incoming = Box::new(ObjectIncoming {
+                    file,
+                    hash: hash.clone(),
+                    size,
+                    bucket: bucket.clone(),
+                    objects: objects.clone(),
+                    copy_from: Some(checked.clone()),
+                });
+                incoming.commit(held, Owner::Shared).await.map(|_| true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(e),
+        };
+        objects.delete(&checked).await?;
+        adopted
+    }
+
+    async fn sweep_staging(&self, age: Duration) -> Result<usize> {
+        let objects = &self.objects;
+        let cutoff = cutoff_ms(age);
+        let mut removed = 0;
+        for bucket in objects.buckets().await? {
+            let staging = Path::from(format!("{}{STAGING_DIR}/", objects.dir(&bucket)));
+            let stale: Vec<Path> = objects
+                .store
+                .list(Some(&staging))
+                .try_filter(|meta| {
+                    std::future::ready(meta.last_modified.timestamp_millis() < cutoff)
+                })
+                .map_ok(|meta| meta.location)
+                .try_collect()
+                .await
+                .map_err(|e| store_error(&staging, e))?;
+            for path in stale {
+                objects.delete(&path).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Milliseconds since the epoch, `age` ago.
+fn cutoff_ms(age: Duration) -> i64 {
+    now_ms().saturating_sub(age.as_millis() as u64) as i64
+}

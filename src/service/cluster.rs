@@ -1,0 +1,143 @@
+//! The Blob Service across several nodes (`REDIS_URL`): new records get their `created` and
+//! are announced in one order for every node, and every node's view of the records follows
+//! the others'.
+//!
+//! A node holds the bucket's order lock in Redis (`SET NX PX`, released only by its holder)
+//! from choosing `created` (above the bucket's clock in Redis and above every record it has
+//! seen) until its record is durable and published on `blobs:metadata`. Redis delivers one
+//! channel's messages in publish order to every subscriber, so each node applies new records in
+//! `created` order and its metadata streams keep the single-node guarantee: replay, then live
+//! records, each once, in order. A node that dies holding the lock holds up that bucket's
+//! uploads for at most [`LOCK_TTL`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::AsyncCommands as _;
+use redis::aio::MultiplexedConnection;
+use serde::{Deserialize, Serialize};
+
+use crate::names::{Bucket, Handle};
+
+use super::Record;
+
+/// The Redis channel that carries the records' comings and goings between nodes.
+pub const CHANNEL: &str = "blobs:metadata";
+
+/// Longest a bucket's order lock is held; a lock its node never released expires then.
+const LOCK_TTL: Duration = Duration::from_secs(30);
+
+/// First wait, and the longest, between tries for a taken lock.
+const LOCK_POLL: (Duration, Duration) = (Duration::from_millis(2), Duration::from_millis(50));
+
+/// Releases a lock only if it is still the caller's (it may have expired and been taken).
+const UNLOCK: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
+
+/// What one node tells the others.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Relayed {
+    Created { bucket: String, record: Record },
+    Removed { bucket: String, handle: String },
+}
+
+/// This node's connection to the others.
+#[derive(Clone)]
+pub struct Cluster {
+    /// Multiplexed: cloning shares one connection.
+    redis: MultiplexedConnection,
+}
+
+/// A bucket's order lock, held until [`Cluster::unlock`].
+pub struct OrderLock {
+    key: String,
+    token: String,
+}
+
+impl Cluster {
+    pub async fn connect(client: &redis::Client) -> redis::RedisResult<Self> {
+        Ok(Self {
+            redis: client.get_multiplexed_async_connection().await?,
+        })
+    }
+
+    /// Waits for the bucket's order lock.
+    pub async fn lock(&self, bucket: &Bucket) -> redis::RedisResult<OrderLock> {
+        let lock = OrderLock {
+            key: format!("blobs:order:{bucket}"),
+            token: uuid::Uuid::new_v4().simple().to_string(),
+        };
+        let mut redis = self.redis.clone();
+        let mut pause = LOCK_POLL.0;
+        loop {
+            let taken: Option<String> = redis::cmd("SET")
+                .arg(&lock.key)
+                .arg(&lock.token)
+                .arg("NX")
+                .arg("PX")
+                .arg(LOCK_TTL.as_millis() as u64)
+                .query_async(&mut redis)
+                .await?;
+            if taken.is_some() {
+                return Ok(lock);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(LOCK_POLL.1);
+        }
+    }
+
+    pub async fn unlock(&self, lock: OrderLock) -> redis::RedisResult<()> {
+        redis::Script::new(UNLOCK)
+            .key(&lock.key)
+            .arg(&lock.token)
+            .invoke_async::<i64>(&mut self.redis.clone())
+            .await
+            .map(drop)
+    }
+
+    /// The newest `created` of the bucket on any node (0 when Redis has none).
+    pub async fn clock(&self, bucket: &Bucket) -> redis::RedisResult<u64> {
+        let clock: Option<u64> = self.redis.clone().get(clock_key(bucket)).await?;
+        Ok(clock.unwrap_or(0))
+    }
+
+    /// Sets the bucket's clock (under its order lock).
+    pub async fn set_clock(&self, bucket: &Bucket, created: u64) -> redis::RedisResult<()> {
+        self.redis.clone().set(clock_key(bucket), created).await
+    }
+
+    pub async fn publish(&self, message: &Relayed) -> redis::RedisResult<()> {
+        let text = serde_json::to_string(message).expect("a message always serialises");
+        self.redis.clone().publish(CHANNEL, text).await
+    }
+}
+
+fn clock_key(bucket: &Bucket) -> String {
+    format!("blobs:clock:{bucket}")
+}
+
+impl Relayed {
+    /// The message as the service applies it (`None` for anything malformed).
+    pub fn parse(text: &str) -> Option<Applied> {
+        match serde_json::from_str(text).ok()? {
+            Relayed::Created { bucket, record } => {
+                let handle = Handle::parse(&record.handle)?;
+                Some(Applied::Created(
+                    Bucket::parse(&bucket)?,
+                    handle,
+                    Arc::new(record),
+                ))
+            }
+            Relayed::Removed { bucket, handle } => Some(Applied::Removed(
+                Bucket::parse(&bucket)?,
+                Handle::parse(&handle)?,
+            )),
+        }
+    }
+}
+
+/// A relayed message, checked.
+pub enum Applied {
+    Created(Bucket, Handle, Arc<Record>),
+    Removed(Bucket, Handle),
+}
