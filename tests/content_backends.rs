@@ -1,0 +1,376 @@
+//! The content store's and the Blob Service records' semantics, run against every backend (the
+//! files and an S3-compatible object store, moto, started by the test), and the object store's
+//! marker protocol with several nodes removing and storing one content at once.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use blobs::cas::{self, ContentStore, FsContent, ObjectContent, Owner};
+use blobs::names::{Bucket, ContentHash, Handle};
+use blobs::service::{Record, RecordFiles, RecordObjects, RecordStore, RetentionPolicy};
+use bytes::Bytes;
+use common::S3Server;
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+use tokio::io::AsyncReadExt;
+
+/// A content store and a record store under test, and what keeps them alive.
+struct Backend {
+    name: &'static str,
+    content: Arc<dyn ContentStore>,
+    records: Arc<dyn RecordStore>,
+    /// The object store's own client (to look behind the server's back), if any.
+    objects: Option<Arc<dyn object_store::ObjectStore>>,
+    _files: Option<tempfile::TempDir>,
+    _server: Option<S3Server>,
+}
+
+/// The file backend and the object-store backend; `grace` is the object store's claim grace.
+async fn backends(grace: Duration) -> Vec<Backend> {
+    let files = tempfile::tempdir().unwrap();
+    let fs = Backend {
+        name: "files",
+        content: Arc::new(FsContent::open(files.path()).unwrap()),
+        records: Arc::new(RecordFiles::new(files.path())),
+        objects: None,
+        _files: Some(files),
+        _server: None,
+    };
+    let server = S3Server::start().await;
+    let client = server.client();
+    let object = Backend {
+        name: "object store",
+        content: Arc::new(ObjectContent::new(client.clone(), PREFIX, grace)),
+        records: Arc::new(RecordObjects::new(client.clone(), PREFIX)),
+        objects: Some(client),
+        _files: None,
+        _server: Some(server),
+    };
+    vec![fs, object]
+}
+
+const PREFIX: &str = "prefix/";
+
+fn bucket() -> Bucket {
+    Bucket::parse("b").unwrap()
+}
+
+async fn read(store: &dyn ContentStore, hash: &ContentHash) -> Option<Vec<u8>> {
+    let mut content = store.open(&bucket(), hash).await.unwrap()?;
+    let mut bytes = Vec::new();
+    content.reader.read_to_end(&mut bytes).await.unwrap();
+    assert_eq!(content.size, bytes.len() as u64);
+    Some(bytes)
+}
+
+/// Stores `bytes` as `owner` would.
+async fn commit(store: &dyn ContentStore, bytes: &'static [u8], owner: Owner) -> bool {
+    let body = futures_util::stream::iter([Ok(Bytes::from_static(bytes))]);
+    let incoming = store
+        .receive(&bucket(), Box::pin(body), 1 << 20)
+        .await
+        .unwrap();
+    let held = store.lock(&bucket(), incoming.hash()).await;
+    incoming.commit(held, owner).await.unwrap().0
+}
+
+async fn release(store: &dyn ContentStore, hash: &ContentHash) -> Option<u64> {
+    let held = store.lock(&bucket(), hash).await;
+    store.release(&bucket(), hash, held).await.unwrap()
+}
+
+/// Stores, reads back verified, refuses a body of another hash or over the limit, and keeps
+/// nothing of a refused body; a stored copy that no longer matches is missing.
+#[tokio::test]
+async fn content_is_verified_both_ways() {
+    for backend in backends(Duration::ZERO).await {
+        let (name, store) = (backend.name, &*backend.content);
+        let hash = ContentHash::of(b"hello");
+        let stored = cas::put_bytes(store, &bucket(), &hash, Bytes::from_static(b"hello"), 64)
+            .await
+            .unwrap();
+        assert!(stored.created, "{name}");
+        let again = cas::put_bytes(store, &bucket(), &hash, Bytes::from_static(b"hello"), 64)
+            .await
+            .unwrap();
+        assert!(!again.created, "{name}: the same bytes are stored once");
+        assert_eq!(
+            read(store, &hash).await.as_deref(),
+            Some(&b"hello"[..]),
+            "{name}"
+        );
+        assert_eq!(
+            store.size(&bucket(), &hash).await.unwrap(),
+            Some(5),
+            "{name}"
+        );
+
+        let other = ContentHash::of(b"other");
+        let lying = cas::put_bytes(store, &bucket(), &other, Bytes::from_static(b"x"), 64).await;
+        assert!(matches!(lying, Err(cas::Error::Mismatch)), "{name}");
+        let large = ContentHash::of(&[0; 65]);
+        let over = cas::put_bytes(store, &bucket(), &large, Bytes::from(vec![0; 65]), 64).await;
+        assert!(matches!(over, Err(cas::Error::TooLarge(64))), "{name}");
+        assert_eq!(store.size(&bucket(), &other).await.unwrap(), None, "{name}");
+        assert_eq!(store.size(&bucket(), &large).await.unwrap(), None, "{name}");
+
+        // Damage the stored copy behind the store's back.
+        let damaged = ContentHash::of(b"fragile");
+        commit(store, b"fragile", Owner::Shared).await;
+        match (&backend.objects, &backend._files) {
+            (Some(objects), _) => {
+                let path = cas::content_path(PREFIX, &bucket(), &damaged);
+                objects
+                    .put(&path, b"fragilE".to_vec().into())
+                    .await
+                    .unwrap();
+            }
+            (None, Some(files)) => {
+                let path = files
+                    .path()
+                    .join("b/cas")
+                    .join(damaged.shard())
+                    .join(damaged.as_str());
+                std::fs::write(path, b"fragilE").unwrap();
+            }
+            _ => unreachable!(),
+        }
+        assert_eq!(
+            read(store, &damaged).await,
+            None,
+            "{name}: damaged is missing"
+        );
+
+        let held = store.lock(&bucket(), &hash).await;
+        assert!(
+            store.remove(&bucket(), &hash, held).await.unwrap(),
+            "{name}"
+        );
+        assert_eq!(read(store, &hash).await, None, "{name}");
+        let held = store.lock(&bucket(), &hash).await;
+        assert!(
+            !store.remove(&bucket(), &hash, held).await.unwrap(),
+            "{name}"
+        );
+    }
+}
+
+/// Content the Blob Service brought in is its own to release; stored again by a shared flow,
+/// it is not any more; content a shared flow stored first never becomes the service's.
+#[tokio::test]
+async fn the_service_releases_only_its_own_content() {
+    for backend in backends(Duration::ZERO).await {
+        let (name, store) = (backend.name, &*backend.content);
+        let own = ContentHash::of(b"own");
+        assert!(commit(store, b"own", Owner::Service).await, "{name}");
+        assert_eq!(
+            store.service_owned().await.unwrap(),
+            vec![(bucket(), own.clone())],
+            "{name}"
+        );
+        assert_eq!(release(store, &own).await, Some(3), "{name}");
+        assert_eq!(read(store, &own).await, None, "{name}");
+        assert!(store.service_owned().await.unwrap().is_empty(), "{name}");
+
+        let handed = ContentHash::of(b"handed");
+        commit(store, b"handed", Owner::Service).await;
+        assert!(!commit(store, b"handed", Owner::Shared).await, "{name}");
+        assert_eq!(release(store, &handed).await, None, "{name}: shared now");
+        assert!(read(store, &handed).await.is_some(), "{name}");
+
+        let shared = ContentHash::of(b"shared");
+        commit(store, b"shared", Owner::Shared).await;
+        assert!(!commit(store, b"shared", Owner::Service).await, "{name}");
+        assert_eq!(release(store, &shared).await, None, "{name}: shared stays");
+        assert!(read(store, &shared).await.is_some(), "{name}");
+
+        // A shared delete of referenced content hands it to the service instead.
+        let held = store.lock(&bucket(), &shared).await;
+        assert!(
+            store.claim(&bucket(), &shared, held).await.unwrap(),
+            "{name}"
+        );
+        assert_eq!(release(store, &shared).await, Some(6), "{name}");
+    }
+}
+
+/// Records are written, read, listed and removed alike on every backend; a stored record
+/// whose name is not its handle is left out.
+#[tokio::test]
+async fn records_round_trip() {
+    for backend in backends(Duration::ZERO).await {
+        let (name, records) = (backend.name, &*backend.records);
+        let handle = Handle::new();
+        let record = Record {
+            handle: handle.to_string(),
+            hash: ContentHash::of(b"x").to_string(),
+            size: 1,
+            content_type: "text/plain".into(),
+            file_name: None,
+            semantics: "notes".into(),
+            retention_policy: RetentionPolicy::KeepForever,
+            created: 7,
+            uploader: "127.0.0.1".into(),
+        };
+        assert!(
+            records.read(&bucket(), &handle).await.unwrap().is_none(),
+            "{name}"
+        );
+        records.write(&bucket(), &handle, &record).await.unwrap();
+        assert_eq!(
+            *records.read(&bucket(), &handle).await.unwrap().unwrap(),
+            record,
+            "{name}"
+        );
+        let other = Handle::new();
+        records.write(&bucket(), &other, &record).await.unwrap();
+        let loaded = records.load().await.unwrap();
+        assert_eq!(loaded.len(), 1, "{name}: the misnamed record is left out");
+        assert_eq!((&loaded[0].0, &loaded[0].1), (&bucket(), &handle), "{name}");
+        records.remove(&bucket(), &handle).await.unwrap();
+        records.remove(&bucket(), &handle).await.unwrap();
+        assert!(
+            records.read(&bucket(), &handle).await.unwrap().is_none(),
+            "{name}"
+        );
+    }
+}
+
+/// Two object-store nodes.
+async fn two_nodes(grace: Duration) -> (S3Server, ObjectContent, ObjectContent) {
+    let server = S3Server::start().await;
+    let a = ObjectContent::new(server.client(), PREFIX, grace);
+    let b = ObjectContent::new(server.client(), PREFIX, grace);
+    (server, a, b)
+}
+
+/// Writes the marker of `hash` as a node would have long ago.
+async fn backdate(server: &S3Server, hash: &ContentHash, marker: &str) {
+    let path = Path::from(format!(
+        "{}.service",
+        cas::content_path(PREFIX, &bucket(), hash)
+    ));
+    server
+        .client()
+        .put(&path, marker.as_bytes().to_vec().into())
+        .await
+        .unwrap();
+}
+
+/// Two nodes sweeping one unreferenced content at once: exactly one removes it, and nothing
+/// of it is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_sweeping_at_once_remove_once() {
+    let (server, a, b) = two_nodes(Duration::from_secs(3600)).await;
+    for round in 0..10u32 {
+        let bytes: &'static [u8] =
+            Box::leak(format!("swept {round}").into_bytes().into_boxed_slice());
+        let hash = ContentHash::of(bytes);
+        commit(&a, bytes, Owner::Service).await;
+        // Claimed long ago: past the grace.
+        backdate(&server, &hash, r#"{"claimed":0}"#).await;
+        let (ra, rb) = tokio::join!(release(&a, &hash), release(&b, &hash));
+        assert_eq!(
+            usize::from(ra.is_some()) + usize::from(rb.is_some()),
+            1,
+            "round {round}: {ra:?} {rb:?}"
+        );
+        assert_eq!(a.size(&bucket(), &hash).await.unwrap(), None);
+        assert!(a.service_owned().await.unwrap().is_empty(), "round {round}");
+    }
+}
+
+/// A node sweeps content that another node's upload stores again at the same moment: the
+/// upload either claims it first (the sweep backs off) or waits until the removal is over and
+/// stores it again, so the bytes are there once the upload returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_racing_a_sweep_on_another_node_keeps_its_bytes() {
+    let (server, a, b) = two_nodes(Duration::from_secs(3600)).await;
+    let (mut backed_off, mut removed) = (0, 0);
+    for round in 0..20u32 {
+        let bytes: &'static [u8] =
+            Box::leak(format!("raced {round}").into_bytes().into_boxed_slice());
+        let hash = ContentHash::of(bytes);
+        commit(&a, bytes, Owner::Service).await;
+        backdate(&server, &hash, r#"{"claimed":0}"#).await;
+        let (swept, _) = tokio::join!(release(&a, &hash), commit(&b, bytes, Owner::Service));
+        match swept {
+            Some(_) => removed += 1,
+            None => backed_off += 1,
+        }
+        assert_eq!(
+            read(&b, &hash).await.as_deref(),
+            Some(bytes),
+            "round {round}: the upload's bytes are there"
+        );
+        // And they are the service's, claimed just now: safe from the next sweep.
+        assert_eq!(release(&a, &hash).await, None, "round {round}");
+    }
+    println!("sweep removed first {removed} times, backed off {backed_off} times");
+}
+
+/// A removal a node died in the middle of (an old doomed marker) is taken over: an upload
+/// does not wait for it, and a sweep finishes it.
+#[tokio::test]
+async fn a_removal_left_by_a_dead_node_is_taken_over() {
+    let (server, a, _b) = two_nodes(Duration::from_secs(3600)).await;
+    let hash = ContentHash::of(b"orphan");
+    commit(&a, b"orphan", Owner::Service).await;
+    backdate(&server, &hash, r#"{"doomed":0}"#).await;
+    assert_eq!(release(&a, &hash).await, Some(6));
+    assert!(a.service_owned().await.unwrap().is_empty());
+
+    commit(&a, b"orphan", Owner::Service).await;
+    backdate(&server, &hash, r#"{"doomed":0}"#).await;
+    assert!(
+        !commit(&a, b"orphan", Owner::Service).await,
+        "present: not stored again"
+    );
+    assert_eq!(release(&a, &hash).await, None, "claimed again just now");
+    assert_eq!(read(&a, &hash).await.as_deref(), Some(&b"orphan"[..]));
+}
+
+/// What a client put to a presigned upload URL becomes content only once its hash checks;
+/// unconfirmed uploads are swept.
+#[tokio::test]
+async fn direct_uploads_are_adopted_only_when_they_match() {
+    let (server, a, _b) = two_nodes(Duration::ZERO).await;
+    let client = server.client();
+    let good = ContentHash::of(b"direct");
+    let staged = cas::staging_path(PREFIX, &bucket(), &good);
+    client
+        .put(&staged, b"direct".to_vec().into())
+        .await
+        .unwrap();
+    assert!(cas::adopt(&a, &bucket(), &good).await.unwrap());
+    assert_eq!(read(&a, &good).await.as_deref(), Some(&b"direct"[..]));
+    assert!(
+        client.head(&staged).await.is_err(),
+        "the staged upload is gone"
+    );
+    assert!(
+        cas::adopt(&a, &bucket(), &good).await.unwrap(),
+        "confirmed twice"
+    );
+
+    let bad = ContentHash::of(b"expected");
+    let staged = cas::staging_path(PREFIX, &bucket(), &bad);
+    client
+        .put(&staged, b"something else".to_vec().into())
+        .await
+        .unwrap();
+    assert!(!cas::adopt(&a, &bucket(), &bad).await.unwrap());
+    assert_eq!(a.size(&bucket(), &bad).await.unwrap(), None);
+
+    let never = ContentHash::of(b"never confirmed");
+    let staged = cas::staging_path(PREFIX, &bucket(), &never);
+    client
+        .put(&staged, b"never confirmed".to_vec().into())
+        .await
+        .unwrap();
+    assert_eq!(a.sweep_staging(Duration::from_secs(3600)).await.unwrap(), 0);
+    assert_eq!(a.sweep_staging(Duration::ZERO).await.unwrap(), 1);
+    assert!(client.head(&staged).await.is_err());
+}
