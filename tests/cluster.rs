@@ -1,7 +1,8 @@
 //! Several Blobs nodes on one Redis and one S3-compatible store (both real servers on
 //! loopback, started here): notifications cross nodes, compare-and-swap holds across nodes,
-//! a node killed with SIGKILL loses no acknowledged write, and a node started later sees
-//! everything.
+//! a node killed with SIGKILL loses no acknowledged write, a node started later sees
+//! everything, the Blob Service's records are one sequence on every node, and direct
+//! transfer URLs are the object store's own.
 
 mod common;
 
@@ -9,8 +10,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use blobs::client::RawClient;
+use blobs::names::ContentHash;
+use common::service_api::{Api, next_line, subscription};
 use common::{RedisServer, S3Server, ServerProcess, TestServer, hex_ref, token};
 use futures_util::StreamExt;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 /// What the nodes share.
@@ -60,9 +64,18 @@ impl Cluster {
     }
 
     async fn node(&self) -> TestServer {
+        self.node_with(&[]).await
+    }
+
+    async fn node_with(&self, extra: &[&str]) -> TestServer {
         let options = self.options();
-        let options: Vec<&str> = options.iter().map(String::as_str).collect();
+        let mut options: Vec<&str> = options.iter().map(String::as_str).collect();
+        options.extend(extra);
         TestServer::start_with(tempfile::tempdir().unwrap(), &options).await
+    }
+
+    async fn three_nodes(&self) -> [TestServer; 3] {
+        [self.node().await, self.node().await, self.node().await]
     }
 }
 
@@ -253,4 +266,173 @@ async fn a_killed_node_loses_no_acknowledged_write() {
         "each acknowledged version once"
     );
     drop(survivors);
+}
+
+/// Blob Service uploads made through three nodes at once reach the metadata stream of every
+/// node in one strictly increasing `created` order, each once, and `blob-metadata` reaches a
+/// socket on any node; each upload reads through another node, every node lists them all, and
+/// one deleted through one node is gone on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_service_records_are_one_sequence_on_every_node() {
+    const EACH: usize = 6;
+    let cluster = Cluster::start().await;
+    let nodes = cluster.three_nodes().await;
+    let apis: Vec<Api> = nodes.iter().map(|node| Api::new(node, "b")).collect();
+    let mut streams = Vec::new();
+    for api in &apis {
+        let response = api
+            .request(Method::POST, "/events/subscribe")
+            .json(&subscription(None))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        streams.push((response.bytes_stream(), String::new()));
+    }
+    let mut socket = nodes[2].client("b").await;
+
+    let uploads = apis.iter().enumerate().map(|(i, api)| async move {
+        let mut handles = Vec::new();
+        for k in 0..EACH {
+            let bytes = format!("node {i} upload {k}");
+            let handle = api
+                .upload(bytes.as_bytes(), json!({ "semantics": "s" }))
+                .await;
+            handles.push((handle, bytes));
+        }
+        handles
+    });
+    let uploaded = futures_util::future::join_all(uploads).await;
+    let all: BTreeSet<String> = uploaded.iter().flatten().map(|(h, _)| h.clone()).collect();
+    assert_eq!(all.len(), 3 * EACH);
+
+    for (node, (stream, buffer)) in streams.iter_mut().enumerate() {
+        let (mut last, mut seen) = (0, BTreeSet::new());
+        for _ in 0..all.len() {
+            let record = next_line(stream, buffer).await;
+            let created = record["created"].as_u64().unwrap();
+            assert!(created > last, "node {node}: {created} after {last}");
+            last = created;
+            seen.insert(record["handle"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(seen, all, "node {node} streams every record once");
+    }
+    for _ in 0..all.len() {
+        socket.next_event("blob-metadata").await.unwrap();
+    }
+
+    for (i, handles) in uploaded.iter().enumerate() {
+        let reader = &apis[(i + 1) % 3];
+        for (handle, bytes) in handles {
+            let response = reader
+                .request(Method::GET, &format!("/blobs/{handle}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.bytes().await.unwrap(), bytes.as_bytes());
+        }
+    }
+    for (node, api) in apis.iter().enumerate() {
+        let page = api.list("limit=100").await;
+        let listed: BTreeSet<String> = page["blobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["handle"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(listed, all, "node {node} lists every record");
+    }
+
+    let victim = &uploaded[1][0].0;
+    let path = format!("/blobs/{victim}");
+    assert_eq!(
+        apis[0].status(Method::DELETE, &path).await,
+        StatusCode::NO_CONTENT
+    );
+    for api in &apis[1..] {
+        assert_eq!(api.status(Method::GET, &path).await, StatusCode::NOT_FOUND);
+    }
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+/// On the object store, direct transfer URLs are the store's own presigned URLs: an upload
+/// goes straight to the store and becomes content only once `blob-uploaded` finds its hash
+/// right; a redirect downloads straight from the store, through any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_urls_are_the_object_stores_own() {
+    let cluster = Cluster::start().await;
+    let options = ["--cas-redirect-bytes", "16"];
+    let nodes = [
+        cluster.node_with(&options).await,
+        cluster.node_with(&options).await,
+    ];
+    let http = reqwest::Client::new();
+    let bytes = vec![7u8; 5000];
+    let hash = ContentHash::of(&bytes).to_string();
+    let mut client = nodes[0].client("b").await;
+    let granted = client
+        .call1(
+            "request-upload",
+            json!({ "hash": hash, "size": bytes.len() }),
+        )
+        .await
+        .unwrap();
+    let url = granted["url"].as_str().unwrap();
+    assert!(url.starts_with(&cluster.s3.endpoint), "{url}");
+    let put = http.put(url).body(bytes.clone()).send().await.unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    let confirmed = client
+        .call1("blob-uploaded", json!({ "hash": hash }))
+        .await
+        .unwrap();
+    assert_eq!(confirmed, json!({ "hash": hash }));
+
+    let mut reader = nodes[1].client("b").await;
+    reader
+        .emit(
+            "blob-request",
+            &[json!({ "hashes": [hash], "redirect": true })],
+        )
+        .await
+        .unwrap();
+    let redirect = reader.next_event("blob-redirect").await.unwrap();
+    let url = redirect[0]["redirects"][0]["url"].as_str().unwrap();
+    assert!(url.starts_with(&cluster.s3.endpoint), "{url}");
+    let fetched = http.get(url).send().await.unwrap();
+    assert_eq!(fetched.status(), StatusCode::OK);
+    assert_eq!(fetched.bytes().await.unwrap(), bytes);
+    let through_node = http
+        .get(format!("http://{}/blobs/{hash}", nodes[1].addr))
+        .bearer_auth(token("b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(through_node.bytes().await.unwrap(), bytes);
+
+    // A client that puts other bytes than it named gets them refused, and nothing is stored.
+    let named = ContentHash::of(b"what was promised").to_string();
+    let granted = client
+        .call1("request-upload", json!({ "hash": named, "size": 17 }))
+        .await
+        .unwrap();
+    let url = granted["url"].as_str().unwrap();
+    http.put(url).body("something else").send().await.unwrap();
+    let rejected = client
+        .call1("blob-uploaded", json!({ "hash": named }))
+        .await
+        .unwrap();
+    assert!(rejected["reason"].is_string(), "{rejected}");
+    let missing = http
+        .get(format!("http://{}/blobs/{named}", nodes[0].addr))
+        .bearer_auth(token("b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    for node in nodes {
+        node.stop().await;
+    }
 }

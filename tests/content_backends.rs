@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use blobs::cas::{self, ContentStore, FsContent, ObjectContent, Owner};
 use blobs::names::{Bucket, ContentHash, Handle};
-use blobs::service::{Record, RecordFiles, RecordObjects, RecordStore, RetentionPolicy};
+use blobs::service::{
+    BlobService, Record, RecordFiles, RecordObjects, RecordStore, RetentionPolicy, Upload,
+};
 use bytes::Bytes;
 use common::S3Server;
 use object_store::ObjectStoreExt;
@@ -344,16 +346,25 @@ async fn direct_uploads_are_adopted_only_when_they_match() {
         .put(&staged, b"direct".to_vec().into())
         .await
         .unwrap();
-    assert!(cas::adopt(&a, &bucket(), &good).await.unwrap());
+    assert!(cas::adopt(&a, &bucket(), &good, 1024).await.unwrap());
     assert_eq!(read(&a, &good).await.as_deref(), Some(&b"direct"[..]));
     assert!(
         client.head(&staged).await.is_err(),
         "the staged upload is gone"
     );
     assert!(
-        cas::adopt(&a, &bucket(), &good).await.unwrap(),
+        cas::adopt(&a, &bucket(), &good, 1024).await.unwrap(),
         "confirmed twice"
     );
+
+    let large = ContentHash::of(&[1; 2000]);
+    let staged = cas::staging_path(PREFIX, &bucket(), &large);
+    client.put(&staged, vec![1; 2000].into()).await.unwrap();
+    assert!(
+        !cas::adopt(&a, &bucket(), &large, 1024).await.unwrap(),
+        "over the limit"
+    );
+    assert_eq!(a.size(&bucket(), &large).await.unwrap(), None);
 
     let bad = ContentHash::of(b"expected");
     let staged = cas::staging_path(PREFIX, &bucket(), &bad);
@@ -361,7 +372,7 @@ async fn direct_uploads_are_adopted_only_when_they_match() {
         .put(&staged, b"something else".to_vec().into())
         .await
         .unwrap();
-    assert!(!cas::adopt(&a, &bucket(), &bad).await.unwrap());
+    assert!(!cas::adopt(&a, &bucket(), &bad, 1024).await.unwrap());
     assert_eq!(a.size(&bucket(), &bad).await.unwrap(), None);
 
     let never = ContentHash::of(b"never confirmed");
@@ -373,4 +384,81 @@ async fn direct_uploads_are_adopted_only_when_they_match() {
     assert_eq!(a.sweep_staging(Duration::from_secs(3600)).await.unwrap(), 0);
     assert_eq!(a.sweep_staging(Duration::ZERO).await.unwrap(), 1);
     assert!(client.head(&staged).await.is_err());
+}
+
+/// Two nodes running the retention sweep at once over one object store: every expired record
+/// and the content only they referred to are gone, content a live record still refers to
+/// stays, and neither sweep fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_sweeping_the_blob_service_at_once() {
+    const EXPIRED: usize = 8;
+    let server = S3Server::start().await;
+    let node = || {
+        let client = server.client();
+        async move {
+            let content: Arc<dyn ContentStore> =
+                Arc::new(ObjectContent::new(client.clone(), PREFIX, Duration::ZERO));
+            let records = Arc::new(RecordObjects::new(client, PREFIX));
+            let service = BlobService::open(records, content.clone()).await.unwrap();
+            (service, content)
+        }
+    };
+    let (a, content) = node().await;
+    let long_ago = blobs::store::now_ms() - 60_000;
+    let upload = |service: BlobService, bytes: String, policy: RetentionPolicy| {
+        let content = content.clone();
+        async move {
+            let body = futures_util::stream::iter([Ok(Bytes::from(bytes))]);
+            let incoming = content
+                .receive(&bucket(), Box::pin(body), 1024)
+                .await
+                .unwrap();
+            let upload = Upload {
+                semantics: "s".into(),
+                retention_policy: policy,
+                content_type: "text/plain".into(),
+                file_name: None,
+                uploader: "test".into(),
+                now: long_ago,
+            };
+            service
+                .upload(&bucket(), incoming, upload, |_| {})
+                .await
+                .unwrap()
+        }
+    };
+    let expiring = RetentionPolicy::KeepForDuration { duration_ms: 1 };
+    let mut gone = Vec::new();
+    for i in 0..EXPIRED {
+        let record = upload(a.clone(), format!("expired {i}"), expiring.clone()).await;
+        gone.push(record.content_hash().unwrap());
+    }
+    upload(a.clone(), "kept".into(), expiring.clone()).await;
+    let kept = upload(a.clone(), "kept".into(), RetentionPolicy::KeepForever).await;
+    let (b, _) = node().await;
+
+    let now = blobs::store::now_ms();
+    let (swept_a, swept_b) = tokio::join!(a.sweep(now), b.sweep(now));
+    assert!(
+        swept_a.contents + swept_b.contents >= EXPIRED,
+        "{swept_a:?} {swept_b:?}"
+    );
+    let left = RecordObjects::new(server.client(), PREFIX)
+        .load()
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1, "only the live record is left");
+    assert_eq!(left[0].2.handle, kept.handle);
+    for hash in &gone {
+        assert_eq!(content.size(&bucket(), hash).await.unwrap(), None);
+    }
+    let kept_hash = kept.content_hash().unwrap();
+    assert_eq!(
+        read(&*content, &kept_hash).await.as_deref(),
+        Some(&b"kept"[..])
+    );
+    assert_eq!(
+        content.service_owned().await.unwrap(),
+        vec![(bucket(), kept_hash)]
+    );
 }

@@ -143,10 +143,17 @@ pub trait ContentStore: Send + Sync + 'static {
     async fn service_owned(&self) -> Result<Vec<(Bucket, ContentHash)>>;
 
     /// Takes in content a client sent to a direct upload URL (`held` is its lock); `false`
-    /// when no intact content of this hash arrived. This server's own URLs store through
-    /// [`put`], which verifies, so by default there is only the stored content to check.
-    async fn adopt(&self, bucket: &Bucket, hash: &ContentHash, held: ContentLock) -> Result<bool> {
-        let _held = held;
+    /// when no intact content of this hash, of at most `limit` bytes, arrived. This server's
+    /// own URLs store through [`put`], which verifies and limits, so by default there is only
+    /// the stored content to check.
+    async fn adopt(
+        &self,
+        bucket: &Bucket,
+        hash: &ContentHash,
+        limit: u64,
+        held: ContentLock,
+    ) -> Result<bool> {
+        let _ = (held, limit);
         Ok(self.open(bucket, hash).await?.is_some())
     }
 
@@ -158,9 +165,14 @@ pub trait ContentStore: Send + Sync + 'static {
 }
 
 /// `blob-uploaded`: takes in what arrived at the direct upload URL of `hash`, verified.
-pub async fn adopt(store: &dyn ContentStore, bucket: &Bucket, hash: &ContentHash) -> Result<bool> {
+pub async fn adopt(
+    store: &dyn ContentStore,
+    bucket: &Bucket,
+    hash: &ContentHash,
+    limit: u64,
+) -> Result<bool> {
     let held = store.lock(bucket, hash).await;
-    store.adopt(bucket, hash, held).await
+    store.adopt(bucket, hash, limit, held).await
 }
 
 /// Bytes gathered from the network before each write to a staged file.

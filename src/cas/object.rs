@@ -520,7 +520,13 @@ impl ContentStore for ObjectContent {
         Ok(owned)
     }
 
-    async fn adopt(&self, bucket: &Bucket, hash: &ContentHash, held: ContentLock) -> Result<bool> {
+    async fn adopt(
+        &self,
+        bucket: &Bucket,
+        hash: &ContentHash,
+        limit: u64,
+        held: ContentLock,
+    ) -> Result<bool> {
         let objects = &self.objects;
         let staging = staging_path(&objects.prefix, bucket, hash);
         // A copy of its own: the client may still PUT to the URL while this checks it.
@@ -534,7 +540,17 @@ impl ContentStore for ObjectContent {
             Err(e) => return Err(store_error(&staging, e)),
         }
         objects.delete(&staging).await?;
-        let adopted = match objects.download(&checked, hash).await {
+        // A presigned URL cannot bound the body: the limit is checked here.
+        let within = objects
+            .head(&checked)
+            .await?
+            .is_some_and(|size| size <= limit);
+        let found = if within {
+            objects.download(&checked, hash).await
+        } else {
+            Ok(None)
+        };
+        let adopted = match found {
             Ok(Some((file, size))) => {
                 let incoming = Box::new(ObjectIncoming {
                     file,

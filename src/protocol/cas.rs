@@ -253,7 +253,8 @@ pub(super) async fn uploaded<A: Adapter>(
     if session.read_only {
         return rejected("read-only token");
     }
-    if !cas::adopt(session.state.content(), &session.bucket, &hash).await? {
+    let limit = session.state.cas().max_bytes;
+    if !cas::adopt(session.state.content(), &session.bucket, &hash, limit).await? {
         return rejected(
             "no content with this hash arrived: PUT the exact bytes to the granted URL",
         );

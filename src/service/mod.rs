@@ -551,19 +551,18 @@ impl BlobService {
         Ok(record)
     }
 
-    /// The live record of `handle` (looked up in storage when another node may have written
-    /// it and this one has not heard yet).
+    /// The live record of `handle`. When other nodes share the records, storage is asked:
+    /// a record another node has just written or deleted is read as it is now.
     pub async fn get(
         &self,
         bucket: &Bucket,
         handle: &Handle,
         now: u64,
     ) -> Result<Option<Arc<Record>>> {
-        let known = self.with_index(bucket, |index| index.by_handle.get(handle).cloned());
-        let record = match known {
-            Some(record) => Some(record),
-            None if self.0.storage.shared() => self.0.storage.read(bucket, handle).await?,
-            None => None,
+        let record = if self.0.storage.shared() {
+            self.0.storage.read(bucket, handle).await?
+        } else {
+            self.with_index(bucket, |index| index.by_handle.get(handle).cloned())
         };
         Ok(record.filter(|r| r.live(now)))
     }
@@ -617,15 +616,13 @@ impl BlobService {
     /// Deletes a live record, then its content if nothing else refers to it; `false` when
     /// there is no such live record. Runs to the end even if the caller goes away.
     pub async fn delete(&self, bucket: &Bucket, handle: &Handle, now: u64) -> Result<bool> {
-        if self.get(bucket, handle, now).await?.is_none() {
+        let Some(record) = self.get(bucket, handle, now).await? else {
             return Ok(false);
-        }
+        };
         let this = self.clone();
         let (bucket, handle) = (bucket.clone(), handle.clone());
         tokio::spawn(async move {
-            let Some(record) = this.remove_record(&bucket, &handle).await? else {
-                return Ok(false);
-            };
+            this.remove_record(&bucket, &handle).await?;
             if let Some(hash) = record.content_hash() {
                 this.collect(&bucket, &hash).await?;
             }
@@ -681,7 +678,7 @@ impl BlobService {
         let mut swept = Swept::default();
         for (bucket, handle) in expired {
             match self.remove_record(&bucket, &handle).await {
-                Ok(removed) => swept.records += usize::from(removed.is_some()),
+                Ok(()) => swept.records += 1,
                 Err(e) => tracing::error!(%bucket, %handle, "sweep: cannot remove a record: {e}"),
             }
         }
@@ -708,9 +705,8 @@ impl BlobService {
         swept
     }
 
-    /// Removes a record from storage, then from memory (here and on the other nodes); the
-    /// record, if this node had it.
-    async fn remove_record(&self, bucket: &Bucket, handle: &Handle) -> Result<Option<Arc<Record>>> {
+    /// Removes a record from storage, then from memory (here and on the other nodes).
+    async fn remove_record(&self, bucket: &Bucket, handle: &Handle) -> Result<()> {
         self.0.storage.remove(bucket, handle).await?;
         if let Some(cluster) = self.0.cluster.get() {
             let message = Relayed::Removed {
@@ -721,11 +717,10 @@ impl BlobService {
                 tracing::warn!(%bucket, %handle, "removal not announced to the other nodes: {e}");
             }
         }
-        let mut records = self.records();
-        Ok(records
-            .buckets
-            .get_mut(bucket)
-            .and_then(|index| index.remove(handle)))
+        if let Some(index) = self.records().buckets.get_mut(bucket) {
+            index.remove(handle);
+        }
+        Ok(())
     }
 
     /// Removes the service's content if no record refers to it (checked under its lock, so

@@ -15,6 +15,8 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod service_api;
+
 pub const SECRET: &str = "integration-test-secret";
 
 pub struct TestServer {
