@@ -33,22 +33,9 @@ impl Cluster {
 
     /// The options that put a node on this cluster.
     fn options(&self) -> Vec<String> {
-        [
-            "--store",
-            "s3",
-            "--s3-endpoint",
-            &self.s3.endpoint,
-            "--s3-bucket",
-            &self.s3.bucket,
-            "--s3-access-key-id",
-            "test",
-            "--s3-secret-access-key",
-            "test",
-            "--redis-url",
-            &self.redis.url,
-        ]
-        .map(str::to_owned)
-        .to_vec()
+        let mut options = self.s3.options("");
+        options.extend(["--redis-url".to_owned(), self.redis.url.clone()]);
+        options
     }
 
     /// The same, as environment variables for the server binary.

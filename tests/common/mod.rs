@@ -259,6 +259,77 @@ impl Drop for ServerProcess {
     }
 }
 
+/// Where a server under test keeps its data: the suites that test storage run once per
+/// backend.
+pub enum Backend {
+    Files,
+    Object(S3Server),
+}
+
+/// Object names of the object backend start with this, as with `S3_PREFIX`.
+const BACKEND_PREFIX: &str = "data/";
+
+impl Backend {
+    /// Every backend, each fresh.
+    pub async fn all() -> Vec<Backend> {
+        vec![Backend::Files, Backend::Object(S3Server::start().await)]
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Files => "files",
+            Backend::Object(_) => "object store",
+        }
+    }
+
+    /// Starts a server on this backend (`storage` is its directory either way).
+    pub async fn start(&self, storage: TempDir) -> TestServer {
+        let options = match self {
+            Backend::Files => Vec::new(),
+            Backend::Object(s3) => s3.options(BACKEND_PREFIX),
+        };
+        let options: Vec<&str> = options.iter().map(String::as_str).collect();
+        TestServer::start_with(storage, &options).await
+    }
+
+    /// Writes `bytes` at `name` (`<bucket>/<shard>/<ref>.json`) behind the server's back.
+    pub async fn write(&self, storage: &Path, name: &str, bytes: &[u8]) {
+        match self {
+            Backend::Files => {
+                let path = storage.join(name);
+                std::fs::create_dir_all(path.parent().expect("a parent")).unwrap();
+                std::fs::write(path, bytes).unwrap();
+            }
+            Backend::Object(s3) => {
+                let path = object_store::path::Path::from(format!("{BACKEND_PREFIX}{name}"));
+                let payload = bytes.to_vec().into();
+                object_store::ObjectStoreExt::put(&*s3.client(), &path, payload)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    /// Reads what is stored at `name`, as the server left it.
+    pub async fn read(&self, storage: &Path, name: &str) -> Vec<u8> {
+        match self {
+            Backend::Files => std::fs::read(storage.join(name)).unwrap(),
+            Backend::Object(s3) => {
+                let path = object_store::path::Path::from(format!("{BACKEND_PREFIX}{name}"));
+                let found = object_store::ObjectStoreExt::get(&*s3.client(), &path)
+                    .await
+                    .unwrap();
+                found.bytes().await.unwrap().to_vec()
+            }
+        }
+    }
+}
+
+/// The name of a blob's JSON below the storage root or the object prefix.
+pub fn blob_name(bucket: &str, r: &str) -> String {
+    format!("{bucket}/{}/{r}.json", &r[..2])
+}
+
 /// An S3-compatible server for the tests: `moto_server` from PyPI (installed by
 /// `scripts/test`), on a free loopback port, with one empty bucket; killed when dropped.
 pub struct S3Server {
@@ -339,6 +410,26 @@ impl S3Server {
         );
         client.delete(&check).await.expect("a delete");
         server
+    }
+
+    /// The server options that put a node's storage on this bucket (under `prefix`).
+    pub fn options(&self, prefix: &str) -> Vec<String> {
+        [
+            "--store",
+            "s3",
+            "--s3-endpoint",
+            &self.endpoint,
+            "--s3-bucket",
+            &self.bucket,
+            "--s3-access-key-id",
+            "test",
+            "--s3-secret-access-key",
+            "test",
+            "--s3-prefix",
+            prefix,
+        ]
+        .map(str::to_owned)
+        .to_vec()
     }
 
     /// An object-store client of the bucket.
