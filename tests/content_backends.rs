@@ -7,53 +7,41 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blobs::cas::{self, ContentStore, FsContent, ObjectContent, Owner};
+use blobs::cas::{self, ContentStore, ObjectContent, Owner};
 use blobs::names::{Bucket, ContentHash, Handle};
-use blobs::service::{
-    BlobService, Record, RecordFiles, RecordObjects, RecordStore, RetentionPolicy, Upload,
-};
+use blobs::service::{BlobService, Record, RecordObjects, RecordStore, RetentionPolicy, Upload};
 use bytes::Bytes;
-use common::S3Server;
+use common::{Backend, S3Server};
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use tokio::io::AsyncReadExt;
 
-/// A content store and a record store under test, and what keeps them alive.
-struct Backend {
+const PREFIX: &str = common::BACKEND_PREFIX;
+
+/// A content store and a record store under test, on one backend.
+struct Stores {
     name: &'static str,
     content: Arc<dyn ContentStore>,
     records: Arc<dyn RecordStore>,
-    /// The object store's own client (to look behind the server's back), if any.
-    objects: Option<Arc<dyn object_store::ObjectStore>>,
-    _files: Option<tempfile::TempDir>,
-    _server: Option<S3Server>,
+    backend: Backend,
+    dir: tempfile::TempDir,
 }
 
-/// The file backend and the object-store backend; `grace` is the object store's claim grace.
-async fn backends(grace: Duration) -> Vec<Backend> {
-    let files = tempfile::tempdir().unwrap();
-    let fs = Backend {
-        name: "files",
-        content: Arc::new(FsContent::open(files.path()).unwrap()),
-        records: Arc::new(RecordFiles::new(files.path())),
-        objects: None,
-        _files: Some(files),
-        _server: None,
-    };
-    let server = S3Server::start().await;
-    let client = server.client();
-    let object = Backend {
-        name: "object store",
-        content: Arc::new(ObjectContent::new(client.clone(), PREFIX, grace)),
-        records: Arc::new(RecordObjects::new(client.clone(), PREFIX)),
-        objects: Some(client),
-        _files: None,
-        _server: Some(server),
-    };
-    vec![fs, object]
+/// The stores of every backend; `grace` is the object store's claim grace.
+async fn backends(grace: Duration) -> Vec<Stores> {
+    let mut all = Vec::new();
+    for backend in Backend::all().await {
+        let dir = tempfile::tempdir().unwrap();
+        all.push(Stores {
+            name: backend.name(),
+            content: backend.content(dir.path(), grace),
+            records: backend.records(dir.path()),
+            backend,
+            dir,
+        });
+    }
+    all
 }
-
-const PREFIX: &str = "prefix/";
 
 fn bucket() -> Bucket {
     Bucket::parse("b").unwrap()
@@ -121,24 +109,11 @@ async fn content_is_verified_both_ways() {
         // Damage the stored copy behind the store's back.
         let damaged = ContentHash::of(b"fragile");
         commit(store, b"fragile", Owner::Shared).await;
-        match (&backend.objects, &backend._files) {
-            (Some(objects), _) => {
-                let path = cas::content_path(PREFIX, &bucket(), &damaged);
-                objects
-                    .put(&path, b"fragilE".to_vec().into())
-                    .await
-                    .unwrap();
-            }
-            (None, Some(files)) => {
-                let path = files
-                    .path()
-                    .join("b/cas")
-                    .join(damaged.shard())
-                    .join(damaged.as_str());
-                std::fs::write(path, b"fragilE").unwrap();
-            }
-            _ => unreachable!(),
-        }
+        let name_of = format!("b/cas/{}/{damaged}", damaged.shard());
+        backend
+            .backend
+            .write(backend.dir.path(), &name_of, b"fragilE")
+            .await;
         assert_eq!(
             read(store, &damaged).await,
             None,

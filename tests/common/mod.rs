@@ -5,6 +5,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use blobs::auth::Keys;
 use blobs::client::RawClient;
@@ -267,7 +269,7 @@ pub enum Backend {
 }
 
 /// Object names of the object backend start with this, as with `S3_PREFIX`.
-const BACKEND_PREFIX: &str = "data/";
+pub const BACKEND_PREFIX: &str = "data/";
 
 impl Backend {
     /// Every backend, each fresh.
@@ -290,6 +292,39 @@ impl Backend {
         };
         let options: Vec<&str> = options.iter().map(String::as_str).collect();
         TestServer::start_with(storage, &options).await
+    }
+
+    /// The versioned store of this backend, kept under `storage` or the object prefix.
+    pub fn versioned(&self, storage: &Path) -> Arc<dyn blobs::store::Store> {
+        match self {
+            Backend::Files => Arc::new(blobs::store::FsStore::open(storage).unwrap()),
+            Backend::Object(s3) => {
+                Arc::new(blobs::store::ObjectBlobs::new(s3.client(), BACKEND_PREFIX))
+            }
+        }
+    }
+
+    /// The content store of this backend (`grace`: the object store's claim grace).
+    pub fn content(&self, storage: &Path, grace: Duration) -> Arc<dyn blobs::cas::ContentStore> {
+        match self {
+            Backend::Files => Arc::new(blobs::cas::FsContent::open(storage).unwrap()),
+            Backend::Object(s3) => Arc::new(blobs::cas::ObjectContent::new(
+                s3.client(),
+                BACKEND_PREFIX,
+                grace,
+            )),
+        }
+    }
+
+    /// The Blob Service's record store of this backend.
+    pub fn records(&self, storage: &Path) -> Arc<dyn blobs::service::RecordStore> {
+        match self {
+            Backend::Files => Arc::new(blobs::service::RecordFiles::new(storage)),
+            Backend::Object(s3) => Arc::new(blobs::service::RecordObjects::new(
+                s3.client(),
+                BACKEND_PREFIX,
+            )),
+        }
     }
 
     /// Writes `bytes` at `name` (`<bucket>/<shard>/<ref>.json`) behind the server's back.
