@@ -98,7 +98,6 @@ impl Changes {
     /// Carries changes between this node's HTTP streams and the other nodes' over Redis
     /// pub/sub (the Socket.IO rooms already span the nodes through the adapter).
     pub async fn relay(&self, client: &redis::Client) -> redis::RedisResult<()> {
-        use futures_util::StreamExt as _;
         use redis::AsyncCommands as _;
         let mut publisher = client.get_multiplexed_async_connection().await?;
         let mut subscriber = client.get_async_pubsub().await?;
@@ -124,28 +123,17 @@ impl Changes {
         });
         let streams = self.streams.clone();
         // Ends with the server (the publishing task ends when this `Changes` is dropped).
-        let closing = self.closing();
-        tokio::spawn(async move {
-            tokio::pin!(closing);
-            let mut messages = subscriber.into_on_message();
-            loop {
-                let message = tokio::select! {
-                    message = messages.next() => message,
-                    () = &mut closing => return,
-                };
-                let Some(message) = message else {
-                    tracing::warn!("the change relay from Redis ended");
-                    return;
-                };
-                let text: String = message.get_payload().unwrap_or_default();
-                match relayed_change(&text, &node) {
-                    Some(change) => {
-                        streams.send(change).ok();
-                    }
-                    None => tracing::trace!("relayed message skipped"),
+        listen(
+            subscriber,
+            self.closing(),
+            "change",
+            move |text| match relayed_change(text, &node) {
+                Some(change) => {
+                    streams.send(change).ok();
                 }
-            }
-        });
+                None => tracing::trace!("relayed message skipped"),
+            },
+        );
         self.relay.set(relay).ok();
         Ok(())
     }
@@ -186,6 +174,33 @@ impl Changes {
     pub fn close(&self) {
         self.closing.send_replace(true);
     }
+}
+
+/// Hands every message of `subscriber`'s channels to `on_message`, in order, until `closing`
+/// resolves (or Redis ends the subscription, which is logged under `what`).
+pub fn listen(
+    subscriber: redis::aio::PubSub,
+    closing: impl std::future::Future<Output = ()> + Send + 'static,
+    what: &'static str,
+    mut on_message: impl FnMut(&str) + Send + 'static,
+) {
+    use futures_util::StreamExt as _;
+    tokio::spawn(async move {
+        tokio::pin!(closing);
+        let mut messages = subscriber.into_on_message();
+        loop {
+            let message = tokio::select! {
+                message = messages.next() => message,
+                () = &mut closing => return,
+            };
+            let Some(message) = message else {
+                tracing::warn!("the {what} relay from Redis ended");
+                return;
+            };
+            let text: String = message.get_payload().unwrap_or_default();
+            on_message(&text);
+        }
+    });
 }
 
 /// A change another node relayed (`None` for this node's own, or anything malformed).

@@ -134,10 +134,32 @@ async fn main() -> Result<()> {
             Ok(figures) => figures,
             Err(e) => json!({ "skipped": e.to_string() }),
         };
-        let fs_set = report["set"]["ops_per_sec"].as_f64();
-        let s3_set = report["cluster"]["1_node"]["set"]["ops_per_sec"].as_f64();
-        if let (Some(fs), Some(s3)) = (fs_set, s3_set) {
-            report["s3_set_vs_fs_set"] = json!(round(s3 / fs));
+        let ratios = [
+            ("s3_set_vs_fs_set", "set", "ops_per_sec", "1_node", "set"),
+            (
+                "s3_cas_put_vs_fs",
+                "cas_put",
+                "mb_per_sec",
+                "s3_cas_put",
+                "",
+            ),
+            (
+                "s3_cas_get_vs_fs",
+                "cas_get",
+                "mb_per_sec",
+                "s3_cas_get",
+                "",
+            ),
+        ];
+        for (name, fs, figure, s3, inner) in ratios {
+            let fs = report[fs][figure].as_f64();
+            let mut s3 = &report["cluster"][s3];
+            if !inner.is_empty() {
+                s3 = &s3[inner];
+            }
+            if let (Some(fs), Some(s3)) = (fs, s3[figure].as_f64()) {
+                report[name] = json!(round(s3 / fs));
+            }
         }
     }
     println!("{}", serde_json::to_string_pretty(&report)?);
@@ -149,7 +171,8 @@ const CLUSTER_SUBSCRIBERS: usize = 300;
 
 /// 1 node and then 3 nodes on one Redis and one S3-compatible store (moto, started here like
 /// Redis, both on loopback): `set` and `get` with 32 clients spread over the nodes, and the
-/// fanout of a write on one node to subscribers spread over all of them.
+/// fanout of a write on one node to subscribers spread over all of them; then 1 MiB content
+/// `PUT`s and `GET`s through one node on the object store.
 async fn cluster(args: &Args, token: &str, duration: Duration) -> Result<Value> {
     let redis = Helper::redis()?;
     let moto = Helper::moto(&args.moto)?;
@@ -185,6 +208,12 @@ async fn cluster(args: &Args, token: &str, duration: Duration) -> Result<Value> 
             "fanout": fanout(&addrs, token, CLUSTER_SUBSCRIBERS, args.fanout_writes).await?,
         });
     }
+    // Content through one node on the object store: the file store's `cas_*` figures of the
+    // same run are the comparison.
+    let (put, stored) = content_throughput(nodes[0].addr, token, duration, None).await?;
+    let (get, _) = content_throughput(nodes[0].addr, token, duration, Some(&stored)).await?;
+    report["s3_cas_put"] = put;
+    report["s3_cas_get"] = get;
     for node in &mut nodes {
         node.stop();
     }

@@ -122,17 +122,9 @@ impl Objects {
 
     /// The buckets that have objects under the prefix.
     async fn buckets(&self) -> Result<Vec<Bucket>> {
-        let root = (!self.prefix.is_empty()).then(|| Path::from(self.prefix.as_str()));
-        let top = self
-            .store
-            .list_with_delimiter(root.as_ref())
+        crate::store::buckets(&*self.store, &self.prefix)
             .await
-            .map_err(|e| store_error(&root.clone().unwrap_or_default(), e))?;
-        Ok(top
-            .common_prefixes
-            .iter()
-            .filter_map(|dir| dir.filename().and_then(Bucket::parse))
-            .collect())
+            .map_err(|e| store_error(&Path::from(self.prefix.as_str()), e))
     }
 
     /// Downloads `path` into a local temp file while hashing it; the file, rewound, and its

@@ -23,7 +23,6 @@ use std::io;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
@@ -205,17 +204,16 @@ struct Index {
 }
 
 impl Index {
-    /// Adds a record; `false` (and nothing changes) when its handle is known already.
-    fn insert(&mut self, handle: Handle, record: Arc<Record>) -> bool {
+    /// Adds a record (nothing when its handle is known already).
+    fn insert(&mut self, handle: Handle, record: Arc<Record>) {
         if self.by_handle.contains_key(&handle) {
-            return false;
+            return;
         }
         if let Some(hash) = record.content_hash() {
             *self.refs.entry(hash).or_default() += 1;
         }
         self.by_time.insert((record.created, handle.clone()));
         self.by_handle.insert(handle, record);
-        true
     }
 
     fn remove(&mut self, handle: &Handle) -> Option<Arc<Record>> {
@@ -244,6 +242,35 @@ struct Records {
     /// `created` of the newest record: each new one gets a later time, so `created` orders
     /// records and a stream can resume from the last one it saw.
     newest: u64,
+}
+
+impl Records {
+    /// Adds a record (nothing when its handle is known already).
+    fn insert(&mut self, bucket: &Bucket, handle: Handle, record: Arc<Record>) {
+        self.newest = self.newest.max(record.created);
+        let index = self.buckets.entry(bucket.clone()).or_default();
+        index.insert(handle, record);
+    }
+
+    fn remove(&mut self, bucket: &Bucket, handle: &Handle) {
+        if let Some(index) = self.buckets.get_mut(bucket) {
+            index.remove(handle);
+        }
+    }
+
+    /// Every record's bucket and handle for which `keep` holds.
+    fn select(&self, keep: impl Fn(&Bucket, &Handle, &Record) -> bool) -> Vec<(Bucket, Handle)> {
+        self.buckets
+            .iter()
+            .flat_map(|(bucket, index)| {
+                index
+                    .by_handle
+                    .iter()
+                    .filter(|(handle, r)| keep(bucket, handle, r))
+                    .map(|(handle, _)| (bucket.clone(), handle.clone()))
+            })
+            .collect()
+    }
 }
 
 /// The Blob Service's records, over the bucket's content store. Cloning is cheap: the state
@@ -294,9 +321,7 @@ impl BlobService {
     ) -> Result<Self> {
         let mut records = Records::default();
         for (bucket, handle, record) in storage.load().await? {
-            records.newest = records.newest.max(record.created);
-            let index = records.buckets.entry(bucket).or_default();
-            index.insert(handle, record);
+            records.insert(&bucket, handle, record);
         }
         Ok(Self(Arc::new(Inner {
             storage,
@@ -324,25 +349,15 @@ impl BlobService {
         self.catch_up(u64::MAX).await?;
         self.0.cluster.set(cluster).ok();
         let this = self.clone();
-        tokio::spawn(async move {
-            tokio::pin!(closing);
-            let mut messages = subscriber.into_on_message();
-            loop {
-                let message = tokio::select! {
-                    message = messages.next() => message,
-                    () = &mut closing => return,
-                };
-                let Some(message) = message else {
-                    tracing::warn!("the metadata relay from Redis ended");
-                    return;
-                };
-                let text: String = message.get_payload().unwrap_or_default();
-                match Relayed::parse(&text) {
-                    Some(applied) => this.apply(applied),
-                    None => tracing::trace!("relayed record skipped"),
-                }
-            }
-        });
+        crate::changes::listen(
+            subscriber,
+            closing,
+            "metadata",
+            move |text| match Relayed::parse(text) {
+                Some(applied) => this.apply(applied),
+                None => tracing::trace!("relayed record skipped"),
+            },
+        );
         Ok(())
     }
 
@@ -351,9 +366,7 @@ impl BlobService {
         let mut records = self.records();
         match applied {
             Applied::Created(bucket, handle, record) => {
-                records.newest = records.newest.max(record.created);
-                let index = records.buckets.entry(bucket.clone()).or_default();
-                index.insert(handle, record.clone());
+                records.insert(&bucket, handle, record.clone());
                 // Under the lock, so streams receive records in `created` order.
                 self.0.stream.send((bucket, record.clone())).ok();
                 self.0.applied.send_if_modified(|newest| {
@@ -362,11 +375,7 @@ impl BlobService {
                     newer
                 });
             }
-            Applied::Removed(bucket, handle) => {
-                if let Some(index) = records.buckets.get_mut(&bucket) {
-                    index.remove(&handle);
-                }
-            }
+            Applied::Removed(bucket, handle) => records.remove(&bucket, &handle),
         }
     }
 
@@ -378,29 +387,15 @@ impl BlobService {
         let found = self.0.storage.load().await?;
         let present: HashSet<(&Bucket, &Handle)> = found.iter().map(|(b, h, _)| (b, h)).collect();
         let mut records = self.records();
-        let gone: Vec<(Bucket, Handle)> = records
-            .buckets
-            .iter()
-            .flat_map(|(bucket, index)| {
-                index
-                    .by_handle
-                    .iter()
-                    .filter(|(handle, r)| {
-                        r.created <= before && !present.contains(&(bucket, *handle))
-                    })
-                    .map(|(handle, _)| (bucket.clone(), handle.clone()))
-            })
-            .collect();
+        let gone = records.select(|bucket, handle, r| {
+            r.created <= before && !present.contains(&(bucket, handle))
+        });
         for (bucket, handle) in gone {
-            if let Some(index) = records.buckets.get_mut(&bucket) {
-                index.remove(&handle);
-            }
+            records.remove(&bucket, &handle);
         }
         for (bucket, handle, record) in found {
             if record.created < settled {
-                records.newest = records.newest.max(record.created);
-                let index = records.buckets.entry(bucket).or_default();
-                index.insert(handle, record);
+                records.insert(&bucket, handle, record);
             }
         }
         Ok(())
@@ -502,8 +497,7 @@ impl BlobService {
         self.0.storage.write(bucket, handle, &record).await?;
         let record = Arc::new(record);
         let mut records = self.records();
-        let index = records.buckets.entry(bucket.clone()).or_default();
-        index.insert(handle.clone(), record.clone());
+        records.insert(bucket, handle.clone(), record.clone());
         // Under the lock, so streams receive records in `created` order.
         self.0.stream.send((bucket.clone(), record.clone())).ok();
         Ok(record)
@@ -544,9 +538,8 @@ impl BlobService {
         let back = applied.wait_for(|newest| *newest >= record.created);
         if tokio::time::timeout(APPLY_WAIT, back).await.is_err() {
             tracing::warn!(%bucket, %handle, "record did not come back from Redis in time");
-            let mut records = self.records();
-            let index = records.buckets.entry(bucket.clone()).or_default();
-            index.insert(handle.clone(), record.clone());
+            self.records()
+                .insert(bucket, handle.clone(), record.clone());
         }
         Ok(record)
     }
@@ -661,20 +654,7 @@ impl BlobService {
                 return Swept::default();
             }
         }
-        let expired: Vec<(Bucket, Handle)> = {
-            let records = self.records();
-            records
-                .buckets
-                .iter()
-                .flat_map(|(bucket, index)| {
-                    index
-                        .by_handle
-                        .iter()
-                        .filter(|(_, r)| !r.live(now))
-                        .map(|(h, _)| (bucket.clone(), h.clone()))
-                })
-                .collect()
-        };
+        let expired = self.records().select(|_, _, r| !r.live(now));
         let mut swept = Swept::default();
         for (bucket, handle) in expired {
             match self.remove_record(&bucket, &handle).await {
@@ -717,9 +697,7 @@ impl BlobService {
                 tracing::warn!(%bucket, %handle, "removal not announced to the other nodes: {e}");
             }
         }
-        if let Some(index) = self.records().buckets.get_mut(bucket) {
-            index.remove(handle);
-        }
+        self.records().remove(bucket, handle);
         Ok(())
     }
 

@@ -183,17 +183,11 @@ fn object_error(path: &ObjectPath, e: object_store::Error) -> Error {
 #[async_trait::async_trait]
 impl RecordStore for RecordObjects {
     async fn load(&self) -> Result<Vec<Found>> {
-        let root = (!self.prefix.is_empty()).then(|| ObjectPath::from(self.prefix.as_str()));
-        let top = self
-            .store
-            .list_with_delimiter(root.as_ref())
+        let buckets = crate::store::buckets(&*self.store, &self.prefix)
             .await
-            .map_err(|e| object_error(&root.clone().unwrap_or_default(), e))?;
+            .map_err(|e| object_error(&ObjectPath::from(self.prefix.as_str()), e))?;
         let mut found = Vec::new();
-        for dir in top.common_prefixes {
-            let Some(bucket) = dir.filename().and_then(Bucket::parse) else {
-                continue;
-            };
+        for bucket in buckets {
             let handles = ObjectPath::from(format!("{}{bucket}/{HANDLES_DIR}/", self.prefix));
             let mut names = self.store.list(Some(&handles));
             while let Some(meta) = names.next().await {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::names::{Bucket, Ref};
 
 pub use fs::FsStore;
-pub use object::{ObjectBlobs, s3_client};
+pub use object::{ObjectBlobs, buckets, s3_client};
 
 /// Largest version a client may name: JavaScript's `Number.MAX_SAFE_INTEGER`, so every version
 /// (and the next one) stays exact in a browser.

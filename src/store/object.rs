@@ -41,6 +41,17 @@ pub fn s3_client(
         .build()
 }
 
+/// The buckets that have objects under `prefix` (the top level of the layout).
+pub async fn buckets(store: &dyn ObjectStore, prefix: &str) -> object_store::Result<Vec<Bucket>> {
+    let root = (!prefix.is_empty()).then(|| Path::from(prefix));
+    let top = store.list_with_delimiter(root.as_ref()).await?;
+    Ok(top
+        .common_prefixes
+        .iter()
+        .filter_map(|dir| dir.filename().and_then(Bucket::parse))
+        .collect())
+}
+
 /// Versioned blobs in an object store.
 pub struct ObjectBlobs {
     store: Arc<dyn ObjectStore>,
