@@ -267,12 +267,7 @@ async fn blob_service_records_are_one_sequence_on_every_node() {
     let apis: Vec<Api> = nodes.iter().map(|node| Api::new(node, "b")).collect();
     let mut streams = Vec::new();
     for api in &apis {
-        let response = api
-            .request(Method::POST, "/events/subscribe")
-            .json(&subscription(None))
-            .send()
-            .await
-            .unwrap();
+        let response = api.subscribe(&subscription(None)).await;
         assert_eq!(response.status(), StatusCode::OK);
         streams.push((response.bytes_stream(), String::new()));
     }

@@ -428,12 +428,7 @@ async fn the_metadata_stream_replays_and_delivers_per_bucket() {
         .unwrap();
     let cut = old_record["created"].as_u64().unwrap();
 
-    let response = api
-        .request(Method::POST, "/events/subscribe")
-        .json(&subscription(Some(cut)))
-        .send()
-        .await
-        .unwrap();
+    let response = api.subscribe(&subscription(Some(cut))).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "application/x-ndjson");
     let mut stream = response.bytes_stream();
@@ -445,12 +440,7 @@ async fn the_metadata_stream_replays_and_delivers_per_bucket() {
     );
     assert_eq!(replayed["semantics"], "recent");
 
-    let other_response = other
-        .request(Method::POST, "/events/subscribe")
-        .json(&subscription(None))
-        .send()
-        .await
-        .unwrap();
+    let other_response = other.subscribe(&subscription(None)).await;
     let mut other_stream = other_response.bytes_stream();
     let mut other_buffer = String::new();
 
@@ -489,18 +479,10 @@ async fn the_metadata_stream_replays_and_delivers_per_bucket() {
 
     // A subscription to another stream gets no records; a malformed one is a 400.
     let unrelated = api
-        .request(Method::POST, "/events/subscribe")
-        .json(&json!({ "subscriptions": [{ "name": "some-other-stream" }], "since": 0 }))
-        .send()
-        .await
-        .unwrap();
+        .subscribe(&json!({ "subscriptions": [{ "name": "some-other-stream" }], "since": 0 }))
+        .await;
     assert_eq!(unrelated.status(), StatusCode::OK);
-    let bad = api
-        .request(Method::POST, "/events/subscribe")
-        .json(&json!({ "subscribe": [] }))
-        .send()
-        .await
-        .unwrap();
+    let bad = api.subscribe(&json!({ "subscribe": [] })).await;
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
     assert!(!error_of(bad).await.is_empty());
     drop(unrelated);
@@ -536,12 +518,7 @@ async fn an_idle_stream_gets_keep_alive_newlines() {
     )
     .await;
     let api = Api::new(&server, "b");
-    let response = api
-        .request(Method::POST, "/events/subscribe")
-        .json(&subscription(None))
-        .send()
-        .await
-        .unwrap();
+    let response = api.subscribe(&subscription(None)).await;
     let mut stream = response.bytes_stream();
     for _ in 0..2 {
         let chunk = tokio::time::timeout(Duration::from_secs(10), stream.next())

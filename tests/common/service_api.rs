@@ -56,6 +56,15 @@ impl Api {
         body["handle"].as_str().expect("a handle").to_owned()
     }
 
+    /// Opens the metadata stream with `request` (see [`subscription`]); the response.
+    pub async fn subscribe(&self, request: &Value) -> Response {
+        self.request(Method::POST, "/events/subscribe")
+            .json(request)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn status(&self, method: Method, path: &str) -> StatusCode {
         self.request(method, path).send().await.unwrap().status()
     }
