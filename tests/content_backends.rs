@@ -215,6 +215,12 @@ async fn records_round_trip() {
     }
 }
 
+/// A shared `DELETE` of `hash` on `store`; whether there was such content.
+async fn remove(store: &dyn ContentStore, hash: ContentHash) -> bool {
+    let held = store.lock(&bucket(), &hash).await;
+    store.remove(&bucket(), &hash, held).await.unwrap()
+}
+
 /// Two object-store nodes.
 async fn two_nodes(grace: Duration) -> (S3Server, ObjectContent, ObjectContent) {
     let server = S3Server::start().await;
@@ -436,4 +442,41 @@ async fn two_nodes_sweeping_the_blob_service_at_once() {
         content.service_owned().await.unwrap(),
         vec![(bucket(), kept_hash)]
     );
+}
+
+/// A Blob Service upload of bytes a shared flow stored keeps them from a shared `DELETE` on
+/// another node (whose view may lack the new record) for the grace, however the two race; the
+/// sweep never takes them (they stay shared); past the grace a shared `DELETE` removes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_upload_keeps_shared_bytes_from_a_delete_on_another_node() {
+    let (server, a, b) = two_nodes(Duration::from_secs(3600)).await;
+    for round in 0..20u32 {
+        let bytes: &'static [u8] =
+            Box::leak(format!("shared {round}").into_bytes().into_boxed_slice());
+        let hash = ContentHash::of(bytes);
+        commit(&a, bytes, Owner::Shared).await;
+        let (_, _) = tokio::join!(commit(&a, bytes, Owner::Service), remove(&b, hash.clone()));
+        assert_eq!(
+            read(&a, &hash).await.as_deref(),
+            Some(bytes),
+            "round {round}: the upload's bytes are there"
+        );
+        assert_eq!(
+            release(&b, &hash).await,
+            None,
+            "round {round}: never the sweep's"
+        );
+        assert!(remove(&b, hash.clone()).await, "round {round}: present");
+        assert!(
+            read(&a, &hash).await.is_some(),
+            "round {round}: kept for the grace"
+        );
+        backdate(&server, &hash, r#"{"kept":0}"#).await;
+        assert!(remove(&b, hash.clone()).await);
+        assert_eq!(
+            read(&a, &hash).await,
+            None,
+            "round {round}: removed past the grace"
+        );
+    }
 }

@@ -9,19 +9,23 @@
 //!
 //! Several nodes may store, claim and remove one content at once, and no node-local lock can
 //! order them. The marker object does, through conditional writes (`If-Match` on its ETag,
-//! `If-None-Match: *` to create it):
-//! - `{"claimed": t}`: the Blob Service brought the content in (or referred to it again) at
-//!   `t`. Every Blob Service commit rewrites it *before* it looks at the content.
-//! - `{"doomed": t}`: a node is removing the content. It got there by a conditional write
-//!   against the marker it had checked, so nobody claimed the content in between; whoever
-//!   wants the content from now on waits until the marker is gone (the content is gone by
-//!   then) and uploads again. A doomed marker older than [`DOOM_LEASE`] was left by a node
-//!   that died mid-removal and is taken over.
-//! - `{"shared": t}`: a shared flow stored the bytes; the marker is on its way out.
+//! `If-None-Match: *` to create it), and every store or claim writes the marker *before* it
+//! looks at the content:
+//! - `{"claimed": t}`: the Blob Service brought the content in (or was handed it) at `t`; the
+//!   sweep removes it once no record refers to it and `t` is past the grace.
+//! - `{"kept": t}`: a Blob Service upload at `t` found the bytes already there (shared content):
+//!   a shared `DELETE` leaves them alone for the grace, the sweep never removes them.
+//! - `{"shared": t}`: a shared flow stored the bytes over a claim: they are no longer the
+//!   service's. Stays in place (deleting it could erase another node's newer marker).
+//! - `{"doomed": t}`: a node is removing the content. It got there by a conditional write over
+//!   the marker it had checked, so nobody claimed or kept the content in between; whoever wants
+//!   the content from now on waits until the marker is gone (the content is gone by then) and
+//!   uploads again. A doomed marker older than [`DOOM_LEASE`] was left by a node that died
+//!   mid-removal and is taken over.
 //!
-//! The sweep removes only content claimed more than the grace period ago: an upload on another
-//! node writes its record moments after its claim, and the grace keeps its content safe until
-//! every node's records show it.
+//! The grace is the time an upload on another node has to make its record seen by every node
+//! (moments, normally); the claim is written again once the bytes are up, so it runs from
+//! then.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +81,7 @@ const MARKER_SUFFIX: &str = ".service";
 #[serde(rename_all = "lowercase")]
 enum Marker {
     Claimed(u64),
+    Kept(u64),
     Doomed(u64),
     Shared(u64),
 }
@@ -214,14 +219,14 @@ impl Objects {
         }
     }
 
-    /// Writes `marker` over the version read (`None`: only if there is none); `false` when
-    /// another node changed it first.
+    /// Writes `marker` over the version read (`None`: only if there is none); its new version,
+    /// or `None` when another node changed it first.
     async fn write_marker(
         &self,
         path: &Path,
         marker: Marker,
         over: Option<UpdateVersion>,
-    ) -> Result<bool> {
+    ) -> Result<Option<UpdateVersion>> {
         let mode = match over {
             Some(version) => PutMode::Update(version),
             None => PutMode::Create,
@@ -232,12 +237,15 @@ impl Objects {
             .put_opts(path, PutPayload::from(body), mode.into())
             .await
         {
-            Ok(_) => Ok(true),
+            Ok(written) => Ok(Some(UpdateVersion {
+                e_tag: written.e_tag,
+                version: written.version,
+            })),
             Err(
                 object_store::Error::Precondition { .. }
                 | object_store::Error::AlreadyExists { .. }
                 | object_store::Error::NotFound { .. },
-            ) => Ok(false),
+            ) => Ok(None),
             Err(e) => Err(store_error(path, e)),
         }
     }
@@ -260,10 +268,8 @@ impl Objects {
         if !removable(marker) {
             return Ok(None);
         }
-        if !self
-            .write_marker(&marker_path, Marker::Doomed(now_ms()), version)
-            .await?
-        {
+        let doomed = self.write_marker(&marker_path, Marker::Doomed(now_ms()), version);
+        if doomed.await?.is_none() {
             return Ok(None);
         }
         let path = self.path(bucket, hash);
@@ -340,56 +346,88 @@ impl Incoming for ObjectIncoming {
         held: ContentLock,
         owner: Owner,
     ) -> Result<(bool, ContentLock)> {
-        let content = self.objects.clone();
+        let objects = self.objects.clone();
         let (bucket, hash) = (&self.bucket, &self.hash);
         let (path, marker_path) = (
-            content.path(bucket, hash),
-            content.marker_path(bucket, hash),
+            objects.path(bucket, hash),
+            objects.marker_path(bucket, hash),
         );
+        let mut retry = Backoff::default();
         loop {
-            // Claims and conversions come before looking at the content: a node that dooms the
-            // marker after this write fails, and one that doomed it before is waited out.
-            let marker = content.settled_marker(&marker_path).await?;
-            let present = content.head(&path).await? == Some(self.size);
-            let (state, version) = match marker {
-                Some((marker, version)) => (Some(marker), Some(version)),
-                None => (None, None),
-            };
-            let now = now_ms();
-            let written = match (owner, state) {
-                // Shared content the service stores again stays shared.
-                (Owner::Service, None | Some(Marker::Shared(_))) if present => true,
-                (Owner::Service, _) => {
-                    content
-                        .write_marker(&marker_path, Marker::Claimed(now), version)
-                        .await?
+            // The marker is written before the content is looked at: a removal that checked
+            // the marker before this write fails to doom it, and one that doomed it before is
+            // waited out (it has removed the content by the time the marker is gone).
+            let (state, version) = split(objects.settled_marker(&marker_path).await?);
+            let mark = match (owner, state) {
+                (Owner::Service, Some(Marker::Claimed(_) | Marker::Doomed(_))) => {
+                    Some(Marker::Claimed(now_ms()))
                 }
-                (Owner::Shared, None) => true,
-                (Owner::Shared, Some(_)) => {
-                    content
-                        .write_marker(&marker_path, Marker::Shared(now), version)
-                        .await?
+                // Maybe shared content: kept from removal for the grace, never the sweep's.
+                (Owner::Service, _) => Some(Marker::Kept(now_ms())),
+                (Owner::Shared, None | Some(Marker::Shared(_) | Marker::Kept(_))) => None,
+                (Owner::Shared, Some(Marker::Claimed(_) | Marker::Doomed(_))) => {
+                    Some(Marker::Shared(now_ms()))
                 }
             };
-            if !written {
-                continue;
-            }
-            let created = !present;
-            if created {
-                match &self.copy_from {
-                    Some(from) => content
-                        .store
-                        .copy(from, &path)
-                        .await
-                        .map_err(|e| store_error(&path, e))?,
-                    None => content.upload(&mut self.file, &path).await?,
+            let mut version = version;
+            if let Some(mark) = mark {
+                version = objects.write_marker(&marker_path, mark, version).await?;
+                if version.is_none() {
+                    retry.wait().await;
+                    continue;
                 }
             }
-            if owner == Owner::Shared && state.is_some() {
-                content.delete(&marker_path).await?;
+            if objects.head(&path).await? == Some(self.size) {
+                return Ok((false, held));
             }
-            return Ok((created, held));
+            if owner == Owner::Service {
+                // The service brings the bytes in: they are its own. Claimed again once they
+                // are up, so the grace runs from when they are there.
+                let claim = objects.write_marker(&marker_path, Marker::Claimed(now_ms()), version);
+                version = claim.await?;
+                if version.is_none() {
+                    retry.wait().await;
+                    continue;
+                }
+            }
+            match &self.copy_from {
+                Some(from) => objects
+                    .store
+                    .copy(from, &path)
+                    .await
+                    .map_err(|e| store_error(&path, e))?,
+                None => objects.upload(&mut self.file, &path).await?,
+            }
+            if owner == Owner::Service {
+                let claim = objects.write_marker(&marker_path, Marker::Claimed(now_ms()), version);
+                if claim.await?.is_none() {
+                    // Another upload or a shared store of the same bytes came in between:
+                    // decide again with what it left.
+                    retry.wait().await;
+                    continue;
+                }
+            }
+            return Ok((true, held));
         }
+    }
+}
+
+/// The marker read, split into its state and the version to replace it with.
+fn split(read: Option<(Marker, UpdateVersion)>) -> (Option<Marker>, Option<UpdateVersion>) {
+    match read {
+        Some((marker, version)) => (Some(marker), Some(version)),
+        None => (None, None),
+    }
+}
+
+/// A growing pause between attempts that lost a conditional write.
+#[derive(Default)]
+struct Backoff(u32);
+
+impl Backoff {
+    async fn wait(&mut self) {
+        self.0 = (self.0 + 1).min(5);
+        tokio::time::sleep(DOOM_POLL.0 * (1 << self.0)).await;
     }
 }
 
@@ -437,11 +475,15 @@ impl ContentStore for ObjectContent {
     async fn remove(&self, bucket: &Bucket, hash: &ContentHash, held: ContentLock) -> Result<bool> {
         let _held = held;
         // Content the Blob Service claims is its sweep's to remove, once no record refers to
-        // it: the records another node just wrote may not be in this node's view yet.
+        // it; content an upload kept is safe for the grace: the records another node just
+        // wrote may not be in this node's view yet.
+        let grace = self.objects.grace;
         let removed = self
             .objects
-            .doom_and_remove(bucket, hash, |marker| {
-                matches!(marker, None | Some(Marker::Shared(_) | Marker::Doomed(_)))
+            .doom_and_remove(bucket, hash, |marker| match marker {
+                None | Some(Marker::Shared(_) | Marker::Doomed(_)) => true,
+                Some(Marker::Kept(at)) => older_than(at, grace),
+                Some(Marker::Claimed(_)) => false,
             })
             .await?;
         match removed {
@@ -452,20 +494,18 @@ impl ContentStore for ObjectContent {
 
     async fn claim(&self, bucket: &Bucket, hash: &ContentHash, held: ContentLock) -> Result<bool> {
         let _held = held;
-        let path = self.objects.marker_path(bucket, hash);
+        let objects = &self.objects;
+        let path = objects.marker_path(bucket, hash);
+        let mut retry = Backoff::default();
         loop {
-            let current = self.objects.settled_marker(&path).await?;
-            if self.size(bucket, hash).await?.is_none() {
-                return Ok(false);
+            let (_, version) = split(objects.settled_marker(&path).await?);
+            let claim = objects.write_marker(&path, Marker::Claimed(now_ms()), version);
+            if claim.await?.is_some() {
+                // Looked at after the claim: a removal either failed to doom it or is over.
+                // A claim without content is cleared by the sweep.
+                return Ok(self.size(bucket, hash).await?.is_some());
             }
-            let version = current.map(|(_, version)| version);
-            if self
-                .objects
-                .write_marker(&path, Marker::Claimed(now_ms()), version)
-                .await?
-            {
-                return Ok(true);
-            }
+            retry.wait().await;
         }
     }
 
@@ -483,7 +523,7 @@ impl ContentStore for ObjectContent {
                 Some(Marker::Claimed(at)) => older_than(at, grace),
                 // Left by a node that died mid-removal (fresh ones were waited out).
                 Some(Marker::Doomed(_)) => true,
-                None | Some(Marker::Shared(_)) => false,
+                None | Some(Marker::Shared(_) | Marker::Kept(_)) => false,
             })
             .await?;
         Ok(removed.map(|size| size.unwrap_or(0)))
