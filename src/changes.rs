@@ -18,6 +18,7 @@ use socketioxide::{SendError, SocketError, SocketIo};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::names::{Bucket, ContentHash, Ref};
+use crate::relay;
 use crate::service::Record;
 
 /// Changes an HTTP stream may fall behind by before it skips to the current version.
@@ -44,8 +45,9 @@ pub struct Changes {
     /// this).
     rooms: OnceLock<Box<dyn Rooms>>,
     /// Every change, for the HTTP streams; bounded (see [`STREAM_BACKLOG`]): a stream that
-    /// falls further behind is told the current version instead.
-    streams: broadcast::Sender<Change>,
+    /// falls further behind is told the current version instead. `None`: changes of other
+    /// nodes may have been missed (Redis was away); every stream says where its blob is now.
+    streams: broadcast::Sender<Option<Change>>,
     /// With several nodes: this node's changes, on their way to the other nodes' HTTP streams
     /// over Redis pub/sub (unbounded, but drained at once by one publishing task).
     relay: OnceLock<mpsc::UnboundedSender<Change>>,
@@ -92,7 +94,7 @@ impl Changes {
             relay.send(change.clone()).ok();
         }
         // No HTTP stream listening is not an error.
-        self.streams.send(change).ok();
+        self.streams.send(Some(change)).ok();
     }
 
     /// Carries changes between this node's HTTP streams and the other nodes' over Redis
@@ -100,8 +102,7 @@ impl Changes {
     pub async fn relay(&self, client: &redis::Client) -> redis::RedisResult<()> {
         use redis::AsyncCommands as _;
         let mut publisher = client.get_multiplexed_async_connection().await?;
-        let mut subscriber = client.get_async_pubsub().await?;
-        subscriber.subscribe(RELAY_CHANNEL).await?;
+        let subscriber = relay::subscribe(client, RELAY_CHANNEL).await?;
         let node = uuid::Uuid::new_v4().simple().to_string();
         let (relay, mut outgoing) = mpsc::unbounded_channel::<Change>();
         let ours = node.clone();
@@ -121,18 +122,17 @@ impl Changes {
                 }
             }
         });
-        let streams = self.streams.clone();
+        let relayed = RelayedChanges {
+            streams: self.streams.clone(),
+            node,
+        };
         // Ends with the server (the publishing task ends when this `Changes` is dropped).
-        listen(
+        relay::listen(
+            client.clone(),
             subscriber,
+            RELAY_CHANNEL,
             self.closing(),
-            "change",
-            move |text| match relayed_change(text, &node) {
-                Some(change) => {
-                    streams.send(change).ok();
-                }
-                None => tracing::trace!("relayed message skipped"),
-            },
+            relayed,
         );
         self.relay.set(relay).ok();
         Ok(())
@@ -158,7 +158,7 @@ impl Changes {
     }
 
     /// All changes from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Option<Change>> {
         self.streams.subscribe()
     }
 
@@ -176,31 +176,27 @@ impl Changes {
     }
 }
 
-/// Hands every message of `subscriber`'s channels to `on_message`, in order, until `closing`
-/// resolves (or Redis ends the subscription, which is logged under `what`).
-pub fn listen(
-    subscriber: redis::aio::PubSub,
-    closing: impl std::future::Future<Output = ()> + Send + 'static,
-    what: &'static str,
-    mut on_message: impl FnMut(&str) + Send + 'static,
-) {
-    use futures_util::StreamExt as _;
-    tokio::spawn(async move {
-        tokio::pin!(closing);
-        let mut messages = subscriber.into_on_message();
-        loop {
-            let message = tokio::select! {
-                message = messages.next() => message,
-                () = &mut closing => return,
-            };
-            let Some(message) = message else {
-                tracing::warn!("the {what} relay from Redis ended");
-                return;
-            };
-            let text: String = message.get_payload().unwrap_or_default();
-            on_message(&text);
+/// The other nodes' changes, on their way to this node's HTTP streams.
+struct RelayedChanges {
+    streams: broadcast::Sender<Option<Change>>,
+    /// This node's name in the messages it publishes (its own are skipped).
+    node: String,
+}
+
+#[async_trait::async_trait]
+impl relay::Listener for RelayedChanges {
+    async fn message(&mut self, text: &str) {
+        match relayed_change(text, &self.node) {
+            Some(change) => {
+                self.streams.send(Some(change)).ok();
+            }
+            None => tracing::trace!("relayed message skipped"),
         }
-    });
+    }
+
+    async fn resubscribed(&mut self) {
+        self.streams.send(None).ok();
+    }
 }
 
 /// A change another node relayed (`None` for this node's own, or anything malformed).

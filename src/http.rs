@@ -558,15 +558,18 @@ async fn blob_events(
                 () = &mut closing => return,
             };
             let event = match received {
-                Ok(change) if change.bucket == bucket && change.r == r => {
+                Ok(Some(change)) if change.bucket == bucket && change.r == r => {
                     changed_event(change.version, change.deleted)
                 }
-                Ok(_) => continue,
-                // Fell behind: say where the blob is now.
-                Err(RecvError::Lagged(_)) => match state.store().get(&bucket, &r).await {
-                    Ok(Some(blob)) => changed_event(blob.version, blob.deleted),
-                    _ => continue,
-                },
+                Ok(Some(_)) => continue,
+                // Fell behind, or changes of other nodes may have been missed: say where the
+                // blob is now.
+                Ok(None) | Err(RecvError::Lagged(_)) => {
+                    match state.store().get(&bucket, &r).await {
+                        Ok(Some(blob)) => changed_event(blob.version, blob.deleted),
+                        _ => continue,
+                    }
+                }
                 Err(RecvError::Closed) => return,
             };
             if tx.send(event).await.is_err() {

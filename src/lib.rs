@@ -16,6 +16,7 @@
 //! - [`service`]: the Blob Service: uploads with semantics and retention, named by handles,
 //!   over the content store; the retention sweep.
 //! - [`changes`]: change notification to Socket.IO rooms and HTTP streams.
+//! - [`relay`]: messages between nodes over Redis pub/sub, subscribed again after a loss.
 //! - [`durable`]: the one function that replaces a file (temp file, fsync, rename, fsync dir).
 //! - [`protocol`]: the Socket.IO events and their acknowledgements; [`protocol::cas`] the
 //!   content-addressed blob flow.
@@ -46,6 +47,7 @@ pub mod locks;
 pub mod names;
 pub mod protocol;
 pub mod proxy;
+pub mod relay;
 pub mod service;
 pub mod state;
 pub mod store;

@@ -2,13 +2,14 @@
 //! are announced in one order for every node, and every node's view of the records follows
 //! the others'.
 //!
-//! A node holds the bucket's order lock in Redis (`SET NX PX`, released only by its holder)
-//! from choosing `created` (above the bucket's clock in Redis and above every record it has
-//! seen) until its record is durable and published on `blobs:metadata`. Redis delivers one
-//! channel's messages in publish order to every subscriber, so each node applies new records in
-//! `created` order and its metadata streams keep the single-node guarantee: replay, then live
-//! records, each once, in order. A node that dies holding the lock holds up that bucket's
-//! uploads for at most [`LOCK_TTL`].
+//! A node holds the bucket's order lock in Redis (`SET NX PX`, renewed while it works, released
+//! only by its holder) from choosing `created` (above the bucket's clock in Redis and above
+//! every record it has seen) until its record is durable and published on `blobs:metadata`;
+//! the clock and the publication happen in one script that first checks the lock is still
+//! the node's. Redis delivers one channel's messages in publish order to every subscriber, so
+//! each node applies new records in `created` order and its metadata streams keep the
+//! single-node guarantee: replay, then live records, each once, in order. A node that dies
+//! holding the lock holds up that bucket's uploads for at most [`LOCK_TTL`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,19 @@ const LOCK_POLL: (Duration, Duration) = (Duration::from_millis(2), Duration::fro
 /// Releases a lock only if it is still the caller's (it may have expired and been taken).
 const UNLOCK: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
 
+/// Extends a lock only if it is still the caller's.
+const RENEW: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) else return 0 end"#;
+
+/// Under the caller's lock only: raises the bucket's clock to `created` and publishes the
+/// record; 0 when the lock is no longer the caller's.
+const ANNOUNCE: &str = r#"
+if redis.call("GET", KEYS[1]) ~= ARGV[1] then return 0 end
+local clock = tonumber(redis.call("GET", KEYS[2]) or "0")
+if tonumber(ARGV[2]) > clock then redis.call("SET", KEYS[2], ARGV[2]) end
+redis.call("PUBLISH", ARGV[3], ARGV[4])
+return 1
+"#;
+
 /// What one node tells the others.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "camelCase")]
@@ -48,10 +62,11 @@ pub struct Cluster {
     redis: MultiplexedConnection,
 }
 
-/// A bucket's order lock, held until [`Cluster::unlock`].
+/// A bucket's order lock, held (and renewed) until [`Cluster::unlock`].
 pub struct OrderLock {
-    key: String,
+    bucket: Bucket,
     token: String,
+    renewal: tokio::task::JoinHandle<()>,
 }
 
 impl Cluster {
@@ -63,32 +78,53 @@ impl Cluster {
 
     /// Waits for the bucket's order lock.
     pub async fn lock(&self, bucket: &Bucket) -> redis::RedisResult<OrderLock> {
-        let lock = OrderLock {
-            key: format!("blobs:order:{bucket}"),
-            token: uuid::Uuid::new_v4().simple().to_string(),
-        };
+        let (key, token) = (lock_key(bucket), uuid::Uuid::new_v4().simple().to_string());
         let mut redis = self.redis.clone();
         let mut pause = LOCK_POLL.0;
         loop {
             let taken: Option<String> = redis::cmd("SET")
-                .arg(&lock.key)
-                .arg(&lock.token)
+                .arg(&key)
+                .arg(&token)
                 .arg("NX")
                 .arg("PX")
                 .arg(LOCK_TTL.as_millis() as u64)
                 .query_async(&mut redis)
                 .await?;
             if taken.is_some() {
-                return Ok(lock);
+                break;
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(LOCK_POLL.1);
         }
+        // A slow object store must not let the lock expire under its holder.
+        let renewal = tokio::spawn({
+            let (key, token) = (key.clone(), token.clone());
+            async move {
+                loop {
+                    tokio::time::sleep(LOCK_TTL / 3).await;
+                    let renewed = redis::Script::new(RENEW)
+                        .key(&key)
+                        .arg(&token)
+                        .arg(LOCK_TTL.as_millis() as u64)
+                        .invoke_async::<i64>(&mut redis)
+                        .await;
+                    if let Err(e) = renewed {
+                        tracing::warn!(%key, "order lock not renewed: {e}");
+                    }
+                }
+            }
+        });
+        Ok(OrderLock {
+            bucket: bucket.clone(),
+            token,
+            renewal,
+        })
     }
 
     pub async fn unlock(&self, lock: OrderLock) -> redis::RedisResult<()> {
+        lock.renewal.abort();
         redis::Script::new(UNLOCK)
-            .key(&lock.key)
+            .key(lock_key(&lock.bucket))
             .arg(&lock.token)
             .invoke_async::<i64>(&mut self.redis.clone())
             .await
@@ -101,9 +137,24 @@ impl Cluster {
         Ok(clock.unwrap_or(0))
     }
 
-    /// Sets the bucket's clock (under its order lock).
-    pub async fn set_clock(&self, bucket: &Bucket, created: u64) -> redis::RedisResult<()> {
-        self.redis.clone().set(clock_key(bucket), created).await
+    /// Raises the bucket's clock to the record's `created` and publishes it, if `lock` is
+    /// still held; `false` when it is not (it expired: the record is not announced).
+    pub async fn announce(&self, lock: &OrderLock, record: &Record) -> redis::RedisResult<bool> {
+        let message = Relayed::Created {
+            bucket: lock.bucket.to_string(),
+            record: record.clone(),
+        };
+        let text = serde_json::to_string(&message).expect("a message always serialises");
+        let announced: i64 = redis::Script::new(ANNOUNCE)
+            .key(lock_key(&lock.bucket))
+            .key(clock_key(&lock.bucket))
+            .arg(&lock.token)
+            .arg(record.created)
+            .arg(CHANNEL)
+            .arg(text)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(announced == 1)
     }
 
     pub async fn publish(&self, message: &Relayed) -> redis::RedisResult<()> {
@@ -112,8 +163,14 @@ impl Cluster {
     }
 }
 
+// One hash tag per bucket: a Redis Cluster keeps a bucket's lock and clock in one slot, as
+// the announcing script needs.
+fn lock_key(bucket: &Bucket) -> String {
+    format!("blobs:{{{bucket}}}:order")
+}
+
 fn clock_key(bucket: &Bucket) -> String {
-    format!("blobs:clock:{bucket}")
+    format!("blobs:{{{bucket}}}:clock")
 }
 
 impl Relayed {

@@ -30,6 +30,7 @@ use crate::cas::{self, ContentStore, Incoming, Owner};
 use crate::locks::KeyedLocks;
 use crate::names::{Bucket, ContentHash, Handle};
 
+use crate::relay;
 use cluster::{Applied, Cluster, Relayed};
 pub use records::{RecordFiles, RecordObjects, RecordStore};
 
@@ -204,16 +205,17 @@ struct Index {
 }
 
 impl Index {
-    /// Adds a record (nothing when its handle is known already).
-    fn insert(&mut self, handle: Handle, record: Arc<Record>) {
+    /// Adds a record; `false` (and nothing changes) when its handle is known already.
+    fn insert(&mut self, handle: Handle, record: Arc<Record>) -> bool {
         if self.by_handle.contains_key(&handle) {
-            return;
+            return false;
         }
         if let Some(hash) = record.content_hash() {
             *self.refs.entry(hash).or_default() += 1;
         }
         self.by_time.insert((record.created, handle.clone()));
         self.by_handle.insert(handle, record);
+        true
     }
 
     fn remove(&mut self, handle: &Handle) -> Option<Arc<Record>> {
@@ -245,11 +247,11 @@ struct Records {
 }
 
 impl Records {
-    /// Adds a record (nothing when its handle is known already).
-    fn insert(&mut self, bucket: &Bucket, handle: Handle, record: Arc<Record>) {
+    /// Adds a record; `false` (and nothing changes) when its handle is known already.
+    fn insert(&mut self, bucket: &Bucket, handle: Handle, record: Arc<Record>) -> bool {
         self.newest = self.newest.max(record.created);
         let index = self.buckets.entry(bucket.clone()).or_default();
-        index.insert(handle, record);
+        index.insert(handle, record)
     }
 
     fn remove(&mut self, bucket: &Bucket, handle: &Handle) {
@@ -294,8 +296,8 @@ struct Inner {
     order: KeyedLocks<Bucket, ()>,
     /// The other nodes, once joined (`REDIS_URL`).
     cluster: OnceLock<Cluster>,
-    /// `created` of the newest record applied from the other nodes' channel: an upload waits
-    /// for its own record to come back, so this node lists it from then on.
+    /// Counts the records applied from the nodes' channel: an upload waits until its own
+    /// record came back, so this node lists it from then on.
     applied: watch::Sender<u64>,
 }
 
@@ -305,8 +307,8 @@ pub type NewRecords = broadcast::Receiver<(Bucket, Arc<Record>)>;
 /// New records a metadata stream may fall behind by before it replays from the records.
 const STREAM_BACKLOG: usize = 1024;
 
-/// How long an upload waits for its record to come back from Redis before this node lists it
-/// anyway (Redis pub/sub loses messages while a connection is re-established).
+/// How long an upload waits for its record to come back from Redis (this node lists it from
+/// then on; a message lost with a Redis connection arrives through the catch-up instead).
 const APPLY_WAIT: Duration = Duration::from_secs(2);
 
 /// Records younger than this are left to the other nodes' channel when a sweep catches up with
@@ -342,60 +344,61 @@ impl BlobService {
         closing: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
         let cluster = Cluster::connect(client).await?;
-        let mut subscriber = client.get_async_pubsub().await?;
-        subscriber.subscribe(cluster::CHANNEL).await?;
+        let subscriber = relay::subscribe(client, cluster::CHANNEL).await?;
         // Subscribed first: what the others write from here on is either in storage now or
         // arrives on the channel.
         self.catch_up(u64::MAX).await?;
         self.0.cluster.set(cluster).ok();
-        let this = self.clone();
-        crate::changes::listen(
+        relay::listen(
+            client.clone(),
             subscriber,
+            cluster::CHANNEL,
             closing,
-            "metadata",
-            move |text| match Relayed::parse(text) {
-                Some(applied) => this.apply(applied),
-                None => tracing::trace!("relayed record skipped"),
-            },
+            RelayedRecords(self.clone()),
         );
         Ok(())
     }
 
     /// Applies what a node (this one included) announced.
     fn apply(&self, applied: Applied) {
-        let mut records = self.records();
-        match applied {
-            Applied::Created(bucket, handle, record) => {
-                records.insert(&bucket, handle, record.clone());
-                // Under the lock, so streams receive records in `created` order.
-                self.0.stream.send((bucket, record.clone())).ok();
-                self.0.applied.send_if_modified(|newest| {
-                    let newer = record.created > *newest;
-                    *newest = (*newest).max(record.created);
-                    newer
-                });
+        {
+            let mut records = self.records();
+            match applied {
+                Applied::Created(bucket, handle, record) => {
+                    // Under the lock, so streams receive records in `created` order; once.
+                    if records.insert(&bucket, handle, record.clone()) {
+                        self.0.stream.send((bucket, record)).ok();
+                    }
+                }
+                Applied::Removed(bucket, handle) => records.remove(&bucket, &handle),
             }
-            Applied::Removed(bucket, handle) => records.remove(&bucket, &handle),
         }
+        self.0.applied.send_modify(|count| *count += 1);
     }
 
     /// Brings memory up to what storage holds: records created before `settled` that memory
-    /// lacks are added (younger ones are on their way through the channel), and records
-    /// memory had before this look that storage no longer has are dropped.
+    /// lacks are added and streamed, oldest first (younger ones are on their way through the
+    /// channel), and records memory had before this look that storage no longer has are
+    /// dropped.
     async fn catch_up(&self, settled: u64) -> Result<()> {
-        let before = self.records().newest;
-        let found = self.0.storage.load().await?;
+        let known: HashSet<(Bucket, Handle)> =
+            self.records().select(|_, _, _| true).into_iter().collect();
+        let mut found = self.0.storage.load().await?;
         let present: HashSet<(&Bucket, &Handle)> = found.iter().map(|(b, h, _)| (b, h)).collect();
+        let gone: Vec<&(Bucket, Handle)> = known
+            .iter()
+            .filter(|(bucket, handle)| !present.contains(&(bucket, handle)))
+            .collect();
         let mut records = self.records();
-        let gone = records.select(|bucket, handle, r| {
-            r.created <= before && !present.contains(&(bucket, handle))
-        });
         for (bucket, handle) in gone {
-            records.remove(&bucket, &handle);
+            records.remove(bucket, handle);
         }
+        found.sort_by_key(|(_, _, record)| record.created);
         for (bucket, handle, record) in found {
-            if record.created < settled {
-                records.insert(&bucket, handle, record);
+            // A record this node knew and no longer has was removed while storage was read.
+            let new = !known.contains(&(bucket.clone(), handle.clone()));
+            if new && record.created < settled && records.insert(&bucket, handle, record.clone()) {
+                self.0.stream.send((bucket, record)).ok();
             }
         }
         Ok(())
@@ -519,13 +522,20 @@ impl BlobService {
             let newest = self.records().newest;
             record.created = now.max(clock.max(newest).saturating_add(1));
             self.0.storage.write(bucket, handle, &record).await?;
-            cluster.set_clock(bucket, record.created).await?;
-            let message = Relayed::Created {
-                bucket: bucket.to_string(),
-                record: record.clone(),
-            };
-            if let Err(e) = cluster.publish(&message).await {
-                tracing::warn!(%bucket, %handle, "record not announced to the other nodes: {e}");
+            let announced = cluster.announce(&lock, &record).await;
+            if !matches!(announced, Ok(true)) {
+                // Written but not announced (Redis failed, or the lock expired under a stalled
+                // node): take the record back, so it never turns up out of order.
+                if let Err(e) = self.0.storage.remove(bucket, handle).await {
+                    tracing::error!(%bucket, %handle, "unannounced record left in storage: {e}");
+                }
+                announced?;
+                return Err(Error::Io {
+                    path: handle.to_string(),
+                    source: io::Error::other(
+                        "the bucket's order lock expired before the record was announced",
+                    ),
+                });
             }
             Ok::<_, Error>(record)
         }
@@ -535,11 +545,15 @@ impl BlobService {
         }
         let record = Arc::new(written?);
         let mut applied = self.0.applied.subscribe();
-        let back = applied.wait_for(|newest| *newest >= record.created);
+        let back = async {
+            while self.with_index(bucket, |index| !index.by_handle.contains_key(handle)) {
+                if applied.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
         if tokio::time::timeout(APPLY_WAIT, back).await.is_err() {
-            tracing::warn!(%bucket, %handle, "record did not come back from Redis in time");
-            self.records()
-                .insert(bucket, handle.clone(), record.clone());
+            tracing::warn!(%bucket, %handle, "record not back from Redis in time: listed once it arrives");
         }
         Ok(record)
     }
@@ -711,6 +725,26 @@ impl BlobService {
             return Ok(None);
         }
         Ok(content.release(bucket, hash, held).await?)
+    }
+}
+
+/// The nodes' channel of records, applied to one node's view.
+struct RelayedRecords(BlobService);
+
+#[async_trait::async_trait]
+impl relay::Listener for RelayedRecords {
+    async fn message(&mut self, text: &str) {
+        match Relayed::parse(text) {
+            Some(applied) => self.0.apply(applied),
+            None => tracing::trace!("relayed record skipped"),
+        }
+    }
+
+    async fn resubscribed(&mut self) {
+        // Records announced while the subscription was away arrive from storage instead.
+        if let Err(e) = self.0.catch_up(u64::MAX).await {
+            tracing::error!("cannot catch up with the records after a Redis outage: {e}");
+        }
     }
 }
 

@@ -365,8 +365,10 @@ pub fn blob_name(bucket: &str, r: &str) -> String {
     format!("{bucket}/{}/{r}.json", &r[..2])
 }
 
-/// An S3-compatible server for the tests: `moto_server` from PyPI (installed by
-/// `scripts/test`), on a free loopback port, with one empty bucket; killed when dropped.
+/// An S3-compatible server for the tests: moto's S3 server from PyPI (installed by
+/// `scripts/test`), run by `tests/interop/s3_server.py` so that it decides one request at a
+/// time (moto's own conditional PUT is not atomic across its threads; S3's is), on a free
+/// loopback port, with one empty bucket; killed when dropped.
 pub struct S3Server {
     pub endpoint: String,
     pub bucket: String,
@@ -379,10 +381,11 @@ impl S3Server {
     pub async fn start() -> Self {
         use std::io::{BufRead, BufReader};
         use std::process::{Command, Stdio};
-        let program =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/.venv/bin/moto_server");
+        let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+        let program = interop.join(".venv/bin/python");
         let mut child = Command::new(&program)
-            .args(["-H", "127.0.0.1", "-p", "0"])
+            .arg(interop.join("s3_server.py"))
+            .args(["127.0.0.1", "0"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
