@@ -101,7 +101,8 @@ impl Changes {
     /// pub/sub (the Socket.IO rooms already span the nodes through the adapter).
     pub async fn relay(&self, client: &redis::Client) -> redis::RedisResult<()> {
         use redis::AsyncCommands as _;
-        let mut publisher = client.get_multiplexed_async_connection().await?;
+        // Connects again by itself after Redis went away.
+        let mut publisher = redis::aio::ConnectionManager::new(client.clone()).await?;
         let subscriber = relay::subscribe(client, RELAY_CHANNEL).await?;
         let node = uuid::Uuid::new_v4().simple().to_string();
         let (relay, mut outgoing) = mpsc::unbounded_channel::<Change>();

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::AsyncCommands as _;
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use crate::names::{Bucket, Handle};
@@ -58,8 +58,8 @@ pub enum Relayed {
 /// This node's connection to the others.
 #[derive(Clone)]
 pub struct Cluster {
-    /// Multiplexed: cloning shares one connection.
-    redis: MultiplexedConnection,
+    /// Cloning shares one connection, which is made again after Redis went away.
+    redis: ConnectionManager,
 }
 
 /// A bucket's order lock, held (and renewed) until [`Cluster::unlock`].
@@ -72,7 +72,7 @@ pub struct OrderLock {
 impl Cluster {
     pub async fn connect(client: &redis::Client) -> redis::RedisResult<Self> {
         Ok(Self {
-            redis: client.get_multiplexed_async_connection().await?,
+            redis: ConnectionManager::new(client.clone()).await?,
         })
     }
 

@@ -495,13 +495,29 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> Self {
-        use std::io::{BufRead, BufReader};
-        use std::process::{Command, Stdio};
         // Redis takes no port 0: take a free port from the kernel and hand it over.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
+        Self {
+            url: format!("redis://127.0.0.1:{port}"),
+            child: Self::spawn(port),
+        }
+    }
+
+    /// Kills Redis and starts a new, empty one on the same port: the nodes lose their
+    /// connections and what Redis held.
+    pub fn restart(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+        let port = self.url.rsplit(':').next().and_then(|p| p.parse().ok());
+        self.child = Self::spawn(port.expect("the URL names the port"));
+    }
+
+    fn spawn(port: u16) -> std::process::Child {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
         let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -519,10 +535,7 @@ impl RedisServer {
             }
         }
         std::thread::spawn(move || lines.for_each(drop));
-        Self {
-            url: format!("redis://127.0.0.1:{port}"),
-            child,
-        }
+        child
     }
 }
 
