@@ -65,7 +65,7 @@ use axum::serve::ListenerExt;
 use socketioxide::adapter::{Adapter, Emitter};
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::{ParserConfig, SocketIo, SocketIoBuilder};
-use socketioxide_redis::{RedisAdapter, RedisAdapterCtr};
+use socketioxide_redis::{FredAdapter, RedisAdapterCtr};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
@@ -138,11 +138,11 @@ pub async fn run(
                 source,
             };
             let client = redis::Client::open(resp3(url)).map_err(redis_error)?;
-            let adapter = RedisAdapterCtr::new_with_redis(&client)
+            let adapter = RedisAdapterCtr::new_with_fred(adapter_client(url)?)
                 .await
-                .map_err(redis_error)?;
+                .map_err(|e| StartError::Adapter(e.to_string()))?;
             let (layer, io) = builder
-                .with_adapter::<RedisAdapter<Emitter>>(adapter)
+                .with_adapter::<FredAdapter<Emitter>>(adapter)
                 .build_layer();
             protocol::register_cluster(&io)
                 .await
@@ -189,6 +189,43 @@ fn sockets(config: &Config, state: &AppState) -> SocketIoBuilder {
         // Idle sockets dominate memory; 1 KiB read chunks save 3 KiB per connection over the
         // default, at the cost of more reads for the rare large message.
         .ws_read_buffer_size(1024)
+}
+
+/// The Redis client of the Socket.IO adapter (fred's): it connects again after Redis went away
+/// and subscribes to its channels again, so rooms span the nodes again by themselves.
+fn adapter_client(url: &str) -> Result<fred::clients::SubscriberClient, StartError> {
+    let adapter_error = |e: fred::error::Error| StartError::Adapter(format!("{url}: {e}"));
+    let mut config = fred::prelude::Config::from_url(url).map_err(adapter_error)?;
+    // The adapter needs RESP3; fred does not read it from the URL.
+    config.version = fred::types::RespVersion::RESP3;
+    let client = fred::prelude::Builder::from_config(config)
+        .set_policy(fred::prelude::ReconnectPolicy::new_exponential(
+            0, 100, 5_000, 2,
+        ))
+        .build_subscriber_client()
+        .map_err(adapter_error)?;
+    // fred's own `manage_subscriptions` also sends a SUBSCRIBE with no channel, which Redis
+    // refuses before the shard channels the adapter uses are subscribed again: do just those.
+    let resubscriber = client.clone();
+    tokio::spawn(async move {
+        use fred::interfaces::{EventInterface as _, PubsubInterface as _};
+        let mut reconnects = resubscriber.reconnect_rx();
+        while reconnects.recv().await.is_ok() {
+            let channels: Vec<fred::types::Key> = resubscriber
+                .tracked_shard_channels()
+                .into_iter()
+                .map(Into::into)
+                .collect();
+            if channels.is_empty() {
+                continue;
+            }
+            match resubscriber.ssubscribe(channels).await {
+                Ok(()) => tracing::info!("Socket.IO adapter subscribed to Redis again"),
+                Err(e) => tracing::warn!("Socket.IO adapter cannot subscribe again: {e}"),
+            }
+        }
+    });
+    Ok(client)
 }
 
 /// A Redis URL asking for RESP3, which the Socket.IO adapter needs.

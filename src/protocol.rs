@@ -30,7 +30,7 @@ use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 use socketioxide::handler::{ConnectHandler, FromMessageParts, MessageHandler, Value};
 use socketioxide::socket::{DisconnectReason, Socket};
 use socketioxide::{SendError, SocketError, SocketIo};
-use socketioxide_redis::RedisAdapter;
+use socketioxide_redis::FredAdapter;
 
 use crate::changes::{self, Change};
 use crate::error::Error;
@@ -71,9 +71,9 @@ pub fn register(io: &SocketIo) {
 /// Mounts the protocol on the default namespace of a server whose rooms span several nodes
 /// (the Redis adapter).
 pub async fn register_cluster(
-    io: &SocketIo<RedisAdapter<Emitter>>,
+    io: &SocketIo<FredAdapter<Emitter>>,
 ) -> Result<(), impl std::error::Error + use<>> {
-    io.ns("/", on_connect.with(authenticate::<RedisAdapter<Emitter>>))
+    io.ns("/", on_connect.with(authenticate::<FredAdapter<Emitter>>))
         .await
 }
 

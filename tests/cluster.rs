@@ -420,10 +420,11 @@ async fn direct_urls_are_the_object_stores_own() {
 }
 
 /// Redis restarting empty (every node loses its connections and Redis its state) loses no
-/// Blob Service record: the nodes connect and subscribe again, uploads go on, and a metadata
-/// stream opened before the outage delivers the records made after it, each once, in order.
+/// Blob Service record: the nodes connect and subscribe again, uploads go on, a metadata
+/// stream opened before the outage delivers the records made after it, each once, in order,
+/// and `changed` crosses nodes through the Socket.IO adapter again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_flow_again_after_redis_restarts() {
+async fn everything_flows_again_after_redis_restarts() {
     let mut cluster = Cluster::start().await;
     let nodes = [cluster.node().await, cluster.node().await];
     let (watcher, uploader) = (Api::new(&nodes[0], "b"), Api::new(&nodes[1], "b"));
@@ -434,6 +435,14 @@ async fn records_flow_again_after_redis_restarts() {
         .await;
     let first = next_line(&mut stream, &mut buffer).await;
     assert_eq!(first["handle"], before);
+    let r = hex_ref("d1");
+    let mut watcher_socket = nodes[0].subscribed("b", &r).await;
+    let mut writer_socket = nodes[1].subscribed("b", &r).await;
+    writer_socket
+        .call1("set", json!({ "data": "AA==" }))
+        .await
+        .unwrap();
+    changed(&mut watcher_socket).await;
 
     cluster.redis.restart();
     // A request that meets a connection Redis dropped fails (500); the next one reconnects.
@@ -471,6 +480,28 @@ async fn records_flow_again_after_redis_restarts() {
     }
     let listed = watcher.list("limit=10").await;
     assert_eq!(listed["blobs"].as_array().unwrap().len(), 4);
+
+    // Writes made while the adapter is still subscribing again may not be announced; one made
+    // once it is back is.
+    let mut version = 1;
+    loop {
+        let ack = writer_socket
+            .call1("set", json!({ "data": "AQ==", "version": version }))
+            .await
+            .unwrap();
+        version = ack["version"].as_u64().unwrap();
+        let heard = tokio::time::timeout(
+            Duration::from_millis(500),
+            watcher_socket.next_event("changed"),
+        );
+        if heard.await.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "changed never crossed nodes again"
+        );
+    }
     for node in nodes {
         node.stop().await;
     }
