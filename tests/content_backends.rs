@@ -480,3 +480,25 @@ async fn a_service_upload_keeps_shared_bytes_from_a_delete_on_another_node() {
         );
     }
 }
+
+/// New bytes stored at once by a shared flow on one node and a Blob Service upload on another
+/// end up shared, whichever finishes first: the sweep never takes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_stored_by_both_flows_at_once_stay_shared() {
+    let (_server, a, b) = two_nodes(Duration::ZERO).await;
+    for round in 0..20u32 {
+        let bytes: &'static [u8] =
+            Box::leak(format!("both {round}").into_bytes().into_boxed_slice());
+        let hash = ContentHash::of(bytes);
+        tokio::join!(
+            commit(&a, bytes, Owner::Shared),
+            commit(&b, bytes, Owner::Service)
+        );
+        assert_eq!(release(&b, &hash).await, None, "round {round}: shared");
+        assert_eq!(
+            read(&a, &hash).await.as_deref(),
+            Some(bytes),
+            "round {round}"
+        );
+    }
+}

@@ -16,7 +16,9 @@
 //! - `{"kept": t}`: a Blob Service upload at `t` found the bytes already there (shared content):
 //!   a shared `DELETE` leaves them alone for the grace, the sweep never removes them.
 //! - `{"shared": t}`: a shared flow stored the bytes over a claim: they are no longer the
-//!   service's. Stays in place (deleting it could erase another node's newer marker).
+//!   service's. Stays in place (deleting it could erase another node's newer marker). A
+//!   shared store looks at the marker again once its bytes are up, so a service upload that
+//!   ran alongside cannot leave them claimed.
 //! - `{"doomed": t}`: a node is removing the content. It got there by a conditional write over
 //!   the marker it had checked, so nobody claimed or kept the content in between; whoever wants
 //!   the content from now on waits until the marker is gone (the content is gone by then) and
@@ -280,6 +282,30 @@ impl Objects {
         Ok(Some(size))
     }
 
+    /// Makes sure bytes a shared flow stored are not the service's. A Blob Service upload of
+    /// the same bytes running alongside may have claimed them, or be about to (it kept them,
+    /// found them missing, and will claim its `kept` marker): a claim becomes `shared`, and a
+    /// `kept` marker is written again, so that upload's next conditional write fails and it
+    /// finds the bytes shared.
+    async fn unclaim(&self, marker_path: &Path) -> Result<()> {
+        let mut retry = Backoff::default();
+        loop {
+            let next = match self.settled_marker(marker_path).await? {
+                Some((Marker::Claimed(_), version)) => (Marker::Shared(now_ms()), version),
+                Some((Marker::Kept(_), version)) => (Marker::Kept(now_ms()), version),
+                _ => return Ok(()),
+            };
+            if self
+                .write_marker(marker_path, next.0, Some(next.1))
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
+            retry.wait().await;
+        }
+    }
+
     /// Uploads the temp file `file` to `path` (multipart when large).
     async fn upload(&self, file: &mut tokio::fs::File, path: &Path) -> Result<()> {
         let io_error = |source| Error::Io {
@@ -378,6 +404,9 @@ impl Incoming for ObjectIncoming {
                 }
             }
             if objects.head(&path).await? == Some(self.size) {
+                if owner == Owner::Shared {
+                    objects.unclaim(&marker_path).await?;
+                }
                 return Ok((false, held));
             }
             if owner == Owner::Service {
@@ -406,6 +435,8 @@ impl Incoming for ObjectIncoming {
                     retry.wait().await;
                     continue;
                 }
+            } else {
+                objects.unclaim(&marker_path).await?;
             }
             return Ok((true, held));
         }
