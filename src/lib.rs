@@ -114,6 +114,22 @@ pub async fn run(
             )
         }
     };
+    let redis_error = |url: &str, source| StartError::Redis {
+        url: url.to_owned(),
+        source,
+    };
+    // With other nodes, the records' channel is subscribed before the records are read: a
+    // record another node writes meanwhile is then in storage, or on the channel, or both.
+    let cluster = match &config.redis_url {
+        None => None,
+        Some(url) => {
+            let client = redis::Client::open(resp3(url)).map_err(|e| redis_error(url, e))?;
+            let records_feed = relay::subscribe(&client, service::cluster::CHANNEL)
+                .await
+                .map_err(|e| redis_error(url, e))?;
+            Some((url, client, records_feed))
+        }
+    };
     let service = BlobService::open(records, content.clone())
         .await
         .map_err(StartError::Records)?;
@@ -125,19 +141,14 @@ pub async fn run(
         config.direct_url_ttl * 2,
     ));
     let builder = sockets(&config, &state);
-    match &config.redis_url {
+    match cluster {
         None => {
             let (layer, io) = builder.build_layer();
             protocol::register(&io);
             state.changes().attach(io.clone());
             serve(listener, &config, state, layer, io, shutdown).await
         }
-        Some(url) => {
-            let redis_error = |source| StartError::Redis {
-                url: url.clone(),
-                source,
-            };
-            let client = redis::Client::open(resp3(url)).map_err(redis_error)?;
+        Some((url, client, records_feed)) => {
             let adapter = RedisAdapterCtr::new_with_fred(adapter_client(url)?)
                 .await
                 .map_err(|e| StartError::Adapter(e.to_string()))?;
@@ -148,10 +159,14 @@ pub async fn run(
                 .await
                 .map_err(|e| StartError::Adapter(e.to_string()))?;
             state.changes().attach_cluster(io.clone());
-            state.changes().relay(&client).await.map_err(redis_error)?;
+            state
+                .changes()
+                .relay(&client)
+                .await
+                .map_err(|e| redis_error(url, e))?;
             state
                 .service()
-                .join(&client, state.changes().closing())
+                .join(&client, records_feed, state.changes().closing())
                 .await
                 .map_err(StartError::Records)?;
             serve(listener, &config, state, layer, io, shutdown).await

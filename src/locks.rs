@@ -40,4 +40,10 @@ impl<K: Hash + Eq + Clone, V: Default> KeyedLocks<K, V> {
         }
         lock
     }
+
+    /// Waits for the lock of `key` and holds it until the guard is dropped (the guard owns
+    /// the lock, so it can move into the work it protects).
+    pub async fn lock(&self, key: &K) -> tokio::sync::OwnedMutexGuard<V> {
+        self.get(key).lock_owned().await
+    }
 }

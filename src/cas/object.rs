@@ -484,10 +484,7 @@ impl ContentStore for ObjectContent {
     }
 
     async fn lock(&self, bucket: &Bucket, hash: &ContentHash) -> ContentLock {
-        self.locks
-            .get(&(bucket.clone(), hash.clone()))
-            .lock_owned()
-            .await
+        self.locks.lock(&(bucket.clone(), hash.clone())).await
     }
 
     async fn open(&self, bucket: &Bucket, hash: &ContentHash) -> Result<Option<Content>> {

@@ -207,12 +207,10 @@ pub(super) async fn request_upload<A: Adapter>(
     ) {
         return denied("content_type must be a string".to_owned());
     }
-    if session
-        .state
-        .content()
-        .open(&session.bucket, &hash)
-        .await?
-        .is_some()
+    // Intact content is verified by reading it all: only when something is there at all.
+    let content = session.state.content();
+    if content.size(&session.bucket, &hash).await?.is_some()
+        && content.open(&session.bucket, &hash).await?.is_some()
     {
         return denied("already present".to_owned());
     }

@@ -337,21 +337,19 @@ impl BlobService {
     }
 
     /// Joins the other nodes on Redis: from now on this node's new records are ordered with
-    /// theirs, and it follows their records until `closing` resolves.
+    /// theirs, and it follows their records, from `records_feed`, until `closing` resolves.
+    /// `records_feed` must have been subscribed to [`cluster::CHANNEL`] before this service
+    /// was opened, so every record the others write is in what it loaded, or on the feed.
     pub async fn join(
         &self,
         client: &redis::Client,
+        records_feed: redis::aio::PubSub,
         closing: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
-        let cluster = Cluster::connect(client).await?;
-        let subscriber = relay::subscribe(client, cluster::CHANNEL).await?;
-        // Subscribed first: what the others write from here on is either in storage now or
-        // arrives on the channel.
-        self.catch_up(u64::MAX).await?;
-        self.0.cluster.set(cluster).ok();
+        self.0.cluster.set(Cluster::connect(client).await?).ok();
         relay::listen(
             client.clone(),
-            subscriber,
+            records_feed,
             cluster::CHANNEL,
             closing,
             RelayedRecords(self.clone()),
@@ -490,8 +488,7 @@ impl BlobService {
         mut record: Record,
         now: u64,
     ) -> Result<Arc<Record>> {
-        let order = self.0.order.get(bucket);
-        let _ordered = order.lock().await;
+        let _ordered = self.0.order.lock(bucket).await;
         record.created = {
             let mut records = self.records();
             records.newest = records.newest.saturating_add(1).max(now);
