@@ -306,11 +306,7 @@ async fn blob_service_records_are_one_sequence_on_every_node() {
     for (i, handles) in uploaded.iter().enumerate() {
         let reader = &apis[(i + 1) % 3];
         for (handle, bytes) in handles {
-            let response = reader
-                .request(Method::GET, &format!("/blobs/{handle}"))
-                .send()
-                .await
-                .unwrap();
+            let response = reader.get(&format!("/blobs/{handle}")).await;
             assert_eq!(response.status(), StatusCode::OK);
             assert_eq!(response.bytes().await.unwrap(), bytes.as_bytes());
         }

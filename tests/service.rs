@@ -78,11 +78,7 @@ async fn upload_read_metadata_and_delete() {
         photo
     );
 
-    let read = api
-        .request(Method::GET, &format!("/blobs/{handle}"))
-        .send()
-        .await
-        .unwrap();
+    let read = api.get(&format!("/blobs/{handle}")).await;
     assert_eq!(read.status(), StatusCode::OK);
     assert_eq!(read.headers()["content-type"], PNG);
     let hash = ContentHash::of(&photo);
@@ -98,10 +94,8 @@ async fn upload_read_metadata_and_delete() {
     assert_eq!(partial.bytes().await.unwrap(), &photo[1..=3]);
 
     let record: Value = api
-        .request(Method::GET, &format!("/blobs/{handle}/metadata"))
-        .send()
+        .get(&format!("/blobs/{handle}/metadata"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -199,7 +193,7 @@ async fn upload_read_metadata_and_delete() {
         format!("/blobs/{handle}"),
         format!("/blobs/{handle}/metadata"),
     ] {
-        let gone = api.request(Method::GET, &path).send().await.unwrap();
+        let gone = api.get(&path).await;
         assert_eq!(gone.status(), StatusCode::NOT_FOUND);
         assert!(!error_of(gone).await.is_empty());
     }
@@ -396,11 +390,7 @@ async fn retention_expires_readers_at_once_and_the_sweep_frees_content() {
     .await;
     assert!(content_path(&server, "b", &shared).exists());
     assert!(content_path(&server, "b", &nodal).exists());
-    let still = api
-        .request(Method::GET, &format!("/blobs/{shared_forever}"))
-        .send()
-        .await
-        .unwrap();
+    let still = api.get(&format!("/blobs/{shared_forever}")).await;
     assert_eq!(still.bytes().await.unwrap(), shared);
     server.stop().await;
 }
@@ -419,10 +409,8 @@ async fn the_metadata_stream_replays_and_delivers_per_bucket() {
         .await;
     // Every record is created after the one before it, so `since` can name a record.
     let old_record: Value = api
-        .request(Method::GET, &format!("/blobs/{old}/metadata"))
-        .send()
+        .get(&format!("/blobs/{old}/metadata"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -498,11 +486,7 @@ async fn records_survive_a_restart() {
     let storage = server.stop().await;
     let server = TestServer::start_in(storage).await;
     let api = Api::new(&server, "b");
-    let read = api
-        .request(Method::GET, &format!("/blobs/{handle}"))
-        .send()
-        .await
-        .unwrap();
+    let read = api.get(&format!("/blobs/{handle}")).await;
     assert_eq!(read.bytes().await.unwrap(), b"durable".as_slice());
     assert_eq!(handles_of(&api.list("semantics=s").await), [handle]);
     server.stop().await;
@@ -551,11 +535,7 @@ async fn deleting_never_races_an_upload_of_the_same_bytes() {
         let (deleted, second) =
             tokio::join!(delete, api.upload(&bytes, json!({ "semantics": "s" })));
         assert_eq!(deleted.unwrap().status(), StatusCode::NO_CONTENT);
-        let read = api
-            .request(Method::GET, &format!("/blobs/{second}"))
-            .send()
-            .await
-            .unwrap();
+        let read = api.get(&format!("/blobs/{second}")).await;
         assert_eq!(read.status(), StatusCode::OK, "round {round}");
         assert_eq!(read.bytes().await.unwrap(), bytes);
         let cleanup = api
@@ -586,11 +566,7 @@ async fn shared_deletes_and_repairs_respect_the_other_flow() {
         .await
         .unwrap();
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
-    let read = api
-        .request(Method::GET, &format!("/blobs/{handle}"))
-        .send()
-        .await
-        .unwrap();
+    let read = api.get(&format!("/blobs/{handle}")).await;
     assert_eq!(read.bytes().await.unwrap(), photo, "the upload still reads");
     assert_eq!(
         api.status(Method::DELETE, &format!("/blobs/{handle}"))
@@ -673,11 +649,7 @@ async fn uploads_are_served_so_they_cannot_run_script() {
             .await
             .unwrap();
         let handle = created["handle"].as_str().unwrap();
-        let read = api
-            .request(Method::GET, &format!("/blobs/{handle}"))
-            .send()
-            .await
-            .unwrap();
+        let read = api.get(&format!("/blobs/{handle}")).await;
         let headers = read.headers();
         assert_eq!(headers["content-type"], content_type);
         assert_eq!(headers["x-content-type-options"], "nosniff");

@@ -56,6 +56,11 @@ impl Api {
         body["handle"].as_str().expect("a handle").to_owned()
     }
 
+    /// A `GET` of `path` (below `/api/v1`) with the bucket's token.
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path).send().await.unwrap()
+    }
+
     /// Opens the metadata stream with `request` (see [`subscription`]); the response.
     pub async fn subscribe(&self, request: &Value) -> Response {
         self.request(Method::POST, "/events/subscribe")
