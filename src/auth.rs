@@ -26,8 +26,13 @@ struct Claims {
     bucket: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<u64>,
-    /// Written when minting; read (and checked) by the JWT library alone, whatever its type.
-    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    /// Checked by the JWT library (which refuses a non-numeric one) and kept in the grant, so
+    /// a live connection ends when it passes.
+    #[serde(
+        default,
+        deserialize_with = "numeric_date",
+        skip_serializing_if = "Option::is_none"
+    )]
     exp: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
@@ -39,9 +44,33 @@ pub struct Grant {
     pub bucket: Bucket,
     /// Read-only tokens may `ref`, `get` and hear `changed`; every write is refused.
     pub read_only: bool,
+    /// When the token stops working (`exp`, seconds since the epoch); `None`: never, as with
+    /// every token of the original.
+    pub expires: Option<u64>,
 }
 
 impl Grant {
+    /// Whether the token's `exp` has passed.
+    pub fn expired(&self) -> bool {
+        self.expires.is_some_and(|exp| unix_seconds() >= exp)
+    }
+
+    /// Resolves when the token expires (never for a token without `exp`): connections and
+    /// streams opened with it end then.
+    pub fn expiry(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
+        let left = self.expires.map(|exp| {
+            let at = UNIX_EPOCH + Duration::from_secs(exp);
+            at.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        });
+        async move {
+            match left {
+                Some(left) => tokio::time::sleep(left).await,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
     /// The bucket, when the token may write to it.
     pub fn writable_bucket(&self) -> Option<&Bucket> {
         (!self.read_only).then_some(&self.bucket)
@@ -94,6 +123,7 @@ impl Keys {
         Some(Grant {
             bucket: Bucket::parse(&claims.bucket)?,
             read_only,
+            expires: claims.exp,
         })
     }
 
@@ -115,6 +145,12 @@ impl Keys {
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing of a serialisable claim set cannot fail")
     }
+}
+
+/// `exp` as the JWT library accepts it: any JSON number (a fraction is cut off).
+fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let value = Option::<f64>::deserialize(d)?;
+    Ok(value.map(|seconds| seconds.max(0.0) as u64))
 }
 
 fn unix_seconds() -> u64 {
@@ -147,6 +183,7 @@ mod tests {
         let full = Grant {
             bucket: bucket.clone(),
             read_only: false,
+            expires: None,
         };
         assert_eq!(keys.verify(&keys.mint(&bucket)), Some(full));
         let options = MintOptions {
@@ -155,6 +192,11 @@ mod tests {
         };
         let read_only = keys.verify(&keys.mint_with(&bucket, &options)).unwrap();
         assert!(read_only.read_only);
+        let exp = read_only
+            .expires
+            .expect("an expiring token's grant knows its expiry");
+        assert!((unix_seconds() + 59..=unix_seconds() + 60).contains(&exp));
+        assert!(!read_only.expired());
     }
 
     #[test]

@@ -50,13 +50,41 @@ pub struct Config {
     )]
     pub trusted_proxies: Vec<IpNet>,
 
-    /// Most Socket.IO connections served at once; more are refused at the handshake.
+    /// Most TCP connections (HTTP and Socket.IO) open at once, and most Socket.IO sessions
+    /// (either transport). Past it, new connections get 503 (`/healthz` still answers) and
+    /// handshakes `connect_error`.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
-    /// Most connections from one client address (after `TRUSTED_PROXIES`).
-    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    /// Most Socket.IO sessions from one client address (after `TRUSTED_PROXIES`); 0: no
+    /// per-address limit, as in the original (NAT puts whole offices and mobile networks on
+    /// one address).
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: usize,
+
+    /// Most Engine.IO sessions that have not yet sent the Socket.IO CONNECT packet; past it a
+    /// new handshake gets 503.
+    #[arg(long, env = "MAX_PENDING_HANDSHAKES", default_value_t = 1024)]
+    pub max_pending_handshakes: usize,
+
+    /// How long a new Engine.IO session has to send CONNECT (with its token) before it is
+    /// closed, e.g. `5s`.
+    #[arg(long, env = "CONNECT_TIMEOUT", value_parser = positive_duration, default_value = "5s")]
+    pub connect_timeout: Duration,
+
+    /// Largest request head (request line and headers) in bytes; a larger one gets 431.
+    #[arg(long, env = "MAX_HEAD_BYTES", value_parser = clap::value_parser!(u32).range(1024..), default_value_t = 16 * 1024)]
+    pub max_head_bytes: u32,
+
+    /// How long a client has to send a request head, and how long a keep-alive connection
+    /// may wait idle for its next request, e.g. `20s`.
+    #[arg(long, env = "HEADER_TIMEOUT", value_parser = positive_duration, default_value = "20s")]
+    pub header_timeout: Duration,
+
+    /// Longest pause while a request body arrives, e.g. `30s`; past it the request fails
+    /// (408) and the connection is closed.
+    #[arg(long, env = "BODY_TIMEOUT", value_parser = positive_duration, default_value = "30s")]
+    pub body_timeout: Duration,
 
     /// Events one socket may send per second, sustained; more get an `{ error }` ack, and a
     /// socket that keeps sending at over twice this rate is disconnected.
@@ -71,6 +99,21 @@ pub struct Config {
     /// dropped, which bounds the memory a slow or stalled client can hold.
     #[arg(long, env = "SEND_BUFFER_PACKETS", default_value_t = 32)]
     pub send_buffer_packets: usize,
+
+    /// Bytes of replies and events queued for one socket while it does not read; a socket
+    /// past it is dropped (4 MiB by default).
+    #[arg(long, env = "SEND_BUFFER_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub send_buffer_bytes: u64,
+
+    /// Origins browsers may call from (comma-separated, e.g. `https://app.example.com`);
+    /// unset: any origin, without credentials, as the original.
+    #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_origins: Vec<String>,
+
+    /// Whether browsers may send cookies and HTTP auth with cross-origin requests
+    /// (`Access-Control-Allow-Credentials`); only with `CORS_ORIGINS`.
+    #[arg(long, env = "CORS_CREDENTIALS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub cors_credentials: bool,
 
     /// How often the server pings each client (Engine.IO `pingInterval`), e.g. `25s`.
     #[arg(long, env = "PING_INTERVAL", value_parser = humantime::parse_duration, default_value = "25s")]
@@ -103,9 +146,14 @@ pub struct Config {
     #[arg(long, env = "RETENTION_SWEEP_INTERVAL", value_parser = positive_duration, default_value = "1m")]
     pub retention_sweep_interval: Duration,
 
-    /// Where versioned blobs live: `fs` (JSON files under `STORAGE`) or `s3` (an S3-compatible
-    /// object store, shared by every node; content-addressed blobs and Blob Service records
-    /// stay under `STORAGE`).
+    /// How often stored content is read back and checked against its hash in the
+    /// background (files only), e.g. `24h`.
+    #[arg(long, env = "SCRUB_INTERVAL", value_parser = positive_duration, default_value = "24h")]
+    pub scrub_interval: Duration,
+
+    /// Where blobs live: `fs` (JSON files and content under `STORAGE`) or `s3` (an
+    /// S3-compatible object store shared by every node: versioned blobs, content-addressed
+    /// blobs and Blob Service records all live there; `STORAGE` is not used).
     #[arg(long, env = "STORE", value_enum, default_value = "fs")]
     pub store: StoreKind,
 
@@ -194,6 +242,8 @@ pub enum ConfigError {
     MissingS3,
     #[error("the S3 settings are not usable: {0}")]
     BadS3(String),
+    #[error("CORS_CREDENTIALS=true needs CORS_ORIGINS: credentials are never sent to any origin")]
+    CredentialsWithoutOrigins,
 }
 
 impl Config {

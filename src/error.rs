@@ -37,6 +37,9 @@ pub enum Error {
     /// The socket already has the maximum number of events waiting to run.
     #[error("Too many pending requests on this connection")]
     Busy,
+    /// The token's `exp` has passed; the socket is disconnected after this answer.
+    #[error("Token expired")]
+    TokenExpired,
     /// The server is shutting down and takes no new events.
     #[error("Server is shutting down")]
     Closing,

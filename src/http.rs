@@ -342,7 +342,11 @@ async fn put_blob(
     let r = parse_ref(&r)?;
     let limit = state.max_data_bytes();
     // The body limit layer refuses larger bodies while they arrive (chunked ones included).
-    let body = body.map_err(|_| HttpError::TooLarge(limit))?;
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => HttpError::TooLarge(limit),
+        // The client stopped sending (`BODY_TIMEOUT`) or went away: nothing is written.
+        _ => HttpError::BadRequest("The request body did not arrive in full"),
+    })?;
     let expect = match (
         condition(&headers, header::IF_MATCH)?,
         condition(&headers, header::IF_NONE_MATCH)?,
@@ -498,11 +502,11 @@ async fn list_blobs(
         .flatten();
     let blobs = found
         .into_iter()
-        .map(|(r, blob)| BlobEntry {
+        .map(|(r, listed)| BlobEntry {
             r#ref: r.to_string(),
-            version: blob.version,
-            size: blob.size(),
-            updated: blob.modified(),
+            version: listed.version,
+            size: listed.size,
+            updated: listed.updated,
         })
         .collect();
     Ok(Json(BlobPage { blobs, next }))
@@ -529,6 +533,8 @@ async fn blob_events(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
     let r = parse_ref(&r)?;
+    // The stream ends when the token expires.
+    let expiry = token.0.expiry();
     let bucket = token.0.bucket;
     // Subscribe before reading, so no change falls between the two.
     let mut changes = state.changes().subscribe();
@@ -551,11 +557,12 @@ async fn blob_events(
             return;
         }
         let closing = state.changes().closing();
-        tokio::pin!(closing);
+        tokio::pin!(closing, expiry);
         loop {
             let received = tokio::select! {
                 received = changes.recv() => received,
                 () = &mut closing => return,
+                () = &mut expiry => return,
             };
             let event = match received {
                 Ok(Some(change)) if change.bucket == bucket && change.r == r => {

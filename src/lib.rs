@@ -40,6 +40,7 @@ pub mod client;
 pub mod config;
 pub mod direct;
 pub mod durable;
+pub mod edge;
 pub mod error;
 pub mod http;
 pub mod limits;
@@ -57,11 +58,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::ServiceExt;
 use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::IntoResponse;
-use axum::serve::ListenerExt;
 use socketioxide::adapter::{Adapter, Emitter};
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::{ParserConfig, SocketIo, SocketIoBuilder};
@@ -70,12 +69,13 @@ use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::map_response_body::MapResponseBodyLayer;
+use tower_http::timeout::TimeoutBody;
 
 use crate::auth::Keys;
 use crate::cas::{CLAIM_GRACE, ContentStore, FsContent, ObjectContent};
-use crate::config::Config;
-use crate::config::StoreKind;
+use crate::config::{Config, ConfigError, StoreKind};
 use crate::direct::{DirectUrls, PresignedUrls};
+use crate::edge::EdgeLimits;
 use crate::error::StartError;
 use crate::service::{BlobService, RecordFiles, RecordObjects, RecordStore};
 use crate::state::AppState;
@@ -123,7 +123,7 @@ pub async fn run(
     let cluster = match &config.redis_url {
         None => None,
         Some(url) => {
-            let client = redis::Client::open(resp3(url)).map_err(|e| redis_error(url, e))?;
+            let client = redis::Client::open(resp3(url)?).map_err(|e| redis_error(url, e))?;
             let records_feed = relay::subscribe(&client, service::cluster::CHANNEL)
                 .await
                 .map_err(|e| redis_error(url, e))?;
@@ -140,6 +140,7 @@ pub async fn run(
         // A direct upload nobody confirmed within twice its URL's lifetime never will be.
         config.direct_url_ttl * 2,
     ));
+    tokio::spawn(scrubs(state.clone(), config.scrub_interval));
     let builder = sockets(&config, &state);
     match cluster {
         None => {
@@ -149,7 +150,7 @@ pub async fn run(
             serve(listener, &config, state, layer, io, shutdown).await
         }
         Some((url, client, records_feed)) => {
-            let adapter = RedisAdapterCtr::new_with_fred(adapter_client(url)?)
+            let adapter = RedisAdapterCtr::new_with_fred(adapter_client(&resp3(url)?)?)
                 .await
                 .map_err(|e| StartError::Adapter(e.to_string()))?;
             let (layer, io) = builder
@@ -196,6 +197,7 @@ fn sockets(config: &Config, state: &AppState) -> SocketIoBuilder {
         .with_parser(parser)
         .with_state(state.clone())
         .max_buffer_size(config.send_buffer_packets)
+        .connect_timeout(config.connect_timeout)
         .ping_interval(config.ping_interval)
         .ping_timeout(config.ping_timeout)
         .max_payload(max_message as u64)
@@ -243,15 +245,26 @@ fn adapter_client(url: &str) -> Result<fred::clients::SubscriberClient, StartErr
     Ok(client)
 }
 
-/// A Redis URL asking for RESP3, which the Socket.IO adapter needs.
-fn resp3(url: &str) -> String {
-    if url.contains("protocol=") {
-        url.to_owned()
-    } else if url.contains('?') {
-        format!("{url}&protocol=resp3")
-    } else {
-        format!("{url}?protocol=resp3")
+/// A Redis URL asking for RESP3, which the Socket.IO adapter needs. A `protocol` the URL
+/// already names is kept when it is RESP3 in any spelling (`RESP3`, `resp3`, `3`), written the
+/// way the Redis client reads it; RESP2 is refused with what to write instead.
+fn resp3(url: &str) -> Result<String, StartError> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut params: Vec<String> = Vec::new();
+    for param in query.split('&').filter(|p| !p.is_empty()) {
+        match param.split_once('=') {
+            Some((key, value)) if key.eq_ignore_ascii_case("protocol") => {
+                if !(value.eq_ignore_ascii_case("resp3") || value == "3") {
+                    return Err(StartError::Adapter(format!(
+                        "{url}: the Socket.IO adapter needs RESP3: write protocol=resp3 or leave protocol out"
+                    )));
+                }
+            }
+            _ => params.push(param.to_owned()),
+        }
     }
+    params.push("protocol=resp3".to_owned());
+    Ok(format!("{base}?{}", params.join("&")))
 }
 
 /// Serves HTTP and Socket.IO (through `layer`, whichever adapter it has) until `shutdown`.
@@ -263,26 +276,21 @@ async fn serve<A: Adapter>(
     io: SocketIo<A>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let cors = CorsLayer::new()
-        .allow_origin(AllowOrigin::mirror_request())
-        .allow_credentials(true)
-        .allow_methods([
-            Method::GET,
-            Method::HEAD,
-            Method::POST,
-            Method::PUT,
-            Method::DELETE,
-            Method::OPTIONS,
-        ])
-        .allow_headers(AllowHeaders::mirror_request())
-        // Browser apps of the HTTP API read versions from these.
-        .expose_headers([header::ETAG, header::LAST_MODIFIED, header::CONTENT_RANGE]);
     // Socket.IO wraps the router as one service: `Router::layer` would build one Engine.IO
     // engine per route and fallback, and a long-polling session must always meet the engine
     // that opened it.
+    let body_timeout = config.body_timeout;
     let app = ServiceBuilder::new()
-        .layer(cors)
+        .layer(cors(config)?)
         .map_request(detach_head)
+        // A body that pauses longer than this fails, which frees its handler and connection.
+        .map_request(move |request: Request| {
+            request.map(|body| axum::body::Body::new(TimeoutBody::new(body_timeout, body)))
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::socket_io,
+        ))
         .layer(MapResponseBodyLayer::new(axum::body::Body::new))
         .layer(layer)
         .service(
@@ -295,44 +303,65 @@ async fn serve<A: Adapter>(
         // The `addr=` field is read by `listening_addr`: keep the two together.
         tracing::info!(%addr, storage = %config.storage.display(), "listening");
     }
-    // Small frames (acks, `changed`) go out at once rather than waiting on Nagle's algorithm.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {e}");
-        }
-    });
-    let app = ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app);
-    let closed = Arc::new(tokio::sync::Notify::new());
-    let serve = axum::serve(listener, app).with_graceful_shutdown({
-        let closed = closed.clone();
-        async move {
-            shutdown.await;
-            tracing::info!("shutting down: finishing accepted events");
-            state.drain().await;
-            state.changes().close();
-            // Every accepted event is answered by now; a transport that does not close in
-            // time must not hold the process up.
-            if tokio::time::timeout(SHUTDOWN_GRACE, io.close())
-                .await
-                .is_err()
-            {
-                tracing::warn!("some transports did not close within the grace period");
-            }
-            closed.notify_one();
-        }
-    });
-    // Every accepted event is answered and the sockets are closed before `closed` fires; a
-    // connection that lingers after that (a half-open socket, an idle HTTP client) gets a
-    // short grace period, so it can never hold a restart up.
-    let lingering = async {
-        closed.notified().await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-        tracing::warn!("connections still open after the grace period: closing them");
+    let limits = EdgeLimits {
+        max_connections: config.max_connections,
+        max_head_bytes: config.max_head_bytes as usize,
+        header_timeout: config.header_timeout,
     };
-    tokio::select! {
-        served = serve => served.map_err(StartError::Serve),
-        () = lingering => Ok(()),
+    let connections = edge::serve(listener, app, limits, shutdown).await;
+    tracing::info!("shutting down: finishing accepted events");
+    state.drain().await;
+    state.changes().close();
+    // Every accepted event is answered by now; a transport that does not close in time must
+    // not hold the process up.
+    if tokio::time::timeout(SHUTDOWN_GRACE, io.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some transports did not close within the grace period");
     }
+    // A connection that lingers after that (a half-open socket, an idle HTTP client) gets a
+    // short grace period, so it can never hold a restart up.
+    if tokio::time::timeout(SHUTDOWN_GRACE, connections.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the grace period: closing them");
+    }
+    Ok(())
+}
+
+/// Cross-origin access. By default, as the original: any origin (reflected, `null` included),
+/// never with credentials, since the bucket token travels in the request itself. With
+/// `CORS_ORIGINS`, only those origins, and credentials only when `CORS_CREDENTIALS` says so.
+fn cors(config: &Config) -> Result<CorsLayer, StartError> {
+    let origins = if config.cors_origins.is_empty() {
+        if config.cors_credentials {
+            return Err(ConfigError::CredentialsWithoutOrigins.into());
+        }
+        AllowOrigin::mirror_request()
+    } else {
+        AllowOrigin::list(
+            config
+                .cors_origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        )
+    };
+    Ok(CorsLayer::new()
+        .allow_origin(origins)
+        .allow_credentials(config.cors_credentials)
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers(AllowHeaders::mirror_request())
+        // Browser apps of the HTTP API read versions from these.
+        .expose_headers([header::ETAG, header::LAST_MODIFIED, header::CONTENT_RANGE]))
 }
 
 /// Runs the Blob Service's retention sweep, and the sweep of direct uploads nobody confirmed
@@ -362,6 +391,55 @@ async fn retention_sweeps(state: AppState, interval: Duration, staging_age: Dura
             Ok(0) => {}
             Ok(removed) => tracing::info!(removed, "unconfirmed direct uploads removed"),
             Err(e) => tracing::error!("cannot sweep unconfirmed direct uploads: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_urls_ask_for_resp3_whatever_the_spelling() {
+        for (url, expected) in [
+            ("redis://h:6379", "redis://h:6379?protocol=resp3"),
+            (
+                "redis://h:6379/?protocol=RESP3",
+                "redis://h:6379/?protocol=resp3",
+            ),
+            (
+                "redis://h/0?protocol=3&x=1",
+                "redis://h/0?x=1&protocol=resp3",
+            ),
+            ("redis://h/?Protocol=Resp3", "redis://h/?protocol=resp3"),
+        ] {
+            assert_eq!(resp3(url).unwrap(), expected);
+        }
+        let refused = resp3("redis://h/?protocol=resp2").unwrap_err().to_string();
+        assert!(refused.contains("write protocol=resp3"), "{refused}");
+    }
+}
+
+/// Reads stored content back against its hash every `interval` (the first time one interval
+/// after start, so a restart does not reread everything), until shutdown.
+async fn scrubs(state: AppState, interval: Duration) {
+    let closing = state.changes().closing();
+    tokio::pin!(closing);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = &mut closing => return,
+        }
+        match state.content().scrub().await {
+            Ok(found) if found.corrupt > 0 => tracing::error!(
+                checked = found.checked,
+                corrupt = found.corrupt,
+                "content scrub found content that no longer matches its hash"
+            ),
+            Ok(found) => tracing::info!(checked = found.checked, "content scrub: all intact"),
+            Err(e) => tracing::error!("content scrub failed: {e}"),
         }
     }
 }

@@ -1,10 +1,304 @@
-//! Overload limits: connection slots (per server and per client address) and the event rate of
-//! one socket. Each limit refuses work early and cheaply, before it costs memory or disk.
+//! Overload limits: Engine.IO sessions that have not connected yet, Socket.IO connection slots
+//! (per server and per client address) and the event rate of one socket. Each limit refuses
+//! work early and cheaply, before it costs memory or disk.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper::body::Body as _;
+use tokio::sync::Notify;
+
+use crate::edge::Written;
+use crate::state::AppState;
+
+/// Engine.IO sessions opened but not yet connected (no Socket.IO CONNECT with a valid token).
+/// Such a session costs memory (it keeps its handshake request) and no token vouches for it,
+/// so their number is capped; each lasts at most `CONNECT_TIMEOUT`.
+pub struct Handshakes {
+    max: usize,
+    pending: AtomicUsize,
+}
+
+impl Handshakes {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            pending: AtomicUsize::new(0),
+        })
+    }
+
+    fn try_open(self: &Arc<Self>) -> Option<PendingHandshake> {
+        self.pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(PendingHandshake(Arc::new(Mutex::new(Some(HandshakeSlot(
+            self.clone(),
+        ))))))
+    }
+
+    /// Sessions pending now.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+}
+
+/// A pending session's place under [`Handshakes`], in its handshake request's extensions, which
+/// the session keeps for its whole life: the place is freed when the session connects
+/// ([`PendingHandshake::connected`]) or ends, whichever comes first.
+#[derive(Clone)]
+pub struct PendingHandshake(Arc<Mutex<Option<HandshakeSlot>>>);
+
+impl PendingHandshake {
+    pub fn connected(&self) {
+        self.0.lock().expect("handshake slot lock poisoned").take();
+    }
+}
+
+struct HandshakeSlot(Arc<Handshakes>);
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Middleware in front of Socket.IO.
+/// - A request that opens a new Engine.IO session (under `/socket.io/`, without `sid`) takes a
+///   place under [`Handshakes`], or gets 503.
+/// - A request of a live session tells its [`Backlog`] what reached the client: a WebSocket
+///   upgrade names the connection its packets go out on from then; a long-polling `GET` carries
+///   the packets it takes out of the session's queue.
+pub async fn socket_io(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if !request.uri().path().starts_with("/socket.io") {
+        return next.run(request).await;
+    }
+    let query = request.uri().query().unwrap_or_default();
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
+    let Some(sid) = param("sid") else {
+        let Some(pending) = state.handshakes().try_open() else {
+            tracing::debug!("handshake refused: too many sessions waiting to connect");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(
+                    serde_json::json!({ "error": "Too many connections waiting to authenticate" }),
+                ),
+            )
+                .into_response();
+        };
+        request.extensions_mut().insert(pending);
+        return next.run(request).await;
+    };
+    if param("transport").as_deref() == Some("websocket") {
+        if let Some(written) = request.extensions().get::<Written>() {
+            state.backlogs().upgraded(sid, written.clone());
+        }
+        return next.run(request).await;
+    }
+    let backlog = state.backlogs().get(&sid);
+    let polls = request.method() == Method::GET;
+    let response = next.run(request).await;
+    if let Some(backlog) = backlog.filter(|_| polls) {
+        backlog.polled(response.body().size_hint().lower());
+    }
+    response
+}
+
+/// The live sessions' backlogs, by session id, for [`socket_io`].
+#[derive(Default)]
+pub struct Backlogs {
+    /// A std mutex: held for a map update or lookup only.
+    sessions: Mutex<Sessions>,
+}
+
+#[derive(Default)]
+struct Sessions {
+    by_sid: HashMap<String, Weak<Backlog>>,
+    /// WebSocket upgrades of sessions not connected yet (a client may upgrade while its
+    /// CONNECT is being checked); taken when the session connects. Bounded: past
+    /// [`EARLY_UPGRADES`] entries, those older than [`EARLY_UPGRADE_AGE`] are forgotten, and
+    /// if none is, the new one is not kept.
+    early: HashMap<String, (Written, Instant)>,
+}
+
+const EARLY_UPGRADES: usize = 4096;
+const EARLY_UPGRADE_AGE: Duration = Duration::from_secs(60);
+
+impl Backlogs {
+    /// Registers a connected session's backlog; `direct`: the connection its handshake came
+    /// on, when that was a WebSocket.
+    pub fn insert(&self, sid: String, backlog: &Arc<Backlog>, direct: Option<&Written>) {
+        let mut sessions = self.sessions.lock().expect("backlogs lock poisoned");
+        match sessions.early.remove(&sid) {
+            Some((written, _)) => backlog.attach(written),
+            None => {
+                if let Some(written) = direct {
+                    backlog.attach(written.clone());
+                }
+            }
+        }
+        sessions.by_sid.insert(sid, Arc::downgrade(backlog));
+    }
+
+    pub fn remove(&self, sid: &str) {
+        let mut sessions = self.sessions.lock().expect("backlogs lock poisoned");
+        sessions.by_sid.remove(sid);
+        sessions.early.remove(sid);
+    }
+
+    /// Session `sid` upgrades to a WebSocket on the connection `written` counts.
+    fn upgraded(&self, sid: String, written: Written) {
+        let mut sessions = self.sessions.lock().expect("backlogs lock poisoned");
+        if let Some(backlog) = sessions.by_sid.get(&sid).and_then(Weak::upgrade) {
+            backlog.attach(written);
+            return;
+        }
+        if sessions.early.len() >= EARLY_UPGRADES {
+            sessions
+                .early
+                .retain(|_, (_, at)| at.elapsed() < EARLY_UPGRADE_AGE);
+            if sessions.early.len() >= EARLY_UPGRADES {
+                return;
+            }
+        }
+        sessions.early.insert(sid, (written, Instant::now()));
+    }
+
+    fn get(&self, sid: &str) -> Option<Arc<Backlog>> {
+        let sessions = self.sessions.lock().expect("backlogs lock poisoned");
+        sessions.by_sid.get(sid)?.upgrade()
+    }
+}
+
+/// Bytes of large replies sent to one socket that have not reached its client yet.
+///
+/// socketioxide bounds a socket's queue in packets, and one packet may hold a megabyte, so the
+/// bytes are bounded here: what was handed to the socket, against what left this server for
+/// the client (bytes written to its WebSocket connection, or taken by its long-polling
+/// requests). A reply that would take the backlog past the budget waits until the client has
+/// read enough; a client that reads nothing for the stall timeout is dropped.
+pub struct Backlog {
+    budget: u64,
+    /// A std mutex: held to add up, never across an await.
+    counts: Mutex<Counted>,
+    /// Woken when a long-polling request takes packets.
+    polled: Notify,
+}
+
+#[derive(Default)]
+struct Counted {
+    /// Bytes handed to the socket (never below `delivered`: what left beyond our replies,
+    /// heartbeats and small events, is no credit for later ones).
+    sent: u64,
+    /// Bytes taken by long-polling requests.
+    polled: u64,
+    /// The WebSocket connection, and its bytes written before it carried this session.
+    websocket: Option<(Written, u64)>,
+}
+
+impl Counted {
+    fn delivered(&self) -> u64 {
+        let websocket = self
+            .websocket
+            .as_ref()
+            .map_or(0, |(written, base)| written.get().saturating_sub(*base));
+        self.polled + websocket
+    }
+}
+
+/// How long [`Backlog::reserve`] waits between looks at the counts, in case a wake-up fell
+/// between two of them (a WebSocket attached meanwhile).
+const BACKLOG_RECHECK: Duration = Duration::from_secs(1);
+
+impl Backlog {
+    pub fn new(budget: u64) -> Arc<Self> {
+        Arc::new(Self {
+            budget,
+            counts: Mutex::new(Counted::default()),
+            polled: Notify::new(),
+        })
+    }
+
+    /// The session's packets go out on this WebSocket connection from now on.
+    pub fn attach(&self, written: Written) {
+        let mut counts = self.counts.lock().expect("backlog lock poisoned");
+        let base = written.get();
+        counts.websocket = Some((written, base));
+    }
+
+    fn polled(&self, bytes: u64) {
+        self.counts.lock().expect("backlog lock poisoned").polled += bytes;
+        self.polled.notify_waiters();
+    }
+
+    /// Bytes sent and not yet delivered.
+    pub fn queued(&self) -> u64 {
+        let mut counts = self.counts.lock().expect("backlog lock poisoned");
+        let delivered = counts.delivered();
+        counts.sent = counts.sent.max(delivered);
+        counts.sent - delivered
+    }
+
+    /// Waits until `len` more bytes fit the budget (an empty backlog takes any one reply), and
+    /// counts them as sent. `false`: the client read nothing for `stall` and must be dropped.
+    pub async fn reserve(&self, len: u64, stall: Duration) -> bool {
+        let mut progress_at = Instant::now();
+        let mut last = None;
+        loop {
+            let written = {
+                let counts = self.counts.lock().expect("backlog lock poisoned");
+                counts.websocket.as_ref().map(|(w, _)| w.clone())
+            };
+            let polled = self.polled.notified();
+            let wrote = async {
+                match &written {
+                    Some(written) => written.progress().await,
+                    None => std::future::pending().await,
+                }
+            };
+            {
+                let mut counts = self.counts.lock().expect("backlog lock poisoned");
+                let delivered = counts.delivered();
+                counts.sent = counts.sent.max(delivered);
+                let queued = counts.sent - delivered;
+                if queued == 0 || queued + len <= self.budget {
+                    counts.sent += len;
+                    return true;
+                }
+                if last != Some(delivered) {
+                    last = Some(delivered);
+                    progress_at = Instant::now();
+                }
+            }
+            let left = stall.saturating_sub(progress_at.elapsed());
+            if left.is_zero() {
+                return false;
+            }
+            tokio::select! {
+                () = polled => {}
+                () = wrote => {}
+                () = tokio::time::sleep(left.min(BACKLOG_RECHECK)) => {}
+            }
+        }
+    }
+}
 
 /// Why a connection was refused; the message is the client's `connect_error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -45,7 +339,8 @@ impl Connections {
             return Err(ConnectionRefused::ServerFull);
         }
         let per_address = counts.per_address.entry(address).or_insert(0);
-        if *per_address >= self.max_per_address {
+        // 0: no per-address limit.
+        if self.max_per_address > 0 && *per_address >= self.max_per_address {
             return Err(ConnectionRefused::AddressFull);
         }
         *per_address += 1;
@@ -163,6 +458,49 @@ mod tests {
         drop(first);
         assert_eq!(connections.total(), 2);
         assert!(connections.acquire(a).is_ok());
+
+        // 0: any number from one address, up to the total.
+        let unlimited = Connections::new(2_000, 0);
+        let slots: Vec<_> = (0..2_000).map(|_| unlimited.acquire(a).unwrap()).collect();
+        assert_eq!(
+            unlimited.acquire(a).err(),
+            Some(ConnectionRefused::ServerFull)
+        );
+        drop(slots);
+    }
+
+    #[tokio::test]
+    async fn a_backlog_takes_replies_up_to_its_budget_then_waits_for_the_client() {
+        let backlog = Backlog::new(100);
+        let stall = Duration::from_millis(50);
+        // An empty backlog takes any one reply, even one over the budget.
+        assert!(backlog.reserve(150, stall).await);
+        assert_eq!(backlog.queued(), 150);
+        // Nothing read: the next one waits, then gives up.
+        assert!(!backlog.reserve(10, stall).await);
+        // A poll took it all: room again; bytes beyond what was sent are no credit.
+        backlog.polled(400);
+        assert_eq!(backlog.queued(), 0);
+        assert!(backlog.reserve(60, stall).await);
+        assert!(backlog.reserve(40, stall).await);
+        assert_eq!(backlog.queued(), 100);
+        assert!(!backlog.reserve(1, stall).await);
+    }
+
+    #[test]
+    fn pending_handshakes_are_capped_and_freed_on_connect_or_drop() {
+        let handshakes = Handshakes::new(2);
+        let first = handshakes.try_open().unwrap();
+        let second = handshakes.try_open().unwrap();
+        assert!(handshakes.try_open().is_none());
+        first.connected();
+        assert_eq!(handshakes.pending(), 1);
+        // A clone kept by the session does not hold the place twice.
+        let kept = second.clone();
+        drop(second);
+        assert_eq!(handshakes.pending(), 1);
+        drop(kept);
+        assert_eq!(handshakes.pending(), 0);
     }
 
     #[test]

@@ -18,7 +18,7 @@ async fn main() -> ExitCode {
     dotenvy::dotenv().ok();
     let config = Config::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(log_filter())
         .with_ansi(std::io::stdout().is_terminal())
         .init();
 
@@ -49,6 +49,25 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Libraries that log what clients send at their trace level: a WebSocket message, the
+/// Socket.IO CONNECT packet with its token. Capped whatever `RUST_LOG` says, so no level ever
+/// writes a token.
+const QUIET: [&str; 5] = [
+    "tungstenite=info",
+    "tokio_tungstenite=info",
+    "engineioxide=info",
+    "socketioxide=info",
+    "hyper=info",
+];
+
+/// `RUST_LOG` (default `info`), with the libraries of [`QUIET`] capped.
+fn log_filter() -> EnvFilter {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    QUIET.into_iter().fold(filter, |filter, directive| {
+        filter.add_directive(directive.parse().expect("a valid directive"))
+    })
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

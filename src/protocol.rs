@@ -31,10 +31,14 @@ use socketioxide::handler::{ConnectHandler, FromMessageParts, MessageHandler, Va
 use socketioxide::socket::{DisconnectReason, Socket};
 use socketioxide::{SendError, SocketError, SocketIo};
 use socketioxide_redis::FredAdapter;
+use tokio_util::sync::CancellationToken;
 
 use crate::changes::{self, Change};
+use crate::edge::Written;
 use crate::error::Error;
-use crate::limits::{ConnectionRefused, ConnectionSlot, RateLimiter, Verdict};
+use crate::limits::{
+    Backlog, ConnectionRefused, ConnectionSlot, PendingHandshake, RateLimiter, Verdict,
+};
 use crate::names::{Bucket, Ref};
 use crate::proxy;
 use crate::state::AppState;
@@ -60,6 +64,10 @@ const ACCESS_DENIED: &str = "Access denied";
 
 /// An acknowledgement with no argument: serialises as `[]`, so the callback gets `undefined`.
 const NO_ARGS: [(); 0] = [];
+
+/// Replies from this size on count against the socket's [`Backlog`] (smaller ones, like every
+/// `changed`, are bounded by `SEND_BUFFER_PACKETS`).
+const LARGE_REPLY: u64 = 16 * 1024;
 
 pub mod cas;
 
@@ -105,13 +113,49 @@ async fn authenticate<A: Adapter>(
     let slot = state.connections().acquire(address).inspect_err(|e| {
         tracing::info!(sid = %socket.id, %address, "connection refused: {e}");
     })?;
+    let parts = socket.req_parts();
+    if let Some(pending) = parts.extensions.get::<PendingHandshake>() {
+        pending.connected();
+    }
     tracing::debug!(sid = %socket.id, bucket = %grant.bucket, read_only = grant.read_only, %address, "connected");
     let (per_second, burst) = state.event_rate();
     socket.join(changes::bucket_room(&grant.bucket));
+    // Broadcasts skip the writer with `except(sid)`, which names a room: with the Redis
+    // adapter nothing puts a socket in a room of its own id, so it joins one.
+    socket.join(socket.id.to_string());
+    let backlog = Backlog::new(state.send_buffer_bytes());
+    // A WebSocket handshake's connection carries the session; a long-polling one's does not.
+    let direct = parts
+        .uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "transport=websocket"));
+    let written = parts.extensions.get::<Written>().filter(|_| direct);
+    state
+        .backlogs()
+        .insert(socket.id.to_string(), &backlog, written);
+    let ended = CancellationToken::new();
+    if grant.expires.is_some() {
+        // The token's `exp` ends the connection, not only the handshake.
+        let expiry = grant.expiry();
+        let ended = ended.clone();
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = expiry => {
+                    tracing::debug!(sid = %socket.id, "token expired: disconnecting");
+                    socket.disconnect().ok();
+                }
+                () = ended.cancelled() => {}
+            }
+        });
+    }
     let session = Arc::new(Session {
         state: state.clone(),
         bucket: grant.bucket,
         read_only: grant.read_only,
+        expires: grant.expires,
+        backlog,
+        ended,
         ip: address.to_string(),
         origin: origin(&socket, &state),
         slot: Mutex::new(Some(slot)),
@@ -134,7 +178,7 @@ async fn authenticate<A: Adapter>(
     socket.on_disconnect(
         async move |socket: SocketRef<A>, reason: DisconnectReason| {
             tracing::debug!(sid = %socket.id, ?reason, "disconnected");
-            session.release();
+            session.release(&socket);
         },
     );
     Ok(())
@@ -227,6 +271,12 @@ struct Session<A: Adapter> {
     state: AppState,
     bucket: Bucket,
     read_only: bool,
+    /// When the token expires (seconds since the epoch): events after it are refused.
+    expires: Option<u64>,
+    /// Large replies not yet read by the client.
+    backlog: Arc<Backlog>,
+    /// Cancelled on disconnect: ends the expiry timer.
+    ended: CancellationToken,
     /// The client address recorded with each write.
     ip: String,
     /// This server's origin in the direct URLs this client is given.
@@ -328,6 +378,7 @@ impl<A: Adapter> Session<A> {
             let refused = match queue.limiter.check(Instant::now()) {
                 _ if self.state.is_closing() => Some(Error::Closing),
                 _ if self.closed.load(Ordering::Acquire) => return,
+                _ if self.expired() => Some(Error::TokenExpired),
                 Verdict::Disconnect => {
                     job.work = Work::Disconnect("sustained event rate over twice the limit");
                     None
@@ -350,8 +401,18 @@ impl<A: Adapter> Session<A> {
             refused
         };
         if let (Some(error), Work::Call(call)) = (refused, job.work) {
+            let expired = matches!(error, Error::TokenExpired);
             self.answer(&job.socket, call.event, call.ack, Err(error));
+            if expired {
+                // The answer is queued before DISCONNECT, so the client reads why.
+                self.closed.store(true, Ordering::Release);
+                job.socket.disconnect().ok();
+            }
         }
+    }
+
+    fn expired(&self) -> bool {
+        self.expires.is_some_and(|exp| now_ms() / 1000 >= exp)
     }
 
     async fn run_queue(self: Arc<Self>) {
@@ -380,8 +441,10 @@ impl<A: Adapter> Session<A> {
     }
 
     /// Marks the session closed and frees its connection slot (on disconnect).
-    fn release(&self) {
+    fn release(&self, socket: &SocketRef<A>) {
         self.closed.store(true, Ordering::Release);
+        self.ended.cancel();
+        self.state.backlogs().remove(&socket.id.to_string());
         self.slot.lock().expect("slot lock poisoned").take();
     }
 
@@ -410,6 +473,12 @@ impl<A: Adapter> Session<A> {
             Event::RequestUpload => cas::request_upload(self, arg).await,
             Event::BlobUploaded => cas::uploaded(self, socket, arg).await,
         };
+        // A large reply waits until the client has read enough of the earlier ones; one that
+        // reads nothing is dropped instead of piling megabytes up.
+        let len = reply.as_ref().map_or(0, Reply::approx_len);
+        if len >= LARGE_REPLY && !self.backlog.reserve(len, self.state.stall_timeout()).await {
+            return self.drop_stalled(socket);
+        }
         self.answer(socket, event, ack, reply);
     }
 
@@ -478,10 +547,11 @@ impl<A: Adapter> Session<A> {
             // A protocol write always finds something to conflict with (a missing blob is
             // created), so `current` is the live blob or its tombstone (which has no data).
             SetOutcome::Conflict(Some(current)) | SetOutcome::PreconditionRequired(current) => {
-                Ok(Reply::Json(with_data(
-                    json!({ "success": false, "version": current.version }),
-                    current.data.as_deref(),
-                )))
+                Ok(Reply::Stale(Stale {
+                    success: false,
+                    data: current.data.clone(),
+                    version: current.version,
+                }))
             }
             SetOutcome::Conflict(None) => Ok(Reply::Json(json!({ "success": false }))),
         }
@@ -517,12 +587,13 @@ impl<A: Adapter> Session<A> {
         let sent = match (ack, reply) {
             (Some(ack), Reply::Empty) => ack.send(&NO_ARGS),
             (Some(ack), Reply::Json(value)) => ack.send(&value),
+            (Some(ack), Reply::Stale(stale)) => ack.send(&stale),
             (Some(ack), Reply::Events(events)) => ack.send(&merged(events)),
             (None, Reply::Events(events)) => events
                 .into_iter()
                 .try_for_each(|(name, payload)| socket.emit(name, &payload)),
             // Only events with a reply name run without an ack, and they reply with events.
-            (None, Reply::Empty | Reply::Json(_)) => Ok(()),
+            (None, Reply::Empty | Reply::Json(_) | Reply::Stale(_)) => Ok(()),
         };
         match sent {
             Ok(()) => {}
@@ -540,6 +611,40 @@ enum Reply {
     /// Named replies of the content-addressed events: each is an event when the client sent
     /// no ack; with an ack, their fields are merged into one object.
     Events(Vec<(&'static str, Json)>),
+    /// A refused `set`, with its keys in the original's order (a JSON map would sort them).
+    Stale(Stale),
+}
+
+/// `{ success: false, data?, version }`.
+#[derive(serde::Serialize)]
+struct Stale {
+    success: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<String>,
+    version: u64,
+}
+
+impl Reply {
+    /// About the bytes this reply takes on the wire: its strings and a few bytes per value.
+    fn approx_len(&self) -> u64 {
+        fn json_len(value: &Json) -> u64 {
+            8 + match value {
+                Json::String(text) => text.len() as u64,
+                Json::Array(items) => items.iter().map(json_len).sum(),
+                Json::Object(fields) => fields
+                    .iter()
+                    .map(|(key, value)| key.len() as u64 + json_len(value))
+                    .sum(),
+                _ => 0,
+            }
+        }
+        match self {
+            Reply::Empty => 8,
+            Reply::Json(value) => json_len(value),
+            Reply::Events(events) => events.iter().map(|(_, value)| json_len(value)).sum(),
+            Reply::Stale(stale) => 48 + stale.data.as_ref().map_or(0, |d| d.len() as u64),
+        }
+    }
 }
 
 /// The fields of several reply objects in one.

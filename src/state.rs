@@ -12,7 +12,7 @@ use crate::cas::ContentStore;
 use crate::changes::Changes;
 use crate::config::Config;
 use crate::direct::{DirectUrls, SignedUrls};
-use crate::limits::Connections;
+use crate::limits::{Backlogs, Connections, Handshakes};
 use crate::service::BlobService;
 use crate::store::Store;
 
@@ -32,6 +32,12 @@ struct Inner {
     cas: CasSettings,
     changes: Changes,
     connections: Arc<Connections>,
+    handshakes: Arc<Handshakes>,
+    backlogs: Backlogs,
+    /// Bytes of replies and events a socket may have waiting for its client.
+    send_buffer_bytes: u64,
+    /// How long a socket's client may read nothing while replies wait before it is dropped.
+    stall_timeout: Duration,
     /// Largest blob in bytes (HTTP body; Socket.IO `data` is its base64).
     max_data_bytes: usize,
     /// Keep-alive interval of idle event streams.
@@ -83,6 +89,10 @@ impl AppState {
             },
             changes: Changes::default(),
             connections: Connections::new(config.max_connections, config.max_connections_per_ip),
+            handshakes: Handshakes::new(config.max_pending_handshakes),
+            backlogs: Backlogs::default(),
+            send_buffer_bytes: config.send_buffer_bytes,
+            stall_timeout: config.ping_timeout,
             max_data_bytes: config.max_data_bytes,
             event_rate: (config.events_per_second, config.event_burst),
             stream_keep_alive: config.stream_keep_alive,
@@ -126,6 +136,22 @@ impl AppState {
 
     pub fn connections(&self) -> &Arc<Connections> {
         &self.0.connections
+    }
+
+    pub fn handshakes(&self) -> &Arc<Handshakes> {
+        &self.0.handshakes
+    }
+
+    pub fn backlogs(&self) -> &Backlogs {
+        &self.0.backlogs
+    }
+
+    pub fn stall_timeout(&self) -> Duration {
+        self.0.stall_timeout
+    }
+
+    pub fn send_buffer_bytes(&self) -> u64 {
+        self.0.send_buffer_bytes
     }
 
     pub fn max_data_bytes(&self) -> usize {

@@ -1,4 +1,4 @@
-//! The Socket.IO protocol of PROTOCOL.md, row by row, checked with exact packets.
+//! The Socket.IO protocol of docs/PROTOCOL.md, row by row, checked with exact packets.
 
 mod common;
 

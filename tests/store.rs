@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::sync::Arc;
 
 use blobs::names::{Bucket, Ref};
 use blobs::store::{Change, Expect, SetOutcome, SetRequest, live, now_ms};
@@ -385,7 +384,7 @@ async fn listing() {
             now: now_ms(),
         };
         committed(store.set(&b, &r("10"), delete).await.unwrap());
-        let refs = |page: Vec<(Ref, Arc<blobs::store::Blob>)>| {
+        let refs = |page: Vec<(Ref, blobs::store::Listed)>| {
             page.into_iter()
                 .map(|(r, _)| r.as_str()[..2].to_owned())
                 .collect::<Vec<_>>()

@@ -5,16 +5,34 @@
 //! removing one hash are serialised by a per-hash lock, so a removal never takes bytes an
 //! upload of the same content has just confirmed as present. Content the Blob Service brought
 //! in carries a `<hash>.service` marker until a shared flow stores the same bytes.
+//!
+//! **Integrity.** Every byte handed out was checked against its hash, without hashing 64 MiB
+//! for a `HEAD` or a one-byte range: a file is hashed once per identity (size, modification
+//! time, inode) and remembered as good ([`Verified`]); a full read of a file not known good is
+//! checked as it streams, and fails at its end if the bytes do not match, so the client sees an
+//! incomplete response rather than wrong bytes; a range of a file not known good hashes it
+//! first. `HEAD` and `304` answers read nothing. A background scrub rereads files not known
+//! good, so corruption at rest is found even in content nobody reads.
 
-use std::fs::File;
+use std::collections::HashMap;
+use std::fs::{File, Metadata};
 use std::io::{self, Seek};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
 
 use crate::durable::{self, Staged};
 use crate::locks::KeyedLocks;
 use crate::names::{Bucket, ContentHash};
 
-use super::{ByteStream, Content, ContentLock, ContentStore, Error, Incoming, Owner, Result};
+use super::{
+    ByteStream, Content, ContentLock, ContentStore, Error, Incoming, Owner, Result, Scrubbed,
+};
 
 /// Directory of a bucket's content store, beside its versioned blobs' shard directories.
 const CAS_DIR: &str = "cas";
@@ -23,6 +41,60 @@ pub struct FsContent {
     root: PathBuf,
     /// One lock per hash in use, held while content is committed or deleted.
     locks: KeyedLocks<(Bucket, ContentHash), ()>,
+    verified: Arc<Verified>,
+}
+
+/// Files whose bytes were hashed and matched, by path, with the identity they had then. A file
+/// replaced or changed in place gets another identity and is hashed again.
+#[derive(Default)]
+struct Verified {
+    /// A std mutex: held for a lookup or an insert. Bounded by [`MAX_VERIFIED`]: when full it
+    /// is emptied, which costs a rehash of each file on its next read, never a wrong answer.
+    known: Mutex<HashMap<PathBuf, Identity>>,
+}
+
+const MAX_VERIFIED: usize = 100_000;
+
+/// What tells one version of a file from another without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Identity {
+    len: u64,
+    modified: Option<SystemTime>,
+    dev: u64,
+    ino: u64,
+}
+
+impl Identity {
+    fn of(meta: &Metadata) -> Self {
+        Identity {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
+
+impl Verified {
+    fn is_known(&self, path: &Path, identity: Identity) -> bool {
+        let known = self.known.lock().expect("verified lock poisoned");
+        known.get(path) == Some(&identity)
+    }
+
+    fn remember(&self, path: &Path, identity: Identity) {
+        let mut known = self.known.lock().expect("verified lock poisoned");
+        if known.len() >= MAX_VERIFIED {
+            known.clear();
+        }
+        known.insert(path.to_owned(), identity);
+    }
+
+    fn forget(&self, path: &Path) {
+        self.known
+            .lock()
+            .expect("verified lock poisoned")
+            .remove(path);
+    }
 }
 
 impl FsContent {
@@ -43,9 +115,12 @@ impl FsContent {
         Ok(Self {
             root,
             locks: KeyedLocks::default(),
+            verified: Arc::default(),
         })
     }
+}
 
+impl FsContent {
     fn dir(&self, bucket: &Bucket) -> PathBuf {
         self.root.join(bucket.as_str()).join(CAS_DIR)
     }
@@ -61,6 +136,7 @@ struct FsIncoming {
     hash: ContentHash,
     size: u64,
     path: PathBuf,
+    verified: Arc<Verified>,
 }
 
 #[async_trait::async_trait]
@@ -79,13 +155,17 @@ impl Incoming for FsIncoming {
         owner: Owner,
     ) -> Result<(bool, ContentLock)> {
         let FsIncoming {
-            staged, hash, path, ..
+            staged,
+            hash,
+            path,
+            verified,
+            ..
         } = *self;
         let commit_path = path.clone();
         // The lock goes with the file work, so it is held until that is done.
         tokio::task::spawn_blocking(move || -> io::Result<(bool, ContentLock)> {
             let marker = service_marker(&commit_path);
-            if verified_file(&commit_path, &hash)?.is_some() {
+            if verified_file(&commit_path, &hash, &verified)?.is_some() {
                 // Present and intact: keep it (the staged copy is removed on drop). Stored
                 // again by a shared flow, it is no longer the service's to remove.
                 if owner == Owner::Shared {
@@ -133,6 +213,7 @@ impl ContentStore for FsContent {
             hash,
             size,
             path,
+            verified: self.verified.clone(),
         }))
     }
 
@@ -144,12 +225,46 @@ impl ContentStore for FsContent {
         let path = self.path(bucket, hash);
         let read_path = path.clone();
         let hash = hash.clone();
-        let found = tokio::task::spawn_blocking(move || verified_file(&read_path, &hash))
-            .await?
-            .map_err(|source| io_error(&path, source))?;
+        let verified = self.verified.clone();
+        let found =
+            tokio::task::spawn_blocking(move || verified_file(&read_path, &hash, &verified))
+                .await?
+                .map_err(|source| io_error(&path, source))?;
         Ok(found.map(|(file, size)| Content {
             size,
             reader: Box::new(tokio::fs::File::from_std(file)),
+        }))
+    }
+
+    async fn stream(&self, bucket: &Bucket, hash: &ContentHash) -> Result<Option<Content>> {
+        let path = self.path(bucket, hash);
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(io_error(&path, source)),
+        };
+        let meta = file
+            .metadata()
+            .await
+            .map_err(|source| io_error(&path, source))?;
+        let identity = Identity::of(&meta);
+        if self.verified.is_known(&path, identity) {
+            return Ok(Some(Content {
+                size: meta.len(),
+                reader: Box::new(file),
+            }));
+        }
+        Ok(Some(Content {
+            size: meta.len(),
+            reader: Box::new(Verifying {
+                file,
+                hasher: Some(blake3::Hasher::new()),
+                remaining: meta.len(),
+                expected: hash.clone(),
+                path,
+                identity,
+                verified: self.verified.clone(),
+            }),
         }))
     }
 
@@ -165,10 +280,12 @@ impl ContentStore for FsContent {
     async fn remove(&self, bucket: &Bucket, hash: &ContentHash, held: ContentLock) -> Result<bool> {
         let path = self.path(bucket, hash);
         let remove_path = path.clone();
+        let verified = self.verified.clone();
         tokio::task::spawn_blocking(move || -> io::Result<bool> {
             let _held = held;
             // The content first: a crash in between leaves a marker without content, which
             // the sweep clears (and any later store fixes the marker up either way).
+            verified.forget(&remove_path);
             let removed = durable::remove(&remove_path)?;
             durable::remove(&service_marker(&remove_path))?;
             Ok(removed)
@@ -200,6 +317,7 @@ impl ContentStore for FsContent {
     ) -> Result<Option<u64>> {
         let path = self.path(bucket, hash);
         let release_path = path.clone();
+        let verified = self.verified.clone();
         tokio::task::spawn_blocking(move || -> io::Result<Option<u64>> {
             let _held = held;
             let marker = service_marker(&release_path);
@@ -208,12 +326,21 @@ impl ContentStore for FsContent {
             }
             let size = std::fs::metadata(&release_path).map(|m| m.len()).ok();
             // The content first: until it is gone, the marker says whose it is.
+            verified.forget(&release_path);
             durable::remove(&release_path)?;
             durable::remove(&marker)?;
             Ok(Some(size.unwrap_or(0)))
         })
         .await?
         .map_err(|source| io_error(&path, source))
+    }
+
+    async fn scrub(&self) -> Result<Scrubbed> {
+        let root = self.root.clone();
+        let verified = self.verified.clone();
+        tokio::task::spawn_blocking(move || scrub(&root, &verified))
+            .await?
+            .map_err(|source| io_error(&self.root, source))
     }
 
     async fn service_owned(&self) -> Result<Vec<(Bucket, ContentHash)>> {
@@ -250,6 +377,36 @@ impl ContentStore for FsContent {
     }
 }
 
+/// Hashes every content file under `root` not known good (see [`ContentStore::scrub`]).
+fn scrub(root: &Path, verified: &Verified) -> io::Result<Scrubbed> {
+    let mut scrubbed = Scrubbed::default();
+    for bucket_dir in durable::subdirs(root)? {
+        let cas = bucket_dir.join(CAS_DIR);
+        if !cas.is_dir() {
+            continue;
+        }
+        for shard in durable::subdirs(&cas)? {
+            for entry in std::fs::read_dir(&shard)? {
+                let path = entry?.path();
+                let name = path.file_name().and_then(|n| n.to_str());
+                let Some(hash) = name.and_then(ContentHash::parse) else {
+                    continue;
+                };
+                match verified_file(&path, &hash, verified) {
+                    Ok(Some(_)) => scrubbed.checked += 1,
+                    Ok(None) if path.exists() => {
+                        scrubbed.checked += 1;
+                        scrubbed.corrupt += 1;
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(path = %path.display(), "scrub cannot read: {e}"),
+                }
+            }
+        }
+    }
+    Ok(scrubbed)
+}
+
 /// Suffix of the file that marks content as the Blob Service's alone.
 const MARKER_SUFFIX: &str = ".service";
 
@@ -262,22 +419,100 @@ fn service_marker(content: &Path) -> PathBuf {
 
 /// Opens `path` and checks that its bytes hash to `hash`; the file, rewound, and its size.
 /// A missing file is `None`; so is a file that does not match, which is logged.
-fn verified_file(path: &Path, hash: &ContentHash) -> io::Result<Option<(File, u64)>> {
+fn verified_file(
+    path: &Path,
+    hash: &ContentHash,
+    verified: &Verified,
+) -> io::Result<Option<(File, u64)>> {
     let mut file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
+    let meta = file.metadata()?;
+    let identity = Identity::of(&meta);
+    if verified.is_known(path, identity) {
+        return Ok(Some((file, meta.len())));
+    }
     let mut hasher = blake3::Hasher::new();
     hasher.update_reader(&mut file)?;
     let actual = ContentHash::from_blake3(&hasher.finalize());
     if actual != *hash {
+        verified.forget(path);
         tracing::error!(path = %path.display(), %actual, "stored content does not match its hash: treated as missing");
         return Ok(None);
     }
+    verified.remember(path, identity);
     let size = file.stream_position()?;
     file.rewind()?;
     Ok(Some((file, size)))
+}
+
+/// A full read of a file not known good: hashes what it reads and, with the last bytes, fails
+/// the read if they do not match (and remembers the file as good if they do). The last bytes
+/// are held back until the check passed, so a client never receives the whole of wrong
+/// content. A seek ends the check: only a read from start to end proves anything.
+struct Verifying {
+    file: tokio::fs::File,
+    /// `None` once seeked or finished.
+    hasher: Option<blake3::Hasher>,
+    /// Bytes not read yet.
+    remaining: u64,
+    expected: ContentHash,
+    path: PathBuf,
+    identity: Identity,
+    verified: Arc<Verified>,
+}
+
+impl AsyncRead for Verifying {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.file).poll_read(cx, buf);
+        if !matches!(polled, Poll::Ready(Ok(()))) {
+            return polled;
+        }
+        let read = &buf.filled()[before..];
+        let Some(hasher) = &mut this.hasher else {
+            return polled;
+        };
+        hasher.update(read);
+        this.remaining = this.remaining.saturating_sub(read.len() as u64);
+        if this.remaining > 0 && !read.is_empty() {
+            return polled;
+        }
+        let Some(hasher) = this.hasher.take() else {
+            return polled;
+        };
+        let actual = ContentHash::from_blake3(&hasher.finalize());
+        if actual == this.expected {
+            this.verified.remember(&this.path, this.identity);
+            return polled;
+        }
+        this.verified.forget(&this.path);
+        buf.set_filled(before);
+        tracing::error!(path = %this.path.display(), %actual, "stored content does not match its hash: read aborted");
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "stored content does not match its hash",
+        )))
+    }
+}
+
+impl AsyncSeek for Verifying {
+    fn start_seek(self: Pin<&mut Self>, position: io::SeekFrom) -> io::Result<()> {
+        let this = self.get_mut();
+        this.hasher = None;
+        Pin::new(&mut this.file).start_seek(position)
+    }
+
+    fn poll_complete(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        Pin::new(&mut self.get_mut().file).poll_complete(cx)
+    }
 }
 
 fn io_error(path: &Path, source: io::Error) -> Error {

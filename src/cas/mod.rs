@@ -41,6 +41,13 @@ pub struct Content {
     pub reader: Box<dyn Reader>,
 }
 
+/// What a scrub found: files checked (hashed now), and how many of them did not match.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Scrubbed {
+    pub checked: usize,
+    pub corrupt: usize,
+}
+
 /// A seekable async reader of stored bytes.
 pub trait Reader: AsyncRead + AsyncSeek + Send + Unpin {}
 
@@ -119,6 +126,20 @@ pub trait ContentStore: Send + Sync + 'static {
 
     /// The verified content, or `None` when it is missing or no longer matches its hash.
     async fn open(&self, bucket: &Bucket, hash: &ContentHash) -> Result<Option<Content>>;
+
+    /// The content for one read from start to end: its bytes are checked against the hash
+    /// as they are read where the store can, and the read fails at its end if they do not
+    /// match. By default, [`ContentStore::open`] (verified before the first byte).
+    async fn stream(&self, bucket: &Bucket, hash: &ContentHash) -> Result<Option<Content>> {
+        self.open(bucket, hash).await
+    }
+
+    /// Reads stored content back and checks it against its hash, skipping what is known good;
+    /// corrupt content is logged and from then on treated as missing. Nothing by default: the
+    /// object store verifies every read in full.
+    async fn scrub(&self) -> Result<Scrubbed> {
+        Ok(Scrubbed::default())
+    }
 
     /// The size of the stored content, unverified (cheap: no read); `None` when missing.
     async fn size(&self, bucket: &Bucket, hash: &ContentHash) -> Result<Option<u64>>;

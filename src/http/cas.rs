@@ -25,7 +25,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{ErrorBody, error_response};
 
-use crate::cas::{self, Content};
+use crate::cas;
 use crate::direct::{Denied, now_unix};
 use crate::names::{Bucket, ContentHash};
 use crate::state::AppState;
@@ -305,45 +305,77 @@ fn shown_inline(content_type: &str) -> bool {
 pub(super) async fn get_content(
     State(state): State<AppState>,
     Target { hash, access }: Target,
+    method: Method,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let content = state
-        .content()
-        .open(&access.bucket, &hash)
-        .await?
-        .ok_or(CasError::NotFound)?;
-    serve(content, &hash, "application/octet-stream", &headers).await
+    let read = Read {
+        store: state.content(),
+        bucket: &access.bucket,
+        hash: &hash,
+        method: &method,
+        headers: &headers,
+    };
+    serve(read, "application/octet-stream").await
 }
 
-/// The response to a read of verified content: 200 with the bytes, 206 for one range, 304
-/// when `If-None-Match` names it, 416 for a range outside it; `ETag` is the quoted hash.
-pub(crate) async fn serve(
-    mut content: Content,
-    hash: &ContentHash,
-    content_type: &str,
-    headers: &HeaderMap,
-) -> Result<Response> {
+/// A read of stored content, as a request asks for it.
+pub(crate) struct Read<'a> {
+    pub store: &'a dyn cas::ContentStore,
+    pub bucket: &'a Bucket,
+    pub hash: &'a ContentHash,
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+}
+
+/// The response to a read of content: 200 with the bytes, 206 for one range, 304 when
+/// `If-None-Match` names it, 416 for a range outside it; `ETag` is the quoted hash.
+///
+/// What it costs follows what is asked: `HEAD` and 304 read nothing (the size is the file's);
+/// a full read is checked against the hash as it streams; a range reads content checked
+/// beforehand (once per file, see the content store).
+pub(crate) async fn serve(read: Read<'_>, content_type: &str) -> Result<Response> {
+    let Read {
+        store,
+        bucket,
+        hash,
+        method,
+        headers,
+    } = read;
+    let size = store.size(bucket, hash).await?.ok_or(CasError::NotFound)?;
     if names_content(headers, header::IF_NONE_MATCH, hash) {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
         response.headers_mut().insert(header::ETAG, etag(hash));
         return Ok(response);
     }
-    let range = byte_range(headers, hash, content.size)?;
+    let range = byte_range(headers, hash, size)?;
     let (status, start, len) = match range {
         Some((first, last)) => (StatusCode::PARTIAL_CONTENT, first, last - first + 1),
-        None => (StatusCode::OK, 0, content.size),
+        None => (StatusCode::OK, 0, size),
     };
-    if start > 0 {
-        content
-            .reader
-            .seek(io::SeekFrom::Start(start))
-            .await
-            .map_err(|e| CasError::Store(Box::new(e)))?;
-    }
-    let body = Body::from_stream(ReaderStream::with_capacity(
-        content.reader.take(len),
-        READ_CHUNK,
-    ));
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        let opened = match range {
+            Some(_) => store.open(bucket, hash).await?,
+            None => store.stream(bucket, hash).await?,
+        };
+        let mut content = opened.ok_or(CasError::NotFound)?;
+        if content.size != size {
+            // Replaced between the two looks (a repair): the size said is no longer true.
+            return Err(CasError::NotFound);
+        }
+        if start > 0 {
+            content
+                .reader
+                .seek(io::SeekFrom::Start(start))
+                .await
+                .map_err(|e| CasError::Store(Box::new(e)))?;
+        }
+        Body::from_stream(ReaderStream::with_capacity(
+            content.reader.take(len),
+            READ_CHUNK,
+        ))
+    };
     let mut response = (status, body).into_response();
     let out = response.headers_mut();
     out.insert(
@@ -379,7 +411,7 @@ pub(crate) async fn serve(
     if let Some((first, last)) = range {
         out.insert(
             header::CONTENT_RANGE,
-            header_value(format!("bytes {first}-{last}/{}", content.size)),
+            header_value(format!("bytes {first}-{last}/{}", size)),
         );
     }
     Ok(response)

@@ -27,7 +27,7 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
 
-use super::cas::{CasError, serve};
+use super::cas::{CasError, Read, serve};
 use super::{ErrorBody, async_stream, bearer_grant, error_response};
 use crate::auth::Grant;
 use crate::cas::{self, Incoming};
@@ -52,13 +52,28 @@ const MAX_PAGE: usize = 1000;
 pub fn router(max_bytes: u64) -> Router<AppState> {
     let body_limit =
         usize::try_from(max_bytes.saturating_add(MULTIPART_OVERHEAD)).unwrap_or(usize::MAX);
+    // Each route its own body limit: the upload's is the content limit, a subscription's a
+    // few kilobytes of JSON.
     Router::new()
-        .route("/api/v1/blobs", get(list).post(upload))
+        .route(
+            "/api/v1/blobs",
+            get(list)
+                .post(upload)
+                .layer(DefaultBodyLimit::max(body_limit)),
+        )
         .route("/api/v1/blobs/{handle}", get(read).delete(remove))
         .route("/api/v1/blobs/{handle}/metadata", get(metadata))
-        .route("/api/v1/events/subscribe", post(subscribe))
-        .layer(DefaultBodyLimit::max(body_limit))
+        .route(
+            "/api/v1/events/subscribe",
+            post(subscribe).layer(DefaultBodyLimit::max(SUBSCRIBE_BODY_LIMIT)),
+        )
 }
+
+/// Largest subscribe request body, in bytes.
+const SUBSCRIBE_BODY_LIMIT: usize = 64 * 1024;
+
+/// Most subscriptions in one subscribe request.
+const MAX_SUBSCRIPTIONS: usize = 100;
 
 /// What a client of the Blob Service sees when a request fails.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +91,7 @@ pub enum ServiceError {
     #[error("No such blob")]
     NotFound,
     /// 413.
-    #[error("The upload is larger than the limit of {0} bytes")]
+    #[error("The body is larger than the limit of {0} bytes")]
     TooLarge(u64),
     /// 500: the cause is logged.
     #[error("Storage error: the operation could not be completed")]
@@ -322,15 +337,25 @@ pub(super) async fn read(
     State(state): State<AppState>,
     token: Token,
     Path(handle): Path<String>,
+    method: Method,
     headers: HeaderMap,
 ) -> Result<Response> {
     let record = live_record(&state, &token, &handle).await?;
     let hash = record.content_hash().ok_or(ServiceError::NotFound)?;
-    let Some(content) = state.content().open(&token.0.bucket, &hash).await? else {
-        tracing::error!(bucket = %token.0.bucket, handle = %record.handle, %hash, "the content of a live record is missing");
-        return Err(ServiceError::NotFound);
+    let read = Read {
+        store: state.content(),
+        bucket: &token.0.bucket,
+        hash: &hash,
+        method: &method,
+        headers: &headers,
     };
-    Ok(serve(content, &hash, &record.content_type, &headers).await?)
+    match serve(read, &record.content_type).await {
+        Err(CasError::NotFound) => {
+            tracing::error!(bucket = %token.0.bucket, handle = %record.handle, %hash, "the content of a live record is missing");
+            Err(ServiceError::NotFound)
+        }
+        served => Ok(served?),
+    }
 }
 
 /// The record of an upload.
@@ -487,15 +512,25 @@ pub(super) async fn subscribe(
     request: std::result::Result<Json<SubscribeRequest>, JsonRejection>,
 ) -> Result<Response> {
     let Json(request) = request.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ServiceError::TooLarge(SUBSCRIBE_BODY_LIMIT as u64);
+        }
         bad(format!(
             "Expected {{ \"subscriptions\": [{{ \"name\", \"semantics\" }}], \"since\"? }}: {}",
             e.body_text()
         ))
     })?;
+    if request.subscriptions.len() > MAX_SUBSCRIPTIONS {
+        return Err(bad(format!(
+            "At most {MAX_SUBSCRIPTIONS} subscriptions per request"
+        )));
+    }
     let wanted = request.subscriptions.iter().any(|s| {
         s.name.as_deref().is_none_or(|n| n == STREAM_NAME)
             && s.semantics.as_deref().is_none_or(|n| n == STREAM_SEMANTICS)
     });
+    // The stream ends when the token expires.
+    let expiry = token.0.expiry();
     let bucket = token.0.bucket;
     let since = request.since.filter(|_| wanted);
     let (replay, mut live) = state.service().follow(&bucket, since, now_ms());
@@ -510,7 +545,7 @@ pub(super) async fn subscribe(
             last_sent = record.created;
         }
         let closing = state.changes().closing();
-        tokio::pin!(closing);
+        tokio::pin!(closing, expiry);
         // A newline on an idle stream, so proxies and clients keep it open.
         let mut keep_alive = tokio::time::interval(state.stream_keep_alive());
         keep_alive.reset();
@@ -524,6 +559,7 @@ pub(super) async fn subscribe(
                     continue;
                 }
                 () = &mut closing => return,
+                () = &mut expiry => return,
             };
             let records = match received {
                 Ok((b, record)) if wanted && b == bucket => vec![record],

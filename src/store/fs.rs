@@ -15,7 +15,7 @@ use crate::durable;
 use crate::locks::KeyedLocks;
 use crate::names::{Bucket, Ref};
 
-use super::{Blob, Error, Result, SetOutcome, SetRequest, Store, apply};
+use super::{Blob, Error, Listed, Result, SetOutcome, SetRequest, Store, apply};
 
 /// Blobs whose `data` is longer than this many characters are not kept in memory, which bounds
 /// the cache to about 4,096 idle slots (see [`KeyedLocks`]) of 16 KiB: 64 MiB.
@@ -121,7 +121,7 @@ impl Store for FsStore {
         bucket: &Bucket,
         after: Option<&Ref>,
         limit: usize,
-    ) -> Result<Vec<(Ref, Arc<Blob>)>> {
+    ) -> Result<Vec<(Ref, Listed)>> {
         let dir = self.root.join(bucket.as_str());
         let after = after.cloned();
         tokio::task::spawn_blocking(move || list_dir(&dir, after.as_ref(), limit)).await?
@@ -140,7 +140,7 @@ impl Store for FsStore {
 }
 
 /// Live blobs under one bucket directory, in ref order, after `after`, at most `limit`.
-fn list_dir(dir: &Path, after: Option<&Ref>, limit: usize) -> Result<Vec<(Ref, Arc<Blob>)>> {
+fn list_dir(dir: &Path, after: Option<&Ref>, limit: usize) -> Result<Vec<(Ref, Listed)>> {
     let mut found = Vec::new();
     let mut shards = match sorted_names(dir) {
         Ok(names) => names,
@@ -158,7 +158,7 @@ fn list_dir(dir: &Path, after: Option<&Ref>, limit: usize) -> Result<Vec<(Ref, A
         for r in refs {
             let path = shard_dir.join(format!("{r}.json"));
             if let Some(blob) = read_blob(&path)?.filter(|b| !b.deleted) {
-                found.push((r, Arc::new(blob)));
+                found.push((r, Listed::from(&blob)));
                 if found.len() == limit {
                     return Ok(found);
                 }

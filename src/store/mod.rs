@@ -62,6 +62,27 @@ impl Blob {
     }
 }
 
+/// What a listing says of one blob. No data: a page costs memory by its entries, not by the
+/// size of the blobs it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub version: u64,
+    /// Bytes of data.
+    pub size: usize,
+    /// Last change, milliseconds since the epoch.
+    pub updated: u64,
+}
+
+impl From<&Blob> for Listed {
+    fn from(blob: &Blob) -> Self {
+        Listed {
+            version: blob.version,
+            size: blob.size(),
+            updated: blob.modified(),
+        }
+    }
+}
+
 /// Bytes a base64 text decodes to (padding optional).
 fn decoded_len(text: &str) -> usize {
     let body = text.trim_end_matches('=').len();
@@ -161,13 +182,14 @@ pub trait Store: Send + Sync + 'static {
     /// A conditional write (see [`apply`] for the rules).
     async fn set(&self, bucket: &Bucket, r: &Ref, request: SetRequest) -> Result<SetOutcome>;
 
-    /// Live blobs of a bucket in ref order, after `after`, at most `limit` of them.
+    /// Live blobs of a bucket in ref order, after `after`, at most `limit` of them. Each blob
+    /// is read and let go before the next, so a page holds one blob's data at a time.
     async fn list(
         &self,
         bucket: &Bucket,
         after: Option<&Ref>,
         limit: usize,
-    ) -> Result<Vec<(Ref, Arc<Blob>)>>;
+    ) -> Result<Vec<(Ref, Listed)>>;
 
     /// Whether the store can take writes now (a probe write succeeds).
     async fn writable(&self) -> bool;

@@ -17,7 +17,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, UpdateVersi
 
 use crate::names::{Bucket, Ref};
 
-use super::{Blob, Error, Result, SetOutcome, SetRequest, Store, apply};
+use super::{Blob, Error, Listed, Result, SetOutcome, SetRequest, Store, apply};
 
 /// Rounds of read, decide and conditional write one `set` may take while other writers keep
 /// winning; past this the caller gets a conflict with the latest data, as for any lost race.
@@ -147,7 +147,7 @@ impl Store for ObjectBlobs {
         bucket: &Bucket,
         after: Option<&Ref>,
         limit: usize,
-    ) -> Result<Vec<(Ref, Arc<Blob>)>> {
+    ) -> Result<Vec<(Ref, Listed)>> {
         let prefix = Path::from(self.bucket_prefix(bucket));
         // Object names sort like refs: the shard is the ref's first two characters.
         let mut names = match after {
@@ -169,7 +169,7 @@ impl Store for ObjectBlobs {
             if let Some((blob, _)) = self.read(&meta.location).await?
                 && !blob.deleted
             {
-                found.push((r, blob));
+                found.push((r, Listed::from(&*blob)));
                 if found.len() == limit {
                     break;
                 }

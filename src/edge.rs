@@ -1,0 +1,311 @@
+//! The network edge: accepts TCP connections and serves HTTP/1.1 on them, with a bound on what
+//! each costs before any handler runs.
+//!
+//! - **A cap on open connections** (`MAX_CONNECTIONS`), whatever they carry: plain HTTP,
+//!   long-polling or an upgraded WebSocket. The slot is held by the connection's I/O object, so
+//!   it is freed exactly when the socket is closed. Past the cap a small overflow of connections
+//!   is still served, for one request each, by an answer that only knows `/healthz`: a monitor
+//!   can tell "full" from "down". Past the overflow a connection is closed at once.
+//! - **A bound on the request head** (`MAX_HEAD_BYTES`, answered 431 by hyper).
+//! - **A deadline for the head and for idle keep-alive connections** (`HEADER_TIMEOUT`): hyper
+//!   starts the head timer as soon as it waits for a request, so a connection that sends
+//!   nothing, half a head, or nothing after its last response is closed.
+//!
+//! This module never looks into requests beyond what the overflow answer needs; the request
+//! body's pace is bounded by the router's layers (`BODY_TIMEOUT`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tokio_util::task::TaskTracker;
+use tower::{Service, ServiceExt as _};
+
+/// Connections past `MAX_CONNECTIONS` still served with the overflow answer.
+const OVERFLOW: usize = 64;
+
+/// How long the overflow answer waits for its one request head.
+const OVERFLOW_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Pause after an accept error (descriptors exhausted, say) before accepting again, so the
+/// loop does not spin while nothing can be accepted.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The bounds of the edge.
+#[derive(Clone, Copy, Debug)]
+pub struct EdgeLimits {
+    pub max_connections: usize,
+    pub max_head_bytes: usize,
+    pub header_timeout: Duration,
+}
+
+/// Bytes this server has written to one connection so far, in every request's extensions:
+/// how a Socket.IO session tells whether its client reads what it is sent.
+#[derive(Clone, Debug, Default)]
+pub struct Written(Arc<WrittenInner>);
+
+#[derive(Debug, Default)]
+struct WrittenInner {
+    bytes: AtomicU64,
+    /// Woken on every write.
+    progress: Notify,
+}
+
+impl Written {
+    pub fn get(&self) -> u64 {
+        self.0.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Resolves at the next write.
+    pub async fn progress(&self) {
+        self.0.progress.notified().await;
+    }
+
+    fn add(&self, n: usize) {
+        self.0.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.0.progress.notify_waiters();
+    }
+}
+
+/// The connections still open once the server stopped accepting.
+pub struct Open {
+    /// Becomes `true` when they are asked to close.
+    close: watch::Sender<bool>,
+    tasks: TaskTracker,
+}
+
+impl Open {
+    /// Asks every connection to close once its request in progress is answered, and waits
+    /// until they have.
+    pub async fn close(self) {
+        self.close.send_replace(true);
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// Accepts connections on `listener` and serves `app` on them until `stop` resolves; then stops
+/// accepting and hands back the live connections, to be closed gracefully by the caller.
+pub async fn serve<S>(
+    listener: TcpListener,
+    app: S,
+    limits: EdgeLimits,
+    stop: impl Future<Output = ()>,
+) -> Open
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let open = Arc::new(AtomicUsize::new(0));
+    let graceful = Open {
+        close: watch::channel(false).0,
+        tasks: TaskTracker::new(),
+    };
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_header_size(limits.max_head_bytes);
+    let mut overflow = hyper::server::conn::http1::Builder::new();
+    overflow
+        .timer(TokioTimer::new())
+        .header_read_timeout(OVERFLOW_HEAD_TIMEOUT)
+        .max_header_size(limits.max_head_bytes)
+        .keep_alive(false);
+    tokio::pin!(stop);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!("accept error: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = &mut stop => return graceful,
+        };
+        let Some(slot) = Slot::take(&open, limits.max_connections + OVERFLOW) else {
+            tracing::debug!(%peer, "connection closed at once: over the connection limit");
+            continue;
+        };
+        let full = slot.rank > limits.max_connections;
+        // Small frames (acks, `changed`) go out at once rather than waiting on Nagle's
+        // algorithm.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+        let written = Written::default();
+        let io = TokioIo::new(Metered {
+            tcp,
+            written: written.clone(),
+            _slot: slot,
+        });
+        if full {
+            let conn = overflow.serve_connection(io, hyper::service::service_fn(over_limit));
+            graceful.tasks.spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+            });
+            continue;
+        }
+        let app = app.clone();
+        let service = tower::service_fn(move |mut request: hyper::Request<_>| {
+            let extensions = request.extensions_mut();
+            extensions.insert(ConnectInfo(peer));
+            extensions.insert(written.clone());
+            app.clone().oneshot(request.map(Body::new))
+        });
+        let conn = http
+            .serve_connection(io, TowerToHyperService::new(service))
+            .with_upgrades();
+        let mut closing = graceful.close.subscribe();
+        graceful.tasks.spawn(async move {
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                () = async { closing.wait_for(|close| *close).await.ok(); } => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// The answer on connections past the limit: `/healthz` says the process is up, anything
+/// else is 503.
+async fn over_limit<B>(request: hyper::Request<B>) -> Result<Response, Infallible> {
+    let mut response = if request.uri().path() == "/healthz" {
+        axum::Json(serde_json::json!({ "status": "ok" })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "error": "Server is at its connection limit" })),
+        )
+            .into_response()
+    };
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    Ok(response)
+}
+
+/// One open connection's place under the cap; freed when dropped.
+struct Slot {
+    open: Arc<AtomicUsize>,
+    /// How many connections were open with this one (1 for the first).
+    rank: usize,
+}
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>, most: usize) -> Option<Slot> {
+        let before = open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < most).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Slot {
+            open: open.clone(),
+            rank: before + 1,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A TCP connection that holds its slot under the cap for as long as it lives (upgraded to a
+/// WebSocket included) and counts the bytes written to it.
+struct Metered {
+    tcp: TcpStream,
+    written: Written,
+    _slot: Slot,
+}
+
+impl AsyncRead for Metered {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Metered {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.tcp).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &polled {
+            this.written.add(*n);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &polled {
+            this.written.add(*n);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_ranked_capped_and_freed() {
+        let open = Arc::new(AtomicUsize::new(0));
+        let first = Slot::take(&open, 2).unwrap();
+        let second = Slot::take(&open, 2).unwrap();
+        assert_eq!((first.rank, second.rank), (1, 2));
+        assert!(Slot::take(&open, 2).is_none());
+        drop(first);
+        assert_eq!(Slot::take(&open, 2).unwrap().rank, 2);
+    }
+}

@@ -1,0 +1,437 @@
+//! An attacker's requests, authenticated or not: each costs a bounded amount and ends in a
+//! clear answer or a closed connection, and a token stops working when it expires.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use blobs::client::RawClient;
+use common::{SECRET, TestServer, hex_ref, token};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Longest a case may take before it counts as a hang.
+const HANG: Duration = Duration::from_secs(20);
+
+async fn server_with(options: &[&str]) -> TestServer {
+    TestServer::start_with(tempfile::tempdir().unwrap(), options).await
+}
+
+/// Sends `bytes` on a new connection and reads until the server closes it; what it answered.
+async fn exchange(server: &TestServer, bytes: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    read_to_close(&mut tcp).await
+}
+
+/// Everything the server sends until it closes the connection (a reset counts as closed).
+async fn read_to_close(tcp: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(HANG, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    read.await.expect("the server closes the connection");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn expiring_token(bucket: &str, seconds: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({ "bucket": bucket, "iat": now, "exp": now + seconds }),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A request head over `MAX_HEAD_BYTES` is answered 431 and the connection closed; one under
+/// it is served.
+#[tokio::test]
+async fn large_request_heads_get_431() {
+    let server = server_with(&["--max-head-bytes", "8192"]).await;
+    let padding = "a".repeat(20_000);
+    let head = format!(
+        "GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nX-Pad: {padding}\r\n\r\n"
+    );
+    let answer = exchange(&server, head.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let small = exchange(
+        &server,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(small.starts_with("HTTP/1.1 200"), "{small}");
+}
+
+/// A half-sent head, an idle keep-alive connection and a half-sent body are all closed by the
+/// server's timeouts instead of held open.
+#[tokio::test]
+async fn slow_clients_are_closed() {
+    let server = server_with(&["--header-timeout", "1s", "--body-timeout", "1s"]).await;
+    // Half a head.
+    let answer = exchange(&server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Nothing at all.
+    assert_eq!(exchange(&server, b"").await, "");
+    // Idle after a keep-alive response.
+    let answer = exchange(&server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Half a body.
+    let put = format!(
+        "PUT /v1/blobs/{} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\nhalf",
+        hex_ref("ab"),
+        token("b")
+    );
+    let answer = exchange(&server, put.as_bytes()).await;
+    assert!(!answer.starts_with("HTTP/1.1 2"), "{answer}");
+    assert!(
+        !server.blob_path("b", &hex_ref("ab")).exists(),
+        "a half-sent body writes nothing"
+    );
+}
+
+/// Engine.IO sessions that have not connected are capped (503 past the cap) and closed after
+/// `CONNECT_TIMEOUT`, which frees their places.
+#[tokio::test]
+async fn pending_handshakes_are_capped_and_expire() {
+    let server = server_with(&["--max-pending-handshakes", "3", "--connect-timeout", "1s"]).await;
+    let http = reqwest::Client::new();
+    let handshake = format!("http://{}/socket.io/?EIO=4&transport=polling", server.addr);
+    for _ in 0..3 {
+        let opened = http.get(&handshake).send().await.unwrap();
+        assert_eq!(opened.status(), 200);
+    }
+    let refused = http.get(&handshake).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: Value = refused.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("authenticate"));
+    // The three sessions never send CONNECT: they are closed, and a client gets in again.
+    let deadline = tokio::time::Instant::now() + HANG;
+    loop {
+        if let Ok(mut client) = RawClient::connect_token(server.addr, &token("b")).await {
+            let ack = client.call1("now", Value::Null).await.unwrap();
+            assert!(ack["timestamp"].is_u64());
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "places never freed");
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The connection cap covers plain HTTP too; past it `/healthz` still answers and every other
+/// route gets 503.
+#[tokio::test]
+async fn the_connection_cap_covers_http_and_health_still_answers() {
+    let server = server_with(&["--max-connections", "4"]).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+        // A served request proves the connection was accepted under the cap.
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(tcp);
+    }
+    let health = exchange(&server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let other = exchange(&server, b"GET /v1/blobs HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(other.starts_with("HTTP/1.1 503"), "{other}");
+    assert!(other.contains("connection limit"), "{other}");
+    drop(held);
+}
+
+/// The metadata stream's subscribe request takes a small body with a bounded number of
+/// subscriptions, whatever the token.
+#[tokio::test]
+async fn subscribe_requests_are_small() {
+    let server = TestServer::start().await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/api/v1/events/subscribe", server.addr);
+    let huge = format!(
+        "{{\"subscriptions\":[{}{{}}]}}",
+        "{},".repeat(1024 * 1024 / 3)
+    );
+    let refused = http
+        .post(&url)
+        .bearer_auth(common::read_only_token("b"))
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 413);
+    let many = json!({ "subscriptions": vec![json!({}); 101] });
+    let refused = http
+        .post(&url)
+        .bearer_auth(token("b"))
+        .json(&many)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+}
+
+/// A socket is disconnected when its token expires, and the SSE change stream ends.
+#[tokio::test]
+async fn expiry_ends_sockets_and_streams() {
+    let server = TestServer::start().await;
+    let r = hex_ref("e1");
+    let expiring = expiring_token("b", 2);
+    let mut client = RawClient::connect_token(server.addr, &expiring)
+        .await
+        .unwrap();
+    client.call("ref", &[json!(r)]).await.unwrap();
+    let ack = client
+        .call1("set", json!({ "data": "aGk=" }))
+        .await
+        .unwrap();
+    assert_eq!(ack, json!({ "success": true, "version": 1 }));
+    let events = reqwest::Client::new()
+        .get(format!("http://{}/v1/blobs/{r}/events", server.addr))
+        .bearer_auth(&expiring)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    // The server says DISCONNECT (`41`) on its own once `exp` passes.
+    let disconnected = tokio::time::timeout(HANG, async {
+        loop {
+            match client.recv().await {
+                Ok(packet) if packet == "1" => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    });
+    assert!(disconnected.await.expect("disconnected at exp"));
+    let ended = tokio::time::timeout(HANG, events.bytes()).await;
+    assert!(ended.is_ok(), "the change stream ends at exp");
+    // The writer's blob is untouched by anything after expiry.
+    assert!(server.blob_path("b", &r).exists());
+}
+
+/// By default any origin may call, without credentials (as the original); `CORS_ORIGINS`
+/// allows only its origins, with credentials when asked.
+#[tokio::test]
+async fn cors_sends_credentials_only_when_configured() {
+    let http = reqwest::Client::new();
+    let open = TestServer::start().await;
+    for origin in ["https://app.example", "null"] {
+        let answer = http
+            .get(format!("http://{}/healthz", open.addr))
+            .header("origin", origin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.headers()["access-control-allow-origin"], origin);
+        assert!(
+            !answer
+                .headers()
+                .contains_key("access-control-allow-credentials")
+        );
+    }
+    let listed = server_with(&[
+        "--cors-origins",
+        "https://app.example",
+        "--cors-credentials",
+        "true",
+    ])
+    .await;
+    let allowed = http
+        .get(format!("http://{}/healthz", listed.addr))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(
+        allowed.headers()["access-control-allow-credentials"],
+        "true"
+    );
+    let other = http
+        .get(format!("http://{}/healthz", listed.addr))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+}
+
+/// `HEAD` and `304` read no content; a full read of content that no longer matches its hash
+/// fails before its end instead of handing out wrong bytes; a range of it is refused.
+#[tokio::test]
+async fn cheap_content_requests_do_not_hash_and_reads_stay_verified() {
+    let server = TestServer::start().await;
+    let http = reqwest::Client::new();
+    let bytes = vec![7u8; 300_000];
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+    let url = format!("http://{}/blobs/{hash}", server.addr);
+    let stored = http
+        .put(&url)
+        .bearer_auth(token("b"))
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 201);
+    // Corrupt it at rest, same size.
+    let path = server
+        .storage()
+        .join("b")
+        .join("cas")
+        .join(&hash[..2])
+        .join(&hash);
+    let mut corrupt = bytes.clone();
+    corrupt[123] = 8;
+    std::fs::write(&path, &corrupt).unwrap();
+
+    // HEAD and 304 answer from the name and size alone.
+    let head = http
+        .head(&url)
+        .bearer_auth(token("b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-length"], "300000");
+    let cached = http
+        .get(&url)
+        .bearer_auth(token("b"))
+        .header("if-none-match", format!("\"{hash}\""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cached.status(), 304);
+    // A full read never completes with the wrong bytes.
+    let full = http.get(&url).bearer_auth(token("b")).send().await.unwrap();
+    assert_eq!(full.status(), 200);
+    assert!(
+        full.bytes().await.is_err(),
+        "a corrupt full read is cut off"
+    );
+    // A range of a file not known good is checked first.
+    let range = http
+        .get(&url)
+        .bearer_auth(token("b"))
+        .header("range", "bytes=0-0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(range.status(), 404);
+}
+
+/// The writer never hears its own `changed`, and the stale-write ack has the original's key
+/// order, byte for byte.
+#[tokio::test]
+async fn stale_write_acks_have_the_original_key_order() {
+    let server = TestServer::start().await;
+    let r = hex_ref("5a");
+    let mut client = server.subscribed("b", &r).await;
+    client
+        .call1("set", json!({ "data": "aGk=" }))
+        .await
+        .unwrap();
+    let ack = client
+        .call_raw("set", &[json!({ "data": "eA==", "version": 7 })])
+        .await
+        .unwrap();
+    assert!(
+        ack.ends_with(r#"[{"success":false,"data":"aGk=","version":1}]"#),
+        "{ack}"
+    );
+}
+
+/// No token appears in the log, at any level.
+#[tokio::test]
+async fn tokens_never_reach_the_log() {
+    use std::process::{Command, Stdio};
+    let storage = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blobs"))
+        .current_dir(storage.path())
+        .env("TOKEN_SECRET", SECRET)
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("STORAGE", storage.path())
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            lines_tx.send(line).ok();
+        }
+    });
+    let addr = lines_rx
+        .iter()
+        .find_map(|line| blobs::listening_addr(&line))
+        .unwrap();
+    let secret_token = token("logged");
+    let mut client = RawClient::connect_token(addr, &secret_token).await.unwrap();
+    client.call("ref", &[json!(hex_ref("10"))]).await.unwrap();
+    client.call1("get", json!({})).await.unwrap();
+    let sse = reqwest::Client::new()
+        .get(format!(
+            "http://{addr}/v1/blobs?access_token={secret_token}"
+        ))
+        .bearer_auth(&secret_token)
+        .send()
+        .await
+        .unwrap();
+    assert!(sse.status().is_success());
+    client.close().await.ok();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    child.wait().unwrap();
+    let log: Vec<String> = lines_rx.iter().collect();
+    assert!(
+        log.iter().any(|line| line.contains("connected")),
+        "the connection was logged: {log:?}"
+    );
+    let signature = secret_token.rsplit('.').next().unwrap();
+    for line in log
+        .iter()
+        .chain(stderr.lines().map(str::to_owned).collect::<Vec<_>>().iter())
+    {
+        assert!(!line.contains(signature), "a token in the log: {line}");
+    }
+}
+
+/// One address may hold well over the original's common NAT loads on defaults: 1,000 sockets.
+#[tokio::test]
+async fn a_thousand_connections_from_one_address_are_served_on_defaults() {
+    let server = TestServer::start().await;
+    let mut clients = Vec::new();
+    for _ in 0..1000 {
+        clients.push(server.client("nat").await);
+    }
+    let last = clients.last_mut().unwrap();
+    assert!(last.call1("now", Value::Null).await.unwrap()["timestamp"].is_u64());
+}
