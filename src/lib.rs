@@ -395,31 +395,6 @@ async fn retention_sweeps(state: AppState, interval: Duration, staging_age: Dura
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redis_urls_ask_for_resp3_whatever_the_spelling() {
-        for (url, expected) in [
-            ("redis://h:6379", "redis://h:6379?protocol=resp3"),
-            (
-                "redis://h:6379/?protocol=RESP3",
-                "redis://h:6379/?protocol=resp3",
-            ),
-            (
-                "redis://h/0?protocol=3&x=1",
-                "redis://h/0?x=1&protocol=resp3",
-            ),
-            ("redis://h/?Protocol=Resp3", "redis://h/?protocol=resp3"),
-        ] {
-            assert_eq!(resp3(url).unwrap(), expected);
-        }
-        let refused = resp3("redis://h/?protocol=resp2").unwrap_err().to_string();
-        assert!(refused.contains("write protocol=resp3"), "{refused}");
-    }
-}
-
 /// Reads stored content back against its hash every `interval` (the first time one interval
 /// after start, so a restart does not reread everything), until shutdown.
 async fn scrubs(state: AppState, interval: Duration) {
@@ -477,4 +452,29 @@ async fn not_found() -> impl IntoResponse {
         StatusCode::NOT_FOUND,
         axum::Json(serde_json::json!({ "error": "Not found" })),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_urls_ask_for_resp3_whatever_the_spelling() {
+        for (url, expected) in [
+            ("redis://h:6379", "redis://h:6379?protocol=resp3"),
+            (
+                "redis://h:6379/?protocol=RESP3",
+                "redis://h:6379/?protocol=resp3",
+            ),
+            (
+                "redis://h/0?protocol=3&x=1",
+                "redis://h/0?x=1&protocol=resp3",
+            ),
+            ("redis://h/?Protocol=Resp3", "redis://h/?protocol=resp3"),
+        ] {
+            assert_eq!(resp3(url).unwrap(), expected);
+        }
+        let refused = resp3("redis://h/?protocol=resp2").unwrap_err().to_string();
+        assert!(refused.contains("write protocol=resp3"), "{refused}");
+    }
 }

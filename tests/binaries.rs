@@ -121,3 +121,28 @@ async fn sigterm_shuts_down_cleanly() {
     let file: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     assert_eq!(file["version"], 1);
 }
+
+/// `blobs --help` says where `STORE=s3` keeps content and records: in the object store, not
+/// under `STORAGE`.
+#[test]
+fn the_store_help_says_where_everything_lives() {
+    let cwd = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_blobs"))
+        .arg("--help")
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    let store = help
+        .split("--store <STORE>")
+        .nth(1)
+        .and_then(|rest| rest.split("\n      --").next())
+        .expect("--store is documented");
+    let store = store.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        store.contains("content-addressed blobs and Blob Service records all live there"),
+        "{store}"
+    );
+    assert!(!store.contains("stay under `STORAGE`"), "{store}");
+}

@@ -502,3 +502,38 @@ async fn everything_flows_again_after_redis_restarts() {
         node.stop().await;
     }
 }
+
+/// A writer never hears its own `changed` on any node, while the other sockets of the blob, on
+/// its node and on others, do; and a node takes a Redis URL that asks for RESP3 as
+/// socketioxide-redis's examples write it (`?protocol=RESP3`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_skips_its_own_change_on_every_node() {
+    let cluster = Cluster::start().await;
+    let a = cluster.node().await;
+    let mut options = cluster.s3.options("");
+    options.extend([
+        "--redis-url".to_owned(),
+        format!("{}/?protocol=RESP3", cluster.redis.url),
+    ]);
+    let options: Vec<&str> = options.iter().map(String::as_str).collect();
+    let b = TestServer::start_with(tempfile::tempdir().unwrap(), &options).await;
+    let r = hex_ref("5e");
+    let mut on_a = a.subscribed("b", &r).await;
+    let mut beside = b.subscribed("b", &r).await;
+    let mut writer = b.subscribed("b", &r).await;
+    let ack = writer
+        .call1("set", json!({ "data": "aGk=" }))
+        .await
+        .unwrap();
+    assert_eq!(ack, json!({ "success": true, "version": 1 }));
+    changed(&mut on_a).await;
+    // The socket beside the writer hears the same broadcast on the same node; once it has,
+    // a round trip of the writer's own shows whether it was sent one too.
+    changed(&mut beside).await;
+    writer.call1("now", Value::Null).await.unwrap();
+    assert_eq!(
+        writer.pending_events("changed"),
+        0,
+        "the writer heard itself"
+    );
+}
