@@ -493,7 +493,8 @@ def attack_listings(port, token, created):
     def lister(i):
         try:
             conn = http.client.HTTPConnection(HOST, port, timeout=60)
-            conn.request("GET", "/v1/blobs?limit=1000", headers={"Authorization": f"Bearer {token}"})
+            auth = {"Authorization": f"Bearer {token}"}
+            conn.request("GET", "/v1/blobs?limit=1000", headers=auth)
             resp = conn.getresponse()
             body = resp.read()
             entries = len(json.loads(body).get("blobs", [])) if resp.status == 200 else None
@@ -509,7 +510,9 @@ def attack_listings(port, token, created):
         t.join(90)
     after = SERVER.rss()
     hwm_after = SERVER.hwm()
-    answers = Counter(f"{s} with {e} entries" if e is not None else str(s) for s, e in (r or ("unfinished", None) for r in results))
+    answers = Counter()
+    for status, entries in (r or ("unfinished", None) for r in results):
+        answers[f"{status} with {entries} entries" if entries is not None else str(status)] += 1
     result = f"{created}; listings: {counts(answers)}"
     hwm = (hwm_before, hwm_after, reset)
     return ("Four parallel listings of 300 blobs of 768 KiB", result, before, after, hwm)
@@ -627,9 +630,12 @@ def attack_stalled_sockets(port, token, refs):
     ports = {ws.s.getsockname()[1]: ws for ws in sockets}
     closed_at = {}
     peak = after
+    all_dropped_at = None
     while time.monotonic() - start < 65 and len(closed_at) < len(ports):
         held = SERVER.connections()
         now = time.monotonic() - start
+        if all_dropped_at is None and SERVER.stalled_drops - drops_before >= len(sockets):
+            all_dropped_at = now
         for p in ports:
             if p not in held and p not in closed_at:
                 closed_at[p] = now
@@ -664,7 +670,10 @@ def attack_stalled_sockets(port, token, refs):
     n = len(ports)
     if len(closed_at) == n:
         times = sorted(closed_at.values())
-        closed = f"the server closed all {n} connections {times[0]:.0f}-{times[-1]:.0f} s after the requests"
+        closed = (
+            f"the server closed all {n} connections "
+            f"{times[0]:.0f}-{times[-1]:.0f} s after the requests"
+        )
     else:
         closed = (
             f"the server still held {n - len(closed_at)} of {n} connections open "
@@ -672,7 +681,9 @@ def attack_stalled_sockets(port, token, refs):
         )
     result = (
         f"{len(sockets)} sockets stalled with 30 `get` each; the server logged "
-        f"{dropped} \"client stopped reading\" drops; {closed} "
+        f"{dropped} \"client stopped reading\" drops"
+        + (f" (all by {all_dropped_at:.0f} s)" if all_dropped_at is not None else "")
+        + f"; {closed} "
         f"(RSS {mb(end_rss)} MB then, peak {mb(peak)} MB); reading again, each socket got "
         f"{received / 2**20 / max(1, len(sockets)):.1f} MiB on average and {eofs} of "
         f"{len(sockets)} then EOF; RSS {mb(closed_rss)} MB once the clients closed"
@@ -730,7 +741,8 @@ def main():
         if not SERVER.alive():
             failed = True
             row = (row[0], row[1] + f"; SERVER EXITED ({SERVER.proc.returncode})", *row[2:])
-        print(f"  done in {time.monotonic() - started:.0f} s: {row[1]}", file=sys.stderr, flush=True)
+        took = time.monotonic() - started
+        print(f"  done in {took:.0f} s: {row[1]}", file=sys.stderr, flush=True)
         rows.append(row)
         return row
 
@@ -742,7 +754,8 @@ def main():
         run("3 subscribe body", attack_subscribe_body, port, token)
         print(f"creating {BLOB_COUNT} blobs of {BLOB_BYTES} bytes ...", file=sys.stderr, flush=True)
         statuses, failures = create_blobs(port, token, refs)
-        created = f"{sum(statuses.values()) - sum(failures.values())} blobs created ({counts(statuses)})"
+        made = sum(statuses.values()) - sum(failures.values())
+        created = f"{made} blobs created ({counts(statuses)})"
         row = run("4 listings", attack_listings, port, token, created)
         if len(row) == 5:
             hwm_row = row[4]

@@ -81,10 +81,15 @@ pub struct Config {
     #[arg(long, env = "HEADER_TIMEOUT", value_parser = positive_duration, default_value = "20s")]
     pub header_timeout: Duration,
 
-    /// Longest pause while a request body arrives, e.g. `30s`; past it the request fails
-    /// (408) and the connection is closed.
+    /// Longest pause while a request body arrives, e.g. `30s`; past it the request fails and
+    /// nothing is written.
     #[arg(long, env = "BODY_TIMEOUT", value_parser = positive_duration, default_value = "30s")]
     pub body_timeout: Duration,
+
+    /// Longest time a client may take no byte of what it is sent, e.g. `30s`; past it its
+    /// connection is closed, with everything queued for it.
+    #[arg(long, env = "SEND_TIMEOUT", value_parser = positive_duration, default_value = "30s")]
+    pub send_timeout: Duration,
 
     /// Events one socket may send per second, sustained; more get an `{ error }` ack, and a
     /// socket that keeps sending at over twice this rate is disconnected.

@@ -10,6 +10,8 @@
 //! - **A deadline for the head and for idle keep-alive connections** (`HEADER_TIMEOUT`): hyper
 //!   starts the head timer as soon as it waits for a request, so a connection that sends
 //!   nothing, half a head, or nothing after its last response is closed.
+//! - **A deadline for the client to take what it is sent** (`SEND_TIMEOUT`): a connection
+//!   whose client reads nothing for that long is closed, with everything queued for it.
 //!
 //! This module never looks into requests beyond what the overflow answer needs; the request
 //! body's pace is bounded by the router's layers (`BODY_TIMEOUT`).
@@ -45,12 +47,38 @@ const OVERFLOW_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 /// loop does not spin while nothing can be accepted.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// Descriptors kept for everything but client connections: the listener, files being read or
+/// written, Redis and the object store.
+const RESERVED_DESCRIPTORS: u64 = 128;
+
+/// `wanted`, lowered to what the process's descriptor limit leaves for connections (with the
+/// overflow and the reserve), so the cap is reached before `accept` fails for want of a
+/// descriptor. Logged when lowered.
+pub fn connection_cap(wanted: usize) -> usize {
+    let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else {
+        return wanted;
+    };
+    let fits = soft.saturating_sub(RESERVED_DESCRIPTORS + OVERFLOW as u64);
+    let fits = usize::try_from(fits).unwrap_or(usize::MAX).max(1);
+    if wanted > fits {
+        tracing::warn!(
+            wanted,
+            cap = fits,
+            descriptors = soft,
+            "MAX_CONNECTIONS lowered to fit the descriptor limit (raise `ulimit -n` for more)"
+        );
+        return fits;
+    }
+    wanted
+}
+
 /// The bounds of the edge.
 #[derive(Clone, Copy, Debug)]
 pub struct EdgeLimits {
     pub max_connections: usize,
     pub max_head_bytes: usize,
     pub header_timeout: Duration,
+    pub send_timeout: Duration,
 }
 
 /// Bytes this server has written to one connection so far, in every request's extensions:
@@ -152,6 +180,8 @@ where
         let io = TokioIo::new(Metered {
             tcp,
             written: written.clone(),
+            send_timeout: limits.send_timeout,
+            stalled: None,
             _slot: slot,
         });
         if full {
@@ -237,11 +267,50 @@ impl Drop for Slot {
 }
 
 /// A TCP connection that holds its slot under the cap for as long as it lives (upgraded to a
-/// WebSocket included) and counts the bytes written to it.
+/// WebSocket included), counts the bytes written to it, and fails a write that the client
+/// takes no byte of for `send_timeout`. Without that last bound, a client that stops reading
+/// would keep its connection, and everything queued for it, open forever: the kernel never
+/// gives up on a peer that advertises a zero window.
 struct Metered {
     tcp: TcpStream,
     written: Written,
+    send_timeout: Duration,
+    /// Running while a write waits for the client to make room.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
     _slot: Slot,
+}
+
+impl Metered {
+    /// Passes a write's outcome on, counting what was written, or fails it once the client
+    /// has taken nothing for `send_timeout`.
+    fn progress(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match polled {
+            Poll::Pending => {
+                let timeout = self.send_timeout;
+                let stalled = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if stalled.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client took no data for SEND_TIMEOUT",
+                    )));
+                }
+                Poll::Pending
+            }
+            Poll::Ready(outcome) => {
+                self.stalled = None;
+                if let Ok(n) = &outcome {
+                    self.written.add(*n);
+                }
+                Poll::Ready(outcome)
+            }
+        }
+    }
 }
 
 impl AsyncRead for Metered {
@@ -262,10 +331,7 @@ impl AsyncWrite for Metered {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.tcp).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &polled {
-            this.written.add(*n);
-        }
-        polled
+        this.progress(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -275,10 +341,7 @@ impl AsyncWrite for Metered {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = &polled {
-            this.written.add(*n);
-        }
-        polled
+        this.progress(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {

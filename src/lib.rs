@@ -304,9 +304,10 @@ async fn serve<A: Adapter>(
         tracing::info!(%addr, storage = %config.storage.display(), "listening");
     }
     let limits = EdgeLimits {
-        max_connections: config.max_connections,
+        max_connections: edge::connection_cap(config.max_connections),
         max_head_bytes: config.max_head_bytes as usize,
         header_timeout: config.header_timeout,
+        send_timeout: config.send_timeout,
     };
     let connections = edge::serve(listener, app, limits, shutdown).await;
     tracing::info!("shutting down: finishing accepted events");

@@ -35,6 +35,11 @@ async fn main() -> ExitCode {
         }
         Ok(_) => {}
     }
+    // Every connection takes a descriptor: take all the hard limit allows (the server lowers
+    // MAX_CONNECTIONS to fit what it gets).
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!("cannot raise the open file limit: {e}");
+    }
     let listener = match TcpListener::bind((config.host, config.port)).await {
         Ok(listener) => listener,
         Err(e) => {

@@ -476,8 +476,15 @@ impl<A: Adapter> Session<A> {
         // A large reply waits until the client has read enough of the earlier ones; one that
         // reads nothing is dropped instead of piling megabytes up.
         let len = reply.as_ref().map_or(0, Reply::approx_len);
-        if len >= LARGE_REPLY && !self.backlog.reserve(len, self.state.stall_timeout()).await {
-            return self.drop_stalled(socket);
+        if len >= LARGE_REPLY {
+            // At shutdown the wait ends at once: a client that does not read is not waited for.
+            let room = tokio::select! {
+                room = self.backlog.reserve(len, self.state.stall_timeout()) => room,
+                () = self.state.closing() => self.backlog.queued() == 0,
+            };
+            if !room {
+                return self.drop_stalled(socket);
+            }
         }
         self.answer(socket, event, ack, reply);
     }

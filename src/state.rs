@@ -1,10 +1,10 @@
 //! The one state handle every connection shares.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Keys;
@@ -48,8 +48,9 @@ struct Inner {
     /// Tasks that run client events; shutdown waits for them so every write that started is
     /// finished and acknowledged before the sockets close.
     tasks: TaskTracker,
-    /// Set once shutdown begins: new events are refused with an `{ error }` ack.
-    closing: AtomicBool,
+    /// Cancelled once shutdown begins: new events are refused with an `{ error }` ack, and no
+    /// reply waits any more for a client that does not read.
+    closing: CancellationToken,
 }
 
 /// Limits and addresses of the content-addressed store.
@@ -98,7 +99,7 @@ impl AppState {
             stream_keep_alive: config.stream_keep_alive,
             trusted_proxies: config.trusted_proxies.clone(),
             tasks: TaskTracker::new(),
-            closing: AtomicBool::new(false),
+            closing: CancellationToken::new(),
         }))
     }
 
@@ -180,12 +181,17 @@ impl AppState {
     }
 
     pub fn is_closing(&self) -> bool {
-        self.0.closing.load(Ordering::Acquire)
+        self.0.closing.is_cancelled()
+    }
+
+    /// Resolves once shutdown begins.
+    pub async fn closing(&self) {
+        self.0.closing.cancelled().await;
     }
 
     /// Refuses new events and waits until every event already accepted has been answered.
     pub async fn drain(&self) {
-        self.0.closing.store(true, Ordering::Release);
+        self.0.closing.cancel();
         self.0.tasks.close();
         self.0.tasks.wait().await;
     }

@@ -185,7 +185,8 @@ async fn subscribe_requests_are_small() {
     assert_eq!(refused.status(), 400);
 }
 
-/// A socket is disconnected when its token expires, and the SSE change stream ends.
+/// A socket is disconnected when its token expires, and the SSE change stream and the NDJSON
+/// metadata stream end.
 #[tokio::test]
 async fn expiry_ends_sockets_and_streams() {
     let server = TestServer::start().await;
@@ -207,6 +208,14 @@ async fn expiry_ends_sockets_and_streams() {
         .await
         .unwrap();
     assert_eq!(events.status(), 200);
+    let metadata = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/events/subscribe", server.addr))
+        .bearer_auth(&expiring)
+        .json(&json!({ "subscriptions": [{}] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metadata.status(), 200);
     // The server says DISCONNECT (`41`) on its own once `exp` passes.
     let disconnected = tokio::time::timeout(HANG, async {
         loop {
@@ -220,6 +229,8 @@ async fn expiry_ends_sockets_and_streams() {
     assert!(disconnected.await.expect("disconnected at exp"));
     let ended = tokio::time::timeout(HANG, events.bytes()).await;
     assert!(ended.is_ok(), "the change stream ends at exp");
+    let ended = tokio::time::timeout(HANG, metadata.bytes()).await;
+    assert!(ended.is_ok(), "the metadata stream ends at exp");
     // The writer's blob is untouched by anything after expiry.
     assert!(server.blob_path("b", &r).exists());
 }
@@ -434,4 +445,165 @@ async fn a_thousand_connections_from_one_address_are_served_on_defaults() {
     }
     let last = clients.last_mut().unwrap();
     assert!(last.call1("now", Value::Null).await.unwrap()["timestamp"].is_u64());
+}
+
+/// With a low descriptor limit, hundreds of idle connections never starve the server: the
+/// connection cap is lowered to fit the limit, connections past it are closed, and `/healthz`
+/// answers throughout.
+#[tokio::test]
+async fn idle_connections_never_exhaust_descriptors() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    rlimit::increase_nofile_limit(4096).unwrap();
+    let storage = tempfile::tempdir().unwrap();
+    let mut child = Command::new("sh")
+        .args(["-c", "ulimit -n 256 && exec \"$0\""])
+        .arg(env!("CARGO_BIN_EXE_blobs"))
+        .current_dir(storage.path())
+        .env("TOKEN_SECRET", SECRET)
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("STORAGE", storage.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the server starts").unwrap();
+        if let Some(addr) = blobs::listening_addr(&line) {
+            break addr;
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // The overflow places free within seconds of the idle connections taking them.
+    let deadline = tokio::time::Instant::now() + HANG;
+    loop {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        if read_to_close(&mut tcp).await.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/healthz never answered"
+        );
+        tokio::task::yield_now().await;
+    }
+    let open = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+        .unwrap()
+        .count();
+    assert!(open < 256, "{open} descriptors open");
+    drop(idle);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// A blob of the largest size, stored over HTTP; its ref.
+async fn largest_blob(server: &TestServer, pair: &str) -> String {
+    let r = hex_ref(pair);
+    let created = reqwest::Client::new()
+        .put(format!("http://{}/v1/blobs/{r}", server.addr))
+        .bearer_auth(token("b"))
+        .body(vec![0x5au8; 786_432])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    r
+}
+
+/// A client that reads is never held up for long by the byte bound of its send buffer: thirty
+/// replies of 1 MiB, asked for at once over a WebSocket, all arrive (seven times the budget).
+#[tokio::test]
+async fn a_reading_websocket_client_gets_every_large_reply() {
+    let server = TestServer::start().await;
+    let r = largest_blob(&server, "b1").await;
+    let mut client = server.subscribed("b", &r).await;
+    for id in 100..130 {
+        client
+            .send_raw(&format!("2{id}[\"get\",{{}}]"))
+            .await
+            .unwrap();
+    }
+    for id in 100..130 {
+        let ack = tokio::time::timeout(HANG, client.wait_ack(id))
+            .await
+            .expect("answered in time")
+            .unwrap();
+        assert!(ack.len() > 1_000_000, "{}", &ack[..40]);
+    }
+}
+
+/// The same over long-polling: what each poll takes counts as read.
+#[tokio::test]
+async fn a_reading_polling_client_gets_every_large_reply() {
+    let server = TestServer::start().await;
+    let r = largest_blob(&server, "b2").await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}/socket.io/?EIO=4&transport=polling", server.addr);
+    let open = http.get(&base).send().await.unwrap().text().await.unwrap();
+    let open: Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
+    let url = format!("{base}&sid={}", open["sid"].as_str().unwrap());
+    let post = |body: String| {
+        let request = http.post(&url).body(body).send();
+        async move { assert_eq!(request.await.unwrap().status(), 200) }
+    };
+    post(format!("40{{\"token\":\"{}\"}}", token("b"))).await;
+    // Engine.IO message `4`, Socket.IO event `2`, then the ack id.
+    let mut packets = vec![format!("421[\"ref\",\"{r}\"]")];
+    packets.extend((100..130).map(|id| format!("42{id}[\"get\",{{}}]")));
+    let acks = tokio::time::timeout(HANG, async {
+        let mut sent = false;
+        let mut acks = 0;
+        while acks < 31 {
+            let body = http.get(&url).send().await.unwrap().text().await.unwrap();
+            for packet in body.split('\x1e') {
+                if packet == "2" {
+                    post("3".to_owned()).await;
+                } else if packet.starts_with("43") {
+                    acks += 1;
+                } else if packet.starts_with("40") && !sent {
+                    post(packets.join("\x1e")).await;
+                    sent = true;
+                }
+            }
+        }
+        acks
+    });
+    assert_eq!(acks.await.expect("every reply in time"), 31);
+}
+
+/// A client that stops reading a response loses its connection after `SEND_TIMEOUT` instead of
+/// holding it, and what was queued for it, forever.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off() {
+    let server = server_with(&["--send-timeout", "1s"]).await;
+    let http = reqwest::Client::new();
+    // More than the kernel buffers of both ends hold on loopback.
+    let bytes = vec![3u8; 24 * 1024 * 1024];
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+    let url = format!("http://{}/blobs/{hash}", server.addr);
+    let stored = http
+        .put(&url)
+        .bearer_auth(token("b"))
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 201);
+    let reading = http.get(&url).bearer_auth(token("b")).send().await.unwrap();
+    assert_eq!(reading.status(), 200);
+    // The subject of this test is a timeout: stop reading for longer than it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        reading.bytes().await.is_err(),
+        "the server closed the connection"
+    );
 }
