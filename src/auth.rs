@@ -52,7 +52,7 @@ pub struct Grant {
 impl Grant {
     /// Whether the token's `exp` has passed.
     pub fn expired(&self) -> bool {
-        self.expires.is_some_and(|exp| unix_seconds() >= exp)
+        has_passed(self.expires)
     }
 
     /// Resolves when the token expires (never for a token without `exp`): connections and
@@ -145,6 +145,12 @@ impl Keys {
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing of a serialisable claim set cannot fail")
     }
+}
+
+/// Whether an expiry (`exp`, seconds since the epoch) has passed: from its second on, a token
+/// is expired (RFC 7519 §4.1.4). `None` never passes.
+pub fn has_passed(expires: Option<u64>) -> bool {
+    expires.is_some_and(|exp| unix_seconds() >= exp)
 }
 
 /// `exp` as the JWT library accepts it: any JSON number (a fraction is cut off).

@@ -105,9 +105,10 @@ pub struct Config {
     #[arg(long, env = "SEND_BUFFER_PACKETS", default_value_t = 32)]
     pub send_buffer_packets: usize,
 
-    /// Bytes of replies and events queued for one socket while it does not read; a socket
-    /// past it is dropped (4 MiB by default).
-    #[arg(long, env = "SEND_BUFFER_BYTES", default_value_t = 4 * 1024 * 1024)]
+    /// Bytes of large replies (16 KiB and over) sent to one socket and not yet read by its
+    /// client (2 MiB by default): the next one waits until the client reads, and a client that
+    /// reads nothing for `PING_TIMEOUT` is dropped.
+    #[arg(long, env = "SEND_BUFFER_BYTES", default_value_t = 2 * 1024 * 1024)]
     pub send_buffer_bytes: u64,
 
     /// Origins browsers may call from (comma-separated, e.g. `https://app.example.com`);

@@ -64,8 +64,6 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    #[error("server failed: {0}")]
-    Serve(#[source] std::io::Error),
     #[error("cannot use Redis at {url}: {source}")]
     Redis {
         url: String,

@@ -23,8 +23,11 @@
 //! - [`http`]: the HTTP API (ETags, conditional requests, change stream, OpenAPI);
 //!   [`http::cas`] the content-addressed `/blobs/{hash}` routes; [`http::service`] the Blob
 //!   Service API (`/api/v1/blobs`, `/api/v1/events/subscribe`).
+//! - [`edge`]: accepting connections and serving HTTP/1.1 on them: the connection cap, the
+//!   request head's size and deadline, idle keep-alive, and clients that stop reading.
 //! - [`proxy`]: which client address to believe (trusted proxies).
-//! - [`limits`]: overload limits (connection slots, per-socket event rate).
+//! - [`limits`]: overload limits: handshakes waiting to authenticate, Socket.IO connection
+//!   slots, per-socket event rate and the bytes a socket may have waiting for its client.
 //! - [`state`]: the shared state handle.
 //! - [`error`]: what clients and operators see when something fails.
 //! - [`client`]: a minimal Socket.IO-over-WebSocket client for exact-packet tests and the

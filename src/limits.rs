@@ -107,10 +107,15 @@ pub async fn socket_io(
         return next.run(request).await;
     };
     if param("transport").as_deref() == Some("websocket") {
-        if let Some(written) = request.extensions().get::<Written>() {
-            state.backlogs().upgraded(sid, written.clone());
+        let written = request.extensions().get::<Written>().cloned();
+        let response = next.run(request).await;
+        // Only an upgrade the engine accepted (a live session, not upgraded yet) counts.
+        if let Some(written) =
+            written.filter(|_| response.status() == StatusCode::SWITCHING_PROTOCOLS)
+        {
+            state.backlogs().upgraded(sid, written);
         }
-        return next.run(request).await;
+        return response;
     }
     let backlog = state.backlogs().get(&sid);
     let polls = request.method() == Method::GET;

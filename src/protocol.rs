@@ -412,7 +412,7 @@ impl<A: Adapter> Session<A> {
     }
 
     fn expired(&self) -> bool {
-        self.expires.is_some_and(|exp| now_ms() / 1000 >= exp)
+        crate::auth::has_passed(self.expires)
     }
 
     async fn run_queue(self: Arc<Self>) {

@@ -348,8 +348,7 @@ async fn cheap_content_requests_do_not_hash_and_reads_stay_verified() {
     assert_eq!(range.status(), 404);
 }
 
-/// The writer never hears its own `changed`, and the stale-write ack has the original's key
-/// order, byte for byte.
+/// The stale-write ack has the original's key order, byte for byte.
 #[tokio::test]
 async fn stale_write_acks_have_the_original_key_order() {
     let server = TestServer::start().await;

@@ -97,6 +97,14 @@ async fn official_js_client_over_polling() {
     run_scenario("node".into(), "client.mjs", "polling").await;
 }
 
+/// The official socket.io-client as apps use it by default: long-polling first, upgraded to a
+/// WebSocket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_js_client_upgrading_from_polling() {
+    node_client_installed();
+    run_scenario("node".into(), "client.mjs", "upgrade").await;
+}
+
 /// python-socketio over WebSocket and over long-polling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_socketio_client() {
