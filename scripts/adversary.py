@@ -2,9 +2,9 @@
 """Attacks a release build of the Blobs server and measures what each attack costs it.
 
 The script starts `target/release/blobs` on 127.0.0.1 (a free port, a fresh storage
-directory, every limit at its default), runs five attacks one after the other, and reads
-the server's resident memory (`VmRSS` in /proc/<pid>/status, in MB of 2^20 bytes) before
-and after each one:
+directory, every limit at its default), runs five attacks one after the other, each against a
+server started for it (on the same storage), and reads the server's resident memory (`VmRSS`
+in /proc/<pid>/status, in MB of 2^20 bytes) before and after each one:
 
 1. 2,000 unauthenticated Engine.IO handshakes carrying 360 KB request heads (200 connections
    at a time, each kept open until its batch is done); then 2,000 handshakes with normal
@@ -23,7 +23,8 @@ failed to run). Standard library only (Python 3.11+, Linux). To rerun:
 
     cargo build --release && scripts/adversary.py
 
-Options: `--binary PATH` (default target/release/blobs next to this script's repository).
+Options: `--binary PATH` (default target/release/blobs next to this script's repository), for
+instance a build of an earlier version, to compare the two on one machine.
 """
 
 import base64
@@ -56,8 +57,8 @@ OVERALL_DEADLINE = 15 * 60  # seconds: the whole run, whatever happens
 
 
 class Server:
-    def __init__(self, binary):
-        self.storage = tempfile.mkdtemp(prefix="blobs-adversary-")
+    def __init__(self, binary, storage):
+        self.storage = storage
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", "/"),
@@ -172,7 +173,6 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        shutil.rmtree(self.storage, ignore_errors=True)
         return self.proc.returncode
 
 
@@ -718,13 +718,24 @@ def main():
     signal.signal(signal.SIGALRM, overall_timeout)
     signal.alarm(OVERALL_DEADLINE)
 
-    global SERVER
-    SERVER = Server(binary)
-    port = SERVER.port
+    storage = tempfile.mkdtemp(prefix="blobs-adversary-")
+    exit_codes = []
+
+    def fresh_server():
+        """Each attack meets a server of its own (on the same storage), so what one attack
+        left in the allocator does not hide or inflate the next one's growth."""
+        global SERVER
+        if SERVER is not None:
+            exit_codes.append(SERVER.stop())
+        SERVER = Server(binary, storage)
+        print(f"server pid {SERVER.pid} on {HOST}:{SERVER.port}, RSS {mb(SERVER.rss())} MB",
+              file=sys.stderr)
+        return SERVER.port
+
     token = mint(BUCKET)
-    print(f"server pid {SERVER.pid} on {HOST}:{port}, RSS {mb(SERVER.rss())} MB", file=sys.stderr)
 
     rows = []
+    peaks = []
     hwm_row = None
     failed = False
     refs = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(BLOB_COUNT)]
@@ -733,6 +744,7 @@ def main():
         nonlocal failed
         print(f"attack: {label} ...", file=sys.stderr, flush=True)
         started = time.monotonic()
+        start_rss = SERVER.rss()
         try:
             row = attack(*args)
         except Exception as e:  # one attack failing must not hide the others' figures
@@ -744,34 +756,40 @@ def main():
         took = time.monotonic() - started
         print(f"  done in {took:.0f} s: {row[1]}", file=sys.stderr, flush=True)
         rows.append(row)
+        # The server is fresh: its peak (VmHWM) since start is the attack's peak.
+        peaks.append((start_rss, SERVER.hwm()))
         return row
 
     try:
-        run("1a big heads", attack_big_heads, port)
-        time.sleep(1)
-        run("1b small heads", attack_small_heads, port)
-        run("2 slow heads", attack_slow_heads, port)
-        run("3 subscribe body", attack_subscribe_body, port, token)
+        run("1a big heads", attack_big_heads, fresh_server())
+        run("1b small heads", attack_small_heads, fresh_server())
+        run("2 slow heads", attack_slow_heads, fresh_server())
+        run("3 subscribe body", attack_subscribe_body, fresh_server(), token)
         print(f"creating {BLOB_COUNT} blobs of {BLOB_BYTES} bytes ...", file=sys.stderr, flush=True)
-        statuses, failures = create_blobs(port, token, refs)
+        statuses, failures = create_blobs(fresh_server(), token, refs)
         made = sum(statuses.values()) - sum(failures.values())
         created = f"{made} blobs created ({counts(statuses)})"
-        row = run("4 listings", attack_listings, port, token, created)
+        row = run("4 listings", attack_listings, fresh_server(), token, created)
         if len(row) == 5:
             hwm_row = row[4]
             rows[-1] = row[:4]
-        run("5 stalled sockets", attack_stalled_sockets, port, token, refs)
+        run("5 stalled sockets", attack_stalled_sockets, fresh_server(), token, refs)
     except TimeoutError as e:
         failed = True
         rows.append(("(run aborted)", str(e), None, None))
     finally:
         signal.alarm(0)
-        code = SERVER.stop()
+        if SERVER is not None:
+            exit_codes.append(SERVER.stop())
+        shutil.rmtree(storage, ignore_errors=True)
 
-    print("| attack | result | RSS before (MB) | after (MB) | growth (MB) |")
-    print("|---|---|---:|---:|---:|")
-    for name, result, before, after in rows:
-        print(f"| {name} | {result} | {mb(before)} | {mb(after)} | {growth(before, after)} |")
+    print("| attack | result | RSS before (MB) | after (MB) | growth (MB) | peak growth (MB) |")
+    print("|---|---|---:|---:|---:|---:|")
+    for (name, result, before, after), (start, peak) in zip(rows, peaks + [(None, None)] * len(rows)):
+        print(
+            f"| {name} | {result} | {mb(before)} | {mb(after)} | {growth(before, after)} "
+            f"| {growth(start, peak)} |"
+        )
     if hwm_row is not None:
         hwm_before, hwm_after, reset = hwm_row
         note = "reset to RSS before the listings" if reset else "not reset: includes earlier peaks"
@@ -781,7 +799,7 @@ def main():
             f"{mb(hwm_after)} MB after, growth {growth(hwm_before, hwm_after)} MB."
         )
     print()
-    print(f"Server exit code after SIGTERM: {code}")
+    print(f"Server exit codes after SIGTERM: {sorted(set(exit_codes))}")
     if SERVER.problems:
         print(f"Server WARN/ERROR log lines: {len(SERVER.problems)}, the last:")
         for line in SERVER.problems[-5:]:
