@@ -287,6 +287,12 @@ fn emit_value<A: Adapter>(
 /// Takes a socket whose send buffer is full out of every room and disconnects it.
 pub fn drop_stalled<A: Adapter>(socket: &SocketRef<A>) {
     tracing::info!(sid = %socket.id, "client stopped reading: dropping it");
+    evict(socket);
+}
+
+/// Takes a socket out of every room at once, so nothing more is sent to it, and disconnects it
+/// as soon as its send buffer has room for the DISCONNECT.
+pub fn evict<A: Adapter>(socket: &SocketRef<A>) {
     socket.leave_all();
     // DISCONNECT needs room in the full send buffer: retry until it fits or the transport is
     // gone (the heartbeat closes a client that never reads again).

@@ -34,7 +34,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
-use tokio_util::task::TaskTracker;
+use tokio::task::JoinSet;
 use tower::{Service, ServiceExt as _};
 
 /// Connections past `MAX_CONNECTIONS` still served with the overflow answer.
@@ -47,9 +47,10 @@ const OVERFLOW_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 /// loop does not spin while nothing can be accepted.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Descriptors kept for everything but client connections: the listener, files being read or
-/// written, Redis and the object store.
-const RESERVED_DESCRIPTORS: u64 = 128;
+/// Descriptors kept for everything but client connections (the listener, Redis, the object
+/// store, and the files requests read and write, up to one per request in flight): a quarter
+/// of the limit, at least this many.
+const RESERVED_DESCRIPTORS: u64 = 256;
 
 /// `wanted`, lowered to what the process's descriptor limit leaves for connections (with the
 /// overflow and the reserve), so the cap is reached before `accept` fails for want of a
@@ -58,7 +59,8 @@ pub fn connection_cap(wanted: usize) -> usize {
     let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else {
         return wanted;
     };
-    let fits = soft.saturating_sub(RESERVED_DESCRIPTORS + OVERFLOW as u64);
+    let reserved = RESERVED_DESCRIPTORS.max(soft / 4);
+    let fits = soft.saturating_sub(reserved + OVERFLOW as u64);
     let fits = usize::try_from(fits).unwrap_or(usize::MAX).max(1);
     if wanted > fits {
         tracing::warn!(
@@ -98,9 +100,9 @@ impl Written {
         self.0.bytes.load(Ordering::Relaxed)
     }
 
-    /// Resolves at the next write.
-    pub async fn progress(&self) {
-        self.0.progress.notified().await;
+    /// Resolves at the next write after it was created (whether polled yet or not).
+    pub fn progress(&self) -> tokio::sync::futures::Notified<'_> {
+        self.0.progress.notified()
     }
 
     fn add(&self, n: usize) {
@@ -113,16 +115,24 @@ impl Written {
 pub struct Open {
     /// Becomes `true` when they are asked to close.
     close: watch::Sender<bool>,
-    tasks: TaskTracker,
+    /// One task per connection; finished ones are reaped as new ones are accepted.
+    tasks: JoinSet<()>,
 }
 
 impl Open {
     /// Asks every connection to close once its request in progress is answered, and waits
-    /// until they have.
-    pub async fn close(self) {
+    /// until they have, for `grace` at most: then the rest are dropped. `false` when some had
+    /// to be.
+    pub async fn close(mut self, grace: Duration) -> bool {
         self.close.send_replace(true);
-        self.tasks.close();
-        self.tasks.wait().await;
+        let closed = tokio::time::timeout(grace, async {
+            while self.tasks.join_next().await.is_some() {}
+        });
+        if closed.await.is_ok() {
+            return true;
+        }
+        self.tasks.shutdown().await;
+        false
     }
 }
 
@@ -139,9 +149,9 @@ where
     S::Future: Send + 'static,
 {
     let open = Arc::new(AtomicUsize::new(0));
-    let graceful = Open {
+    let mut graceful = Open {
         close: watch::channel(false).0,
-        tasks: TaskTracker::new(),
+        tasks: JoinSet::new(),
     };
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -166,6 +176,7 @@ where
             },
             () = &mut stop => return graceful,
         };
+        while graceful.tasks.try_join_next().is_some() {}
         let Some(slot) = Slot::take(&open, limits.max_connections + OVERFLOW) else {
             tracing::debug!(%peer, "connection closed at once: over the connection limit");
             continue;

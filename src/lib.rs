@@ -118,7 +118,7 @@ pub async fn run(
         }
     };
     let redis_error = |url: &str, source| StartError::Redis {
-        url: url.to_owned(),
+        url: redacted(url),
         source,
     };
     // With other nodes, the records' channel is subscribed before the records are read: a
@@ -143,7 +143,9 @@ pub async fn run(
         // A direct upload nobody confirmed within twice its URL's lifetime never will be.
         config.direct_url_ttl * 2,
     ));
-    tokio::spawn(scrubs(state.clone(), config.scrub_interval));
+    if config.store == StoreKind::Fs {
+        tokio::spawn(scrubs(state.clone(), config.scrub_interval));
+    }
     let builder = sockets(&config, &state);
     match cluster {
         None => {
@@ -214,7 +216,8 @@ fn sockets(config: &Config, state: &AppState) -> SocketIoBuilder {
 /// The Redis client of the Socket.IO adapter (fred's): it connects again after Redis went away
 /// and subscribes to its channels again, so rooms span the nodes again by themselves.
 fn adapter_client(url: &str) -> Result<fred::clients::SubscriberClient, StartError> {
-    let adapter_error = |e: fred::error::Error| StartError::Adapter(format!("{url}: {e}"));
+    let adapter_error =
+        |e: fred::error::Error| StartError::Adapter(format!("{}: {e}", redacted(url)));
     let mut config = fred::prelude::Config::from_url(url).map_err(adapter_error)?;
     // The adapter needs RESP3; fred does not read it from the URL.
     config.version = fred::types::RespVersion::RESP3;
@@ -259,7 +262,8 @@ fn resp3(url: &str) -> Result<String, StartError> {
             Some((key, value)) if key.eq_ignore_ascii_case("protocol") => {
                 if !(value.eq_ignore_ascii_case("resp3") || value == "3") {
                     return Err(StartError::Adapter(format!(
-                        "{url}: the Socket.IO adapter needs RESP3: write protocol=resp3 or leave protocol out"
+                        "{}: the Socket.IO adapter needs RESP3: write protocol=resp3 or leave protocol out",
+                        redacted(url)
                     )));
                 }
             }
@@ -268,6 +272,21 @@ fn resp3(url: &str) -> Result<String, StartError> {
     }
     params.push("protocol=resp3".to_owned());
     Ok(format!("{base}?{}", params.join("&")))
+}
+
+/// `url` without its password, for messages (`redis://user:secret@host` → `redis://user:***@host`).
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..])
+        }
+        None => url.to_owned(),
+    }
 }
 
 /// Serves HTTP and Socket.IO (through `layer`, whichever adapter it has) until `shutdown`.
@@ -326,11 +345,8 @@ async fn serve<A: Adapter>(
     }
     // A connection that lingers after that (a half-open socket, an idle HTTP client) gets a
     // short grace period, so it can never hold a restart up.
-    if tokio::time::timeout(SHUTDOWN_GRACE, connections.close())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after the grace period: closing them");
+    if !connections.close(SHUTDOWN_GRACE).await {
+        tracing::warn!("connections still open after the grace period were closed");
     }
     Ok(())
 }
@@ -402,7 +418,7 @@ async fn retention_sweeps(state: AppState, interval: Duration, staging_age: Dura
 /// Reads stored content back against its hash every `interval` (the first time one interval
 /// after start, so a restart does not reread everything), until shutdown.
 async fn scrubs(state: AppState, interval: Duration) {
-    let closing = state.changes().closing();
+    let closing = state.closing();
     tokio::pin!(closing);
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -411,7 +427,7 @@ async fn scrubs(state: AppState, interval: Duration) {
             _ = ticks.tick() => {}
             () = &mut closing => return,
         }
-        match state.content().scrub().await {
+        match state.content().scrub(state.closing_token()).await {
             Ok(found) if found.corrupt > 0 => tracing::error!(
                 checked = found.checked,
                 corrupt = found.corrupt,
@@ -480,5 +496,16 @@ mod tests {
         }
         let refused = resp3("redis://h/?protocol=resp2").unwrap_err().to_string();
         assert!(refused.contains("write protocol=resp3"), "{refused}");
+        let refused = resp3("redis://u:secret@h/?protocol=2")
+            .unwrap_err()
+            .to_string();
+        assert!(!refused.contains("secret"), "{refused}");
+    }
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(redacted("redis://u:pw@h:6379/0"), "redis://u:***@h:6379/0");
+        assert_eq!(redacted("redis://:pw@h"), "redis://:***@h");
+        assert_eq!(redacted("redis://h:6379"), "redis://h:6379");
     }
 }

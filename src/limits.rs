@@ -86,13 +86,9 @@ pub async fn socket_io(
         return next.run(request).await;
     }
     let query = request.uri().query().unwrap_or_default();
-    let param = |name: &str| {
-        query
-            .split('&')
-            .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
-            .map(str::to_owned)
-    };
-    let Some(sid) = param("sid") else {
+    let sid = query_param(query, "sid").map(str::to_owned);
+    let websocket = query_param(query, "transport") == Some("websocket");
+    let Some(sid) = sid else {
         let Some(pending) = state.handshakes().try_open() else {
             tracing::debug!("handshake refused: too many sessions waiting to connect");
             return (
@@ -104,16 +100,30 @@ pub async fn socket_io(
                 .into_response();
         };
         request.extensions_mut().insert(pending);
-        return next.run(request).await;
+        let response = next.run(request).await;
+        if websocket || response.status() != StatusCode::OK {
+            return response;
+        }
+        // A long-polling session may upgrade before its CONNECT is checked: its id, from the
+        // open packet (`0{"sid":"…",…}`), is what an early upgrade must name.
+        let (parts, body) = response.into_parts();
+        let Ok(open) = axum::body::to_bytes(body, OPEN_PACKET_LIMIT).await else {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        };
+        if let Some(sid) = opened_sid(&open) {
+            state.backlogs().opened(sid);
+        }
+        return Response::from_parts(parts, axum::body::Body::from(open));
     };
-    if param("transport").as_deref() == Some("websocket") {
+    if websocket {
+        // Engine.IO answers 101 before it looks the session up: only a session this server
+        // opened, upgraded once, counts (see `Backlogs::upgraded`).
         let written = request.extensions().get::<Written>().cloned();
         let response = next.run(request).await;
-        // Only an upgrade the engine accepted (a live session, not upgraded yet) counts.
         if let Some(written) =
             written.filter(|_| response.status() == StatusCode::SWITCHING_PROTOCOLS)
         {
-            state.backlogs().upgraded(sid, written);
+            state.backlogs().upgraded(&sid, written);
         }
         return response;
     }
@@ -126,6 +136,22 @@ pub async fn socket_io(
     response
 }
 
+/// The first value of a query parameter, as Engine.IO reads it.
+pub fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// Largest Engine.IO open packet read back for its session id.
+const OPEN_PACKET_LIMIT: usize = 4096;
+
+/// The session id of an Engine.IO open packet.
+fn opened_sid(packet: &[u8]) -> Option<String> {
+    let open: serde_json::Value = serde_json::from_slice(packet.strip_prefix(b"0")?).ok()?;
+    Some(open.get("sid")?.as_str()?.to_owned())
+}
+
 /// The live sessions' backlogs, by session id, for [`socket_io`].
 #[derive(Default)]
 pub struct Backlogs {
@@ -136,28 +162,25 @@ pub struct Backlogs {
 #[derive(Default)]
 struct Sessions {
     by_sid: HashMap<String, Weak<Backlog>>,
-    /// WebSocket upgrades of sessions not connected yet (a client may upgrade while its
-    /// CONNECT is being checked); taken when the session connects. Bounded: past
-    /// [`EARLY_UPGRADES`] entries, those older than [`EARLY_UPGRADE_AGE`] are forgotten, and
-    /// if none is, the new one is not kept.
-    early: HashMap<String, (Written, Instant)>,
+    /// Long-polling sessions this server opened that have not connected yet, with their
+    /// WebSocket connection once they upgrade (a client may upgrade while its CONNECT is being
+    /// checked); taken when the session connects. Only ids from this server's own open packets
+    /// get in, so their number follows `MAX_PENDING_HANDSHAKES`: entries older than
+    /// [`EARLY_AGE`] (sessions that never connected) are forgotten as new ones come.
+    early: HashMap<String, (Option<Written>, Instant)>,
 }
 
-const EARLY_UPGRADES: usize = 4096;
-const EARLY_UPGRADE_AGE: Duration = Duration::from_secs(60);
+/// Longer than any `CONNECT_TIMEOUT` in use.
+const EARLY_AGE: Duration = Duration::from_secs(120);
 
 impl Backlogs {
     /// Registers a connected session's backlog; `direct`: the connection its handshake came
     /// on, when that was a WebSocket.
     pub fn insert(&self, sid: String, backlog: &Arc<Backlog>, direct: Option<&Written>) {
         let mut sessions = self.sessions.lock().expect("backlogs lock poisoned");
-        match sessions.early.remove(&sid) {
-            Some((written, _)) => backlog.attach(written),
-            None => {
-                if let Some(written) = direct {
-                    backlog.attach(written.clone());
-                }
-            }
+        let upgraded = sessions.early.remove(&sid).and_then(|(written, _)| written);
+        if let Some(written) = upgraded.as_ref().or(direct) {
+            backlog.attach(written.clone());
         }
         sessions.by_sid.insert(sid, Arc::downgrade(backlog));
     }
@@ -168,22 +191,22 @@ impl Backlogs {
         sessions.early.remove(sid);
     }
 
-    /// Session `sid` upgrades to a WebSocket on the connection `written` counts.
-    fn upgraded(&self, sid: String, written: Written) {
+    /// This server opened long-polling session `sid`.
+    fn opened(&self, sid: String) {
         let mut sessions = self.sessions.lock().expect("backlogs lock poisoned");
-        if let Some(backlog) = sessions.by_sid.get(&sid).and_then(Weak::upgrade) {
+        sessions.early.retain(|_, (_, at)| at.elapsed() < EARLY_AGE);
+        sessions.early.insert(sid, (None, Instant::now()));
+    }
+
+    /// Session `sid` upgrades to a WebSocket on the connection `written` counts. Only a
+    /// session of this server's, upgraded once: a later upgrade request changes nothing.
+    fn upgraded(&self, sid: &str, written: Written) {
+        let mut sessions = self.sessions.lock().expect("backlogs lock poisoned");
+        if let Some(backlog) = sessions.by_sid.get(sid).and_then(Weak::upgrade) {
             backlog.attach(written);
-            return;
+        } else if let Some((slot @ None, _)) = sessions.early.get_mut(sid) {
+            *slot = Some(written);
         }
-        if sessions.early.len() >= EARLY_UPGRADES {
-            sessions
-                .early
-                .retain(|_, (_, at)| at.elapsed() < EARLY_UPGRADE_AGE);
-            if sessions.early.len() >= EARLY_UPGRADES {
-                return;
-            }
-        }
-        sessions.early.insert(sid, (written, Instant::now()));
     }
 
     fn get(&self, sid: &str) -> Option<Arc<Backlog>> {
@@ -201,6 +224,8 @@ impl Backlogs {
 /// read enough; a client that reads nothing for the stall timeout is dropped.
 pub struct Backlog {
     budget: u64,
+    /// Large replies the budget may hold at once, at most: half the socket's packet queue.
+    slots: u64,
     /// A std mutex: held to add up, never across an await.
     counts: Mutex<Counted>,
     /// Woken when a long-polling request takes packets.
@@ -233,19 +258,24 @@ impl Counted {
 const BACKLOG_RECHECK: Duration = Duration::from_secs(1);
 
 impl Backlog {
-    pub fn new(budget: u64) -> Arc<Self> {
+    /// `budget` bytes, for a socket whose queue holds `packets` packets.
+    pub fn new(budget: u64, packets: usize) -> Arc<Self> {
         Arc::new(Self {
             budget,
+            slots: (packets as u64 / 2).max(1),
             counts: Mutex::new(Counted::default()),
             polled: Notify::new(),
         })
     }
 
-    /// The session's packets go out on this WebSocket connection from now on.
+    /// The session's packets go out on this WebSocket connection from now on; the first
+    /// connection named stays (a session upgrades once).
     pub fn attach(&self, written: Written) {
         let mut counts = self.counts.lock().expect("backlog lock poisoned");
-        let base = written.get();
-        counts.websocket = Some((written, base));
+        if counts.websocket.is_none() {
+            let base = written.get();
+            counts.websocket = Some((written, base));
+        }
     }
 
     fn polled(&self, bytes: u64) {
@@ -264,6 +294,9 @@ impl Backlog {
     /// Waits until `len` more bytes fit the budget (an empty backlog takes any one reply), and
     /// counts them as sent. `false`: the client read nothing for `stall` and must be dropped.
     pub async fn reserve(&self, len: u64, stall: Duration) -> bool {
+        // Each large reply also takes a packet of the socket's queue: the smallest count as
+        // a share of the budget, so the packets run out no sooner than the bytes.
+        let len = len.max(self.budget / self.slots);
         let mut progress_at = Instant::now();
         let mut last = None;
         loop {
@@ -271,10 +304,12 @@ impl Backlog {
                 let counts = self.counts.lock().expect("backlog lock poisoned");
                 counts.websocket.as_ref().map(|(w, _)| w.clone())
             };
+            // Both wake-ups are armed before the counts are read, so none falls in between.
             let polled = self.polled.notified();
+            let wrote = written.as_ref().map(Written::progress);
             let wrote = async {
-                match &written {
-                    Some(written) => written.progress().await,
+                match wrote {
+                    Some(wrote) => wrote.await,
                     None => std::future::pending().await,
                 }
             };
@@ -476,7 +511,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_backlog_takes_replies_up_to_its_budget_then_waits_for_the_client() {
-        let backlog = Backlog::new(100);
+        let backlog = Backlog::new(100, 64);
         let stall = Duration::from_millis(50);
         // An empty backlog takes any one reply, even one over the budget.
         assert!(backlog.reserve(150, stall).await);

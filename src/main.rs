@@ -5,7 +5,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tokio::net::TcpListener;
+use tracing::Level;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::prelude::*;
 
 use blobs::config::Config;
 
@@ -17,10 +20,13 @@ const EXAMPLE_SECRET: &str = "change-me-to-a-long-random-secret";
 async fn main() -> ExitCode {
     dotenvy::dotenv().ok();
     let config = Config::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(log_filter())
+    let log = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stdout().is_terminal())
-        .init();
+        .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_filter(filter_fn(|meta| {
+            *meta.level() <= Level::INFO || !QUIET.iter().any(|t| meta.target().starts_with(t))
+        }));
+    tracing_subscriber::registry().with(log).init();
 
     // Refuse a missing secret before binding, with exit code 2 like any other usage error.
     match config.secret() {
@@ -56,24 +62,16 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Libraries that log what clients send at their trace level: a WebSocket message, the
-/// Socket.IO CONNECT packet with its token. Capped whatever `RUST_LOG` says, so no level ever
-/// writes a token.
+/// Libraries that log what clients send at their debug and trace levels: a WebSocket message,
+/// the Socket.IO CONNECT packet with its token. Capped at info whatever `RUST_LOG` says (a
+/// filter of its own, which no directive can widen), so no level ever writes a token.
 const QUIET: [&str; 5] = [
-    "tungstenite=info",
-    "tokio_tungstenite=info",
-    "engineioxide=info",
-    "socketioxide=info",
-    "hyper=info",
+    "tungstenite",
+    "tokio_tungstenite",
+    "engineioxide",
+    "socketioxide",
+    "hyper",
 ];
-
-/// `RUST_LOG` (default `info`), with the libraries of [`QUIET`] capped.
-fn log_filter() -> EnvFilter {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    QUIET.into_iter().fold(filter, |filter, directive| {
-        filter.add_directive(directive.parse().expect("a valid directive"))
-    })
-}
 
 /// Resolves on the first SIGTERM or SIGINT.
 async fn shutdown_signal() {

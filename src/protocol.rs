@@ -28,7 +28,7 @@ use serde_json::{Map, Value as Json, json};
 use socketioxide::adapter::{Adapter, Emitter, LocalAdapter};
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 use socketioxide::handler::{ConnectHandler, FromMessageParts, MessageHandler, Value};
-use socketioxide::socket::{DisconnectReason, Socket};
+use socketioxide::socket::{DisconnectReason, Sid, Socket};
 use socketioxide::{SendError, SocketError, SocketIo};
 use socketioxide_redis::FredAdapter;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +37,7 @@ use crate::changes::{self, Change};
 use crate::edge::Written;
 use crate::error::Error;
 use crate::limits::{
-    Backlog, ConnectionRefused, ConnectionSlot, PendingHandshake, RateLimiter, Verdict,
+    self, Backlog, ConnectionRefused, ConnectionSlot, PendingHandshake, RateLimiter, Verdict,
 };
 use crate::names::{Bucket, Ref};
 use crate::proxy;
@@ -99,6 +99,7 @@ enum Refused {
 /// registered here.
 async fn authenticate<A: Adapter>(
     socket: SocketRef<A>,
+    io: SocketIo<A>,
     TryData(auth): TryData<Json>,
     State(state): State<AppState>,
 ) -> Result<(), Refused> {
@@ -123,39 +124,26 @@ async fn authenticate<A: Adapter>(
     // Broadcasts skip the writer with `except(sid)`, which names a room: with the Redis
     // adapter nothing puts a socket in a room of its own id, so it joins one.
     socket.join(socket.id.to_string());
-    let backlog = Backlog::new(state.send_buffer_bytes());
+    let backlog = state.backlog();
     // A WebSocket handshake's connection carries the session; a long-polling one's does not.
     let direct = parts
         .uri
         .query()
-        .is_some_and(|q| q.split('&').any(|p| p == "transport=websocket"));
+        .and_then(|q| limits::query_param(q, "transport"))
+        == Some("websocket");
     let written = parts.extensions.get::<Written>().filter(|_| direct);
     state
         .backlogs()
         .insert(socket.id.to_string(), &backlog, written);
-    let ended = CancellationToken::new();
-    if grant.expires.is_some() {
-        // The token's `exp` ends the connection, not only the handshake.
-        let expiry = grant.expiry();
-        let ended = ended.clone();
-        let socket = socket.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = expiry => {
-                    tracing::debug!(sid = %socket.id, "token expired: disconnecting");
-                    socket.disconnect().ok();
-                }
-                () = ended.cancelled() => {}
-            }
-        });
-    }
+    let expiry = grant.expires.map(|_| grant.expiry());
     let session = Arc::new(Session {
+        sid: socket.id,
         state: state.clone(),
         bucket: grant.bucket,
         read_only: grant.read_only,
         expires: grant.expires,
         backlog,
-        ended,
+        ended: CancellationToken::new(),
         ip: address.to_string(),
         origin: origin(&socket, &state),
         slot: Mutex::new(Some(slot)),
@@ -167,6 +155,23 @@ async fn authenticate<A: Adapter>(
             limiter: RateLimiter::new(per_second, burst),
         }),
     });
+    if let Some(expiry) = expiry {
+        // The token's `exp` ends the connection, not only the handshake. The timer holds
+        // neither the socket nor the session, so a connection that never completes is freed
+        // at once; it ends with the session.
+        let ended = session.ended.clone();
+        let weak = Arc::downgrade(&session);
+        let sid = socket.id;
+        tokio::spawn(async move {
+            tokio::select! {
+                () = expiry => {}
+                () = ended.cancelled() => return,
+            }
+            if let (Some(session), Some(socket)) = (weak.upgrade(), io.get_socket(sid)) {
+                session.expire(socket);
+            }
+        });
+    }
     for event in Event::ALL {
         let handler = Handler {
             event,
@@ -178,7 +183,7 @@ async fn authenticate<A: Adapter>(
     socket.on_disconnect(
         async move |socket: SocketRef<A>, reason: DisconnectReason| {
             tracing::debug!(sid = %socket.id, ?reason, "disconnected");
-            session.release(&socket);
+            session.release();
         },
     );
     Ok(())
@@ -268,6 +273,7 @@ impl Event {
 
 /// One connection's protocol state.
 struct Session<A: Adapter> {
+    sid: Sid,
     state: AppState,
     bucket: Bucket,
     read_only: bool,
@@ -275,7 +281,7 @@ struct Session<A: Adapter> {
     expires: Option<u64>,
     /// Large replies not yet read by the client.
     backlog: Arc<Backlog>,
-    /// Cancelled on disconnect: ends the expiry timer.
+    /// Cancelled on disconnect, or when the session is dropped: ends the expiry timer.
     ended: CancellationToken,
     /// The client address recorded with each write.
     ip: String,
@@ -291,6 +297,14 @@ struct Session<A: Adapter> {
     /// Events waiting to run, the subscription and the rate limiter. A std mutex: held only
     /// to push, pop or read, never across an await.
     queue: Mutex<Queue<A>>,
+}
+
+/// A session socketioxide drops without a disconnect (its CONNECT could not be sent) still
+/// frees what it holds: the slot goes with the session, the rest is released here.
+impl<A: Adapter> Drop for Session<A> {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 struct Queue<A: Adapter> {
@@ -400,14 +414,33 @@ impl<A: Adapter> Session<A> {
             }
             refused
         };
+        let expired = matches!(refused, Some(Error::TokenExpired));
         if let (Some(error), Work::Call(call)) = (refused, job.work) {
-            let expired = matches!(error, Error::TokenExpired);
             self.answer(&job.socket, call.event, call.ack, Err(error));
-            if expired {
-                // The answer is queued before DISCONNECT, so the client reads why.
-                self.closed.store(true, Ordering::Release);
-                job.socket.disconnect().ok();
-            }
+        }
+        if expired {
+            // The answer is queued before DISCONNECT, so the client reads why.
+            self.closed.store(true, Ordering::Release);
+            changes::evict(&job.socket);
+        }
+    }
+
+    /// The token expired: events from now on are refused, and the socket is disconnected once
+    /// the events already accepted are answered (their writes may have committed: the client
+    /// must learn so).
+    fn expire(self: &Arc<Self>, socket: SocketRef<A>) {
+        tracing::debug!(sid = %socket.id, "token expired: disconnecting");
+        let mut queue = self.queue.lock().expect("queue lock poisoned");
+        queue.jobs.push_back(Job {
+            socket,
+            work: Work::Disconnect("token expired"),
+        });
+        if !queue.running {
+            queue.running = true;
+            let session = self.clone();
+            self.state
+                .tasks()
+                .spawn(async move { session.run_queue().await });
         }
     }
 
@@ -434,17 +467,17 @@ impl<A: Adapter> Session<A> {
                 Work::Disconnect(reason) => {
                     tracing::debug!(sid = %job.socket.id, reason, "disconnecting");
                     self.closed.store(true, Ordering::Release);
-                    job.socket.disconnect().ok();
+                    changes::evict(&job.socket);
                 }
             }
         }
     }
 
     /// Marks the session closed and frees its connection slot (on disconnect).
-    fn release(&self, socket: &SocketRef<A>) {
+    fn release(&self) {
         self.closed.store(true, Ordering::Release);
         self.ended.cancel();
-        self.state.backlogs().remove(&socket.id.to_string());
+        self.state.backlogs().remove(&self.sid.to_string());
         self.slot.lock().expect("slot lock poisoned").take();
     }
 
@@ -475,12 +508,20 @@ impl<A: Adapter> Session<A> {
         };
         // A large reply waits until the client has read enough of the earlier ones; one that
         // reads nothing is dropped instead of piling megabytes up.
-        let len = reply.as_ref().map_or(0, Reply::approx_len);
+        // With an ack, the named replies go out merged: measure what is sent.
+        let reply = match (&ack, reply) {
+            (Some(_), Ok(Reply::Events(events))) => Ok(Reply::Json(merged(events))),
+            (_, reply) => reply,
+        };
+        let len = reply.as_ref().map_or(0, Reply::min_len);
         if len >= LARGE_REPLY {
-            // At shutdown the wait ends at once: a client that does not read is not waited for.
             let room = tokio::select! {
+                biased;
                 room = self.backlog.reserve(len, self.state.stall_timeout()) => room,
-                () = self.state.closing() => self.backlog.queued() == 0,
+                // Gone: nobody to answer.
+                () = self.ended.cancelled() => return,
+                // Shutting down: every accepted event is answered, without waiting.
+                () = self.state.closing() => true,
             };
             if !room {
                 return self.drop_stalled(socket);
@@ -622,6 +663,27 @@ enum Reply {
     Stale(Stale),
 }
 
+/// The bytes `value` serialises to, at least (escapes left out).
+fn json_min_len(value: &Json) -> u64 {
+    let separators = |n: usize| n.saturating_sub(1) as u64;
+    match value {
+        Json::Null | Json::Bool(true) => 4,
+        Json::Bool(false) => 5,
+        Json::Number(_) => 1,
+        Json::String(text) => text.len() as u64 + 2,
+        Json::Array(items) => {
+            2 + separators(items.len()) + items.iter().map(json_min_len).sum::<u64>()
+        }
+        Json::Object(fields) => {
+            2 + separators(fields.len())
+                + fields
+                    .iter()
+                    .map(|(key, value)| key.len() as u64 + 3 + json_min_len(value))
+                    .sum::<u64>()
+        }
+    }
+}
+
 /// `{ success: false, data?, version }`.
 #[derive(serde::Serialize)]
 struct Stale {
@@ -632,24 +694,15 @@ struct Stale {
 }
 
 impl Reply {
-    /// About the bytes this reply takes on the wire: its strings and a few bytes per value.
-    fn approx_len(&self) -> u64 {
-        fn json_len(value: &Json) -> u64 {
-            8 + match value {
-                Json::String(text) => text.len() as u64,
-                Json::Array(items) => items.iter().map(json_len).sum(),
-                Json::Object(fields) => fields
-                    .iter()
-                    .map(|(key, value)| key.len() as u64 + json_len(value))
-                    .sum(),
-                _ => 0,
-            }
-        }
+    /// A lower bound of the bytes this reply takes on the wire: its JSON without escapes or
+    /// framing. Never more than the truth, so bytes the client read always cover it (an
+    /// estimate over the truth would pile up as a backlog that is not there).
+    fn min_len(&self) -> u64 {
         match self {
-            Reply::Empty => 8,
-            Reply::Json(value) => json_len(value),
-            Reply::Events(events) => events.iter().map(|(_, value)| json_len(value)).sum(),
-            Reply::Stale(stale) => 48 + stale.data.as_ref().map_or(0, |d| d.len() as u64),
+            Reply::Empty => 2,
+            Reply::Json(value) => json_min_len(value),
+            Reply::Events(events) => events.iter().map(|(_, value)| json_min_len(value)).sum(),
+            Reply::Stale(stale) => 29 + stale.data.as_ref().map_or(0, |d| d.len() as u64 + 10),
         }
     }
 }
@@ -715,6 +768,33 @@ mod tests {
 
     fn params(value: Json) -> Map<String, Json> {
         value.as_object().unwrap().clone()
+    }
+
+    /// The backlog's measure of a reply never exceeds its JSON, or the backlog would grow
+    /// while the client reads everything.
+    #[test]
+    fn reply_lengths_are_lower_bounds() {
+        let values = [
+            json!(null),
+            json!({}),
+            json!([]),
+            json!({ "version": 12345, "data": "aGk=" }),
+            json!({ "blobs": [{ "hash": "ab", "data_b64": "x\ny\"" }], "unavailable": ["\u{1}"] }),
+            json!([true, false, 1.5, -3, "", { "a": [null] }]),
+        ];
+        for value in values {
+            let text = serde_json::to_string(&value).unwrap();
+            assert!(json_min_len(&value) <= text.len() as u64, "{text}");
+        }
+        for data in [None, Some(String::new()), Some("aGk=".to_owned())] {
+            let stale = Stale {
+                success: false,
+                data: data.clone(),
+                version: 1,
+            };
+            let text = serde_json::to_string(&stale).unwrap();
+            assert_eq!(Reply::Stale(stale).min_len(), text.len() as u64, "{text}");
+        }
     }
 
     #[test]

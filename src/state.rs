@@ -12,7 +12,7 @@ use crate::cas::ContentStore;
 use crate::changes::Changes;
 use crate::config::Config;
 use crate::direct::{DirectUrls, SignedUrls};
-use crate::limits::{Backlogs, Connections, Handshakes};
+use crate::limits::{Backlog, Backlogs, Connections, Handshakes};
 use crate::service::BlobService;
 use crate::store::Store;
 
@@ -34,8 +34,9 @@ struct Inner {
     connections: Arc<Connections>,
     handshakes: Arc<Handshakes>,
     backlogs: Backlogs,
-    /// Bytes of replies and events a socket may have waiting for its client.
-    send_buffer_bytes: u64,
+    /// Bytes of large replies a socket may have waiting for its client, and its queue's
+    /// length in packets.
+    send_buffer: (u64, usize),
     /// How long a socket's client may read nothing while replies wait before it is dropped.
     stall_timeout: Duration,
     /// Largest blob in bytes (HTTP body; Socket.IO `data` is its base64).
@@ -92,7 +93,7 @@ impl AppState {
             connections: Connections::new(config.max_connections, config.max_connections_per_ip),
             handshakes: Handshakes::new(config.max_pending_handshakes),
             backlogs: Backlogs::default(),
-            send_buffer_bytes: config.send_buffer_bytes,
+            send_buffer: (config.send_buffer_bytes, config.send_buffer_packets),
             stall_timeout: config.ping_timeout,
             max_data_bytes: config.max_data_bytes,
             event_rate: (config.events_per_second, config.event_burst),
@@ -151,8 +152,10 @@ impl AppState {
         self.0.stall_timeout
     }
 
-    pub fn send_buffer_bytes(&self) -> u64 {
-        self.0.send_buffer_bytes
+    /// A new socket's [`Backlog`].
+    pub fn backlog(&self) -> Arc<Backlog> {
+        let (bytes, packets) = self.0.send_buffer;
+        Backlog::new(bytes, packets)
     }
 
     pub fn max_data_bytes(&self) -> usize {
@@ -187,6 +190,11 @@ impl AppState {
     /// Resolves once shutdown begins.
     pub async fn closing(&self) {
         self.0.closing.cancelled().await;
+    }
+
+    /// Cancelled once shutdown begins, for work that checks it as it goes.
+    pub fn closing_token(&self) -> CancellationToken {
+        self.0.closing.clone()
     }
 
     /// Refuses new events and waits until every event already accepted has been answered.

@@ -379,7 +379,11 @@ async fn tokens_never_reach_the_log() {
         .env("HOST", "127.0.0.1")
         .env("PORT", "0")
         .env("STORAGE", storage.path())
-        .env("RUST_LOG", "trace")
+        // The most specific directives too: no setting widens what those libraries log.
+        .env(
+            "RUST_LOG",
+            "trace,tungstenite::protocol=trace,engineioxide=trace,socketioxide=trace",
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

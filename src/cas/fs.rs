@@ -25,6 +25,7 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
+use tokio_util::sync::CancellationToken;
 
 use crate::durable::{self, Staged};
 use crate::locks::KeyedLocks;
@@ -42,18 +43,23 @@ pub struct FsContent {
     /// One lock per hash in use, held while content is committed or deleted.
     locks: KeyedLocks<(Bucket, ContentHash), ()>,
     verified: Arc<Verified>,
+    /// One lock per file being opened, so a file not known good is hashed once however many
+    /// reads of it arrive together (not the content locks: their holders open files too).
+    hashing: KeyedLocks<PathBuf, ()>,
 }
 
 /// Content up to this size is hashed before a full read starts rather than as it streams.
 const VERIFY_FIRST: u64 = 1024 * 1024;
 
-/// Files whose bytes were hashed and matched, by path, with the identity they had then. A file
-/// replaced or changed in place gets another identity and is hashed again.
+/// What hashing found of files, by path, with the identity they had then: good, or corrupt
+/// (then treated as missing, `HEAD` included). A file replaced or changed in place gets
+/// another identity and is hashed again; the scrub hashes every file again, which also catches
+/// a change that kept size, modification time and inode.
 #[derive(Default)]
 struct Verified {
     /// A std mutex: held for a lookup or an insert. Bounded by [`MAX_VERIFIED`]: when full it
     /// is emptied, which costs a rehash of each file on its next read, never a wrong answer.
-    known: Mutex<HashMap<PathBuf, Identity>>,
+    known: Mutex<HashMap<PathBuf, (Identity, bool)>>,
 }
 
 const MAX_VERIFIED: usize = 100_000;
@@ -79,17 +85,29 @@ impl Identity {
 }
 
 impl Verified {
-    fn is_known(&self, path: &Path, identity: Identity) -> bool {
+    /// `Some(true)`: this version of the file was found good; `Some(false)`: corrupt.
+    fn verdict(&self, path: &Path, identity: Identity) -> Option<bool> {
         let known = self.known.lock().expect("verified lock poisoned");
-        known.get(path) == Some(&identity)
+        known
+            .get(path)
+            .filter(|(seen, _)| *seen == identity)
+            .map(|(_, good)| *good)
     }
 
-    fn remember(&self, path: &Path, identity: Identity) {
+    fn is_known(&self, path: &Path, identity: Identity) -> bool {
+        self.verdict(path, identity) == Some(true)
+    }
+
+    fn is_corrupt(&self, path: &Path, identity: Identity) -> bool {
+        self.verdict(path, identity) == Some(false)
+    }
+
+    fn remember(&self, path: &Path, identity: Identity, good: bool) {
         let mut known = self.known.lock().expect("verified lock poisoned");
         if known.len() >= MAX_VERIFIED {
             known.clear();
         }
-        known.insert(path.to_owned(), identity);
+        known.insert(path.to_owned(), (identity, good));
     }
 
     fn forget(&self, path: &Path) {
@@ -105,11 +123,7 @@ impl FsContent {
     pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
         let root = root.into();
         std::fs::create_dir_all(&root)?;
-        for bucket in durable::subdirs(&root)? {
-            let cas = bucket.join(CAS_DIR);
-            if !cas.is_dir() {
-                continue;
-            }
+        for (_, cas) in cas_dirs(&root)? {
             durable::remove_temp_files(&cas)?;
             for shard in durable::subdirs(&cas)? {
                 durable::remove_temp_files(&shard)?;
@@ -119,11 +133,10 @@ impl FsContent {
             root,
             locks: KeyedLocks::default(),
             verified: Arc::default(),
+            hashing: KeyedLocks::default(),
         })
     }
-}
 
-impl FsContent {
     fn dir(&self, bucket: &Bucket) -> PathBuf {
         self.root.join(bucket.as_str()).join(CAS_DIR)
     }
@@ -229,10 +242,15 @@ impl ContentStore for FsContent {
         let read_path = path.clone();
         let hash = hash.clone();
         let verified = self.verified.clone();
-        let found =
-            tokio::task::spawn_blocking(move || verified_file(&read_path, &hash, &verified))
-                .await?
-                .map_err(|source| io_error(&path, source))?;
+        // One hash of a file at a time: requests that arrive meanwhile wait for its verdict
+        // instead of reading the whole file again each.
+        let hashing = self.hashing.lock(&path).await;
+        let found = tokio::task::spawn_blocking(move || {
+            let _hashing = hashing;
+            verified_file(&read_path, &hash, &verified)
+        })
+        .await?
+        .map_err(|source| io_error(&path, source))?;
         Ok(found.map(|(file, size)| Content {
             size,
             reader: Box::new(tokio::fs::File::from_std(file)),
@@ -251,6 +269,9 @@ impl ContentStore for FsContent {
             .await
             .map_err(|source| io_error(&path, source))?;
         let identity = Identity::of(&meta);
+        if self.verified.is_corrupt(&path, identity) {
+            return Ok(None);
+        }
         if meta.len() <= VERIFY_FIRST {
             // Cheap to hash before the first byte, and then a mismatch is a plain 404.
             drop(file);
@@ -279,6 +300,8 @@ impl ContentStore for FsContent {
     async fn size(&self, bucket: &Bucket, hash: &ContentHash) -> Result<Option<u64>> {
         let path = self.path(bucket, hash);
         match tokio::fs::metadata(&path).await {
+            // Found corrupt: missing, as for every read.
+            Ok(meta) if self.verified.is_corrupt(&path, Identity::of(&meta)) => Ok(None),
             Ok(meta) => Ok(Some(meta.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(io_error(&path, source)),
@@ -343,10 +366,10 @@ impl ContentStore for FsContent {
         .map_err(|source| io_error(&path, source))
     }
 
-    async fn scrub(&self) -> Result<Scrubbed> {
+    async fn scrub(&self, stop: CancellationToken) -> Result<Scrubbed> {
         let root = self.root.clone();
         let verified = self.verified.clone();
-        tokio::task::spawn_blocking(move || scrub(&root, &verified))
+        tokio::task::spawn_blocking(move || scrub(&root, &verified, &stop))
             .await?
             .map_err(|source| io_error(&self.root, source))
     }
@@ -355,17 +378,13 @@ impl ContentStore for FsContent {
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || -> io::Result<Vec<(Bucket, ContentHash)>> {
             let mut owned = Vec::new();
-            for bucket_dir in durable::subdirs(&root)? {
-                let cas = bucket_dir.join(CAS_DIR);
+            for (bucket_dir, cas) in cas_dirs(&root)? {
                 let name = bucket_dir
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned());
                 let Some(bucket) = name.as_deref().and_then(Bucket::parse) else {
                     continue;
                 };
-                if !cas.is_dir() {
-                    continue;
-                }
                 for shard in durable::subdirs(&cas)? {
                     for entry in std::fs::read_dir(&shard)? {
                         let name = entry?.file_name().to_string_lossy().into_owned();
@@ -385,14 +404,22 @@ impl ContentStore for FsContent {
     }
 }
 
-/// Hashes every content file under `root` not known good (see [`ContentStore::scrub`]).
-fn scrub(root: &Path, verified: &Verified) -> io::Result<Scrubbed> {
-    let mut scrubbed = Scrubbed::default();
-    for bucket_dir in durable::subdirs(root)? {
-        let cas = bucket_dir.join(CAS_DIR);
-        if !cas.is_dir() {
-            continue;
+/// Every bucket directory under `root` that has content, with its content directory.
+fn cas_dirs(root: &Path) -> io::Result<Vec<(PathBuf, PathBuf)>> {
+    let mut dirs = Vec::new();
+    for bucket in durable::subdirs(root)? {
+        let cas = bucket.join(CAS_DIR);
+        if cas.is_dir() {
+            dirs.push((bucket, cas));
         }
+    }
+    Ok(dirs)
+}
+
+/// Hashes every content file under `root` again (see [`ContentStore::scrub`]), until `stop`.
+fn scrub(root: &Path, verified: &Verified, stop: &CancellationToken) -> io::Result<Scrubbed> {
+    let mut scrubbed = Scrubbed::default();
+    for (_, cas) in cas_dirs(root)? {
         for shard in durable::subdirs(&cas)? {
             for entry in std::fs::read_dir(&shard)? {
                 let path = entry?.path();
@@ -400,12 +427,10 @@ fn scrub(root: &Path, verified: &Verified) -> io::Result<Scrubbed> {
                 let Some(hash) = name.and_then(ContentHash::parse) else {
                     continue;
                 };
-                let known = std::fs::metadata(&path)
-                    .is_ok_and(|meta| verified.is_known(&path, Identity::of(&meta)));
-                if known {
-                    continue;
+                if stop.is_cancelled() {
+                    return Ok(scrubbed);
                 }
-                match verified_file(&path, &hash, verified) {
+                match hashed_file(&path, &hash, verified, true) {
                     Ok(Some(_)) => scrubbed.checked += 1,
                     Ok(None) if path.exists() => {
                         scrubbed.checked += 1;
@@ -437,6 +462,16 @@ fn verified_file(
     hash: &ContentHash,
     verified: &Verified,
 ) -> io::Result<Option<(File, u64)>> {
+    hashed_file(path, hash, verified, false)
+}
+
+/// [`verified_file`], hashing even a file known good when `again` (the scrub).
+fn hashed_file(
+    path: &Path,
+    hash: &ContentHash,
+    verified: &Verified,
+    again: bool,
+) -> io::Result<Option<(File, u64)>> {
     let mut file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -444,18 +479,20 @@ fn verified_file(
     };
     let meta = file.metadata()?;
     let identity = Identity::of(&meta);
-    if verified.is_known(path, identity) {
-        return Ok(Some((file, meta.len())));
+    match verified.verdict(path, identity) {
+        Some(true) if !again => return Ok(Some((file, meta.len()))),
+        Some(false) if !again => return Ok(None),
+        _ => {}
     }
     let mut hasher = blake3::Hasher::new();
     hasher.update_reader(&mut file)?;
     let actual = ContentHash::from_blake3(&hasher.finalize());
     if actual != *hash {
-        verified.forget(path);
+        verified.remember(path, identity, false);
         tracing::error!(path = %path.display(), %actual, "stored content does not match its hash: treated as missing");
         return Ok(None);
     }
-    verified.remember(path, identity);
+    verified.remember(path, identity, true);
     let size = file.stream_position()?;
     file.rewind()?;
     Ok(Some((file, size)))
@@ -503,10 +540,10 @@ impl AsyncRead for Verifying {
         };
         let actual = ContentHash::from_blake3(&hasher.finalize());
         if actual == this.expected {
-            this.verified.remember(&this.path, this.identity);
+            this.verified.remember(&this.path, this.identity, true);
             return polled;
         }
-        this.verified.forget(&this.path);
+        this.verified.remember(&this.path, this.identity, false);
         buf.set_filled(before);
         tracing::error!(path = %this.path.display(), %actual, "stored content does not match its hash: read aborted");
         Poll::Ready(Err(io::Error::new(
@@ -539,8 +576,8 @@ fn io_error(path: &Path, source: io::Error) -> Error {
 mod tests {
     use super::*;
 
-    /// The scrub hashes what is not known good, finds content that no longer matches, and
-    /// does not hash again what it found good.
+    /// The scrub hashes every file, finds content that no longer matches (from then on
+    /// missing), and stops when asked.
     #[tokio::test]
     async fn the_scrub_finds_corrupt_content() {
         let root = tempfile::tempdir().unwrap();
@@ -554,13 +591,18 @@ mod tests {
             std::fs::write(&path, bytes).unwrap();
             paths.push(path);
         }
-        let clean = store.scrub().await.unwrap();
+        let scrub = || store.scrub(CancellationToken::new());
+        let clean = scrub().await.unwrap();
         assert_eq!((clean.checked, clean.corrupt), (2, 0));
-        // Known good now: nothing to hash.
-        assert_eq!(store.scrub().await.unwrap().checked, 0);
         std::fs::write(&paths[1], b"secOnd").unwrap();
-        let found = store.scrub().await.unwrap();
-        assert_eq!((found.checked, found.corrupt), (1, 1));
+        let found = scrub().await.unwrap();
+        assert_eq!((found.checked, found.corrupt), (2, 1));
+        // Found corrupt: missing, even for a look at its size.
+        let hash = ContentHash::from_blake3(&blake3::hash(b"second"));
+        assert_eq!(store.size(&bucket, &hash).await.unwrap(), None);
+        let stopped = CancellationToken::new();
+        stopped.cancel();
+        assert_eq!(store.scrub(stopped).await.unwrap().checked, 0);
         assert!(
             store
                 .open(&bucket, &ContentHash::from_blake3(&blake3::hash(b"second")))

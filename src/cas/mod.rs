@@ -134,10 +134,11 @@ pub trait ContentStore: Send + Sync + 'static {
         self.open(bucket, hash).await
     }
 
-    /// Reads stored content back and checks it against its hash, skipping what is known good;
-    /// corrupt content is logged and from then on treated as missing. Nothing by default: the
-    /// object store verifies every read in full.
-    async fn scrub(&self) -> Result<Scrubbed> {
+    /// Reads all stored content back and checks it against its hash, until `stop`; corrupt
+    /// content is logged and from then on treated as missing. Nothing by default: the object
+    /// store verifies every read in full.
+    async fn scrub(&self, stop: tokio_util::sync::CancellationToken) -> Result<Scrubbed> {
+        let _ = stop;
         Ok(Scrubbed::default())
     }
 
