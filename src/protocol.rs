@@ -402,14 +402,7 @@ impl<A: Adapter> Session<A> {
                 Verdict::Accept => None,
             };
             if refused.is_none() {
-                queue.jobs.push_back(job);
-                if !queue.running {
-                    queue.running = true;
-                    let session = self.clone();
-                    self.state
-                        .tasks()
-                        .spawn(async move { session.run_queue().await });
-                }
+                self.push(&mut queue, job);
                 return;
             }
             refused
@@ -431,10 +424,17 @@ impl<A: Adapter> Session<A> {
     fn expire(self: &Arc<Self>, socket: SocketRef<A>) {
         tracing::debug!(sid = %socket.id, "token expired: disconnecting");
         let mut queue = self.queue.lock().expect("queue lock poisoned");
-        queue.jobs.push_back(Job {
+        let job = Job {
             socket,
             work: Work::Disconnect("token expired"),
-        });
+        };
+        self.push(&mut queue, job);
+    }
+
+    /// Appends a job to the queue (held by the caller), and starts the task that runs the
+    /// queue unless one is running.
+    fn push(self: &Arc<Self>, queue: &mut Queue<A>, job: Job<A>) {
+        queue.jobs.push_back(job);
         if !queue.running {
             queue.running = true;
             let session = self.clone();
