@@ -81,6 +81,14 @@ impl Changes {
         self.rooms.set(Box::new(ClusterRooms(io))).ok();
     }
 
+    /// Whether a new socket must join a room named after its own id, so that the writer of a
+    /// change is skipped (several nodes; one node skips it by id and needs no such room).
+    pub fn needs_own_room(&self) -> bool {
+        self.rooms
+            .get()
+            .is_some_and(|rooms| rooms.except_is_a_room())
+    }
+
     /// Announces a committed write. `writer` is the Socket.IO socket that made it, which does
     /// not hear its own change.
     pub fn publish(&self, change: Change, writer: Option<Sid>) {
@@ -229,6 +237,11 @@ trait Rooms: Send + Sync {
     /// `event` with `payload` (an array is the argument list; anything else one argument) to
     /// every socket of `room` but `except`.
     fn emit(&self, room: String, except: Option<Sid>, event: &'static str, payload: Json);
+
+    /// Whether `except` names a room (the socket's own), rather than the socket itself.
+    fn except_is_a_room(&self) -> bool {
+        false
+    }
 }
 
 /// One node: each socket of the room in turn, so one that stopped reading is told apart and
@@ -255,6 +268,12 @@ impl Rooms for LocalRooms {
 struct ClusterRooms<A: Adapter>(SocketIo<A>);
 
 impl<A: Adapter> Rooms for ClusterRooms<A> {
+    /// The adapter's `except(sid)` skips the sockets of the room named `sid`: nothing puts a
+    /// socket in it but [`Changes::needs_own_room`].
+    fn except_is_a_room(&self) -> bool {
+        true
+    }
+
     fn emit(&self, room: String, except: Option<Sid>, event: &'static str, payload: Json) {
         let mut operators = self.0.to(room);
         if let Some(sid) = except {

@@ -21,7 +21,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -36,6 +36,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tower::{Service, ServiceExt as _};
+
+use crate::http::{error_response, healthz};
+use crate::limits::{Cap, Place};
 
 /// Connections past `MAX_CONNECTIONS` still served with the overflow answer.
 const OVERFLOW: usize = 64;
@@ -148,7 +151,7 @@ where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    let open = Arc::new(AtomicUsize::new(0));
+    let open = Cap::new(limits.max_connections + OVERFLOW);
     let mut graceful = Open {
         close: watch::channel(false).0,
         tasks: JoinSet::new(),
@@ -177,11 +180,11 @@ where
             () = &mut stop => return graceful,
         };
         while graceful.tasks.try_join_next().is_some() {}
-        let Some(slot) = Slot::take(&open, limits.max_connections + OVERFLOW) else {
+        let Some(slot) = open.take() else {
             tracing::debug!(%peer, "connection closed at once: over the connection limit");
             continue;
         };
-        let full = slot.rank > limits.max_connections;
+        let full = slot.rank() > limits.max_connections;
         // Small frames (acks, `changed`) go out at once rather than waiting on Nagle's
         // algorithm.
         if let Err(e) = tcp.set_nodelay(true) {
@@ -235,46 +238,18 @@ where
 /// else is 503.
 async fn over_limit<B>(request: hyper::Request<B>) -> Result<Response, Infallible> {
     let mut response = if request.uri().path() == "/healthz" {
-        axum::Json(serde_json::json!({ "status": "ok" })).into_response()
+        healthz().await.into_response()
     } else {
-        (
+        error_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({ "error": "Server is at its connection limit" })),
+            "Server is at its connection limit".to_owned(),
         )
-            .into_response()
     };
     response.headers_mut().insert(
         header::CONNECTION,
         header::HeaderValue::from_static("close"),
     );
     Ok(response)
-}
-
-/// One open connection's place under the cap; freed when dropped.
-struct Slot {
-    open: Arc<AtomicUsize>,
-    /// How many connections were open with this one (1 for the first).
-    rank: usize,
-}
-
-impl Slot {
-    fn take(open: &Arc<AtomicUsize>, most: usize) -> Option<Slot> {
-        let before = open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < most).then_some(n + 1)
-            })
-            .ok()?;
-        Some(Slot {
-            open: open.clone(),
-            rank: before + 1,
-        })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// A TCP connection that holds its slot under the cap for as long as it lives (upgraded to a
@@ -288,7 +263,7 @@ struct Metered {
     send_timeout: Duration,
     /// Running while a write waits for the client to make room.
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
-    _slot: Slot,
+    _slot: Place,
 }
 
 impl Metered {
@@ -365,21 +340,5 @@ impl AsyncWrite for Metered {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slots_are_ranked_capped_and_freed() {
-        let open = Arc::new(AtomicUsize::new(0));
-        let first = Slot::take(&open, 2).unwrap();
-        let second = Slot::take(&open, 2).unwrap();
-        assert_eq!((first.rank, second.rank), (1, 2));
-        assert!(Slot::take(&open, 2).is_none());
-        drop(first);
-        assert_eq!(Slot::take(&open, 2).unwrap().rank, 2);
     }
 }

@@ -159,7 +159,7 @@ impl IntoResponse for HttpError {
 
 /// A JSON error body `{ "error": message }` with its status, for every HTTP API; a 401 carries
 /// the Bearer challenge.
-fn error_response(status: StatusCode, message: String) -> Response {
+pub(crate) fn error_response(status: StatusCode, message: String) -> Response {
     let mut response = (status, Json(json!({ "error": message }))).into_response();
     if status == StatusCode::UNAUTHORIZED {
         response
@@ -636,7 +636,7 @@ async fn openapi() -> impl IntoResponse {
 
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "Up")))]
-async fn healthz() -> impl IntoResponse {
+pub(crate) async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 

@@ -63,7 +63,6 @@ use std::time::Duration;
 
 use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
-use axum::response::IntoResponse;
 use socketioxide::adapter::{Adapter, Emitter};
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::{ParserConfig, SocketIo, SocketIoBuilder};
@@ -467,11 +466,8 @@ fn detach_head(mut request: Request) -> Request {
     request
 }
 
-async fn not_found() -> impl IntoResponse {
-    (
-        StatusCode::NOT_FOUND,
-        axum::Json(serde_json::json!({ "error": "Not found" })),
-    )
+async fn not_found() -> axum::response::Response {
+    http::error_response(StatusCode::NOT_FOUND, "Not found".to_owned())
 }
 
 #[cfg(test)]

@@ -16,64 +16,86 @@ use hyper::body::Body as _;
 use tokio::sync::Notify;
 
 use crate::edge::Written;
+use crate::http::error_response;
 use crate::state::AppState;
 
-/// Engine.IO sessions opened but not yet connected (no Socket.IO CONNECT with a valid token).
-/// Such a session costs memory (it keeps its handshake request) and no token vouches for it,
-/// so their number is capped; each lasts at most `CONNECT_TIMEOUT`.
-pub struct Handshakes {
+/// A count with a ceiling, without a lock: each place taken is held by a [`Place`] and given
+/// back when that is dropped. The edge's open connections and the Engine.IO sessions waiting
+/// to authenticate are counted with it.
+pub struct Cap {
     max: usize,
-    pending: AtomicUsize,
+    taken: AtomicUsize,
 }
 
-impl Handshakes {
+impl Cap {
     pub fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
             max,
-            pending: AtomicUsize::new(0),
+            taken: AtomicUsize::new(0),
         })
     }
 
-    fn try_open(self: &Arc<Self>) -> Option<PendingHandshake> {
-        self.pending
+    /// A place, or `None` when all `max` are taken.
+    pub fn take(self: &Arc<Self>) -> Option<Place> {
+        let before = self
+            .taken
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max).then_some(n + 1)
             })
             .ok()?;
-        Some(PendingHandshake(Arc::new(Mutex::new(Some(HandshakeSlot(
-            self.clone(),
-        ))))))
+        Some(Place {
+            cap: self.clone(),
+            rank: before + 1,
+        })
     }
 
-    /// Sessions pending now.
-    pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Acquire)
+    /// Places taken now.
+    pub fn taken(&self) -> usize {
+        self.taken.load(Ordering::Acquire)
     }
 }
 
-/// A pending session's place under [`Handshakes`], in its handshake request's extensions, which
-/// the session keeps for its whole life: the place is freed when the session connects
-/// ([`PendingHandshake::connected`]) or ends, whichever comes first.
+/// One place under a [`Cap`]; given back when dropped.
+pub struct Place {
+    cap: Arc<Cap>,
+    rank: usize,
+}
+
+impl Place {
+    /// How many places were taken with this one (1 for the first).
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.cap.taken.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An Engine.IO session's place among those waiting to authenticate (no Socket.IO CONNECT with
+/// a valid token yet; `MAX_PENDING_HANDSHAKES`). Such a session costs memory (it keeps its
+/// handshake request) and no token vouches for it; each lasts at most `CONNECT_TIMEOUT`. The
+/// place rides in the handshake request's extensions, which the session keeps for its whole
+/// life: it is freed when the session connects ([`PendingHandshake::connected`]) or ends,
+/// whichever comes first.
 #[derive(Clone)]
-pub struct PendingHandshake(Arc<Mutex<Option<HandshakeSlot>>>);
+pub struct PendingHandshake(Arc<Mutex<Option<Place>>>);
 
 impl PendingHandshake {
+    fn new(place: Place) -> Self {
+        Self(Arc::new(Mutex::new(Some(place))))
+    }
+
     pub fn connected(&self) {
         self.0.lock().expect("handshake slot lock poisoned").take();
     }
 }
 
-struct HandshakeSlot(Arc<Handshakes>);
-
-impl Drop for HandshakeSlot {
-    fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// Middleware in front of Socket.IO.
 /// - A request that opens a new Engine.IO session (under `/socket.io/`, without `sid`) takes a
-///   place under [`Handshakes`], or gets 503.
+///   place among the sessions waiting to authenticate ([`PendingHandshake`]), or gets 503.
 /// - A request of a live session tells its [`Backlog`] what reached the client: a WebSocket
 ///   upgrade names the connection its packets go out on from then; a long-polling `GET` carries
 ///   the packets it takes out of the session's queue.
@@ -89,17 +111,16 @@ pub async fn socket_io(
     let sid = query_param(query, "sid").map(str::to_owned);
     let websocket = query_param(query, "transport") == Some("websocket");
     let Some(sid) = sid else {
-        let Some(pending) = state.handshakes().try_open() else {
+        let Some(place) = state.handshakes().take() else {
             tracing::debug!("handshake refused: too many sessions waiting to connect");
-            return (
+            return error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(
-                    serde_json::json!({ "error": "Too many connections waiting to authenticate" }),
-                ),
-            )
-                .into_response();
+                "Too many connections waiting to authenticate".to_owned(),
+            );
         };
-        request.extensions_mut().insert(pending);
+        request
+            .extensions_mut()
+            .insert(PendingHandshake::new(place));
         let response = next.run(request).await;
         if websocket || response.status() != StatusCode::OK {
             return response;
@@ -528,19 +549,30 @@ mod tests {
     }
 
     #[test]
+    fn places_are_ranked_capped_and_freed() {
+        let open = Cap::new(2);
+        let first = open.take().unwrap();
+        let second = open.take().unwrap();
+        assert_eq!((first.rank(), second.rank()), (1, 2));
+        assert!(open.take().is_none());
+        drop(first);
+        assert_eq!(open.take().unwrap().rank(), 2);
+    }
+
+    #[test]
     fn pending_handshakes_are_capped_and_freed_on_connect_or_drop() {
-        let handshakes = Handshakes::new(2);
-        let first = handshakes.try_open().unwrap();
-        let second = handshakes.try_open().unwrap();
-        assert!(handshakes.try_open().is_none());
+        let handshakes = Cap::new(2);
+        let first = PendingHandshake::new(handshakes.take().unwrap());
+        let second = PendingHandshake::new(handshakes.take().unwrap());
+        assert!(handshakes.take().is_none());
         first.connected();
-        assert_eq!(handshakes.pending(), 1);
+        assert_eq!(handshakes.taken(), 1);
         // A clone kept by the session does not hold the place twice.
         let kept = second.clone();
         drop(second);
-        assert_eq!(handshakes.pending(), 1);
+        assert_eq!(handshakes.taken(), 1);
         drop(kept);
-        assert_eq!(handshakes.pending(), 0);
+        assert_eq!(handshakes.taken(), 0);
     }
 
     #[test]

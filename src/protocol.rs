@@ -121,9 +121,9 @@ async fn authenticate<A: Adapter>(
     tracing::debug!(sid = %socket.id, bucket = %grant.bucket, read_only = grant.read_only, %address, "connected");
     let (per_second, burst) = state.event_rate();
     socket.join(changes::bucket_room(&grant.bucket));
-    // Broadcasts skip the writer with `except(sid)`, which names a room: with the Redis
-    // adapter nothing puts a socket in a room of its own id, so it joins one.
-    socket.join(socket.id.to_string());
+    if state.changes().needs_own_room() {
+        socket.join(socket.id.to_string());
+    }
     let backlog = state.backlog();
     // A WebSocket handshake's connection carries the session; a long-polling one's does not.
     let direct = parts

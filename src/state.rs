@@ -12,7 +12,7 @@ use crate::cas::ContentStore;
 use crate::changes::Changes;
 use crate::config::Config;
 use crate::direct::{DirectUrls, SignedUrls};
-use crate::limits::{Backlog, Backlogs, Connections, Handshakes};
+use crate::limits::{Backlog, Backlogs, Cap, Connections};
 use crate::service::BlobService;
 use crate::store::Store;
 
@@ -32,7 +32,8 @@ struct Inner {
     cas: CasSettings,
     changes: Changes,
     connections: Arc<Connections>,
-    handshakes: Arc<Handshakes>,
+    /// Engine.IO sessions waiting to authenticate (`MAX_PENDING_HANDSHAKES`).
+    handshakes: Arc<Cap>,
     backlogs: Backlogs,
     /// Bytes of large replies a socket may have waiting for its client, and its queue's
     /// length in packets.
@@ -91,7 +92,7 @@ impl AppState {
             },
             changes: Changes::default(),
             connections: Connections::new(config.max_connections, config.max_connections_per_ip),
-            handshakes: Handshakes::new(config.max_pending_handshakes),
+            handshakes: Cap::new(config.max_pending_handshakes),
             backlogs: Backlogs::default(),
             send_buffer: (config.send_buffer_bytes, config.send_buffer_packets),
             stall_timeout: config.ping_timeout,
@@ -140,7 +141,7 @@ impl AppState {
         &self.0.connections
     }
 
-    pub fn handshakes(&self) -> &Arc<Handshakes> {
+    pub fn handshakes(&self) -> &Arc<Cap> {
         &self.0.handshakes
     }
 

@@ -33,8 +33,13 @@ impl Cluster {
 
     /// The options that put a node on this cluster.
     fn options(&self) -> Vec<String> {
+        self.options_with_redis(&self.redis.url)
+    }
+
+    /// The same, with the Redis URL written as `redis_url`.
+    fn options_with_redis(&self, redis_url: &str) -> Vec<String> {
         let mut options = self.s3.options("");
-        options.extend(["--redis-url".to_owned(), self.redis.url.clone()]);
+        options.extend(["--redis-url".to_owned(), redis_url.to_owned()]);
         options
     }
 
@@ -55,7 +60,10 @@ impl Cluster {
     }
 
     async fn node_with(&self, extra: &[&str]) -> TestServer {
-        let options = self.options();
+        Self::start_node(self.options(), extra).await
+    }
+
+    async fn start_node(options: Vec<String>, extra: &[&str]) -> TestServer {
         let mut options: Vec<&str> = options.iter().map(String::as_str).collect();
         options.extend(extra);
         TestServer::start_with(tempfile::tempdir().unwrap(), &options).await
@@ -510,13 +518,8 @@ async fn everything_flows_again_after_redis_restarts() {
 async fn the_writer_skips_its_own_change_on_every_node() {
     let cluster = Cluster::start().await;
     let a = cluster.node().await;
-    let mut options = cluster.s3.options("");
-    options.extend([
-        "--redis-url".to_owned(),
-        format!("{}/?protocol=RESP3", cluster.redis.url),
-    ]);
-    let options: Vec<&str> = options.iter().map(String::as_str).collect();
-    let b = TestServer::start_with(tempfile::tempdir().unwrap(), &options).await;
+    let resp3 = cluster.options_with_redis(&format!("{}/?protocol=RESP3", cluster.redis.url));
+    let b = Cluster::start_node(resp3, &[]).await;
     let r = hex_ref("5e");
     let mut on_a = a.subscribed("b", &r).await;
     let mut beside = b.subscribed("b", &r).await;

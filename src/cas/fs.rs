@@ -535,10 +535,8 @@ impl AsyncRead for Verifying {
         if this.remaining > 0 && !read.is_empty() {
             return polled;
         }
-        let Some(hasher) = this.hasher.take() else {
-            return polled;
-        };
         let actual = ContentHash::from_blake3(&hasher.finalize());
+        this.hasher = None;
         if actual == this.expected {
             this.verified.remember(&this.path, this.identity, true);
             return polled;
