@@ -17,9 +17,9 @@ use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError, SocketIo};
 use tokio::sync::{broadcast, mpsc, watch};
 
+use crate::blob_service::Record;
 use crate::names::{Bucket, ContentHash, Ref};
 use crate::relay;
-use crate::service::Record;
 
 /// Changes an HTTP stream may fall behind by before it skips to the current version.
 const STREAM_BACKLOG: usize = 1024;

@@ -131,13 +131,21 @@ pub struct Config {
 
     /// Largest content-addressed blob, in bytes (64 MiB by default); a larger upload is refused
     /// while it arrives.
-    #[arg(long, env = "CAS_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
-    pub cas_max_bytes: u64,
+    #[arg(long, env = "CONTENT_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub content_max_bytes: u64,
 
     /// Content-addressed blobs larger than this come as a direct URL rather than inline when a
     /// `blob-request` asks for redirects.
-    #[arg(long, env = "CAS_REDIRECT_BYTES", default_value_t = 256 * 1024)]
-    pub cas_redirect_bytes: u64,
+    #[arg(long, env = "CONTENT_REDIRECT_BYTES", default_value_t = 256 * 1024)]
+    pub content_redirect_bytes: u64,
+
+    /// The former names of the two settings above (`CAS_MAX_BYTES`, `CAS_REDIRECT_BYTES`):
+    /// refused with their new names, so a configuration that still sets them never falls back
+    /// to the defaults unnoticed.
+    #[arg(long = "cas-max-bytes", env = "CAS_MAX_BYTES", hide = true)]
+    pub renamed_max_bytes: Option<String>,
+    #[arg(long = "cas-redirect-bytes", env = "CAS_REDIRECT_BYTES", hide = true)]
+    pub renamed_redirect_bytes: Option<String>,
 
     /// How long a direct transfer URL stays valid, e.g. `15m`.
     #[arg(long, env = "DIRECT_URL_TTL", value_parser = humantime::parse_duration, default_value = "15m")]
@@ -250,6 +258,8 @@ pub enum ConfigError {
     BadS3(String),
     #[error("CORS_CREDENTIALS=true needs CORS_ORIGINS: credentials are never sent to any origin")]
     CredentialsWithoutOrigins,
+    #[error("{0} is now called {1}: rename it in the configuration")]
+    Renamed(&'static str, &'static str),
 }
 
 impl Config {
@@ -267,8 +277,18 @@ impl Config {
             .map_err(|e| ConfigError::BadS3(e.to_string()))
     }
 
-    /// The token secret, refusing a missing or empty one.
+    /// The token secret, refusing a missing or empty one (and a configuration that still uses
+    /// a former setting name, which is checked as early).
     pub fn secret(&self) -> Result<&str, ConfigError> {
+        if self.renamed_max_bytes.is_some() {
+            return Err(ConfigError::Renamed("CAS_MAX_BYTES", "CONTENT_MAX_BYTES"));
+        }
+        if self.renamed_redirect_bytes.is_some() {
+            return Err(ConfigError::Renamed(
+                "CAS_REDIRECT_BYTES",
+                "CONTENT_REDIRECT_BYTES",
+            ));
+        }
         match self.token_secret.as_deref() {
             Some(secret) if !secret.is_empty() => Ok(secret),
             _ => Err(ConfigError::MissingSecret),
@@ -318,7 +338,9 @@ mod tests {
             config.public_url.as_deref(),
             Some("https://blobs.example.com")
         );
-        assert_eq!(config.cas_max_bytes, 64 * 1024 * 1024);
+        assert_eq!(config.content_max_bytes, 64 * 1024 * 1024);
+        let renamed = Config::parse_from(["blobs", "--token-secret", "s", "--cas-max-bytes", "1"]);
+        assert!(matches!(renamed.secret(), Err(ConfigError::Renamed(..))));
         assert_eq!(config.direct_url_ttl, Duration::from_secs(900));
         for bad in ["blobs.example.com", "ftp://x", "https://", "http://a b"] {
             assert!(

@@ -17,7 +17,7 @@ use object_store::signer::Signer;
 use serde::Serialize;
 use sha2::Sha256;
 
-use crate::cas;
+use crate::content;
 use crate::names::{Bucket, ContentHash};
 
 /// A URL handed to a client, and when it stops working.
@@ -39,7 +39,7 @@ pub trait DirectUrls: Send + Sync + 'static {
         bucket: &Bucket,
         hash: &ContentHash,
         now_unix: u64,
-    ) -> cas::Result<DirectUrl>;
+    ) -> content::Result<DirectUrl>;
 }
 
 /// Why a signed URL is refused (the client sees 403 either way).
@@ -113,7 +113,7 @@ impl DirectUrls for SignedUrls {
         bucket: &Bucket,
         hash: &ContentHash,
         now_unix: u64,
-    ) -> cas::Result<DirectUrl> {
+    ) -> content::Result<DirectUrl> {
         let exp = now_unix + self.lifetime.as_secs().max(1);
         let sig = hex::encode(self.mac(method, bucket, hash, exp).finalize().into_bytes());
         // Bucket names and hashes need no escaping in a URL.
@@ -151,19 +151,19 @@ impl DirectUrls for PresignedUrls {
         bucket: &Bucket,
         hash: &ContentHash,
         now_unix: u64,
-    ) -> cas::Result<DirectUrl> {
+    ) -> content::Result<DirectUrl> {
         // Uploads land beside the content, never on it: `blob-uploaded` checks them first.
         let path = if method == Method::PUT {
-            cas::staging_path(&self.prefix, bucket, hash)
+            content::staging_path(&self.prefix, bucket, hash)
         } else {
-            cas::content_path(&self.prefix, bucket, hash)
+            content::content_path(&self.prefix, bucket, hash)
         };
         let lifetime = self.lifetime.max(Duration::from_secs(1));
         let url = self
             .s3
             .signed_url(method.clone(), &path, lifetime)
             .await
-            .map_err(|e| cas::Error::Io {
+            .map_err(|e| content::Error::Io {
                 path: path.to_string(),
                 source: std::io::Error::other(e),
             })?;

@@ -1,57 +1,6 @@
-//! Errors at the server's two boundaries: what a Socket.IO client sees, and what stops start-up.
+//! What stops start-up.
 
 use crate::config::ConfigError;
-use crate::store::{self, MAX_VERSION};
-
-/// Why an event could not be served. The client receives `{ error: "<this message>" }` as the
-/// acknowledgement and stays connected.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// `get` or `set` before a `ref`.
-    #[error("Reference is not provided")]
-    NoRef,
-    /// `ref` with anything but 64 hex characters or `null`.
-    #[error("Invalid reference: expected 64 hexadecimal characters or null")]
-    InvalidRef,
-    /// `get`/`set` whose argument is not an object (`null`, a number, a string, an array).
-    #[error("Invalid argument: expected an object")]
-    NotAnObject,
-    /// A binary attachment, which no event of the protocol takes.
-    #[error("Invalid argument: binary attachments are not supported")]
-    Binary,
-    /// `known` or `version` that is not an integer in range.
-    #[error("Invalid {0}: expected an integer from 1 to {MAX_VERSION}")]
-    InvalidVersion(&'static str),
-    /// `data` that is not base64 text or is too long.
-    #[error("Invalid data: expected a base64 string of at most {0} characters")]
-    InvalidData(usize),
-    /// A content-addressed event whose argument does not have the documented shape.
-    #[error("Invalid argument: {0}")]
-    InvalidArgument(&'static str),
-    /// `set` or `blob-upload` with a read-only token.
-    #[error("Read-only token")]
-    ReadOnly,
-    /// The socket sends events faster than `EVENTS_PER_SECOND` allows.
-    #[error("Rate limit exceeded: too many events per second")]
-    RateLimited,
-    /// The socket already has the maximum number of events waiting to run.
-    #[error("Too many pending requests on this connection")]
-    Busy,
-    /// The token's `exp` has passed; the socket is disconnected after this answer.
-    #[error("Token expired")]
-    TokenExpired,
-    /// The server is shutting down and takes no new events.
-    #[error("Server is shutting down")]
-    Closing,
-    /// The store failed. The cause is logged; the client learns that the operation did not
-    /// complete: a `set` answered this way was not acknowledged, and the blob keeps its
-    /// previous version unless the file was already replaced when the final sync failed.
-    #[error("Storage error: the operation could not be completed")]
-    Store(#[from] store::Error),
-    /// The content store failed; logged, like [`Error::Store`].
-    #[error("Storage error: the operation could not be completed")]
-    Content(#[from] crate::cas::Error),
-}
 
 /// Why the server could not start. The binary prints it as one sentence and exits non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -73,5 +22,5 @@ pub enum StartError {
     #[error("the Socket.IO Redis adapter failed to start: {0}")]
     Adapter(String),
     #[error("cannot load the Blob Service's records: {0}")]
-    Records(#[source] crate::service::Error),
+    Records(#[source] crate::blob_service::Error),
 }

@@ -37,10 +37,11 @@
 //! wrappers around it.
 
 pub mod auth;
-pub mod cas;
+pub mod blob_service;
 pub mod changes;
 pub mod client;
 pub mod config;
+pub mod content;
 pub mod direct;
 pub mod durable;
 pub mod edge;
@@ -52,7 +53,6 @@ pub mod names;
 pub mod protocol;
 pub mod proxy;
 pub mod relay;
-pub mod service;
 pub mod state;
 pub mod store;
 
@@ -74,12 +74,12 @@ use tower_http::map_response_body::MapResponseBodyLayer;
 use tower_http::timeout::TimeoutBody;
 
 use crate::auth::Keys;
-use crate::cas::{CLAIM_GRACE, ContentStore, FsContent, ObjectContent};
+use crate::blob_service::{BlobService, RecordFiles, RecordObjects, RecordStore};
 use crate::config::{Config, ConfigError, StoreKind};
+use crate::content::{CLAIM_GRACE, ContentStore, FsContent, ObjectContent};
 use crate::direct::{DirectUrls, PresignedUrls};
 use crate::edge::EdgeLimits;
 use crate::error::StartError;
-use crate::service::{BlobService, RecordFiles, RecordObjects, RecordStore};
 use crate::state::AppState;
 use crate::store::{FsStore, ObjectBlobs, Store};
 
@@ -126,7 +126,7 @@ pub async fn run(
         None => None,
         Some(url) => {
             let client = redis::Client::open(resp3(url)?).map_err(|e| redis_error(url, e))?;
-            let records_feed = relay::subscribe(&client, service::cluster::CHANNEL)
+            let records_feed = relay::subscribe(&client, blob_service::cluster::CHANNEL)
                 .await
                 .map_err(|e| redis_error(url, e))?;
             Some((url, client, records_feed))
@@ -315,7 +315,7 @@ async fn serve<A: Adapter>(
         .layer(MapResponseBodyLayer::new(axum::body::Body::new))
         .layer(layer)
         .service(
-            http::router(state.max_data_bytes(), state.cas().max_bytes)
+            http::router(state.max_data_bytes(), state.content_limits().max_bytes)
                 .fallback(not_found)
                 .with_state(state.clone()),
         );

@@ -8,12 +8,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Keys;
-use crate::cas::ContentStore;
+use crate::blob_service::BlobService;
 use crate::changes::Changes;
 use crate::config::Config;
+use crate::content::ContentStore;
 use crate::direct::{DirectUrls, SignedUrls};
 use crate::limits::{Backlog, Backlogs, Cap, Connections};
-use crate::service::BlobService;
 use crate::store::Store;
 
 /// Shared server state. Cloning is cheap: it is one `Arc`.
@@ -29,7 +29,7 @@ struct Inner {
     direct: Arc<dyn DirectUrls>,
     /// Checks the URLs this server signed itself.
     signed: SignedUrls,
-    cas: CasSettings,
+    content_limits: ContentLimits,
     changes: Changes,
     connections: Arc<Connections>,
     /// Engine.IO sessions waiting to authenticate (`MAX_PENDING_HANDSHAKES`).
@@ -57,7 +57,7 @@ struct Inner {
 
 /// Limits and addresses of the content-addressed store.
 #[derive(Clone, Debug)]
-pub struct CasSettings {
+pub struct ContentLimits {
     /// Largest content, in bytes.
     pub max_bytes: u64,
     /// Content larger than this is redirected when a `blob-request` allows it.
@@ -85,9 +85,9 @@ impl AppState {
             service,
             direct,
             signed,
-            cas: CasSettings {
-                max_bytes: config.cas_max_bytes,
-                redirect_bytes: config.cas_redirect_bytes,
+            content_limits: ContentLimits {
+                max_bytes: config.content_max_bytes,
+                redirect_bytes: config.content_redirect_bytes,
                 public_url: config.public_url.clone(),
             },
             changes: Changes::default(),
@@ -129,8 +129,8 @@ impl AppState {
         &self.0.signed
     }
 
-    pub fn cas(&self) -> &CasSettings {
-        &self.0.cas
+    pub fn content_limits(&self) -> &ContentLimits {
+        &self.0.content_limits
     }
 
     pub fn changes(&self) -> &Changes {

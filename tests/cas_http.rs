@@ -253,7 +253,7 @@ async fn byte_ranges() {
 async fn the_size_limit_holds_while_the_body_streams() {
     let server = TestServer::start_with(
         tempfile::tempdir().unwrap(),
-        &["--cas-max-bytes", "1048576"],
+        &["--content-max-bytes", "1048576"],
     )
     .await;
     let big = vec![7u8; 4 * 1024 * 1024];

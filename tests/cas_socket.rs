@@ -130,7 +130,7 @@ async fn inline_upload_verifies_stores_and_announces() {
 async fn request_pack_and_redirect() {
     let server = TestServer::start_with(
         tempfile::tempdir().unwrap(),
-        &["--cas-redirect-bytes", "1000"],
+        &["--content-redirect-bytes", "1000"],
     )
     .await;
     let mut client = server.client("b").await;
@@ -230,8 +230,11 @@ async fn a_pack_stays_under_the_message_limit() {
 /// sockets. Present content, oversize requests and read-only tokens are denied.
 #[tokio::test]
 async fn direct_upload_grant_put_and_confirm() {
-    let server =
-        TestServer::start_with(tempfile::tempdir().unwrap(), &["--cas-max-bytes", "100000"]).await;
+    let server = TestServer::start_with(
+        tempfile::tempdir().unwrap(),
+        &["--content-max-bytes", "100000"],
+    )
+    .await;
     let mut client = server.client("b").await;
     let mut peer = server.client("b").await;
     let mut stranger = server.client("other").await;

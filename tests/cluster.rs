@@ -350,7 +350,7 @@ async fn blob_service_records_are_one_sequence_on_every_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_urls_are_the_object_stores_own() {
     let cluster = Cluster::start().await;
-    let options = ["--cas-redirect-bytes", "16"];
+    let options = ["--content-redirect-bytes", "16"];
     let nodes = [
         cluster.node_with(&options).await,
         cluster.node_with(&options).await,

@@ -7,9 +7,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blobs::cas::{self, ContentStore, ObjectContent, Owner};
+use blobs::blob_service::{
+    BlobService, Record, RecordObjects, RecordStore, RetentionPolicy, Upload,
+};
+use blobs::content::{self, ContentStore, ObjectContent, Owner};
 use blobs::names::{Bucket, ContentHash, Handle};
-use blobs::service::{BlobService, Record, RecordObjects, RecordStore, RetentionPolicy, Upload};
 use bytes::Bytes;
 use common::{Backend, S3Server};
 use object_store::ObjectStoreExt;
@@ -78,11 +80,11 @@ async fn content_is_verified_both_ways() {
     for backend in backends(Duration::ZERO).await {
         let (name, store) = (backend.name, &*backend.content);
         let hash = ContentHash::of(b"hello");
-        let stored = cas::put_bytes(store, &bucket(), &hash, Bytes::from_static(b"hello"), 64)
+        let stored = content::put_bytes(store, &bucket(), &hash, Bytes::from_static(b"hello"), 64)
             .await
             .unwrap();
         assert!(stored.created, "{name}");
-        let again = cas::put_bytes(store, &bucket(), &hash, Bytes::from_static(b"hello"), 64)
+        let again = content::put_bytes(store, &bucket(), &hash, Bytes::from_static(b"hello"), 64)
             .await
             .unwrap();
         assert!(!again.created, "{name}: the same bytes are stored once");
@@ -98,11 +100,12 @@ async fn content_is_verified_both_ways() {
         );
 
         let other = ContentHash::of(b"other");
-        let lying = cas::put_bytes(store, &bucket(), &other, Bytes::from_static(b"x"), 64).await;
-        assert!(matches!(lying, Err(cas::Error::Mismatch)), "{name}");
+        let lying =
+            content::put_bytes(store, &bucket(), &other, Bytes::from_static(b"x"), 64).await;
+        assert!(matches!(lying, Err(content::Error::Mismatch)), "{name}");
         let large = ContentHash::of(&[0; 65]);
-        let over = cas::put_bytes(store, &bucket(), &large, Bytes::from(vec![0; 65]), 64).await;
-        assert!(matches!(over, Err(cas::Error::TooLarge(64))), "{name}");
+        let over = content::put_bytes(store, &bucket(), &large, Bytes::from(vec![0; 65]), 64).await;
+        assert!(matches!(over, Err(content::Error::TooLarge(64))), "{name}");
         assert_eq!(store.size(&bucket(), &other).await.unwrap(), None, "{name}");
         assert_eq!(store.size(&bucket(), &large).await.unwrap(), None, "{name}");
 
@@ -233,7 +236,7 @@ async fn two_nodes(grace: Duration) -> (S3Server, ObjectContent, ObjectContent) 
 async fn backdate(server: &S3Server, hash: &ContentHash, marker: &str) {
     let path = Path::from(format!(
         "{}.service",
-        cas::content_path(PREFIX, &bucket(), hash)
+        content::content_path(PREFIX, &bucket(), hash)
     ));
     server
         .client()
@@ -322,42 +325,42 @@ async fn direct_uploads_are_adopted_only_when_they_match() {
     let (server, a, _b) = two_nodes(Duration::ZERO).await;
     let client = server.client();
     let good = ContentHash::of(b"direct");
-    let staged = cas::staging_path(PREFIX, &bucket(), &good);
+    let staged = content::staging_path(PREFIX, &bucket(), &good);
     client
         .put(&staged, b"direct".to_vec().into())
         .await
         .unwrap();
-    assert!(cas::adopt(&a, &bucket(), &good, 1024).await.unwrap());
+    assert!(content::adopt(&a, &bucket(), &good, 1024).await.unwrap());
     assert_eq!(read(&a, &good).await.as_deref(), Some(&b"direct"[..]));
     assert!(
         client.head(&staged).await.is_err(),
         "the staged upload is gone"
     );
     assert!(
-        cas::adopt(&a, &bucket(), &good, 1024).await.unwrap(),
+        content::adopt(&a, &bucket(), &good, 1024).await.unwrap(),
         "confirmed twice"
     );
 
     let large = ContentHash::of(&[1; 2000]);
-    let staged = cas::staging_path(PREFIX, &bucket(), &large);
+    let staged = content::staging_path(PREFIX, &bucket(), &large);
     client.put(&staged, vec![1; 2000].into()).await.unwrap();
     assert!(
-        !cas::adopt(&a, &bucket(), &large, 1024).await.unwrap(),
+        !content::adopt(&a, &bucket(), &large, 1024).await.unwrap(),
         "over the limit"
     );
     assert_eq!(a.size(&bucket(), &large).await.unwrap(), None);
 
     let bad = ContentHash::of(b"expected");
-    let staged = cas::staging_path(PREFIX, &bucket(), &bad);
+    let staged = content::staging_path(PREFIX, &bucket(), &bad);
     client
         .put(&staged, b"something else".to_vec().into())
         .await
         .unwrap();
-    assert!(!cas::adopt(&a, &bucket(), &bad, 1024).await.unwrap());
+    assert!(!content::adopt(&a, &bucket(), &bad, 1024).await.unwrap());
     assert_eq!(a.size(&bucket(), &bad).await.unwrap(), None);
 
     let never = ContentHash::of(b"never confirmed");
-    let staged = cas::staging_path(PREFIX, &bucket(), &never);
+    let staged = content::staging_path(PREFIX, &bucket(), &never);
     client
         .put(&staged, b"never confirmed".to_vec().into())
         .await

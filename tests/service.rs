@@ -210,8 +210,11 @@ async fn upload_read_metadata_and_delete() {
 /// Every malformed upload is a 4xx with a JSON error and stores nothing.
 #[tokio::test]
 async fn a_refused_upload_stores_nothing() {
-    let server =
-        TestServer::start_with(tempfile::tempdir().unwrap(), &["--cas-max-bytes", "65536"]).await;
+    let server = TestServer::start_with(
+        tempfile::tempdir().unwrap(),
+        &["--content-max-bytes", "65536"],
+    )
+    .await;
     let api = Api::new(&server, "b");
     let past = now_ms() - 1000;
     let bytes = b"bytes".to_vec();

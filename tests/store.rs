@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::fs;
 
 use blobs::names::{Bucket, Ref};
-use blobs::store::{Change, Expect, SetOutcome, SetRequest, live, now_ms};
+use blobs::store::{Edit, Expect, SetOutcome, SetRequest, live, now_ms};
 use common::{Backend, blob_name, hex_ref};
 use serde_json::{Value, json};
 
@@ -247,7 +247,7 @@ fn r(pair: &str) -> Ref {
 
 fn put(expect: Expect, data: &str) -> SetRequest {
     SetRequest {
-        change: Change::Put(Some(data.to_owned())),
+        edit: Edit::Put(Some(data.to_owned())),
         expect,
         ip: "127.0.0.1".into(),
         now: now_ms(),
@@ -331,7 +331,7 @@ async fn tombstones() {
                 .unwrap(),
         );
         let delete = SetRequest {
-            change: Change::Delete,
+            edit: Edit::Delete,
             expect: Expect::Version(1),
             ip: "127.0.0.1".into(),
             now: now_ms(),
@@ -378,7 +378,7 @@ async fn listing() {
             );
         }
         let delete = SetRequest {
-            change: Change::Delete,
+            edit: Edit::Delete,
             expect: Expect::Version(1),
             ip: "127.0.0.1".into(),
             now: now_ms(),

@@ -118,7 +118,7 @@ pub enum Expect {
 
 /// The change a write makes.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Change {
+pub enum Edit {
     /// New data (or none: a blob with a version and no data).
     Put(Option<String>),
     /// A tombstone.
@@ -128,7 +128,7 @@ pub enum Change {
 /// A conditional write.
 #[derive(Clone, Debug)]
 pub struct SetRequest {
-    pub change: Change,
+    pub edit: Edit,
     pub expect: Expect,
     pub ip: String,
     /// Time of the write, milliseconds since the epoch.
@@ -218,7 +218,7 @@ pub fn apply(current: Option<&Arc<Blob>>, request: SetRequest) -> Result<Result<
         (Expect::Absent | Expect::Unconditional, tombstone) => tombstone,
     };
     // Deleting what readers already see as missing is a conflict, not a new tombstone.
-    if request.change == Change::Delete && base.is_none_or(|b| b.deleted) {
+    if request.edit == Edit::Delete && base.is_none_or(|b| b.deleted) {
         return conflict();
     }
     let version = match base {
@@ -226,9 +226,9 @@ pub fn apply(current: Option<&Arc<Blob>>, request: SetRequest) -> Result<Result<
         Some(b) if b.version >= MAX_VERSION => return Err(Error::VersionOverflow),
         Some(b) => b.version + 1,
     };
-    let (data, deleted) = match request.change {
-        Change::Put(data) => (data, false),
-        Change::Delete => (None, true),
+    let (data, deleted) = match request.edit {
+        Edit::Put(data) => (data, false),
+        Edit::Delete => (None, true),
     };
     Ok(Ok(Blob {
         data,
@@ -247,9 +247,9 @@ pub fn apply(current: Option<&Arc<Blob>>, request: SetRequest) -> Result<Result<
 mod tests {
     use super::*;
 
-    fn request(expect: Expect, change: Change) -> SetRequest {
+    fn request(expect: Expect, edit: Edit) -> SetRequest {
         SetRequest {
-            change,
+            edit,
             expect,
             ip: "ip".into(),
             now: 7,
@@ -257,7 +257,7 @@ mod tests {
     }
 
     fn put(expect: Expect) -> SetRequest {
-        request(expect, Change::Put(Some("AA==".into())))
+        request(expect, Edit::Put(Some("AA==".into())))
     }
 
     fn committed(current: Option<&Arc<Blob>>, req: SetRequest) -> Arc<Blob> {
@@ -310,7 +310,7 @@ mod tests {
     #[test]
     fn tombstones_keep_the_version_and_stale_writers_never_win() {
         let v1 = committed(None, put(Expect::Protocol(None)));
-        let tombstone = committed(Some(&v1), request(Expect::Version(1), Change::Delete));
+        let tombstone = committed(Some(&v1), request(Expect::Version(1), Edit::Delete));
         assert!(tombstone.deleted && tombstone.data.is_none());
         assert_eq!(tombstone.version, 2);
         assert!(live(Some(tombstone.clone())).is_none());
@@ -327,12 +327,9 @@ mod tests {
         }
         // Deleting again is a conflict; creating again continues the versions.
         assert!(
-            apply(
-                Some(&tombstone),
-                request(Expect::Version(2), Change::Delete)
-            )
-            .unwrap()
-            .is_err()
+            apply(Some(&tombstone), request(Expect::Version(2), Edit::Delete))
+                .unwrap()
+                .is_err()
         );
         for create in [
             Expect::Absent,

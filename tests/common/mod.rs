@@ -305,10 +305,14 @@ impl Backend {
     }
 
     /// The content store of this backend (`grace`: the object store's claim grace).
-    pub fn content(&self, storage: &Path, grace: Duration) -> Arc<dyn blobs::cas::ContentStore> {
+    pub fn content(
+        &self,
+        storage: &Path,
+        grace: Duration,
+    ) -> Arc<dyn blobs::content::ContentStore> {
         match self {
-            Backend::Files => Arc::new(blobs::cas::FsContent::open(storage).unwrap()),
-            Backend::Object(s3) => Arc::new(blobs::cas::ObjectContent::new(
+            Backend::Files => Arc::new(blobs::content::FsContent::open(storage).unwrap()),
+            Backend::Object(s3) => Arc::new(blobs::content::ObjectContent::new(
                 s3.client(),
                 BACKEND_PREFIX,
                 grace,
@@ -317,10 +321,10 @@ impl Backend {
     }
 
     /// The Blob Service's record store of this backend.
-    pub fn records(&self, storage: &Path) -> Arc<dyn blobs::service::RecordStore> {
+    pub fn records(&self, storage: &Path) -> Arc<dyn blobs::blob_service::RecordStore> {
         match self {
-            Backend::Files => Arc::new(blobs::service::RecordFiles::new(storage)),
-            Backend::Object(s3) => Arc::new(blobs::service::RecordObjects::new(
+            Backend::Files => Arc::new(blobs::blob_service::RecordFiles::new(storage)),
+            Backend::Object(s3) => Arc::new(blobs::blob_service::RecordObjects::new(
                 s3.client(),
                 BACKEND_PREFIX,
             )),

@@ -35,16 +35,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::changes::{self, Change};
 use crate::edge::Written;
-use crate::error::Error;
 use crate::limits::{
     self, Backlog, ConnectionRefused, ConnectionSlot, PendingHandshake, RateLimiter, Verdict,
 };
 use crate::names::{Bucket, Ref};
+use crate::protocol::ack::AckError;
 use crate::proxy;
 use crate::state::AppState;
-use crate::store::{
-    Change as StoreChange, Expect, MAX_VERSION, SetOutcome, SetRequest, live, now_ms,
-};
+use crate::store::{Edit, Expect, MAX_VERSION, SetOutcome, SetRequest, live, now_ms};
 
 /// Smallest transport limit: room for a `set` of the documented maximum (1,048,576 base64
 /// characters) with its framing. A larger frame disconnects only the client that sent it.
@@ -69,7 +67,8 @@ const NO_ARGS: [(); 0] = [];
 /// `changed`, are bounded by `SEND_BUFFER_PACKETS`).
 const LARGE_REPLY: u64 = 16 * 1024;
 
-pub mod cas;
+pub mod ack;
+pub mod content;
 
 /// Mounts the protocol on the default namespace.
 pub fn register(io: &SocketIo) {
@@ -194,7 +193,7 @@ async fn on_connect() {}
 /// This server's origin as the client reached it, for the direct URLs it is given:
 /// `PUBLIC_URL`, else `http://` and the handshake's `Host`.
 fn origin<A: Adapter>(socket: &SocketRef<A>, state: &AppState) -> String {
-    if let Some(url) = &state.cas().public_url {
+    if let Some(url) = &state.content_limits().public_url {
         return url.clone();
     }
     let host = socket
@@ -329,7 +328,7 @@ enum Work<A: Adapter> {
 
 struct Call<A: Adapter> {
     event: Event,
-    args: Result<Vec<Json>, Error>,
+    args: Result<Vec<Json>, AckError>,
     /// `None`: the reply goes out as an event (content-addressed events only).
     ack: Option<AckSender<A>>,
 }
@@ -369,15 +368,15 @@ impl<A: Adapter> MessageHandler<A, Ordered> for Handler<A> {
 }
 
 /// The arguments of an event packet `["name", ...args]`, without the name.
-fn event_args(value: &Value) -> Result<Vec<Json>, Error> {
+fn event_args(value: &Value) -> Result<Vec<Json>, AckError> {
     let Value::Str(text, binaries) = value else {
-        return Err(Error::Binary);
+        return Err(AckError::Binary);
     };
     if binaries.as_ref().is_some_and(|b| !b.is_empty()) {
-        return Err(Error::Binary);
+        return Err(AckError::Binary);
     }
     let mut items: Vec<Json> =
-        serde_json::from_str(text.as_str()).map_err(|_| Error::NotAnObject)?;
+        serde_json::from_str(text.as_str()).map_err(|_| AckError::NotAnObject)?;
     if !items.is_empty() {
         items.remove(0);
     }
@@ -390,15 +389,15 @@ impl<A: Adapter> Session<A> {
         let refused = {
             let mut queue = self.queue.lock().expect("queue lock poisoned");
             let refused = match queue.limiter.check(Instant::now()) {
-                _ if self.state.is_closing() => Some(Error::Closing),
+                _ if self.state.is_closing() => Some(AckError::Closing),
                 _ if self.closed.load(Ordering::Acquire) => return,
-                _ if self.expired() => Some(Error::TokenExpired),
+                _ if self.expired() => Some(AckError::TokenExpired),
                 Verdict::Disconnect => {
                     job.work = Work::Disconnect("sustained event rate over twice the limit");
                     None
                 }
-                Verdict::Refuse => Some(Error::RateLimited),
-                Verdict::Accept if queue.jobs.len() >= MAX_PENDING => Some(Error::Busy),
+                Verdict::Refuse => Some(AckError::RateLimited),
+                Verdict::Accept if queue.jobs.len() >= MAX_PENDING => Some(AckError::Busy),
                 Verdict::Accept => None,
             };
             if refused.is_none() {
@@ -407,7 +406,7 @@ impl<A: Adapter> Session<A> {
             }
             refused
         };
-        let expired = matches!(refused, Some(Error::TokenExpired));
+        let expired = matches!(refused, Some(AckError::TokenExpired));
         if let (Some(error), Work::Call(call)) = (refused, job.work) {
             self.answer(&job.socket, call.event, call.ack, Err(error));
         }
@@ -501,10 +500,10 @@ impl<A: Adapter> Session<A> {
             Event::Ref => self.subscribe(socket, arg),
             Event::Get => self.get(arg).await,
             Event::Set => self.set(socket, arg).await,
-            Event::BlobUpload => cas::upload(self, socket, arg).await,
-            Event::BlobRequest => cas::request(self, arg).await,
-            Event::RequestUpload => cas::request_upload(self, arg).await,
-            Event::BlobUploaded => cas::uploaded(self, socket, arg).await,
+            Event::BlobUpload => content::upload(self, socket, arg).await,
+            Event::BlobRequest => content::request(self, arg).await,
+            Event::RequestUpload => content::request_upload(self, arg).await,
+            Event::BlobUploaded => content::uploaded(self, socket, arg).await,
         };
         // A large reply waits until the client has read enough of the earlier ones; one that
         // reads nothing is dropped instead of piling megabytes up.
@@ -530,11 +529,11 @@ impl<A: Adapter> Session<A> {
         self.answer(socket, event, ack, reply);
     }
 
-    fn subscribe(&self, socket: &SocketRef<A>, arg: Option<&Json>) -> Result<Reply, Error> {
+    fn subscribe(&self, socket: &SocketRef<A>, arg: Option<&Json>) -> Result<Reply, AckError> {
         let new = match arg {
             Some(Json::Null) => None,
-            Some(Json::String(text)) => Some(Ref::parse(text).ok_or(Error::InvalidRef)?),
-            _ => return Err(Error::InvalidRef),
+            Some(Json::String(text)) => Some(Ref::parse(text).ok_or(AckError::InvalidRef)?),
+            _ => return Err(AckError::InvalidRef),
         };
         let mut queue = self.queue.lock().expect("queue lock poisoned");
         if let Some(old) = queue.subscribed.take() {
@@ -547,12 +546,12 @@ impl<A: Adapter> Session<A> {
         Ok(Reply::Empty)
     }
 
-    fn subscribed(&self) -> Result<Ref, Error> {
+    fn subscribed(&self) -> Result<Ref, AckError> {
         let queue = self.queue.lock().expect("queue lock poisoned");
-        queue.subscribed.clone().ok_or(Error::NoRef)
+        queue.subscribed.clone().ok_or(AckError::NoRef)
     }
 
-    async fn get(&self, arg: Option<&Json>) -> Result<Reply, Error> {
+    async fn get(&self, arg: Option<&Json>) -> Result<Reply, AckError> {
         let known = optional_version(object(arg)?, "known")?;
         let r = self.subscribed()?;
         let Some(blob) = live(self.state.store().get(&self.bucket, &r).await?) else {
@@ -565,16 +564,16 @@ impl<A: Adapter> Session<A> {
         }))
     }
 
-    async fn set(&self, socket: &SocketRef<A>, arg: Option<&Json>) -> Result<Reply, Error> {
+    async fn set(&self, socket: &SocketRef<A>, arg: Option<&Json>) -> Result<Reply, AckError> {
         if self.read_only {
-            return Err(Error::ReadOnly);
+            return Err(AckError::ReadOnly);
         }
         let params = object(arg)?;
         let version = optional_version(params, "version")?;
         let data = optional_data(params, self.state.max_data_chars())?;
         let r = self.subscribed()?;
         let request = SetRequest {
-            change: StoreChange::Put(data),
+            edit: Edit::Put(data),
             expect: Expect::Protocol(version),
             ip: self.ip.clone(),
             now: now_ms(),
@@ -611,14 +610,14 @@ impl<A: Adapter> Session<A> {
         socket: &SocketRef<A>,
         event: Event,
         ack: Option<AckSender<A>>,
-        reply: Result<Reply, Error>,
+        reply: Result<Reply, AckError>,
     ) {
         let reply = reply.unwrap_or_else(|error| {
             match &error {
-                Error::Store(cause) => {
+                AckError::Store(cause) => {
                     tracing::error!(bucket = %self.bucket, "storage failure: {cause}")
                 }
-                Error::Content(cause) => {
+                AckError::Content(cause) => {
                     tracing::error!(bucket = %self.bucket, "content storage failure: {cause}")
                 }
                 _ => {}
@@ -725,31 +724,34 @@ fn with_data(mut reply: Json, data: Option<&str>) -> Json {
     reply
 }
 
-fn object(arg: Option<&Json>) -> Result<&Map<String, Json>, Error> {
-    arg.and_then(Json::as_object).ok_or(Error::NotAnObject)
+fn object(arg: Option<&Json>) -> Result<&Map<String, Json>, AckError> {
+    arg.and_then(Json::as_object).ok_or(AckError::NotAnObject)
 }
 
 /// `known` or `version`: absent or `null` is `None`; otherwise an integer in `1..=MAX_VERSION`.
-fn optional_version(params: &Map<String, Json>, key: &'static str) -> Result<Option<u64>, Error> {
+fn optional_version(
+    params: &Map<String, Json>,
+    key: &'static str,
+) -> Result<Option<u64>, AckError> {
     match params.get(key) {
         None | Some(Json::Null) => Ok(None),
         Some(value) => value
             .as_u64()
             .filter(|v| (1..=MAX_VERSION).contains(v))
             .map(Some)
-            .ok_or(Error::InvalidVersion(key)),
+            .ok_or(AckError::InvalidVersion(key)),
     }
 }
 
 /// `data`: absent or `null` is `None`; otherwise standard base64 (padding optional, no
 /// whitespace) of at most `max_chars` characters, kept exactly as sent.
-fn optional_data(params: &Map<String, Json>, max_chars: usize) -> Result<Option<String>, Error> {
+fn optional_data(params: &Map<String, Json>, max_chars: usize) -> Result<Option<String>, AckError> {
     match params.get("data") {
         None | Some(Json::Null) => Ok(None),
         Some(Json::String(text)) if text.len() <= max_chars && is_base64(text) => {
             Ok(Some(text.clone()))
         }
-        Some(_) => Err(Error::InvalidData(max_chars)),
+        Some(_) => Err(AckError::InvalidData(max_chars)),
     }
 }
 

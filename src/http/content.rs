@@ -25,7 +25,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{ErrorBody, error_response};
 
-use crate::cas;
+use crate::content;
 use crate::direct::{Denied, now_unix};
 use crate::names::{Bucket, ContentHash};
 use crate::state::AppState;
@@ -77,18 +77,18 @@ pub enum CasError {
     Store(Box<dyn std::error::Error + Send + Sync>),
 }
 
-impl From<crate::service::Error> for CasError {
-    fn from(error: crate::service::Error) -> Self {
+impl From<crate::blob_service::Error> for CasError {
+    fn from(error: crate::blob_service::Error) -> Self {
         CasError::Store(Box::new(error))
     }
 }
 
-impl From<cas::Error> for CasError {
-    fn from(error: cas::Error) -> Self {
+impl From<content::Error> for CasError {
+    fn from(error: content::Error) -> Self {
         match error {
-            cas::Error::Mismatch => CasError::Mismatch,
-            cas::Error::TooLarge(limit) => CasError::TooLarge(limit),
-            cas::Error::Body(_) => CasError::Body,
+            content::Error::Mismatch => CasError::Mismatch,
+            content::Error::TooLarge(limit) => CasError::TooLarge(limit),
+            content::Error::Body(_) => CasError::Body,
             other => CasError::Store(Box::new(other)),
         }
     }
@@ -320,7 +320,7 @@ pub(super) async fn get_content(
 
 /// A read of stored content, as a request asks for it.
 pub(crate) struct Read<'a> {
-    pub store: &'a dyn cas::ContentStore,
+    pub store: &'a dyn content::ContentStore,
     pub bucket: &'a Bucket,
     pub hash: &'a ContentHash,
     pub method: &'a Method,
@@ -449,7 +449,7 @@ pub(super) async fn put_content(
     if encoded {
         return Err(CasError::Encoded);
     }
-    let limit = state.cas().max_bytes;
+    let limit = state.content_limits().max_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -457,7 +457,7 @@ pub(super) async fn put_content(
         return Err(CasError::TooLarge(limit));
     }
     let stream = body.into_data_stream().map_err(io::Error::other);
-    let stored = cas::put(state.content(), bucket, Some(hash), Box::pin(stream), limit).await?;
+    let stored = content::put(state.content(), bucket, Some(hash), Box::pin(stream), limit).await?;
     if stored.created {
         tracing::debug!(%bucket, %hash, size = stored.size, "content stored over HTTP");
         // Content sent to a direct URL is announced by the `blob-uploaded` that follows it.

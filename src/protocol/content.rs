@@ -26,10 +26,10 @@ use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
 
 use super::{Reply, Session, max_message_len, object};
-use crate::cas;
+use crate::content;
 use crate::direct::now_unix;
-use crate::error::Error;
 use crate::names::ContentHash;
+use crate::protocol::ack::AckError;
 
 /// Most entries (blobs or hashes) one message may carry.
 const MAX_ENTRIES: usize = 1024;
@@ -47,9 +47,9 @@ pub(super) async fn upload<A: Adapter>(
     session: &Session<A>,
     socket: &SocketRef<A>,
     arg: Option<&Json>,
-) -> Result<Reply, Error> {
+) -> Result<Reply, AckError> {
     if session.read_only {
-        return Err(Error::ReadOnly);
+        return Err(AckError::ReadOnly);
     }
     let entries = list(
         object(arg)?,
@@ -82,7 +82,7 @@ async fn store_inline<A: Adapter>(
     session: &Session<A>,
     entry: &Json,
     max_chars: usize,
-) -> Result<cas::Stored, String> {
+) -> Result<content::Stored, String> {
     let hash = entry
         .get("hash")
         .and_then(Json::as_str)
@@ -98,12 +98,14 @@ async fn store_inline<A: Adapter>(
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(data)
         .map_err(|_| "data_b64 is not valid base64")?;
-    let limit = session.state.cas().max_bytes;
+    let limit = session.state.content_limits().max_bytes;
     let store = session.state.content();
-    match cas::put_bytes(store, &session.bucket, &hash, Bytes::from(bytes), limit).await {
+    match content::put_bytes(store, &session.bucket, &hash, Bytes::from(bytes), limit).await {
         Ok(stored) => Ok(stored),
-        Err(cas::Error::Mismatch) => Err("hash mismatch".to_owned()),
-        Err(cas::Error::TooLarge(limit)) => Err(format!("over the size limit of {limit} bytes")),
+        Err(content::Error::Mismatch) => Err("hash mismatch".to_owned()),
+        Err(content::Error::TooLarge(limit)) => {
+            Err(format!("over the size limit of {limit} bytes"))
+        }
         Err(cause) => {
             tracing::error!(bucket = %session.bucket, %hash, "content storage failure: {cause}");
             Err("storage error".to_owned())
@@ -116,16 +118,16 @@ async fn store_inline<A: Adapter>(
 pub(super) async fn request<A: Adapter>(
     session: &Session<A>,
     arg: Option<&Json>,
-) -> Result<Reply, Error> {
+) -> Result<Reply, AckError> {
     let params = object(arg)?;
     let hashes = list(params, "hashes", "expected { hashes: [hash], redirect? }")?;
     let redirect = match params.get("redirect") {
         None | Some(Json::Null) => false,
         Some(Json::Bool(redirect)) => *redirect,
-        Some(_) => return Err(Error::InvalidArgument("redirect must be true or false")),
+        Some(_) => return Err(AckError::InvalidArgument("redirect must be true or false")),
     };
     let state = &session.state;
-    let threshold = state.cas().redirect_bytes;
+    let threshold = state.content_limits().redirect_bytes;
     // Room for the pack in one message, in base64 characters.
     let mut room = max_message_len(state.max_data_chars()) - FRAMING;
     let (mut blobs, mut unavailable, mut deferred, mut redirects) =
@@ -140,7 +142,7 @@ pub(super) async fn request<A: Adapter>(
         if redirect {
             inline_limit = inline_limit.min(threshold);
         }
-        match cas::read_small(state.content(), &session.bucket, &hash, inline_limit).await? {
+        match content::read_small(state.content(), &session.bucket, &hash, inline_limit).await? {
             None => unavailable.push(json!(hash.as_str())),
             Some(Ok(bytes)) => {
                 let data = base64::engine::general_purpose::STANDARD.encode(&bytes);
@@ -179,7 +181,7 @@ pub(super) async fn request<A: Adapter>(
 pub(super) async fn request_upload<A: Adapter>(
     session: &Session<A>,
     arg: Option<&Json>,
-) -> Result<Reply, Error> {
+) -> Result<Reply, AckError> {
     let params = object(arg)?;
     let named = params.get("hash").cloned().unwrap_or(Json::Null);
     let denied = |reason: String| {
@@ -197,7 +199,7 @@ pub(super) async fn request_upload<A: Adapter>(
     let Some(size) = params.get("size").and_then(Json::as_u64) else {
         return denied("size must be the content's length in bytes".to_owned());
     };
-    let limit = session.state.cas().max_bytes;
+    let limit = session.state.content_limits().max_bytes;
     if size > limit {
         return denied(format!("over the size limit of {limit} bytes"));
     }
@@ -236,7 +238,7 @@ pub(super) async fn uploaded<A: Adapter>(
     session: &Session<A>,
     socket: &SocketRef<A>,
     arg: Option<&Json>,
-) -> Result<Reply, Error> {
+) -> Result<Reply, AckError> {
     let params = object(arg)?;
     let named = params.get("hash").cloned().unwrap_or(Json::Null);
     let rejected = |reason: &str| {
@@ -251,8 +253,8 @@ pub(super) async fn uploaded<A: Adapter>(
     if session.read_only {
         return rejected("read-only token");
     }
-    let limit = session.state.cas().max_bytes;
-    if !cas::adopt(session.state.content(), &session.bucket, &hash, limit).await? {
+    let limit = session.state.content_limits().max_bytes;
+    if !content::adopt(session.state.content(), &session.bucket, &hash, limit).await? {
         return rejected(
             "no content with this hash arrived: PUT the exact bytes to the granted URL",
         );
@@ -273,13 +275,15 @@ fn list<'a>(
     params: &'a Map<String, Json>,
     key: &str,
     shape: &'static str,
-) -> Result<&'a Vec<Json>, Error> {
+) -> Result<&'a Vec<Json>, AckError> {
     let entries = params
         .get(key)
         .and_then(Json::as_array)
-        .ok_or(Error::InvalidArgument(shape))?;
+        .ok_or(AckError::InvalidArgument(shape))?;
     if entries.len() > MAX_ENTRIES {
-        return Err(Error::InvalidArgument("at most 1024 entries per message"));
+        return Err(AckError::InvalidArgument(
+            "at most 1024 entries per message",
+        ));
     }
     Ok(entries)
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
-use crate::cas::{self, ContentStore, Incoming, Owner};
+use crate::content::{self, ContentStore, Incoming, Owner};
 use crate::locks::KeyedLocks;
 use crate::names::{Bucket, ContentHash, Handle};
 
@@ -168,7 +168,7 @@ pub struct Upload {
 pub enum Error {
     /// The content store failed.
     #[error(transparent)]
-    Content(#[from] cas::Error),
+    Content(#[from] content::Error),
     /// A record could not be read, written or removed.
     #[error("i/o error on {path}: {source}")]
     Io {
@@ -817,7 +817,7 @@ mod tests {
         const UPLOADS: usize = 200;
         let root = tempfile::tempdir().unwrap();
         let content: Arc<dyn ContentStore> =
-            Arc::new(crate::cas::FsContent::open(root.path()).unwrap());
+            Arc::new(crate::content::FsContent::open(root.path()).unwrap());
         let records = Arc::new(RecordFiles::new(root.path()));
         let service = BlobService::open(records, content.clone()).await.unwrap();
         let bucket = Bucket::parse("b").unwrap();

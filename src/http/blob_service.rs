@@ -27,13 +27,13 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
 
-use super::cas::{CasError, Read, serve};
+use super::content::{CasError, Read, serve};
 use super::{ErrorBody, async_stream, bearer_grant, error_response};
 use crate::auth::Grant;
-use crate::cas::{self, Incoming};
+use crate::blob_service::{self, Metadata, Record, STREAM_NAME, STREAM_SEMANTICS, Upload};
+use crate::content::{self, Incoming};
 use crate::names::{Bucket, Handle};
 use crate::proxy;
-use crate::service::{self, Metadata, Record, STREAM_NAME, STREAM_SEMANTICS, Upload};
 use crate::state::AppState;
 use crate::store::now_ms;
 
@@ -95,15 +95,15 @@ pub enum ServiceError {
     TooLarge(u64),
     /// 500: the cause is logged.
     #[error("Storage error: the operation could not be completed")]
-    Store(#[from] service::Error),
+    Store(#[from] blob_service::Error),
     /// Reading content (416 for a bad range; 500 when the store fails).
     #[error(transparent)]
     Content(#[from] CasError),
 }
 
-impl From<cas::Error> for ServiceError {
-    fn from(error: cas::Error) -> Self {
-        ServiceError::Store(service::Error::Content(error))
+impl From<content::Error> for ServiceError {
+    fn from(error: content::Error) -> Self {
+        ServiceError::Store(blob_service::Error::Content(error))
     }
 }
 
@@ -203,7 +203,7 @@ pub(super) async fn upload(
     multipart: std::result::Result<Multipart, MultipartRejection>,
 ) -> Result<Response> {
     let bucket = token.writer()?;
-    let limit = state.cas().max_bytes;
+    let limit = state.content_limits().max_bytes;
     let mut multipart = multipart
         .map_err(|_| bad("Expected a multipart/form-data body with the parts blob and metadata"))?;
     let now = now_ms();
@@ -243,8 +243,10 @@ pub(super) async fn upload(
                     .receive(bucket, Box::pin(body), limit)
                     .await
                     .map_err(|e| match e {
-                        cas::Error::TooLarge(limit) => ServiceError::TooLarge(limit),
-                        cas::Error::Body(cause) => bad(format!("The blob part broke off: {cause}")),
+                        content::Error::TooLarge(limit) => ServiceError::TooLarge(limit),
+                        content::Error::Body(cause) => {
+                            bad(format!("The blob part broke off: {cause}"))
+                        }
                         other => other.into(),
                     })?;
                 blob = Some((incoming, content_type, file_name));

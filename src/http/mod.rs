@@ -26,23 +26,23 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-pub mod cas;
-pub mod service;
+pub mod blob_service;
+pub mod content;
 
 use crate::auth::Grant;
 use crate::changes::Change;
 use crate::names::{Bucket, Ref};
 use crate::proxy;
 use crate::state::AppState;
-use crate::store::{self, Blob, Change as Write, Expect, SetOutcome, SetRequest, live, now_ms};
+use crate::store::{self, Blob, Edit, Expect, SetOutcome, SetRequest, live, now_ms};
 
 /// Page size of the listing, by default and at most.
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
 /// The API's routes; the caller adds the state. `max_data_bytes` bounds versioned blobs,
-/// `cas_max_bytes` content (and Blob Service uploads).
-pub fn router(max_data_bytes: usize, cas_max_bytes: u64) -> Router<AppState> {
+/// `content_max_bytes` content (and Blob Service uploads).
+pub fn router(max_data_bytes: usize, content_max_bytes: u64) -> Router<AppState> {
     Router::new()
         .route("/v1/blobs", get(list_blobs))
         .route(
@@ -55,8 +55,8 @@ pub fn router(max_data_bytes: usize, cas_max_bytes: u64) -> Router<AppState> {
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(max_data_bytes))
         // The content routes stream their bodies under their own limits.
-        .merge(cas::router())
-        .merge(service::router(cas_max_bytes))
+        .merge(content::router())
+        .merge(blob_service::router(content_max_bytes))
         .method_not_allowed_fallback(method_not_allowed)
 }
 
@@ -73,14 +73,14 @@ async fn method_not_allowed() -> Response {
     info(title = "Blobs HTTP API", description = "Versioned blobs with ETags, conditional requests and a change stream; content-addressed blobs named by their BLAKE3 hash; the Blob Service (uploads with semantics and retention, metadata stream)."),
     paths(
         list_blobs, get_blob, put_blob, delete_blob, blob_events, openapi, healthz, readyz,
-        cas::get_content, cas::put_content, cas::delete_content,
-        service::upload, service::list, service::read, service::metadata, service::remove,
-        service::subscribe
+        content::get_content, content::put_content, content::delete_content,
+        blob_service::upload, blob_service::list, blob_service::read, blob_service::metadata, blob_service::remove,
+        blob_service::subscribe
     ),
     components(schemas(
-        ErrorBody, BlobEntry, BlobPage, cas::StoredBody, crate::service::Record,
-        crate::service::RetentionPolicy, service::RecordPage, service::UploadForm,
-        service::SubscribeRequest, service::Subscription
+        ErrorBody, BlobEntry, BlobPage, content::StoredBody, crate::blob_service::Record,
+        crate::blob_service::RetentionPolicy, blob_service::RecordPage, blob_service::UploadForm,
+        blob_service::SubscribeRequest, blob_service::Subscription
     )),
     modifiers(&BearerAuth)
 )]
@@ -361,7 +361,7 @@ async fn put_blob(
         }
     };
     let request = SetRequest {
-        change: Write::Put(Some(STANDARD.encode(&body))),
+        edit: Edit::Put(Some(STANDARD.encode(&body))),
         expect,
         ip: proxy::client_address(peer.ip(), &headers, state.trusted_proxies()).to_string(),
         now: now_ms(),
@@ -397,7 +397,7 @@ async fn delete_blob(
         None => return Err(HttpError::PreconditionRequired),
     };
     let request = SetRequest {
-        change: Write::Delete,
+        edit: Edit::Delete,
         expect,
         ip: proxy::client_address(peer.ip(), &headers, state.trusted_proxies()).to_string(),
         now: now_ms(),
@@ -407,7 +407,7 @@ async fn delete_blob(
 
 /// Runs a write and answers it; committed writes are announced to every protocol.
 async fn write(state: &AppState, bucket: Bucket, r: Ref, request: SetRequest) -> Result<Response> {
-    let deleted = request.change == Write::Delete;
+    let deleted = request.edit == Edit::Delete;
     let updating = matches!(request.expect, Expect::Version(_));
     match state.store().set(&bucket, &r, request).await? {
         SetOutcome::Committed { version } => {
