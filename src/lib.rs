@@ -30,8 +30,6 @@
 //!   slots, per-socket event rate and the bytes a socket may have waiting for its client.
 //! - [`state`]: the shared state handle.
 //! - [`error`]: what clients and operators see when something fails.
-//! - [`client`]: a minimal Socket.IO-over-WebSocket client for exact-packet tests and the
-//!   benchmark.
 //!
 //! [`run`] serves on a listener until a shutdown future resolves; the binaries are thin
 //! wrappers around it.
@@ -39,7 +37,6 @@
 pub mod auth;
 pub mod blob_service;
 pub mod changes;
-pub mod client;
 pub mod config;
 pub mod content;
 pub mod direct;
@@ -57,7 +54,6 @@ pub mod state;
 pub mod store;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -321,7 +317,6 @@ async fn serve<A: Adapter>(
         );
 
     if let Ok(addr) = listener.local_addr() {
-        // The `addr=` field is read by `listening_addr`: keep the two together.
         tracing::info!(%addr, storage = %config.storage.display(), "listening");
     }
     let limits = EdgeLimits {
@@ -440,13 +435,6 @@ async fn scrubs(state: AppState, interval: Duration) {
 
 /// How long transports may take to close, and connections to linger afterwards, at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// The address in the server's "listening" log line (`... listening addr=127.0.0.1:3000 ...`),
-/// for tools that start the server on port 0 and need to know where it listens.
-pub fn listening_addr(log_line: &str) -> Option<SocketAddr> {
-    let rest = log_line.split("addr=").nth(1)?;
-    rest.split_whitespace().next()?.parse().ok()
-}
 
 /// Copies the request's URI and header values into allocations of their own.
 ///

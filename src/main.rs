@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use listenfd::ListenFd;
 use tokio::net::TcpListener;
 use tracing::Level;
 use tracing_subscriber::EnvFilter;
@@ -46,10 +47,10 @@ async fn main() -> ExitCode {
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!("cannot raise the open file limit: {e}");
     }
-    let listener = match TcpListener::bind((config.host, config.port)).await {
+    let listener = match listen(&config).await {
         Ok(listener) => listener,
         Err(e) => {
-            eprintln!("cannot listen on {}:{}: {e}", config.host, config.port);
+            eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };
@@ -59,6 +60,23 @@ async fn main() -> ExitCode {
             eprintln!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The socket a service manager handed over (systemd socket activation: `LISTEN_FDS`, the
+/// first one, `HOST` and `PORT` then unused), or else a new one on `HOST`:`PORT`.
+async fn listen(config: &Config) -> Result<TcpListener, String> {
+    let passed = ListenFd::from_env()
+        .take_tcp_listener(0)
+        .map_err(|e| format!("cannot use the socket passed in LISTEN_FDS: {e}"))?;
+    match passed {
+        Some(listener) => listener
+            .set_nonblocking(true)
+            .and_then(|()| TcpListener::from_std(listener))
+            .map_err(|e| format!("cannot use the socket passed in LISTEN_FDS: {e}")),
+        None => TcpListener::bind((config.host, config.port))
+            .await
+            .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port)),
     }
 }
 

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use blobs::client::RawClient;
+use blobs_testkit::{RawClient, ServerProcess};
 use common::{SECRET, TestServer, hex_ref, token};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -373,11 +373,10 @@ async fn stale_write_acks_have_the_original_key_order() {
 async fn tokens_never_reach_the_log() {
     use std::process::{Command, Stdio};
     let storage = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blobs"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_blobs"));
+    command
         .current_dir(storage.path())
         .env("TOKEN_SECRET", SECRET)
-        .env("HOST", "127.0.0.1")
-        .env("PORT", "0")
         .env("STORAGE", storage.path())
         // The most specific directives too: no setting widens what those libraries log.
         .env(
@@ -385,10 +384,11 @@ async fn tokens_never_reach_the_log() {
             "trace,tungstenite::protocol=trace,engineioxide=trace,socketioxide=trace",
         )
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
+        .stderr(Stdio::piped());
+    let mut server = ServerProcess::start_command(command);
+    let addr = server.addr;
+    let (stdout, stderr) = server.take_output();
+    let (stdout, mut stderr) = (stdout.unwrap(), stderr.unwrap());
     let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
         use std::io::BufRead;
@@ -399,10 +399,6 @@ async fn tokens_never_reach_the_log() {
             lines_tx.send(line).ok();
         }
     });
-    let addr = lines_rx
-        .iter()
-        .find_map(|line| blobs::listening_addr(&line))
-        .unwrap();
     let secret_token = token("logged");
     let mut client = RawClient::connect_token(addr, &secret_token).await.unwrap();
     client.call("ref", &[json!(hex_ref("10"))]).await.unwrap();
@@ -417,13 +413,10 @@ async fn tokens_never_reach_the_log() {
         .unwrap();
     assert!(sse.status().is_success());
     client.close().await.ok();
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    child.wait().unwrap();
+    server.terminate();
+    let mut errors = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut errors).unwrap();
+    server.wait().await;
     let log: Vec<String> = lines_rx.iter().collect();
     assert!(
         log.iter().any(|line| line.contains("connected")),
@@ -432,7 +425,7 @@ async fn tokens_never_reach_the_log() {
     let signature = secret_token.rsplit('.').next().unwrap();
     for line in log
         .iter()
-        .chain(stderr.lines().map(str::to_owned).collect::<Vec<_>>().iter())
+        .chain(errors.lines().map(str::to_owned).collect::<Vec<_>>().iter())
     {
         assert!(!line.contains(signature), "a token in the log: {line}");
     }
@@ -455,30 +448,20 @@ async fn a_thousand_connections_from_one_address_are_served_on_defaults() {
 /// answers throughout.
 #[tokio::test]
 async fn idle_connections_never_exhaust_descriptors() {
-    use std::io::BufRead;
     use std::process::{Command, Stdio};
     rlimit::increase_nofile_limit(4096).unwrap();
     let storage = tempfile::tempdir().unwrap();
-    let mut child = Command::new("sh")
+    let mut command = Command::new("sh");
+    command
         .args(["-c", "ulimit -n 256 && exec \"$0\""])
         .arg(env!("CARGO_BIN_EXE_blobs"))
         .current_dir(storage.path())
         .env("TOKEN_SECRET", SECRET)
-        .env("HOST", "127.0.0.1")
-        .env("PORT", "0")
         .env("STORAGE", storage.path())
         .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server starts").unwrap();
-        if let Some(addr) = blobs::listening_addr(&line) {
-            break addr;
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
+        .stdout(Stdio::null());
+    let server = ServerProcess::start_command(command);
+    let addr = server.addr;
     let mut idle = Vec::new();
     for _ in 0..400 {
         idle.push(TcpStream::connect(addr).await.unwrap());
@@ -499,13 +482,10 @@ async fn idle_connections_never_exhaust_descriptors() {
         );
         tokio::task::yield_now().await;
     }
-    let open = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
-        .unwrap()
-        .count();
+    let open = server.open_fds();
     assert!(open < 256, "{open} descriptors open");
     drop(idle);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    server.kill();
 }
 
 /// A blob of the largest size, stored over HTTP; its ref.

@@ -4,8 +4,8 @@ mod common;
 
 use std::process::Command;
 
-use blobs::client::{ClientError, RawClient};
-use common::{SECRET, ServerProcess, TestServer, hex_ref};
+use blobs_testkit::{ClientError, RawClient};
+use common::{SECRET, TestServer, hex_ref};
 use serde_json::{Value, json};
 
 /// Runs the token binary with the test secret, in a directory without a `.env`.
@@ -98,7 +98,7 @@ fn the_server_needs_a_secret() {
 #[tokio::test]
 async fn sigterm_shuts_down_cleanly() {
     let storage = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(storage.path(), &[]);
+    let server = common::start_process(storage.path(), &[]);
     let mut client = RawClient::connect_token(server.addr, &common::token("b"))
         .await
         .unwrap();

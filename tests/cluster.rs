@@ -9,8 +9,8 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use blobs::client::RawClient;
 use blobs::names::ContentHash;
+use blobs_testkit::RawClient;
 use common::service_api::{Api, next_line, subscription};
 use common::{RedisServer, S3Server, ServerProcess, TestServer, hex_ref, token};
 use futures_util::StreamExt;
@@ -26,8 +26,8 @@ struct Cluster {
 impl Cluster {
     async fn start() -> Self {
         Self {
-            redis: RedisServer::start(),
-            s3: S3Server::start().await,
+            redis: common::redis(),
+            s3: common::s3().await,
         }
     }
 
@@ -38,7 +38,7 @@ impl Cluster {
 
     /// The same, with the Redis URL written as `redis_url`.
     fn options_with_redis(&self, redis_url: &str) -> Vec<String> {
-        let mut options = self.s3.options("");
+        let mut options = common::s3_options(&self.s3, "");
         options.extend(["--redis-url".to_owned(), redis_url.to_owned()]);
         options
     }
@@ -202,7 +202,7 @@ async fn a_killed_node_loses_no_acknowledged_write() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let nodes: Vec<ServerProcess> = dirs
         .iter()
-        .map(|d| ServerProcess::start(d.path(), &env))
+        .map(|d| common::start_process(d.path(), &env))
         .collect();
     let r = hex_ref("c3");
     let mut writers = Vec::new();
@@ -241,7 +241,7 @@ async fn a_killed_node_loses_no_acknowledged_write() {
         }
     }
     let late_dir = tempfile::tempdir().unwrap();
-    let late = ServerProcess::start(late_dir.path(), &env);
+    let late = common::start_process(late_dir.path(), &env);
     let mut reader = RawClient::connect_token(late.addr, &token("b"))
         .await
         .unwrap();

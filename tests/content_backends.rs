@@ -226,9 +226,9 @@ async fn remove(store: &dyn ContentStore, hash: ContentHash) -> bool {
 
 /// Two object-store nodes.
 async fn two_nodes(grace: Duration) -> (S3Server, ObjectContent, ObjectContent) {
-    let server = S3Server::start().await;
-    let a = ObjectContent::new(server.client(), PREFIX, grace);
-    let b = ObjectContent::new(server.client(), PREFIX, grace);
+    let server = common::s3().await;
+    let a = ObjectContent::new(common::s3_client(&server), PREFIX, grace);
+    let b = ObjectContent::new(common::s3_client(&server), PREFIX, grace);
     (server, a, b)
 }
 
@@ -238,8 +238,7 @@ async fn backdate(server: &S3Server, hash: &ContentHash, marker: &str) {
         "{}.service",
         content::content_path(PREFIX, &bucket(), hash)
     ));
-    server
-        .client()
+    common::s3_client(server)
         .put(&path, marker.as_bytes().to_vec().into())
         .await
         .unwrap();
@@ -323,7 +322,7 @@ async fn a_removal_left_by_a_dead_node_is_taken_over() {
 #[tokio::test]
 async fn direct_uploads_are_adopted_only_when_they_match() {
     let (server, a, _b) = two_nodes(Duration::ZERO).await;
-    let client = server.client();
+    let client = common::s3_client(&server);
     let good = ContentHash::of(b"direct");
     let staged = content::staging_path(PREFIX, &bucket(), &good);
     client
@@ -376,9 +375,9 @@ async fn direct_uploads_are_adopted_only_when_they_match() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_sweeping_the_blob_service_at_once() {
     const EXPIRED: usize = 8;
-    let server = S3Server::start().await;
+    let server = common::s3().await;
     let node = || {
-        let client = server.client();
+        let client = common::s3_client(&server);
         async move {
             let content: Arc<dyn ContentStore> =
                 Arc::new(ObjectContent::new(client.clone(), PREFIX, Duration::ZERO));
@@ -427,7 +426,7 @@ async fn two_nodes_sweeping_the_blob_service_at_once() {
         swept_a.contents + swept_b.contents >= EXPIRED,
         "{swept_a:?} {swept_b:?}"
     );
-    let left = RecordObjects::new(server.client(), PREFIX)
+    let left = RecordObjects::new(common::s3_client(&server), PREFIX)
         .load()
         .await
         .unwrap();

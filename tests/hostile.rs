@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use blobs::client::{ClientError, RawClient};
+use blobs_testkit::tokio_tungstenite::tungstenite::Message;
+use blobs_testkit::{ClientError, RawClient};
 use common::{SECRET, TestServer, hex_ref};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
 
 /// Longest any single hostile case may take to be answered or closed.
 const CASE_LIMIT: Duration = Duration::from_secs(20);
@@ -170,14 +170,14 @@ async fn malformed_http_requests_get_errors() {
         .unwrap();
     assert_eq!(bad_version.status(), 400);
 
-    let upgrade = tokio_tungstenite::connect_async(format!(
+    let upgrade = blobs_testkit::tokio_tungstenite::connect_async(format!(
         "ws://{}/socket.io/?EIO=4&transport=websocket&sid=AAAAAAAAAAAAAAAA",
         server.addr
     ))
     .await;
     // Refused at the HTTP level, or upgraded and closed at once without an open packet.
     match upgrade {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+        Err(blobs_testkit::tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 400)
         }
         Err(e) => panic!("unexpected error {e}"),

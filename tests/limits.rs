@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use blobs::client::{ClientError, RawClient};
+use blobs_testkit::{ClientError, RawClient};
 use common::{TestServer, hex_ref, read_only_token, token};
 use serde_json::{Value, json};
 

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use blobs::client::RawClient;
+use blobs_testkit::RawClient;
 use common::{SECRET, TestServer, hex_ref, token};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};

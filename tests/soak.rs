@@ -7,8 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use blobs::client::RawClient;
-use common::{ServerProcess, env_or, token};
+use blobs_testkit::RawClient;
+use common::{env_or, token};
 use serde_json::json;
 
 const WRITERS: usize = 16;
@@ -58,7 +58,7 @@ async fn soak_keeps_memory_and_descriptors_flat() {
     rlimit::increase_nofile_limit(4 * connections as u64 + 1024).unwrap();
     let storage = tempfile::tempdir().unwrap();
     let limit = (2 * connections).to_string();
-    let server = ServerProcess::start(
+    let server = common::start_process(
         storage.path(),
         &[
             ("MAX_CONNECTIONS", &limit),

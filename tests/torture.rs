@@ -12,8 +12,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use blobs::client::{ClientError, RawClient};
-use common::{ServerProcess, env_or, token};
+use blobs_testkit::{ClientError, RawClient};
+use common::{env_or, token};
 use serde_json::{Value, json};
 
 const WRITERS: usize = 8;
@@ -142,7 +142,7 @@ async fn sigkill_loses_no_acknowledged_write() {
     let (mut acknowledged, mut lost, mut in_flight_at_kill) = (0u64, 0u64, 0u64);
 
     for _ in 0..cycles {
-        let server = ServerProcess::start(storage.path(), &[]);
+        let server = common::start_process(storage.path(), &[]);
         // The server swept its directory before listening: check what the last kill left.
         let (stored, cycle_lost) = check_files(storage.path(), &ledger.lock().unwrap());
         lost += cycle_lost;
@@ -181,7 +181,7 @@ async fn sigkill_loses_no_acknowledged_write() {
             .map(|e| e.in_flight)
             .sum::<u64>();
     }
-    let server = ServerProcess::start(storage.path(), &[]);
+    let server = common::start_process(storage.path(), &[]);
     let (_, final_lost) = check_files(storage.path(), &ledger.lock().unwrap());
     lost += final_lost;
     server.kill();
@@ -199,7 +199,7 @@ async fn sigkill_loses_no_acknowledged_write() {
 async fn sigterm_under_load_loses_nothing() {
     let storage = tempfile::tempdir().unwrap();
     let ledger: Ledger = Arc::default();
-    let server = ServerProcess::start(storage.path(), &[]);
+    let server = common::start_process(storage.path(), &[]);
     let writers: Vec<_> = (0..WRITERS)
         .map(|i| tokio::spawn(writer(server.addr, ref_name(i % REFS), ledger.clone())))
         .collect();

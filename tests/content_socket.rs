@@ -7,8 +7,8 @@ mod common;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use blobs::client::RawClient;
 use blobs::names::ContentHash;
+use blobs_testkit::RawClient;
 use common::{TestServer, read_only_token};
 use reqwest::StatusCode;
 use serde_json::{Value, json};

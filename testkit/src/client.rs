@@ -1,8 +1,6 @@
-//! A minimal Socket.IO v4 client over a raw WebSocket, speaking exact packets.
-//!
-//! It exists for the integration tests (which check packets byte for byte) and for the
-//! benchmark (which needs thousands of cheap connections). Browser and Node apps use the
-//! official `socket.io-client`; this is not a replacement for it.
+//! A minimal Socket.IO v4 client over a raw WebSocket, speaking exact packets: the tests check
+//! packets byte for byte with it, and the benchmark opens thousands of cheap connections.
+//! Browser and Node apps use the official `socket.io-client`; this is not a replacement for it.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

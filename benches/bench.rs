@@ -1,21 +1,23 @@
 //! Benchmark: starts the release server on a temp directory and drives it over real WebSocket
 //! connections, then prints the figures as JSON.
 //!
-//! `cargo run --release --bin bench -- [--seconds N] [--dir DIR]`
+//! `cargo bench --bench bench -- [--seconds N] [--dir DIR] [--only set,get]`
 //!
-//! Scenarios: `set` (32 clients, each its own ref, 1 KiB data, CAS loop), `get` (32 clients),
+//! Scenarios: `set` (32 clients, each its own ref, 1 KiB data, compare-and-swap loop), `get` (32 clients),
 //! `http_get` and `http_put` (the same over the HTTP API, `PUT` with `If-Match`),
-//! `contend` (16 clients CAS-looping on one ref), `fanout` (1 writer, 1,000 subscribers: time
+//! `contend` (16 clients compare-and-swap looping on one ref), `fanout` (1 writer, 1,000 subscribers: time
 //! from write to `changed`), `idle` (server memory per idle connection, 2,000 sockets), and
-//! `cas_put` / `cas_get` (content-addressed `/blobs/{hash}` with 1 MiB blobs, in MB/s).
+//! `content_put` / `content_get` (content-addressed `/blobs/{hash}` with 1 MiB blobs, in MB/s).
+//! `cluster` runs the same on several nodes, with the Redis and S3-compatible servers the
+//! options name.
+//!
+//! Under `cargo test --all-targets` (no `--bench` argument) it only says how to run it.
 //! The same run measures this disk's serial write+fsync+rename+fsync-dir rate, through the
 //! server's own durable replace, and its sequential write rate; it reports `set` throughput
 //! as a multiple of the first and content throughput as a multiple of the second.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -26,8 +28,8 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use blobs::auth::Keys;
-use blobs::client::RawClient;
 use blobs::names::Bucket;
+use blobs_testkit::{RawClient, RedisServer, S3Server, ServerProcess};
 
 #[derive(Parser)]
 #[command(
@@ -41,16 +43,33 @@ struct Args {
     /// Directory on the disk to measure; the server's storage is a temp dir inside it.
     #[arg(long, default_value_os_t = std::env::temp_dir())]
     dir: PathBuf,
-    /// moto's S3 server, for the cluster scenario (with Debian's redis-server on the PATH).
-    #[arg(long, default_value = "tests/interop/.venv/bin/moto_server")]
-    moto: PathBuf,
+    /// The Redis server program of the cluster scenario.
+    #[arg(long, env = "BENCH_REDIS_SERVER", default_value = "redis-server")]
+    redis_server: PathBuf,
+    /// The Python that runs the S3-compatible server of the cluster scenario (moto).
+    #[arg(
+        long,
+        env = "BENCH_S3_PYTHON",
+        default_value = "tests/interop/.venv/bin/python"
+    )]
+    s3_python: PathBuf,
+    /// The script that serves S3 with it (takes a host and a port).
+    #[arg(
+        long,
+        env = "BENCH_S3_SCRIPT",
+        default_value = "tests/interop/s3_server.py"
+    )]
+    s3_script: PathBuf,
     /// Writes measured in the fanout scenario.
     #[arg(long, default_value_t = 50)]
     fanout_writes: usize,
-    /// Run only these scenarios (idle, set, get, http_get, http_put, contend, fanout, cas_put,
-    /// cas_get, cluster); all when absent.
+    /// Run only these scenarios (idle, set, get, http_get, http_put, contend, fanout,
+    /// content_put, content_get, cluster); all when absent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Passed by `cargo bench`; without it the binary only says how to run it.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 impl Args {
@@ -64,6 +83,10 @@ const SECRET: &str = "bench-secret";
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if !args.bench {
+        println!("run the benchmark with `cargo bench --bench bench`");
+        return Ok(());
+    }
     let storage = tempfile::tempdir_in(&args.dir).context("temp storage dir")?;
     let fsync_rate = durable_write_rate(storage.path(), 1, 200, 1400)?;
     let parallel_rate = durable_write_rate(storage.path(), 32, 200, 1400)?;
@@ -73,7 +96,7 @@ async fn main() -> Result<()> {
         * CONTENT_SIZE as f64
         / 1e6;
 
-    let mut server = Server::start(storage.path(), &[])?;
+    let server = start_server(storage.path(), &[]);
     let token = Keys::new(SECRET).mint(&Bucket::parse("bench").expect("valid bucket"));
     let duration = Duration::from_secs(args.seconds);
     let addr = server.addr;
@@ -112,23 +135,23 @@ async fn main() -> Result<()> {
     }
     // PUT first: it leaves the blobs GET reads.
     let mut stored = Vec::new();
-    if args.runs("cas_put") || args.runs("cas_get") {
+    if args.runs("content_put") || args.runs("content_get") {
         let (put, hashes) = content_throughput(addr, &token, duration, None).await?;
         let put_mb = put["mb_per_sec"].as_f64().unwrap_or(0.0);
-        report["cas_put_vs_sequential_write"] = json!(round(put_mb / sequential_mb));
-        report["cas_put_vs_durable_1mib_writes"] = json!(round(put_mb / durable_content_mb));
-        if args.runs("cas_put") {
-            report["cas_put"] = put;
+        report["content_put_vs_sequential_write"] = json!(round(put_mb / sequential_mb));
+        report["content_put_vs_durable_1mib_writes"] = json!(round(put_mb / durable_content_mb));
+        if args.runs("content_put") {
+            report["content_put"] = put;
         }
         stored = hashes;
     }
-    if args.runs("cas_get") {
+    if args.runs("content_get") {
         let (get, _) = content_throughput(addr, &token, duration, Some(&stored)).await?;
         let get_mb = get["mb_per_sec"].as_f64().unwrap_or(0.0);
-        report["cas_get_vs_sequential_write"] = json!(round(get_mb / sequential_mb));
-        report["cas_get"] = get;
+        report["content_get_vs_sequential_write"] = json!(round(get_mb / sequential_mb));
+        report["content_get"] = get;
     }
-    server.stop();
+    stop(server).await;
     if args.runs("cluster") {
         report["cluster"] = match cluster(&args, &token, duration).await {
             Ok(figures) => figures,
@@ -137,17 +160,17 @@ async fn main() -> Result<()> {
         let ratios = [
             ("s3_set_vs_fs_set", "set", "ops_per_sec", "1_node", "set"),
             (
-                "s3_cas_put_vs_fs",
-                "cas_put",
+                "s3_content_put_vs_fs",
+                "content_put",
                 "mb_per_sec",
-                "s3_cas_put",
+                "s3_content_put",
                 "",
             ),
             (
-                "s3_cas_get_vs_fs",
-                "cas_get",
+                "s3_content_get_vs_fs",
+                "content_get",
                 "mb_per_sec",
-                "s3_cas_get",
+                "s3_content_get",
                 "",
             ),
         ];
@@ -174,32 +197,24 @@ const CLUSTER_SUBSCRIBERS: usize = 300;
 /// fanout of a write on one node to subscribers spread over all of them; then 1 MiB content
 /// `PUT`s and `GET`s through one node on the object store.
 async fn cluster(args: &Args, token: &str, duration: Duration) -> Result<Value> {
-    let redis = Helper::redis()?;
-    let moto = Helper::moto(&args.moto)?;
-    let bucket = "blobs-bench";
-    let created = reqwest::Client::new()
-        .put(format!("{}/{bucket}", moto.address))
-        .send()
-        .await?;
-    if !created.status().is_success() {
-        bail!("cannot create the S3 bucket: {}", created.status());
-    }
-    let env = vec![
-        ("STORE", "s3".to_owned()),
-        ("S3_ENDPOINT", moto.address.clone()),
-        ("S3_BUCKET", bucket.to_owned()),
-        ("S3_ACCESS_KEY_ID", "bench".to_owned()),
-        ("S3_SECRET_ACCESS_KEY", "bench".to_owned()),
-        ("REDIS_URL", redis.address.clone()),
+    let redis = RedisServer::start(&args.redis_server);
+    let s3 = S3Server::start(&args.s3_python, &args.s3_script, "blobs-bench").await;
+    let env = [
+        ("STORE", "s3"),
+        ("S3_ENDPOINT", s3.endpoint.as_str()),
+        ("S3_BUCKET", s3.bucket.as_str()),
+        ("S3_ACCESS_KEY_ID", "bench"),
+        ("S3_SECRET_ACCESS_KEY", "bench"),
+        ("REDIS_URL", redis.url.as_str()),
     ];
     let dirs: Vec<_> = (0..3)
         .map(|_| tempfile::tempdir_in(&args.dir))
         .collect::<std::io::Result<_>>()?;
-    let mut nodes = vec![Server::start(dirs[0].path(), &env)?];
+    let mut nodes = vec![start_server(dirs[0].path(), &env)];
     let mut report = json!({});
     for count in [1, 3] {
         while nodes.len() < count {
-            nodes.push(Server::start(dirs[nodes.len()].path(), &env)?);
+            nodes.push(start_server(dirs[nodes.len()].path(), &env));
         }
         let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
         report[format!("{count}_node")] = json!({
@@ -208,148 +223,36 @@ async fn cluster(args: &Args, token: &str, duration: Duration) -> Result<Value> 
             "fanout": fanout(&addrs, token, CLUSTER_SUBSCRIBERS, args.fanout_writes).await?,
         });
     }
-    // Content through one node on the object store: the file store's `cas_*` figures of the
+    // Content through one node on the object store: the file store's `content_*` figures of the
     // same run are the comparison.
     let (put, stored) = content_throughput(nodes[0].addr, token, duration, None).await?;
     let (get, _) = content_throughput(nodes[0].addr, token, duration, Some(&stored)).await?;
-    report["s3_cas_put"] = put;
-    report["s3_cas_get"] = get;
-    for node in &mut nodes {
-        node.stop();
+    report["s3_content_put"] = put;
+    report["s3_content_get"] = get;
+    for node in nodes {
+        stop(node).await;
     }
     Ok(report)
 }
 
-/// A helper server of the cluster scenario (Redis or moto), killed when dropped.
-struct Helper {
-    child: Child,
-    address: String,
+/// This build's server as a child process (so its memory can be read), with limits that let
+/// every benchmark connection come from 127.0.0.1.
+fn start_server(storage: &Path, env: &[(&str, &str)]) -> ServerProcess {
+    let mut all = vec![
+        ("TOKEN_SECRET", SECRET),
+        ("MAX_CONNECTIONS_PER_IP", "100000"),
+        ("MAX_CONNECTIONS", "100000"),
+        ("EVENTS_PER_SECOND", "1000000"),
+        ("EVENT_BURST", "1000000"),
+    ];
+    all.extend_from_slice(env);
+    ServerProcess::start(Path::new(env!("CARGO_BIN_EXE_blobs")), storage, &all)
 }
 
-impl Helper {
-    /// Debian's `redis-server` on a free loopback port, without persistence.
-    fn redis() -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("redis-server (Debian package redis-server)")?;
-        let stdout = child.stdout.take().context("redis stdout")?;
-        let lines = BufReader::new(stdout).lines();
-        Self::wait_for(&mut child, lines, "Ready to accept connections")?;
-        Ok(Self {
-            child,
-            address: format!("redis://127.0.0.1:{port}"),
-        })
-    }
-
-    /// moto's S3 server on a free loopback port.
-    fn moto(program: &Path) -> Result<Self> {
-        let mut child = Command::new(program)
-            .args(["-H", "127.0.0.1", "-p", "0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("{} (installed by scripts/test)", program.display()))?;
-        let stderr = child.stderr.take().context("moto stderr")?;
-        let line = Self::wait_for(
-            &mut child,
-            BufReader::new(stderr).lines(),
-            "Running on http://",
-        )?;
-        let at = line.find("http://").context("moto address")?;
-        Ok(Self {
-            child,
-            address: line[at..].trim().to_owned(),
-        })
-    }
-
-    /// Reads `lines` until one contains `marker` (then keeps draining them); that line.
-    fn wait_for(
-        child: &mut Child,
-        mut lines: impl Iterator<Item = std::io::Result<String>> + Send + 'static,
-        marker: &str,
-    ) -> Result<String> {
-        let found = loop {
-            let Some(line) = lines.next() else {
-                child.kill().ok();
-                bail!("the helper exited before saying {marker:?}");
-            };
-            let line = line?;
-            if line.contains(marker) {
-                break line;
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
-        Ok(found)
-    }
-}
-
-impl Drop for Helper {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
-/// The release server, started as a child process so its memory can be read.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    fn start(storage: &Path, env: &[(&str, String)]) -> Result<Self> {
-        let exe = std::env::current_exe()?.with_file_name("blobs");
-        let mut child = Command::new(&exe)
-            .env("TOKEN_SECRET", SECRET)
-            .env("HOST", "127.0.0.1")
-            .env("PORT", "0")
-            .env("STORAGE", storage)
-            .env("RUST_LOG", "info")
-            // Every benchmark connection comes from 127.0.0.1.
-            .env("MAX_CONNECTIONS_PER_IP", "100000")
-            .env("MAX_CONNECTIONS", "100000")
-            .env("EVENTS_PER_SECOND", "1000000")
-            .env("EVENT_BURST", "1000000")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {} (build it with --release)", exe.display()))?;
-        let mut lines = BufReader::new(child.stdout.take().context("server stdout")?).lines();
-        let addr = loop {
-            let Some(line) = lines.next() else {
-                bail!("the server exited before listening");
-            };
-            if let Some(addr) = blobs::listening_addr(&line?) {
-                break addr;
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
-        Ok(Self { child, addr })
-    }
-
-    fn rss_bytes(&self) -> Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .context("VmRSS in /proc status")?;
-        Ok(kib * 1024)
-    }
-
-    fn stop(&mut self) {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .ok();
-        self.child.wait().ok();
-    }
+/// SIGTERM, and the graceful shutdown awaited.
+async fn stop(server: ServerProcess) {
+    server.terminate();
+    server.wait().await;
 }
 
 /// Write + fsync + rename + fsync-dir through the server's own durable replace, from
@@ -395,10 +298,10 @@ fn sequential_write_mb_per_sec(dir: &Path) -> Result<f64> {
     Ok((CHUNKS * CONTENT_SIZE) as f64 / 1e6 / elapsed)
 }
 
-/// Size of the content in the `cas_*` scenarios.
+/// Size of the content in the `content_*` scenarios.
 const CONTENT_SIZE: usize = 1024 * 1024;
 
-/// Clients of the `cas_*` scenarios: few, as large transfers saturate the disk and the two
+/// Clients of the `content_*` scenarios: few, as large transfers saturate the disk and the two
 /// cores long before they saturate connections.
 const CONTENT_CLIENTS: usize = 4;
 
@@ -477,11 +380,11 @@ async fn content_throughput(
 
 #[derive(Clone, Copy, PartialEq)]
 enum Workload {
-    /// Each client its own ref, CAS loop.
+    /// Each client its own ref, compare-and-swap loop.
     Set,
     /// Each client reads its own 1 KiB blob.
     Get,
-    /// All clients CAS-loop on one ref.
+    /// All clients compare-and-swap loop on one ref.
     Contend,
 }
 
@@ -695,10 +598,10 @@ async fn fanout(
 }
 
 /// Server memory per idle connection: RSS growth over `count` connected sockets.
-async fn idle_memory(server: &Server, token: &str, count: usize) -> Result<Value> {
+async fn idle_memory(server: &ServerProcess, token: &str, count: usize) -> Result<Value> {
     // Warm up allocator pools with one connection so the baseline is not the empty process.
     let warm = RawClient::connect_token(server.addr, token).await?;
-    let before = server.rss_bytes()?;
+    let before = server.rss_bytes();
     let mut sockets = Vec::with_capacity(count);
     for _ in 0..count {
         sockets.push(RawClient::connect_token(server.addr, token).await?);
@@ -707,7 +610,7 @@ async fn idle_memory(server: &Server, token: &str, count: usize) -> Result<Value
     if let Some(last) = sockets.last_mut() {
         last.call("now", &[]).await?;
     }
-    let after = server.rss_bytes()?;
+    let after = server.rss_bytes();
     for socket in sockets {
         socket.close().await.ok();
     }

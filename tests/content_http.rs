@@ -9,7 +9,7 @@ use std::time::Duration;
 use blobs::direct::{DirectUrls, SignedUrls};
 use blobs::names::{Bucket, ContentHash};
 use bytes::Bytes;
-use common::{SECRET, ServerProcess, TestServer, read_only_token, token};
+use common::{SECRET, TestServer, read_only_token, token};
 use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
 use serde_json::Value;
 
@@ -437,7 +437,7 @@ async fn a_50_mib_upload_keeps_memory_flat() {
     const SIZE: usize = 50 * 1024 * 1024;
     const CHUNK: usize = 256 * 1024;
     let storage = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(storage.path(), &[]);
+    let server = common::start_process(storage.path(), &[]);
     let base = format!("http://{}/blobs", server.addr);
     // Warm up the allocator and the connection path with a small upload first.
     let small = b"warm-up".to_vec();

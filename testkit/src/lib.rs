@@ -1,0 +1,16 @@
+//! Helpers the integration tests and the benchmark share; nothing here ships with the server.
+//!
+//! - [`client`]: a raw Socket.IO client for exact packets and many cheap connections.
+//! - [`process`]: the `blobs` binary as a child process on a loopback socket it is handed.
+//! - [`helpers`]: Redis and an S3-compatible server on free loopback ports.
+
+pub mod client;
+pub mod helpers;
+pub mod process;
+
+pub use client::{ClientError, RawClient};
+pub use helpers::{RedisServer, S3Server};
+pub use process::ServerProcess;
+
+/// The WebSocket library of [`RawClient`], for tests that send raw frames.
+pub use tokio_tungstenite;
