@@ -18,8 +18,8 @@ use socketioxide::{SendError, SocketError, SocketIo};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::blob_service::Record;
+use crate::cluster::{Redis, relay};
 use crate::names::{Bucket, ContentHash, Ref};
-use crate::relay;
 
 /// Changes an HTTP stream may fall behind by before it skips to the current version.
 const STREAM_BACKLOG: usize = 1024;
@@ -107,15 +107,14 @@ impl Changes {
 
     /// Carries changes between this node's HTTP streams and the other nodes' over Redis
     /// pub/sub (the Socket.IO rooms already span the nodes through the adapter).
-    pub async fn relay(&self, client: &redis::Client) -> redis::RedisResult<()> {
-        use redis::AsyncCommands as _;
-        // Connects again by itself after Redis went away.
-        let mut publisher = redis::aio::ConnectionManager::new(client.clone()).await?;
-        let subscriber = relay::subscribe(client, RELAY_CHANNEL).await?;
+    pub async fn relay(&self, redis: &Redis) -> redis::RedisResult<()> {
+        let subscription = relay::subscribe(redis, RELAY_CHANNEL).await?;
         let node = uuid::Uuid::new_v4().simple().to_string();
         let (relay, mut outgoing) = mpsc::unbounded_channel::<Change>();
         let ours = node.clone();
+        let mut publisher = redis.connection();
         tokio::spawn(async move {
+            use redis::AsyncCommands as _;
             while let Some(change) = outgoing.recv().await {
                 let message = serde_json::json!({
                     "node": ours,
@@ -136,13 +135,7 @@ impl Changes {
             node,
         };
         // Ends with the server (the publishing task ends when this `Changes` is dropped).
-        relay::listen(
-            client.clone(),
-            subscriber,
-            RELAY_CHANNEL,
-            self.closing(),
-            relayed,
-        );
+        relay::listen(subscription, self.closing(), relayed);
         self.relay.set(relay).ok();
         Ok(())
     }

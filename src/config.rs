@@ -273,7 +273,7 @@ impl Config {
         ) else {
             return Err(ConfigError::MissingS3);
         };
-        crate::store::s3_client(endpoint, bucket, &self.s3_region, key, secret)
+        crate::s3::client(endpoint, bucket, &self.s3_region, key, secret)
             .map_err(|e| ConfigError::BadS3(e.to_string()))
     }
 

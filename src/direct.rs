@@ -174,11 +174,6 @@ impl DirectUrls for PresignedUrls {
     }
 }
 
-/// Seconds since the epoch.
-pub fn now_unix() -> u64 {
-    crate::store::now_ms() / 1000
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

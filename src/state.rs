@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Keys;
+use crate::backend::Backend;
 use crate::blob_service::BlobService;
 use crate::changes::Changes;
 use crate::config::Config;
@@ -67,21 +68,20 @@ pub struct ContentLimits {
 }
 
 impl AppState {
+    /// The state of a server on `backend`, whose records `service` serves.
     pub fn new(
         config: &Config,
         keys: Keys,
-        store: Arc<dyn Store>,
-        content: Arc<dyn ContentStore>,
+        backend: Backend,
         service: BlobService,
-        direct: Option<Arc<dyn DirectUrls>>,
         secret: &str,
     ) -> Self {
         let signed = SignedUrls::new(secret, config.direct_url_ttl);
-        let direct = direct.unwrap_or_else(|| Arc::new(signed.clone()));
+        let direct = backend.direct.unwrap_or_else(|| Arc::new(signed.clone()));
         Self(Arc::new(Inner {
             keys,
-            store,
-            content,
+            store: backend.blobs,
+            content: backend.content,
             service,
             direct,
             signed,

@@ -387,7 +387,7 @@ async fn two_nodes_sweeping_the_blob_service_at_once() {
         }
     };
     let (a, content) = node().await;
-    let long_ago = blobs::store::now_ms() - 60_000;
+    let long_ago = blobs::clock::now_ms() - 60_000;
     let upload = |service: BlobService, bytes: String, policy: RetentionPolicy| {
         let content = content.clone();
         async move {
@@ -420,7 +420,7 @@ async fn two_nodes_sweeping_the_blob_service_at_once() {
     let kept = upload(a.clone(), "kept".into(), RetentionPolicy::KeepForever).await;
     let (b, _) = node().await;
 
-    let now = blobs::store::now_ms();
+    let now = blobs::clock::now_ms();
     let (swept_a, swept_b) = tokio::join!(a.sweep(now), b.sweep(now));
     assert!(
         swept_a.contents + swept_b.contents >= EXPIRED,

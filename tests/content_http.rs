@@ -369,7 +369,7 @@ async fn signed_urls_are_bound_and_expire() {
     let bucket = Bucket::parse("b").unwrap();
     let bytes = b"direct".to_vec();
     let hash = ContentHash::of(&bytes);
-    let now = blobs::direct::now_unix();
+    let now = blobs::clock::now_unix();
     let put = urls
         .grant(&origin, &Method::PUT, &bucket, &hash, now)
         .await

@@ -181,7 +181,7 @@ async fn request_pack_and_redirect() {
     let redirects = redirect[0]["redirects"].as_array().unwrap();
     assert_eq!(redirects.len(), 1);
     assert_eq!(redirects[0]["hash"], hash_of(&large));
-    assert!(redirects[0]["expires_at_unix"].as_u64().unwrap() > blobs::direct::now_unix());
+    assert!(redirects[0]["expires_at_unix"].as_u64().unwrap() > blobs::clock::now_unix());
     let url = redirects[0]["url"].as_str().unwrap();
     assert!(
         url.starts_with(&format!("http://{}/blobs/", server.addr)),
@@ -250,7 +250,7 @@ async fn direct_upload_grant_put_and_confirm() {
         .unwrap();
     assert_eq!(granted["hash"], hash);
     let url = granted["url"].as_str().unwrap().to_owned();
-    assert!(granted["expires_at_unix"].as_u64().unwrap() > blobs::direct::now_unix());
+    assert!(granted["expires_at_unix"].as_u64().unwrap() > blobs::clock::now_unix());
     let put = reqwest::Client::new()
         .put(&url)
         .body(bytes.clone())

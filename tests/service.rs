@@ -57,7 +57,7 @@ fn content_path(server: &TestServer, bucket: &str, bytes: &[u8]) -> std::path::P
 }
 
 fn now_ms() -> u64 {
-    blobs::store::now_ms()
+    blobs::clock::now_ms()
 }
 
 /// An upload is stored once and named by its handle; its bytes come back with their

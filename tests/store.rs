@@ -8,8 +8,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::fs;
 
+use blobs::clock::now_ms;
 use blobs::names::{Bucket, Ref};
-use blobs::store::{Edit, Expect, SetOutcome, SetRequest, live, now_ms};
+use blobs::store::{Edit, Expect, SetOutcome, SetRequest, live};
 use common::{Backend, blob_name, hex_ref};
 use serde_json::{Value, json};
 

@@ -5,7 +5,7 @@
 //! Each upload is a record, one JSON document per handle at
 //! `<bucket>/handles/<handle[0..2]>/<handle>.json`, as a file or as an object ([`records`]);
 //! every record is also kept in memory (loaded at start) for listing and for the reference
-//! checks of the retention sweep. With several nodes ([`cluster`]), that memory follows the
+//! checks of the retention sweep. With several nodes ([`order`]), that memory follows the
 //! other nodes' records through Redis, a handle it does not know yet is looked up in storage,
 //! and each sweep first catches up with storage. An expired record is gone for readers at
 //! once; the sweep deletes expired records, then the content no live record refers to any
@@ -15,7 +15,7 @@
 //! unreferenced, happen under the content's lock, so a sweep never removes bytes an upload of
 //! the same content is committing.
 
-pub mod cluster;
+pub mod order;
 pub mod records;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -30,8 +30,8 @@ use crate::content::{self, ContentStore, Incoming, Owner};
 use crate::locks::KeyedLocks;
 use crate::names::{Bucket, ContentHash, Handle};
 
-use crate::relay;
-use cluster::{Applied, Cluster, Relayed};
+use crate::cluster::{Redis, relay};
+use order::{Applied, Order, Relayed};
 pub use records::{RecordFiles, RecordObjects, RecordStore};
 
 /// Name of the metadata stream, as in ActyxOS.
@@ -295,7 +295,7 @@ struct Inner {
     /// lock in Redis does this instead.
     order: KeyedLocks<Bucket, ()>,
     /// The other nodes, once joined (`REDIS_URL`).
-    cluster: OnceLock<Cluster>,
+    nodes: OnceLock<Order>,
     /// Counts the records applied from the nodes' channel: an upload waits until its own
     /// record came back, so this node lists it from then on.
     applied: watch::Sender<u64>,
@@ -331,30 +331,23 @@ impl BlobService {
             records: Mutex::new(records),
             stream: broadcast::channel(STREAM_BACKLOG).0,
             order: KeyedLocks::default(),
-            cluster: OnceLock::new(),
+            nodes: OnceLock::new(),
             applied: watch::channel(0).0,
         })))
     }
 
     /// Joins the other nodes on Redis: from now on this node's new records are ordered with
     /// theirs, and it follows their records, from `records_feed`, until `closing` resolves.
-    /// `records_feed` must have been subscribed to [`cluster::CHANNEL`] before this service
+    /// `records_feed` must have been subscribed to [`order::CHANNEL`] before this service
     /// was opened, so every record the others write is in what it loaded, or on the feed.
-    pub async fn join(
+    pub fn join(
         &self,
-        client: &redis::Client,
-        records_feed: redis::aio::PubSub,
+        redis: &Redis,
+        records_feed: relay::Subscription,
         closing: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> Result<()> {
-        self.0.cluster.set(Cluster::connect(client).await?).ok();
-        relay::listen(
-            client.clone(),
-            records_feed,
-            cluster::CHANNEL,
-            closing,
-            RelayedRecords(self.clone()),
-        );
-        Ok(())
+    ) {
+        self.0.nodes.set(Order::new(redis)).ok();
+        relay::listen(records_feed, closing, RelayedRecords(self.clone()));
     }
 
     /// Applies what a node (this one included) announced.
@@ -453,7 +446,7 @@ impl BlobService {
             created: 0,
             uploader: upload.uploader,
         };
-        let written = match self.0.cluster.get() {
+        let written = match self.0.nodes.get() {
             None => {
                 self.write_in_order(&bucket, &handle, record, upload.now)
                     .await
@@ -507,7 +500,7 @@ impl BlobService {
     /// above the bucket's clock there, announced on the channel every node applies in order.
     async fn write_in_cluster_order(
         &self,
-        cluster: &Cluster,
+        cluster: &Order,
         bucket: &Bucket,
         handle: &Handle,
         mut record: Record,
@@ -699,7 +692,7 @@ impl BlobService {
     /// Removes a record from storage, then from memory (here and on the other nodes).
     async fn remove_record(&self, bucket: &Bucket, handle: &Handle) -> Result<()> {
         self.0.storage.remove(bucket, handle).await?;
-        if let Some(cluster) = self.0.cluster.get() {
+        if let Some(cluster) = self.0.nodes.get() {
             let message = Relayed::Removed {
                 bucket: bucket.to_string(),
                 handle: handle.to_string(),

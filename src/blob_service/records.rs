@@ -183,7 +183,7 @@ fn object_error(path: &ObjectPath, e: object_store::Error) -> Error {
 #[async_trait::async_trait]
 impl RecordStore for RecordObjects {
     async fn load(&self) -> Result<Vec<Found>> {
-        let buckets = crate::store::buckets(&*self.store, &self.prefix)
+        let buckets = crate::s3::buckets(&*self.store, &self.prefix)
             .await
             .map_err(|e| object_error(&ObjectPath::from(self.prefix.as_str()), e))?;
         let mut found = Vec::new();

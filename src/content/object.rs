@@ -39,9 +39,9 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, UpdateVersi
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
+use crate::clock::now_ms;
 use crate::locks::KeyedLocks;
 use crate::names::{Bucket, ContentHash};
-use crate::store::now_ms;
 
 use super::{ByteStream, Content, ContentLock, ContentStore, Error, Incoming, Owner, Result};
 
@@ -129,7 +129,7 @@ impl Objects {
 
     /// The buckets that have objects under the prefix.
     async fn buckets(&self) -> Result<Vec<Bucket>> {
-        crate::store::buckets(&*self.store, &self.prefix)
+        crate::s3::buckets(&*self.store, &self.prefix)
             .await
             .map_err(|e| store_error(&Path::from(self.prefix.as_str()), e))
     }

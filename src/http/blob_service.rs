@@ -31,11 +31,11 @@ use super::content::{CasError, Read, serve};
 use super::{ErrorBody, async_stream, bearer_grant, error_response};
 use crate::auth::Grant;
 use crate::blob_service::{self, Metadata, Record, STREAM_NAME, STREAM_SEMANTICS, Upload};
+use crate::clock::now_ms;
 use crate::content::{self, Incoming};
 use crate::names::{Bucket, Handle};
 use crate::proxy;
 use crate::state::AppState;
-use crate::store::now_ms;
 
 /// Largest `metadata` part, in bytes.
 const MAX_METADATA: usize = 64 * 1024;

@@ -25,8 +25,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{ErrorBody, error_response};
 
+use crate::clock::now_unix;
 use crate::content;
-use crate::direct::{Denied, now_unix};
+use crate::direct::Denied;
 use crate::names::{Bucket, ContentHash};
 use crate::state::AppState;
 

@@ -31,10 +31,11 @@ pub mod content;
 
 use crate::auth::Grant;
 use crate::changes::Change;
+use crate::clock::now_ms;
 use crate::names::{Bucket, Ref};
 use crate::proxy;
 use crate::state::AppState;
-use crate::store::{self, Blob, Edit, Expect, SetOutcome, SetRequest, live, now_ms};
+use crate::store::{self, Blob, Edit, Expect, SetOutcome, SetRequest, live};
 
 /// Page size of the listing, by default and at most.
 const DEFAULT_PAGE: usize = 100;

@@ -26,8 +26,8 @@ use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
 
 use super::{Reply, Session, max_message_len, object};
+use crate::clock::now_unix;
 use crate::content;
-use crate::direct::now_unix;
 use crate::names::ContentHash;
 use crate::protocol::ack::AckError;
 

@@ -25,15 +25,15 @@ use axum::extract::ConnectInfo;
 use base64::Engine as _;
 use ipnet::IpNet;
 use serde_json::{Map, Value as Json, json};
-use socketioxide::adapter::{Adapter, Emitter, LocalAdapter};
+use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 use socketioxide::handler::{ConnectHandler, FromMessageParts, MessageHandler, Value};
 use socketioxide::socket::{DisconnectReason, Sid, Socket};
 use socketioxide::{SendError, SocketError, SocketIo};
-use socketioxide_redis::FredAdapter;
 use tokio_util::sync::CancellationToken;
 
 use crate::changes::{self, Change};
+use crate::clock::now_ms;
 use crate::edge::Written;
 use crate::limits::{
     self, Backlog, ConnectionRefused, ConnectionSlot, PendingHandshake, RateLimiter, Verdict,
@@ -41,8 +41,9 @@ use crate::limits::{
 use crate::names::{Bucket, Ref};
 use crate::protocol::ack::AckError;
 use crate::proxy;
+use crate::server::NodesAdapter;
 use crate::state::AppState;
-use crate::store::{Edit, Expect, MAX_VERSION, SetOutcome, SetRequest, live, now_ms};
+use crate::store::{Edit, Expect, MAX_VERSION, SetOutcome, SetRequest, live};
 
 /// Smallest transport limit: room for a `set` of the documented maximum (1,048,576 base64
 /// characters) with its framing. A larger frame disconnects only the client that sent it.
@@ -78,9 +79,9 @@ pub fn register(io: &SocketIo) {
 /// Mounts the protocol on the default namespace of a server whose rooms span several nodes
 /// (the Redis adapter).
 pub async fn register_cluster(
-    io: &SocketIo<FredAdapter<Emitter>>,
+    io: &SocketIo<NodesAdapter>,
 ) -> Result<(), impl std::error::Error + use<>> {
-    io.ns("/", on_connect.with(authenticate::<FredAdapter<Emitter>>))
+    io.ns("/", on_connect.with(authenticate::<NodesAdapter>))
         .await
 }
 

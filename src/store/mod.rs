@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::names::{Bucket, Ref};
 
 pub use fs::FsStore;
-pub use object::{ObjectBlobs, buckets, s3_client};
+pub use object::ObjectBlobs;
 
 /// Largest version a client may name: JavaScript's `Number.MAX_SAFE_INTEGER`, so every version
 /// (and the next one) stays exact in a browser.
@@ -87,14 +87,6 @@ impl From<&Blob> for Listed {
 fn decoded_len(text: &str) -> usize {
     let body = text.trim_end_matches('=').len();
     body * 3 / 4
-}
-
-/// Milliseconds since the epoch: the clock of `created`, `updated` and [`SetRequest::now`].
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The blob as readers see it: `None` for a missing blob and for a tombstone.

@@ -23,35 +23,6 @@ use super::{Blob, Error, Listed, Result, SetOutcome, SetRequest, Store, apply};
 /// winning; past this the caller gets a conflict with the latest data, as for any lost race.
 const MAX_ATTEMPTS: usize = 16;
 
-/// A client of one S3 bucket; plain `http://` endpoints (MinIO, tests) are allowed.
-pub fn s3_client(
-    endpoint: &str,
-    bucket: &str,
-    region: &str,
-    access_key_id: &str,
-    secret_access_key: &str,
-) -> object_store::Result<object_store::aws::AmazonS3> {
-    object_store::aws::AmazonS3Builder::new()
-        .with_endpoint(endpoint)
-        .with_allow_http(endpoint.starts_with("http://"))
-        .with_bucket_name(bucket)
-        .with_region(region)
-        .with_access_key_id(access_key_id)
-        .with_secret_access_key(secret_access_key)
-        .build()
-}
-
-/// The buckets that have objects under `prefix` (the top level of the layout).
-pub async fn buckets(store: &dyn ObjectStore, prefix: &str) -> object_store::Result<Vec<Bucket>> {
-    let root = (!prefix.is_empty()).then(|| Path::from(prefix));
-    let top = store.list_with_delimiter(root.as_ref()).await?;
-    Ok(top
-        .common_prefixes
-        .iter()
-        .filter_map(|dir| dir.filename().and_then(Bucket::parse))
-        .collect())
-}
-
 /// Versioned blobs in an object store.
 pub struct ObjectBlobs {
     store: Arc<dyn ObjectStore>,

@@ -25,7 +25,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     storage: TempDir,
     stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), blobs::error::StartError>>,
+    task: JoinHandle<Result<(), blobs::StartError>>,
 }
 
 impl TestServer {
@@ -336,7 +336,7 @@ pub fn s3_options(s3: &S3Server, prefix: &str) -> Vec<String> {
 /// An object-store client of `s3`'s bucket.
 pub fn s3_client(s3: &S3Server) -> Arc<dyn object_store::ObjectStore> {
     Arc::new(
-        blobs::store::s3_client(&s3.endpoint, &s3.bucket, "us-east-1", "test", "test")
+        blobs::s3::client(&s3.endpoint, &s3.bucket, "us-east-1", "test", "test")
             .expect("S3 client"),
     )
 }

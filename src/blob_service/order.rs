@@ -18,6 +18,7 @@ use redis::AsyncCommands as _;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::Redis;
 use crate::names::{Bucket, Handle};
 
 use super::Record;
@@ -55,25 +56,25 @@ pub enum Relayed {
     Removed { bucket: String, handle: String },
 }
 
-/// This node's connection to the others.
+/// The records' order across nodes, and their announcements.
 #[derive(Clone)]
-pub struct Cluster {
-    /// Cloning shares one connection, which is made again after Redis went away.
+pub struct Order {
+    /// The node's shared Redis connection, made again after Redis went away.
     redis: ConnectionManager,
 }
 
-/// A bucket's order lock, held (and renewed) until [`Cluster::unlock`].
+/// A bucket's order lock, held (and renewed) until [`Order::unlock`].
 pub struct OrderLock {
     bucket: Bucket,
     token: String,
     renewal: tokio::task::JoinHandle<()>,
 }
 
-impl Cluster {
-    pub async fn connect(client: &redis::Client) -> redis::RedisResult<Self> {
-        Ok(Self {
-            redis: ConnectionManager::new(client.clone()).await?,
-        })
+impl Order {
+    pub fn new(redis: &Redis) -> Self {
+        Self {
+            redis: redis.connection(),
+        }
     }
 
     /// Waits for the bucket's order lock.

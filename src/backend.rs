@@ -1,0 +1,57 @@
+//! The storage a node runs on, chosen by `STORE`: the JSON files under `STORAGE`, or one
+//! object store (S3) that every node shares.
+
+use std::sync::Arc;
+
+use crate::blob_service::{RecordFiles, RecordObjects, RecordStore};
+use crate::config::{Config, StoreKind};
+use crate::content::{CLAIM_GRACE, ContentStore, FsContent, ObjectContent};
+use crate::direct::{DirectUrls, PresignedUrls};
+use crate::server::StartError;
+use crate::store::{FsStore, ObjectBlobs, Store};
+
+/// Versioned blobs, content, the Blob Service's records, and the direct URLs of the storage
+/// itself. With `STORE=s3` the four share one object-store client (one connection pool).
+pub struct Backend {
+    pub blobs: Arc<dyn Store>,
+    pub content: Arc<dyn ContentStore>,
+    pub records: Arc<dyn RecordStore>,
+    /// Presigned object-store URLs; `None`: this server signs its own direct URLs.
+    pub direct: Option<Arc<dyn DirectUrls>>,
+}
+
+impl Backend {
+    /// Opens the configured storage (the file store creates `STORAGE` and cleans what an
+    /// interrupted write left behind).
+    pub fn open(config: &Config) -> Result<Self, StartError> {
+        match config.store {
+            StoreKind::Fs => {
+                let storage_error = |source| StartError::Storage {
+                    path: config.storage.display().to_string(),
+                    source,
+                };
+                Ok(Self {
+                    blobs: Arc::new(FsStore::open(&config.storage).map_err(storage_error)?),
+                    content: Arc::new(FsContent::open(&config.storage).map_err(storage_error)?),
+                    records: Arc::new(RecordFiles::new(&config.storage)),
+                    direct: None,
+                })
+            }
+            StoreKind::S3 => {
+                let s3 = config.s3()?;
+                let prefix = &config.s3_prefix;
+                let shared: Arc<dyn object_store::ObjectStore> = Arc::new(s3.clone());
+                Ok(Self {
+                    blobs: Arc::new(ObjectBlobs::new(shared.clone(), prefix)),
+                    content: Arc::new(ObjectContent::new(shared.clone(), prefix, CLAIM_GRACE)),
+                    records: Arc::new(RecordObjects::new(shared, prefix)),
+                    direct: Some(Arc::new(PresignedUrls::new(
+                        s3,
+                        prefix,
+                        config.direct_url_ttl,
+                    ))),
+                })
+            }
+        }
+    }
+}

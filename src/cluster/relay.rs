@@ -1,0 +1,97 @@
+//! Messages between nodes over Redis pub/sub, for what the Socket.IO adapter does not carry
+//! (the HTTP change streams, the Blob Service's records).
+//!
+//! Redis pub/sub delivers a channel's messages in publish order, at most once: a connection
+//! that drops loses what is published until it is back. [`listen`] tells its [`Listener`]
+//! once the channel is subscribed again, and the listener catches up from storage.
+
+use std::future::Future;
+use std::time::Duration;
+
+use redis::RedisResult;
+use socketioxide_redis::drivers::ChanItem;
+use tokio::sync::{mpsc, watch};
+
+use super::Redis;
+
+/// Messages of a relayed channel that may wait for their listener; past this, one is lost
+/// and the listener catches up as after a lost connection.
+const BUFFER: usize = 4096;
+
+/// First wait, and the longest, between attempts to confirm the subscription again.
+const RESUBSCRIBE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
+/// What a node does with one channel's messages.
+#[async_trait::async_trait]
+pub trait Listener: Send + 'static {
+    /// One message, in publish order.
+    async fn message(&mut self, text: &str);
+    /// Messages may have been lost and the subscription is live again: what was published
+    /// meanwhile never arrives.
+    async fn resubscribed(&mut self);
+}
+
+/// A channel subscribed, whose messages wait for [`listen`].
+pub struct Subscription {
+    redis: Redis,
+    channel: &'static str,
+    messages: mpsc::Receiver<ChanItem>,
+    /// Taken before subscribing, so no loss after the subscription goes unnoticed.
+    losses: watch::Receiver<u64>,
+}
+
+/// Subscribes to `channel`.
+pub async fn subscribe(redis: &Redis, channel: &'static str) -> RedisResult<Subscription> {
+    let mut losses = redis.losses();
+    losses.mark_unchanged();
+    Ok(Subscription {
+        messages: redis.subscribe(channel, BUFFER).await?,
+        redis: redis.clone(),
+        channel,
+        losses,
+    })
+}
+
+/// Hands every message of `subscription` to `listener`, and tells it after every loss once the
+/// channel is subscribed again, until `closing` resolves.
+pub fn listen(
+    subscription: Subscription,
+    closing: impl Future<Output = ()> + Send + 'static,
+    mut listener: impl Listener,
+) {
+    let Subscription {
+        redis,
+        channel,
+        mut messages,
+        mut losses,
+    } = subscription;
+    tokio::spawn(async move {
+        tokio::pin!(closing);
+        loop {
+            tokio::select! {
+                message = messages.recv() => {
+                    let Some((_, payload)) = message else { return };
+                    listener.message(&String::from_utf8_lossy(&payload)).await;
+                }
+                changed = losses.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    losses.mark_unchanged();
+                    let mut pause = RESUBSCRIBE.0;
+                    while let Err(e) = redis.confirm(channel).await {
+                        tracing::warn!(channel, "cannot subscribe again yet: {e}");
+                        tokio::select! {
+                            () = tokio::time::sleep(pause) => {}
+                            () = &mut closing => return,
+                        }
+                        pause = (pause * 2).min(RESUBSCRIBE.1);
+                    }
+                    tracing::info!(channel, "subscribed to Redis again");
+                    listener.resubscribed().await;
+                }
+                () = &mut closing => return,
+            }
+        }
+    });
+}

@@ -1,0 +1,76 @@
+//! The server's background work: the Blob Service's retention sweep, the sweep of direct
+//! uploads nobody confirmed, and the content scrub. Each runs until shutdown.
+
+use std::time::Duration;
+
+use crate::clock;
+use crate::config::{Config, StoreKind};
+use crate::state::AppState;
+
+/// Starts every background task the configuration asks for.
+pub fn spawn(state: &AppState, config: &Config) {
+    tokio::spawn(retention_sweeps(
+        state.clone(),
+        config.retention_sweep_interval,
+        // A direct upload nobody confirmed within twice its URL's lifetime never will be.
+        config.direct_url_ttl * 2,
+    ));
+    if config.store == StoreKind::Fs {
+        tokio::spawn(scrubs(state.clone(), config.scrub_interval));
+    }
+}
+
+/// Runs the Blob Service's retention sweep, and the sweep of direct uploads nobody confirmed
+/// within `staging_age`, now and every `interval`, until shutdown.
+async fn retention_sweeps(state: AppState, interval: Duration, staging_age: Duration) {
+    let closing = state.changes().closing();
+    tokio::pin!(closing);
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = &mut closing => return,
+        }
+        let swept = state.service().sweep(clock::now_ms()).await;
+        if swept.records > 0 || swept.contents > 0 {
+            tracing::info!(
+                records = swept.records,
+                contents = swept.contents,
+                bytes = swept.bytes,
+                "retention sweep removed expired blobs"
+            );
+        } else {
+            tracing::debug!("retention sweep: nothing expired");
+        }
+        match state.content().sweep_staging(staging_age).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "unconfirmed direct uploads removed"),
+            Err(e) => tracing::error!("cannot sweep unconfirmed direct uploads: {e}"),
+        }
+    }
+}
+
+/// Reads stored content back against its hash every `interval` (the first time one interval
+/// after start, so a restart does not reread everything), until shutdown.
+async fn scrubs(state: AppState, interval: Duration) {
+    let closing = state.closing();
+    tokio::pin!(closing);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = &mut closing => return,
+        }
+        match state.content().scrub(state.closing_token()).await {
+            Ok(found) if found.corrupt > 0 => tracing::error!(
+                checked = found.checked,
+                corrupt = found.corrupt,
+                "content scrub found content that no longer matches its hash"
+            ),
+            Ok(found) => tracing::info!(checked = found.checked, "content scrub: all intact"),
+            Err(e) => tracing::error!("content scrub failed: {e}"),
+        }
+    }
+}
