@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use axum::extract::Request;
-use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderValue, Method, Uri, header};
 use socketioxide::adapter::{Adapter, Emitter};
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::{ParserConfig, SocketIo, SocketIoBuilder};
@@ -159,7 +159,6 @@ async fn serve<A: Adapter>(
         .layer(layer)
         .service(
             http::router(state.max_data_bytes(), state.content_limits().max_bytes)
-                .fallback(not_found)
                 .with_state(state.clone()),
         );
 
@@ -244,8 +243,4 @@ fn detach_head(mut request: Request) -> Request {
         *request.uri_mut() = uri;
     }
     request
-}
-
-async fn not_found() -> axum::response::Response {
-    http::error_response(StatusCode::NOT_FOUND, "Not found".to_owned())
 }

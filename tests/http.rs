@@ -84,6 +84,76 @@ async fn auth_and_health() {
     server.stop().await;
 }
 
+/// Every route answers the same failure the same way: one 401 body with the Bearer challenge,
+/// one 404 body (unknown paths too), one 405; and `access_token` authenticates reads on every
+/// route, never writes.
+#[tokio::test]
+async fn one_error_shape_and_one_token_on_every_route() {
+    let server = TestServer::start().await;
+    let base = format!("http://{}", server.addr);
+    let http = Client::new();
+    let hash = "a".repeat(64);
+    let handle = "0".repeat(32);
+    let r = hex_ref("0e");
+    for path in [
+        "/v1/blobs".to_owned(),
+        format!("/v1/blobs/{r}"),
+        format!("/v1/blobs/{r}/events"),
+        format!("/blobs/{hash}"),
+        "/api/v1/blobs".to_owned(),
+        format!("/api/v1/blobs/{handle}"),
+    ] {
+        let response = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer", "{path}");
+        assert_eq!(error_of(response).await, "unauthorized", "{path}");
+    }
+    let token = token("same");
+    for path in [
+        format!("/v1/blobs/{r}"),
+        format!("/blobs/{hash}"),
+        format!("/api/v1/blobs/{handle}"),
+        "/no/such/route".to_owned(),
+    ] {
+        let response = http
+            .get(format!("{base}{path}?access_token={token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(error_of(response).await, "not found", "{path}");
+    }
+    let listed = http
+        .get(format!("{base}/v1/blobs?access_token={token}&limit=5"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), StatusCode::OK);
+    let written = http
+        .put(format!("{base}/v1/blobs/{r}?access_token={token}"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        written.status(),
+        StatusCode::UNAUTHORIZED,
+        "no token in a write's URL"
+    );
+    let wrong_method = http
+        .post(format!("{base}/v1/blobs/{r}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        error_of(wrong_method).await,
+        "Method not allowed on this path"
+    );
+    server.stop().await;
+}
+
 /// Create, read, conditional reads and writes: 201, 200, 304, 412, 428, 413, 400.
 #[tokio::test]
 async fn etags_and_preconditions() {

@@ -85,6 +85,6 @@ async fn other_paths_are_a_json_404() {
         .unwrap();
     assert_eq!(response.status(), 404);
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"], "Not found");
+    assert_eq!(body["error"], "not found");
     server.stop().await;
 }

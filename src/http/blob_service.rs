@@ -2,38 +2,35 @@
 //! `semantics` and `retentionPolicy`), reads by handle, listing by semantics, and the metadata
 //! event stream `POST /api/v1/events/subscribe`.
 //!
-//! The bucket is the token's: `Authorization: Bearer`, or on GET, for `<img src>` and browser
-//! downloads, the `access_token` query parameter (RFC 6750 section 2.3). Every error is JSON
-//! `{ "error": "<sentence>" }`; a refused upload stores nothing.
+//! The bucket is the token's (see [`super::auth`]); a refused upload stores nothing.
 
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 
 use axum::body::{Body, Bytes};
 use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{
-    ConnectInfo, DefaultBodyLimit, FromRequestParts, Multipart, Path, Query, State,
-};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Multipart, Path, Query, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
-use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::TryStreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
 
-use super::content::{CasError, Read, serve};
-use super::{ErrorBody, async_stream, bearer_grant, error_response};
-use crate::auth::Grant;
-use crate::blob_service::{self, Metadata, Record, STREAM_NAME, STREAM_SEMANTICS, Upload};
+use super::auth::{Credentials, Token};
+use super::content::{Read, serve};
+use super::error::{ApiError, ErrorBody, Result};
+use super::paging::{self, Page};
+use crate::blob_service::{Metadata, Record, STREAM_NAME, STREAM_SEMANTICS, Upload};
 use crate::clock::now_ms;
 use crate::content::{self, Incoming};
-use crate::names::{Bucket, Handle};
+use crate::names::Handle;
 use crate::proxy;
 use crate::state::AppState;
 
@@ -44,9 +41,6 @@ const MULTIPART_OVERHEAD: u64 = 1024 * 1024;
 /// Longest stored content type and file name, in bytes.
 const MAX_CONTENT_TYPE: usize = 255;
 const MAX_FILE_NAME: usize = 1024;
-/// Page size of the listing, by default and at most.
-const DEFAULT_PAGE: usize = 100;
-const MAX_PAGE: usize = 1000;
 
 /// The routes; the caller adds the state. `max_bytes` is the largest upload.
 pub fn router(max_bytes: u64) -> Router<AppState> {
@@ -75,99 +69,8 @@ const SUBSCRIBE_BODY_LIMIT: usize = 64 * 1024;
 /// Most subscriptions in one subscribe request.
 const MAX_SUBSCRIPTIONS: usize = 100;
 
-/// What a client of the Blob Service sees when a request fails.
-#[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
-    /// 401 with `WWW-Authenticate: Bearer`.
-    #[error("A valid bucket token is required: send Authorization: Bearer <token>")]
-    Unauthorized,
-    /// 403.
-    #[error("Read-only token")]
-    ReadOnly,
-    /// 400.
-    #[error("{0}")]
-    BadRequest(String),
-    /// 404.
-    #[error("No such blob")]
-    NotFound,
-    /// 413.
-    #[error("The body is larger than the limit of {0} bytes")]
-    TooLarge(u64),
-    /// 500: the cause is logged.
-    #[error("Storage error: the operation could not be completed")]
-    Store(#[from] blob_service::Error),
-    /// Reading content (416 for a bad range; 500 when the store fails).
-    #[error(transparent)]
-    Content(#[from] CasError),
-}
-
-impl From<content::Error> for ServiceError {
-    fn from(error: content::Error) -> Self {
-        ServiceError::Store(blob_service::Error::Content(error))
-    }
-}
-
-impl IntoResponse for ServiceError {
-    fn into_response(self) -> Response {
-        let message = self.to_string();
-        let status = match self {
-            // Reading content fails as content reads do (416 with its Content-Range).
-            ServiceError::Content(inner) => return inner.into_response(),
-            ServiceError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ServiceError::ReadOnly => StatusCode::FORBIDDEN,
-            ServiceError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ServiceError::NotFound => StatusCode::NOT_FOUND,
-            ServiceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ServiceError::Store(cause) => {
-                tracing::error!("blob service storage failure: {cause}");
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-        };
-        error_response(status, message)
-    }
-}
-
-type Result<T, E = ServiceError> = std::result::Result<T, E>;
-
-fn bad(message: impl Into<String>) -> ServiceError {
-    ServiceError::BadRequest(message.into())
-}
-
-/// The grant of the request's token: Bearer, or on GET the `access_token` query parameter.
-pub(super) struct Token(Grant);
-
-/// The token as a query parameter (RFC 6750 section 2.3), for `<img src>` and downloads.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub(super) struct AccessToken {
-    /// The bucket token, on GET only.
-    access_token: Option<String>,
-}
-
-impl FromRequestParts<AppState> for Token {
-    type Rejection = ServiceError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        if let Some(grant) = bearer_grant(&parts.headers, state) {
-            return Ok(Token(grant));
-        }
-        if parts.method != Method::GET && parts.method != Method::HEAD {
-            return Err(ServiceError::Unauthorized);
-        }
-        let query = Query::<AccessToken>::from_request_parts(parts, state).await;
-        query
-            .ok()
-            .and_then(|Query(q)| q.access_token)
-            .and_then(|token| state.keys().verify(&token))
-            .map(Token)
-            .ok_or(ServiceError::Unauthorized)
-    }
-}
-
-impl Token {
-    fn writer(&self) -> Result<&Bucket> {
-        self.0.writable_bucket().ok_or(ServiceError::ReadOnly)
-    }
+fn bad(message: impl Into<std::borrow::Cow<'static, str>>) -> ApiError {
+    ApiError::bad(message)
 }
 
 fn parse_handle(text: &str) -> Result<Handle> {
@@ -175,9 +78,9 @@ fn parse_handle(text: &str) -> Result<Handle> {
 }
 
 /// A multipart error as the client should see it (413 when the body is over the limit).
-fn multipart_error(error: MultipartError, limit: u64) -> ServiceError {
+fn multipart_error(error: MultipartError, limit: u64) -> ApiError {
     if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ServiceError::TooLarge(limit)
+        ApiError::TooLarge(limit)
     } else {
         bad(format!("Malformed multipart body: {}", error.body_text()))
     }
@@ -243,7 +146,7 @@ pub(super) async fn upload(
                     .receive(bucket, Box::pin(body), limit)
                     .await
                     .map_err(|e| match e {
-                        content::Error::TooLarge(limit) => ServiceError::TooLarge(limit),
+                        content::Error::TooLarge(limit) => ApiError::TooLarge(limit),
                         content::Error::Body(cause) => {
                             bad(format!("The blob part broke off: {cause}"))
                         }
@@ -318,14 +221,14 @@ async fn live_record(
         .service()
         .get(&token.0.bucket, &handle, now_ms())
         .await?
-        .ok_or(ServiceError::NotFound)
+        .ok_or(ApiError::NotFound)
 }
 
 /// The bytes of an upload, with its `Content-Type`; ranges as for content.
 #[utoipa::path(
     get,
     path = "/api/v1/blobs/{handle}",
-    params(("handle" = String, Path, description = "32 lower-case hex characters"), AccessToken),
+    params(("handle" = String, Path, description = "32 lower-case hex characters"), Credentials),
     responses(
         (status = 200, description = "The bytes, with the upload's `Content-Type`; `ETag` is the quoted content hash"),
         (status = 206, description = "One byte range"),
@@ -343,7 +246,7 @@ pub(super) async fn read(
     headers: HeaderMap,
 ) -> Result<Response> {
     let record = live_record(&state, &token, &handle).await?;
-    let hash = record.content_hash().ok_or(ServiceError::NotFound)?;
+    let hash = record.content_hash().ok_or(ApiError::NotFound)?;
     let read = Read {
         store: state.content(),
         bucket: &token.0.bucket,
@@ -352,9 +255,9 @@ pub(super) async fn read(
         headers: &headers,
     };
     match serve(read, &record.content_type).await {
-        Err(CasError::NotFound) => {
+        Err(ApiError::NotFound) => {
             tracing::error!(bucket = %token.0.bucket, handle = %record.handle, %hash, "the content of a live record is missing");
-            Err(ServiceError::NotFound)
+            Err(ApiError::NotFound)
         }
         served => Ok(served?),
     }
@@ -364,7 +267,7 @@ pub(super) async fn read(
 #[utoipa::path(
     get,
     path = "/api/v1/blobs/{handle}/metadata",
-    params(("handle" = String, Path, description = "32 lower-case hex characters"), AccessToken),
+    params(("handle" = String, Path, description = "32 lower-case hex characters"), Credentials),
     responses(
         (status = 200, body = Record),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)
@@ -401,7 +304,7 @@ pub(super) async fn remove(
     if state.service().delete(bucket, &handle, now_ms()).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
-        Err(ServiceError::NotFound)
+        Err(ApiError::NotFound)
     }
 }
 
@@ -426,9 +329,9 @@ fn parse_cursor(text: &str) -> Option<(u64, Handle)> {
 #[utoipa::path(
     get,
     path = "/api/v1/blobs",
-    params(ListQuery, AccessToken),
+    params(ListQuery, Credentials),
     responses(
-        (status = 200, body = RecordPage),
+        (status = 200, body = Page<Record>),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)
     ),
     security(("bearer" = []))
@@ -437,13 +340,10 @@ pub(super) async fn list(
     State(state): State<AppState>,
     token: Token,
     query: std::result::Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<RecordPage>> {
+) -> Result<Json<Page<Record>>> {
     let Query(query) =
         query.map_err(|_| bad("Invalid query: expected semantics, limit and cursor"))?;
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(bad("limit must be from 1 to 1000"));
-    }
+    let limit = paging::limit(query.limit)?;
     let cursor = match query.cursor.as_deref() {
         Some(text) => Some(parse_cursor(text).ok_or_else(|| bad("Invalid cursor"))?),
         None => None,
@@ -455,11 +355,10 @@ pub(super) async fn list(
         limit,
         now_ms(),
     );
-    let next = more
-        .then(|| page.last().map(|r| format!("{}-{}", r.created, r.handle)))
-        .flatten();
-    let blobs = page.iter().map(|r| (**r).clone()).collect();
-    Ok(Json(RecordPage { blobs, next }))
+    let records = page.iter().map(|r| (**r).clone()).collect();
+    Ok(Json(Page::new(records, more, |r: &Record| {
+        format!("{}-{}", r.created, r.handle)
+    })))
 }
 
 /// One subscription of a subscribe request; the metadata stream matches a subscription that
@@ -475,15 +374,6 @@ pub(super) struct SubscribeRequest {
     subscriptions: Vec<Subscription>,
     /// Replay the live records created after this time (ms since the epoch) first.
     since: Option<u64>,
-}
-
-/// A page of the listing, newest first.
-#[derive(Serialize, ToSchema)]
-pub(super) struct RecordPage {
-    blobs: Vec<Record>,
-    /// Pass as `cursor` for the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    next: Option<String>,
 }
 
 /// An upload's parts.
@@ -515,7 +405,7 @@ pub(super) async fn subscribe(
 ) -> Result<Response> {
     let Json(request) = request.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            return ServiceError::TooLarge(SUBSCRIBE_BODY_LIMIT as u64);
+            return ApiError::TooLarge(SUBSCRIBE_BODY_LIMIT as u64);
         }
         bad(format!(
             "Expected {{ \"subscriptions\": [{{ \"name\", \"semantics\" }}], \"since\"? }}: {}",
@@ -536,14 +426,13 @@ pub(super) async fn subscribe(
     let bucket = token.0.bucket;
     let since = request.since.filter(|_| wanted);
     let (replay, mut live) = state.service().follow(&bucket, since, now_ms());
-    let stream = async_stream(move |tx| async move {
+    // Polled only as the client reads: a client that stops reading holds this one stream.
+    let stream = async_stream::stream! {
         let line = |record: &Record| Bytes::from(format!("{}\n", record.event()));
         // Records come in `created` order; this is the newest one sent.
         let mut last_sent = request.since.unwrap_or(0);
         for record in &replay {
-            if tx.send(line(record)).await.is_err() {
-                return;
-            }
+            yield Ok::<_, Infallible>(line(record));
             last_sent = record.created;
         }
         let closing = state.changes().closing();
@@ -553,15 +442,14 @@ pub(super) async fn subscribe(
         keep_alive.reset();
         loop {
             let received = tokio::select! {
-                received = live.recv() => received,
-                _ = keep_alive.tick() => {
-                    if tx.send(Bytes::from_static(b"\n")).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
+                received = live.recv() => Some(received),
+                _ = keep_alive.tick() => None,
                 () = &mut closing => return,
                 () = &mut expiry => return,
+            };
+            let Some(received) = received else {
+                yield Ok::<_, Infallible>(Bytes::from_static(b"\n"));
+                continue;
             };
             let records = match received {
                 Ok((b, record)) if wanted && b == bucket => vec![record],
@@ -577,14 +465,12 @@ pub(super) async fn subscribe(
                 if record.created <= last_sent {
                     continue;
                 }
-                if tx.send(line(&record)).await.is_err() {
-                    return;
-                }
+                yield Ok::<_, Infallible>(line(&record));
                 last_sent = record.created;
                 keep_alive.reset();
             }
         }
-    });
+    };
     let mut response = Body::from_stream(stream).into_response();
     let out = response.headers_mut();
     out.insert(

@@ -9,8 +9,7 @@ use std::io;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
@@ -18,16 +17,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::TryStreamExt;
 use http_range_header::RangeUnsatisfiableError;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
-use super::{ErrorBody, error_response};
+use super::auth::{Caller, Credentials};
+use super::error::{ApiError, ErrorBody, Result};
 
 use crate::clock::now_unix;
 use crate::content;
-use crate::direct::Denied;
 use crate::names::{Bucket, ContentHash};
 use crate::state::AppState;
 
@@ -41,99 +40,6 @@ pub fn router() -> Router<AppState> {
         "/blobs/{hash}",
         get(get_content).put(put_content).delete(delete_content),
     )
-}
-
-/// What a client of `/blobs/{hash}` sees when a request fails.
-#[derive(Debug, thiserror::Error)]
-pub enum CasError {
-    /// 400: `{hash}` is not 64 lower-case hex characters.
-    #[error("non-canonical hash")]
-    NonCanonical,
-    /// 401 with `WWW-Authenticate: Bearer`: no valid token and no signed URL.
-    #[error("unauthorized")]
-    Unauthorized,
-    /// 403: a read-only token writing, or a tampered or expired direct URL.
-    #[error("forbidden: {0}")]
-    Forbidden(String),
-    /// 404.
-    #[error("not found")]
-    NotFound,
-    /// 413: the body is (or grew) over the limit.
-    #[error("too large: the limit is {0} bytes")]
-    TooLarge(u64),
-    /// 415: a `Content-Encoding` on PUT (the bytes must arrive as they hash).
-    #[error("unsupported content encoding: send the raw bytes")]
-    Encoded,
-    /// 416, with `Content-Range: bytes */<size>`.
-    #[error("range not satisfiable")]
-    Range(u64),
-    /// 422: the body's hash is not `{hash}`; nothing was stored.
-    #[error("hash mismatch")]
-    Mismatch,
-    /// 400: the body broke off while arriving.
-    #[error("the body could not be received")]
-    Body,
-    /// 500: the cause is logged.
-    #[error("storage error")]
-    Store(Box<dyn std::error::Error + Send + Sync>),
-}
-
-impl From<crate::blob_service::Error> for CasError {
-    fn from(error: crate::blob_service::Error) -> Self {
-        CasError::Store(Box::new(error))
-    }
-}
-
-impl From<content::Error> for CasError {
-    fn from(error: content::Error) -> Self {
-        match error {
-            content::Error::Mismatch => CasError::Mismatch,
-            content::Error::TooLarge(limit) => CasError::TooLarge(limit),
-            content::Error::Body(_) => CasError::Body,
-            other => CasError::Store(Box::new(other)),
-        }
-    }
-}
-
-impl IntoResponse for CasError {
-    fn into_response(self) -> Response {
-        let status = match &self {
-            CasError::NonCanonical | CasError::Body => StatusCode::BAD_REQUEST,
-            CasError::Unauthorized => StatusCode::UNAUTHORIZED,
-            CasError::Forbidden(_) => StatusCode::FORBIDDEN,
-            CasError::NotFound => StatusCode::NOT_FOUND,
-            CasError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            CasError::Encoded => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            CasError::Range(_) => StatusCode::RANGE_NOT_SATISFIABLE,
-            CasError::Mismatch => StatusCode::UNPROCESSABLE_ENTITY,
-            CasError::Store(cause) => {
-                tracing::error!("content storage failure: {cause}");
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-        };
-        let mut response = error_response(status, self.to_string());
-        if let CasError::Range(size) = self {
-            response.headers_mut().insert(
-                header::CONTENT_RANGE,
-                header_value(format!("bytes */{size}")),
-            );
-        }
-        response
-    }
-}
-
-type Result<T, E = CasError> = std::result::Result<T, E>;
-
-/// The query of a direct transfer URL (handed out over Socket.IO); absent with a Bearer token.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub(super) struct Signed {
-    /// The bucket the URL was signed for.
-    bucket: Option<String>,
-    /// Expiry, seconds since the epoch.
-    exp: Option<u64>,
-    /// HMAC-SHA256 signature, hex.
-    sig: Option<String>,
 }
 
 /// What a PUT stored.
@@ -159,15 +65,41 @@ pub(super) struct Target {
 }
 
 impl FromRequestParts<AppState> for Target {
-    type Rejection = CasError;
+    type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
         let Path(hash) = Path::<String>::from_request_parts(parts, state)
             .await
-            .map_err(|_| CasError::NonCanonical)?;
-        let hash = ContentHash::parse(&hash).ok_or(CasError::NonCanonical)?;
-        let query = Query::<Signed>::from_request_parts(parts, state).await;
-        let access = access(state, &parts.method, &hash, &parts.headers, query)?;
+            .map_err(|_| ApiError::NonCanonical)?;
+        let hash = ContentHash::parse(&hash).ok_or(ApiError::NonCanonical)?;
+        let access = match Caller::from_request_parts(parts, state).await? {
+            Caller::Token(grant) => Access {
+                bucket: grant.bucket,
+                may_write: !grant.read_only,
+                direct: false,
+            },
+            Caller::Signed(signature) => {
+                // HEAD is a GET without the body.
+                let method = if parts.method == Method::HEAD {
+                    &Method::GET
+                } else {
+                    &parts.method
+                };
+                state.signed().verify(
+                    method,
+                    &signature.bucket,
+                    &hash,
+                    signature.exp,
+                    &signature.sig,
+                    now_unix(),
+                )?;
+                Access {
+                    bucket: signature.bucket,
+                    may_write: true,
+                    direct: true,
+                }
+            }
+        };
         Ok(Self { hash, access })
     }
 }
@@ -178,49 +110,9 @@ impl Target {
         if self.access.may_write {
             Ok(&self.access.bucket)
         } else {
-            Err(CasError::Forbidden("read-only token".to_owned()))
+            Err(ApiError::ReadOnly)
         }
     }
-}
-
-/// The bucket and rights of a request: from its signed URL when it has one (checked for this
-/// method and hash), else from its Bearer token.
-fn access(
-    state: &AppState,
-    method: &Method,
-    hash: &ContentHash,
-    headers: &HeaderMap,
-    query: std::result::Result<Query<Signed>, QueryRejection>,
-) -> Result<Access> {
-    let signed = query.map_err(|_| CasError::Forbidden(Denied::BadSignature.to_string()))?;
-    if signed.bucket.is_none() && signed.exp.is_none() && signed.sig.is_none() {
-        let grant = super::bearer_grant(headers, state).ok_or(CasError::Unauthorized)?;
-        return Ok(Access {
-            bucket: grant.bucket,
-            may_write: !grant.read_only,
-            direct: false,
-        });
-    }
-    let forbidden = |denied: Denied| CasError::Forbidden(denied.to_string());
-    let (Some(bucket), Some(exp), Some(sig)) = (&signed.bucket, signed.exp, &signed.sig) else {
-        return Err(forbidden(Denied::BadSignature));
-    };
-    let bucket = Bucket::parse(bucket).ok_or(forbidden(Denied::BadSignature))?;
-    // HEAD is a GET without the body.
-    let method = if method == Method::HEAD {
-        &Method::GET
-    } else {
-        method
-    };
-    state
-        .signed()
-        .verify(method, &bucket, hash, exp, sig, now_unix())
-        .map_err(forbidden)?;
-    Ok(Access {
-        bucket,
-        may_write: true,
-        direct: true,
-    })
 }
 
 fn header_value(text: String) -> HeaderValue {
@@ -256,7 +148,7 @@ fn byte_range(headers: &HeaderMap, hash: &ContentHash, size: u64) -> Result<Opti
         Err(RangeUnsatisfiableError::Invalid(_)) | Ok(Err(RangeUnsatisfiableError::Invalid(_))) => {
             return Ok(None);
         }
-        Err(_) | Ok(Err(_)) => return Err(CasError::Range(size)),
+        Err(_) | Ok(Err(_)) => return Err(ApiError::Range(size)),
     };
     Ok(match ranges.as_slice() {
         [one] => Some((*one.start(), *one.end())),
@@ -292,7 +184,7 @@ fn shown_inline(content_type: &str) -> bool {
     params(
         ("hash" = String, Path, description = "BLAKE3 hash of the content: 64 lower-case hex characters"),
         ("Range" = Option<String>, Header, description = "One byte range, e.g. `bytes=0-1023`"),
-        Signed
+        Credentials
     ),
     responses(
         (status = 200, description = "The bytes; `ETag` is the quoted hash", content_type = "application/octet-stream"),
@@ -342,7 +234,7 @@ pub(crate) async fn serve(read: Read<'_>, content_type: &str) -> Result<Response
         method,
         headers,
     } = read;
-    let size = store.size(bucket, hash).await?.ok_or(CasError::NotFound)?;
+    let size = store.size(bucket, hash).await?.ok_or(ApiError::NotFound)?;
     if names_content(headers, header::IF_NONE_MATCH, hash) {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
         response.headers_mut().insert(header::ETAG, etag(hash));
@@ -360,17 +252,17 @@ pub(crate) async fn serve(read: Read<'_>, content_type: &str) -> Result<Response
             Some(_) => store.open(bucket, hash).await?,
             None => store.stream(bucket, hash).await?,
         };
-        let mut content = opened.ok_or(CasError::NotFound)?;
+        let mut content = opened.ok_or(ApiError::NotFound)?;
         if content.size != size {
             // Replaced between the two looks (a repair): the size said is no longer true.
-            return Err(CasError::NotFound);
+            return Err(ApiError::NotFound);
         }
         if start > 0 {
             content
                 .reader
                 .seek(io::SeekFrom::Start(start))
                 .await
-                .map_err(|e| CasError::Store(Box::new(e)))?;
+                .map_err(|e| ApiError::Storage(Box::new(e)))?;
         }
         Body::from_stream(ReaderStream::with_capacity(
             content.reader.take(len),
@@ -425,7 +317,7 @@ pub(crate) async fn serve(read: Read<'_>, content_type: &str) -> Result<Response
     path = "/blobs/{hash}",
     params(
         ("hash" = String, Path, description = "BLAKE3 hash of the body: 64 lower-case hex characters"),
-        Signed
+        Credentials
     ),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
@@ -448,14 +340,14 @@ pub(super) async fn put_content(
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
     if encoded {
-        return Err(CasError::Encoded);
+        return Err(ApiError::Encoded);
     }
     let limit = state.content_limits().max_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit) {
-        return Err(CasError::TooLarge(limit));
+        return Err(ApiError::TooLarge(limit));
     }
     let stream = body.into_data_stream().map_err(io::Error::other);
     let stored = content::put(state.content(), bucket, Some(hash), Box::pin(stream), limit).await?;
@@ -503,6 +395,6 @@ pub(super) async fn delete_content(
         tracing::debug!(%bucket, %hash, "content deleted");
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
-        Err(CasError::NotFound)
+        Err(ApiError::NotFound)
     }
 }
