@@ -147,7 +147,7 @@ async fn changes_reach_subscribers_on_every_node() {
     }
 }
 
-/// 16 clients spread over three nodes CAS-loop on one blob: every version is won exactly once.
+/// 16 clients spread over three nodes run compare-and-swap loops on one blob: every version is won exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_and_swap_holds_across_nodes() {
     const CLIENTS: usize = 16;

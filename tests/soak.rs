@@ -17,7 +17,7 @@ fn ref_name(i: usize) -> String {
     format!("{:02x}{:062x}", (i * 89) % 256, i)
 }
 
-/// Writers CAS-loop for `duration` and return their set latencies.
+/// Writers run compare-and-swap loops for `duration` and return their set latencies.
 async fn write_for(addr: std::net::SocketAddr, duration: Duration) -> Vec<Duration> {
     let deadline = Instant::now() + duration;
     let tasks: Vec<_> = (0..WRITERS)
@@ -63,7 +63,7 @@ async fn soak_keeps_memory_and_descriptors_flat() {
         &[
             ("MAX_CONNECTIONS", &limit),
             ("MAX_CONNECTIONS_PER_IP", &limit),
-            // Each writer runs a tight CAS loop, far above an interactive client's rate.
+            // Each writer runs a tight compare-and-swap loop, far above an interactive client's rate.
             ("EVENTS_PER_SECOND", "100000"),
             ("EVENT_BURST", "100000"),
         ],

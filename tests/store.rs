@@ -409,7 +409,7 @@ async fn listing() {
     }
 }
 
-/// 16 writers CAS-loop on one blob: every version is won exactly once, whatever the backend
+/// 16 writers run compare-and-swap loops on one blob: every version is won exactly once, whatever the backend
 /// (on the object store, only its conditional writes decide).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_win_each_version_once() {

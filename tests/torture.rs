@@ -43,7 +43,7 @@ struct Ended {
     clean: bool,
 }
 
-/// A CAS loop until the connection ends; counts acknowledged commits.
+/// A compare-and-swap loop until the connection ends; counts acknowledged commits.
 async fn writer(addr: std::net::SocketAddr, r: String, ledger: Ledger) -> Ended {
     let mut committed = 0;
     let ended = |committed, error: ClientError| Ended {

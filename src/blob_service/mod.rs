@@ -15,152 +15,31 @@
 //! unreferenced, happen under the content's lock, so a sweep never removes bytes an upload of
 //! the same content is committing.
 
+mod index;
 pub mod order;
+mod record;
 pub mod records;
+mod sweep;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::HashSet;
 use std::io;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
 use crate::content::{self, ContentStore, Incoming, Owner};
 use crate::locks::KeyedLocks;
-use crate::names::{Bucket, ContentHash, Handle};
+use crate::names::{Bucket, Handle};
 
 use crate::cluster::{Redis, relay};
+use index::{Index, Records, created_after};
 use order::{Applied, Order, Relayed};
+pub use record::{
+    MAX_SEMANTICS, Metadata, Record, RetentionPolicy, STREAM_NAME, STREAM_SEMANTICS, Upload,
+};
 pub use records::{RecordFiles, RecordObjects, RecordStore};
-
-/// Name of the metadata stream, as in ActyxOS.
-pub const STREAM_NAME: &str = "ActyxOS-BlobService-Metadata";
-/// Semantics of the metadata stream, as in ActyxOS.
-pub const STREAM_SEMANTICS: &str = "com.actyx.os.blobs.metadata";
-/// Longest `semantics`, in characters.
-pub const MAX_SEMANTICS: usize = 256;
-
-/// How long an upload is kept.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(tag = "policy", rename_all = "camelCase")]
-pub enum RetentionPolicy {
-    #[default]
-    KeepForever,
-    /// Until this time, milliseconds since the epoch.
-    KeepUntilTime { until: u64 },
-    /// For this long after the upload, in milliseconds.
-    KeepForDuration {
-        #[serde(rename = "durationMs")]
-        duration_ms: u64,
-    },
-}
-
-impl RetentionPolicy {
-    /// When an upload made at `created` expires; `None`: never.
-    pub fn expires_at(&self, created: u64) -> Option<u64> {
-        match self {
-            RetentionPolicy::KeepForever => None,
-            RetentionPolicy::KeepUntilTime { until } => Some(*until),
-            RetentionPolicy::KeepForDuration { duration_ms } => {
-                Some(created.saturating_add(*duration_ms))
-            }
-        }
-    }
-}
-
-/// The `metadata` part of an upload.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Metadata {
-    pub semantics: Option<String>,
-    #[serde(default)]
-    pub retention_policy: Option<RetentionPolicy>,
-}
-
-/// Why an upload's metadata is refused; the message is what the client reads.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Invalid {
-    #[error("metadata.semantics is required: a non-empty string of at most 256 characters")]
-    Semantics,
-    #[error("metadata.retentionPolicy.until is in the past")]
-    Past,
-    #[error("metadata.retentionPolicy.durationMs must be greater than zero")]
-    Duration,
-}
-
-impl Metadata {
-    /// The checked semantics and policy of an upload made at `now`.
-    pub fn validate(self, now: u64) -> Result<(String, RetentionPolicy), Invalid> {
-        let semantics = self
-            .semantics
-            .filter(|s| !s.is_empty() && s.chars().count() <= MAX_SEMANTICS)
-            .ok_or(Invalid::Semantics)?;
-        let policy = self.retention_policy.unwrap_or_default();
-        match policy {
-            RetentionPolicy::KeepUntilTime { until } if until <= now => return Err(Invalid::Past),
-            RetentionPolicy::KeepForDuration { duration_ms: 0 } => return Err(Invalid::Duration),
-            _ => {}
-        }
-        Ok((semantics, policy))
-    }
-}
-
-/// One upload, exactly as stored in its file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Record {
-    pub handle: String,
-    /// BLAKE3 hash of the bytes: their name in the content store.
-    pub hash: String,
-    pub size: u64,
-    pub content_type: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file_name: Option<String>,
-    pub semantics: String,
-    pub retention_policy: RetentionPolicy,
-    /// Milliseconds since the epoch.
-    pub created: u64,
-    /// Address of the uploader (`X-Real-IP` from a trusted proxy, or the peer).
-    pub uploader: String,
-}
-
-impl Record {
-    /// Whether readers still see it at `now`.
-    pub fn live(&self, now: u64) -> bool {
-        self.retention_policy
-            .expires_at(self.created)
-            .is_none_or(|expires| now < expires)
-    }
-
-    /// The record as the metadata stream and `blob-metadata` carry it.
-    pub fn event(&self) -> serde_json::Value {
-        serde_json::json!({
-            "handle": self.handle,
-            "semantics": self.semantics,
-            "size": self.size,
-            "contentType": self.content_type,
-            "retentionPolicy": self.retention_policy,
-            "created": self.created,
-        })
-    }
-
-    /// The name of the record's content (`None` for a record edited into nonsense).
-    pub fn content_hash(&self) -> Option<ContentHash> {
-        ContentHash::parse(&self.hash)
-    }
-}
-
-/// What an upload says about itself besides its bytes.
-#[derive(Clone, Debug)]
-pub struct Upload {
-    pub semantics: String,
-    pub retention_policy: RetentionPolicy,
-    pub content_type: String,
-    pub file_name: Option<String>,
-    pub uploader: String,
-    pub now: u64,
-}
+pub use sweep::Swept;
 
 /// A storage failure; every variant is logged with its detail, and the client sees a 500
 /// `Storage error`.
@@ -185,95 +64,6 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// What one retention sweep removed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Swept {
-    pub records: usize,
-    pub contents: usize,
-    pub bytes: u64,
-}
-
-/// A bucket's records in memory.
-#[derive(Default)]
-struct Index {
-    by_handle: HashMap<Handle, Arc<Record>>,
-    /// Newest first when iterated in reverse: `(created, handle)`.
-    by_time: BTreeSet<(u64, Handle)>,
-    /// Records (live or expired) per content: content with none is the sweep's to remove.
-    refs: HashMap<ContentHash, usize>,
-}
-
-impl Index {
-    /// Adds a record; `false` (and nothing changes) when its handle is known already.
-    fn insert(&mut self, handle: Handle, record: Arc<Record>) -> bool {
-        if self.by_handle.contains_key(&handle) {
-            return false;
-        }
-        if let Some(hash) = record.content_hash() {
-            *self.refs.entry(hash).or_default() += 1;
-        }
-        self.by_time.insert((record.created, handle.clone()));
-        self.by_handle.insert(handle, record);
-        true
-    }
-
-    fn remove(&mut self, handle: &Handle) -> Option<Arc<Record>> {
-        let record = self.by_handle.remove(handle)?;
-        self.by_time.remove(&(record.created, handle.clone()));
-        if let Some(hash) = record.content_hash()
-            && let Some(count) = self.refs.get_mut(&hash)
-        {
-            *count -= 1;
-            if *count == 0 {
-                self.refs.remove(&hash);
-            }
-        }
-        Some(record)
-    }
-
-    fn referenced(&self, hash: &ContentHash) -> bool {
-        self.refs.contains_key(hash)
-    }
-}
-
-/// Every bucket's records, and the order new ones are announced in.
-#[derive(Default)]
-struct Records {
-    buckets: HashMap<Bucket, Index>,
-    /// `created` of the newest record: each new one gets a later time, so `created` orders
-    /// records and a stream can resume from the last one it saw.
-    newest: u64,
-}
-
-impl Records {
-    /// Adds a record; `false` (and nothing changes) when its handle is known already.
-    fn insert(&mut self, bucket: &Bucket, handle: Handle, record: Arc<Record>) -> bool {
-        self.newest = self.newest.max(record.created);
-        let index = self.buckets.entry(bucket.clone()).or_default();
-        index.insert(handle, record)
-    }
-
-    fn remove(&mut self, bucket: &Bucket, handle: &Handle) {
-        if let Some(index) = self.buckets.get_mut(bucket) {
-            index.remove(handle);
-        }
-    }
-
-    /// Every record's bucket and handle for which `keep` holds.
-    fn select(&self, keep: impl Fn(&Bucket, &Handle, &Record) -> bool) -> Vec<(Bucket, Handle)> {
-        self.buckets
-            .iter()
-            .flat_map(|(bucket, index)| {
-                index
-                    .by_handle
-                    .iter()
-                    .filter(|(handle, r)| keep(bucket, handle, r))
-                    .map(|(handle, _)| (bucket.clone(), handle.clone()))
-            })
-            .collect()
-    }
-}
 
 /// The Blob Service's records, over the bucket's content store. Cloning is cheap: the state
 /// is shared.
@@ -627,95 +417,6 @@ impl BlobService {
         })
         .await?
     }
-
-    /// Deletes content for a shared flow (`DELETE /blobs/{hash}`): while records of this
-    /// service refer to it, the content becomes the service's (removed with its last record)
-    /// instead. `false` when there is no such content.
-    pub async fn delete_shared(&self, bucket: &Bucket, hash: &ContentHash) -> Result<bool> {
-        let this = self.clone();
-        let (bucket, hash) = (bucket.clone(), hash.clone());
-        tokio::spawn(async move {
-            let content = &this.0.content;
-            let held = content.lock(&bucket, &hash).await;
-            if this.with_index(&bucket, |index| index.referenced(&hash)) {
-                Ok(content.claim(&bucket, &hash, held).await?)
-            } else {
-                Ok(content.remove(&bucket, &hash, held).await?)
-            }
-        })
-        .await?
-    }
-
-    /// Deletes every expired record, then the service's content no record refers to (also
-    /// what a crash or a failed upload left behind). A failure is logged and the sweep goes on.
-    pub async fn sweep(&self, now: u64) -> Swept {
-        if self.0.storage.shared() {
-            // Another node's records refer to content too: look at them all, not only at
-            // what arrived through Redis.
-            let settled = now.saturating_sub(SETTLE.as_millis() as u64);
-            if let Err(e) = self.catch_up(settled).await {
-                tracing::error!("sweep: cannot read the records, nothing removed: {e}");
-                return Swept::default();
-            }
-        }
-        let expired = self.records().select(|_, _, r| !r.live(now));
-        let mut swept = Swept::default();
-        for (bucket, handle) in expired {
-            match self.remove_record(&bucket, &handle).await {
-                Ok(()) => swept.records += 1,
-                Err(e) => tracing::error!(%bucket, %handle, "sweep: cannot remove a record: {e}"),
-            }
-        }
-        let owned = match self.0.content.service_owned().await {
-            Ok(owned) => owned,
-            Err(e) => {
-                tracing::error!("sweep: cannot list the service's content: {e}");
-                return swept;
-            }
-        };
-        for (bucket, hash) in owned {
-            if self.with_index(&bucket, |index| index.referenced(&hash)) {
-                continue;
-            }
-            match self.collect(&bucket, &hash).await {
-                Ok(Some(bytes)) => {
-                    swept.contents += 1;
-                    swept.bytes += bytes;
-                }
-                Ok(None) => {}
-                Err(e) => tracing::error!(%bucket, %hash, "sweep: cannot remove content: {e}"),
-            }
-        }
-        swept
-    }
-
-    /// Removes a record from storage, then from memory (here and on the other nodes).
-    async fn remove_record(&self, bucket: &Bucket, handle: &Handle) -> Result<()> {
-        self.0.storage.remove(bucket, handle).await?;
-        if let Some(cluster) = self.0.nodes.get() {
-            let message = Relayed::Removed {
-                bucket: bucket.to_string(),
-                handle: handle.to_string(),
-            };
-            if let Err(e) = cluster.publish(&message).await {
-                tracing::warn!(%bucket, %handle, "removal not announced to the other nodes: {e}");
-            }
-        }
-        self.records().remove(bucket, handle);
-        Ok(())
-    }
-
-    /// Removes the service's content if no record refers to it (checked under its lock, so
-    /// an upload of the same bytes either commits first and keeps it, or finds it gone and
-    /// stores it again); its size when removed.
-    async fn collect(&self, bucket: &Bucket, hash: &ContentHash) -> Result<Option<u64>> {
-        let content = &self.0.content;
-        let held = content.lock(bucket, hash).await;
-        if self.with_index(bucket, |index| index.referenced(hash)) {
-            return Ok(None);
-        }
-        Ok(content.release(bucket, hash, held).await?)
-    }
 }
 
 /// The nodes' channel of records, applied to one node's view.
@@ -738,21 +439,10 @@ impl relay::Listener for RelayedRecords {
     }
 }
 
-/// Live records of one bucket created after `since`, oldest first.
-fn created_after(index: &Index, since: u64, now: u64) -> Vec<Arc<Record>> {
-    index
-        .by_time
-        .iter()
-        .skip_while(|(created, _)| *created <= since)
-        .filter_map(|(_, handle)| index.by_handle.get(handle))
-        .filter(|r| r.live(now))
-        .cloned()
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::ContentHash;
 
     fn metadata(json: &str) -> Result<(String, RetentionPolicy), String> {
         let parsed: Metadata = serde_json::from_str(json).map_err(|e| e.to_string())?;

@@ -35,8 +35,9 @@ use super::{
     ByteStream, Content, ContentLock, ContentStore, Error, Incoming, Owner, Result, Scrubbed,
 };
 
-/// Directory of a bucket's content store, beside its versioned blobs' shard directories.
-const CAS_DIR: &str = "cas";
+/// Directory of a bucket's content store, beside its versioned blobs' shard directories (`cas`
+/// on disk, as stores written by earlier versions have it).
+const CONTENT_DIR: &str = "cas";
 
 pub struct FsContent {
     root: PathBuf,
@@ -123,9 +124,9 @@ impl FsContent {
     pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
         let root = root.into();
         std::fs::create_dir_all(&root)?;
-        for (_, cas) in cas_dirs(&root)? {
-            durable::remove_temp_files(&cas)?;
-            for shard in durable::subdirs(&cas)? {
+        for (_, dir) in content_dirs(&root)? {
+            durable::remove_temp_files(&dir)?;
+            for shard in durable::subdirs(&dir)? {
                 durable::remove_temp_files(&shard)?;
             }
         }
@@ -138,7 +139,7 @@ impl FsContent {
     }
 
     fn dir(&self, bucket: &Bucket) -> PathBuf {
-        self.root.join(bucket.as_str()).join(CAS_DIR)
+        self.root.join(bucket.as_str()).join(CONTENT_DIR)
     }
 
     fn path(&self, bucket: &Bucket, hash: &ContentHash) -> PathBuf {
@@ -378,14 +379,14 @@ impl ContentStore for FsContent {
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || -> io::Result<Vec<(Bucket, ContentHash)>> {
             let mut owned = Vec::new();
-            for (bucket_dir, cas) in cas_dirs(&root)? {
+            for (bucket_dir, dir) in content_dirs(&root)? {
                 let name = bucket_dir
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned());
                 let Some(bucket) = name.as_deref().and_then(Bucket::parse) else {
                     continue;
                 };
-                for shard in durable::subdirs(&cas)? {
+                for shard in durable::subdirs(&dir)? {
                     for entry in std::fs::read_dir(&shard)? {
                         let name = entry?.file_name().to_string_lossy().into_owned();
                         let hash = name
@@ -405,12 +406,12 @@ impl ContentStore for FsContent {
 }
 
 /// Every bucket directory under `root` that has content, with its content directory.
-fn cas_dirs(root: &Path) -> io::Result<Vec<(PathBuf, PathBuf)>> {
+fn content_dirs(root: &Path) -> io::Result<Vec<(PathBuf, PathBuf)>> {
     let mut dirs = Vec::new();
     for bucket in durable::subdirs(root)? {
-        let cas = bucket.join(CAS_DIR);
-        if cas.is_dir() {
-            dirs.push((bucket, cas));
+        let dir = bucket.join(CONTENT_DIR);
+        if dir.is_dir() {
+            dirs.push((bucket, dir));
         }
     }
     Ok(dirs)
@@ -419,8 +420,8 @@ fn cas_dirs(root: &Path) -> io::Result<Vec<(PathBuf, PathBuf)>> {
 /// Hashes every content file under `root` again (see [`ContentStore::scrub`]), until `stop`.
 fn scrub(root: &Path, verified: &Verified, stop: &CancellationToken) -> io::Result<Scrubbed> {
     let mut scrubbed = Scrubbed::default();
-    for (_, cas) in cas_dirs(root)? {
-        for shard in durable::subdirs(&cas)? {
+    for (_, dir) in content_dirs(root)? {
+        for shard in durable::subdirs(&dir)? {
             for entry in std::fs::read_dir(&shard)? {
                 let path = entry?.path();
                 let name = path.file_name().and_then(|n| n.to_str());

@@ -57,7 +57,7 @@ pub const CLAIM_GRACE: Duration = Duration::from_secs(600);
 const DOOM_POLL: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(250));
 
 /// Directory of a bucket's content, as in the file layout.
-const CAS_DIR: &str = "cas";
+const CONTENT_DIR: &str = "cas";
 
 /// Directory, beside the shards, of what clients put to presigned upload URLs.
 const STAGING_DIR: &str = "incoming";
@@ -65,14 +65,16 @@ const STAGING_DIR: &str = "incoming";
 /// The object of a content: `<prefix><bucket>/cas/<hash[0..2]>/<hash>`.
 pub fn content_path(prefix: &str, bucket: &Bucket, hash: &ContentHash) -> Path {
     Path::from(format!(
-        "{prefix}{bucket}/{CAS_DIR}/{}/{hash}",
+        "{prefix}{bucket}/{CONTENT_DIR}/{}/{hash}",
         hash.shard()
     ))
 }
 
 /// Where a presigned upload of a content lands, until `blob-uploaded` verifies it.
 pub fn staging_path(prefix: &str, bucket: &Bucket, hash: &ContentHash) -> Path {
-    Path::from(format!("{prefix}{bucket}/{CAS_DIR}/{STAGING_DIR}/{hash}"))
+    Path::from(format!(
+        "{prefix}{bucket}/{CONTENT_DIR}/{STAGING_DIR}/{hash}"
+    ))
 }
 
 /// Suffix of a content's marker, as in the file layout.
@@ -120,7 +122,7 @@ impl ObjectContent {
 
 impl Objects {
     fn dir(&self, bucket: &Bucket) -> String {
-        format!("{}{bucket}/{CAS_DIR}/", self.prefix)
+        format!("{}{bucket}/{CONTENT_DIR}/", self.prefix)
     }
 
     fn path(&self, bucket: &Bucket, hash: &ContentHash) -> Path {
@@ -561,10 +563,10 @@ impl ContentStore for ObjectContent {
         let objects = &self.objects;
         let mut owned = Vec::new();
         for bucket in objects.buckets().await? {
-            let cas = Path::from(objects.dir(&bucket));
-            let mut names = objects.store.list(Some(&cas));
+            let dir = Path::from(objects.dir(&bucket));
+            let mut names = objects.store.list(Some(&dir));
             while let Some(meta) = names.next().await {
-                let meta = meta.map_err(|e| store_error(&cas, e))?;
+                let meta = meta.map_err(|e| store_error(&dir, e))?;
                 let hash = meta
                     .location
                     .filename()

@@ -25,7 +25,9 @@ use serde_json::{Map, Value as Json, json};
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
 
-use super::{Reply, Session, max_message_len, object};
+use super::events::{Reply, object};
+use super::max_message_len;
+use super::session::Session;
 use crate::clock::now_unix;
 use crate::content;
 use crate::names::ContentHash;
