@@ -10,6 +10,7 @@
 
 mod fs;
 mod object;
+mod verify;
 
 use std::io;
 use std::pin::Pin;
