@@ -35,10 +35,8 @@
 //! of a storage path), [`direct`] (signed direct transfer URLs), [`clock`].
 
 pub mod auth;
-pub mod backend;
 pub mod blob_service;
 pub mod clock;
-pub mod cluster;
 pub mod config;
 pub mod content;
 pub mod direct;
@@ -47,9 +45,10 @@ pub mod names;
 pub mod s3;
 pub mod server;
 pub mod store;
-pub mod tasks;
 
+pub(crate) mod backend;
 pub(crate) mod changes;
+pub(crate) mod cluster;
 pub(crate) mod edge;
 pub(crate) mod http;
 pub(crate) mod limits;
@@ -57,5 +56,6 @@ pub(crate) mod locks;
 pub(crate) mod protocol;
 pub(crate) mod proxy;
 pub(crate) mod state;
+pub(crate) mod tasks;
 
 pub use server::{StartError, run};

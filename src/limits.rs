@@ -49,6 +49,7 @@ impl Cap {
         })
     }
 
+    #[cfg(test)]
     /// Places taken now.
     pub fn taken(&self) -> usize {
         self.taken.load(Ordering::Acquire)
@@ -304,6 +305,7 @@ impl Backlog {
         self.polled.notify_waiters();
     }
 
+    #[cfg(test)]
     /// Bytes sent and not yet delivered.
     pub fn queued(&self) -> u64 {
         let mut counts = self.counts.lock().expect("backlog lock poisoned");
@@ -412,6 +414,7 @@ impl Connections {
         })
     }
 
+    #[cfg(test)]
     /// Live connections in total.
     pub fn total(&self) -> usize {
         self.counts
