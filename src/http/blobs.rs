@@ -173,7 +173,7 @@ pub(super) async fn put(
     let body = body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(limit as u64),
         // The client stopped sending (`BODY_TIMEOUT`) or went away: nothing is written.
-        _ => ApiError::bad("The request body did not arrive in full"),
+        _ => ApiError::Body,
     })?;
     let expect = match (
         condition(&headers, header::IF_MATCH)?,
@@ -188,13 +188,8 @@ pub(super) async fn put(
             ));
         }
     };
-    let request = SetRequest {
-        edit: Edit::Put(Some(STANDARD.encode(&body))),
-        expect,
-        ip: proxy::client_address(peer.ip(), &headers, state.trusted_proxies()).to_string(),
-        now: now_ms(),
-    };
-    write(&state, bucket, r, request).await
+    let edit = Edit::Put(Some(STANDARD.encode(&body)));
+    write(&state, &peer, &headers, (bucket, r), edit, expect).await
 }
 
 /// Deletes a blob (leaving a tombstone that keeps its version); needs `If-Match`.
@@ -225,19 +220,27 @@ pub(super) async fn delete(
         Some(_) => return Err(ApiError::bad("If-Match must name one version")),
         None => return Err(ApiError::PreconditionRequired),
     };
-    let request = SetRequest {
-        edit: Edit::Delete,
-        expect,
-        ip: proxy::client_address(peer.ip(), &headers, state.trusted_proxies()).to_string(),
-        now: now_ms(),
-    };
-    write(&state, bucket, r, request).await
+    write(&state, &peer, &headers, (bucket, r), Edit::Delete, expect).await
 }
 
-/// Runs a write and answers it; committed writes are announced to every protocol.
-async fn write(state: &AppState, bucket: Bucket, r: Ref, request: SetRequest) -> Result<Response> {
-    let deleted = request.edit == Edit::Delete;
-    let updating = matches!(request.expect, Expect::Version(_));
+/// Runs a write of the blob `(bucket, r)` and answers it; committed writes are announced to
+/// every protocol.
+async fn write(
+    state: &AppState,
+    peer: &SocketAddr,
+    headers: &HeaderMap,
+    (bucket, r): (Bucket, Ref),
+    edit: Edit,
+    expect: Expect,
+) -> Result<Response> {
+    let deleted = edit == Edit::Delete;
+    let updating = matches!(expect, Expect::Version(_));
+    let request = SetRequest {
+        edit,
+        expect,
+        ip: proxy::client_address(peer.ip(), headers, state.trusted_proxies()).to_string(),
+        now: now_ms(),
+    };
     match state.store().set(&bucket, &r, request).await? {
         SetOutcome::Committed { version } => {
             tracing::debug!(%bucket, r#ref = %r, version, deleted, "committed over HTTP");
