@@ -10,7 +10,7 @@
 //!
 //! # Modules
 //! Serving:
-//! - [`server`]: assembling and running a server, and its graceful shutdown; [`tasks`] its
+//! - [`server`]: assembling and running a server, and its graceful shutdown; `tasks` its
 //!   background sweeps and scrubs.
 //! - `edge`: accepting connections and serving HTTP/1.1 on them (the connection cap, request
 //!   heads, idle and slow clients); `limits`: every other bound on what a client may cost;
@@ -24,11 +24,11 @@
 //! - [`store`]: versioned blobs with compare-and-swap, on files or an object store.
 //! - [`content`]: content-addressed blobs, named by their BLAKE3 hash.
 //! - [`blob_service`]: the ActyxOS Blob Service: uploads with retention, named by handles.
-//! - [`backend`]: the storage a node runs on, chosen by `STORE`; [`s3`] the shared object
+//! - `backend`: the storage a node runs on, chosen by `STORE`; [`s3`] the shared object
 //!   store client.
 //! - [`durable`]: the one way a file is replaced; `locks`: per-key async locks.
 //!
-//! Across nodes: [`cluster`]: one Redis connection for the Socket.IO adapter, the relay of
+//! Across nodes: `cluster`: one Redis connection for the Socket.IO adapter, the relay of
 //! changes and records, and the Blob Service's order lock.
 //!
 //! Shared: [`config`], [`auth`] (bucket tokens), [`names`] (validated names, the only inputs

@@ -105,7 +105,7 @@ pub async fn run(
 
 /// The Socket.IO adapter of several nodes: rooms span the nodes over the shared Redis
 /// connection.
-pub type NodesAdapter = CustomRedisAdapter<Emitter, Redis>;
+pub(crate) type NodesAdapter = CustomRedisAdapter<Emitter, Redis>;
 
 /// The Socket.IO server's settings, before its adapter is chosen.
 fn sockets(config: &Config, state: &AppState) -> SocketIoBuilder {

@@ -9,7 +9,7 @@
 //! the node's. Redis delivers one channel's messages in publish order to every subscriber, so
 //! each node applies new records in `created` order and its metadata streams keep the
 //! single-node guarantee: replay, then live records, each once, in order. A node that dies
-//! holding the lock holds up that bucket's uploads for at most [`LOCK_TTL`].
+//! holding the lock holds up that bucket's uploads for at most `LOCK_TTL` (30 s).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -92,7 +92,7 @@ impl Verified {
     }
 }
 
-/// Hashes every content file under `root` again (see [`ContentStore::scrub`]), until `stop`.
+/// Hashes every content file under `root` again (see [`ContentStore::scrub`](super::ContentStore::scrub)), until `stop`.
 pub(super) fn scrub(
     root: &Path,
     verified: &Verified,

@@ -56,7 +56,7 @@ const ACCESS_DENIED: &str = "Access denied";
 /// An acknowledgement with no argument: serialises as `[]`, so the callback gets `undefined`.
 const NO_ARGS: [(); 0] = [];
 
-/// Replies from this size on count against the socket's [`Backlog`] (smaller ones, like every
+/// Replies from this size on count against the socket's [`Backlog`](crate::limits::Backlog) (smaller ones, like every
 /// `changed`, are bounded by `SEND_BUFFER_PACKETS`).
 const LARGE_REPLY: u64 = 16 * 1024;
 

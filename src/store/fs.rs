@@ -43,7 +43,7 @@ pub struct FsStore {
 
 impl FsStore {
     /// Opens (creating) the storage root, then repairs what a crash may have left: temp files
-    /// are removed and the original's `.backup` files are resolved (see [`recover_backup`]).
+    /// are removed and the original's `.backup` files are resolved (see `recover_backup`).
     pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
         let root = root.into();
         fs::create_dir_all(&root)?;
