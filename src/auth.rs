@@ -9,11 +9,12 @@
 //! `scope` grants full access, as every token of the original does. Any other scope is refused,
 //! so a token minted for a narrower scope of a later version never grants more here.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::clock::{now_ms, now_unix};
 use crate::names::Bucket;
 
 /// The `scope` of a read-only token.
@@ -56,11 +57,8 @@ impl Grant {
         // An `exp` past what the clock can represent never comes.
         let left = self
             .expires
-            .and_then(|exp| UNIX_EPOCH.checked_add(Duration::from_secs(exp)))
-            .map(|at| {
-                at.duration_since(SystemTime::now())
-                    .unwrap_or(Duration::ZERO)
-            });
+            .and_then(|exp| exp.checked_mul(1000))
+            .map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
         async move {
             match left {
                 Some(left) => tokio::time::sleep(left).await,
@@ -133,7 +131,7 @@ impl Keys {
 
     /// Mints a token for `bucket`, optionally expiring and read-only.
     pub fn mint_with(&self, bucket: &Bucket, options: &MintOptions) -> String {
-        let now = unix_seconds();
+        let now = now_unix();
         let claims = Claims {
             bucket: bucket.as_str().to_owned(),
             iat: Some(now),
@@ -148,20 +146,13 @@ impl Keys {
 /// Whether an expiry (`exp`, seconds since the epoch) has passed: from its second on, a token
 /// is expired (RFC 7519 §4.1.4). `None` never passes.
 pub fn has_passed(expires: Option<u64>) -> bool {
-    expires.is_some_and(|exp| unix_seconds() >= exp)
+    expires.is_some_and(|exp| now_unix() >= exp)
 }
 
 /// `exp` as the JWT library accepts it: any JSON number (a fraction is cut off).
 fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     let value = Option::<f64>::deserialize(d)?;
     Ok(value.map(|seconds| seconds.max(0.0) as u64))
-}
-
-fn unix_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -199,7 +190,7 @@ mod tests {
         let exp = read_only
             .expires
             .expect("an expiring token's grant knows its expiry");
-        assert!((unix_seconds() + 59..=unix_seconds() + 60).contains(&exp));
+        assert!((now_unix() + 59..=now_unix() + 60).contains(&exp));
         assert!(!has_passed(read_only.expires));
         // An expiry beyond the clock's range is never reached, and never panics.
         let far = Grant {
@@ -251,7 +242,7 @@ mod tests {
     #[test]
     fn bad_tokens_are_refused() {
         let keys = Keys::new(SECRET);
-        let now = unix_seconds();
+        let now = now_unix();
         let refused = [
             sign(Algorithm::HS256, json!({"bucket": "b"}), "other"),
             sign(

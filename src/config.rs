@@ -277,9 +277,9 @@ impl Config {
             .map_err(|e| ConfigError::BadS3(e.to_string()))
     }
 
-    /// The token secret, refusing a missing or empty one (and a configuration that still uses
-    /// a former setting name, which is checked as early).
-    pub fn secret(&self) -> Result<&str, ConfigError> {
+    /// Refuses what no server can start with, before anything is bound or opened: a missing
+    /// secret, or a former setting name still in use.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.renamed_max_bytes.is_some() {
             return Err(ConfigError::Renamed("CAS_MAX_BYTES", "CONTENT_MAX_BYTES"));
         }
@@ -289,6 +289,11 @@ impl Config {
                 "CONTENT_REDIRECT_BYTES",
             ));
         }
+        self.secret().map(drop)
+    }
+
+    /// The token secret, refusing a missing or empty one.
+    pub fn secret(&self) -> Result<&str, ConfigError> {
         match self.token_secret.as_deref() {
             Some(secret) if !secret.is_empty() => Ok(secret),
             _ => Err(ConfigError::MissingSecret),
@@ -340,7 +345,7 @@ mod tests {
         );
         assert_eq!(config.content_max_bytes, 64 * 1024 * 1024);
         let renamed = Config::parse_from(["blobs", "--token-secret", "s", "--cas-max-bytes", "1"]);
-        assert!(matches!(renamed.secret(), Err(ConfigError::Renamed(..))));
+        assert!(matches!(renamed.validate(), Err(ConfigError::Renamed(..))));
         assert_eq!(config.direct_url_ttl, Duration::from_secs(900));
         for bad in ["blobs.example.com", "ftp://x", "https://", "http://a b"] {
             assert!(

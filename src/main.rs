@@ -17,9 +17,11 @@ use blobs::config::Config;
 /// never silently.
 const EXAMPLE_SECRET: &str = "change-me-to-a-long-random-secret";
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // The environment is read and changed (`.env` loaded, the socket activation variables
+    // taken) here, before any other thread exists.
     dotenvy::dotenv().ok();
+    let passed = ListenFd::from_env().take_tcp_listener(0);
     let config = Config::parse();
     let log = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stdout().is_terminal())
@@ -29,51 +31,58 @@ async fn main() -> ExitCode {
         }));
     tracing_subscriber::registry().with(log).init();
 
-    // Refuse a missing secret before binding, with exit code 2 like any other usage error.
-    match config.secret() {
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-        Ok(secret) if secret == EXAMPLE_SECRET => {
-            tracing::warn!(
-                "TOKEN_SECRET is the example value from .env.example: set a long random secret before exposing this server"
-            );
-        }
-        Ok(_) => {}
+    // Refuse what cannot start before binding, with exit code 2 like any other usage error.
+    if let Err(e) = config.validate() {
+        eprintln!("{e}");
+        return ExitCode::from(2);
+    }
+    if config.secret().is_ok_and(|secret| secret == EXAMPLE_SECRET) {
+        tracing::warn!(
+            "TOKEN_SECRET is the example value from .env.example: set a long random secret before exposing this server"
+        );
     }
     // Every connection takes a descriptor: take all the hard limit allows (the server lowers
     // MAX_CONNECTIONS to fit what it gets).
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!("cannot raise the open file limit: {e}");
     }
-    let listener = match listen(&config).await {
-        Ok(listener) => listener,
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match blobs::run(listener, config, shutdown_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
+    runtime.block_on(async {
+        let listener = match listen(&config, passed).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match blobs::run(listener, config, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
         }
-    }
+    })
 }
 
-/// The socket a service manager handed over (systemd socket activation: `LISTEN_FDS`, the
-/// first one, `HOST` and `PORT` then unused), or else a new one on `HOST`:`PORT`.
-async fn listen(config: &Config) -> Result<TcpListener, String> {
-    let passed = ListenFd::from_env()
-        .take_tcp_listener(0)
-        .map_err(|e| format!("cannot use the socket passed in LISTEN_FDS: {e}"))?;
-    match passed {
+/// The socket a service manager handed over (`passed`: systemd socket activation, the first
+/// of `LISTEN_FDS`; `HOST` and `PORT` are then unused), or else a new one on `HOST`:`PORT`.
+async fn listen(
+    config: &Config,
+    passed: std::io::Result<Option<std::net::TcpListener>>,
+) -> Result<TcpListener, String> {
+    let passed_error = |e| format!("cannot use the socket passed in LISTEN_FDS: {e}");
+    match passed.map_err(passed_error)? {
         Some(listener) => listener
             .set_nonblocking(true)
             .and_then(|()| TcpListener::from_std(listener))
-            .map_err(|e| format!("cannot use the socket passed in LISTEN_FDS: {e}")),
+            .map_err(passed_error),
         None => TcpListener::bind((config.host, config.port))
             .await
             .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port)),

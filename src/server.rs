@@ -56,6 +56,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    config.validate()?;
     let secret = config.secret()?;
     let backend = Backend::open(&config)?;
     // With other nodes, the records' channel is subscribed before the records are read: a
@@ -163,6 +164,7 @@ async fn serve<A: Adapter>(
         );
 
     if let Ok(addr) = listener.local_addr() {
+        // `scripts/adversary.py` reads `addr=` here (it also drives builds without LISTEN_FDS).
         tracing::info!(%addr, storage = %config.storage.display(), "listening");
     }
     let limits = EdgeLimits {

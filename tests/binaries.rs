@@ -93,6 +93,21 @@ fn the_server_needs_a_secret() {
     }
 }
 
+/// A setting under its former name is refused with its new one, never silently ignored.
+#[test]
+fn former_setting_names_are_refused_with_the_new_name() {
+    let cwd = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_blobs"))
+        .current_dir(cwd.path())
+        .env("TOKEN_SECRET", SECRET)
+        .env("CAS_MAX_BYTES", "1048576")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("CONTENT_MAX_BYTES"), "{stderr}");
+}
+
 /// SIGTERM: the server finishes, the client sees a clean close, the process exits 0, and
 /// the acknowledged write is on disk.
 #[tokio::test]

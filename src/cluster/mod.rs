@@ -5,18 +5,22 @@
 //!
 //! The connection speaks RESP3, so pub/sub messages arrive as pushes on the same connection
 //! as commands. When it drops, redis-rs connects again and subscribes to every channel again
-//! by itself; what was published meanwhile is lost, which [`Redis::losses`] tells the
-//! relay's listeners, so they catch up from storage.
+//! by itself; what was published meanwhile is lost, which the relay's listeners are told
+//! ([`Redis::subscribe_counting_losses`]), so they catch up from storage.
 
 pub mod relay;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, IntoConnectionInfo as _, PushInfo, PushKind, RedisResult};
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::{mpsc, watch};
+
+/// Longest wait for Redis to answer one command.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A connection to Redis shared by every part of the server; cloning shares it.
 #[derive(Clone)]
@@ -27,13 +31,24 @@ pub struct Redis {
 
 /// Where pushed messages go.
 #[derive(Default)]
-struct Routes {
-    /// Each subscribed channel's receiver. A receiver that is full loses the message, which
-    /// counts as a loss (see [`Routes::losses`]).
-    channels: RwLock<HashMap<String, mpsc::Sender<ChanItem>>>,
-    /// How many times messages may have been lost (the connection dropped, or a receiver fell
-    /// behind); listeners that must not miss anything catch up when it grows.
-    losses: watch::Sender<u64>,
+struct Routes(RwLock<HashMap<String, Route>>);
+
+/// One subscribed channel's receiver.
+#[derive(Clone)]
+struct Route {
+    sender: mpsc::Sender<ChanItem>,
+    /// Counts the times this channel's messages may have been lost (the connection dropped, or
+    /// the receiver fell behind), for a receiver that catches up when it grows; `None` for
+    /// one that takes losses as pub/sub does (the Socket.IO adapter's).
+    losses: Option<watch::Sender<u64>>,
+}
+
+impl Route {
+    fn lost(&self) {
+        if let Some(losses) = &self.losses {
+            losses.send_modify(|count| *count += 1);
+        }
+    }
 }
 
 impl Routes {
@@ -51,28 +66,40 @@ impl Routes {
                     tracing::warn!("malformed message from Redis skipped");
                     return;
                 };
-                let route = self.channels().get(&channel).cloned();
-                if let Some(route) = route
-                    && route.try_send((channel, message)).is_err()
-                {
-                    tracing::warn!("a Redis channel's receiver fell behind: message lost");
-                    self.lost();
+                let Some(route) = self.read().get(&channel).cloned() else {
+                    return;
+                };
+                match route.sender.try_send((channel, message)) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full((channel, _))) => {
+                        tracing::warn!(
+                            channel,
+                            "a Redis channel's receiver fell behind: message lost"
+                        );
+                        route.lost();
+                    }
+                    // The receiver is gone (shutdown): nothing more goes to it.
+                    Err(mpsc::error::TrySendError::Closed((channel, _))) => {
+                        self.write().remove(&channel);
+                    }
                 }
             }
             PushKind::Disconnection => {
                 tracing::warn!("lost the connection to Redis: connecting again");
-                self.lost();
+                for route in self.read().values() {
+                    route.lost();
+                }
             }
             _ => {}
         }
     }
 
-    fn lost(&self) {
-        self.losses.send_modify(|count| *count += 1);
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Route>> {
+        self.0.read().expect("route map poisoned")
     }
 
-    fn channels(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, mpsc::Sender<ChanItem>>> {
-        self.channels.read().expect("route map poisoned")
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Route>> {
+        self.0.write().expect("route map poisoned")
     }
 }
 
@@ -93,7 +120,10 @@ impl Redis {
                 pushes.deliver(push);
                 Ok::<(), std::convert::Infallible>(())
             })
-            .set_automatic_resubscription();
+            .set_automatic_resubscription()
+            // One connection carries the adapter's broadcasts, the relay and the order lock:
+            // room for a burst ahead of a command (redis-rs's default is 500 ms).
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
         let connection = client.get_connection_manager_with_config(config).await?;
         Ok(Self { connection, routes })
     }
@@ -104,32 +134,48 @@ impl Redis {
     }
 
     /// Subscribes to `channel`; its messages arrive on the receiver, at most `buffer` ahead of
-    /// the reader.
+    /// the reader (past that, they are lost, as with any pub/sub).
     pub async fn subscribe(
         &self,
         channel: &str,
         buffer: usize,
     ) -> RedisResult<mpsc::Receiver<ChanItem>> {
         let (sender, receiver) = mpsc::channel(buffer);
-        // Routed before SUBSCRIBE is sent: its first message may come right after the reply.
-        self.routes
-            .channels
-            .write()
-            .expect("route map poisoned")
-            .insert(channel.to_owned(), sender);
-        self.connection.clone().subscribe(channel).await?;
+        self.route(
+            channel,
+            Route {
+                sender,
+                losses: None,
+            },
+        )
+        .await?;
         Ok(receiver)
+    }
+
+    /// Like [`Redis::subscribe`], and counts the times messages of `channel` may have been
+    /// lost since, for a receiver that must catch up after each.
+    pub async fn subscribe_counting_losses(
+        &self,
+        channel: &str,
+        buffer: usize,
+    ) -> RedisResult<(mpsc::Receiver<ChanItem>, watch::Receiver<u64>)> {
+        let (sender, receiver) = mpsc::channel(buffer);
+        let (losses, counted) = watch::channel(0);
+        let losses = Some(losses);
+        self.route(channel, Route { sender, losses }).await?;
+        Ok((receiver, counted))
+    }
+
+    async fn route(&self, channel: &str, route: Route) -> RedisResult<()> {
+        // Routed before SUBSCRIBE is sent: its first message may come right after the reply.
+        self.routes.write().insert(channel.to_owned(), route);
+        self.connection.clone().subscribe(channel).await
     }
 
     /// Subscribes to `channel` again, which returns once the subscription is live on the
     /// current connection (after a loss, once the connection is back).
     pub async fn confirm(&self, channel: &str) -> RedisResult<()> {
         self.connection.clone().subscribe(channel).await
-    }
-
-    /// Counts the times messages may have been lost; see [`Routes::losses`].
-    pub fn losses(&self) -> watch::Receiver<u64> {
-        self.routes.losses.subscribe()
     }
 }
 
@@ -152,11 +198,7 @@ impl Driver for Redis {
     }
 
     async fn unsubscribe(&self, channel: String) -> RedisResult<()> {
-        self.routes
-            .channels
-            .write()
-            .expect("route map poisoned")
-            .remove(&channel);
+        self.routes.write().remove(&channel);
         self.connection.clone().unsubscribe(channel).await
     }
 

@@ -36,18 +36,17 @@ pub struct Subscription {
     redis: Redis,
     channel: &'static str,
     messages: mpsc::Receiver<ChanItem>,
-    /// Taken before subscribing, so no loss after the subscription goes unnoticed.
+    /// Grows with every loss of this channel's messages.
     losses: watch::Receiver<u64>,
 }
 
 /// Subscribes to `channel`.
 pub async fn subscribe(redis: &Redis, channel: &'static str) -> RedisResult<Subscription> {
-    let mut losses = redis.losses();
-    losses.mark_unchanged();
+    let (messages, losses) = redis.subscribe_counting_losses(channel, BUFFER).await?;
     Ok(Subscription {
-        messages: redis.subscribe(channel, BUFFER).await?,
         redis: redis.clone(),
         channel,
+        messages,
         losses,
     })
 }
@@ -88,6 +87,11 @@ pub fn listen(
                         pause = (pause * 2).min(RESUBSCRIBE.1);
                     }
                     tracing::info!(channel, "subscribed to Redis again");
+                    // What arrived before the subscription was confirmed is older than what
+                    // the listener catches up to: it goes first.
+                    while let Ok((_, payload)) = messages.try_recv() {
+                        listener.message(&String::from_utf8_lossy(&payload)).await;
+                    }
                     listener.resubscribed().await;
                 }
                 () = &mut closing => return,

@@ -1,7 +1,7 @@
 //! Who a request acts for: a bucket token, sent as `Authorization: Bearer <token>` or, on GET
 //! and HEAD, as the `access_token` query parameter (RFC 6750 section 2.3: for `<img src>`,
 //! downloads and `EventSource`, which cannot set headers); or, on the content routes only, a
-//! direct URL's signature.
+//! direct URL's signature, which takes precedence there.
 
 use axum::extract::{FromRequestParts, Query};
 use axum::http::Method;
@@ -16,17 +16,23 @@ use crate::direct::Denied;
 use crate::names::Bucket;
 use crate::state::AppState;
 
-/// What the query may carry instead of an `Authorization` header.
+/// The token as a query parameter.
 #[derive(Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct Credentials {
+pub struct AccessToken {
     /// The bucket token, on GET and HEAD only.
     access_token: Option<String>,
-    /// A direct URL's bucket.
+}
+
+/// The query of a direct transfer URL (handed out over Socket.IO).
+#[derive(Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SignedQuery {
+    /// The bucket the URL was signed for.
     bucket: Option<String>,
-    /// A direct URL's expiry, seconds since the epoch.
-    exp: Option<String>,
-    /// A direct URL's signature: HMAC-SHA256, hex.
+    /// Expiry, seconds since the epoch.
+    exp: Option<u64>,
+    /// HMAC-SHA256 signature, hex.
     sig: Option<String>,
 }
 
@@ -38,7 +44,38 @@ pub struct Signature {
     pub sig: String,
 }
 
-/// Who a request acts for.
+/// The grant of a request that must carry a bucket token.
+pub struct Token(pub Grant);
+
+impl FromRequestParts<AppState> for Token {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        if let Some(grant) = bearer(&parts.headers).and_then(|token| state.keys().verify(token)) {
+            return Ok(Token(grant));
+        }
+        if parts.method != Method::GET && parts.method != Method::HEAD {
+            return Err(ApiError::Unauthorized);
+        }
+        Query::<AccessToken>::from_request_parts(parts, state)
+            .await
+            .ok()
+            .and_then(|Query(query)| query.access_token)
+            .and_then(|token| state.keys().verify(&token))
+            .map(Token)
+            .ok_or(ApiError::Unauthorized)
+    }
+}
+
+impl Token {
+    /// The bucket, when the token may write to it.
+    pub fn writer(&self) -> Result<&Bucket> {
+        self.0.writable_bucket().ok_or(ApiError::ReadOnly)
+    }
+}
+
+/// Who a request of the content routes acts for: a direct URL's signature when the query has
+/// one (a query that does not parse is a bad signature), else a bucket token.
 pub enum Caller {
     Token(Grant),
     Signed(Signature),
@@ -48,28 +85,22 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        let Query(query) = Query::<Credentials>::from_request_parts(parts, state)
+        let Query(query) = Query::<SignedQuery>::from_request_parts(parts, state)
             .await
-            .unwrap_or_default();
-        if query.bucket.is_some() || query.exp.is_some() || query.sig.is_some() {
-            let (Some(bucket), Some(exp), Some(sig)) = (
-                query.bucket.as_deref().and_then(Bucket::parse),
-                query.exp.and_then(|exp| exp.parse().ok()),
-                query.sig,
-            ) else {
-                return Err(Denied::BadSignature.into());
-            };
-            return Ok(Caller::Signed(Signature { bucket, exp, sig }));
+            .map_err(|_| Denied::BadSignature)?;
+        if query.bucket.is_none() && query.exp.is_none() && query.sig.is_none() {
+            return Token::from_request_parts(parts, state)
+                .await
+                .map(|Token(grant)| Caller::Token(grant));
         }
-        let token = bearer(&parts.headers).or_else(|| {
-            (parts.method == Method::GET || parts.method == Method::HEAD)
-                .then_some(query.access_token.as_deref())
-                .flatten()
-        });
-        token
-            .and_then(|token| state.keys().verify(token))
-            .map(Caller::Token)
-            .ok_or(ApiError::Unauthorized)
+        let (Some(bucket), Some(exp), Some(sig)) = (
+            query.bucket.as_deref().and_then(Bucket::parse),
+            query.exp,
+            query.sig,
+        ) else {
+            return Err(Denied::BadSignature.into());
+        };
+        Ok(Caller::Signed(Signature { bucket, exp, sig }))
     }
 }
 
@@ -77,26 +108,4 @@ impl FromRequestParts<AppState> for Caller {
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     Some(value.strip_prefix("Bearer ")?.trim())
-}
-
-/// The grant of a request that must carry a bucket token (every route but the content
-/// routes, which also take direct URLs).
-pub struct Token(pub Grant);
-
-impl FromRequestParts<AppState> for Token {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        match Caller::from_request_parts(parts, state).await? {
-            Caller::Token(grant) => Ok(Token(grant)),
-            Caller::Signed(_) => Err(ApiError::Unauthorized),
-        }
-    }
-}
-
-impl Token {
-    /// The bucket, when the token may write to it.
-    pub fn writer(&self) -> Result<&Bucket> {
-        self.0.writable_bucket().ok_or(ApiError::ReadOnly)
-    }
 }

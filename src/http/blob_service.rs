@@ -23,7 +23,7 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{Credentials, Token};
+use super::auth::{AccessToken, Token};
 use super::content::{Read, serve};
 use super::error::{ApiError, ErrorBody, Result};
 use super::paging::{self, Page};
@@ -69,12 +69,9 @@ const SUBSCRIBE_BODY_LIMIT: usize = 64 * 1024;
 /// Most subscriptions in one subscribe request.
 const MAX_SUBSCRIPTIONS: usize = 100;
 
-fn bad(message: impl Into<std::borrow::Cow<'static, str>>) -> ApiError {
-    ApiError::bad(message)
-}
-
 fn parse_handle(text: &str) -> Result<Handle> {
-    Handle::parse(text).ok_or_else(|| bad("Invalid handle: expected 32 lower-case hex characters"))
+    Handle::parse(text)
+        .ok_or_else(|| ApiError::bad("Invalid handle: expected 32 lower-case hex characters"))
 }
 
 /// A multipart error as the client should see it (413 when the body is over the limit).
@@ -82,7 +79,7 @@ fn multipart_error(error: MultipartError, limit: u64) -> ApiError {
     if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::TooLarge(limit)
     } else {
-        bad(format!("Malformed multipart body: {}", error.body_text()))
+        ApiError::bad(format!("Malformed multipart body: {}", error.body_text()))
     }
 }
 
@@ -107,8 +104,9 @@ pub(super) async fn upload(
 ) -> Result<Response> {
     let bucket = token.writer()?;
     let limit = state.content_limits().max_bytes;
-    let mut multipart = multipart
-        .map_err(|_| bad("Expected a multipart/form-data body with the parts blob and metadata"))?;
+    let mut multipart = multipart.map_err(|_| {
+        ApiError::bad("Expected a multipart/form-data body with the parts blob and metadata")
+    })?;
     let now = now_ms();
     let mut metadata = None;
     let mut blob: Option<(Box<dyn Incoming>, String, Option<String>)> = None;
@@ -121,9 +119,13 @@ pub(super) async fn upload(
             Some("metadata") if metadata.is_none() => {
                 let text = read_small(field, limit).await?;
                 let parsed: Metadata = serde_json::from_slice(&text).map_err(|e| {
-                    bad(format!("The metadata part is not valid metadata JSON: {e}"))
+                    ApiError::bad(format!("The metadata part is not valid metadata JSON: {e}"))
                 })?;
-                metadata = Some(parsed.validate(now).map_err(|e| bad(e.to_string()))?);
+                metadata = Some(
+                    parsed
+                        .validate(now)
+                        .map_err(|e| ApiError::bad(e.to_string()))?,
+                );
             }
             Some("blob") if blob.is_none() => {
                 let content_type = field
@@ -133,7 +135,7 @@ pub(super) async fn upload(
                 if content_type.len() > MAX_CONTENT_TYPE
                     || HeaderValue::from_str(&content_type).is_err()
                 {
-                    return Err(bad(
+                    return Err(ApiError::bad(
                         "The blob part's Content-Type is not a valid media type",
                     ));
                 }
@@ -148,17 +150,19 @@ pub(super) async fn upload(
                     .map_err(|e| match e {
                         content::Error::TooLarge(limit) => ApiError::TooLarge(limit),
                         content::Error::Body(cause) => {
-                            bad(format!("The blob part broke off: {cause}"))
+                            ApiError::bad(format!("The blob part broke off: {cause}"))
                         }
                         other => other.into(),
                     })?;
                 blob = Some((incoming, content_type, file_name));
             }
             Some(name @ ("metadata" | "blob")) => {
-                return Err(bad(format!("The part {name} appears more than once")));
+                return Err(ApiError::bad(format!(
+                    "The part {name} appears more than once"
+                )));
             }
             _ => {
-                return Err(bad(
+                return Err(ApiError::bad(
                     "Unexpected part: an upload has the parts blob and metadata",
                 ));
             }
@@ -167,7 +171,7 @@ pub(super) async fn upload(
     let (Some((incoming, content_type, file_name)), Some((semantics, retention_policy))) =
         (blob, metadata)
     else {
-        return Err(bad(
+        return Err(ApiError::bad(
             "An upload needs both parts: blob (the file) and metadata (JSON)",
         ));
     };
@@ -201,7 +205,7 @@ async fn read_small(mut field: Field<'_>, limit: u64) -> Result<Vec<u8>> {
     let mut text = Vec::new();
     while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, limit))? {
         if text.len() + chunk.len() > MAX_METADATA {
-            return Err(bad(format!(
+            return Err(ApiError::bad(format!(
                 "The metadata part is larger than {MAX_METADATA} bytes"
             )));
         }
@@ -228,7 +232,7 @@ async fn live_record(
 #[utoipa::path(
     get,
     path = "/api/v1/blobs/{handle}",
-    params(("handle" = String, Path, description = "32 lower-case hex characters"), Credentials),
+    params(("handle" = String, Path, description = "32 lower-case hex characters"), AccessToken),
     responses(
         (status = 200, description = "The bytes, with the upload's `Content-Type`; `ETag` is the quoted content hash"),
         (status = 206, description = "One byte range"),
@@ -267,7 +271,7 @@ pub(super) async fn read(
 #[utoipa::path(
     get,
     path = "/api/v1/blobs/{handle}/metadata",
-    params(("handle" = String, Path, description = "32 lower-case hex characters"), Credentials),
+    params(("handle" = String, Path, description = "32 lower-case hex characters"), AccessToken),
     responses(
         (status = 200, body = Record),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)
@@ -329,7 +333,7 @@ fn parse_cursor(text: &str) -> Option<(u64, Handle)> {
 #[utoipa::path(
     get,
     path = "/api/v1/blobs",
-    params(ListQuery, Credentials),
+    params(ListQuery, AccessToken),
     responses(
         (status = 200, body = Page<Record>),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)
@@ -342,10 +346,10 @@ pub(super) async fn list(
     query: std::result::Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Page<Record>>> {
     let Query(query) =
-        query.map_err(|_| bad("Invalid query: expected semantics, limit and cursor"))?;
+        query.map_err(|_| ApiError::bad("Invalid query: expected semantics, limit and cursor"))?;
     let limit = paging::limit(query.limit)?;
     let cursor = match query.cursor.as_deref() {
-        Some(text) => Some(parse_cursor(text).ok_or_else(|| bad("Invalid cursor"))?),
+        Some(text) => Some(parse_cursor(text).ok_or_else(|| ApiError::bad("Invalid cursor"))?),
         None => None,
     };
     let (page, more) = state.service().list(
@@ -407,13 +411,13 @@ pub(super) async fn subscribe(
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             return ApiError::TooLarge(SUBSCRIBE_BODY_LIMIT as u64);
         }
-        bad(format!(
+        ApiError::bad(format!(
             "Expected {{ \"subscriptions\": [{{ \"name\", \"semantics\" }}], \"since\"? }}: {}",
             e.body_text()
         ))
     })?;
     if request.subscriptions.len() > MAX_SUBSCRIPTIONS {
-        return Err(bad(format!(
+        return Err(ApiError::bad(format!(
             "At most {MAX_SUBSCRIPTIONS} subscriptions per request"
         )));
     }

@@ -18,7 +18,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::Token;
+use super::auth::{AccessToken, Token};
 use super::error::{ApiError, ErrorBody, Result};
 use super::paging::{self, Page};
 use crate::changes::Change;
@@ -110,7 +110,7 @@ fn precondition_failed(current: Option<&Blob>) -> Result<Response> {
     get,
     path = "/v1/blobs/{ref}",
     operation_id = "get_blob",
-    params(("ref" = String, Path, description = "64 hexadecimal characters (case-insensitive)")),
+    params(("ref" = String, Path, description = "64 hexadecimal characters (case-insensitive)"), AccessToken),
     responses(
         (status = 200, description = "The blob's bytes; `ETag` is its version", content_type = "application/octet-stream"),
         (status = 204, description = "The blob has a version and no data"),
@@ -298,7 +298,7 @@ pub(super) struct BlobEntry {
     get,
     path = "/v1/blobs",
     operation_id = "list_blobs",
-    params(ListQuery),
+    params(ListQuery, AccessToken),
     responses((status = 200, body = Page<BlobEntry>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("bearer" = []))
 )]

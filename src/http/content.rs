@@ -1,7 +1,7 @@
 //! The content-addressed blob HTTP surface, as NodalMerge clients speak it: `/blobs/{hash}`.
 //!
-//! The bucket is the Bearer token's, or, on a direct transfer URL, the one the URL was signed
-//! for. Error bodies are `{ "error": "<reason>" }` with the short lower-case reasons of that
+//! The bucket is the token's (see [`super::auth`]: on GET and HEAD also `access_token`), or,
+//! on a direct transfer URL, the one the URL was signed for. Error bodies are `{ "error": "<reason>" }` with the short lower-case reasons of that
 //! contract (`"not found"`, `"hash mismatch"`, `"non-canonical hash"`, `"unauthorized"`).
 //! Bodies stream both ways; nothing here holds a whole blob in memory.
 
@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 use utoipa::ToSchema;
 
-use super::auth::{Caller, Credentials};
+use super::auth::{AccessToken, Caller, SignedQuery};
 use super::error::{ApiError, ErrorBody, Result};
 
 use crate::clock::now_unix;
@@ -184,7 +184,7 @@ fn shown_inline(content_type: &str) -> bool {
     params(
         ("hash" = String, Path, description = "BLAKE3 hash of the content: 64 lower-case hex characters"),
         ("Range" = Option<String>, Header, description = "One byte range, e.g. `bytes=0-1023`"),
-        Credentials
+        SignedQuery, AccessToken
     ),
     responses(
         (status = 200, description = "The bytes; `ETag` is the quoted hash", content_type = "application/octet-stream"),
@@ -317,7 +317,7 @@ pub(crate) async fn serve(read: Read<'_>, content_type: &str) -> Result<Response
     path = "/blobs/{hash}",
     params(
         ("hash" = String, Path, description = "BLAKE3 hash of the body: 64 lower-case hex characters"),
-        Credentials
+        SignedQuery
     ),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(

@@ -9,7 +9,7 @@ use futures_util::Stream;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::auth::Token;
+use super::auth::{AccessToken, Token};
 use super::blobs::parse_ref;
 use super::error::{ErrorBody, Result};
 use crate::state::AppState;
@@ -21,7 +21,8 @@ use crate::state::AppState;
     operation_id = "blob_events",
     params(
         ("ref" = String, Path, description = "64 hexadecimal characters (case-insensitive)"),
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume: the last version seen")
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume: the last version seen"),
+        AccessToken
     ),
     responses(
         (status = 200, description = "`event: changed`, `id: <version>`, `data: {\"version\":v}` (with `\"deleted\":true` for a delete)", content_type = "text/event-stream"),
