@@ -20,6 +20,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{AccessToken, Token};
 use super::error::{ApiError, ErrorBody, Result};
+use super::header_value;
 use super::paging::{self, Page};
 use crate::changes::Change;
 use crate::clock::now_ms;
@@ -35,7 +36,7 @@ pub(super) fn parse_ref(text: &str) -> Result<Ref> {
 }
 
 fn etag(version: u64) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{version}\"")).expect("digits in quotes are a header value")
+    header_value(format!("\"{version}\""))
 }
 
 /// The versions an `If-Match` / `If-None-Match` header names: `*`, or strong ETags.
@@ -68,7 +69,7 @@ fn condition(headers: &HeaderMap, name: header::HeaderName) -> Result<Option<Con
 
 fn http_date(millis: u64) -> HeaderValue {
     let time = UNIX_EPOCH + Duration::from_millis(millis);
-    HeaderValue::from_str(&httpdate::fmt_http_date(time)).expect("an HTTP date is a header value")
+    header_value(httpdate::fmt_http_date(time))
 }
 
 /// 200 with the bytes (204 without data), `ETag` and `Last-Modified`.

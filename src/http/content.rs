@@ -24,6 +24,7 @@ use utoipa::ToSchema;
 
 use super::auth::{AccessToken, Caller, SignedQuery};
 use super::error::{ApiError, ErrorBody, Result};
+use super::header_value;
 
 use crate::clock::now_unix;
 use crate::content;
@@ -113,10 +114,6 @@ impl Target {
             Err(ApiError::ReadOnly)
         }
     }
-}
-
-fn header_value(text: String) -> HeaderValue {
-    HeaderValue::from_str(&text).expect("digits, quotes and ASCII words are a header value")
 }
 
 fn etag(hash: &ContentHash) -> HeaderValue {

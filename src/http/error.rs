@@ -102,8 +102,7 @@ impl IntoResponse for ApiError {
         }
         let mut response = error_response(self.status(), self.to_string());
         if let ApiError::Range(size) = self {
-            let range = HeaderValue::from_str(&format!("bytes */{size}"))
-                .expect("digits are a header value");
+            let range = super::header_value(format!("bytes */{size}"));
             response.headers_mut().insert(header::CONTENT_RANGE, range);
         }
         response

@@ -23,6 +23,12 @@ pub use error::{ApiError, error_response};
 use crate::state::AppState;
 use error::ErrorBody;
 
+/// A header value the server writes itself (digits, quoted versions and hashes, HTTP dates,
+/// byte ranges), which is always a valid one.
+fn header_value(text: String) -> axum::http::HeaderValue {
+    axum::http::HeaderValue::from_str(&text).expect("the server's own header text is ASCII")
+}
+
 /// The API's routes; the caller adds the state. `max_data_bytes` bounds versioned blobs,
 /// `content_max_bytes` content (and Blob Service uploads).
 pub fn router(max_data_bytes: usize, content_max_bytes: u64) -> Router<AppState> {
