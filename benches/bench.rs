@@ -5,16 +5,18 @@
 //!
 //! Scenarios: `set` (32 clients, each its own ref, 1 KiB data, compare-and-swap loop), `get` (32 clients),
 //! `http_get` and `http_put` (the same over the HTTP API, `PUT` with `If-Match`),
-//! `contend` (16 clients compare-and-swap looping on one ref), `fanout` (1 writer, 1,000 subscribers: time
-//! from write to `changed`), `idle` (server memory per idle connection, 2,000 sockets), and
-//! `content_put` / `content_get` (content-addressed `/blobs/{hash}` with 1 MiB blobs, in MB/s).
-//! `cluster` runs the same on several nodes, with the Redis and S3-compatible servers the
-//! options name.
+//! `contend` (16 clients compare-and-swap looping on one ref), `fanout` (1 writer, 200 and
+//! 1,000 subscribers: time from write to `changed`), `idle` (server memory per idle
+//! connection, 2,000 sockets), and `content_put` / `content_get` (content-addressed
+//! `/blobs/{hash}` with 1 MiB blobs, in MB/s). `cluster` runs the same on several nodes, with
+//! the Redis and S3-compatible servers the options name. `--other-server` runs the Socket.IO
+//! scenarios against another server of the protocol in the same run, for ratios.
 //!
 //! Under `cargo test --all-targets` (no `--bench` argument) it only says how to run it.
-//! The same run measures this disk's serial write+fsync+rename+fsync-dir rate, through the
-//! server's own durable replace, and its sequential write rate; it reports `set` throughput
-//! as a multiple of the first and content throughput as a multiple of the second.
+//! The same run measures this disk's limits: its serial write+fsync+rename+fsync-dir rate
+//! (through the server's own durable replace), the records/s of a log that syncs 32 records
+//! at a time, and its sequential write rate; it reports `set` throughput as a multiple of the
+//! first two and content throughput as a multiple of the last.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -63,6 +65,15 @@ struct Args {
     /// Writes measured in the fanout scenario.
     #[arg(long, default_value_t = 50)]
     fanout_writes: usize,
+    /// Subscriber counts of the fanout scenario.
+    #[arg(long, value_delimiter = ',', default_value = "200,1000")]
+    fanout_subscribers: Vec<usize>,
+    /// Another server of the same Socket.IO protocol to run the Socket.IO scenarios against
+    /// in the same run, for ratios (for example the Node.js original: `node server.js`). It
+    /// is started with `sh -c "exec <command>"` in a temp directory, with `PORT`, `STORAGE`
+    /// and `TOKEN_SECRET` set.
+    #[arg(long, env = "BENCH_OTHER_SERVER")]
+    other_server: Option<String>,
     /// Run only these scenarios (idle, set, get, http_get, http_put, contend, fanout,
     /// content_put, content_get, cluster); all when absent.
     #[arg(long, value_delimiter = ',')]
@@ -88,7 +99,10 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     let storage = tempfile::tempdir_in(&args.dir).context("temp storage dir")?;
-    let fsync_rate = durable_write_rate(storage.path(), 1, 200, 1400)?;
+    let disk = Disk {
+        serial_fsync: durable_write_rate(storage.path(), 1, 200, 1400)?,
+        grouped_fdatasync: grouped_fdatasync_rate(storage.path(), 32, 200, 1400)?,
+    };
     let parallel_rate = durable_write_rate(storage.path(), 32, 200, 1400)?;
     let sequential_mb = sequential_write_mb_per_sec(storage.path())?;
     // What content PUTs cost the disk alone: 1 MiB durable writes from as many threads.
@@ -102,36 +116,18 @@ async fn main() -> Result<()> {
     let addr = server.addr;
 
     let mut report = json!({
-        "disk_serial_durable_writes_per_sec": round(fsync_rate),
+        "disk_serial_durable_writes_per_sec": round(disk.serial_fsync),
         "disk_32_threads_durable_writes_per_sec": round(parallel_rate),
+        "disk_grouped_fdatasync_records_per_sec": round(disk.grouped_fdatasync),
         "disk_sequential_write_mb_per_sec": round(sequential_mb),
         "disk_durable_1mib_writes_mb_per_sec": round(durable_content_mb),
     });
-    // Memory first, on the fresh server: after the other scenarios, freed memory would be
-    // reused by the new connections and hide their cost.
-    if args.runs("idle") {
-        report["idle"] = idle_memory(&server, &token, 2000).await?;
-    }
-    if args.runs("set") {
-        let set = throughput(&[addr], &token, 32, duration, Workload::Set).await?;
-        let set_ops = set["ops_per_sec"].as_f64().unwrap_or(0.0);
-        report["set_vs_serial_fsync"] = json!(round(set_ops / fsync_rate));
-        report["set"] = set;
-    }
-    if args.runs("get") {
-        report["get"] = throughput(&[addr], &token, 32, duration, Workload::Get).await?;
-    }
+    socket_scenarios(&args, &server, &token, &disk, &mut report).await?;
     if args.runs("http_get") {
         report["http_get"] = http_throughput(addr, &token, 32, duration, false).await?;
     }
     if args.runs("http_put") {
         report["http_put"] = http_throughput(addr, &token, 32, duration, true).await?;
-    }
-    if args.runs("contend") {
-        report["contend"] = throughput(&[addr], &token, 16, duration, Workload::Contend).await?;
-    }
-    if args.runs("fanout") {
-        report["fanout"] = fanout(&[addr], &token, 1000, args.fanout_writes).await?;
     }
     // PUT first: it leaves the blobs GET reads.
     let mut stored = Vec::new();
@@ -152,6 +148,15 @@ async fn main() -> Result<()> {
         report["content_get"] = get;
     }
     stop(server).await;
+    if let Some(command) = &args.other_server {
+        let storage = tempfile::tempdir_in(&args.dir).context("temp storage dir")?;
+        let other = ServerProcess::start_other(command, storage.path(), &[("TOKEN_SECRET", SECRET)]);
+        let mut figures = json!({ "command": command });
+        socket_scenarios(&args, &other, &token, &disk, &mut figures).await?;
+        stop(other).await;
+        compare_with_other(&mut report, &figures);
+        report["other"] = figures;
+    }
     if args.runs("cluster") {
         report["cluster"] = match cluster(&args, &token, duration).await {
             Ok(figures) => figures,
@@ -187,6 +192,93 @@ async fn main() -> Result<()> {
     }
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// This disk's own limits, measured in the same run.
+struct Disk {
+    /// Write, fsync, rename and fsync the directory, one file after the other: writes/s.
+    serial_fsync: f64,
+    /// Appends of 32 records to one log with one `fdatasync` each: records/s.
+    grouped_fdatasync: f64,
+}
+
+/// The Socket.IO scenarios, into `report`: memory per idle connection, `set`, `get`,
+/// `contend` and `fanout`; `set` also as a multiple of the disk's limits.
+async fn socket_scenarios(
+    args: &Args,
+    server: &ServerProcess,
+    token: &str,
+    disk: &Disk,
+    report: &mut Value,
+) -> Result<()> {
+    let duration = Duration::from_secs(args.seconds);
+    let addr = server.addr;
+    // Memory first, on the fresh server: after the other scenarios, freed memory would be
+    // reused by the new connections and hide their cost.
+    if args.runs("idle") {
+        report["idle"] = idle_memory(server, token, 2000).await?;
+    }
+    if args.runs("set") {
+        let set = throughput(&[addr], token, 32, duration, Workload::Set).await?;
+        let set_ops = set["ops_per_sec"].as_f64().unwrap_or(0.0);
+        report["set_vs_serial_fsync"] = json!(round(set_ops / disk.serial_fsync));
+        report["set_vs_grouped_fdatasync"] = json!(round(set_ops / disk.grouped_fdatasync));
+        report["set"] = set;
+    }
+    if args.runs("get") {
+        report["get"] = throughput(&[addr], token, 32, duration, Workload::Get).await?;
+    }
+    if args.runs("contend") {
+        report["contend"] = throughput(&[addr], token, 16, duration, Workload::Contend).await?;
+    }
+    if args.runs("fanout") {
+        for &subscribers in &args.fanout_subscribers {
+            report[format!("fanout_{subscribers}")] =
+                fanout(&[addr], token, subscribers, args.fanout_writes).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Ratios of this server's figures to the other server's, into `report`: throughput as
+/// ours / theirs, latency and memory as ours / theirs (below 1 is better).
+fn compare_with_other(report: &mut Value, other: &Value) {
+    let mut ratios = json!({});
+    let mut ratio = |name: String, ours: Option<f64>, theirs: Option<f64>| {
+        if let (Some(ours), Some(theirs)) = (ours, theirs) {
+            if theirs > 0.0 {
+                ratios[name] = json!(round(ours / theirs));
+            }
+        }
+    };
+    for scenario in ["set", "get", "contend"] {
+        for figure in ["ops_per_sec", "p50_ms", "p99_ms"] {
+            ratio(
+                format!("{scenario}_{figure}"),
+                report[scenario][figure].as_f64(),
+                other[scenario][figure].as_f64(),
+            );
+        }
+    }
+    let fanouts: Vec<String> = report
+        .as_object()
+        .map(|o| o.keys().filter(|k| k.starts_with("fanout_")).cloned().collect())
+        .unwrap_or_default();
+    for fanout in fanouts {
+        for figure in ["p50_ms", "p99_ms"] {
+            ratio(
+                format!("{fanout}_{figure}"),
+                report[&fanout][figure].as_f64(),
+                other[&fanout][figure].as_f64(),
+            );
+        }
+    }
+    ratio(
+        "idle_bytes_per_connection".into(),
+        report["idle"]["bytes_per_connection"].as_f64(),
+        other["idle"]["bytes_per_connection"].as_f64(),
+    );
+    report["vs_other"] = ratios;
 }
 
 /// Subscribers of the several-node fanout, spread over the nodes.
@@ -278,6 +370,29 @@ fn durable_write_rate(dir: &Path, threads: usize, writes: usize, body_len: usize
             .try_for_each(|w| w.join().expect("probe thread"))
     })?;
     Ok((writes * threads) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Records per second appended to one log from one thread, `batch` records of `record_len`
+/// bytes per append and one `fdatasync` per append, `appends` times: what one sync can cover
+/// when writes are grouped.
+fn grouped_fdatasync_rate(
+    dir: &Path,
+    batch: usize,
+    appends: usize,
+    record_len: usize,
+) -> Result<f64> {
+    use std::io::Write;
+    let path = dir.join("grouped-probe");
+    let mut log = std::fs::File::create(&path)?;
+    let chunk = vec![b'x'; batch * record_len];
+    let start = Instant::now();
+    for _ in 0..appends {
+        log.write_all(&chunk)?;
+        log.sync_data()?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    std::fs::remove_file(&path)?;
+    Ok((appends * batch) as f64 / elapsed)
 }
 
 /// Sequential write rate of this disk in MB/s (10^6 bytes): 128 MiB in 1 MiB writes, then one

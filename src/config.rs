@@ -160,6 +160,12 @@ pub struct Config {
     #[arg(long, env = "RETENTION_SWEEP_INTERVAL", value_parser = positive_duration, default_value = "1m")]
     pub retention_sweep_interval: Duration,
 
+    /// How often the file store checkpoints: the blob files written since the last one are
+    /// synced together and the journal that held their writes is dropped. Bounds what a
+    /// restart after a crash replays, e.g. `1s`.
+    #[arg(long, env = "CHECKPOINT_INTERVAL", value_parser = positive_duration, default_value = "1s")]
+    pub checkpoint_interval: Duration,
+
     /// How often stored content is read back and checked against its hash in the
     /// background (files only), e.g. `24h`.
     #[arg(long, env = "SCRUB_INTERVAL", value_parser = positive_duration, default_value = "24h")]

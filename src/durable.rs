@@ -5,6 +5,9 @@
 //! same directory, which is fsynced, renamed over the target, and the directory (plus any
 //! directory created on the way) is fsynced so the rename itself is on disk.
 //!
+//! [`replace_unsynced`] is the same replacement without the syncs, for files a journal
+//! already made durable: they become durable together, by one [`sync_fs`].
+//!
 //! Temp files carry [`TEMP_PREFIX`]; one left by a crash is removed at start-up by the store.
 
 use std::fs::{self, File};
@@ -25,6 +28,31 @@ pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut staged = Staged::new_in(dir)?;
     staged.file().write_all(bytes)?;
     staged.commit(path)
+}
+
+/// Atomically replaces `path` with `bytes` (readers see the old file or the new one), without
+/// waiting for either to reach the disk: after a crash the file may hold any of its recent
+/// contents, or none, until [`sync_fs`] has run. For files whose content a journal already
+/// holds durably.
+pub fn replace_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
+    create_dirs(dir)?;
+    let mut temp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempfile_in(dir)?;
+    temp.write_all(bytes)?;
+    temp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Makes everything written to the file system holding `path` durable (`syncfs`): one sync
+/// for all the files [`replace_unsynced`] wrote, their names and directories.
+pub fn sync_fs(path: &Path) -> io::Result<()> {
+    let dir = File::open(path)?;
+    rustix::fs::syncfs(&dir)?;
+    Ok(())
 }
 
 /// A file being written that becomes visible, whole and durable, only when committed: the

@@ -26,7 +26,8 @@
 //! - [`blob_service`]: the ActyxOS Blob Service: uploads with retention, named by handles.
 //! - `backend`: the storage a node runs on, chosen by `STORE`; [`s3`] the shared object
 //!   store client.
-//! - [`durable`]: the one way a file is replaced; `locks`: per-key async locks.
+//! - [`journal`]: the file store's write-ahead journal, one sync for many writes; [`durable`]:
+//!   the one way a file is replaced; `locks`: per-key async locks.
 //!
 //! Across nodes: `cluster`: one Redis connection for the Socket.IO adapter, the relay of
 //! changes and records, and the Blob Service's order lock.
@@ -41,6 +42,7 @@ pub mod config;
 pub mod content;
 pub mod direct;
 pub mod durable;
+pub mod journal;
 pub mod names;
 pub mod s3;
 pub mod server;

@@ -176,6 +176,10 @@ async fn serve<A: Adapter>(
     let connections = edge::serve(listener, app, limits, shutdown).await;
     tracing::info!("shutting down: finishing accepted events");
     state.drain().await;
+    // The last writes are in; after this the files alone are the whole truth.
+    if let Err(e) = state.store().checkpoint().await {
+        tracing::error!("final checkpoint failed; the journal is replayed at the next start: {e}");
+    }
     state.changes().close();
     // Every accepted event is answered by now; a transport that does not close in time must
     // not hold the process up.

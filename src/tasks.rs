@@ -1,5 +1,6 @@
 //! The server's background work: the Blob Service's retention sweep, the sweep of direct
-//! uploads nobody confirmed, and the content scrub. Each runs until shutdown.
+//! uploads nobody confirmed, the content scrub, and the file store's checkpoints. Each runs
+//! until shutdown.
 
 use std::time::Duration;
 
@@ -17,6 +18,25 @@ pub fn spawn(state: &AppState, config: &Config) {
     ));
     if config.store == StoreKind::Fs {
         tokio::spawn(scrubs(state.clone(), config.scrub_interval));
+        tokio::spawn(checkpoints(state.clone(), config.checkpoint_interval));
+    }
+}
+
+/// Checkpoints the store every `interval` until shutdown (which checkpoints once more after
+/// the last write).
+async fn checkpoints(state: AppState, interval: Duration) {
+    let closing = state.closing();
+    tokio::pin!(closing);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = &mut closing => return,
+        }
+        if let Err(e) = state.store().checkpoint().await {
+            tracing::error!("checkpoint failed; the journal keeps every write: {e}");
+        }
     }
 }
 

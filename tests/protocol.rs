@@ -68,8 +68,11 @@ async fn bad_tokens_get_access_denied() {
             "{auth}"
         );
     }
-    let entries = std::fs::read_dir(server.storage()).unwrap().count();
-    assert_eq!(entries, 0, "a refused client touches nothing on disk");
+    assert_eq!(
+        server.entries_on_disk(),
+        0,
+        "a refused client touches nothing on disk"
+    );
     server.stop().await;
 }
 

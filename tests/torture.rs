@@ -141,8 +141,10 @@ async fn sigkill_loses_no_acknowledged_write() {
     let ledger: Ledger = Arc::default();
     let (mut acknowledged, mut lost, mut in_flight_at_kill) = (0u64, 0u64, 0u64);
 
-    for _ in 0..cycles {
-        let server = common::start_process(storage.path(), &[]);
+    for cycle in 0..cycles {
+        // Every other cycle checkpoints often, so some kills land in a checkpoint.
+        let interval = if cycle % 2 == 0 { "1s" } else { "5ms" };
+        let server = common::start_process(storage.path(), &[("CHECKPOINT_INTERVAL", interval)]);
         // The server swept its directory before listening: check what the last kill left.
         let (stored, cycle_lost) = check_files(storage.path(), &ledger.lock().unwrap());
         lost += cycle_lost;

@@ -1,17 +1,25 @@
 //! The embedded store: one JSON file per blob under the storage root, in the original's layout
 //! `<root>/<bucket>/<ref[0..2]>/<ref>.json`.
 //!
-//! Writes go through [`durable::replace`] under a per-blob async lock, so compare-and-swap on one
-//! blob is serial while writes to different blobs overlap their fsyncs. Small blobs are kept in
-//! memory after first use; the files stay the source of truth, and the cache of a blob is only
-//! updated after its file is durable.
+//! A write runs under a per-blob async lock, so compare-and-swap on one blob is serial while
+//! writes to different blobs overlap. It is made durable by the [`Journal`] (one sync covers
+//! every write waiting for it), then its file is replaced without a sync of its own. A
+//! checkpoint ([`FsStore::checkpoint`]) makes every file written so far durable with one
+//! `syncfs` and drops the journal segments that held them; at start-up what the journal still
+//! holds is written to the files again. After a clean shutdown or a checkpoint the files are the
+//! complete truth, and the journal is empty.
+//!
+//! Small blobs are kept in memory after first use; the cache of a blob is only updated once
+//! its write is durable.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::durable;
+use crate::journal::Journal;
 use crate::locks::KeyedLocks;
 use crate::names::{Bucket, Ref};
 
@@ -24,6 +32,10 @@ const CACHED_DATA_LIMIT: usize = 16 * 1024;
 /// Suffix of the backup files the original wrote before replacing a blob file.
 const BACKUP_SUFFIX: &str = ".backup";
 
+/// The journal's directory under the storage root (a dot: never a bucket name, and the
+/// original never looks there).
+pub const JOURNAL_DIR: &str = ".journal";
+
 /// What is known in memory about one blob.
 #[derive(Default)]
 enum Cached {
@@ -34,24 +46,58 @@ enum Cached {
     Present(Arc<Blob>),
 }
 
+type Key = (Bucket, Ref);
+
 pub struct FsStore {
     root: PathBuf,
-    /// One lock per recently used blob, held across the file read and the durable write: that
-    /// is what makes compare-and-swap on one blob atomic.
-    slots: KeyedLocks<(Bucket, Ref), Cached>,
+    /// One lock per recently used blob, held across the file read, the journal append and the
+    /// file write: that is what makes compare-and-swap on one blob atomic.
+    slots: KeyedLocks<Key, Cached>,
+    journal: Journal,
+    /// Held shared by each write from its journal append until its file is written, and alone
+    /// by a checkpoint while it starts a new journal segment: so every record in the older
+    /// segments has its file written (or is in `unwritten`) when the checkpoint syncs.
+    appending: tokio::sync::RwLock<()>,
+    /// Committed blobs whose file could not be written (a full disk): readers get them from
+    /// here, and each checkpoint tries their files again. The journal keeps them until then.
+    unwritten: Mutex<HashMap<Key, Arc<Blob>>>,
 }
 
 impl FsStore {
     /// Opens (creating) the storage root, then repairs what a crash may have left: temp files
-    /// are removed and the original's `.backup` files are resolved (see `recover_backup`).
+    /// are removed, the original's `.backup` files are resolved (see `recover_backup`), and the
+    /// writes the journal holds are written to their files again.
     pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
         let root = root.into();
         fs::create_dir_all(&root)?;
         sweep(&root)?;
-        Ok(Self {
+        let (journal, replay) = Journal::open(&root.join(JOURNAL_DIR))?;
+        let store = Self {
             root,
             slots: KeyedLocks::default(),
-        })
+            journal,
+            appending: tokio::sync::RwLock::new(()),
+            unwritten: Mutex::new(HashMap::new()),
+        };
+        // The last record of each blob is its latest committed write.
+        let mut latest = HashMap::new();
+        for record in &replay.records {
+            let (key, file) = parse_record(record)?;
+            latest.insert(key, file);
+        }
+        if !latest.is_empty() {
+            tracing::info!(
+                records = replay.records.len(),
+                blobs = latest.len(),
+                "replaying the journal"
+            );
+        }
+        for ((bucket, r), file) in &latest {
+            durable::replace_unsynced(&store.path(bucket, r), file)?;
+        }
+        durable::sync_fs(&store.root)?;
+        store.journal.remove_before(replay.next)?;
+        Ok(store)
     }
 
     fn path(&self, bucket: &Bucket, r: &Ref) -> PathBuf {
@@ -61,19 +107,115 @@ impl FsStore {
             .join(format!("{r}.json"))
     }
 
+    fn unwritten(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<Blob>>> {
+        self.unwritten.lock().expect("unwritten blobs poisoned")
+    }
+
     /// The current blob, from memory or from its file.
-    async fn load(&self, cached: &mut Cached, path: &Path) -> Result<Option<Arc<Blob>>> {
+    async fn load(&self, key: &Key, cached: &mut Cached) -> Result<Option<Arc<Blob>>> {
         match cached {
             Cached::Present(blob) => return Ok(Some(blob.clone())),
             Cached::Missing => return Ok(None),
             Cached::Unknown => {}
         }
-        let owned = path.to_owned();
-        let blob = tokio::task::spawn_blocking(move || read_blob(&owned)).await??;
+        if let Some(blob) = self.unwritten().get(key) {
+            return Ok(Some(blob.clone()));
+        }
+        let path = self.path(&key.0, &key.1);
+        let blob = tokio::task::spawn_blocking(move || read_blob(&path)).await??;
         let blob = blob.map(Arc::new);
         *cached = cache_entry(blob.as_ref());
         Ok(blob)
     }
+
+    /// Writes the file of a committed blob (no sync: the journal holds it), or keeps the blob
+    /// in `unwritten` when that fails. Called under the blob's lock.
+    async fn write_file(&self, key: &Key, blob: &Arc<Blob>, file: Vec<u8>) -> Cached {
+        let path = self.path(&key.0, &key.1);
+        let written = tokio::task::spawn_blocking(move || {
+            durable::replace_unsynced(&path, &file).map_err(|e| (path, e))
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {
+                self.unwritten().remove(key);
+                cache_entry(Some(blob))
+            }
+            failed => {
+                match failed {
+                    Ok(Err((path, e))) => tracing::error!(
+                        path = %path.display(),
+                        "committed write kept in the journal and memory, its file failed: {e}"
+                    ),
+                    _ => tracing::error!("committed write kept in the journal and memory"),
+                }
+                self.unwritten().insert(key.clone(), blob.clone());
+                Cached::Unknown
+            }
+        }
+    }
+
+    /// Makes every committed write durable in its file, then drops the journal segments that
+    /// held them: starts a new segment (waiting for the writes in flight to write their files),
+    /// writes the files that failed before, syncs the file system once, and removes the older
+    /// segments. Writes go on into the new segment meanwhile.
+    pub async fn checkpoint(&self) -> Result<()> {
+        let journal_error = |source| io_error(&self.root.join(JOURNAL_DIR), source);
+        let next = {
+            let _alone = self.appending.write().await;
+            self.journal.rotate().await.map_err(journal_error)?
+        };
+        let pending: Vec<Key> = self.unwritten().keys().cloned().collect();
+        for key in pending {
+            let slot = self.slots.get(&key);
+            let mut cached = slot.lock().await;
+            let blob = self.unwritten().get(&key).cloned();
+            if let Some(blob) = blob {
+                let file = serde_json::to_vec(&*blob).expect("a blob always serialises");
+                *cached = self.write_file(&key, &blob, file).await;
+            }
+        }
+        if !self.unwritten().is_empty() {
+            return Err(journal_error(io::Error::other(
+                "blob files still cannot be written; the journal keeps their writes",
+            )));
+        }
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            durable::sync_fs(&root)?;
+            Ok::<_, io::Error>(root)
+        })
+        .await?
+        .map_err(|source| io_error(&self.root, source))?;
+        self.journal.remove_before(next).map_err(journal_error)
+    }
+}
+
+/// A journal record: `<bucket>/<ref>\n` and the blob's file, byte for byte.
+fn record(bucket: &Bucket, r: &Ref, file: &[u8]) -> Vec<u8> {
+    let mut record = Vec::with_capacity(bucket.as_str().len() + 66 + file.len());
+    record.extend_from_slice(format!("{bucket}/{r}\n").as_bytes());
+    record.extend_from_slice(file);
+    record
+}
+
+/// The blob a journal record names and its file. A record that passed its checksum but does
+/// not parse is refused: it was never written by this store.
+fn parse_record(record: &[u8]) -> io::Result<(Key, &[u8])> {
+    let invalid = || io::Error::new(io::ErrorKind::InvalidData, "malformed journal record");
+    let newline = record
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(invalid)?;
+    let name = std::str::from_utf8(&record[..newline]).map_err(|_| invalid())?;
+    let (bucket, r) = name.split_once('/').ok_or_else(invalid)?;
+    let key = (
+        Bucket::parse(bucket).ok_or_else(invalid)?,
+        Ref::parse(r).ok_or_else(invalid)?,
+    );
+    let file = &record[newline + 1..];
+    serde_json::from_slice::<Blob>(file).map_err(|_| invalid())?;
+    Ok((key, file))
 }
 
 fn cache_entry(blob: Option<&Arc<Blob>>) -> Cached {
@@ -89,31 +231,36 @@ fn cache_entry(blob: Option<&Arc<Blob>>) -> Cached {
 #[async_trait::async_trait]
 impl Store for FsStore {
     async fn get(&self, bucket: &Bucket, r: &Ref) -> Result<Option<Arc<Blob>>> {
-        let slot = self.slots.get(&(bucket.clone(), r.clone()));
+        let key = (bucket.clone(), r.clone());
+        let slot = self.slots.get(&key);
         let mut cached = slot.lock().await;
-        self.load(&mut cached, &self.path(bucket, r)).await
+        self.load(&key, &mut cached).await
     }
 
     async fn set(&self, bucket: &Bucket, r: &Ref, request: SetRequest) -> Result<SetOutcome> {
-        let path = self.path(bucket, r);
-        let slot = self.slots.get(&(bucket.clone(), r.clone()));
+        let key = (bucket.clone(), r.clone());
+        let slot = self.slots.get(&key);
         let mut cached = slot.lock().await;
-        let current = self.load(&mut cached, &path).await?;
+        let current = self.load(&key, &mut cached).await?;
         let blob = match apply(current.as_ref(), request)? {
             Ok(blob) => Arc::new(blob),
             Err(conflict) => return Ok(conflict),
         };
-        let bytes = serde_json::to_vec(&*blob).expect("a blob always serialises");
-        // Until the write is known to be durable the file is in doubt.
-        *cached = Cached::Unknown;
-        let write_path = path.clone();
-        tokio::task::spawn_blocking(move || durable::replace(&write_path, &bytes))
-            .await?
-            .map_err(|source| io_error(&path, source))?;
-        *cached = cache_entry(Some(&blob));
+        let file = serde_json::to_vec(&*blob).expect("a blob always serialises");
+        let _appending = self.appending.read().await;
+        self.journal
+            .append(record(bucket, r, &file))
+            .await
+            .map_err(|source| io_error(&self.root.join(JOURNAL_DIR), source))?;
+        // Committed: durable in the journal.
+        *cached = self.write_file(&key, &blob, file).await;
         Ok(SetOutcome::Committed {
             version: blob.version,
         })
+    }
+
+    async fn checkpoint(&self) -> Result<()> {
+        FsStore::checkpoint(self).await
     }
 
     async fn list(

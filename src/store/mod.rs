@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::names::{Bucket, Ref};
 
-pub use fs::FsStore;
+pub use fs::{FsStore, JOURNAL_DIR};
 pub use object::ObjectBlobs;
 
 /// Largest version a client may name: JavaScript's `Number.MAX_SAFE_INTEGER`, so every version
@@ -185,6 +185,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the store can take writes now (a probe write succeeds).
     async fn writable(&self) -> bool;
+
+    /// Makes every committed write durable where readers other than this server find it (the
+    /// file store's checkpoint); a no-op where a write already lands there.
+    async fn checkpoint(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The blob a conditional write produces from the current one, or what it reports instead.

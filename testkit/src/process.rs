@@ -65,21 +65,63 @@ impl ServerProcess {
         server
     }
 
-    /// One `/healthz` exchange, bounded in time (the first request waits in the socket's
-    /// backlog until the server accepts).
-    fn wait_until_serving(&self) {
+    /// Starts another server of the same Socket.IO protocol (`sh -c "exec <command>"`), which
+    /// listens on the port its `PORT` variable names and stores under `STORAGE` (as the
+    /// Node.js original does); returns once it answers an Engine.IO handshake.
+    ///
+    /// It cannot be handed a socket, so the port is found free and then released, and the
+    /// handshake is retried until the server listens, within a minute.
+    ///
+    /// # Panics
+    /// When the command cannot start or does not answer in time.
+    pub fn start_other(command: &str, storage: &Path, env: &[(&str, &str)]) -> Self {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port");
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("exec {command}"))
+            .current_dir(storage)
+            .env("STORAGE", storage)
+            .env("PORT", addr.port().to_string())
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the other server starts");
+        let server = Self {
+            addr,
+            child: Some(child),
+        };
+        let started = std::time::Instant::now();
+        while !server.answers(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n") {
+            assert!(
+                started.elapsed() < START_TIMEOUT,
+                "the other server did not start: {command}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// Whether `request` gets a 200 answer.
+    fn answers(&self, request: &[u8]) -> bool {
         let answer = TcpStream::connect(self.addr).and_then(|mut stream| {
             stream.set_read_timeout(Some(START_TIMEOUT))?;
-            stream
-                .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+            stream.write_all(request)?;
             let mut answer = String::new();
             stream.read_to_string(&mut answer)?;
             Ok(answer)
         });
-        match answer {
-            Ok(answer) if answer.starts_with("HTTP/1.1 200") => {}
-            other => panic!("the server did not start: {other:?}"),
-        }
+        answer.is_ok_and(|answer| answer.starts_with("HTTP/1.1 200"))
+    }
+
+    /// One `/healthz` exchange, bounded in time (the first request waits in the socket's
+    /// backlog until the server accepts).
+    fn wait_until_serving(&self) {
+        assert!(
+            self.answers(b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
+            "the server did not start"
+        );
     }
 
     /// The child's standard output and error, when the command piped them.

@@ -75,6 +75,14 @@ impl TestServer {
         self.storage.path()
     }
 
+    /// Entries of the storage root a client made: everything but the store's journal.
+    pub fn entries_on_disk(&self) -> usize {
+        std::fs::read_dir(self.storage())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name() != blobs::store::JOURNAL_DIR)
+            .count()
+    }
+
     /// The file of one blob, in the original's layout.
     pub fn blob_path(&self, bucket: &str, r: &str) -> PathBuf {
         self.storage()
