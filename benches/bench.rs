@@ -150,7 +150,8 @@ async fn main() -> Result<()> {
     stop(server).await;
     if let Some(command) = &args.other_server {
         let storage = tempfile::tempdir_in(&args.dir).context("temp storage dir")?;
-        let other = ServerProcess::start_other(command, storage.path(), &[("TOKEN_SECRET", SECRET)]);
+        let other =
+            ServerProcess::start_other(command, storage.path(), &[("TOKEN_SECRET", SECRET)]);
         let mut figures = json!({ "command": command });
         socket_scenarios(&args, &other, &token, &disk, &mut figures).await?;
         stop(other).await;
@@ -245,10 +246,10 @@ async fn socket_scenarios(
 fn compare_with_other(report: &mut Value, other: &Value) {
     let mut ratios = json!({});
     let mut ratio = |name: String, ours: Option<f64>, theirs: Option<f64>| {
-        if let (Some(ours), Some(theirs)) = (ours, theirs) {
-            if theirs > 0.0 {
-                ratios[name] = json!(round(ours / theirs));
-            }
+        if let (Some(ours), Some(theirs)) = (ours, theirs)
+            && theirs > 0.0
+        {
+            ratios[name] = json!(round(ours / theirs));
         }
     };
     for scenario in ["set", "get", "contend"] {
@@ -262,7 +263,12 @@ fn compare_with_other(report: &mut Value, other: &Value) {
     }
     let fanouts: Vec<String> = report
         .as_object()
-        .map(|o| o.keys().filter(|k| k.starts_with("fanout_")).cloned().collect())
+        .map(|o| {
+            o.keys()
+                .filter(|k| k.starts_with("fanout_"))
+                .cloned()
+                .collect()
+        })
         .unwrap_or_default();
     for fanout in fanouts {
         for figure in ["p50_ms", "p99_ms"] {
