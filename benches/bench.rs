@@ -217,9 +217,11 @@ async fn socket_scenarios(
     // Memory first, on the fresh server: after the other scenarios, freed memory would be
     // reused by the new connections and hide their cost.
     if args.runs("idle") {
+        eprintln!("idle…");
         report["idle"] = idle_memory(server, token, 2000).await?;
     }
     if args.runs("set") {
+        eprintln!("set…");
         let set = throughput(&[addr], token, 32, duration, Workload::Set).await?;
         let set_ops = set["ops_per_sec"].as_f64().unwrap_or(0.0);
         report["set_vs_serial_fsync"] = json!(round(set_ops / disk.serial_fsync));
@@ -227,13 +229,16 @@ async fn socket_scenarios(
         report["set"] = set;
     }
     if args.runs("get") {
+        eprintln!("get…");
         report["get"] = throughput(&[addr], token, 32, duration, Workload::Get).await?;
     }
     if args.runs("contend") {
+        eprintln!("contend…");
         report["contend"] = throughput(&[addr], token, 16, duration, Workload::Contend).await?;
     }
     if args.runs("fanout") {
         for &subscribers in &args.fanout_subscribers {
+            eprintln!("fanout to {subscribers}…");
             report[format!("fanout_{subscribers}")] =
                 fanout(&[addr], token, subscribers, args.fanout_writes).await?;
         }
@@ -510,6 +515,14 @@ enum Workload {
 }
 
 /// 1 KiB of data as base64.
+/// The argument of a `set`: `version` only when there is one (the original refuses `null`).
+fn set_args(data: &str, version: Option<u64>) -> Value {
+    match version {
+        Some(version) => json!({ "data": data, "version": version }),
+        None => json!({ "data": data }),
+    }
+}
+
 fn kib_data() -> String {
     "QUJD".repeat(1024 / 3 + 1)
 }
@@ -554,11 +567,7 @@ async fn throughput(
                 let sent = Instant::now();
                 let ack = match workload {
                     Workload::Get => socket.call1("get", json!({})).await?,
-                    _ => {
-                        socket
-                            .call1("set", json!({ "data": data, "version": version }))
-                            .await?
-                    }
+                    _ => socket.call1("set", set_args(&data, version)).await?,
                 };
                 latencies.push(sent.elapsed());
                 if workload != Workload::Get {
@@ -693,28 +702,47 @@ async fn fanout(
     }
     let data = kib_data();
     let mut sent = Vec::with_capacity(writes);
+    let mut acks = Vec::with_capacity(writes);
     let mut version = None;
     for _ in 0..writes {
         let done = round_done.notified();
-        sent.push(Instant::now());
-        let ack = writer
-            .call1("set", json!({ "data": data, "version": version }))
-            .await?;
+        let start = Instant::now();
+        sent.push(start);
+        let ack = writer.call1("set", set_args(&data, version)).await?;
+        acks.push(start.elapsed());
         version = ack["version"].as_u64();
         tokio::time::timeout(Duration::from_secs(30), done)
             .await
             .context("every subscriber hears changed")?;
     }
     let mut latencies = Vec::with_capacity(subscribers * writes);
+    // Per write: the first and the last arrival.
+    let mut first = vec![Duration::MAX; writes];
+    let mut last = vec![Duration::ZERO; writes];
     for watcher in watchers {
         let arrivals = watcher.await??;
-        latencies.extend(arrivals.iter().zip(&sent).map(|(at, sent)| *at - *sent));
+        for (i, (at, sent)) in arrivals.iter().zip(&sent).enumerate() {
+            let latency = *at - *sent;
+            first[i] = first[i].min(latency);
+            last[i] = last[i].max(latency);
+            latencies.push(latency);
+        }
     }
+    // Where the time goes: the writer's ack (the commit, then `changed` handed to every
+    // socket, then the ack), the first subscriber's arrival, and the spread from the first
+    // arrival to the last (the delivery to every socket).
+    let mut spread: Vec<Duration> = first.iter().zip(&last).map(|(f, l)| *l - *f).collect();
     Ok(json!({
         "subscribers": subscribers,
         "writes": writes,
         "p50_ms": percentile_ms(&mut latencies, 0.50),
         "p99_ms": percentile_ms(&mut latencies, 0.99),
+        "ack_p50_ms": percentile_ms(&mut acks, 0.50),
+        "ack_p99_ms": percentile_ms(&mut acks, 0.99),
+        "first_arrival_p50_ms": percentile_ms(&mut first, 0.50),
+        "first_arrival_p99_ms": percentile_ms(&mut first, 0.99),
+        "spread_p50_ms": percentile_ms(&mut spread, 0.50),
+        "spread_p99_ms": percentile_ms(&mut spread, 0.99),
     }))
 }
 
@@ -727,9 +755,10 @@ async fn idle_memory(server: &ServerProcess, token: &str, count: usize) -> Resul
     for _ in 0..count {
         sockets.push(RawClient::connect_token(server.addr, token).await?);
     }
-    // A round trip on the last socket: every earlier handshake has completed by then.
+    // A round trip on the last socket: every earlier handshake has completed by then. (`ref`
+    // to none: every server of the protocol answers it.)
     if let Some(last) = sockets.last_mut() {
-        last.call("now", &[]).await?;
+        last.call("ref", &[Value::Null]).await?;
     }
     let after = server.rss_bytes();
     for socket in sockets {

@@ -76,9 +76,12 @@ impl Changes {
         self.rooms.set(Box::new(LocalRooms(io))).ok();
     }
 
-    /// Sends room events through `io`'s adapter, which carries them to every node.
+    /// Sends room events through `io`'s adapter, which carries them to every node: one task
+    /// sends them all, in order (it ends when this `Changes` is dropped).
     pub fn attach_cluster<A: Adapter>(&self, io: SocketIo<A>) {
-        self.rooms.set(Box::new(ClusterRooms(io))).ok();
+        let (events, queued) = mpsc::unbounded_channel();
+        tokio::spawn(broadcast_through_adapter(io, queued));
+        self.rooms.set(Box::new(ClusterRooms(events))).ok();
     }
 
     /// Whether a new socket must join a room named after its own id, so that the writer of a
@@ -256,11 +259,22 @@ impl Rooms for LocalRooms {
     }
 }
 
-/// Several nodes: the adapter carries the event to every node, which delivers it to its
-/// own sockets of the room.
-struct ClusterRooms<A: Adapter>(SocketIo<A>);
+/// One room event on its way through the adapter.
+struct RoomEvent {
+    room: String,
+    except: Option<Sid>,
+    event: &'static str,
+    payload: Json,
+}
 
-impl<A: Adapter> Rooms for ClusterRooms<A> {
+/// Several nodes: the adapter carries the event to every node, which delivers it to its
+/// own sockets of the room. Events queue for one task (see [`broadcast_through_adapter`]), so
+/// they leave in the order they were committed and no task is spawned per event. The queue is
+/// unbounded, but drained as fast as Redis takes a PUBLISH; what fills it is bounded by the
+/// write rate.
+struct ClusterRooms(mpsc::UnboundedSender<RoomEvent>);
+
+impl Rooms for ClusterRooms {
     /// The adapter's `except(sid)` skips the sockets of the room named `sid`: nothing puts a
     /// socket in it but [`Changes::needs_own_room`].
     fn except_is_a_room(&self) -> bool {
@@ -268,19 +282,41 @@ impl<A: Adapter> Rooms for ClusterRooms<A> {
     }
 
     fn emit(&self, room: String, except: Option<Sid>, event: &'static str, payload: Json) {
-        let mut operators = self.0.to(room);
+        let queued = self.0.send(RoomEvent {
+            room,
+            except,
+            event,
+            payload,
+        });
+        if queued.is_err() {
+            tracing::warn!(event, "room event not sent: the server is stopping");
+        }
+    }
+}
+
+/// Sends the queued room events through the adapter, one after the other.
+async fn broadcast_through_adapter<A: Adapter>(
+    io: SocketIo<A>,
+    mut queued: mpsc::UnboundedReceiver<RoomEvent>,
+) {
+    while let Some(RoomEvent {
+        room,
+        except,
+        event,
+        payload,
+    }) = queued.recv().await
+    {
+        let mut operators = io.to(room);
         if let Some(sid) = except {
             operators = operators.except(sid);
         }
-        tokio::spawn(async move {
-            let sent = match &payload {
-                Json::Array(args) if args.is_empty() => operators.emit(event, &NO_ARGS).await,
-                _ => operators.emit(event, &payload).await,
-            };
-            if let Err(e) = sent {
-                tracing::warn!(event, "broadcast through the adapter failed: {e}");
-            }
-        });
+        let sent = match &payload {
+            Json::Array(args) if args.is_empty() => operators.emit(event, &NO_ARGS).await,
+            _ => operators.emit(event, &payload).await,
+        };
+        if let Err(e) = sent {
+            tracing::warn!(event, "broadcast through the adapter failed: {e}");
+        }
     }
 }
 

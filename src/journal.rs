@@ -77,7 +77,6 @@ impl Journal {
     /// [`Journal::remove_before`].
     pub fn open(dir: &Path) -> io::Result<(Self, Replay)> {
         fs::create_dir_all(dir)?;
-        durable::remove_temp_files(dir)?;
         let mut records = Vec::new();
         let mut torn_bytes = 0;
         let mut last = 0;
@@ -103,6 +102,7 @@ impl Journal {
             sequence: next,
             len: HEADER_LEN,
             broken: false,
+            named: false,
         };
         std::thread::Builder::new()
             .name("journal".into())
@@ -178,6 +178,8 @@ struct Writer {
     /// the next batch starts a new segment, so nothing acknowledged follows bytes that might
     /// hide it. What the doubtful end holds was never acknowledged.
     broken: bool,
+    /// Whether the segment's name is durable (its directory synced since it was created).
+    named: bool,
 }
 
 impl Writer {
@@ -240,7 +242,14 @@ impl Writer {
             self.broken = self.cut().is_err();
             return Err(e);
         }
-        if let Err(e) = self.file.sync_data() {
+        let synced = self.file.sync_data().and_then(|()| {
+            if !self.named {
+                durable::sync_dir(&self.dir)?;
+                self.named = true;
+            }
+            Ok(())
+        });
+        if let Err(e) = synced {
             // After a failed sync the kernel may have dropped the dirty pages: what the file
             // holds is unknown, and a later sync of it would say nothing about them.
             self.broken = true;
@@ -263,6 +272,7 @@ impl Writer {
         self.sequence = sequence;
         self.len = HEADER_LEN;
         self.broken = false;
+        self.named = false;
         Ok(sequence)
     }
 }
@@ -298,14 +308,19 @@ fn segment_path(dir: &Path, sequence: u64) -> PathBuf {
     dir.join(format!("{sequence:020}{SEGMENT_SUFFIX}"))
 }
 
-/// Creates segment `sequence` with its header, durably (the file and its name).
+/// Creates segment `sequence` with its header. Nothing is synced: the first commit into it
+/// syncs the header with its records, and the directory for its name (see `Writer::named`), so
+/// starting a segment never makes a writer wait for the disk.
 fn create_segment(dir: &Path, sequence: u64) -> io::Result<File> {
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(segment_path(dir, sequence))?;
     let mut header = Vec::with_capacity(HEADER_LEN as usize);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    let path = segment_path(dir, sequence);
-    durable::replace(&path, &header)?;
-    OpenOptions::new().append(true).open(&path)
+    file.write_all(&header)?;
+    Ok(file)
 }
 
 /// What one segment holds.
@@ -317,15 +332,16 @@ struct Segment {
 fn read_segment(path: &Path) -> io::Result<Segment> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
-    if bytes.len() < HEADER_LEN as usize {
-        // Created but its header never made it: it holds nothing.
+    if bytes.len() < HEADER_LEN as usize || &bytes[..8] != MAGIC {
+        // Created, but its header never reached the disk: nothing in it was acknowledged
+        // (the first commit syncs the header with its records).
         return Ok(Segment {
             records: Vec::new(),
             torn_bytes: bytes.len() as u64,
         });
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if &bytes[..8] != MAGIC || version != FORMAT_VERSION {
+    if version != FORMAT_VERSION {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
