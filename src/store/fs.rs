@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::durable;
@@ -61,6 +62,9 @@ pub struct FsStore {
     /// Committed blobs whose file could not be written (a full disk): readers get them from
     /// here, and each checkpoint tries their files again. The journal keeps them until then.
     unwritten: Mutex<HashMap<Key, Arc<Blob>>>,
+    /// Whether a write was committed since the last checkpoint began: an idle store does not
+    /// checkpoint.
+    written: AtomicBool,
 }
 
 impl FsStore {
@@ -78,6 +82,7 @@ impl FsStore {
             journal,
             appending: tokio::sync::RwLock::new(()),
             unwritten: Mutex::new(HashMap::new()),
+            written: AtomicBool::new(false),
         };
         // The last record of each blob is its latest committed write.
         let mut latest = HashMap::new();
@@ -160,6 +165,18 @@ impl FsStore {
     /// writes the files that failed before, syncs the file system once, and removes the older
     /// segments. Writes go on into the new segment meanwhile.
     pub async fn checkpoint(&self) -> Result<()> {
+        if !self.written.swap(false, Ordering::AcqRel) && self.unwritten().is_empty() {
+            return Ok(());
+        }
+        let done = self.sync_files().await;
+        if done.is_err() {
+            // What this checkpoint should have made durable waits for the next one.
+            self.written.store(true, Ordering::Release);
+        }
+        done
+    }
+
+    async fn sync_files(&self) -> Result<()> {
         let journal_error = |source| io_error(&self.root.join(JOURNAL_DIR), source);
         let next = {
             let _alone = self.appending.write().await;
@@ -253,6 +270,7 @@ impl Store for FsStore {
             .await
             .map_err(|source| io_error(&self.root.join(JOURNAL_DIR), source))?;
         // Committed: durable in the journal.
+        self.written.store(true, Ordering::Release);
         *cached = self.write_file(&key, &blob, file).await;
         Ok(SetOutcome::Committed {
             version: blob.version,
