@@ -162,8 +162,8 @@ pub struct Config {
 
     /// How often the file store checkpoints: the blob files written since the last one are
     /// synced together and the journal that held their writes is dropped. Bounds what a
-    /// restart after a crash replays, e.g. `1s`.
-    #[arg(long, env = "CHECKPOINT_INTERVAL", value_parser = positive_duration, default_value = "1s")]
+    /// restart after a crash replays, e.g. `5s`.
+    #[arg(long, env = "CHECKPOINT_INTERVAL", value_parser = positive_duration, default_value = "5s")]
     pub checkpoint_interval: Duration,
 
     /// How often stored content is read back and checked against its hash in the

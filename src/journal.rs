@@ -312,9 +312,12 @@ fn segment_path(dir: &Path, sequence: u64) -> PathBuf {
 /// syncs the header with its records, and the directory for its name (see `Writer::named`), so
 /// starting a segment never makes a writer wait for the disk.
 fn create_segment(dir: &Path, sequence: u64) -> io::Result<File> {
+    // Truncated, not created new: a creation that failed half-way (a full disk) is retried
+    // under the same number. Numbers only grow, so nothing else ever has this one.
     let mut file = OpenOptions::new()
-        .append(true)
-        .create_new(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
         .open(segment_path(dir, sequence))?;
     let mut header = Vec::with_capacity(HEADER_LEN as usize);
     header.extend_from_slice(MAGIC);

@@ -94,6 +94,7 @@ impl FsStore {
             tracing::info!(
                 records = replay.records.len(),
                 blobs = latest.len(),
+                torn_bytes = replay.torn_bytes,
                 "replaying the journal"
             );
         }
