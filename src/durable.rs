@@ -1,4 +1,5 @@
-//! Durable file replacement: the one place where this server writes a file.
+//! Durable file replacement: the one place where this server replaces a file. (The only other
+//! files it writes are the journal's segments, which [`crate::journal`] appends to and syncs.)
 //!
 //! A reader sees either the old file or the new one, never a mix, and once [`replace`]
 //! returns the new file survives a crash or power loss: the bytes go to a temp file in the
