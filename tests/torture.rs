@@ -131,6 +131,15 @@ fn check_files(storage: &Path, ledger: &HashMap<String, Entry>) -> (HashMap<Stri
     (stored, lost)
 }
 
+/// Whether the journal holds records (more than a segment's 12-byte header), which the next
+/// start replays.
+fn journal_holds_records(storage: &Path) -> bool {
+    std::fs::read_dir(storage.join(blobs::store::JOURNAL_DIR))
+        .into_iter()
+        .flatten()
+        .any(|segment| segment.unwrap().metadata().unwrap().len() > 12)
+}
+
 /// SIGKILL at random moments under concurrent writes loses no acknowledged write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_no_acknowledged_write() {
@@ -140,10 +149,12 @@ async fn sigkill_loses_no_acknowledged_write() {
     let storage = tempfile::tempdir().unwrap();
     let ledger: Ledger = Arc::default();
     let (mut acknowledged, mut lost, mut in_flight_at_kill) = (0u64, 0u64, 0u64);
+    let mut replays = 0;
 
     for cycle in 0..cycles {
         // Every other cycle checkpoints often, so some kills land in a checkpoint.
         let interval = if cycle % 2 == 0 { "1s" } else { "5ms" };
+        replays += usize::from(journal_holds_records(storage.path()));
         let server = common::start_process(storage.path(), &[("CHECKPOINT_INTERVAL", interval)]);
         // The server swept its directory before listening: check what the last kill left.
         let (stored, cycle_lost) = check_files(storage.path(), &ledger.lock().unwrap());
@@ -189,7 +200,11 @@ async fn sigkill_loses_no_acknowledged_write() {
     server.kill();
 
     println!(
-        "torture: cycles={cycles} writes_acknowledged={acknowledged} writes_in_flight_at_kill={in_flight_at_kill} writes_lost={lost} seed={seed}"
+        "torture: cycles={cycles} writes_acknowledged={acknowledged} writes_in_flight_at_kill={in_flight_at_kill} writes_lost={lost} restarts_replaying_the_journal={replays} seed={seed}"
+    );
+    assert!(
+        replays > 0,
+        "some kills left writes in the journal to replay"
     );
     assert!(acknowledged > 0, "the load produced acknowledged writes");
     assert_eq!(lost, 0, "acknowledged writes were lost (seed {seed})");
