@@ -5,6 +5,12 @@
 //! `jsonwebtoken.verify` did. Only the HMAC family is accepted: `none` and every asymmetric
 //! algorithm are refused, so a public key can never be mistaken for the secret.
 //!
+//! Secrets rotate: tokens are minted with `TOKEN_SECRET` alone, and verified with it or with
+//! any of `PREVIOUS_TOKEN_SECRETS`. Every key has an id, the first 16 hex digits of the SHA-256
+//! of its secret, which minted tokens carry as their `kid` header; a `kid` that names a known
+//! key selects it, and a token without one (every token of the original) is tried against each
+//! key, the current one first.
+//!
 //! A token may narrow what it grants with `"scope": "read"` (read-only); a token without
 //! `scope` grants full access, as every token of the original does. Any other scope is refused,
 //! so a token minted for a narrower scope of a later version never grants more here.
@@ -81,15 +87,31 @@ pub struct MintOptions {
     pub read_only: bool,
 }
 
-/// Keys and validation rules built once from the secret; cheap to share behind the state.
+/// Keys and validation rules built once from the secrets; cheap to share behind the state.
 pub struct Keys {
     encoding: EncodingKey,
-    decoding: DecodingKey,
+    /// The id of the minting secret, in the `kid` header of every token minted here.
+    kid: String,
+    /// Every secret tokens are verified with, by id: the current one first.
+    decoding: Vec<(String, DecodingKey)>,
     validation: Validation,
 }
 
+/// The id of a secret: not the secret, and the same on every node that has it.
+fn key_id(secret: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(&sha2::Sha256::digest(secret.as_bytes())[..8])
+}
+
 impl Keys {
+    /// Keys of one secret.
     pub fn new(secret: &str) -> Self {
+        Self::rotated(secret, &[])
+    }
+
+    /// Keys that mint with `secret` and verify with it or any of `previous` (empty ones are
+    /// skipped).
+    pub fn rotated(secret: &str, previous: &[String]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
         // The original's tokens have no `exp`: require nothing, enforce what is present.
@@ -97,9 +119,18 @@ impl Keys {
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.leeway = 0;
+        let secrets = std::iter::once(secret).chain(
+            previous
+                .iter()
+                .map(String::as_str)
+                .filter(|s| !s.is_empty() && *s != secret),
+        );
         Self {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
-            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            kid: key_id(secret),
+            decoding: secrets
+                .map(|s| (key_id(s), DecodingKey::from_secret(s.as_bytes())))
+                .collect(),
             validation,
         }
     }
@@ -108,9 +139,19 @@ impl Keys {
     /// wrong algorithm, expired, not yet valid, a bucket claim that is not a safe directory
     /// name, or an unknown scope.
     pub fn verify(&self, token: &str) -> Option<Grant> {
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .ok()?
-            .claims;
+        let kid = jsonwebtoken::decode_header(token).ok()?.kid;
+        let named = self
+            .decoding
+            .iter()
+            .find(|(id, _)| Some(id) == kid.as_ref());
+        let candidates = match named {
+            Some(key) => std::slice::from_ref(key),
+            None => &self.decoding[..],
+        };
+        let claims = candidates.iter().find_map(|(_, key)| {
+            jsonwebtoken::decode::<Claims>(token, key, &self.validation).ok()
+        })?;
+        let claims = claims.claims;
         let read_only = match claims.scope.as_deref() {
             None => false,
             Some(READ_SCOPE) => true,
@@ -124,7 +165,7 @@ impl Keys {
     }
 
     /// Mints a full-access token for `bucket` in the original's shape: `{ bucket, iat }`,
-    /// HS256, no expiry.
+    /// HS256, no expiry (plus the `kid` header, which the original ignores).
     pub fn mint(&self, bucket: &Bucket) -> String {
         self.mint_with(bucket, &MintOptions::default())
     }
@@ -138,7 +179,9 @@ impl Keys {
             exp: options.expires_in.map(|d| now.saturating_add(d.as_secs())),
             scope: options.read_only.then(|| READ_SCOPE.to_owned()),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &self.encoding)
             .expect("HS256 signing of a serialisable claim set cannot fail")
     }
 }
@@ -169,6 +212,42 @@ mod tests {
             &EncodingKey::from_secret(secret.as_bytes()),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn previous_secrets_verify_and_never_mint() {
+        let bucket = Bucket::parse("photos").unwrap();
+        let previous = ["old-one".to_owned(), String::new(), "old-two".to_owned()];
+        let keys = Keys::rotated(SECRET, &previous);
+        // Tokens of the previous secrets, with and without their `kid`, and of the original.
+        for old in ["old-one", "old-two"] {
+            let minted = Keys::new(old).mint(&bucket);
+            assert!(keys.verify(&minted).is_some(), "{old}, with kid");
+            let plain = sign(Algorithm::HS256, json!({"bucket": "photos"}), old);
+            assert!(keys.verify(&plain).is_some(), "{old}, no kid");
+        }
+        // New tokens are the current secret's alone.
+        let minted = keys.mint(&bucket);
+        assert!(Keys::new(SECRET).verify(&minted).is_some());
+        assert!(Keys::new("old-one").verify(&minted).is_none());
+        let header = jsonwebtoken::decode_header(&minted).unwrap();
+        assert_eq!(header.kid.as_deref(), Some(key_id(SECRET).as_str()));
+        // A secret no longer listed is refused, whatever `kid` says.
+        assert!(keys.verify(&Keys::new("retired").mint(&bucket)).is_none());
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(key_id("old-one"));
+        let forged = jsonwebtoken::encode(
+            &header,
+            &json!({"bucket": "photos"}),
+            &EncodingKey::from_secret(b"retired"),
+        )
+        .unwrap();
+        assert!(keys.verify(&forged).is_none());
+        // An empty previous secret never verifies anything.
+        assert!(
+            keys.verify(&sign(Algorithm::HS256, json!({"bucket": "photos"}), ""))
+                .is_none()
+        );
     }
 
     #[test]

@@ -22,6 +22,16 @@ pub struct Config {
     #[arg(long, env = "TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<String>,
 
+    /// Secrets tokens were signed with before `TOKEN_SECRET`, comma-separated: still accepted,
+    /// never used to sign. For rotating the secret without logging every client out at once.
+    #[arg(
+        long,
+        env = "PREVIOUS_TOKEN_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub previous_token_secrets: Vec<String>,
+
     /// TCP port to listen on.
     #[arg(long, env = "PORT", default_value_t = 3000)]
     pub port: u16,

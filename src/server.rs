@@ -78,7 +78,8 @@ pub async fn run(
     let service = BlobService::open(backend.records.clone(), backend.content.clone())
         .await
         .map_err(StartError::Records)?;
-    let state = AppState::new(&config, Keys::new(secret), backend, service, secret);
+    let keys = Keys::rotated(secret, &config.previous_token_secrets);
+    let state = AppState::new(&config, keys, backend, service, secret);
     tasks::spawn(&state, &config);
     let builder = sockets(&config, &state);
     match nodes {

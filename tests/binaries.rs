@@ -161,3 +161,62 @@ fn the_store_help_says_where_everything_lives() {
     );
     assert!(!store.contains("stay under `STORAGE`"), "{store}");
 }
+
+/// A rotated secret: the server signs nothing itself, and accepts tokens of `TOKEN_SECRET` and
+/// of `PREVIOUS_TOKEN_SECRETS` over Socket.IO and HTTP; a secret no longer listed is refused.
+#[tokio::test]
+async fn previous_secrets_are_accepted_after_a_rotation() {
+    let storage = tempfile::tempdir().unwrap();
+    let server = common::start_process(
+        storage.path(),
+        &[
+            ("TOKEN_SECRET", "rotated-secret"),
+            ("PREVIOUS_TOKEN_SECRETS", "first-secret,second-secret"),
+        ],
+    );
+    let mint = |secret: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_token"))
+            .arg("rotation")
+            .env("TOKEN_SECRET", secret)
+            .current_dir(storage.path())
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .nth(1)
+            .unwrap()
+            .to_owned()
+    };
+    let http = reqwest::Client::new();
+    // A blob nobody wrote: 404 to a valid token, 401 to any other.
+    let url = format!("http://{}/v1/blobs/{}", server.addr, hex_ref("a0"));
+    for secret in ["rotated-secret", "first-secret", "second-secret"] {
+        let token = mint(secret);
+        let mut client = RawClient::connect_token(server.addr, &token).await.unwrap();
+        client.call("ref", &[json!(hex_ref("a0"))]).await.unwrap();
+        let status = http
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "{secret}");
+    }
+    let retired = mint("retired-secret");
+    match RawClient::connect_token(server.addr, &retired).await {
+        Err(ClientError::Refused(message)) => assert_eq!(message, "Access denied"),
+        other => panic!("a retired secret's token: {:?}", other.map(|_| ())),
+    }
+    let status = http
+        .get(&url)
+        .bearer_auth(&retired)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED);
+    server.kill();
+}
