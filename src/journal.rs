@@ -65,7 +65,8 @@ pub struct Replay {
     pub torn_bytes: u64,
 }
 
-/// A handle on the journal; appends from any task.
+/// A handle on the journal; appends from any task. Clones share the one journal thread.
+#[derive(Clone)]
 pub struct Journal {
     dir: PathBuf,
     requests: mpsc::Sender<Request>,

@@ -198,14 +198,15 @@ impl FsStore {
                 "blob files still cannot be written; the journal keeps their writes",
             )));
         }
-        let root = self.root.clone();
+        // Both block (a sync of the file system, unlinks and a directory sync): off the runtime.
+        let (root, journal) = (self.root.clone(), self.journal.clone());
         tokio::task::spawn_blocking(move || {
-            durable::sync_fs(&root)?;
-            Ok::<_, io::Error>(root)
+            durable::sync_fs(&root).map_err(|source| io_error(&root, source))?;
+            journal
+                .remove_before(next)
+                .map_err(|source| io_error(&root.join(JOURNAL_DIR), source))
         })
         .await?
-        .map_err(|source| io_error(&self.root, source))?;
-        self.journal.remove_before(next).map_err(journal_error)
     }
 }
 
