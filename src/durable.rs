@@ -39,12 +39,9 @@ pub fn replace_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
-    create_dirs(dir)?;
-    let mut temp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .tempfile_in(dir)?;
-    temp.write_all(bytes)?;
-    temp.persist(path).map_err(|e| e.error)?;
+    let mut staged = Staged::new_in(dir)?;
+    staged.file().write_all(bytes)?;
+    staged.temp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
 

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::clock;
 use crate::config::{Config, StoreKind};
 use crate::state::AppState;
@@ -25,64 +27,69 @@ pub fn spawn(state: &AppState, config: &Config) {
 /// Checkpoints the store every `interval` until shutdown (which checkpoints once more after
 /// the last write).
 async fn checkpoints(state: AppState, interval: Duration) {
-    let closing = state.closing();
+    let first = Instant::now() + interval;
+    every(first, interval, state.closing(), || async {
+        if let Err(e) = state.store().checkpoint().await {
+            tracing::error!("checkpoint failed; the journal keeps every write: {e}");
+        }
+    })
+    .await;
+}
+
+/// Runs `work` at `first` and every `interval` after it (a late run delays the next ones), until
+/// `closing` resolves.
+async fn every<F: Future<Output = ()>>(
+    first: Instant,
+    interval: Duration,
+    closing: impl Future<Output = ()>,
+    mut work: impl FnMut() -> F,
+) {
     tokio::pin!(closing);
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let mut ticks = tokio::time::interval_at(first, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
             () = &mut closing => return,
         }
-        if let Err(e) = state.store().checkpoint().await {
-            tracing::error!("checkpoint failed; the journal keeps every write: {e}");
-        }
+        work().await;
     }
 }
 
 /// Runs the Blob Service's retention sweep, and the sweep of direct uploads nobody confirmed
 /// within `staging_age`, now and every `interval`, until shutdown.
 async fn retention_sweeps(state: AppState, interval: Duration, staging_age: Duration) {
-    let closing = state.changes().closing();
-    tokio::pin!(closing);
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            () = &mut closing => return,
-        }
-        let swept = state.service().sweep(clock::now_ms()).await;
-        if swept.records > 0 || swept.contents > 0 {
-            tracing::info!(
-                records = swept.records,
-                contents = swept.contents,
-                bytes = swept.bytes,
-                "retention sweep removed expired blobs"
-            );
-        } else {
-            tracing::debug!("retention sweep: nothing expired");
-        }
-        match state.content().sweep_staging(staging_age).await {
-            Ok(0) => {}
-            Ok(removed) => tracing::info!(removed, "unconfirmed direct uploads removed"),
-            Err(e) => tracing::error!("cannot sweep unconfirmed direct uploads: {e}"),
-        }
-    }
+    every(
+        Instant::now(),
+        interval,
+        state.changes().closing(),
+        || async {
+            let swept = state.service().sweep(clock::now_ms()).await;
+            if swept.records > 0 || swept.contents > 0 {
+                tracing::info!(
+                    records = swept.records,
+                    contents = swept.contents,
+                    bytes = swept.bytes,
+                    "retention sweep removed expired blobs"
+                );
+            } else {
+                tracing::debug!("retention sweep: nothing expired");
+            }
+            match state.content().sweep_staging(staging_age).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "unconfirmed direct uploads removed"),
+                Err(e) => tracing::error!("cannot sweep unconfirmed direct uploads: {e}"),
+            }
+        },
+    )
+    .await;
 }
 
 /// Reads stored content back against its hash every `interval` (the first time one interval
 /// after start, so a restart does not reread everything), until shutdown.
 async fn scrubs(state: AppState, interval: Duration) {
-    let closing = state.closing();
-    tokio::pin!(closing);
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            () = &mut closing => return,
-        }
+    let first = Instant::now() + interval;
+    every(first, interval, state.closing(), || async {
         match state.content().scrub(state.closing_token()).await {
             Ok(found) if found.corrupt > 0 => tracing::error!(
                 checked = found.checked,
@@ -92,5 +99,6 @@ async fn scrubs(state: AppState, interval: Duration) {
             Ok(found) => tracing::info!(checked = found.checked, "content scrub: all intact"),
             Err(e) => tracing::error!("content scrub failed: {e}"),
         }
-    }
+    })
+    .await;
 }

@@ -97,11 +97,11 @@ impl FsStore {
                 torn_bytes = replay.torn_bytes,
                 "replaying the journal"
             );
+            for ((bucket, r), file) in &latest {
+                durable::replace_unsynced(&store.path(bucket, r), file)?;
+            }
+            durable::sync_fs(&store.root)?;
         }
-        for ((bucket, r), file) in &latest {
-            durable::replace_unsynced(&store.path(bucket, r), file)?;
-        }
-        durable::sync_fs(&store.root)?;
         store.journal.remove_before(replay.next)?;
         Ok(store)
     }
