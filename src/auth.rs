@@ -43,6 +43,13 @@ struct Claims {
     exp: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
+    /// The token's id, which `blobs revoke --jti` names. A non-string id is no id.
+    #[serde(
+        default,
+        deserialize_with = "string_or_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    jti: Option<String>,
 }
 
 /// What a verified token grants.
@@ -54,6 +61,11 @@ pub struct Grant {
     /// When the token stops working (`exp`, seconds since the epoch); `None`: never, as with
     /// every token of the original.
     pub expires: Option<u64>,
+    /// When the token was issued (`iat`, seconds since the epoch), which a bucket's
+    /// revocation compares with.
+    pub issued: Option<u64>,
+    /// The token's id (`jti`), which a revocation may name.
+    pub id: Option<String>,
 }
 
 impl Grant {
@@ -85,6 +97,8 @@ pub struct MintOptions {
     /// Lifetime from now; `None` mints a token that never expires (the original's kind).
     pub expires_in: Option<Duration>,
     pub read_only: bool,
+    /// The token's id (`jti`), for revoking this one token; `None`: no id.
+    pub id: Option<String>,
 }
 
 /// Keys and validation rules built once from the secrets; cheap to share behind the state.
@@ -161,6 +175,8 @@ impl Keys {
             bucket: Bucket::parse(&claims.bucket)?,
             read_only,
             expires: claims.exp,
+            issued: claims.iat,
+            id: claims.jti,
         })
     }
 
@@ -178,6 +194,7 @@ impl Keys {
             iat: Some(now),
             exp: options.expires_in.map(|d| now.saturating_add(d.as_secs())),
             scope: options.read_only.then(|| READ_SCOPE.to_owned()),
+            jti: options.id.clone(),
         };
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(self.kid.clone());
@@ -190,6 +207,14 @@ impl Keys {
 /// is expired (RFC 7519 §4.1.4). `None` never passes.
 pub fn has_passed(expires: Option<u64>) -> bool {
     expires.is_some_and(|exp| now_unix() >= exp)
+}
+
+/// A claim kept only when it is a string.
+fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    })
 }
 
 /// `exp` as the JWT library accepts it: any JSON number (a fraction is cut off).
@@ -254,18 +279,21 @@ mod tests {
     fn minted_tokens_verify() {
         let keys = Keys::new(SECRET);
         let bucket = Bucket::parse("photos").unwrap();
-        let full = Grant {
-            bucket: bucket.clone(),
-            read_only: false,
-            expires: None,
-        };
-        assert_eq!(keys.verify(&keys.mint(&bucket)), Some(full));
+        let full = keys.verify(&keys.mint(&bucket)).unwrap();
+        assert_eq!(full.bucket, bucket);
+        assert!(!full.read_only);
+        assert_eq!(full.expires, None);
+        assert_eq!(full.id, None);
+        let issued = full.issued.expect("minted tokens carry iat");
+        assert!((now_unix() - 1..=now_unix()).contains(&issued));
         let options = MintOptions {
             expires_in: Some(Duration::from_secs(60)),
             read_only: true,
+            id: Some("token-7".to_owned()),
         };
         let read_only = keys.verify(&keys.mint_with(&bucket, &options)).unwrap();
         assert!(read_only.read_only);
+        assert_eq!(read_only.id.as_deref(), Some("token-7"));
         let exp = read_only
             .expires
             .expect("an expiring token's grant knows its expiry");
@@ -286,7 +314,7 @@ mod tests {
         let bucket = Bucket::parse("b").unwrap();
         let expired = MintOptions {
             expires_in: Some(Duration::ZERO),
-            read_only: false,
+            ..MintOptions::default()
         };
         // `exp == now` is already past once the second turns; a token with exp in the past
         // is refused (checked with a hand-made one below to avoid waiting).

@@ -7,6 +7,7 @@ use crate::blob_service::{RecordFiles, RecordObjects, RecordStore};
 use crate::config::{Config, StoreKind};
 use crate::content::{CLAIM_GRACE, ContentStore, FsContent, ObjectContent};
 use crate::direct::{DirectUrls, PresignedUrls};
+use crate::revocation::Place;
 use crate::server::StartError;
 use crate::store::{FsStore, ObjectBlobs, Store};
 
@@ -18,6 +19,8 @@ pub struct Backend {
     pub records: Arc<dyn RecordStore>,
     /// Presigned object-store URLs; `None`: this server signs its own direct URLs.
     pub direct: Option<Arc<dyn DirectUrls>>,
+    /// Where the revoked tokens are listed.
+    pub revocations: Place,
 }
 
 impl Backend {
@@ -35,6 +38,7 @@ impl Backend {
                     content: Arc::new(FsContent::open(&config.storage).map_err(storage_error)?),
                     records: Arc::new(RecordFiles::new(&config.storage)),
                     direct: None,
+                    revocations: Place::file(&config.storage),
                 })
             }
             StoreKind::S3 => {
@@ -44,7 +48,8 @@ impl Backend {
                 Ok(Self {
                     blobs: Arc::new(ObjectBlobs::new(shared.clone(), prefix)),
                     content: Arc::new(ObjectContent::new(shared.clone(), prefix, CLAIM_GRACE)),
-                    records: Arc::new(RecordObjects::new(shared, prefix)),
+                    records: Arc::new(RecordObjects::new(shared.clone(), prefix)),
+                    revocations: Place::object(shared, prefix),
                     direct: Some(Arc::new(PresignedUrls::new(
                         s3,
                         prefix,

@@ -122,6 +122,32 @@ pub fn remove(path: &Path) -> io::Result<bool> {
     Ok(true)
 }
 
+/// An exclusive advisory lock (`flock`) on `path`, created if missing; waits for it. Held
+/// until the file returned is dropped, or the process ends, however it ends.
+pub fn lock_exclusive(path: &Path) -> io::Result<File> {
+    let file = open_lock(path)?;
+    file.lock()?;
+    Ok(file)
+}
+
+/// [`lock_exclusive`] without waiting: `None` while another process holds the lock.
+pub fn try_lock_exclusive(path: &Path) -> io::Result<Option<File>> {
+    let file = open_lock(path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+fn open_lock(path: &Path) -> io::Result<File> {
+    File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+}
+
 /// Fsyncs a directory, so the names created, renamed or removed in it are durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

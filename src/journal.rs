@@ -37,7 +37,8 @@ use crate::durable;
 const MAGIC: &[u8; 8] = b"BLOBSWAL";
 /// Format version written after [`MAGIC`].
 const FORMAT_VERSION: u32 = 1;
-const HEADER_LEN: u64 = 12;
+/// Bytes of a segment before its first record: a segment this long holds no write.
+pub const HEADER_LEN: u64 = 12;
 /// Bytes before each payload: its length and checksum.
 const RECORD_HEADER_LEN: usize = 8;
 /// Largest payload: larger lengths are read as a torn record.

@@ -29,12 +29,16 @@
 //! - [`journal`]: the file store's write-ahead journal, one sync for many writes; [`durable`]:
 //!   the one way a file is replaced; `locks`: per-key async locks.
 //!
+//! Operating: [`admin`]: the `check`, `backup`, `restore`, `migrate` and `revoke` commands.
+//!
 //! Across nodes: `cluster`: one Redis connection for the Socket.IO adapter, the relay of
 //! changes and records, and the Blob Service's order lock.
 //!
-//! Shared: [`config`], [`auth`] (bucket tokens), [`names`] (validated names, the only inputs
+//! Shared: [`config`], [`auth`] (bucket tokens), [`revocation`] (revoked tokens, kept in the
+//! store), [`names`] (validated names, the only inputs
 //! of a storage path), [`direct`] (signed direct transfer URLs), [`clock`].
 
+pub mod admin;
 pub mod auth;
 pub mod blob_service;
 pub mod clock;
@@ -44,6 +48,7 @@ pub mod direct;
 pub mod durable;
 pub mod journal;
 pub mod names;
+pub mod revocation;
 pub mod s3;
 pub mod server;
 pub mod store;

@@ -1,4 +1,6 @@
-//! The Blobs server: reads the configuration, binds, and serves until SIGTERM or SIGINT.
+//! The Blobs server: reads the configuration, binds, and serves until SIGTERM or SIGINT. With a
+//! command (`blobs check`, `backup`, `restore`, `migrate`, `revoke`) it runs that on the
+//! configured store instead, and exits.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -11,7 +13,24 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::prelude::*;
 
+use blobs::admin::Command;
 use blobs::config::Config;
+
+/// The server (no command), or one of the operator's commands on the store it is configured
+/// with.
+#[derive(Parser)]
+#[command(
+    name = "blobs",
+    version,
+    about = "Blob server with optimistic concurrency over Socket.IO",
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
 
 /// The placeholder secret of `.env.example`, accepted so the README's first command works, but
 /// never silently.
@@ -22,7 +41,7 @@ fn main() -> ExitCode {
     // taken) here, before any other thread exists.
     dotenvy::dotenv().ok();
     let passed = ListenFd::from_env().take_tcp_listener(0);
-    let config = Config::parse();
+    let Cli { config, command } = Cli::parse();
     let log = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stdout().is_terminal())
         .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -30,6 +49,9 @@ fn main() -> ExitCode {
             *meta.level() <= Level::INFO || !QUIET.iter().any(|t| meta.target().starts_with(t))
         }));
     tracing_subscriber::registry().with(log).init();
+    if let Some(command) = command {
+        return admin(command, &config);
+    }
 
     // Refuse what cannot start before binding, with exit code 2 like any other usage error.
     if let Err(e) = config.validate() {
@@ -69,6 +91,26 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Runs an operator's command: exit 0 when it found nothing wrong, 1 when it did, 2 when it
+/// could not run.
+fn admin(command: Command, config: &Config) -> ExitCode {
+    let outcome = tokio::runtime::Runtime::new()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .and_then(|runtime| {
+            runtime
+                .block_on(blobs::admin::run(command, config))
+                .map_err(|e| e.to_string())
+        });
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// The socket a service manager handed over (`passed`: systemd socket activation, the first

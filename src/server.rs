@@ -11,6 +11,7 @@ use socketioxide::layer::SocketIoLayer;
 use socketioxide::{ParserConfig, SocketIo, SocketIoBuilder};
 use socketioxide_redis::{CustomRedisAdapter, RedisAdapterCtr};
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::map_response_body::MapResponseBodyLayer;
@@ -20,8 +21,9 @@ use crate::auth::Keys;
 use crate::backend::Backend;
 use crate::blob_service::{self, BlobService};
 use crate::cluster::{Redis, redacted, relay};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, StoreKind};
 use crate::edge::{self, EdgeLimits};
+use crate::revocation::Revocations;
 use crate::state::AppState;
 use crate::{http, limits, protocol, tasks};
 
@@ -46,6 +48,8 @@ pub enum StartError {
     Adapter(String),
     #[error("cannot load the Blob Service's records: {0}")]
     Records(#[source] crate::blob_service::Error),
+    #[error("cannot read the revoked tokens: {0}")]
+    Revocations(#[source] crate::revocation::Error),
 }
 
 /// Serves Blobs on `listener` until `shutdown` resolves, then shuts down gracefully: new events
@@ -58,6 +62,26 @@ pub async fn run(
 ) -> Result<(), StartError> {
     config.validate()?;
     let secret = config.secret()?;
+    // One server per storage directory: two would each replay and cut the other's journal.
+    // Held until this function returns, after the final checkpoint.
+    let _lock = match config.store {
+        StoreKind::Fs => Some(
+            crate::store::lock(&config.storage)
+                .and_then(|held| {
+                    held.ok_or_else(|| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::WouldBlock,
+                            "another server (or an admin command) is using it",
+                        )
+                    })
+                })
+                .map_err(|source| StartError::Storage {
+                    path: config.storage.display().to_string(),
+                    source,
+                })?,
+        ),
+        StoreKind::S3 => None,
+    };
     let backend = Backend::open(&config)?;
     // With other nodes, the records' channel is subscribed before the records are read: a
     // record another node writes meanwhile is then in storage, or on the channel, or both.
@@ -79,15 +103,18 @@ pub async fn run(
         .await
         .map_err(StartError::Records)?;
     let keys = Keys::rotated(secret, &config.previous_token_secrets);
-    let state = AppState::new(&config, keys, backend, service, secret);
-    tasks::spawn(&state, &config);
+    let revocations = Revocations::load(backend.revocations.clone())
+        .await
+        .map_err(StartError::Revocations)?;
+    let state = AppState::new(&config, keys, revocations, backend, service, secret);
+    let background = tasks::spawn(&state, &config);
     let builder = sockets(&config, &state);
     match nodes {
         None => {
             let (layer, io) = builder.build_layer();
             protocol::register(&io);
             state.changes().attach(io.clone());
-            serve(listener, &config, state, layer, io, shutdown).await
+            serve(listener, &config, state, layer, io, shutdown, background).await
         }
         Some((redis, records_feed, redis_error)) => {
             let adapter = RedisAdapterCtr::new_with_driver(redis.clone(), Default::default());
@@ -100,7 +127,7 @@ pub async fn run(
             state
                 .service()
                 .join(&redis, records_feed, state.changes().closing());
-            serve(listener, &config, state, layer, io, shutdown).await
+            serve(listener, &config, state, layer, io, shutdown, background).await
         }
     }
 }
@@ -141,6 +168,7 @@ async fn serve<A: Adapter>(
     layer: SocketIoLayer<A>,
     io: SocketIo<A>,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    background: JoinSet<()>,
 ) -> Result<(), StartError> {
     // Socket.IO wraps the router as one service: `Router::layer` would build one Engine.IO
     // engine per route and fallback, and a long-polling session must always meet the engine
@@ -177,11 +205,14 @@ async fn serve<A: Adapter>(
     let connections = edge::serve(listener, app, limits, shutdown).await;
     tracing::info!("shutting down: finishing accepted events");
     state.drain().await;
+    state.changes().close();
+    // The background tasks end with the drain and the change hub; none checkpoints after the
+    // final checkpoint, and none holds the store once the server has stopped.
+    background.join_all().await;
     // The last writes are in; after this the files alone are the whole truth.
     if let Err(e) = state.store().checkpoint().await {
         tracing::error!("final checkpoint failed; the journal is replayed at the next start: {e}");
     }
-    state.changes().close();
     // Every accepted event is answered by now; a transport that does not close in time must
     // not hold the process up.
     if tokio::time::timeout(SHUTDOWN_GRACE, io.close())

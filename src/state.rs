@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Keys;
+use crate::auth::{Grant, Keys};
 use crate::backend::Backend;
 use crate::blob_service::BlobService;
 use crate::changes::Changes;
@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::content::ContentStore;
 use crate::direct::{DirectUrls, SignedUrls};
 use crate::limits::{Backlog, Backlogs, Cap, Connections};
+use crate::revocation::Revocations;
 use crate::store::Store;
 
 /// Shared server state. Cloning is cheap: it is one `Arc`.
@@ -23,6 +24,7 @@ pub struct AppState(Arc<Inner>);
 
 struct Inner {
     keys: Keys,
+    revocations: Revocations,
     store: Arc<dyn Store>,
     content: Arc<dyn ContentStore>,
     service: BlobService,
@@ -72,6 +74,7 @@ impl AppState {
     pub fn new(
         config: &Config,
         keys: Keys,
+        revocations: Revocations,
         backend: Backend,
         service: BlobService,
         secret: &str,
@@ -80,6 +83,7 @@ impl AppState {
         let direct = backend.direct.unwrap_or_else(|| Arc::new(signed.clone()));
         Self(Arc::new(Inner {
             keys,
+            revocations,
             store: backend.blobs,
             content: backend.content,
             service,
@@ -105,8 +109,29 @@ impl AppState {
         }))
     }
 
-    pub fn keys(&self) -> &Keys {
-        &self.0.keys
+    /// What `token` grants, unless it is refused: not valid (see [`Keys::verify`]) or revoked.
+    pub fn verify(&self, token: &str) -> Option<Grant> {
+        self.0
+            .keys
+            .verify(token)
+            .filter(|grant| !self.0.revocations.revokes(grant))
+    }
+
+    /// Resolves when the token of `grant` stops being accepted (it expires or is revoked):
+    /// connections and streams opened with it end then.
+    pub fn grant_ends(&self, grant: &Grant) -> impl Future<Output = ()> + Send + use<> {
+        let expiry = grant.expiry();
+        let revoked = self.0.revocations.revoked(grant);
+        async move {
+            tokio::select! {
+                () = expiry => {}
+                () = revoked => {}
+            }
+        }
+    }
+
+    pub fn revocations(&self) -> &Revocations {
+        &self.0.revocations
     }
 
     pub fn store(&self) -> &dyn Store {

@@ -1,27 +1,41 @@
 //! The server's background work: the Blob Service's retention sweep, the sweep of direct
-//! uploads nobody confirmed, the content scrub, and the file store's checkpoints. Each runs
-//! until shutdown.
+//! uploads nobody confirmed, the content scrub, the file store's checkpoints, and reading the
+//! revoked tokens again. Each runs until shutdown.
 
 use std::time::Duration;
 
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::clock;
 use crate::config::{Config, StoreKind};
 use crate::state::AppState;
+use crate::{clock, revocation};
 
-/// Starts every background task the configuration asks for.
-pub fn spawn(state: &AppState, config: &Config) {
-    tokio::spawn(retention_sweeps(
+/// Starts every background task the configuration asks for; each ends soon after shutdown
+/// begins, and the set resolves once all have.
+pub fn spawn(state: &AppState, config: &Config) -> JoinSet<()> {
+    let mut tasks = JoinSet::new();
+    tasks.spawn(revocation_polls(state.clone()));
+    tasks.spawn(retention_sweeps(
         state.clone(),
         config.retention_sweep_interval,
         // A direct upload nobody confirmed within twice its URL's lifetime never will be.
         config.direct_url_ttl * 2,
     ));
     if config.store == StoreKind::Fs {
-        tokio::spawn(scrubs(state.clone(), config.scrub_interval));
-        tokio::spawn(checkpoints(state.clone(), config.checkpoint_interval));
+        tasks.spawn(scrubs(state.clone(), config.scrub_interval));
+        tasks.spawn(checkpoints(state.clone(), config.checkpoint_interval));
     }
+    tasks
+}
+
+/// Reads the revoked tokens again every [`revocation::POLL`], until shutdown.
+async fn revocation_polls(state: AppState) {
+    let first = Instant::now() + revocation::POLL;
+    every(first, revocation::POLL, state.closing(), || {
+        state.revocations().refresh()
+    })
+    .await;
 }
 
 /// Checkpoints the store every `interval` until shutdown (which checkpoints once more after

@@ -422,8 +422,8 @@ async fn read_only_tokens_and_empty_blobs() {
     socket.call1("set", json!({})).await.unwrap();
     let mut api = Api::new(&server, "b");
     let options = MintOptions {
-        expires_in: None,
         read_only: true,
+        ..Default::default()
     };
     api.token = Keys::new(SECRET).mint_with(&Bucket::parse("b").unwrap(), &options);
     let path = format!("/v1/blobs/{r}");

@@ -23,6 +23,10 @@ struct Args {
     /// refused.
     #[arg(long)]
     read_only: bool,
+    /// The token's id (`jti`), which `blobs revoke --jti` names to revoke this one token;
+    /// without it a random id is set.
+    #[arg(long)]
+    jti: Option<String>,
     /// Secret the server verifies tokens with.
     #[arg(long, env = "TOKEN_SECRET", hide_env_values = true)]
     token_secret: Option<String>,
@@ -42,10 +46,20 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     };
+    let id = args
+        .jti
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    if id.is_empty() || id.len() > 128 {
+        eprintln!("invalid --jti: use 1 to 128 characters");
+        return ExitCode::from(2);
+    }
     let options = MintOptions {
         expires_in: args.expires_in,
         read_only: args.read_only,
+        id: Some(id.clone()),
     };
+    // The id goes to stderr, so the two lines of stdout stay the original's.
+    eprintln!("Token id (for `blobs revoke --jti`): {id}");
     println!("Token for bucket: {bucket}");
     println!("{}", Keys::new(&secret).mint_with(&bucket, &options));
     ExitCode::SUCCESS

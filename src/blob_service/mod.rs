@@ -38,7 +38,7 @@ use order::{Applied, Order, Relayed};
 pub use record::{
     MAX_SEMANTICS, Metadata, Record, RetentionPolicy, STREAM_NAME, STREAM_SEMANTICS, Upload,
 };
-pub use records::{RecordFiles, RecordObjects, RecordStore};
+pub use records::{HANDLES_DIR, RecordFiles, RecordObjects, RecordStore};
 pub use sweep::Swept;
 
 /// A storage failure; every variant is logged with its detail, and the client sees a 500

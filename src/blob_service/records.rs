@@ -16,7 +16,7 @@ use crate::names::{Bucket, Handle};
 use super::{Error, Record, Result};
 
 /// Directory of a bucket's records, beside its versioned blobs and its content store.
-const HANDLES_DIR: &str = "handles";
+pub const HANDLES_DIR: &str = "handles";
 
 /// One record as found in storage.
 pub type Found = (Bucket, Handle, Arc<Record>);

@@ -26,12 +26,9 @@ use crate::names::{Bucket, ContentHash};
 
 use super::verify::{Identity, VERIFY_FIRST, Verified, Verifying, scrub, verified_file};
 use super::{
-    ByteStream, Content, ContentLock, ContentStore, Error, Incoming, Owner, Result, Scrubbed,
+    ByteStream, CONTENT_DIR, Content, ContentLock, ContentStore, Error, Incoming, MARKER_SUFFIX,
+    Owner, Result, Scrubbed,
 };
-
-/// Directory of a bucket's content store, beside its versioned blobs' shard directories (`cas`
-/// on disk, as stores written by earlier versions have it).
-const CONTENT_DIR: &str = "cas";
 
 pub struct FsContent {
     root: PathBuf,
@@ -339,9 +336,6 @@ pub(super) fn content_dirs(root: &Path) -> io::Result<Vec<(PathBuf, PathBuf)>> {
     }
     Ok(dirs)
 }
-
-/// Suffix of the file that marks content as the Blob Service's alone.
-const MARKER_SUFFIX: &str = ".service";
 
 /// The marker of a content file: `<hash>.service` beside it.
 fn service_marker(content: &Path) -> PathBuf {

@@ -22,7 +22,18 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, AsyncWrite, AsyncWriteExt};
 use crate::names::{Bucket, ContentHash};
 
 pub use fs::FsContent;
-pub use object::{CLAIM_GRACE, DOOM_LEASE, ObjectContent, content_path, staging_path};
+
+/// Directory of a bucket's content store, beside its versioned blobs' shard directories (`cas`
+/// in both backends, as stores written by earlier versions have it).
+pub const CONTENT_DIR: &str = "cas";
+
+/// Suffix of the marker beside a content that the Blob Service brought in.
+pub const MARKER_SUFFIX: &str = ".service";
+
+/// Directory, beside the shards of an object store's content, of what clients put to
+/// presigned upload URLs.
+pub const STAGING_DIR: &str = "incoming";
+pub use object::{CLAIM_GRACE, DOOM_LEASE, ObjectContent, content_path, marker_owns, staging_path};
 
 /// A body arriving in chunks (an HTTP request body, a multipart part, or one buffer).
 pub type ByteStream<'a> = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + 'a>>;

@@ -426,7 +426,7 @@ pub(super) async fn subscribe(
             && s.semantics.as_deref().is_none_or(|n| n == STREAM_SEMANTICS)
     });
     // The stream ends when the token expires.
-    let expiry = token.0.expiry();
+    let expiry = state.grant_ends(&token.0);
     let bucket = token.0.bucket;
     let since = request.since.filter(|_| wanted);
     let (replay, mut live) = state.service().follow(&bucket, since, now_ms());

@@ -38,7 +38,7 @@ pub(super) async fn follow(
 ) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
     let r = parse_ref(&r)?;
     // The stream ends when the token expires.
-    let expiry = token.0.expiry();
+    let expiry = state.grant_ends(&token.0);
     let bucket = token.0.bucket;
     // Subscribe before reading, so no change falls between the two.
     let mut changes = state.changes().subscribe();

@@ -40,6 +40,9 @@ pub enum AckError {
     /// The token's `exp` has passed; the socket is disconnected after this answer.
     #[error("Token expired")]
     TokenExpired,
+    /// The token was revoked (`blobs revoke`); the socket is disconnected after this answer.
+    #[error("Token revoked")]
+    TokenRevoked,
     /// The server is shutting down and takes no new events.
     #[error("Server is shutting down")]
     Closing,

@@ -102,7 +102,7 @@ async fn authenticate<A: Adapter>(
     let token = auth
         .ok()
         .and_then(|a| a.get("token")?.as_str().map(str::to_owned));
-    let Some(grant) = token.and_then(|t| state.keys().verify(&t)) else {
+    let Some(grant) = token.and_then(|t| state.verify(&t)) else {
         tracing::debug!(sid = %socket.id, "handshake refused");
         return Err(Refused::AccessDenied);
     };
@@ -131,13 +131,13 @@ async fn authenticate<A: Adapter>(
     state
         .backlogs()
         .insert(socket.id.to_string(), &backlog, written);
-    let expiry = grant.expires.map(|_| grant.expiry());
+    let ends = state.grant_ends(&grant);
     let session = Arc::new(Session {
         sid: socket.id,
         state: state.clone(),
-        bucket: grant.bucket,
+        bucket: grant.bucket.clone(),
         read_only: grant.read_only,
-        expires: grant.expires,
+        grant,
         backlog,
         ended: CancellationToken::new(),
         ip: address.to_string(),
@@ -151,23 +151,21 @@ async fn authenticate<A: Adapter>(
             limiter: RateLimiter::new(per_second, burst),
         }),
     });
-    if let Some(expiry) = expiry {
-        // The token's `exp` ends the connection, not only the handshake. The timer holds
-        // neither the socket nor the session, so a connection that never completes is freed
-        // at once; it ends with the session.
-        let ended = session.ended.clone();
-        let weak = Arc::downgrade(&session);
-        let sid = socket.id;
-        tokio::spawn(async move {
-            tokio::select! {
-                () = expiry => {}
-                () = ended.cancelled() => return,
-            }
-            if let (Some(session), Some(socket)) = (weak.upgrade(), io.get_socket(sid)) {
-                session.expire(socket);
-            }
-        });
-    }
+    // The token's `exp`, or its revocation, ends the connection, not only the handshake. The
+    // timer holds neither the socket nor the session, so a connection that never completes is
+    // freed at once; it ends with the session.
+    let ended = session.ended.clone();
+    let weak = Arc::downgrade(&session);
+    let sid = socket.id;
+    tokio::spawn(async move {
+        tokio::select! {
+            () = ends => {}
+            () = ended.cancelled() => return,
+        }
+        if let (Some(session), Some(socket)) = (weak.upgrade(), io.get_socket(sid)) {
+            session.expire(socket);
+        }
+    });
     for event in Event::ALL {
         let handler = Handler {
             event,

@@ -15,6 +15,7 @@ use socketioxide::socket::{Sid, Socket};
 use socketioxide::{SendError, SocketError};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Grant;
 use crate::changes::{self};
 use crate::clock::now_ms;
 use crate::limits::{Backlog, ConnectionSlot, RateLimiter, Verdict};
@@ -31,8 +32,8 @@ pub(super) struct Session<A: Adapter> {
     pub(super) state: AppState,
     pub(super) bucket: Bucket,
     pub(super) read_only: bool,
-    /// When the token expires (seconds since the epoch): events after it are refused.
-    pub(super) expires: Option<u64>,
+    /// What the token grants: events after it expires or is revoked are refused.
+    pub(super) grant: Grant,
     /// Large replies not yet read by the client.
     pub(super) backlog: Arc<Backlog>,
     /// Cancelled on disconnect, or when the session is dropped: ends the expiry timer.
@@ -146,7 +147,8 @@ impl<A: Adapter> Session<A> {
             let refused = match queue.limiter.check(Instant::now()) {
                 _ if self.state.is_closing() => Some(AckError::Closing),
                 _ if self.closed.load(Ordering::Acquire) => return,
-                _ if self.expired() => Some(AckError::TokenExpired),
+                _ if crate::auth::has_passed(self.grant.expires) => Some(AckError::TokenExpired),
+                _ if self.state.revocations().revokes(&self.grant) => Some(AckError::TokenRevoked),
                 Verdict::Disconnect => {
                     job.work = Work::Disconnect("sustained event rate over twice the limit");
                     None
@@ -161,7 +163,10 @@ impl<A: Adapter> Session<A> {
             }
             refused
         };
-        let expired = matches!(refused, Some(AckError::TokenExpired));
+        let expired = matches!(
+            refused,
+            Some(AckError::TokenExpired | AckError::TokenRevoked)
+        );
         if let (Some(error), Work::Call(call)) = (refused, job.work) {
             self.answer(&job.socket, call.event, call.ack, Err(error));
         }
@@ -172,15 +177,15 @@ impl<A: Adapter> Session<A> {
         }
     }
 
-    /// The token expired: events from now on are refused, and the socket is disconnected once
+    /// The token expired or was revoked: events from now on are refused, and the socket is disconnected once
     /// the events already accepted are answered (their writes may have committed: the client
     /// must learn so).
     pub(super) fn expire(self: &Arc<Self>, socket: SocketRef<A>) {
-        tracing::debug!(sid = %socket.id, "token expired: disconnecting");
+        tracing::debug!(sid = %socket.id, "token expired or revoked: disconnecting");
         let mut queue = self.queue.lock().expect("queue lock poisoned");
         let job = Job {
             socket,
-            work: Work::Disconnect("token expired"),
+            work: Work::Disconnect("token expired or revoked"),
         };
         self.push(&mut queue, job);
     }
@@ -196,10 +201,6 @@ impl<A: Adapter> Session<A> {
                 .tasks()
                 .spawn(async move { session.run_queue().await });
         }
-    }
-
-    pub(super) fn expired(&self) -> bool {
-        crate::auth::has_passed(self.expires)
     }
 
     pub(super) async fn run_queue(self: Arc<Self>) {

@@ -37,6 +37,10 @@ const BACKUP_SUFFIX: &str = ".backup";
 /// original never looks there).
 pub const JOURNAL_DIR: &str = ".journal";
 
+/// The lock file a server holds on its storage root while it runs: one writer per journal.
+/// Admin commands that must not run beside a server take it too.
+pub const LOCK_FILE: &str = ".lock";
+
 /// What is known in memory about one blob.
 #[derive(Default)]
 enum Cached {
@@ -65,6 +69,14 @@ pub struct FsStore {
     /// Whether a write was committed since the last checkpoint began: an idle store does not
     /// checkpoint.
     written: AtomicBool,
+}
+
+/// Takes the lock on the storage root ([`LOCK_FILE`], created with the root if missing) that
+/// one server, or one admin command, holds while it uses the store; `None` while another
+/// process holds it. It is released when the file returned is dropped, or the process ends.
+pub fn lock(root: &Path) -> io::Result<Option<fs::File>> {
+    fs::create_dir_all(root)?;
+    durable::try_lock_exclusive(&root.join(LOCK_FILE))
 }
 
 impl FsStore {

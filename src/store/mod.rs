@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::names::{Bucket, Ref};
 
-pub use fs::{FsStore, JOURNAL_DIR};
+pub use fs::{FsStore, JOURNAL_DIR, LOCK_FILE, lock};
 pub use object::ObjectBlobs;
 
 /// Largest version a client may name: JavaScript's `Number.MAX_SAFE_INTEGER`, so every version

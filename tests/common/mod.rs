@@ -140,8 +140,8 @@ pub fn token(bucket: &str) -> String {
 /// A read-only token for `bucket`.
 pub fn read_only_token(bucket: &str) -> String {
     let options = blobs::auth::MintOptions {
-        expires_in: None,
         read_only: true,
+        ..Default::default()
     };
     Keys::new(SECRET).mint_with(&Bucket::parse(bucket).expect("valid bucket"), &options)
 }

@@ -45,7 +45,10 @@ use crate::names::{Bucket, ContentHash};
 
 mod upload;
 
-use super::{ByteStream, Content, ContentLock, ContentStore, Error, Incoming, Owner, Result};
+use super::{
+    ByteStream, CONTENT_DIR, Content, ContentLock, ContentStore, Error, Incoming, MARKER_SUFFIX,
+    Owner, Result, STAGING_DIR,
+};
 use upload::ObjectIncoming;
 
 /// How long a doomed marker protects a removal in progress; older, its node is taken to have
@@ -58,12 +61,6 @@ pub const CLAIM_GRACE: Duration = Duration::from_secs(600);
 
 /// First wait, and the longest, between looks at a doomed marker.
 const DOOM_POLL: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(250));
-
-/// Directory of a bucket's content, as in the file layout.
-const CONTENT_DIR: &str = "cas";
-
-/// Directory, beside the shards, of what clients put to presigned upload URLs.
-const STAGING_DIR: &str = "incoming";
 
 /// The object of a content: `<prefix><bucket>/cas/<hash[0..2]>/<hash>`.
 pub fn content_path(prefix: &str, bucket: &Bucket, hash: &ContentHash) -> Path {
@@ -80,9 +77,6 @@ pub fn staging_path(prefix: &str, bucket: &Bucket, hash: &ContentHash) -> Path {
     ))
 }
 
-/// Suffix of a content's marker, as in the file layout.
-const MARKER_SUFFIX: &str = ".service";
-
 /// Whose content is, as its marker says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -91,6 +85,15 @@ enum Marker {
     Kept(u64),
     Doomed(u64),
     Shared(u64),
+}
+
+/// Whether a marker object says its content is the Blob Service's, as a marker file does: claimed,
+/// doomed, or unreadable (read as a claim long past). Kept and shared content is not.
+pub fn marker_owns(bytes: &[u8]) -> bool {
+    !matches!(
+        serde_json::from_slice(bytes),
+        Ok(Marker::Kept(_) | Marker::Shared(_))
+    )
 }
 
 /// Content in an object store.

@@ -1,0 +1,365 @@
+//! A store as the admin commands see it: every file of the layout by its name relative to the
+//! storage root (`<bucket>/<ref[0..2]>/<ref>.json`, `<bucket>/cas/...`), under a directory or
+//! under the object store's prefix. The two backends use the same names, so copying between
+//! them is copying names.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures_util::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::content::{CONTENT_DIR, MARKER_SUFFIX, STAGING_DIR};
+use crate::durable;
+use crate::names::{Bucket, ContentHash, Handle, Ref};
+use crate::revocation;
+
+/// Where a store's names live.
+pub enum Tree {
+    /// The file store's root directory.
+    Files(PathBuf),
+    /// An object store and the prefix of every name.
+    Objects {
+        store: Arc<dyn ObjectStore>,
+        prefix: String,
+    },
+}
+
+/// A failure reading or writing one name.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error("{key}: {source}")]
+    Io {
+        key: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{key}: {source}")]
+    Object {
+        key: String,
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+/// One stored name and its size.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub key: String,
+    pub size: u64,
+}
+
+/// What a name is in the layout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Blob(Bucket, Ref),
+    Content(Bucket, ContentHash),
+    /// The Blob Service's marker beside a content.
+    Marker(Bucket, ContentHash),
+    Record(Bucket, Handle),
+    Revocations,
+    /// A temp file an interrupted write left (`.tmp-…`).
+    Temp,
+    /// A `<ref>.json.backup` the original left.
+    Backup,
+    /// The server's own bookkeeping: the journal, lock files, the readiness probe, direct
+    /// uploads not yet confirmed. Never copied.
+    Internal,
+    /// Not a name of the layout.
+    Unknown,
+}
+
+/// Classifies a name relative to the storage root.
+pub fn classify(key: &str) -> Kind {
+    let parts: Vec<&str> = key.split('/').collect();
+    let file = parts.last().copied().unwrap_or_default();
+    if durable::is_temp_name(file) {
+        return Kind::Temp;
+    }
+    if key == revocation::FILE_NAME {
+        return Kind::Revocations;
+    }
+    if key.starts_with('.') {
+        return Kind::Internal;
+    }
+    let Some(bucket) = parts.first().and_then(|b| Bucket::parse(b)) else {
+        return Kind::Unknown;
+    };
+    match parts[1..] {
+        [shard, name] if shard.len() == 2 => {
+            if let Some(stem) = name.strip_suffix(".json.backup")
+                && Ref::parse(stem).is_some()
+            {
+                return Kind::Backup;
+            }
+            match name.strip_suffix(".json").and_then(Ref::parse) {
+                Some(r) if r.shard() == shard && r.as_str() == name.trim_end_matches(".json") => {
+                    Kind::Blob(bucket, r)
+                }
+                _ => Kind::Unknown,
+            }
+        }
+        [CONTENT_DIR, STAGING_DIR, _] => Kind::Internal,
+        [CONTENT_DIR, shard, name] => {
+            let (stem, marker) = match name.strip_suffix(MARKER_SUFFIX) {
+                Some(stem) => (stem, true),
+                None => (name, false),
+            };
+            match ContentHash::parse(stem) {
+                Some(hash) if hash.shard() == shard && hash.as_str() == stem => {
+                    if marker {
+                        Kind::Marker(bucket, hash)
+                    } else {
+                        Kind::Content(bucket, hash)
+                    }
+                }
+                _ => Kind::Unknown,
+            }
+        }
+        [crate::blob_service::HANDLES_DIR, shard, name] => {
+            match name.strip_suffix(".json").and_then(Handle::parse) {
+                Some(handle) if handle.shard() == shard => Kind::Record(bucket, handle),
+                _ => Kind::Unknown,
+            }
+        }
+        _ => Kind::Unknown,
+    }
+}
+
+/// The name of a kind of entry (inverse of [`classify`] for the data kinds).
+pub fn key_of(kind: &Kind) -> Option<String> {
+    Some(match kind {
+        Kind::Blob(bucket, r) => format!("{bucket}/{}/{r}.json", r.shard()),
+        Kind::Content(bucket, hash) => format!("{bucket}/{CONTENT_DIR}/{}/{hash}", hash.shard()),
+        Kind::Marker(bucket, hash) => format!(
+            "{bucket}/{CONTENT_DIR}/{}/{hash}{MARKER_SUFFIX}",
+            hash.shard()
+        ),
+        Kind::Record(bucket, handle) => format!(
+            "{bucket}/{}/{}/{handle}.json",
+            crate::blob_service::HANDLES_DIR,
+            handle.shard()
+        ),
+        Kind::Revocations => revocation::FILE_NAME.to_owned(),
+        _ => return None,
+    })
+}
+
+impl Tree {
+    /// Whether this is the file store (markers are empty files there, JSON objects in an
+    /// object store).
+    pub fn is_files(&self) -> bool {
+        matches!(self, Tree::Files(_))
+    }
+
+    /// Where this tree is, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Tree::Files(root) => root.display().to_string(),
+            Tree::Objects { prefix, .. } => format!("the object store (prefix {prefix:?})"),
+        }
+    }
+
+    fn io(key: &str) -> impl FnOnce(io::Error) -> TreeError + '_ {
+        move |source| TreeError::Io {
+            key: key.to_owned(),
+            source,
+        }
+    }
+
+    fn object(key: &str) -> impl FnOnce(object_store::Error) -> TreeError + '_ {
+        move |source| TreeError::Object {
+            key: key.to_owned(),
+            source,
+        }
+    }
+
+    /// Every name stored, in name order.
+    pub async fn list(&self) -> Result<Vec<Entry>, TreeError> {
+        let mut entries = match self {
+            Tree::Files(root) => {
+                let root = root.clone();
+                tokio::task::spawn_blocking(move || walk(&root))
+                    .await
+                    .map_err(|e| Self::io("")(io::Error::other(e)))?
+                    .map_err(Self::io(""))?
+            }
+            Tree::Objects { store, prefix } => {
+                let root = (!prefix.is_empty()).then(|| ObjectPath::from(prefix.as_str()));
+                let listed: Vec<_> = store
+                    .list(root.as_ref())
+                    .try_collect()
+                    .await
+                    .map_err(Self::object(prefix))?;
+                listed
+                    .into_iter()
+                    .filter_map(|meta| {
+                        let key = meta.location.as_ref().strip_prefix(prefix.as_str())?;
+                        Some(Entry {
+                            key: key.to_owned(),
+                            size: meta.size,
+                        })
+                    })
+                    .collect()
+            }
+        };
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(entries)
+    }
+
+    /// The bytes stored under `key`, or `None`.
+    pub async fn read(&self, key: &str) -> Result<Option<bytes::Bytes>, TreeError> {
+        match self {
+            Tree::Files(root) => match tokio::fs::read(root.join(key)).await {
+                Ok(bytes) => Ok(Some(bytes.into())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Self::io(key)(e)),
+            },
+            Tree::Objects { store, prefix } => {
+                match store.get(&ObjectPath::from(format!("{prefix}{key}"))).await {
+                    Ok(found) => Ok(Some(found.bytes().await.map_err(Self::object(key))?)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(Self::object(key)(e)),
+                }
+            }
+        }
+    }
+
+    /// Replaces `key` with `bytes` atomically. In a directory the file is not synced: call
+    /// [`Tree::sync`] once every file is written.
+    pub async fn write(&self, key: &str, bytes: bytes::Bytes) -> Result<(), TreeError> {
+        match self {
+            Tree::Files(root) => {
+                let path = root.join(key);
+                tokio::task::spawn_blocking(move || durable::replace_unsynced(&path, &bytes))
+                    .await
+                    .map_err(|e| Self::io(key)(io::Error::other(e)))?
+                    .map_err(Self::io(key))
+            }
+            Tree::Objects { store, prefix } => store
+                .put(
+                    &ObjectPath::from(format!("{prefix}{key}")),
+                    PutPayload::from(bytes),
+                )
+                .await
+                .map(drop)
+                .map_err(Self::object(key)),
+        }
+    }
+
+    /// Removes `key`; no error when it is not there.
+    pub async fn remove(&self, key: &str) -> Result<(), TreeError> {
+        match self {
+            Tree::Files(root) => match tokio::fs::remove_file(root.join(key)).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Self::io(key)(e)),
+            },
+            Tree::Objects { store, prefix } => {
+                match store
+                    .delete(&ObjectPath::from(format!("{prefix}{key}")))
+                    .await
+                {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(Self::object(key)(e)),
+                }
+            }
+        }
+    }
+
+    /// Makes every write so far durable (one `syncfs` for a directory; an object store's
+    /// writes already are).
+    pub async fn sync(&self) -> Result<(), TreeError> {
+        match self {
+            Tree::Files(root) => {
+                let root = root.clone();
+                tokio::task::spawn_blocking(move || durable::sync_fs(&root))
+                    .await
+                    .map_err(|e| Self::io("")(io::Error::other(e)))?
+                    .map_err(Self::io(""))
+            }
+            Tree::Objects { .. } => Ok(()),
+        }
+    }
+}
+
+/// Every file under `root`, by its name relative to it (`/`-separated).
+fn walk(root: &Path) -> io::Result<Vec<Entry>> {
+    let mut entries = Vec::new();
+    if !root.exists() {
+        return Ok(entries);
+    }
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                dirs.push(entry.path());
+            } else if kind.is_file() {
+                let path = entry.path();
+                let relative = path.strip_prefix(root).map_err(io::Error::other)?;
+                entries.push(Entry {
+                    key: relative
+                        .components()
+                        .map(|c| c.as_os_str().to_string_lossy())
+                        .collect::<Vec<_>>()
+                        .join("/"),
+                    size: entry.metadata()?.len(),
+                });
+            }
+        }
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_of_the_layout_are_classified() {
+        let r = "ab".repeat(32);
+        let hash = "cd".repeat(32);
+        let handle = "ef".repeat(16);
+        let bucket = Bucket::parse("photos").unwrap();
+        let cases = [
+            (
+                format!("photos/ab/{r}.json"),
+                Kind::Blob(bucket.clone(), Ref::parse(&r).unwrap()),
+            ),
+            (
+                format!("photos/cas/cd/{hash}"),
+                Kind::Content(bucket.clone(), ContentHash::parse(&hash).unwrap()),
+            ),
+            (
+                format!("photos/cas/cd/{hash}.service"),
+                Kind::Marker(bucket.clone(), ContentHash::parse(&hash).unwrap()),
+            ),
+            (
+                format!("photos/handles/ef/{handle}.json"),
+                Kind::Record(bucket.clone(), Handle::parse(&handle).unwrap()),
+            ),
+            (format!("photos/ab/{r}.json.backup"), Kind::Backup),
+            ("photos/ab/.tmp-x1".to_owned(), Kind::Temp),
+            (".journal/1.wal".to_owned(), Kind::Internal),
+            (".lock".to_owned(), Kind::Internal),
+            (".revoked.json".to_owned(), Kind::Revocations),
+            (format!("photos/cas/incoming/{hash}"), Kind::Internal),
+            (format!("photos/xy/{r}.json"), Kind::Unknown),
+            (
+                format!("photos/AB/{}.json", r.to_uppercase()),
+                Kind::Unknown,
+            ),
+            ("photos/notes.txt".to_owned(), Kind::Unknown),
+        ];
+        for (key, kind) in cases {
+            assert_eq!(classify(&key), kind, "{key}");
+            if let Some(back) = key_of(&kind) {
+                assert_eq!(back, key);
+            }
+        }
+    }
+}

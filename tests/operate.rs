@@ -1,0 +1,506 @@
+//! The operator's commands run as printed in the README, against real servers: `blobs revoke`
+//! (tokens refused and connections closed within 2 s, on every node), `blobs check [--repair]`,
+//! `blobs backup` while writes go on, `blobs restore`, and `blobs migrate` to the object store
+//! and back, with a cluster started on the result.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use blobs_testkit::{ClientError, RawClient};
+use common::service_api::Api;
+use common::{SECRET, TestServer, hex_ref, token};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// Longest wait for anything that should happen at once.
+const HANG: Duration = Duration::from_secs(20);
+
+/// How soon a revocation must reach a running server.
+const APPLIED_WITHIN: Duration = Duration::from_secs(2);
+
+/// `blobs <args>` with the test secret, `STORAGE` and `env`, from an empty directory.
+fn blobs(storage: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let cwd = tempfile::tempdir().unwrap();
+    Command::new(env!("CARGO_BIN_EXE_blobs"))
+        .args(args)
+        .env("TOKEN_SECRET", SECRET)
+        .env("STORAGE", storage)
+        .envs(env.iter().copied())
+        .current_dir(cwd.path())
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `token <args>`: the token (second line of stdout).
+fn mint(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_token"))
+        .args(args)
+        .env("TOKEN_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    stdout(&output).lines().nth(1).unwrap().to_owned()
+}
+
+/// Reads packets until the server says DISCONNECT (`1` after the engine's framing) or the
+/// connection closes: true when it did either within `within`.
+async fn disconnected(client: &mut RawClient, within: Duration) -> bool {
+    tokio::time::timeout(within, async {
+        loop {
+            match client.recv().await {
+                Ok(packet) if packet == "1" => return,
+                Ok(_) => continue,
+                Err(_) => return,
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+async fn status(http: &reqwest::Client, url: &str, token: &str) -> StatusCode {
+    http.get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// `revoke --jti` ends that token's socket, change stream and metadata stream within 2 s, and
+/// refuses it from then on, over Socket.IO and HTTP, across a restart; other tokens of the
+/// bucket go on. `revoke --bucket --before now` refuses every token issued before it returns
+/// and none after.
+#[tokio::test]
+async fn revoked_tokens_are_refused_and_their_connections_closed() {
+    let server = TestServer::start().await;
+    let http = reqwest::Client::new();
+    let r = hex_ref("d1");
+    let blob_url = format!("http://{}/v1/blobs/{r}", server.addr);
+    let leaked = mint(&["b", "--jti", "leaked-1"]);
+    let kept = mint(&["b"]);
+    let mut socket = RawClient::connect_token(server.addr, &leaked)
+        .await
+        .unwrap();
+    socket.call("ref", &[json!(r)]).await.unwrap();
+    let mut other = RawClient::connect_token(server.addr, &kept).await.unwrap();
+    other.call("ref", &[json!(r)]).await.unwrap();
+    let events = http
+        .get(format!("{blob_url}/events"))
+        .bearer_auth(&leaked)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    let metadata = http
+        .post(format!("http://{}/api/v1/events/subscribe", server.addr))
+        .bearer_auth(&leaked)
+        .json(&json!({ "subscriptions": [{}] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metadata.status(), 200);
+
+    let output = blobs(server.storage(), &[], &["revoke", "--jti", "leaked-1"]);
+    assert!(output.status.success(), "{output:?}");
+    let revoked_at = Instant::now();
+    assert!(stdout(&output).contains("revoked the token"));
+    assert!(
+        disconnected(&mut socket, APPLIED_WITHIN).await,
+        "the socket is closed within 2 s"
+    );
+    let left = APPLIED_WITHIN.saturating_sub(revoked_at.elapsed());
+    assert!(
+        tokio::time::timeout(left + Duration::from_millis(100), events.bytes())
+            .await
+            .is_ok(),
+        "the change stream ends within 2 s"
+    );
+    assert!(
+        tokio::time::timeout(HANG, metadata.bytes()).await.is_ok(),
+        "the metadata stream ends"
+    );
+    match RawClient::connect_token(server.addr, &leaked).await {
+        Err(ClientError::Refused(message)) => assert_eq!(message, "Access denied"),
+        other => panic!("a revoked token connected: {:?}", other.map(|_| ())),
+    }
+    assert_eq!(status(&http, &blob_url, &leaked).await, 401);
+    // The rest of the bucket goes on.
+    let ack = other.call1("set", json!({ "data": "aGk=" })).await.unwrap();
+    assert_eq!(ack, json!({ "success": true, "version": 1 }));
+    assert_eq!(status(&http, &blob_url, &kept).await, 200);
+
+    // A whole bucket: tokens issued before the command returned are refused, later ones not.
+    let output = blobs(
+        server.storage(),
+        &[],
+        &["revoke", "--bucket", "b", "--before", "now"],
+    );
+    assert!(output.status.success(), "{output:?}");
+    let fresh = mint(&["b"]);
+    assert!(
+        disconnected(&mut other, APPLIED_WITHIN).await,
+        "the bucket's sockets are closed within 2 s"
+    );
+    assert_eq!(status(&http, &blob_url, &kept).await, 401);
+    assert_eq!(status(&http, &blob_url, &fresh).await, 200);
+    assert_eq!(status(&http, &blob_url, &token("other")).await, 404);
+
+    // Revocations are kept in the store: a restart keeps refusing.
+    let storage = server.stop().await;
+    let list: Value =
+        serde_json::from_slice(&std::fs::read(storage.path().join(".revoked.json")).unwrap())
+            .unwrap();
+    assert!(list["tokens"]["leaked-1"].is_u64(), "{list}");
+    assert!(list["buckets"]["b"].is_u64(), "{list}");
+    let server = TestServer::start_in(storage).await;
+    let blob_url = format!("http://{}/v1/blobs/{r}", server.addr);
+    assert_eq!(status(&http, &blob_url, &leaked).await, 401);
+    assert_eq!(status(&http, &blob_url, &kept).await, 401);
+    assert_eq!(status(&http, &blob_url, &fresh).await, 200);
+    server.stop().await;
+}
+
+/// Bad arguments are usage errors (exit 2) with a sentence, never a half-written list.
+#[test]
+fn revoke_refuses_bad_arguments() {
+    let storage = tempfile::tempdir().unwrap();
+    for args in [
+        &["revoke"][..],
+        &["revoke", "--bucket", "b"],
+        &["revoke", "--bucket", "b", "--before", "yesterday"],
+        &["revoke", "--bucket", "../x", "--before", "now"],
+    ] {
+        let output = blobs(storage.path(), &[], args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {output:?}");
+        assert!(!output.stderr.is_empty(), "{args:?}");
+    }
+    assert!(!storage.path().join(".revoked.json").exists());
+}
+
+/// Writes one blob at version `versions`, one content and one Blob Service record in bucket
+/// `b` of `server`; returns (ref, content hash, record handle).
+async fn populate(server: &TestServer, pair: &str, versions: u64) -> (String, String, String) {
+    let r = hex_ref(pair);
+    let mut client = server.client("b").await;
+    client.call("ref", &[json!(r)]).await.unwrap();
+    for version in 0..versions {
+        let set = match version {
+            0 => json!({ "data": "aGk=" }),
+            _ => json!({ "data": "aGk=", "version": version }),
+        };
+        let ack = client.call1("set", set).await.unwrap();
+        assert_eq!(ack["success"], true, "{ack}");
+    }
+    let bytes = format!("content {pair}").into_bytes();
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+    let stored = reqwest::Client::new()
+        .put(format!("http://{}/blobs/{hash}", server.addr))
+        .bearer_auth(token("b"))
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert!(stored.status().is_success());
+    let handle = Api::new(server, "b")
+        .upload(
+            format!("photo {pair}").as_bytes(),
+            json!({ "semantics": "s" }),
+        )
+        .await;
+    (r, hash, handle)
+}
+
+/// Whether `server` serves the blob at `version`, the content and the record.
+async fn serves(
+    addr: std::net::SocketAddr,
+    (r, hash, handle): &(String, String, String),
+    version: u64,
+) {
+    let http = reqwest::Client::new();
+    let blob = http
+        .get(format!("http://{addr}/v1/blobs/{r}"))
+        .bearer_auth(token("b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(blob.status(), 200, "{r}");
+    assert_eq!(blob.headers()["etag"], format!("\"{version}\""), "{r}");
+    let content = http
+        .get(format!("http://{addr}/blobs/{hash}"))
+        .bearer_auth(token("b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(content.status(), 200, "{hash}");
+    let record = http
+        .get(format!("http://{addr}/api/v1/blobs/{handle}/metadata"))
+        .bearer_auth(token("b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(record.status(), 200, "{handle}");
+}
+
+/// `check` finds each kind of damage and exits 1; `--repair` (refused while a server runs)
+/// fixes only what is safe and says what it did; a sound store checks clean.
+#[tokio::test]
+async fn check_reports_damage_and_repairs_only_what_is_safe() {
+    let server = TestServer::start().await;
+    let written = populate(&server, "c1", 2).await;
+    let (r, hash, _) = &written;
+    let output = blobs(server.storage(), &[], &["check"]);
+    assert!(output.status.success(), "{}", stdout(&output));
+    assert!(stdout(&output).contains("a server is running"));
+    let output = blobs(server.storage(), &[], &["check", "--repair"]);
+    assert_eq!(output.status.code(), Some(2), "refused while a server runs");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("stop it"));
+    let storage = server.stop().await;
+    let root = storage.path();
+    let output = blobs(root, &[], &["check"]);
+    assert!(output.status.success(), "{}", stdout(&output));
+    assert!(stdout(&output).contains("no problem found"));
+
+    // Damage: a torn blob, content that no longer matches, a record whose content is gone,
+    // a marker without content, a temp file and a backup of the original.
+    let torn = hex_ref("c2");
+    let torn_path = root.join(format!("b/c2/{torn}.json"));
+    std::fs::create_dir_all(torn_path.parent().unwrap()).unwrap();
+    std::fs::write(&torn_path, b"{\"data\":\"aGk").unwrap();
+    std::fs::write(root.join(format!("b/cas/{}/{hash}", &hash[..2])), b"rotten").unwrap();
+    let photo_hash = blake3::hash(b"photo c1").to_hex().to_string();
+    std::fs::remove_file(root.join(format!("b/cas/{}/{photo_hash}", &photo_hash[..2]))).unwrap();
+    let orphan = "ab".repeat(32);
+    std::fs::create_dir_all(root.join("b/cas/ab")).unwrap();
+    std::fs::write(root.join(format!("b/cas/ab/{orphan}.service")), b"").unwrap();
+    std::fs::write(root.join(format!("b/{}/.tmp-left", &r[..2])), b"half").unwrap();
+    let blob_file = root.join(format!("b/{}/{r}.json", &r[..2]));
+    std::fs::copy(&blob_file, blob_file.with_extension("json.backup")).unwrap();
+
+    let output = blobs(root, &[], &["check"]);
+    let report = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    for expected in [
+        format!("{torn}.json: blob JSON does not parse"),
+        format!("{hash}: content hashes to"),
+        format!(
+            "names content b/cas/{}/{photo_hash}, which is missing",
+            &photo_hash[..2]
+        ),
+        format!("{orphan}.service: marker without content"),
+        ".tmp-left: temp file left by an interrupted write".to_owned(),
+        format!("{r}.json.backup: backup left by the original"),
+    ] {
+        assert!(report.contains(&expected), "{expected:?} in:\n{report}");
+    }
+
+    let output = blobs(root, &[], &["check", "--repair"]);
+    let report = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "data damage stays: {report}");
+    assert!(report.contains("repaired:"), "{report}");
+    for repaired in [".tmp-left", ".json.backup", ".service"] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.starts_with("repaired:") && l.contains(repaired)),
+            "{repaired} repaired in:\n{report}"
+        );
+    }
+    assert!(!root.join(format!("b/cas/ab/{orphan}.service")).exists());
+    assert!(!blob_file.with_extension("json.backup").exists());
+    // Data is never touched: the torn blob and the rotten content are still reported.
+    assert!(torn_path.exists());
+    let output = blobs(root, &[], &["check"]);
+    let report = stdout(&output);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(report.matches("problem:").count(), 3, "{report}");
+}
+
+/// `backup` while a client keeps writing: the copy verifies, holds every write acknowledged
+/// before it started, and `restore` brings it back into an empty store, which serves it;
+/// `restore` refuses a store that holds data.
+#[tokio::test]
+async fn backup_while_writing_then_restore() {
+    let server = TestServer::start().await;
+    let written = populate(&server, "e1", 3).await;
+    let mut writer = server.subscribed("b", &hex_ref("e2")).await;
+    let ack = writer
+        .call1("set", json!({ "data": "MA==" }))
+        .await
+        .unwrap();
+    assert_eq!(ack["version"], 1);
+    // Writes go on during the backup.
+    let writing = tokio::spawn(async move {
+        let mut version = 1;
+        loop {
+            let ack = writer
+                .call1("set", json!({ "data": "MQ==", "version": version }))
+                .await;
+            match ack {
+                Ok(ack) if ack["success"] == true => version += 1,
+                _ => return version,
+            }
+            if version >= 400 {
+                return version;
+            }
+        }
+    });
+    let dest = tempfile::tempdir().unwrap();
+    let backup_dir = dest.path().join("backup");
+    let output = blobs(
+        server.storage(),
+        &[],
+        &["backup", backup_dir.to_str().unwrap()],
+    );
+    assert!(output.status.success(), "{}", stdout(&output));
+    assert!(stdout(&output).contains("verified:"), "{}", stdout(&output));
+    let last = writing.await.unwrap();
+    assert!(last > 1);
+    // Again, while nothing changes: nothing to write for the three of `populate`.
+    let output = blobs(
+        server.storage(),
+        &[],
+        &["backup", backup_dir.to_str().unwrap()],
+    );
+    assert!(output.status.success(), "{}", stdout(&output));
+
+    let restored = tempfile::tempdir().unwrap();
+    let output = blobs(
+        restored.path(),
+        &[],
+        &["restore", backup_dir.to_str().unwrap()],
+    );
+    assert!(output.status.success(), "{}", stdout(&output));
+    let output = blobs(
+        restored.path(),
+        &[],
+        &["restore", backup_dir.to_str().unwrap()],
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "a store with data is refused"
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("already holds data"));
+    server.stop().await;
+
+    let server = TestServer::start_in(restored).await;
+    serves(server.addr, &written, 3).await;
+    let blob: Value = reqwest::Client::new()
+        .get(format!("http://{}/v1/blobs/{}", server.addr, hex_ref("e2")))
+        .bearer_auth(token("b"))
+        .send()
+        .await
+        .unwrap()
+        .headers()["etag"]
+        .to_str()
+        .unwrap()
+        .trim_matches('"')
+        .parse::<u64>()
+        .map(Value::from)
+        .unwrap();
+    // At least the version acknowledged before the backup started.
+    assert!(blob.as_u64().unwrap() >= 1, "{blob}");
+    server.stop().await;
+}
+
+/// `migrate --to s3` copies a file store (blobs, content, records, revocations) into the object
+/// store; it is idempotent and resumes where a destination lacks names; two nodes on the result
+/// serve every blob at its version and keep refusing revoked tokens; `migrate --to fs` brings
+/// it back.
+#[tokio::test]
+async fn migrate_to_the_object_store_and_back() {
+    let s3 = common::s3().await;
+    let redis = common::redis();
+    let server = TestServer::start().await;
+    let mut all = Vec::new();
+    for (pair, versions) in [("f1", 1), ("f2", 4), ("f3", 2)] {
+        all.push((populate(&server, pair, versions).await, versions));
+    }
+    let leaked = mint(&["b", "--jti", "leaked-2"]);
+    assert!(
+        blobs(server.storage(), &[], &["revoke", "--jti", "leaked-2"])
+            .status
+            .success()
+    );
+    let storage = server.stop().await;
+
+    let options = common::s3_options(&s3, "migrated/");
+    let s3_env: Vec<(String, String)> = options
+        .chunks(2)
+        .map(|pair| {
+            let name = pair[0]
+                .trim_start_matches("--")
+                .replace('-', "_")
+                .to_uppercase();
+            (name, pair[1].clone())
+        })
+        .filter(|(name, _)| name != "STORE")
+        .collect();
+    let env: Vec<(&str, &str)> = s3_env
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let output = blobs(storage.path(), &env, &["migrate", "--to", "s3"]);
+    let report = stdout(&output);
+    assert!(output.status.success(), "{report}");
+    assert!(report.contains("verified:"), "{report}");
+    // Idempotent: nothing more to write.
+    let output = blobs(storage.path(), &env, &["migrate", "--to", "s3"]);
+    assert!(
+        stdout(&output).contains(" 0 written"),
+        "{}",
+        stdout(&output)
+    );
+    // Resumable: what the destination lacks is copied again, and only that.
+    let client = common::s3_client(&s3);
+    let (r, ..) = &all[0].0;
+    let lost = object_store::path::Path::from(format!("migrated/b/{}/{r}.json", &r[..2]));
+    object_store::ObjectStoreExt::delete(&*client, &lost)
+        .await
+        .unwrap();
+    let output = blobs(storage.path(), &env, &["migrate", "--to", "s3"]);
+    assert!(
+        stdout(&output).contains(" 1 written"),
+        "{}",
+        stdout(&output)
+    );
+
+    // Two nodes on the result.
+    let mut node_options = options.clone();
+    node_options.extend(["--redis-url".to_owned(), redis.url.clone()]);
+    let node_options: Vec<&str> = node_options.iter().map(String::as_str).collect();
+    let a = TestServer::start_with(tempfile::tempdir().unwrap(), &node_options).await;
+    let b = TestServer::start_with(tempfile::tempdir().unwrap(), &node_options).await;
+    let http = reqwest::Client::new();
+    for node in [&a, &b] {
+        for (written, versions) in &all {
+            serves(node.addr, written, *versions).await;
+        }
+        let url = format!("http://{}/v1/blobs/{}", node.addr, all[0].0.0);
+        assert_eq!(status(&http, &url, &leaked).await, 401);
+    }
+    a.stop().await;
+    b.stop().await;
+
+    // And back into a new directory.
+    let back = tempfile::tempdir().unwrap();
+    let mut env_back = env.clone();
+    env_back.push(("STORE", "s3"));
+    let output = blobs(back.path(), &env_back, &["migrate", "--to", "fs"]);
+    assert!(output.status.success(), "{}", stdout(&output));
+    let server = TestServer::start_in(back).await;
+    for (written, versions) in &all {
+        serves(server.addr, written, *versions).await;
+    }
+    let url = format!("http://{}/v1/blobs/{}", server.addr, all[0].0.0);
+    assert_eq!(status(&http, &url, &leaked).await, 401);
+    server.stop().await;
+}
