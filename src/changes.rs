@@ -129,6 +129,7 @@ impl Changes {
                 let sent: redis::RedisResult<()> =
                     publisher.publish(RELAY_CHANNEL, message.to_string()).await;
                 if let Err(e) = sent {
+                    crate::metrics::redis_error();
                     tracing::warn!("change not relayed to the other nodes: {e}");
                 }
             }
@@ -251,6 +252,7 @@ impl Rooms for LocalRooms {
                 continue;
             }
             match emit_value(&target, event, &payload) {
+                Ok(()) if event == "changed" => crate::metrics::changed_delivered(),
                 Ok(()) => {}
                 Err(SendError::Socket(SocketError::InternalChannelFull)) => drop_stalled(&target),
                 Err(e) => tracing::debug!(sid = %target.id, event, "not delivered: {e}"),
@@ -310,6 +312,12 @@ async fn broadcast_through_adapter<A: Adapter>(
         if let Some(sid) = except {
             operators = operators.except(sid);
         }
+        if event == "changed" {
+            // The sockets of this node it reaches; the other nodes count their own.
+            for _ in operators.clone().sockets() {
+                crate::metrics::changed_delivered();
+            }
+        }
         let sent = match &payload {
             Json::Array(args) if args.is_empty() => operators.emit(event, &NO_ARGS).await,
             _ => operators.emit(event, &payload).await,
@@ -335,6 +343,7 @@ fn emit_value<A: Adapter>(
 /// Takes a socket whose send buffer is full out of every room and disconnects it.
 pub fn drop_stalled<A: Adapter>(socket: &SocketRef<A>) {
     tracing::info!(sid = %socket.id, "client stopped reading: dropping it");
+    crate::metrics::client_dropped();
     evict(socket);
 }
 

@@ -32,6 +32,11 @@ pub struct Config {
     )]
     pub previous_token_secrets: Vec<String>,
 
+    /// Bearer token that `GET /metrics` requires (Prometheus' `authorization` setting).
+    /// Unset: no metrics are recorded and `/metrics` answers 404.
+    #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
     /// TCP port to listen on.
     #[arg(long, env = "PORT", default_value_t = 3000)]
     pub port: u16,

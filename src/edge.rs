@@ -55,6 +55,11 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// of the limit, at least this many.
 const RESERVED_DESCRIPTORS: u64 = 256;
 
+/// The places of TCP connections for [`serve`]: the cap, and the overflow answered with 503.
+pub fn connection_slots(limits: &EdgeLimits) -> Arc<Cap> {
+    Cap::new(limits.max_connections + OVERFLOW)
+}
+
 /// `wanted`, lowered to what the process's descriptor limit leaves for connections (with the
 /// overflow and the reserve), so the cap is reached before `accept` fails for want of a
 /// descriptor. Logged when lowered.
@@ -145,13 +150,13 @@ pub async fn serve<S>(
     listener: TcpListener,
     app: S,
     limits: EdgeLimits,
+    open: Arc<Cap>,
     stop: impl Future<Output = ()>,
 ) -> Open
 where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    let open = Cap::new(limits.max_connections + OVERFLOW);
     let mut graceful = Open {
         close: watch::channel(false).0,
         tasks: JoinSet::new(),

@@ -29,7 +29,8 @@
 //! - [`journal`]: the file store's write-ahead journal, one sync for many writes; [`durable`]:
 //!   the one way a file is replaced; `locks`: per-key async locks.
 //!
-//! Operating: [`admin`]: the `check`, `backup`, `restore`, `migrate` and `revoke` commands.
+//! Operating: [`admin`]: the `check`, `backup`, `restore`, `migrate` and `revoke` commands;
+//! [`layout`]: a store seen as the names of its files; `metrics`: Prometheus metrics.
 //!
 //! Across nodes: `cluster`: one Redis connection for the Socket.IO adapter, the relay of
 //! changes and records, and the Blob Service's order lock.
@@ -47,6 +48,7 @@ pub mod content;
 pub mod direct;
 pub mod durable;
 pub mod journal;
+pub mod layout;
 pub mod names;
 pub mod revocation;
 pub mod s3;
@@ -60,6 +62,7 @@ pub(crate) mod edge;
 pub(crate) mod http;
 pub(crate) mod limits;
 pub(crate) mod locks;
+pub(crate) mod metrics;
 pub(crate) mod protocol;
 pub(crate) mod proxy;
 pub(crate) mod state;

@@ -49,7 +49,6 @@ impl Cap {
         })
     }
 
-    #[cfg(test)]
     /// Places taken now.
     pub fn taken(&self) -> usize {
         self.taken.load(Ordering::Acquire)

@@ -62,6 +62,13 @@ pub async fn run(
 ) -> Result<(), StartError> {
     config.validate()?;
     let secret = config.secret()?;
+    if config
+        .metrics_token
+        .as_deref()
+        .is_some_and(|t| !t.is_empty())
+    {
+        crate::metrics::enable();
+    }
     // One server per storage directory: two would each replay and cut the other's journal.
     // Held until this function returns, after the final checkpoint.
     let _lock = match config.store {
@@ -202,7 +209,21 @@ async fn serve<A: Adapter>(
         header_timeout: config.header_timeout,
         send_timeout: config.send_timeout,
     };
-    let connections = edge::serve(listener, app, limits, shutdown).await;
+    let open = edge::connection_slots(&limits);
+    let sockets = io.clone();
+    let connections = open.clone();
+    // Counted when scraped: this node's sockets by the transport each uses now.
+    state.set_census(move || {
+        let (mut polling, mut websocket) = (0, 0);
+        for socket in sockets.sockets() {
+            match socket.transport_type() {
+                socketioxide::TransportType::Websocket => websocket += 1,
+                socketioxide::TransportType::Polling => polling += 1,
+            }
+        }
+        (polling, websocket, connections.taken())
+    });
+    let connections = edge::serve(listener, app, limits, open, shutdown).await;
     tracing::info!("shutting down: finishing accepted events");
     state.drain().await;
     state.changes().close();

@@ -1,6 +1,6 @@
 //! The one state handle every connection shares.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -15,8 +15,9 @@ use crate::config::Config;
 use crate::content::ContentStore;
 use crate::direct::{DirectUrls, SignedUrls};
 use crate::limits::{Backlog, Backlogs, Cap, Connections};
+use crate::names::{Bucket, Ref};
 use crate::revocation::Revocations;
-use crate::store::Store;
+use crate::store::{SetOutcome, SetRequest, Store};
 
 /// Shared server state. Cloning is cheap: it is one `Arc`.
 #[derive(Clone)]
@@ -56,7 +57,14 @@ struct Inner {
     /// Cancelled once shutdown begins: new events are refused with an `{ error }` ack, and no
     /// reply waits any more for a client that does not read.
     closing: CancellationToken,
+    /// The bearer token `/metrics` requires; `None`: no metrics.
+    metrics_token: Option<String>,
+    /// Counts Socket.IO sockets by transport (polling, websocket) and open TCP connections,
+    /// for the metrics; set once the Socket.IO server exists.
+    census: OnceLock<Census>,
 }
+
+type Census = Box<dyn Fn() -> (usize, usize, usize) + Send + Sync>;
 
 /// Limits and addresses of the content-addressed store.
 #[derive(Clone, Debug)]
@@ -106,6 +114,8 @@ impl AppState {
             trusted_proxies: config.trusted_proxies.clone(),
             tasks: TaskTracker::new(),
             closing: CancellationToken::new(),
+            metrics_token: config.metrics_token.clone().filter(|t| !t.is_empty()),
+            census: OnceLock::new(),
         }))
     }
 
@@ -136,6 +146,20 @@ impl AppState {
 
     pub fn store(&self) -> &dyn Store {
         &*self.0.store
+    }
+
+    /// A conditional write to the versioned store, both protocols' one way in: timed for the
+    /// metrics.
+    pub async fn commit(
+        &self,
+        bucket: &Bucket,
+        r: &Ref,
+        request: SetRequest,
+    ) -> crate::store::Result<SetOutcome> {
+        let started = std::time::Instant::now();
+        let outcome = self.0.store.set(bucket, r, request).await;
+        crate::metrics::commit(started.elapsed());
+        outcome
     }
 
     pub fn content(&self) -> &dyn ContentStore {
@@ -221,6 +245,26 @@ impl AppState {
     /// Cancelled once shutdown begins, for work that checks it as it goes.
     pub fn closing_token(&self) -> CancellationToken {
         self.0.closing.clone()
+    }
+
+    /// Sets how sockets and connections are counted for the metrics.
+    pub fn set_census(&self, census: impl Fn() -> (usize, usize, usize) + Send + Sync + 'static) {
+        self.0.census.set(Box::new(census)).ok();
+    }
+
+    /// The bearer token `/metrics` requires; `None`: metrics are off.
+    pub fn metrics_token(&self) -> Option<&str> {
+        self.0.metrics_token.as_deref()
+    }
+
+    /// What exists now, for the metrics' gauges.
+    pub fn census(&self) -> crate::metrics::Census {
+        let (polling, websocket, connections) = self.0.census.get().map_or((0, 0, 0), |c| c());
+        crate::metrics::Census {
+            sockets: (polling, websocket),
+            connections,
+            records: self.0.service.record_count(),
+        }
     }
 
     /// Refuses new events and waits until every event already accepted has been answered.

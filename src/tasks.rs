@@ -8,8 +8,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::{Config, StoreKind};
+use crate::layout::Tree;
 use crate::state::AppState;
-use crate::{clock, revocation};
+use crate::{clock, metrics, revocation};
 
 /// Starts every background task the configuration asks for; each ends soon after shutdown
 /// begins, and the set resolves once all have.
@@ -22,6 +23,11 @@ pub fn spawn(state: &AppState, config: &Config) -> JoinSet<()> {
         // A direct upload nobody confirmed within twice its URL's lifetime never will be.
         config.direct_url_ttl * 2,
     ));
+    if crate::metrics::enabled()
+        && let Ok(tree) = Tree::configured(config, config.store)
+    {
+        tasks.spawn(content_measures(state.clone(), tree));
+    }
     if config.store == StoreKind::Fs {
         tasks.spawn(scrubs(state.clone(), config.scrub_interval));
         tasks.spawn(checkpoints(state.clone(), config.checkpoint_interval));
@@ -34,6 +40,19 @@ async fn revocation_polls(state: AppState) {
     let first = Instant::now() + revocation::POLL;
     every(first, revocation::POLL, state.closing(), || {
         state.revocations().refresh()
+    })
+    .await;
+}
+
+/// Measures the content store for the metrics, now and every
+/// [`metrics::CONTENT_MEASURE_INTERVAL`], until shutdown.
+async fn content_measures(state: AppState, tree: Tree) {
+    let interval = metrics::CONTENT_MEASURE_INTERVAL;
+    every(Instant::now(), interval, state.closing(), || async {
+        match tree.measure_content().await {
+            Ok((objects, bytes)) => metrics::content_measured(objects, bytes),
+            Err(e) => tracing::warn!("cannot measure the content store: {e}"),
+        }
     })
     .await;
 }
@@ -79,6 +98,7 @@ async fn retention_sweeps(state: AppState, interval: Duration, staging_age: Dura
         state.changes().closing(),
         || async {
             let swept = state.service().sweep(clock::now_ms()).await;
+            crate::metrics::swept(swept.records as u64, swept.contents as u64, swept.bytes);
             if swept.records > 0 || swept.contents > 0 {
                 tracing::info!(
                     records = swept.records,

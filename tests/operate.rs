@@ -504,3 +504,91 @@ async fn migrate_to_the_object_store_and_back() {
     assert_eq!(status(&http, &url, &leaked).await, 401);
     server.stop().await;
 }
+
+/// `/metrics`: 404 while `METRICS_TOKEN` is unset, 401 without it, and with it the events,
+/// commits, deliveries, requests and gauges of what the test did, in the Prometheus text
+/// format.
+#[tokio::test]
+async fn metrics_count_what_happened() {
+    let http = reqwest::Client::new();
+    let off = TestServer::start().await;
+    let url = format!("http://{}/metrics", off.addr);
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 404);
+    off.stop().await;
+
+    let storage = tempfile::tempdir().unwrap();
+    let server = common::start_process(storage.path(), &[("METRICS_TOKEN", "scrape-me")]);
+    let url = format!("http://{}/metrics", server.addr);
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 401);
+    assert_eq!(status(&http, &url, "wrong").await, 401);
+    let r = hex_ref("a7");
+    let mut writer = RawClient::connect_token(server.addr, &token("b"))
+        .await
+        .unwrap();
+    writer.call("ref", &[json!(r)]).await.unwrap();
+    let mut watcher = RawClient::connect_token(server.addr, &token("b"))
+        .await
+        .unwrap();
+    watcher.call("ref", &[json!(r)]).await.unwrap();
+    let ack = writer
+        .call1("set", json!({ "data": "aGk=" }))
+        .await
+        .unwrap();
+    assert_eq!(ack["success"], true);
+    watcher.next_event("changed").await.unwrap();
+    let stale = writer
+        .call1("set", json!({ "data": "aGk=", "version": 7 }))
+        .await
+        .unwrap();
+    assert_eq!(stale["success"], false);
+    let refused = writer
+        .call1("set", json!({ "version": "x" }))
+        .await
+        .unwrap();
+    assert!(refused["error"].is_string());
+    let put = http
+        .put(format!("http://{}/v1/blobs/{}", server.addr, hex_ref("a8")))
+        .bearer_auth(token("b"))
+        .header("if-none-match", "*")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+
+    let scraped = http
+        .get(&url)
+        .bearer_auth("scrape-me")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scraped.status(), 200);
+    assert!(
+        scraped.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = scraped.text().await.unwrap();
+    for line in [
+        "blobs_build_info{version=\"0.1.0\"} 1",
+        "blobs_sockets{transport=\"websocket\"} 2",
+        "blobs_sockets{transport=\"polling\"} 0",
+        "blobs_socketio_events_total{event=\"set\",outcome=\"committed\"} 1",
+        "blobs_socketio_events_total{event=\"set\",outcome=\"conflict\"} 1",
+        "blobs_socketio_events_total{event=\"set\",outcome=\"refused\"} 1",
+        "blobs_socketio_events_total{event=\"ref\",outcome=\"ok\"} 2",
+        "blobs_commit_seconds_count 3",
+        "blobs_changed_deliveries_total 1",
+        "blobs_clients_dropped_total 0",
+        "blobs_http_requests_total{route=\"/v1/blobs/{ref}\",method=\"PUT\",status=\"201\"} 1",
+        "blobs_http_request_seconds_count{route=\"/v1/blobs/{ref}\"} 1",
+        "blobs_blob_service_records 0",
+        "blobs_content_objects 0",
+        "blobs_redis_reconnections_total 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");
+    }
+    assert!(text.lines().any(|l| l.starts_with("blobs_connections ")));
+    server.kill();
+}

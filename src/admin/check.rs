@@ -14,9 +14,9 @@
 use std::collections::HashSet;
 
 use super::copy::invalid;
-use super::tree::{Entry, Kind, Tree, TreeError, classify, key_of};
 use crate::blob_service::Record;
 use crate::journal::HEADER_LEN;
+use crate::layout::{Entry, Kind, Tree, TreeError, classify, key_of};
 
 /// What a check found, and what it repaired.
 #[derive(Debug, Default)]

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::tree::{Kind, Tree, TreeError, classify, key_of};
 use crate::blob_service::Record;
 use crate::content::marker_owns;
+use crate::layout::{Kind, Tree, TreeError, classify, key_of};
 use crate::names::ContentHash;
 use crate::revocation::RevocationList;
 use crate::store::{Blob, MAX_VERSION};

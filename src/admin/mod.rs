@@ -11,7 +11,6 @@
 
 mod check;
 mod copy;
-mod tree;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,9 +22,9 @@ use crate::names::Bucket;
 use crate::revocation::{self, Place};
 use crate::store::FsStore;
 
+use crate::layout::{Kind, Tree, TreeError, classify};
 pub use check::Report;
 pub use copy::Copied;
-use tree::{Kind, Tree, TreeError, classify};
 
 /// What the operator asked for.
 #[derive(Debug, clap::Subcommand)]
@@ -113,13 +112,7 @@ pub async fn run(command: Command, config: &Config) -> Result<bool, AdminError> 
 
 /// The store of `kind`, with the settings of `config`.
 fn tree(config: &Config, kind: StoreKind) -> Result<Tree, AdminError> {
-    Ok(match kind {
-        StoreKind::Fs => Tree::Files(config.storage.clone()),
-        StoreKind::S3 => Tree::Objects {
-            store: Arc::new(config.s3()?),
-            prefix: config.s3_prefix.clone(),
-        },
-    })
+    Ok(Tree::configured(config, kind)?)
 }
 
 /// The file store at `root` locked, then opened as a server opens it (the journal replayed,

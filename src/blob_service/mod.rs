@@ -185,6 +185,15 @@ impl BlobService {
         Ok(())
     }
 
+    /// Records in the index, every bucket's.
+    pub fn record_count(&self) -> usize {
+        self.records()
+            .buckets
+            .values()
+            .map(|index| index.by_handle.len())
+            .sum()
+    }
+
     fn records(&self) -> std::sync::MutexGuard<'_, Records> {
         self.0.records.lock().expect("record index lock poisoned")
     }

@@ -177,6 +177,7 @@ impl RecordObjects {
 }
 
 fn object_error(path: &ObjectPath, e: object_store::Error) -> Error {
+    crate::metrics::object_store_error();
     io_error(path, io::Error::other(e))
 }
 

@@ -86,6 +86,7 @@ impl Routes {
             }
             PushKind::Disconnection => {
                 tracing::warn!("lost the connection to Redis: connecting again");
+                crate::metrics::redis_reconnecting();
                 for route in self.read().values() {
                     route.lost();
                 }

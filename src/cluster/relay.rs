@@ -80,6 +80,7 @@ pub fn listen(
                     let mut pause = RESUBSCRIBE.0;
                     while let Err(e) = redis.confirm(channel).await {
                         tracing::warn!(channel, "cannot subscribe again yet: {e}");
+                        crate::metrics::redis_error();
                         tokio::select! {
                             () = tokio::time::sleep(pause) => {}
                             () = &mut closing => return,

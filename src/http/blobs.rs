@@ -242,7 +242,7 @@ async fn write(
         ip: proxy::client_address(peer.ip(), headers, state.trusted_proxies()).to_string(),
         now: now_ms(),
     };
-    match state.store().set(&bucket, &r, request).await? {
+    match state.commit(&bucket, &r, request).await? {
         SetOutcome::Committed { version } => {
             tracing::debug!(%bucket, r#ref = %r, version, deleted, "committed over HTTP");
             state.changes().publish(

@@ -3,7 +3,11 @@
 //! of them all. Every route shares one error type ([`error`]), one way to authenticate
 //! ([`auth`]) and one way to page ([`paging`]). This module never touches files.
 
-use axum::extract::{DefaultBodyLimit, State};
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderMap, Method, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -42,12 +46,41 @@ pub fn router(max_data_bytes: usize, content_max_bytes: u64) -> Router<AppState>
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(max_data_bytes))
         // The content routes stream their bodies under their own limits.
         .merge(content::router())
         .merge(blob_service::router(content_max_bytes))
         .method_not_allowed_fallback(async || ApiError::MethodNotAllowed)
         .fallback(async || ApiError::NotFound)
+        .layer(axum::middleware::from_fn(measure))
+}
+
+/// Counts and times each request by its route template, for the metrics. Labels come from a
+/// fixed set (templates, known methods, statuses), whatever the request says.
+async fn measure(request: Request, next: Next) -> Response {
+    if !crate::metrics::enabled() {
+        return next.run(request).await;
+    }
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    crate::metrics::request(&route, method, status, started.elapsed());
+    response
 }
 
 /// The OpenAPI document of this API, generated from the handlers below.
@@ -98,6 +131,28 @@ async fn openapi() -> impl IntoResponse {
 #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "Up")))]
 pub(crate) async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
+}
+
+/// Prometheus metrics, to the bearer of `METRICS_TOKEN` (404 without one: metrics are off).
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    use sha2::Digest as _;
+    let Some(expected) = state.metrics_token() else {
+        return ApiError::NotFound.into_response();
+    };
+    // Compared as digests: the time taken says nothing of how much of the token matched.
+    let digest = |t: &str| sha2::Sha256::digest(t.as_bytes());
+    if auth::bearer(&headers).map(digest) != Some(digest(expected)) {
+        return ApiError::Unauthorized.into_response();
+    }
+    let text = crate::metrics::render(state.census()).unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// The storage takes writes.

@@ -72,7 +72,7 @@ impl<A: Adapter> Session<A> {
             ip: self.ip.clone(),
             now: now_ms(),
         };
-        let outcome = self.state.store().set(&self.bucket, &r, request).await;
+        let outcome = self.state.commit(&self.bucket, &r, request).await;
         match outcome? {
             SetOutcome::Committed { version } => {
                 tracing::debug!(bucket = %self.bucket, r#ref = %r, version, "committed");

@@ -239,7 +239,7 @@ impl Event {
         Event::BlobUploaded,
     ];
 
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Event::Now => "now",
             Event::Ref => "ref",

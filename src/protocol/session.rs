@@ -19,6 +19,7 @@ use crate::auth::Grant;
 use crate::changes::{self};
 use crate::clock::now_ms;
 use crate::limits::{Backlog, ConnectionSlot, RateLimiter, Verdict};
+use crate::metrics::Outcome;
 use crate::names::{Bucket, Ref};
 use crate::protocol::ack::AckError;
 use crate::state::AppState;
@@ -292,6 +293,7 @@ impl<A: Adapter> Session<A> {
         ack: Option<AckSender<A>>,
         reply: Result<Reply, AckError>,
     ) {
+        crate::metrics::event(event.name(), outcome(&reply));
         let reply = reply.unwrap_or_else(|error| {
             match &error {
                 AckError::Store(cause) => {
@@ -327,5 +329,20 @@ impl<A: Adapter> Session<A> {
             Err(SendError::Socket(SocketError::InternalChannelFull)) => self.drop_stalled(socket),
             Err(e) => tracing::debug!(sid = %socket.id, "acknowledgement not delivered: {e}"),
         }
+    }
+}
+
+/// What an answer says of its event, for the metrics.
+fn outcome(reply: &Result<Reply, AckError>) -> Outcome {
+    match reply {
+        Err(AckError::Store(_) | AckError::Content(_)) => Outcome::error,
+        Err(_) => Outcome::refused,
+        Ok(Reply::Stale(_)) => Outcome::conflict,
+        Ok(Reply::Json(json)) => match json.get("success").and_then(Json::as_bool) {
+            Some(true) => Outcome::committed,
+            Some(false) => Outcome::conflict,
+            None => Outcome::ok,
+        },
+        Ok(Reply::Empty | Reply::Events(_)) => Outcome::ok,
     }
 }

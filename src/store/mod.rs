@@ -160,7 +160,14 @@ pub enum Error {
     Task(#[from] tokio::task::JoinError),
     /// The object store failed (or could not be reached).
     #[error("object store: {0}")]
-    Object(#[from] object_store::Error),
+    Object(object_store::Error),
+}
+
+impl From<object_store::Error> for Error {
+    fn from(e: object_store::Error) -> Self {
+        crate::metrics::object_store_error();
+        Error::Object(e)
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

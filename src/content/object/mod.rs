@@ -347,6 +347,7 @@ async fn temp_file(what: &str) -> Result<tokio::fs::File> {
 }
 
 fn store_error(path: &Path, e: object_store::Error) -> Error {
+    crate::metrics::object_store_error();
     Error::Io {
         path: path.to_string(),
         source: std::io::Error::other(e),

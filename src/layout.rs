@@ -1,7 +1,8 @@
-//! A store as the admin commands see it: every file of the layout by its name relative to the
-//! storage root (`<bucket>/<ref[0..2]>/<ref>.json`, `<bucket>/cas/...`), under a directory or
-//! under the object store's prefix. The two backends use the same names, so copying between
-//! them is copying names.
+//! The storage layout as names: every file of a store by its name relative to the storage
+//! root (`<bucket>/<ref[0..2]>/<ref>.json`, `<bucket>/cas/...`), under a directory or under
+//! the object store's prefix. The two backends use the same names, so copying between
+//! them is copying names. The admin commands work on stores this way, and the metrics measure
+//! the content store by its listing.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use futures_util::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
+use crate::config::{Config, ConfigError, StoreKind};
 use crate::content::{CONTENT_DIR, MARKER_SUFFIX, STAGING_DIR};
 use crate::durable;
 use crate::names::{Bucket, ContentHash, Handle, Ref};
@@ -148,6 +150,29 @@ pub fn key_of(kind: &Kind) -> Option<String> {
 }
 
 impl Tree {
+    /// The store of `kind`, with the settings of `config`.
+    pub fn configured(config: &Config, kind: StoreKind) -> Result<Self, ConfigError> {
+        Ok(match kind {
+            StoreKind::Fs => Tree::Files(config.storage.clone()),
+            StoreKind::S3 => Tree::Objects {
+                store: Arc::new(config.s3()?),
+                prefix: config.s3_prefix.clone(),
+            },
+        })
+    }
+
+    /// Contents and their bytes, from a listing (no byte is read).
+    pub async fn measure_content(&self) -> Result<(u64, u64), TreeError> {
+        let mut found = (0, 0);
+        for entry in self.list().await? {
+            if let Kind::Content(..) = classify(&entry.key) {
+                found.0 += 1;
+                found.1 += entry.size;
+            }
+        }
+        Ok(found)
+    }
+
     /// Whether this is the file store (markers are empty files there, JSON objects in an
     /// object store).
     pub fn is_files(&self) -> bool {
