@@ -76,7 +76,7 @@ struct Args {
     #[arg(long, env = "BENCH_OTHER_SERVER")]
     other_server: Option<String>,
     /// Run only these scenarios (idle, set, get, http_get, http_put, contend, fanout,
-    /// content_put, content_get, cluster); all when absent.
+    /// content_put, content_get, metrics, cluster); all when absent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Passed by `cargo bench`; without it the binary only says how to run it.
@@ -158,6 +158,10 @@ async fn main() -> Result<()> {
         stop(other).await;
         compare_with_other(&mut report, &figures);
         report["other"] = figures;
+    }
+    if args.runs("metrics") {
+        eprintln!("metrics on and off…");
+        report["metrics"] = metrics_overhead(&args, &token, duration).await?;
     }
     if args.runs("cluster") {
         report["cluster"] = match cluster(&args, &token, duration).await {
@@ -357,6 +361,58 @@ fn start_server(storage: &Path, env: &[(&str, &str)]) -> ServerProcess {
 async fn stop(server: ServerProcess) {
     server.terminate();
     server.wait().await;
+}
+
+/// Rounds of the metrics scenario: each runs `set` and `get` on a fresh server without metrics
+/// and on one with them, so both see the same machine in turn.
+const METRICS_ROUNDS: usize = 3;
+
+/// `set` and `get` throughput with metrics off (no `METRICS_TOKEN`) and on, interleaved over
+/// [`METRICS_ROUNDS`] rounds: the median of each, and on/off ratios.
+async fn metrics_overhead(args: &Args, token: &str, duration: Duration) -> Result<Value> {
+    let mut samples: [[Vec<f64>; 2]; 2] = Default::default();
+    for _ in 0..METRICS_ROUNDS {
+        for (on, env) in [(0, &[][..]), (1, &[("METRICS_TOKEN", "bench")][..])] {
+            let storage = tempfile::tempdir_in(&args.dir).context("temp storage dir")?;
+            let server = start_server(storage.path(), env);
+            for (w, workload) in [Workload::Set, Workload::Get].into_iter().enumerate() {
+                let figures = throughput(&[server.addr], token, 32, duration, workload).await?;
+                samples[w][on].push(figures["ops_per_sec"].as_f64().unwrap_or(0.0));
+            }
+            if on == 1 {
+                // The figures of a server that really recorded: its scrape counts the sets.
+                let text = reqwest::Client::new()
+                    .get(format!("http://{}/metrics", server.addr))
+                    .bearer_auth("bench")
+                    .send()
+                    .await?
+                    .text()
+                    .await?;
+                anyhow::ensure!(
+                    text.contains(
+                        "blobs_socketio_events_total{event=\"set\",outcome=\"committed\"}"
+                    ),
+                    "the server with metrics recorded no set"
+                );
+            }
+            stop(server).await;
+        }
+    }
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let mut report = json!({ "rounds": METRICS_ROUNDS });
+    for (w, name) in ["set", "get"].into_iter().enumerate() {
+        let off = median(&mut samples[w][0]);
+        let on = median(&mut samples[w][1]);
+        report[name] = json!({
+            "off_ops_per_sec": round(off),
+            "on_ops_per_sec": round(on),
+            "on_vs_off": round(on / off),
+        });
+    }
+    Ok(report)
 }
 
 /// Write + fsync + rename + fsync-dir through the server's own durable replace, from

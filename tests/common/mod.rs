@@ -75,11 +75,15 @@ impl TestServer {
         self.storage.path()
     }
 
-    /// Entries of the storage root a client made: everything but the store's journal.
+    /// Entries of the storage root a client made: everything but the store's journal and the
+    /// server's lock.
     pub fn entries_on_disk(&self) -> usize {
         std::fs::read_dir(self.storage())
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name() != blobs::store::JOURNAL_DIR)
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name != blobs::store::JOURNAL_DIR && name != blobs::store::LOCK_FILE
+            })
             .count()
     }
 
