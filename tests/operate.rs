@@ -7,6 +7,8 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use blobs_testkit::{ClientError, RawClient};
@@ -336,33 +338,40 @@ async fn backup_while_writing_then_restore() {
         .await
         .unwrap();
     assert_eq!(ack["version"], 1);
-    // Writes go on during the backup.
-    let writing = tokio::spawn(async move {
-        let mut version = 1;
-        loop {
-            let ack = writer
-                .call1("set", json!({ "data": "MQ==", "version": version }))
-                .await;
-            match ack {
-                Ok(ack) if ack["success"] == true => version += 1,
-                _ => return version,
-            }
-            if version >= 400 {
-                return version;
+    // Writes go on during the backup; `acked` is the last version acknowledged.
+    let acked = Arc::new(AtomicU64::new(1));
+    let done = Arc::new(AtomicBool::new(false));
+    let writing = tokio::spawn({
+        let (acked, done) = (acked.clone(), done.clone());
+        async move {
+            while !done.load(Ordering::Acquire) {
+                let version = acked.load(Ordering::Acquire);
+                let ack = writer
+                    .call1("set", json!({ "data": "MQ==", "version": version }))
+                    .await
+                    .unwrap();
+                assert_eq!(ack["success"], true, "{ack}");
+                acked.store(version + 1, Ordering::Release);
             }
         }
     });
+    while acked.load(Ordering::Acquire) < 20 {
+        tokio::task::yield_now().await;
+    }
     let dest = tempfile::tempdir().unwrap();
     let backup_dir = dest.path().join("backup");
-    let output = blobs(
-        server.storage(),
-        &[],
-        &["backup", backup_dir.to_str().unwrap()],
-    );
+    let before = acked.load(Ordering::Acquire);
+    let backup = {
+        let (storage, dir) = (server.storage().to_owned(), backup_dir.clone());
+        tokio::task::spawn_blocking(move || {
+            blobs(&storage, &[], &["backup", dir.to_str().unwrap()])
+        })
+    };
+    let output = backup.await.unwrap();
+    done.store(true, Ordering::Release);
+    writing.await.unwrap();
     assert!(output.status.success(), "{}", stdout(&output));
     assert!(stdout(&output).contains("verified:"), "{}", stdout(&output));
-    let last = writing.await.unwrap();
-    assert!(last > 1);
     // Again, while nothing changes: nothing to write for the three of `populate`.
     let output = blobs(
         server.storage(),
@@ -407,7 +416,7 @@ async fn backup_while_writing_then_restore() {
         .map(Value::from)
         .unwrap();
     // At least the version acknowledged before the backup started.
-    assert!(blob.as_u64().unwrap() >= 1, "{blob}");
+    assert!(blob.as_u64().unwrap() >= before, "{blob} < {before}");
     server.stop().await;
 }
 
@@ -487,6 +496,34 @@ async fn migrate_to_the_object_store_and_back() {
         let url = format!("http://{}/v1/blobs/{}", node.addr, all[0].0.0);
         assert_eq!(status(&http, &url, &leaked).await, 401);
     }
+    // A revocation made now, in the object store, reaches both running nodes within 2 s and
+    // closes a socket on each.
+    let mut sockets = Vec::new();
+    let old = token("b");
+    for node in [&a, &b] {
+        let mut socket = RawClient::connect_token(node.addr, &old).await.unwrap();
+        socket.call("ref", &[json!(all[0].0.0)]).await.unwrap();
+        sockets.push(socket);
+    }
+    let mut env_s3 = env.clone();
+    env_s3.push(("STORE", "s3"));
+    let output = blobs(
+        storage.path(),
+        &env_s3,
+        &["revoke", "--bucket", "b", "--before", "now"],
+    );
+    assert!(output.status.success(), "{output:?}");
+    for socket in &mut sockets {
+        assert!(
+            disconnected(socket, APPLIED_WITHIN).await,
+            "closed within 2 s"
+        );
+    }
+    for node in [&a, &b] {
+        let url = format!("http://{}/v1/blobs/{}", node.addr, all[0].0.0);
+        assert_eq!(status(&http, &url, &old).await, 401);
+        assert_eq!(status(&http, &url, &token("b")).await, 200, "issued after");
+    }
     a.stop().await;
     b.stop().await;
 
@@ -502,6 +539,12 @@ async fn migrate_to_the_object_store_and_back() {
     }
     let url = format!("http://{}/v1/blobs/{}", server.addr, all[0].0.0);
     assert_eq!(status(&http, &url, &leaked).await, 401);
+    assert_eq!(
+        status(&http, &url, &old).await,
+        401,
+        "revocations came back too"
+    );
+    assert_eq!(status(&http, &url, &mint(&["b"])).await, 200);
     server.stop().await;
 }
 
@@ -591,4 +634,36 @@ async fn metrics_count_what_happened() {
     }
     assert!(text.lines().any(|l| l.starts_with("blobs_connections ")));
     server.kill();
+}
+
+/// A second server on a storage directory in use does not start, and says why: two would each
+/// replay and cut the other's journal.
+#[tokio::test]
+async fn a_second_server_on_one_directory_does_not_start() {
+    let server = TestServer::start().await;
+    let cwd = tempfile::tempdir().unwrap();
+    let mut second = tokio::process::Command::new(env!("CARGO_BIN_EXE_blobs"))
+        .env("TOKEN_SECRET", SECRET)
+        .env("STORAGE", server.storage())
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .current_dir(cwd.path())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let status = tokio::time::timeout(HANG, second.wait())
+        .await
+        .expect("the second server exits at once")
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr)
+        .await
+        .unwrap();
+    assert!(stderr.contains("another server"), "{stderr}");
+    // The first one is unaffected.
+    let mut client = server.client("b").await;
+    client.call("ref", &[json!(hex_ref("b1"))]).await.unwrap();
+    server.stop().await;
 }
