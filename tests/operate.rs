@@ -461,6 +461,12 @@ async fn migrate_to_the_object_store_and_back() {
     let report = stdout(&output);
     assert!(output.status.success(), "{report}");
     assert!(report.contains("verified:"), "{report}");
+    // The object store checks clean.
+    let mut env_check = env.clone();
+    env_check.push(("STORE", "s3"));
+    let output = blobs(storage.path(), &env_check, &["check"]);
+    assert!(output.status.success(), "{}", stdout(&output));
+    assert!(stdout(&output).contains("no problem found"));
     // Idempotent: nothing more to write.
     let output = blobs(storage.path(), &env, &["migrate", "--to", "s3"]);
     assert!(
