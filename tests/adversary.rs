@@ -201,21 +201,7 @@ async fn expiry_ends_sockets_and_streams() {
         .await
         .unwrap();
     assert_eq!(ack, json!({ "success": true, "version": 1 }));
-    let events = reqwest::Client::new()
-        .get(format!("http://{}/v1/blobs/{r}/events", server.addr))
-        .bearer_auth(&expiring)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(events.status(), 200);
-    let metadata = reqwest::Client::new()
-        .post(format!("http://{}/api/v1/events/subscribe", server.addr))
-        .bearer_auth(&expiring)
-        .json(&json!({ "subscriptions": [{}] }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(metadata.status(), 200);
+    let (events, metadata) = common::open_streams(server.addr, &expiring, &r).await;
     // The server says DISCONNECT (`41`) on its own once `exp` passes.
     let disconnected = tokio::time::timeout(HANG, async {
         loop {

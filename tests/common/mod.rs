@@ -136,6 +136,32 @@ impl TestServer {
     }
 }
 
+/// Opens, with `token`, the SSE change stream of `r` and the Blob Service's metadata stream;
+/// both answered 200 and left open.
+pub async fn open_streams(
+    addr: SocketAddr,
+    token: &str,
+    r: &str,
+) -> (reqwest::Response, reqwest::Response) {
+    let http = reqwest::Client::new();
+    let events = http
+        .get(format!("http://{addr}/v1/blobs/{r}/events"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    let metadata = http
+        .post(format!("http://{addr}/api/v1/events/subscribe"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "subscriptions": [{}] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metadata.status(), 200);
+    (events, metadata)
+}
+
 /// A token for `bucket` signed with the test secret.
 pub fn token(bucket: &str) -> String {
     Keys::new(SECRET).mint(&Bucket::parse(bucket).expect("valid bucket"))
