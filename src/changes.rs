@@ -101,6 +101,18 @@ impl Changes {
             "changed",
             Json::Array(Vec::new()),
         );
+        // Watchers hear every commit, the writer's own included, with what changed.
+        let mut watched =
+            serde_json::json!({ "ref": change.r.as_str(), "version": change.version });
+        if change.deleted {
+            watched["deleted"] = Json::Bool(true);
+        }
+        self.emit(
+            watch_room(&change.bucket, &change.r),
+            None,
+            "changed",
+            watched,
+        );
         if let Some(relay) = self.relay.get() {
             relay.send(change.clone()).ok();
         }
@@ -222,6 +234,12 @@ fn relayed_change(text: &str, this_node: &str) -> Option<Change> {
 /// The Socket.IO room of one blob: its subscribers.
 pub fn room(bucket: &Bucket, r: &Ref) -> String {
     format!("{bucket}/{r}")
+}
+
+/// The Socket.IO room of the sockets that `watch` a blob (a `w:` prefix: never a bucket name,
+/// so never a subscribers' room).
+pub fn watch_room(bucket: &Bucket, r: &Ref) -> String {
+    format!("w:{bucket}/{r}")
 }
 
 /// The Socket.IO room of every socket of a bucket (no `/`, so never a blob's room).

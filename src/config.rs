@@ -77,6 +77,10 @@ pub struct Config {
     #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: usize,
 
+    /// Most refs one Socket.IO connection may `watch` at once; a `watch` past it is refused.
+    #[arg(long, env = "MAX_WATCHED_REFS", default_value_t = 1000)]
+    pub max_watched_refs: usize,
+
     /// Most Engine.IO sessions that have not yet sent the Socket.IO CONNECT packet; past it a
     /// new handshake gets 503.
     #[arg(long, env = "MAX_PENDING_HANDSHAKES", default_value_t = 1024)]

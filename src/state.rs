@@ -48,6 +48,8 @@ struct Inner {
     max_data_bytes: usize,
     /// Keep-alive interval of idle event streams.
     stream_keep_alive: Duration,
+    /// Most refs one socket may watch.
+    max_watched_refs: usize,
     /// Sustained events per second and burst allowed to one socket.
     event_rate: (u32, u32),
     trusted_proxies: Vec<IpNet>,
@@ -110,6 +112,7 @@ impl AppState {
             stall_timeout: config.ping_timeout,
             max_data_bytes: config.max_data_bytes,
             event_rate: (config.events_per_second, config.event_burst),
+            max_watched_refs: config.max_watched_refs,
             stream_keep_alive: config.stream_keep_alive,
             trusted_proxies: config.trusted_proxies.clone(),
             tasks: TaskTracker::new(),
@@ -219,6 +222,10 @@ impl AppState {
 
     pub fn stream_keep_alive(&self) -> Duration {
         self.0.stream_keep_alive
+    }
+
+    pub fn max_watched_refs(&self) -> usize {
+        self.0.max_watched_refs
     }
 
     pub fn event_rate(&self) -> (u32, u32) {

@@ -105,6 +105,16 @@ async fn official_js_client_upgrading_from_polling() {
     run_scenario("node".into(), "client.mjs", "upgrade").await;
 }
 
+/// Many blobs on one connection (`watch`, `get`/`set` naming a `ref`) with the official
+/// client, over each transport.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_blobs_on_one_connection_with_the_official_client() {
+    node_client_installed();
+    for transport in ["websocket", "polling"] {
+        run_scenario("node".into(), "many.mjs", transport).await;
+    }
+}
+
 /// python-socketio over WebSocket and over long-polling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_socketio_client() {

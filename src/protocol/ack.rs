@@ -10,6 +10,12 @@ pub enum AckError {
     /// `get` or `set` before a `ref`.
     #[error("Reference is not provided")]
     NoRef,
+    /// `watch` or `unwatch` without a list of valid refs.
+    #[error("Invalid refs: expected a list of at most 1000 refs of 64 hexadecimal characters")]
+    InvalidRefs,
+    /// `watch` past `MAX_WATCHED_REFS`; nothing of that `watch` is applied.
+    #[error("Too many watched refs: at most {0} per connection")]
+    TooManyWatched(usize),
     /// `ref` with anything but 64 hex characters or `null`.
     #[error("Invalid reference: expected 64 hexadecimal characters or null")]
     InvalidRef,

@@ -41,9 +41,60 @@ impl<A: Adapter> Session<A> {
         queue.subscribed.clone().ok_or(AckError::NoRef)
     }
 
+    /// The blob a `get` or `set` acts on: its `ref` when it names one (any number of blobs on
+    /// one socket), else the one `ref` subscribed (the original's way).
+    fn target(&self, params: &Map<String, Json>) -> Result<Ref, AckError> {
+        match params.get("ref") {
+            None => self.subscribed(),
+            Some(Json::String(text)) => Ref::parse(text).ok_or(AckError::InvalidRef),
+            Some(_) => Err(AckError::InvalidRef),
+        }
+    }
+
+    /// `watch { refs }`: this socket hears `changed { ref, version }` for each of the refs from
+    /// now on, its own writes included; at most `MAX_WATCHED_REFS` in all.
+    pub(super) fn watch(
+        &self,
+        socket: &SocketRef<A>,
+        arg: Option<&Json>,
+    ) -> Result<Reply, AckError> {
+        let refs = ref_list(object(arg)?)?;
+        let mut queue = self.queue.lock().expect("queue lock poisoned");
+        let new: Vec<&Ref> = refs
+            .iter()
+            .filter(|r| !queue.watched.contains(*r))
+            .collect();
+        let limit = self.state.max_watched_refs();
+        if queue.watched.len() + new.len() > limit {
+            return Err(AckError::TooManyWatched(limit));
+        }
+        for r in new {
+            socket.join(changes::watch_room(&self.bucket, r));
+            queue.watched.insert(r.clone());
+        }
+        Ok(Reply::Json(json!({ "watching": queue.watched.len() })))
+    }
+
+    /// `unwatch { refs }`: the socket stops hearing about these refs.
+    pub(super) fn unwatch(
+        &self,
+        socket: &SocketRef<A>,
+        arg: Option<&Json>,
+    ) -> Result<Reply, AckError> {
+        let refs = ref_list(object(arg)?)?;
+        let mut queue = self.queue.lock().expect("queue lock poisoned");
+        for r in refs {
+            if queue.watched.remove(&r) {
+                socket.leave(changes::watch_room(&self.bucket, &r));
+            }
+        }
+        Ok(Reply::Json(json!({ "watching": queue.watched.len() })))
+    }
+
     pub(super) async fn get(&self, arg: Option<&Json>) -> Result<Reply, AckError> {
-        let known = optional_version(object(arg)?, "known")?;
-        let r = self.subscribed()?;
+        let params = object(arg)?;
+        let known = optional_version(params, "known")?;
+        let r = self.target(params)?;
         let Some(blob) = live(self.state.store().get(&self.bucket, &r).await?) else {
             return Ok(Reply::Json(Json::Null));
         };
@@ -65,7 +116,7 @@ impl<A: Adapter> Session<A> {
         let params = object(arg)?;
         let version = optional_version(params, "version")?;
         let data = optional_data(params, self.state.max_data_chars())?;
-        let r = self.subscribed()?;
+        let r = self.target(params)?;
         let request = SetRequest {
             edit: Edit::Put(data),
             expect: Expect::Protocol(version),
@@ -175,6 +226,21 @@ pub(super) fn with_data(mut reply: Json, data: Option<&str>) -> Json {
 pub(super) fn object(arg: Option<&Json>) -> Result<&Map<String, Json>, AckError> {
     arg.and_then(Json::as_object).ok_or(AckError::NotAnObject)
 }
+
+/// The `refs` of `watch` and `unwatch`: a list of refs (at most 1,000 in one event).
+fn ref_list(params: &Map<String, Json>) -> Result<Vec<Ref>, AckError> {
+    match params.get("refs") {
+        Some(Json::Array(items)) if items.len() <= MAX_REFS_PER_EVENT => items
+            .iter()
+            .map(|item| item.as_str().and_then(Ref::parse))
+            .collect::<Option<Vec<_>>>()
+            .ok_or(AckError::InvalidRefs),
+        _ => Err(AckError::InvalidRefs),
+    }
+}
+
+/// Most refs one `watch` or `unwatch` names.
+const MAX_REFS_PER_EVENT: usize = 1000;
 
 /// `known` or `version`: absent or `null` is `None`; otherwise an integer in `1..=MAX_VERSION`.
 pub(super) fn optional_version(

@@ -15,7 +15,7 @@
 //!
 //! This module never touches files: it validates, calls the store, and answers.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -148,6 +148,7 @@ async fn authenticate<A: Adapter>(
             jobs: VecDeque::new(),
             running: false,
             subscribed: None,
+            watched: HashSet::new(),
             limiter: RateLimiter::new(per_second, burst),
         }),
     });
@@ -225,10 +226,12 @@ enum Event {
     BlobRequest,
     RequestUpload,
     BlobUploaded,
+    Watch,
+    Unwatch,
 }
 
 impl Event {
-    const ALL: [Event; 8] = [
+    const ALL: [Event; 10] = [
         Event::Now,
         Event::Ref,
         Event::Get,
@@ -237,6 +240,8 @@ impl Event {
         Event::BlobRequest,
         Event::RequestUpload,
         Event::BlobUploaded,
+        Event::Watch,
+        Event::Unwatch,
     ];
 
     pub(super) fn name(self) -> &'static str {
@@ -249,6 +254,8 @@ impl Event {
             Event::BlobRequest => "blob-request",
             Event::RequestUpload => "request-upload",
             Event::BlobUploaded => "blob-uploaded",
+            Event::Watch => "watch",
+            Event::Unwatch => "unwatch",
         }
     }
 
@@ -256,7 +263,9 @@ impl Event {
     /// the original, which must be sent with an ack (an event without one disconnects).
     fn reply_name(self) -> Option<&'static str> {
         match self {
-            Event::Now | Event::Ref | Event::Get | Event::Set => None,
+            Event::Now | Event::Ref | Event::Get | Event::Set | Event::Watch | Event::Unwatch => {
+                None
+            }
             Event::BlobUpload => Some("blob-upload-result"),
             Event::BlobRequest => Some("blob-pack"),
             Event::RequestUpload => Some("upload-denied"),

@@ -2,7 +2,7 @@
 //! token's expiry, and the answers (acks, or the reply events), which wait for a client that
 //! reads slowly only up to the socket's send buffer.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -69,6 +69,8 @@ pub(super) struct Queue<A: Adapter> {
     pub(super) running: bool,
     /// The ref `get` and `set` act on.
     pub(super) subscribed: Option<Ref>,
+    /// The refs `watch` named: `changed { ref, version }` comes for each.
+    pub(super) watched: HashSet<Ref>,
     pub(super) limiter: RateLimiter,
 }
 
@@ -257,6 +259,8 @@ impl<A: Adapter> Session<A> {
             Event::Ref => self.subscribe(socket, arg),
             Event::Get => self.get(arg).await,
             Event::Set => self.set(socket, arg).await,
+            Event::Watch => self.watch(socket, arg),
+            Event::Unwatch => self.unwatch(socket, arg),
             Event::BlobUpload => content::upload(self, socket, arg).await,
             Event::BlobRequest => content::request(self, arg).await,
             Event::RequestUpload => content::request_upload(self, arg).await,
