@@ -14,6 +14,7 @@
 //! first. `HEAD` and `304` answers read nothing. A background scrub rereads files not known
 //! good, so corruption at rest is found even in content nobody reads.
 
+use std::fs;
 use std::io::{self};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -229,6 +230,20 @@ impl ContentStore for FsContent {
         }
     }
 
+    async fn list(
+        &self,
+        bucket: &Bucket,
+        after: Option<&ContentHash>,
+        limit: usize,
+    ) -> Result<Vec<(ContentHash, u64)>> {
+        let dir = self.dir(bucket);
+        let after = after.cloned();
+        let listed = tokio::task::spawn_blocking(move || list_dir(&dir, after.as_ref(), limit))
+            .await
+            .map_err(|e| io_error(&self.dir(bucket), io::Error::other(e)))?;
+        listed.map_err(|source| io_error(&self.dir(bucket), source))
+    }
+
     async fn remove(&self, bucket: &Bucket, hash: &ContentHash, held: ContentLock) -> Result<bool> {
         let path = self.path(bucket, hash);
         let remove_path = path.clone();
@@ -335,6 +350,44 @@ pub(super) fn content_dirs(root: &Path) -> io::Result<Vec<(PathBuf, PathBuf)>> {
         }
     }
     Ok(dirs)
+}
+
+/// Up to `limit` contents of one bucket's content directory after `after`, in hash order: the
+/// shards in order, each read whole (at most 1/256 of the bucket).
+fn list_dir(
+    dir: &Path,
+    after: Option<&ContentHash>,
+    limit: usize,
+) -> io::Result<Vec<(ContentHash, u64)>> {
+    let mut found = Vec::new();
+    let mut shards = match durable::subdirs(dir) {
+        Ok(shards) => shards,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(e),
+    };
+    shards.sort();
+    for shard in shards {
+        let name = shard.file_name().map(|n| n.to_string_lossy().into_owned());
+        if after.is_some_and(|a| name.as_deref().is_some_and(|n| n < a.shard())) {
+            continue;
+        }
+        let mut here = Vec::new();
+        for entry in fs::read_dir(&shard)? {
+            let entry = entry?;
+            let Some(hash) = entry.file_name().to_str().and_then(ContentHash::parse) else {
+                continue; // markers, temp files
+            };
+            if after.is_none_or(|a| hash.as_str() > a.as_str()) {
+                here.push((hash, entry.metadata()?.len()));
+            }
+        }
+        here.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        found.extend(here.into_iter().take(limit - found.len()));
+        if found.len() == limit {
+            break;
+        }
+    }
+    Ok(found)
 }
 
 /// The marker of a content file: `<hash>.service` beside it.

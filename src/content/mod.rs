@@ -157,6 +157,15 @@ pub trait ContentStore: Send + Sync + 'static {
     /// The size of the stored content, unverified (cheap: no read); `None` when missing.
     async fn size(&self, bucket: &Bucket, hash: &ContentHash) -> Result<Option<u64>>;
 
+    /// The bucket's content in hash order, after `after`, at most `limit` of them, with
+    /// their sizes (from the listing: nothing is read).
+    async fn list(
+        &self,
+        bucket: &Bucket,
+        after: Option<&ContentHash>,
+        limit: usize,
+    ) -> Result<Vec<(ContentHash, u64)>>;
+
     /// Removes the content (`held` is its lock); `false` when there was none.
     async fn remove(&self, bucket: &Bucket, hash: &ContentHash, held: ContentLock) -> Result<bool>;
 

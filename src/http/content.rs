@@ -22,9 +22,16 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 use utoipa::ToSchema;
 
-use super::auth::{AccessToken, Caller, SignedQuery};
+use axum::Json;
+use axum::extract::Query;
+use axum::extract::rejection::QueryRejection;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::auth::{AccessToken, Caller, SignedQuery, Token};
 use super::error::{ApiError, ErrorBody, Result};
 use super::header_value;
+use super::paging::{self, Page};
 
 use crate::clock::now_unix;
 use crate::content;
@@ -37,10 +44,70 @@ const READ_CHUNK: usize = 256 * 1024;
 
 /// The routes; the caller adds the state.
 pub fn router() -> Router<AppState> {
-    Router::new().route(
-        "/blobs/{hash}",
-        get(get_content).put(put_content).delete(delete_content),
-    )
+    Router::new()
+        // With its slash, so a proxy that passes `/blobs/` on passes the listing too.
+        .route("/blobs/", get(list_content))
+        .route(
+            "/blobs/{hash}",
+            get(get_content).put(put_content).delete(delete_content),
+        )
+}
+
+/// The query of the content listing.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ListQuery {
+    /// Start after this hash (the `next` of the previous page).
+    after: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<usize>,
+}
+
+/// One content of the listing.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ContentEntry {
+    hash: String,
+    /// Bytes.
+    size: u64,
+}
+
+/// Lists the bucket's content in hash order.
+#[utoipa::path(
+    get,
+    path = "/blobs/",
+    operation_id = "list_content",
+    params(ListQuery, AccessToken),
+    responses((status = 200, body = Page<ContentEntry>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn list_content(
+    State(state): State<AppState>,
+    token: Token,
+    query: std::result::Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Page<ContentEntry>>> {
+    let Query(query) = query
+        .map_err(|_| ApiError::bad("Invalid query: expected after=<hash> and limit=<1 to 1000>"))?;
+    let limit = paging::limit(query.limit)?;
+    let after = match query.after.as_deref() {
+        None => None,
+        Some(text) => Some(ContentHash::parse(text).ok_or(ApiError::bad("non-canonical hash"))?),
+    };
+    let mut found = state
+        .content()
+        .list(&token.0.bucket, after.as_ref(), limit + 1)
+        .await?;
+    let more = found.len() > limit;
+    found.truncate(limit);
+    let entries = found
+        .into_iter()
+        .map(|(hash, size)| ContentEntry {
+            hash: hash.to_string(),
+            size,
+        })
+        .collect();
+    Ok(Json(Page::new(entries, more, |entry: &ContentEntry| {
+        entry.hash.clone()
+    })))
 }
 
 /// What a PUT stored.

@@ -20,6 +20,7 @@ pub mod blobs;
 pub mod content;
 pub mod error;
 pub mod events;
+pub mod inspect;
 pub mod paging;
 
 pub use error::{ApiError, error_response};
@@ -51,6 +52,7 @@ pub fn router(max_data_bytes: usize, content_max_bytes: u64) -> Router<AppState>
         // The content routes stream their bodies under their own limits.
         .merge(content::router())
         .merge(blob_service::router(content_max_bytes))
+        .merge(inspect::router())
         .method_not_allowed_fallback(async || ApiError::MethodNotAllowed)
         .fallback(async || ApiError::NotFound)
         .layer(axum::middleware::from_fn(measure))
@@ -89,12 +91,13 @@ async fn measure(request: Request, next: Next) -> Response {
     info(title = "Blobs HTTP API", description = "Versioned blobs with ETags, conditional requests and a change stream; content-addressed blobs named by their BLAKE3 hash; the Blob Service (uploads with semantics and retention, metadata stream)."),
     paths(
         blobs::list, blobs::get, blobs::put, blobs::delete, events::follow, openapi, healthz, readyz,
-        content::get_content, content::put_content, content::delete_content,
+        content::list_content, content::get_content, content::put_content, content::delete_content,
         blob_service::upload, blob_service::list, blob_service::read, blob_service::metadata, blob_service::remove,
         blob_service::subscribe
     ),
     components(schemas(
         ErrorBody, blobs::BlobEntry, paging::Page<blobs::BlobEntry>, content::StoredBody,
+        content::ContentEntry, paging::Page<content::ContentEntry>,
         crate::blob_service::Record, crate::blob_service::RetentionPolicy,
         paging::Page<crate::blob_service::Record>, blob_service::UploadForm,
         blob_service::SubscribeRequest, blob_service::Subscription

@@ -411,6 +411,41 @@ impl ContentStore for ObjectContent {
         self.objects.head(&self.objects.path(bucket, hash)).await
     }
 
+    async fn list(
+        &self,
+        bucket: &Bucket,
+        after: Option<&ContentHash>,
+        limit: usize,
+    ) -> Result<Vec<(ContentHash, u64)>> {
+        let dir = self.objects.dir(bucket);
+        let prefix = Path::from(dir.as_str());
+        let offset = Path::from(match after {
+            Some(hash) => format!("{dir}{}/{hash}", hash.shard()),
+            None => dir.clone(),
+        });
+        let mut listed = self.objects.store.list_with_offset(Some(&prefix), &offset);
+        let mut found = Vec::new();
+        while found.len() < limit {
+            let Some(meta) = listed.next().await else {
+                break;
+            };
+            let meta = meta.map_err(|e| store_error(&prefix, e))?;
+            // `<shard>/<hash>` only: not markers, not unconfirmed uploads.
+            let name = meta
+                .location
+                .as_ref()
+                .strip_prefix(dir.as_str())
+                .unwrap_or_default();
+            if let Some((shard, hash)) = name.split_once('/')
+                && let Some(hash) = ContentHash::parse(hash)
+                && hash.shard() == shard
+            {
+                found.push((hash, meta.size));
+            }
+        }
+        Ok(found)
+    }
+
     async fn remove(&self, bucket: &Bucket, hash: &ContentHash, held: ContentLock) -> Result<bool> {
         let _held = held;
         // Content the Blob Service claims is its sweep's to remove, once no record refers to

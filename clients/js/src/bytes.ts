@@ -1,0 +1,30 @@
+// Bytes as the protocols carry them: base64 over Socket.IO, raw over HTTP. Apps give and get
+// strings or Uint8Arrays; base64 is the library's business.
+
+/// What an app may store: text (UTF-8) or bytes.
+export type Data = string | Uint8Array;
+
+export function toBytes(data: Data): Uint8Array {
+  return typeof data === 'string' ? new TextEncoder().encode(data) : data;
+}
+
+export function toBase64(bytes: Uint8Array): string {
+  let binary = '';
+  // In slices: String.fromCharCode takes its arguments on the stack.
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(binary);
+}
+
+export function fromBase64(text: string): Uint8Array {
+  const binary = atob(text);
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}
+
+/// The bytes as UTF-8 text.
+export function text(bytes: Uint8Array): string {
+  return new TextDecoder().decode(bytes);
+}

@@ -1,0 +1,79 @@
+// The library's browser bundle in headless Chromium (Debian's, driven by playwright-core):
+// updates from several clients, half over long-polling, lose nothing; a watch sees every
+// change in order; the HTTP-only client reads the result.
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
+import { after, before, test } from 'node:test';
+import { chromium } from 'playwright-core';
+
+import { newRef, startServer, token } from './server.mjs';
+
+const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const bundle = readFileSync(new URL('../dist/blobs-client.browser.js', import.meta.url), 'utf8');
+
+let server;
+let browser;
+before(async () => {
+  assert.ok(existsSync(chromiumPath), `${chromiumPath} is missing: the test command installs it`);
+  server = await startServer();
+  browser = await chromium.launch({
+    executablePath: chromiumPath,
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--no-first-run',
+      '--disable-background-networking',
+      // The page is routed by the test, so Chromium takes it for a public one and would block
+      // its WebSocket to loopback.
+      '--disable-features=LocalNetworkAccessChecks',
+    ],
+  });
+});
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+test('the bundle in Chromium: updates, a watch and the HTTP client', async () => {
+  const page = await browser.newPage();
+  // Served from the server's own origin, as an app behind the same host would be.
+  await page.route(`${server.url}/library.html`, (route) =>
+    route.fulfill({ contentType: 'text/html', body: '<!doctype html><title>library</title>' }),
+  );
+  await page.route(`${server.url}/blobs-client.js`, (route) =>
+    route.fulfill({ contentType: 'text/javascript', body: bundle }),
+  );
+  await page.goto(`${server.url}/library.html`);
+  const result = await page.evaluate(
+    async ({ url, token, ref }) => {
+      const { connect, connectHttp, text } = await import('/blobs-client.js');
+      const watcher = connect(url, { token, transports: ['websocket'] });
+      const versions = [];
+      watcher.blob(ref).watch((value) => value && versions.push(value.version));
+      const clients = [0, 1, 2, 3].map((i) =>
+        connect(url, { token, transports: [i % 2 ? 'polling' : 'websocket'] }),
+      );
+      const increment = (bytes) => String(Number(bytes ? text(bytes) || '0' : '0') + 1);
+      await Promise.all(
+        clients.map(async (client) => {
+          for (let i = 0; i < 25; i++) await client.blob(ref).update(increment, { retries: 500 });
+        }),
+      );
+      const deadline = Date.now() + 20_000;
+      while (versions.at(-1) !== 100 && Date.now() < deadline) {
+        await new Promise((wake) => setTimeout(wake, 10));
+      }
+      const read = await connectHttp(url, { token }).blob(ref).get();
+      clients.forEach((client) => client.close());
+      watcher.close();
+      return { versions, data: text(read.data), version: read.version };
+    },
+    { url: server.url, token: token('browser'), ref: newRef() },
+  );
+  assert.equal(result.data, '100');
+  assert.equal(result.version, 100);
+  assert.equal(result.versions.at(-1), 100);
+  for (let i = 1; i < result.versions.length; i++) {
+    assert.ok(result.versions[i] > result.versions[i - 1]);
+  }
+});
