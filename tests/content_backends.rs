@@ -504,3 +504,40 @@ async fn bytes_stored_by_both_flows_at_once_stay_shared() {
         );
     }
 }
+
+/// The bucket's content in hash order, in pages, with sizes: markers, other buckets and
+/// unconfirmed uploads left out.
+#[tokio::test]
+async fn content_is_listed_in_pages() {
+    for stores in backends(Duration::from_secs(600)).await {
+        let store = &*stores.content;
+        let bodies: [&'static [u8]; 5] = [b"one", b"two", b"three", b"four", b"five"];
+        for (i, body) in bodies.iter().enumerate() {
+            let owner = if i % 2 == 0 {
+                Owner::Shared
+            } else {
+                Owner::Service
+            };
+            assert!(commit(store, body, owner).await, "{}", stores.name);
+        }
+        let mut expected: Vec<(String, u64)> = bodies
+            .iter()
+            .map(|b| (ContentHash::of(b).to_string(), b.len() as u64))
+            .collect();
+        expected.sort();
+        let first = store.list(&bucket(), None, 3).await.unwrap();
+        let rest = store.list(&bucket(), Some(&first[2].0), 3).await.unwrap();
+        let listed: Vec<(String, u64)> = first
+            .iter()
+            .chain(&rest)
+            .map(|(hash, size)| (hash.to_string(), *size))
+            .collect();
+        assert_eq!(listed, expected, "{}", stores.name);
+        let other = Bucket::parse("other").unwrap();
+        assert!(
+            store.list(&other, None, 10).await.unwrap().is_empty(),
+            "{}",
+            stores.name
+        );
+    }
+}

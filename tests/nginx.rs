@@ -260,6 +260,24 @@ async fn the_deployed_nginx_config_carries_every_transport() {
     let record = read_until(&mut metadata, "\"proxied\"").await;
     assert!(record.contains(&(40 * 1024 * 1024).to_string()), "{record}");
 
+    // The inspector page, with the server's security policy, and the content listing it
+    // reads (on `/blobs/`).
+    let page = http.get(nginx.url("/inspect/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+    let listed = http
+        .get(nginx.url("/blobs/?limit=10"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+
     drop(nginx);
     server.stop().await;
 }
