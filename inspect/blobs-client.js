@@ -85,11 +85,14 @@ var Blob2 = class {
       try {
         do {
           again = false;
-          const read = await this.#transport.read(this.ref, seen || void 0).catch(() => "error");
+          let read;
+          try {
+            read = await this.#transport.read(this.ref, seen || void 0);
+          } catch {
+            break;
+          }
           if (stopped || read === "unchanged")
             continue;
-          if (read === "error")
-            break;
           if (read === null) {
             if (!delivered || seen > 0 && !deleted) {
               deleted = seen > 0;

@@ -31,7 +31,13 @@ fn built_bundle() -> PathBuf {
 async fn the_library_and_the_inspector_pass_their_suites() {
     built_bundle();
     let run = Command::new("node")
-        .args(["--test", "--test-concurrency=1", "test/"])
+        .args([
+            "--test",
+            "--test-concurrency=1",
+            "--test-force-exit",
+            "--test-timeout=120000",
+            "test/",
+        ])
         .current_dir(library())
         .env("BLOBS_BIN", env!("CARGO_BIN_EXE_blobs"))
         .env("BLOBS_TOKEN_BIN", env!("CARGO_BIN_EXE_token"))

@@ -1,5 +1,5 @@
 // The library's browser bundle in headless Chromium (Debian's, driven by playwright-core):
-// updates from several clients, half over long-polling, lose nothing; a watch sees every
+// 8 clients making 50 updates each, half over long-polling, lose nothing; a watch sees every
 // change in order; the HTTP-only client reads the result.
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
@@ -50,17 +50,17 @@ test('the bundle in Chromium: updates, a watch and the HTTP client', async () =>
       const watcher = connect(url, { token, transports: ['websocket'] });
       const versions = [];
       watcher.blob(ref).watch((value) => value && versions.push(value.version));
-      const clients = [0, 1, 2, 3].map((i) =>
+      const clients = [0, 1, 2, 3, 4, 5, 6, 7].map((i) =>
         connect(url, { token, transports: [i % 2 ? 'polling' : 'websocket'] }),
       );
       const increment = (bytes) => String(Number(bytes ? text(bytes) || '0' : '0') + 1);
       await Promise.all(
         clients.map(async (client) => {
-          for (let i = 0; i < 25; i++) await client.blob(ref).update(increment, { retries: 500 });
+          for (let i = 0; i < 50; i++) await client.blob(ref).update(increment, { retries: 1000 });
         }),
       );
       const deadline = Date.now() + 20_000;
-      while (versions.at(-1) !== 100 && Date.now() < deadline) {
+      while (versions.at(-1) !== 400 && Date.now() < deadline) {
         await new Promise((wake) => setTimeout(wake, 10));
       }
       const read = await connectHttp(url, { token }).blob(ref).get();
@@ -70,9 +70,9 @@ test('the bundle in Chromium: updates, a watch and the HTTP client', async () =>
     },
     { url: server.url, token: token('browser'), ref: newRef() },
   );
-  assert.equal(result.data, '100');
-  assert.equal(result.version, 100);
-  assert.equal(result.versions.at(-1), 100);
+  assert.equal(result.data, '400');
+  assert.equal(result.version, 400);
+  assert.equal(result.versions.at(-1), 400);
   for (let i = 1; i < result.versions.length; i++) {
     assert.ok(result.versions[i] > result.versions[i - 1]);
   }

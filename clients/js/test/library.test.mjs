@@ -135,38 +135,46 @@ describe('watch across a restart', () => {
     const server = await startServer();
     const bucketToken = token('restart');
     const ref = newRef();
-    const watchers = ['websocket', 'polling'].map((transport) => {
-      const client = connect(server.url, { token: bucketToken, transports: [transport] });
-      const versions = [];
-      client.blob(ref).watch((value) => value && versions.push(value.version));
-      return { client, versions };
-    });
-    const writer = connect(server.url, { token: bucketToken, transports: ['websocket'] });
-    let last = 0;
+    const clients = [];
     let writing = true;
-    const writes = (async () => {
-      while (writing) {
-        // A write cut by the restart has an unknown outcome: read again and go on.
-        const done = await writer.blob(ref).update(increment).catch(() => null);
-        if (done) last = Math.max(last, done.version);
+    let writes;
+    try {
+      const watchers = ['websocket', 'polling'].map((transport) => {
+        const client = connect(server.url, { token: bucketToken, transports: [transport] });
+        clients.push(client);
+        const versions = [];
+        client.blob(ref).watch((value) => value && versions.push(value.version));
+        return { transport, versions };
+      });
+      const writer = connect(server.url, { token: bucketToken, transports: ['websocket'] });
+      clients.push(writer);
+      let last = 0;
+      writes = (async () => {
+        while (writing) {
+          // A write cut by the restart has an unknown outcome: read again and go on.
+          const done = await writer.blob(ref).update(increment).catch(() => null);
+          if (done) last = Math.max(last, done.version);
+        }
+      })();
+      await until(() => last >= 30, 'writes before the restart');
+      await server.restart();
+      const resumed = last;
+      await until(() => last >= resumed + 30, 'writes after the restart');
+      writing = false;
+      await writes;
+      const final = (await writer.blob(ref).get()).version;
+      for (const { transport, versions } of watchers) {
+        await until(() => versions.at(-1) === final, `the ${transport} watcher at ${final}: ${versions.slice(-5)}`);
+        for (let i = 1; i < versions.length; i++) {
+          assert.ok(versions[i] > versions[i - 1], `increasing: ${versions.slice(i - 1, i + 1)}`);
+        }
       }
-    })();
-    await until(() => last >= 30, 'writes before the restart');
-    await server.restart();
-    const resumed = last;
-    await until(() => last >= resumed + 30, 'writes after the restart');
-    writing = false;
-    await writes;
-    const final = (await writer.blob(ref).get()).version;
-    for (const { versions } of watchers) {
-      await until(() => versions.at(-1) === final, `the watcher at version ${final}`);
-      for (let i = 1; i < versions.length; i++) {
-        assert.ok(versions[i] > versions[i - 1], `increasing: ${versions.slice(i - 1, i + 1)}`);
-      }
+    } finally {
+      writing = false;
+      await writes;
+      clients.forEach((client) => client.close());
+      await server.stop();
     }
-    watchers.forEach(({ client }) => client.close());
-    writer.close();
-    await server.stop();
   });
 });
 
