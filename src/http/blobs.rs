@@ -15,8 +15,8 @@ use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::auth::{AccessToken, Token};
 use super::error::{ApiError, ErrorBody, Result};
@@ -274,15 +274,6 @@ async fn write(
     }
 }
 
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub(super) struct ListQuery {
-    /// Start after this ref (the `next` of the previous page).
-    after: Option<String>,
-    /// Page size, 1 to 1000 (default 100).
-    limit: Option<usize>,
-}
-
 /// One entry of the listing.
 #[derive(Serialize, ToSchema)]
 pub(super) struct BlobEntry {
@@ -299,35 +290,28 @@ pub(super) struct BlobEntry {
     get,
     path = "/v1/blobs",
     operation_id = "list_blobs",
-    params(ListQuery, AccessToken),
+    params(paging::After, AccessToken),
     responses((status = 200, body = Page<BlobEntry>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("bearer" = []))
 )]
 pub(super) async fn list(
     State(state): State<AppState>,
     token: Token,
-    query: std::result::Result<Query<ListQuery>, QueryRejection>,
+    query: std::result::Result<Query<paging::After>, QueryRejection>,
 ) -> Result<Json<Page<BlobEntry>>> {
     let Query(query) = query
         .map_err(|_| ApiError::bad("Invalid query: expected after=<ref> and limit=<1 to 1000>"))?;
     let limit = paging::limit(query.limit)?;
     let after = query.after.as_deref().map(parse_ref).transpose()?;
-    let mut found = state
+    let found = state
         .store()
         .list(&token.0.bucket, after.as_ref(), limit + 1)
         .await?;
-    let more = found.len() > limit;
-    found.truncate(limit);
-    let blobs = found
-        .into_iter()
-        .map(|(r, listed)| BlobEntry {
-            r#ref: r.to_string(),
-            version: listed.version,
-            size: listed.size,
-            updated: listed.updated,
-        })
-        .collect();
-    Ok(Json(Page::new(blobs, more, |entry: &BlobEntry| {
-        entry.r#ref.clone()
-    })))
+    let entry = |(r, listed): (Ref, crate::store::Listed)| BlobEntry {
+        r#ref: r.to_string(),
+        version: listed.version,
+        size: listed.size,
+        updated: listed.updated,
+    };
+    Ok(Json(paging::page(found, limit, entry, |e| e.r#ref.clone())))
 }

@@ -25,8 +25,6 @@ use utoipa::ToSchema;
 use axum::Json;
 use axum::extract::Query;
 use axum::extract::rejection::QueryRejection;
-use serde::Deserialize;
-use utoipa::IntoParams;
 
 use super::auth::{AccessToken, Caller, SignedQuery, Token};
 use super::error::{ApiError, ErrorBody, Result};
@@ -53,16 +51,6 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-/// The query of the content listing.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub(super) struct ListQuery {
-    /// Start after this hash (the `next` of the previous page).
-    after: Option<String>,
-    /// Page size, 1 to 1000 (default 100).
-    limit: Option<usize>,
-}
-
 /// One content of the listing.
 #[derive(Serialize, ToSchema)]
 pub(super) struct ContentEntry {
@@ -76,14 +64,14 @@ pub(super) struct ContentEntry {
     get,
     path = "/blobs/",
     operation_id = "list_content",
-    params(ListQuery, AccessToken),
+    params(paging::After, AccessToken),
     responses((status = 200, body = Page<ContentEntry>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("bearer" = []))
 )]
 pub(super) async fn list_content(
     State(state): State<AppState>,
     token: Token,
-    query: std::result::Result<Query<ListQuery>, QueryRejection>,
+    query: std::result::Result<Query<paging::After>, QueryRejection>,
 ) -> Result<Json<Page<ContentEntry>>> {
     let Query(query) = query
         .map_err(|_| ApiError::bad("Invalid query: expected after=<hash> and limit=<1 to 1000>"))?;
@@ -92,22 +80,15 @@ pub(super) async fn list_content(
         None => None,
         Some(text) => Some(ContentHash::parse(text).ok_or(ApiError::bad("non-canonical hash"))?),
     };
-    let mut found = state
+    let found = state
         .content()
         .list(&token.0.bucket, after.as_ref(), limit + 1)
         .await?;
-    let more = found.len() > limit;
-    found.truncate(limit);
-    let entries = found
-        .into_iter()
-        .map(|(hash, size)| ContentEntry {
-            hash: hash.to_string(),
-            size,
-        })
-        .collect();
-    Ok(Json(Page::new(entries, more, |entry: &ContentEntry| {
-        entry.hash.clone()
-    })))
+    let entry = |(hash, size): (ContentHash, u64)| ContentEntry {
+        hash: hash.to_string(),
+        size,
+    };
+    Ok(Json(paging::page(found, limit, entry, |e| e.hash.clone())))
 }
 
 /// What a PUT stored.

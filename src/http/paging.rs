@@ -1,8 +1,8 @@
 //! Paging of the listings: `limit` items a page (1 to 1000, 100 by default), and `next`, the
 //! cursor of the following page, while there is one.
 
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, Result};
 
@@ -35,4 +35,28 @@ impl<T> Page<T> {
         let next = more.then(|| items.last().map(cursor)).flatten();
         Self { blobs: items, next }
     }
+}
+
+/// The query of the listings in name order: `after` (the `next` of the previous page) and
+/// `limit`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct After {
+    /// Start after this name (the `next` of the previous page).
+    pub after: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    pub limit: Option<usize>,
+}
+
+/// The page of a listing that asked for `limit + 1` items: the first `limit` of `found` as
+/// `entry` makes them, with a `next` when there was one more.
+pub fn page<I, T>(
+    mut found: Vec<I>,
+    limit: usize,
+    entry: impl FnMut(I) -> T,
+    cursor: impl Fn(&T) -> String,
+) -> Page<T> {
+    let more = found.len() > limit;
+    found.truncate(limit);
+    Page::new(found.into_iter().map(entry).collect(), more, cursor)
 }
