@@ -18,6 +18,21 @@ use crate::blob_service::Record;
 use crate::journal::HEADER_LEN;
 use crate::layout::{Entry, Kind, Tree, TreeError, classify, key_of};
 
+/// What is wrong with a name that an interrupted write or the original left behind: a temp
+/// file, a backup, journal writes not yet in their files. Opening the store repairs these.
+pub fn leftover(key: &str, size: u64) -> Option<String> {
+    match classify(key) {
+        Kind::Temp => Some(format!("{key}: temp file left by an interrupted write")),
+        Kind::Backup => Some(format!("{key}: backup left by the original")),
+        Kind::Internal if key.starts_with(".journal/") && size > HEADER_LEN => Some(format!(
+            "{key}: journal writes not yet checkpointed to their files (a server is running, \
+             or stopped without its shutdown); starting the server or `check --repair` writes \
+             them"
+        )),
+        _ => None,
+    }
+}
+
 /// What a check found, and what it repaired.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -43,24 +58,12 @@ pub async fn check(tree: &Tree, repair: bool) -> Result<Report, TreeError> {
                     "{key}: removed a temp file left by an interrupted write"
                 ));
             }
-            Kind::Temp => report
-                .problems
-                .push(format!("{key}: temp file left by an interrupted write")),
-            Kind::Backup => report
-                .problems
-                .push(format!("{key}: backup left by the original")),
+            Kind::Temp | Kind::Backup | Kind::Internal => {
+                report.problems.extend(leftover(key, *size));
+            }
             Kind::Unknown => report
                 .problems
                 .push(format!("{key}: not a name of the layout")),
-            Kind::Internal => {
-                if key.starts_with(".journal/") && *size > HEADER_LEN {
-                    report.problems.push(format!(
-                        "{key}: journal writes not yet checkpointed to their files (a server \
-                         is running, or stopped without its shutdown); starting the server or \
-                         `check --repair` writes them"
-                    ));
-                }
-            }
             Kind::Marker(bucket, hash) => {
                 report.checked += 1;
                 let content = key_of(&Kind::Content(bucket.clone(), hash.clone()))

@@ -160,15 +160,21 @@ async fn check(config: &Config, repair: bool) -> Result<bool, AdminError> {
     let mut running = false;
     let _held = match (config.store, repair) {
         (StoreKind::Fs, true) => {
-            // What opening the store repairs is what it fixed between these two looks.
-            let before = check::check(&tree, false).await?;
+            // What opening the store repaired is the leftovers gone between these two looks.
+            let leftovers = async || -> Result<Vec<String>, TreeError> {
+                let entries = tree.list().await?;
+                Ok(entries
+                    .iter()
+                    .filter_map(|e| check::leftover(&e.key, e.size))
+                    .collect())
+            };
+            let before = leftovers().await?;
             let held = lock_stopped(&config.storage, "repairing it")?;
-            let after = check::check(&tree, false).await?;
+            let after = leftovers().await?;
             repaired.extend(
                 before
-                    .problems
                     .into_iter()
-                    .filter(|p| !after.problems.contains(p))
+                    .filter(|p| !after.contains(p))
                     .map(|p| format!("{p}: repaired at open")),
             );
             Some(held)
