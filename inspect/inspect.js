@@ -187,22 +187,23 @@ function facts(pairs) {
   );
 }
 
-function markOpen(selector) {
+/// Shows the detail of the list item `selector` names, under `title`, with the editor or not.
+function showDetail(selector, title, editable) {
+  closeDetail();
   for (const item of document.querySelectorAll('#entries li')) {
     item.classList.toggle('open', item.matches(selector));
   }
+  $('title').textContent = title;
+  $('detail').hidden = false;
+  $('editor').hidden = !editable;
 }
 
 /// A blob, live: its value follows every change; the editor saves with compare-and-swap.
 function openBlob(ref) {
-  closeDetail();
+  showDetail(`[data-ref="${ref}"]`, ref, true);
   state.open = ref;
   state.dirty = false;
   state.base = undefined;
-  markOpen(`[data-ref="${ref}"]`);
-  $('title').textContent = ref;
-  $('detail').hidden = false;
-  $('editor').hidden = false;
   $('conflict').hidden = true;
   $('edit').value = '';
   facts([['version', '—', { version: '' }]]);
@@ -230,22 +231,14 @@ function openBlob(ref) {
 }
 
 async function openContent(entry) {
-  closeDetail();
-  markOpen(`[data-hash="${entry.hash}"]`);
-  $('title').textContent = entry.hash;
-  $('detail').hidden = false;
-  $('editor').hidden = true;
+  showDetail(`[data-hash="${entry.hash}"]`, entry.hash, false);
   facts([['size', bytesLabel(entry.size)]]);
   state.data = await state.client.content.get(entry.hash);
   render();
 }
 
 async function openUpload(entry) {
-  closeDetail();
-  markOpen(`[data-handle="${entry.handle}"]`);
-  $('title').textContent = entry.handle;
-  $('detail').hidden = false;
-  $('editor').hidden = true;
+  showDetail(`[data-handle="${entry.handle}"]`, entry.handle, false);
   facts([
     ['semantics', entry.semantics],
     ['file name', entry.fileName ?? '—'],

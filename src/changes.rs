@@ -270,7 +270,7 @@ impl Rooms for LocalRooms {
                 continue;
             }
             match emit_value(&target, event, &payload) {
-                Ok(()) if event == "changed" => crate::metrics::changed_delivered(),
+                Ok(()) if event == "changed" => crate::metrics::changed_delivered(1),
                 Ok(()) => {}
                 Err(SendError::Socket(SocketError::InternalChannelFull)) => drop_stalled(&target),
                 Err(e) => tracing::debug!(sid = %target.id, event, "not delivered: {e}"),
@@ -330,11 +330,9 @@ async fn broadcast_through_adapter<A: Adapter>(
         if let Some(sid) = except {
             operators = operators.except(sid);
         }
-        if event == "changed" {
+        if event == "changed" && crate::metrics::enabled() {
             // The sockets of this node it reaches; the other nodes count their own.
-            for _ in operators.clone().sockets() {
-                crate::metrics::changed_delivered();
-            }
+            crate::metrics::changed_delivered(operators.clone().sockets().len());
         }
         let sent = match &payload {
             Json::Array(args) if args.is_empty() => operators.emit(event, &NO_ARGS).await,

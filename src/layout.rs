@@ -13,7 +13,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::config::{Config, ConfigError, StoreKind};
-use crate::content::{CONTENT_DIR, MARKER_SUFFIX, STAGING_DIR};
+use crate::content::{CONTENT_DIR, MARKER_SUFFIX, STAGING_DIR, content_path};
 use crate::durable;
 use crate::names::{Bucket, ContentHash, Handle, Ref};
 use crate::revocation;
@@ -134,16 +134,10 @@ pub fn classify(key: &str) -> Kind {
 pub fn key_of(kind: &Kind) -> Option<String> {
     Some(match kind {
         Kind::Blob(bucket, r) => format!("{bucket}/{}/{r}.json", r.shard()),
-        Kind::Content(bucket, hash) => format!("{bucket}/{CONTENT_DIR}/{}/{hash}", hash.shard()),
-        Kind::Marker(bucket, hash) => format!(
-            "{bucket}/{CONTENT_DIR}/{}/{hash}{MARKER_SUFFIX}",
-            hash.shard()
-        ),
-        Kind::Record(bucket, handle) => format!(
-            "{bucket}/{}/{}/{handle}.json",
-            crate::blob_service::HANDLES_DIR,
-            handle.shard()
-        ),
+        // The object store's names, which are the files' too, with no prefix.
+        Kind::Content(bucket, hash) => content_path("", bucket, hash).to_string(),
+        Kind::Marker(bucket, hash) => format!("{}{MARKER_SUFFIX}", content_path("", bucket, hash)),
+        Kind::Record(bucket, handle) => crate::blob_service::records::name(bucket, handle),
         Kind::Revocations => revocation::FILE_NAME.to_owned(),
         _ => return None,
     })

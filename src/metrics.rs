@@ -263,10 +263,10 @@ pub fn commit(took: Duration) {
     }
 }
 
-/// A `changed` was handed to a socket.
-pub fn changed_delivered() {
+/// `changed` was handed to `sockets` sockets.
+pub fn changed_delivered(sockets: usize) {
     if let Some(m) = get() {
-        m.changed.inc();
+        m.changed.inc_by(sockets as u64);
     }
 }
 

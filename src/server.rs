@@ -62,13 +62,6 @@ pub async fn run(
 ) -> Result<(), StartError> {
     config.validate()?;
     let secret = config.secret()?;
-    if config
-        .metrics_token
-        .as_deref()
-        .is_some_and(|t| !t.is_empty())
-    {
-        crate::metrics::enable();
-    }
     // One server per storage directory: two would each replay and cut the other's journal.
     // Held until this function returns, after the final checkpoint.
     let _lock = match config.store {
@@ -114,6 +107,10 @@ pub async fn run(
         .await
         .map_err(StartError::Revocations)?;
     let state = AppState::new(&config, keys, revocations, backend, service, secret);
+    // Before the background tasks: the content measure runs only when recording.
+    if state.metrics_token().is_some() {
+        crate::metrics::enable();
+    }
     let background = tasks::spawn(&state, &config);
     let builder = sockets(&config, &state);
     match nodes {

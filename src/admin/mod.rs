@@ -142,14 +142,13 @@ fn lock_stopped(root: &Path, doing: &str) -> Result<std::fs::File, AdminError> {
 
 /// Whether a server holds the file store at `root` now.
 fn server_running(root: &Path) -> Result<bool, AdminError> {
-    let lock = root.join(crate::store::LOCK_FILE);
     if !root.exists() {
         return Ok(false);
     }
-    crate::durable::try_lock_exclusive(&lock)
+    crate::store::lock(root)
         .map(|held| held.is_none())
         .map_err(|source| AdminError::Storage {
-            path: lock.display().to_string(),
+            path: root.display().to_string(),
             source,
         })
 }

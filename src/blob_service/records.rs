@@ -38,7 +38,7 @@ pub trait RecordStore: Send + Sync + 'static {
 }
 
 /// The name of a record below the storage root or the object prefix.
-fn name(bucket: &Bucket, handle: &Handle) -> String {
+pub fn name(bucket: &Bucket, handle: &Handle) -> String {
     format!("{bucket}/{HANDLES_DIR}/{}/{handle}.json", handle.shard())
 }
 

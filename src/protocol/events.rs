@@ -1,6 +1,8 @@
 //! The original's events (`ref`, `get`, `set`; `now` is answered in place) and the shapes of
 //! their replies, byte for byte as the original sends them.
 
+use std::collections::HashSet;
+
 use base64::Engine as _;
 use serde_json::{Map, Value as Json, json};
 use socketioxide::adapter::Adapter;
@@ -60,7 +62,8 @@ impl<A: Adapter> Session<A> {
     ) -> Result<Reply, AckError> {
         let refs = ref_list(object(arg)?)?;
         let mut queue = self.queue.lock().expect("queue lock poisoned");
-        let new: Vec<&Ref> = refs
+        // A set: a ref named twice in one event counts once against the limit.
+        let new: HashSet<&Ref> = refs
             .iter()
             .filter(|r| !queue.watched.contains(*r))
             .collect();
