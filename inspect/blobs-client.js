@@ -27,6 +27,7 @@ function text(bytes) {
 }
 
 // dist/blob.js
+var RETRY = [100, 5e3];
 var Blob2 = class {
   ref;
   #transport;
@@ -76,6 +77,8 @@ var Blob2 = class {
     let running = false;
     let again = false;
     let stopped = false;
+    let retry;
+    let pause = RETRY[0];
     const look = async () => {
       if (running) {
         again = true;
@@ -88,7 +91,15 @@ var Blob2 = class {
           let read;
           try {
             read = await this.#transport.read(this.ref, seen || void 0);
+            pause = RETRY[0];
           } catch {
+            if (!stopped && retry === void 0) {
+              retry = setTimeout(() => {
+                retry = void 0;
+                void look();
+              }, pause);
+              pause = Math.min(pause * 2, RETRY[1]);
+            }
             break;
           }
           if (stopped || read === "unchanged")
@@ -116,6 +127,7 @@ var Blob2 = class {
     });
     return () => {
       stopped = true;
+      clearTimeout(retry);
       unfollow();
     };
   }
@@ -3806,7 +3818,7 @@ function verified(bytes, hash) {
 }
 
 // dist/http.js
-var RETRY = [250, 5e3];
+var RETRY2 = [250, 5e3];
 var HttpTransport = class {
   #base;
   #token;
@@ -3846,7 +3858,7 @@ var HttpTransport = class {
     const stop = new AbortController();
     this.#streams.add(stop);
     void (async () => {
-      let pause = RETRY[0];
+      let pause = RETRY2[0];
       let lastId;
       while (!stop.signal.aborted) {
         try {
@@ -3859,7 +3871,7 @@ var HttpTransport = class {
           });
           if (!response.ok || !response.body)
             throw await failure(response);
-          pause = RETRY[0];
+          pause = RETRY2[0];
           changed();
           for await (const id of eventIds(response.body)) {
             lastId = id;
@@ -3870,7 +3882,7 @@ var HttpTransport = class {
         if (stop.signal.aborted)
           break;
         await new Promise((wake) => setTimeout(wake, pause));
-        pause = Math.min(pause * 2, RETRY[1]);
+        pause = Math.min(pause * 2, RETRY2[1]);
       }
     })();
     return () => {

@@ -31,6 +31,9 @@ export interface UpdateOptions {
   retries?: number;
 }
 
+/// Waits, in milliseconds, before a watch reads again after a failed read: first, and longest.
+const RETRY = [100, 5000];
+
 /// One blob of the token's bucket.
 export class Blob {
   readonly ref: string;
@@ -88,6 +91,8 @@ export class Blob {
     let running = false;
     let again = false;
     let stopped = false;
+    let retry: ReturnType<typeof setTimeout> | undefined;
+    let pause = RETRY[0];
     const look = async () => {
       if (running) {
         again = true;
@@ -100,8 +105,18 @@ export class Blob {
           let read: Value | null | 'unchanged';
           try {
             read = await this.#transport.read(this.ref, seen || undefined);
+            pause = RETRY[0];
           } catch {
-            break; // disconnected: the next connection looks again
+            // Refused (a rate limit) or cut off: look again after a pause, doubling while it
+            // fails (a new connection also looks again).
+            if (!stopped && retry === undefined) {
+              retry = setTimeout(() => {
+                retry = undefined;
+                void look();
+              }, pause);
+              pause = Math.min(pause * 2, RETRY[1]);
+            }
+            break;
           }
           if (stopped || read === 'unchanged') continue;
           if (read === null) {
@@ -127,6 +142,7 @@ export class Blob {
     });
     return () => {
       stopped = true;
+      clearTimeout(retry);
       unfollow();
     };
   }
