@@ -7,7 +7,7 @@
 //! bucket's room (for `blob-available`). Events are sent one socket at a time, so a subscriber whose send buffer is full can be told apart and dropped rather than
 //! holding memory. HTTP streams read one broadcast channel and keep the changes of their ref.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value as Json;
@@ -19,7 +19,12 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::blob_service::Record;
 use crate::cluster::{Redis, relay};
+use crate::limits::Backlog;
 use crate::names::{Bucket, ContentHash, Ref};
+
+mod watches;
+
+pub use watches::{RefKey, ServerFull, Watches, ref_key};
 
 /// Changes an HTTP stream may fall behind by before it skips to the current version.
 const STREAM_BACKLOG: usize = 1024;
@@ -44,6 +49,9 @@ pub struct Changes {
     /// The Socket.IO rooms, set once when the server is built (it needs the state that holds
     /// this).
     rooms: OnceLock<Box<dyn Rooms>>,
+    /// This node's watchers, told of every change: this node's and, with several nodes, the
+    /// others' (from the relay).
+    watching: Arc<Watching>,
     /// Every change, for the HTTP streams; bounded (see [`STREAM_BACKLOG`]): a stream that
     /// falls further behind is told the current version instead. `None`: changes of other
     /// nodes may have been missed (Redis was away); every stream says where its blob is now.
@@ -58,27 +66,37 @@ pub struct Changes {
 /// The Redis channel that carries changes between nodes.
 const RELAY_CHANNEL: &str = "blobs:changes";
 
-impl Default for Changes {
-    fn default() -> Self {
+impl Changes {
+    /// Where changes go, for a server that holds at most `max_watches` watches.
+    pub fn new(max_watches: usize) -> Self {
         Self {
             rooms: OnceLock::new(),
+            watching: Arc::new(Watching {
+                watches: Watches::new(max_watches),
+                sockets: OnceLock::new(),
+            }),
             streams: broadcast::channel(STREAM_BACKLOG).0,
             relay: OnceLock::new(),
             closing: watch::channel(false).0,
         }
     }
-}
 
-impl Changes {
+    /// Who watches which blob on this node.
+    pub fn watches(&self) -> &Watches {
+        &self.watching.watches
+    }
+
     /// Sends room events through `io`: to this node's sockets one at a time (dropping those
     /// that stopped reading).
     pub fn attach(&self, io: SocketIo<LocalAdapter>) {
+        self.watching.sockets.set(Box::new(io.clone())).ok();
         self.rooms.set(Box::new(LocalRooms(io))).ok();
     }
 
     /// Sends room events through `io`'s adapter, which carries them to every node: one task
     /// sends them all, in order (it ends when this `Changes` is dropped).
     pub fn attach_cluster<A: Adapter>(&self, io: SocketIo<A>) {
+        self.watching.sockets.set(Box::new(io.clone())).ok();
         let (events, queued) = mpsc::unbounded_channel();
         tokio::spawn(broadcast_through_adapter(io, queued));
         self.rooms.set(Box::new(ClusterRooms(events))).ok();
@@ -102,17 +120,7 @@ impl Changes {
             Json::Array(Vec::new()),
         );
         // Watchers hear every commit, the writer's own included, with what changed.
-        let mut watched =
-            serde_json::json!({ "ref": change.r.as_str(), "version": change.version });
-        if change.deleted {
-            watched["deleted"] = Json::Bool(true);
-        }
-        self.emit(
-            watch_room(&change.bucket, &change.r),
-            None,
-            "changed",
-            watched,
-        );
+        self.watching.tell(&change);
         if let Some(relay) = self.relay.get() {
             relay.send(change.clone()).ok();
         }
@@ -148,6 +156,7 @@ impl Changes {
         });
         let relayed = RelayedChanges {
             streams: self.streams.clone(),
+            watching: self.watching.clone(),
             node,
         };
         // Ends with the server (the publishing task ends when this `Changes` is dropped).
@@ -156,10 +165,18 @@ impl Changes {
         Ok(())
     }
 
-    /// Announces content newly stored in `bucket` (`blob-available { hash }`) to every socket
-    /// of the bucket but `uploader`.
-    pub fn announce_content(&self, bucket: &Bucket, hash: &ContentHash, uploader: Option<Sid>) {
-        let payload = serde_json::json!({ "hash": hash.as_str() });
+    /// Announces content newly stored in `bucket` to every socket of the bucket but
+    /// `uploader`: one `blob-available { hash }` per upload, with `hashes` naming them all when
+    /// one upload stored several (so an upload of many never costs a packet per content per
+    /// socket).
+    pub fn announce_content(&self, bucket: &Bucket, hashes: &[ContentHash], uploader: Option<Sid>) {
+        let Some(first) = hashes.first() else {
+            return;
+        };
+        let mut payload = serde_json::json!({ "hash": first.as_str() });
+        if hashes.len() > 1 {
+            payload["hashes"] = hashes.iter().map(|h| Json::from(h.as_str())).collect();
+        }
         self.emit(bucket_room(bucket), uploader, "blob-available", payload);
     }
 
@@ -194,9 +211,48 @@ impl Changes {
     }
 }
 
-/// The other nodes' changes, on their way to this node's HTTP streams.
+/// This node's watchers, and how to reach their sockets.
+struct Watching {
+    watches: Watches,
+    /// This node's sockets by id; set once with the rooms.
+    sockets: OnceLock<Box<dyn SocketsById>>,
+}
+
+impl Watching {
+    /// Tells this node's watchers of `change`: `changed { ref, version, deleted? }`.
+    fn tell(&self, change: &Change) {
+        let watchers = self.watches.watchers(change.bucket.as_str(), &change.r);
+        let Some(sockets) = self.sockets.get().filter(|_| !watchers.is_empty()) else {
+            return;
+        };
+        let mut payload =
+            serde_json::json!({ "ref": change.r.as_str(), "version": change.version });
+        if change.deleted {
+            payload["deleted"] = Json::Bool(true);
+        }
+        for sid in watchers {
+            sockets.emit_to(sid, "changed", &payload);
+        }
+    }
+}
+
+/// This node's sockets, by id.
+trait SocketsById: Send + Sync {
+    fn emit_to(&self, sid: Sid, event: &'static str, payload: &Json);
+}
+
+impl<A: Adapter> SocketsById for SocketIo<A> {
+    fn emit_to(&self, sid: Sid, event: &'static str, payload: &Json) {
+        if let Some(socket) = self.get_socket(sid) {
+            deliver(&socket, event, payload);
+        }
+    }
+}
+
+/// The other nodes' changes, on their way to this node's HTTP streams and watchers.
 struct RelayedChanges {
     streams: broadcast::Sender<Option<Change>>,
+    watching: Arc<Watching>,
     /// This node's name in the messages it publishes (its own are skipped).
     node: String,
 }
@@ -206,6 +262,7 @@ impl relay::Listener for RelayedChanges {
     async fn message(&mut self, text: &str) {
         match relayed_change(text, &self.node) {
             Some(change) => {
+                self.watching.tell(&change);
                 self.streams.send(Some(change)).ok();
             }
             None => tracing::trace!("relayed message skipped"),
@@ -236,12 +293,6 @@ pub fn room(bucket: &Bucket, r: &Ref) -> String {
     format!("{bucket}/{r}")
 }
 
-/// The Socket.IO room of the sockets that `watch` a blob (a `w:` prefix: never a bucket name,
-/// so never a subscribers' room).
-pub fn watch_room(bucket: &Bucket, r: &Ref) -> String {
-    format!("w:{bucket}/{r}")
-}
-
 /// The Socket.IO room of every socket of a bucket (no `/`, so never a blob's room).
 pub fn bucket_room(bucket: &Bucket) -> String {
     bucket.to_string()
@@ -266,17 +317,37 @@ struct LocalRooms(SocketIo<LocalAdapter>);
 impl Rooms for LocalRooms {
     fn emit(&self, room: String, except: Option<Sid>, event: &'static str, payload: Json) {
         for target in self.0.to(room).sockets() {
-            if Some(target.id) == except {
-                continue;
-            }
-            match emit_value(&target, event, &payload) {
-                Ok(()) if event == "changed" => crate::metrics::changed_delivered(1),
-                Ok(()) => {}
-                Err(SendError::Socket(SocketError::InternalChannelFull)) => drop_stalled(&target),
-                Err(e) => tracing::debug!(sid = %target.id, event, "not delivered: {e}"),
+            if Some(target.id) != except {
+                deliver(&target, event, &payload);
             }
         }
     }
+}
+
+/// Sends one event to one socket of this node, counted against its [`Backlog`]; a socket
+/// whose client is behind by the whole backlog, or whose queue is full, is dropped.
+fn deliver<A: Adapter>(socket: &SocketRef<A>, event: &'static str, payload: &Json) {
+    if let Some(backlog) = socket.extensions.get::<Arc<Backlog>>() {
+        if !backlog.try_charge(packet_len(event, payload)) {
+            return drop_stalled(socket);
+        }
+    }
+    match emit_value(socket, event, payload) {
+        Ok(()) if event == "changed" => crate::metrics::changed_delivered(1),
+        Ok(()) => {}
+        Err(SendError::Socket(SocketError::InternalChannelFull)) => drop_stalled(socket),
+        Err(e) => tracing::debug!(sid = %socket.id, event, "not delivered: {e}"),
+    }
+}
+
+/// The bytes an event's arguments take on the wire, at least (see `Backlog`: never over the
+/// truth).
+fn packet_len(event: &str, payload: &Json) -> u64 {
+    let args = match payload {
+        Json::Array(args) if args.is_empty() => 0,
+        _ => serde_json::to_vec(payload).map_or(0, |bytes| bytes.len() as u64),
+    };
+    event.len() as u64 + args
 }
 
 /// One room event on its way through the adapter.

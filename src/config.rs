@@ -81,6 +81,11 @@ pub struct Config {
     #[arg(long, env = "MAX_WATCHED_REFS", default_value_t = 1000)]
     pub max_watched_refs: usize,
 
+    /// Most refs watched at once on this server, by all connections together (a watch costs
+    /// about 100 bytes); a `watch` past it is refused.
+    #[arg(long, env = "MAX_WATCHES", default_value_t = 1_000_000)]
+    pub max_watches: usize,
+
     /// Most Engine.IO sessions that have not yet sent the Socket.IO CONNECT packet; past it a
     /// new handshake gets 503.
     #[arg(long, env = "MAX_PENDING_HANDSHAKES", default_value_t = 1024)]
@@ -119,16 +124,27 @@ pub struct Config {
     #[arg(long, env = "EVENT_BURST", default_value_t = 200)]
     pub event_burst: u32,
 
-    /// Packets queued for one socket while it does not read; a socket whose queue is full is
-    /// dropped, which bounds the memory a slow or stalled client can hold.
-    #[arg(long, env = "SEND_BUFFER_PACKETS", default_value_t = 32)]
-    pub send_buffer_packets: usize,
+    /// Bytes of event arguments one socket may have waiting to run (4 MiB by default); an
+    /// event past it is answered `{ error }` at once.
+    #[arg(long, env = "MAX_PENDING_BYTES", value_parser = clap::value_parser!(u64).range(1024..), default_value_t = 4 * 1024 * 1024)]
+    pub max_pending_bytes: u64,
 
-    /// Bytes of large replies (16 KiB and over) sent to one socket and not yet read by its
-    /// client (2 MiB by default): the next one waits until the client reads, and a client that
-    /// reads nothing for `PING_TIMEOUT` is dropped.
+    /// Packets queued for one socket while it does not read. Every packet counts at least
+    /// `SEND_BUFFER_BYTES` over half of this, so the bytes run out first.
+    #[arg(long, env = "SEND_BUFFER_PACKETS", value_parser = clap::value_parser!(u64).range(2..=65_536), default_value_t = 1024)]
+    pub send_buffer_packets: u64,
+
+    /// Bytes sent to one socket and not yet read by its client (2 MiB by default). Replies
+    /// take at most half and wait for the client to read (one that reads nothing for
+    /// `PING_TIMEOUT` is dropped); a client behind by all of it is dropped.
     #[arg(long, env = "SEND_BUFFER_BYTES", default_value_t = 2 * 1024 * 1024)]
     pub send_buffer_bytes: u64,
+
+    /// Kernel send buffer of each client connection (`SO_SNDBUF`, 256 KiB by default; Linux
+    /// doubles it); 0: the kernel's own tuning, which lets a client that does not read hold
+    /// megabytes in the kernel.
+    #[arg(long, env = "SOCKET_SEND_BUFFER", default_value_t = 256 * 1024)]
+    pub socket_send_buffer: usize,
 
     /// Origins browsers may call from (comma-separated, e.g. `https://app.example.com`);
     /// unset: any origin, without credentials, as the original.

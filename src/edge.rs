@@ -11,7 +11,9 @@
 //!   starts the head timer as soon as it waits for a request, so a connection that sends
 //!   nothing, half a head, or nothing after its last response is closed.
 //! - **A deadline for the client to take what it is sent** (`SEND_TIMEOUT`): a connection
-//!   whose client reads nothing for that long is closed, with everything queued for it.
+//!   whose client reads nothing for that long is closed, with everything queued for it; the
+//!   kernel's send buffer is bounded (`SOCKET_SEND_BUFFER`) so that it cannot hide megabytes
+//!   a client never read.
 //!
 //! This module never looks into requests beyond what the overflow answer needs; the request
 //! body's pace is bounded by the router's layers (`BODY_TIMEOUT`).
@@ -86,6 +88,8 @@ pub fn connection_cap(wanted: usize) -> usize {
 #[derive(Clone, Copy, Debug)]
 pub struct EdgeLimits {
     pub max_connections: usize,
+    /// `SO_SNDBUF` of each connection; 0: the kernel's tuning.
+    pub send_buffer: usize,
     pub max_head_bytes: usize,
     pub header_timeout: Duration,
     pub send_timeout: Duration,
@@ -194,6 +198,14 @@ where
         // algorithm.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+        // A client that does not read fills the kernel's send queue first; bounded, it fills
+        // at once, so `SEND_TIMEOUT` counts from when the client stopped reading rather than
+        // from when megabytes of kernel buffer ran out.
+        if limits.send_buffer > 0 {
+            if let Err(e) = socket2::SockRef::from(&tcp).set_send_buffer_size(limits.send_buffer) {
+                tracing::debug!("cannot set SO_SNDBUF: {e}");
+            }
         }
         let written = Written::default();
         let io = TokioIo::new(Metered {

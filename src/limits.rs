@@ -2,7 +2,7 @@
 //! (per server and per client address) and the event rate of one socket. Each limit refuses
 //! work early and cheaply, before it costs memory or disk.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -236,17 +236,23 @@ impl Backlogs {
     }
 }
 
-/// Bytes of large replies sent to one socket that have not reached its client yet.
+/// What was sent to one socket and has not reached its client yet, in bytes and in packets.
 ///
 /// socketioxide bounds a socket's queue in packets, and one packet may hold a megabyte, so the
 /// bytes are bounded here: what was handed to the socket, against what left this server for
 /// the client (bytes written to its WebSocket connection, or taken by its long-polling
-/// requests). A reply that would take the backlog past the budget waits until the client has
-/// read enough; a client that reads nothing for the stall timeout is dropped.
+/// requests). The packets are counted too, each delivered once the bytes up to its end are,
+/// and kept under half the socket's queue, so the queue is never what overflows.
+///
+/// The socket's own replies ([`Backlog::reserve`]) take at most half of either bound and wait
+/// for the client to read when it is taken, however fast the client asked: an honest burst is
+/// answered at the pace the client reads, never dropped. Pushes (`changed`, `blob-available`)
+/// cannot wait ([`Backlog::try_charge`]): they may fill the rest, so a burst of replies never
+/// crowds them out; a client behind by all of it has stopped reading and is dropped.
 pub struct Backlog {
     budget: u64,
-    /// Large replies the budget may hold at once, at most: half the socket's packet queue.
-    slots: u64,
+    /// Packets that may be on their way at once: half the socket's queue.
+    packets: usize,
     /// A std mutex: held to add up, never across an await.
     counts: Mutex<Counted>,
     /// Woken when a long-polling request takes packets.
@@ -262,9 +268,21 @@ struct Counted {
     polled: u64,
     /// The WebSocket connection, and its bytes written before it carried this session.
     websocket: Option<(Written, u64)>,
+    /// Where each packet not yet delivered ends, as a count of bytes sent, oldest first.
+    in_flight: VecDeque<u64>,
 }
 
 impl Counted {
+    /// Bytes and packets sent and not yet delivered.
+    fn queued(&mut self) -> (u64, usize) {
+        let delivered = self.delivered();
+        self.sent = self.sent.max(delivered);
+        while self.in_flight.front().is_some_and(|end| *end <= delivered) {
+            self.in_flight.pop_front();
+        }
+        (self.sent - delivered, self.in_flight.len())
+    }
+
     fn delivered(&self) -> u64 {
         let websocket = self
             .websocket
@@ -283,7 +301,7 @@ impl Backlog {
     pub fn new(budget: u64, packets: usize) -> Arc<Self> {
         Arc::new(Self {
             budget,
-            slots: (packets as u64 / 2).max(1),
+            packets: (packets / 2).max(2),
             counts: Mutex::new(Counted::default()),
             polled: Notify::new(),
         })
@@ -305,20 +323,35 @@ impl Backlog {
     }
 
     #[cfg(test)]
-    /// Bytes sent and not yet delivered.
-    pub fn queued(&self) -> u64 {
-        let mut counts = self.counts.lock().expect("backlog lock poisoned");
-        let delivered = counts.delivered();
-        counts.sent = counts.sent.max(delivered);
-        counts.sent - delivered
+    /// Bytes and packets sent and not yet delivered.
+    pub fn queued(&self) -> (u64, usize) {
+        self.counts.lock().expect("backlog lock poisoned").queued()
     }
 
-    /// Waits until `len` more bytes fit the budget (an empty backlog takes any one reply), and
-    /// counts them as sent. `false`: the client read nothing for `stall` and must be dropped.
+    /// Counts a packet of `len` bytes pushed to the socket if the budget has room for it (an
+    /// empty backlog takes any one); `false`: the client is behind by all of it.
+    pub fn try_charge(&self, len: u64) -> bool {
+        self.charge(len, self.budget, self.packets)
+    }
+
+    /// Counts a packet of `len` bytes if it fits under `bytes` and `packets` (or nothing is
+    /// on its way).
+    fn charge(&self, len: u64, bytes: u64, packets: usize) -> bool {
+        let mut counts = self.counts.lock().expect("backlog lock poisoned");
+        let (queued, in_flight) = counts.queued();
+        if in_flight == 0 || (queued + len <= bytes && in_flight < packets) {
+            counts.sent += len;
+            let end = counts.sent;
+            counts.in_flight.push_back(end);
+            return true;
+        }
+        false
+    }
+
+    /// Waits until a reply of `len` bytes fits half the budget, in bytes and in packets (an
+    /// empty backlog takes any one reply), and counts it as sent. `false`: the client read nothing for `stall` and
+    /// must be dropped.
     pub async fn reserve(&self, len: u64, stall: Duration) -> bool {
-        // Each large reply also takes a packet of the socket's queue: the smallest count as
-        // a share of the budget, so the packets run out no sooner than the bytes.
-        let len = len.max(self.budget / self.slots);
         let mut progress_at = Instant::now();
         let mut last = None;
         loop {
@@ -335,19 +368,17 @@ impl Backlog {
                     None => std::future::pending().await,
                 }
             };
-            {
-                let mut counts = self.counts.lock().expect("backlog lock poisoned");
-                let delivered = counts.delivered();
-                counts.sent = counts.sent.max(delivered);
-                let queued = counts.sent - delivered;
-                if queued == 0 || queued + len <= self.budget {
-                    counts.sent += len;
-                    return true;
-                }
-                if last != Some(delivered) {
-                    last = Some(delivered);
-                    progress_at = Instant::now();
-                }
+            if self.charge(len, self.budget / 2, self.packets / 2) {
+                return true;
+            }
+            let delivered = self
+                .counts
+                .lock()
+                .expect("backlog lock poisoned")
+                .delivered();
+            if last != Some(delivered) {
+                last = Some(delivered);
+                progress_at = Instant::now();
             }
             let left = stall.saturating_sub(progress_at.elapsed());
             if left.is_zero() {
@@ -533,21 +564,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_backlog_takes_replies_up_to_its_budget_then_waits_for_the_client() {
-        let backlog = Backlog::new(100, 64);
+    async fn a_backlog_takes_replies_up_to_half_its_bounds_and_pushes_up_to_all_of_them() {
+        // 200 bytes, and 4 packets on their way (a queue of 8).
+        let backlog = Backlog::new(200, 8);
         let stall = Duration::from_millis(50);
         // An empty backlog takes any one reply, even one over the budget.
-        assert!(backlog.reserve(150, stall).await);
-        assert_eq!(backlog.queued(), 150);
-        // Nothing read: the next one waits, then gives up.
+        assert!(backlog.reserve(250, stall).await);
+        assert_eq!(backlog.queued(), (250, 1));
+        // Nothing read: the next reply waits, then gives up; a push is refused.
         assert!(!backlog.reserve(10, stall).await);
+        assert!(!backlog.try_charge(10));
         // A poll took it all: room again; bytes beyond what was sent are no credit.
         backlog.polled(400);
-        assert_eq!(backlog.queued(), 0);
+        assert_eq!(backlog.queued(), (0, 0));
+        // Replies: half the bytes...
         assert!(backlog.reserve(60, stall).await);
+        assert!(!backlog.reserve(50, stall).await);
         assert!(backlog.reserve(40, stall).await);
-        assert_eq!(backlog.queued(), 100);
-        assert!(!backlog.reserve(1, stall).await);
+        // ...and half the packets.
+        assert!(!backlog.reserve(0, stall).await);
+        // Pushes use the rest.
+        assert!(backlog.try_charge(90));
+        assert!(backlog.try_charge(0));
+        assert_eq!(backlog.queued(), (190, 4));
+        assert!(!backlog.try_charge(0));
+        // Delivering the first packet's bytes frees its place.
+        backlog.polled(60);
+        assert_eq!(backlog.queued(), (130, 3));
+        assert!(backlog.try_charge(10));
     }
 
     #[test]

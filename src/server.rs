@@ -143,16 +143,14 @@ pub(crate) type NodesAdapter = CustomRedisAdapter<Emitter, Redis>;
 /// The Socket.IO server's settings, before its adapter is chosen.
 fn sockets(config: &Config, state: &AppState) -> SocketIoBuilder {
     let max_message = protocol::max_message_len(state.max_data_chars());
-    // No event of the protocol carries binary attachments: a packet that announces more than
-    // one, or leaves one incomplete, closes that connection instead of holding memory.
-    let parser = ParserConfig::common()
-        .max_incoming_binaries(1)
-        .max_incoming_binary_buf_size(max_message)
-        .packet_completion_timeout(Duration::from_secs(10));
+    // No event of the protocol carries binary attachments. A packet announcing even one would
+    // be held, whole, until its attachment came: it closes that connection at once instead,
+    // before the parser keeps anything, authenticated or not.
+    let parser = ParserConfig::common().max_incoming_binaries(0);
     SocketIo::builder()
         .with_parser(parser)
         .with_state(state.clone())
-        .max_buffer_size(config.send_buffer_packets)
+        .max_buffer_size(config.send_buffer_packets as usize)
         .connect_timeout(config.connect_timeout)
         .ping_interval(config.ping_interval)
         .ping_timeout(config.ping_timeout)
@@ -202,6 +200,7 @@ async fn serve<A: Adapter>(
     }
     let limits = EdgeLimits {
         max_connections: edge::connection_cap(config.max_connections),
+        send_buffer: config.socket_send_buffer,
         max_head_bytes: config.max_head_bytes as usize,
         header_timeout: config.header_timeout,
         send_timeout: config.send_timeout,

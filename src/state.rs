@@ -50,8 +50,8 @@ struct Inner {
     stream_keep_alive: Duration,
     /// Most refs one socket may watch.
     max_watched_refs: usize,
-    /// Sustained events per second and burst allowed to one socket.
-    event_rate: (u32, u32),
+    /// What one socket may send.
+    event_limits: EventLimits,
     trusted_proxies: Vec<IpNet>,
     /// Tasks that run client events; shutdown waits for them so every write that started is
     /// finished and acknowledged before the sockets close.
@@ -67,6 +67,24 @@ struct Inner {
 }
 
 type Census = Box<dyn Fn() -> (usize, usize, usize) + Send + Sync>;
+
+/// What one Socket.IO socket may send.
+#[derive(Clone, Copy, Debug)]
+pub struct EventLimits {
+    /// Sustained events per second.
+    pub per_second: u32,
+    /// Events at once above the sustained rate; also how many may wait to run.
+    pub burst: u32,
+    /// Bytes of arguments the events waiting to run may hold.
+    pub pending_bytes: u64,
+}
+
+impl EventLimits {
+    /// Events that may wait to run: a whole burst (at least 64).
+    pub fn pending(&self) -> usize {
+        (self.burst as usize).max(64)
+    }
+}
 
 /// Limits and addresses of the content-addressed store.
 #[derive(Clone, Debug)]
@@ -104,14 +122,21 @@ impl AppState {
                 redirect_bytes: config.content_redirect_bytes,
                 public_url: config.public_url.clone(),
             },
-            changes: Changes::default(),
+            changes: Changes::new(config.max_watches),
             connections: Connections::new(config.max_connections, config.max_connections_per_ip),
             handshakes: Cap::new(config.max_pending_handshakes),
             backlogs: Backlogs::default(),
-            send_buffer: (config.send_buffer_bytes, config.send_buffer_packets),
+            send_buffer: (
+                config.send_buffer_bytes,
+                config.send_buffer_packets as usize,
+            ),
             stall_timeout: config.ping_timeout,
             max_data_bytes: config.max_data_bytes,
-            event_rate: (config.events_per_second, config.event_burst),
+            event_limits: EventLimits {
+                per_second: config.events_per_second,
+                burst: config.event_burst,
+                pending_bytes: config.max_pending_bytes,
+            },
             max_watched_refs: config.max_watched_refs,
             stream_keep_alive: config.stream_keep_alive,
             trusted_proxies: config.trusted_proxies.clone(),
@@ -228,8 +253,8 @@ impl AppState {
         self.0.max_watched_refs
     }
 
-    pub fn event_rate(&self) -> (u32, u32) {
-        self.0.event_rate
+    pub fn event_limits(&self) -> EventLimits {
+        self.0.event_limits
     }
 
     pub fn trusted_proxies(&self) -> &[IpNet] {

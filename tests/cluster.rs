@@ -84,7 +84,8 @@ async fn changed(client: &mut RawClient) {
 }
 
 /// A client on node A subscribed to a blob hears `changed` for a write made through node B
-/// over Socket.IO and through node C over HTTP; an HTTP change stream on A hears both too.
+/// over Socket.IO and through node C over HTTP; an HTTP change stream and a `watch` on A hear
+/// both too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_reach_subscribers_on_every_node() {
     let cluster = Cluster::start().await;
@@ -96,6 +97,10 @@ async fn changes_reach_subscribers_on_every_node() {
     let r = hex_ref("c1");
     let mut watcher = nodes[0].subscribed("b", &r).await;
     let mut writer = nodes[1].subscribed("b", &r).await;
+    // A `watch` on node A hears the writes of nodes B and C, with what changed.
+    let mut watching = nodes[0].client("b").await;
+    let ack = watching.call1("watch", json!({ "refs": [r] })).await;
+    assert_eq!(ack.unwrap(), json!({ "watching": 1 }));
     let stream = reqwest::Client::new()
         .get(format!("http://{}/v1/blobs/{r}/events", nodes[0].addr))
         .bearer_auth(token("b"))
@@ -124,6 +129,14 @@ async fn changes_reach_subscribers_on_every_node() {
     changed(&mut writer).await;
     let got = watcher.call1("get", json!({})).await.unwrap();
     assert_eq!(got["version"], 2, "node A reads what node C wrote");
+    for version in [1, 2] {
+        let heard = tokio::time::timeout(Duration::from_secs(30), watching.next_event("changed"));
+        let heard = heard
+            .await
+            .expect("the watcher on node A hears it")
+            .unwrap();
+        assert_eq!(heard, vec![json!({ "ref": r, "version": version })]);
+    }
 
     let mut seen = String::new();
     while !(seen.contains("id: 1") && seen.contains("id: 2")) {

@@ -29,6 +29,41 @@ async fn assert_no_announcement(client: &mut RawClient) {
     assert_eq!(client.pending_events("blob-available"), 0);
 }
 
+/// An upload that stores many new contents is announced to each other socket of the bucket
+/// once, `{ hash, hashes }`, not once per content; content already stored is not announced.
+#[tokio::test]
+async fn an_upload_of_many_is_announced_once() {
+    let server = TestServer::start().await;
+    let mut uploader = server.client("b").await;
+    let mut peer = server.client("b").await;
+    let known = b"already here".to_vec();
+    uploader
+        .call1("blob-upload", json!({ "blobs": [entry(&known)] }))
+        .await
+        .unwrap();
+    let first = peer.next_event("blob-available").await.unwrap();
+    assert_eq!(first, [json!({ "hash": hash_of(&known) })]);
+
+    let contents: Vec<Vec<u8>> = (0..100)
+        .map(|i| format!("content {i}").into_bytes())
+        .collect();
+    let mut entries: Vec<Value> = contents.iter().map(|c| entry(c)).collect();
+    entries.push(entry(&known));
+    let reply = uploader
+        .call1("blob-upload", json!({ "blobs": entries }))
+        .await
+        .unwrap();
+    assert_eq!(reply["accepted"].as_array().unwrap().len(), 101);
+    let announced = peer.next_event("blob-available").await.unwrap();
+    let hashes: Vec<Value> = contents.iter().map(|c| json!(hash_of(c))).collect();
+    assert_eq!(
+        announced,
+        [json!({ "hash": hash_of(&contents[0]), "hashes": hashes })]
+    );
+    assert_no_announcement(&mut peer).await;
+    server.stop().await;
+}
+
 /// Inline upload: good entries are stored and acknowledged, bad ones rejected with a reason,
 /// and each new blob is announced to the bucket's other sockets, not to the uploader nor to
 /// other buckets.

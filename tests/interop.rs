@@ -115,6 +115,17 @@ async fn many_blobs_on_one_connection_with_the_official_client() {
     }
 }
 
+/// Honest bursts within `EVENT_BURST` (a reconnect re-reading 100 to 200 refs at once, a page
+/// opening 150 watches at once) are answered in full without a disconnect, with the official
+/// client over each transport; past the burst the excess gets `{ error }` on a usable socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn honest_bursts_are_answered_with_the_official_client() {
+    node_client_installed();
+    for transport in ["websocket", "polling"] {
+        run_scenario("node".into(), "bursts.mjs", transport).await;
+    }
+}
+
 /// python-socketio over WebSocket and over long-polling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_socketio_client() {

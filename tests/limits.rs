@@ -148,7 +148,8 @@ async fn the_event_rate_is_limited_and_floods_are_disconnected() {
     server.stop().await;
 }
 
-/// A client that stops reading is dropped once its send buffer is full; others keep working.
+/// A client that stops reading is dropped once a reply has waited `PING_TIMEOUT` for it to
+/// read; others keep working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_is_dropped() {
     let options = [
@@ -166,8 +167,8 @@ async fn a_stalled_client_is_dropped() {
     let server = server_with(&options).await;
     let r = hex_ref("a2");
     let big = "QUJD".repeat(1_000_000 / 4);
-    let mut writer = server.subscribed("b", &r).await;
-    writer.call1("set", json!({"data": big})).await.unwrap();
+    let mut first = server.subscribed("b", &r).await;
+    first.call1("set", json!({"data": big})).await.unwrap();
 
     let mut stalled = server.subscribed("b", &r).await;
     const REQUESTS: u64 = 200;
@@ -180,6 +181,8 @@ async fn a_stalled_client_is_dropped() {
             break;
         }
     }
+    // The subject of this test is a timeout: read nothing for longer than `PING_TIMEOUT`.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     // Now read: the connection ends before every request was answered.
     let mut answered = 0;
     let ended = tokio::time::timeout(Duration::from_secs(60), async {
@@ -192,15 +195,20 @@ async fn a_stalled_client_is_dropped() {
             }
         }
     });
-    ended
-        .await
-        .expect("the stalled client's connection is closed");
+    let closed = ended.await;
+    assert!(
+        closed.is_ok(),
+        "the stalled client's connection is still open ({answered} answered)"
+    );
     assert!(
         answered < REQUESTS,
         "some requests were dropped ({answered} answered)"
     );
 
-    // The writer and new clients are unaffected.
+    // Other clients are unaffected (the first writer, which read nothing meanwhile either,
+    // missed its pings: a new one writes).
+    drop(first);
+    let mut writer = server.subscribed("b", &r).await;
     let ack = writer
         .call1("set", json!({"data": "aGk=", "version": 1}))
         .await
@@ -212,4 +220,329 @@ async fn a_stalled_client_is_dropped() {
         json!({"version": 2})
     );
     server.stop().await;
+}
+
+/// Longest a case may take before it counts as a hang.
+const HANG: Duration = Duration::from_secs(30);
+
+/// A packet that announces a binary attachment (which no event takes) closes its connection at
+/// once, before its payload is kept: after CONNECT, and on a session that never sent CONNECT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packet_announcing_an_attachment_closes_the_connection() {
+    use blobs_testkit::tokio_tungstenite::{connect_async, tungstenite::Message};
+    use futures_util::{SinkExt, StreamExt};
+
+    let server = server_with(&[]).await;
+    let payload = "x".repeat(500_000);
+    let packet = format!(r#"51-1["now",{{"_placeholder":true,"num":0}},"{payload}"]"#);
+
+    let mut client = server.client("b").await;
+    client.send_raw(&packet).await.unwrap();
+    let closed = tokio::time::timeout(HANG, async {
+        loop {
+            if client.recv().await.is_err() {
+                break;
+            }
+        }
+    });
+    closed.await.expect("the connection is closed");
+
+    // No CONNECT: the Engine.IO session is closed too.
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
+    let (mut ws, _) = connect_async(url).await.unwrap();
+    ws.send(Message::text(format!("4{packet}"))).await.unwrap();
+    let ended = tokio::time::timeout(HANG, async {
+        while let Some(Ok(message)) = ws.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+            if let Message::Text(text) = &message {
+                if text.as_str() == "2" {
+                    ws.send(Message::text("3")).await.ok();
+                }
+            }
+        }
+    });
+    ended.await.expect("the session is closed");
+
+    // Everyone else is served.
+    let mut other = server.client("b").await;
+    assert!(other.call1("now", Value::Null).await.unwrap()["timestamp"].is_u64());
+    server.stop().await;
+}
+
+/// 64 distinct refs of a prefix.
+fn refs(prefix: u32, n: u32) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix:08x}{i:056x}")).collect()
+}
+
+/// Watches are capped for the whole server (`MAX_WATCHES`) as well as per connection, the
+/// refused `watch` applies nothing, and the watches of a socket that leaves are given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_are_capped_per_server_and_given_back() {
+    let server = server_with(&["--max-watches", "1500", "--max-watched-refs", "1000"]).await;
+    let mut first = server.client("b").await;
+    let mut second = server.client("c").await;
+    let ack = first.call1("watch", json!({ "refs": refs(1, 1000) })).await;
+    assert_eq!(ack.unwrap(), json!({ "watching": 1000 }));
+    let refused = second.call1("watch", json!({ "refs": refs(2, 600) })).await;
+    assert_eq!(
+        refused.unwrap()["error"],
+        "Too many watched refs on this server: at most 1500"
+    );
+    let ack = second.call1("watch", json!({ "refs": refs(2, 500) })).await;
+    assert_eq!(ack.unwrap(), json!({ "watching": 500 }));
+    // An unwatch gives its watches back at once.
+    let ack = first
+        .call1("unwatch", json!({ "refs": refs(1, 100) }))
+        .await;
+    assert_eq!(ack.unwrap(), json!({ "watching": 900 }));
+    let ack = second.call1("watch", json!({ "refs": refs(3, 100) })).await;
+    assert_eq!(ack.unwrap(), json!({ "watching": 600 }));
+
+    // A change reaches its watcher with what changed, and no one else.
+    let watched = &refs(2, 1)[0];
+    let mut writer = server.client("c").await;
+    let ack = writer
+        .call1("set", json!({ "ref": watched, "data": "aGk=" }))
+        .await;
+    assert_eq!(ack.unwrap()["version"], 1);
+    let changed = tokio::time::timeout(HANG, second.next_event("changed")).await;
+    assert_eq!(
+        changed.expect("the watcher hears the change").unwrap(),
+        vec![json!({ "ref": watched, "version": 1 })]
+    );
+
+    // The first socket leaves: its 900 watches are given back (retried until the server has
+    // processed the disconnect, bounded).
+    first.close().await.unwrap();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let ack = second
+            .call1("watch", json!({ "refs": refs(4, 400) }))
+            .await
+            .unwrap();
+        if ack == json!({ "watching": 1000 }) {
+            break;
+        }
+        assert!(attempts < 200, "the watches were never given back: {ack}");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(second.pending_events("changed"), 0);
+    server.stop().await;
+}
+
+/// Many sockets watching many refs cost a bounded amount of memory per watch, and what they
+/// held is given back and reused once they leave: with `MAX_WATCHES` at exactly one crowd, a
+/// second crowd as large gets its watches once the first has left, and grows nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_memory_is_bounded_and_reused() {
+    const SOCKETS: u32 = 100;
+    const REFS: u32 = 1000;
+    let storage = tempfile::tempdir().unwrap();
+    let max = (SOCKETS * REFS).to_string();
+    let server = common::start_process(storage.path(), &[("MAX_WATCHES", max.as_str())]);
+    let mut rss = vec![server.rss_bytes()];
+    for crowd in 0..2 {
+        let mut clients = Vec::new();
+        for _ in 0..SOCKETS {
+            clients.push(
+                RawClient::connect_token(server.addr, &token("b"))
+                    .await
+                    .unwrap(),
+            );
+        }
+        for (i, client) in clients.iter_mut().enumerate() {
+            let refs = refs(crowd * SOCKETS + i as u32, REFS);
+            // The first crowd's disconnects may still be in progress: retried, bounded.
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let ack = client
+                    .call1("watch", json!({ "refs": refs }))
+                    .await
+                    .unwrap();
+                if ack == json!({ "watching": REFS }) {
+                    break;
+                }
+                assert!(
+                    attempts < 1000,
+                    "the first crowd's watches were not given back: {ack}"
+                );
+                tokio::task::yield_now().await;
+            }
+        }
+        rss.push(server.rss_bytes());
+        for client in clients {
+            client.close().await.unwrap();
+        }
+    }
+    let per_watch = (rss[1] - rss[0]) / u64::from(SOCKETS * REFS);
+    eprintln!("watch memory: {per_watch} bytes per watch; resident {rss:?}");
+    assert!(per_watch < 400, "{per_watch} bytes per watch");
+    assert!(
+        rss[2] < rss[1] + (rss[1] - rss[0]) / 4,
+        "the second crowd grew memory again: {rss:?}"
+    );
+}
+
+/// Long-lived HTTP streams count against `MAX_CONNECTIONS_PER_IP` like sockets: one address
+/// gets 429 past its share, while another address is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_count_against_the_per_address_cap() {
+    let server = server_with(&["--max-connections-per-ip", "3"]).await;
+    let r = hex_ref("c3");
+    let (events, metadata) = common::open_streams(server.addr, &token("b"), &r).await;
+    let _socket = server.client("b").await;
+    let http = reqwest::Client::new();
+    let stream = |address: &'static str| {
+        http.get(format!("http://{}/v1/blobs/{r}/events", server.addr))
+            .bearer_auth(token("b"))
+            .header("X-Real-IP", address)
+            .send()
+    };
+    let refused = stream("127.0.0.1").await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "Too many connections from this address");
+    assert_eq!(
+        server.refusal(json!({ "token": token("b") })).await,
+        "Too many connections from this address"
+    );
+    // Another address (named by the trusted proxy's X-Real-IP) is served.
+    let other = stream("203.0.113.9").await.unwrap();
+    assert_eq!(other.status(), 200);
+    // A closed stream gives its place back (retried until the server has seen it close).
+    drop(events);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let again = stream("127.0.0.1").await.unwrap();
+        if again.status() == 200 {
+            break;
+        }
+        assert!(attempts < 200, "the place was never given back");
+        tokio::task::yield_now().await;
+    }
+    drop((metadata, other));
+    server.stop().await;
+}
+
+/// A burst within `EVENT_BURST` is answered in full and in order, large replies included,
+/// without dropping the client; past the burst, `{ error }` acks on a socket that stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_answered_in_full_and_the_excess_refused_in_order() {
+    let server = server_with(&[]).await;
+    let r = hex_ref("b4");
+    let mut client = server.subscribed("b", &r).await;
+    let data = "QUJD".repeat(64 * 1024);
+    client.call1("set", json!({ "data": data })).await.unwrap();
+    for id in 0..300 {
+        client
+            .send_raw(&format!(r#"2{}["get",{{}}]"#, 10_000 + id))
+            .await
+            .unwrap();
+    }
+    let mut answers = Vec::new();
+    let read = tokio::time::timeout(HANG, async {
+        while answers.len() < 300 {
+            let packet = client.recv().await.expect("still connected");
+            if let Some(ack) = packet.strip_prefix("3") {
+                answers.push(ack.to_owned());
+            }
+        }
+    });
+    read.await.expect("every event answered");
+    // In order: ids 10000, 10001, …
+    for (i, ack) in answers.iter().enumerate() {
+        assert!(
+            ack.starts_with(&(10_000 + i).to_string()),
+            "{i}: {}",
+            &ack[..20.min(ack.len())]
+        );
+    }
+    let ok = answers
+        .iter()
+        .filter(|a| a.contains(r#""version":1"#))
+        .count();
+    let refused = answers
+        .iter()
+        .filter(|a| a.contains(r#"{"error":"#))
+        .count();
+    assert!(
+        ok >= 200 && ok + refused == 300,
+        "{ok} answered, {refused} refused"
+    );
+    assert!(answers[..200].iter().all(|a| a.contains(r#""version":1"#)));
+    assert!(client.call1("now", Value::Null).await.is_ok());
+    server.stop().await;
+}
+
+/// A client that stops reading holds at most the bounded kernel send buffer
+/// (`SOCKET_SEND_BUFFER`), and `SEND_TIMEOUT` closes its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_holds_a_bounded_kernel_buffer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = server_with(&["--send-timeout", "2s"]).await;
+    let r = hex_ref("d5");
+    let body = vec![7u8; 700 * 1024];
+    let http = reqwest::Client::new();
+    let put = http
+        .put(format!("http://{}/v1/blobs/{r}", server.addr))
+        .bearer_auth(token("b"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(8 * 1024).unwrap();
+    let mut tcp = socket.connect(server.addr).await.unwrap();
+    let local_port = tcp.local_addr().unwrap().port();
+    let request = format!(
+        "GET /v1/blobs/{r} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        token("b")
+    );
+    // Ten responses pipelined: 7 MB the client never reads.
+    tcp.write_all(request.repeat(10).as_bytes()).await.unwrap();
+    // The server's side of the connection, until it is gone; its largest send queue.
+    let mut largest = 0;
+    let gone = tokio::time::timeout(HANG, async {
+        loop {
+            match send_queue(server.addr.port(), local_port) {
+                Some(queued) => largest = largest.max(queued),
+                None => break,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    gone.await.expect("SEND_TIMEOUT closes the connection");
+    assert!(
+        largest < 1024 * 1024,
+        "the kernel held {largest} bytes for the client"
+    );
+    let mut received = Vec::new();
+    let _ = tcp.read_to_end(&mut received).await;
+    assert!(received.len() < 10 * body.len());
+    server.stop().await;
+}
+
+/// The kernel's send queue of the connection from local port `server` to `client`, from
+/// /proc/net/tcp; `None` once the connection is gone.
+fn send_queue(server: u16, client: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!(":{server:04X}");
+    let remote = format!(":{client:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // Established (01): the server has not closed it yet.
+        let live = fields[3] == "01";
+        (fields[1].ends_with(&local) && fields[2].ends_with(&remote) && live).then(|| {
+            let tx = fields[4].split(':').next().unwrap();
+            u64::from_str_radix(tx, 16).unwrap()
+        })
+    })
 }

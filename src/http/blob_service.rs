@@ -26,6 +26,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{AccessToken, Token};
 use super::content::{Read, serve};
 use super::error::{ApiError, ErrorBody, Result};
+use super::events::StreamSlot;
 use super::paging::{self, Page};
 use crate::blob_service::{Metadata, Record, STREAM_NAME, STREAM_SEMANTICS, Upload};
 use crate::clock::now_ms;
@@ -398,13 +399,16 @@ pub(super) struct UploadForm {
     request_body = SubscribeRequest,
     responses(
         (status = 200, description = "One metadata record (`handle`, `semantics`, `size`, `contentType`, `retentionPolicy`, `created`) per line; empty keep-alive lines while idle", content_type = "application/x-ndjson"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 429, description = "The client's address holds `MAX_CONNECTIONS_PER_IP` connections", body = ErrorBody),
+        (status = 503, description = "The server holds `MAX_CONNECTIONS` connections", body = ErrorBody)
     ),
     security(("bearer" = []))
 )]
 pub(super) async fn subscribe(
     State(state): State<AppState>,
     token: Token,
+    slot: StreamSlot,
     request: std::result::Result<Json<SubscribeRequest>, JsonRejection>,
 ) -> Result<Response> {
     let Json(request) = request.map_err(|e| {
@@ -432,6 +436,7 @@ pub(super) async fn subscribe(
     let (replay, mut live) = state.service().follow(&bucket, since, now_ms());
     // Polled only as the client reads: a client that stops reading holds this one stream.
     let stream = async_stream::stream! {
+        let _slot = slot;
         let line = |record: &Record| Bytes::from(format!("{}\n", record.event()));
         // Records come in `created` order; this is the newest one sent.
         let mut last_sent = request.since.unwrap_or(0);

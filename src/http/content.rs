@@ -400,7 +400,9 @@ pub(super) async fn put_content(
         tracing::debug!(%bucket, %hash, size = stored.size, "content stored over HTTP");
         // Content sent to a direct URL is announced by the `blob-uploaded` that follows it.
         if !target.access.direct {
-            state.changes().announce_content(bucket, hash, None);
+            state
+                .changes()
+                .announce_content(bucket, std::slice::from_ref(hash), None);
         }
     }
     let status = if stored.created {

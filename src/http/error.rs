@@ -14,6 +14,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::direct::Denied;
+use crate::limits::ConnectionRefused;
 use crate::{blob_service, content, store};
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +62,10 @@ pub enum ApiError {
     /// 428: a write of an existing blob that does not say which version it replaces.
     #[error("The blob exists: say which version this write replaces with If-Match")]
     PreconditionRequired,
+    /// 503 (the server is at `MAX_CONNECTIONS`) or 429 (the client's address is at
+    /// `MAX_CONNECTIONS_PER_IP`): a long-lived stream refused.
+    #[error(transparent)]
+    Connections(#[from] ConnectionRefused),
     /// 503: `/readyz` while the storage takes no writes.
     #[error("Storage is not writable")]
     NotReady,
@@ -89,7 +94,10 @@ impl ApiError {
             ApiError::Range(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Mismatch => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
-            ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotReady | ApiError::Connections(ConnectionRefused::ServerFull) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Connections(ConnectionRefused::AddressFull) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

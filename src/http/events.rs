@@ -2,8 +2,11 @@
 
 use std::convert::Infallible;
 
-use axum::extract::{Path, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
 use axum::http::header::HeaderMap;
+use axum::http::request::Parts;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde_json::json;
@@ -11,8 +14,38 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::auth::{AccessToken, Token};
 use super::blobs::parse_ref;
-use super::error::{ErrorBody, Result};
+use super::error::{ApiError, ErrorBody, Result};
+use crate::limits::ConnectionSlot;
+use crate::proxy;
 use crate::state::AppState;
+
+/// A long-lived stream's place among the server's connections: it counts against
+/// `MAX_CONNECTIONS` and `MAX_CONNECTIONS_PER_IP` like a Socket.IO session, for as long as the
+/// stream is open (move it into the stream). Refused: 503 when the server is full, 429 when
+/// the client's address is.
+///
+/// Streams have no cap of their own per token or bucket: every visitor of an app holds its
+/// bucket's token, so such a cap would let one visitor shut the others out.
+pub(super) struct StreamSlot {
+    _slot: ConnectionSlot,
+}
+
+impl FromRequestParts<AppState> for StreamSlot {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0.ip())
+            .ok_or(ApiError::NotFound)?;
+        let address = proxy::client_address(peer, &parts.headers, state.trusted_proxies());
+        let slot = state.connections().acquire(address).inspect_err(|e| {
+            tracing::info!(%address, "stream refused: {e}");
+        })?;
+        Ok(Self { _slot: slot })
+    }
+}
 
 /// A Server-Sent Events stream of one blob's committed changes.
 #[utoipa::path(
@@ -26,7 +59,9 @@ use crate::state::AppState;
     ),
     responses(
         (status = 200, description = "`event: changed`, `id: <version>`, `data: {\"version\":v}` (with `\"deleted\":true` for a delete)", content_type = "text/event-stream"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 429, description = "The client's address holds `MAX_CONNECTIONS_PER_IP` connections", body = ErrorBody),
+        (status = 503, description = "The server holds `MAX_CONNECTIONS` connections", body = ErrorBody)
     ),
     security(("bearer" = []))
 )]
@@ -35,6 +70,7 @@ pub(super) async fn follow(
     token: Token,
     Path(r): Path<String>,
     headers: HeaderMap,
+    slot: StreamSlot,
 ) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
     let r = parse_ref(&r)?;
     // The stream ends when the token expires.
@@ -56,6 +92,7 @@ pub(super) async fn follow(
     let keep_alive = KeepAlive::new().interval(state.stream_keep_alive());
     // Polled only as the client reads: a client that stops reading holds this one stream.
     let stream = async_stream::stream! {
+        let _slot = slot;
         if let Some(event) = first {
             yield Ok(event);
         }

@@ -16,6 +16,9 @@ pub enum AckError {
     /// `watch` past `MAX_WATCHED_REFS`; nothing of that `watch` is applied.
     #[error("Too many watched refs: at most {0} per connection")]
     TooManyWatched(usize),
+    /// The server holds `MAX_WATCHES` watches already.
+    #[error("Too many watched refs on this server: at most {0}")]
+    ServerWatchesFull(usize),
     /// `ref` with anything but 64 hex characters or `null`.
     #[error("Invalid reference: expected 64 hexadecimal characters or null")]
     InvalidRef,

@@ -61,20 +61,24 @@ pub(super) async fn upload<A: Adapter>(
     let max_chars = session.state.max_data_chars();
     let mut accepted = Vec::new();
     let mut rejected = Vec::new();
+    let mut created = Vec::new();
     for entry in entries {
         let named = entry.get("hash").cloned().unwrap_or(Json::Null);
         match store_inline(session, entry, max_chars).await {
             Ok(stored) => {
+                accepted.push(json!(stored.hash.as_str()));
                 if stored.created {
                     tracing::debug!(bucket = %session.bucket, hash = %stored.hash, "content stored inline");
-                    let changes = session.state.changes();
-                    changes.announce_content(&session.bucket, &stored.hash, Some(socket.id));
+                    created.push(stored.hash);
                 }
-                accepted.push(json!(stored.hash.as_str()));
             }
             Err(reason) => rejected.push(json!({ "hash": named, "reason": reason })),
         }
     }
+    session
+        .state
+        .changes()
+        .announce_content(&session.bucket, &created, Some(socket.id));
     let reply = json!({ "accepted": accepted, "rejected": rejected });
     Ok(Reply::Events(vec![("blob-upload-result", reply)]))
 }
@@ -262,10 +266,11 @@ pub(super) async fn uploaded<A: Adapter>(
         );
     }
     tracing::debug!(bucket = %session.bucket, %hash, "direct upload confirmed");
-    session
-        .state
-        .changes()
-        .announce_content(&session.bucket, &hash, Some(socket.id));
+    session.state.changes().announce_content(
+        &session.bucket,
+        std::slice::from_ref(&hash),
+        Some(socket.id),
+    );
     Ok(Reply::Events(vec![(
         "blob-available",
         json!({ "hash": hash.as_str() }),

@@ -8,7 +8,7 @@ use serde_json::{Map, Value as Json, json};
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
 
-use crate::changes::{self, Change};
+use crate::changes::{self, Change, RefKey, ServerFull, ref_key};
 use crate::clock::now_ms;
 use crate::names::Ref;
 use crate::protocol::ack::AckError;
@@ -54,43 +54,45 @@ impl<A: Adapter> Session<A> {
     }
 
     /// `watch { refs }`: this socket hears `changed { ref, version }` for each of the refs from
-    /// now on, its own writes included; at most `MAX_WATCHED_REFS` in all.
-    pub(super) fn watch(
-        &self,
-        socket: &SocketRef<A>,
-        arg: Option<&Json>,
-    ) -> Result<Reply, AckError> {
+    /// now on, its own writes included; at most `MAX_WATCHED_REFS` in all, and `MAX_WATCHES`
+    /// on the whole server.
+    pub(super) fn watch(&self, arg: Option<&Json>) -> Result<Reply, AckError> {
         let refs = ref_list(object(arg)?)?;
         let mut queue = self.queue.lock().expect("queue lock poisoned");
         // A set: a ref named twice in one event counts once against the limit.
-        let new: HashSet<&Ref> = refs
+        let new: HashSet<RefKey> = refs
             .iter()
-            .filter(|r| !queue.watched.contains(*r))
+            .map(ref_key)
+            .filter(|key| !queue.watched.contains(key))
             .collect();
         let limit = self.state.max_watched_refs();
         if queue.watched.len() + new.len() > limit {
             return Err(AckError::TooManyWatched(limit));
         }
-        for r in new {
-            socket.join(changes::watch_room(&self.bucket, r));
-            queue.watched.insert(r.clone());
-        }
+        let new: Vec<RefKey> = new.into_iter().collect();
+        self.state
+            .changes()
+            .watches()
+            .add(self.bucket.as_str(), &new, self.sid)
+            .map_err(|ServerFull(limit)| AckError::ServerWatchesFull(limit))?;
+        queue.watched.extend(new);
         Ok(Reply::Json(json!({ "watching": queue.watched.len() })))
     }
 
     /// `unwatch { refs }`: the socket stops hearing about these refs.
-    pub(super) fn unwatch(
-        &self,
-        socket: &SocketRef<A>,
-        arg: Option<&Json>,
-    ) -> Result<Reply, AckError> {
+    pub(super) fn unwatch(&self, arg: Option<&Json>) -> Result<Reply, AckError> {
         let refs = ref_list(object(arg)?)?;
         let mut queue = self.queue.lock().expect("queue lock poisoned");
-        for r in refs {
-            if queue.watched.remove(&r) {
-                socket.leave(changes::watch_room(&self.bucket, &r));
-            }
-        }
+        let gone: Vec<RefKey> = refs
+            .iter()
+            .map(ref_key)
+            .filter(|key| queue.watched.remove(key))
+            .collect();
+        self.state
+            .changes()
+            .watches()
+            .remove(self.bucket.as_str(), &gone, self.sid);
+        queue.watched.shrink_to_fit();
         Ok(Reply::Json(json!({ "watching": queue.watched.len() })))
     }
 

@@ -46,19 +46,11 @@ pub fn max_message_len(max_data_chars: usize) -> usize {
     MIN_MESSAGE_LEN.max(max_data_chars + 64 * 1024)
 }
 
-/// Events a socket may have waiting to run. Past this, new events are answered
-/// `{ error }` at once instead of queued, which bounds a socket's memory.
-const MAX_PENDING: usize = 64;
-
 /// The message of the connect error every refused handshake gets.
 const ACCESS_DENIED: &str = "Access denied";
 
 /// An acknowledgement with no argument: serialises as `[]`, so the callback gets `undefined`.
 const NO_ARGS: [(); 0] = [];
-
-/// Replies from this size on count against the socket's [`Backlog`](crate::limits::Backlog) (smaller ones, like every
-/// `changed`, are bounded by `SEND_BUFFER_PACKETS`).
-const LARGE_REPLY: u64 = 16 * 1024;
 
 pub mod ack;
 pub mod content;
@@ -115,7 +107,7 @@ async fn authenticate<A: Adapter>(
         pending.connected();
     }
     tracing::debug!(sid = %socket.id, bucket = %grant.bucket, read_only = grant.read_only, %address, "connected");
-    let (per_second, burst) = state.event_rate();
+    let limits = state.event_limits();
     socket.join(changes::bucket_room(&grant.bucket));
     if state.changes().needs_own_room() {
         socket.join(socket.id.to_string());
@@ -131,6 +123,8 @@ async fn authenticate<A: Adapter>(
     state
         .backlogs()
         .insert(socket.id.to_string(), &backlog, written);
+    // Pushes to this socket (`changed`, `blob-available`) count against it too.
+    socket.extensions.insert(backlog.clone());
     let ends = state.grant_ends(&grant);
     let session = Arc::new(Session {
         sid: socket.id,
@@ -148,8 +142,9 @@ async fn authenticate<A: Adapter>(
             jobs: VecDeque::new(),
             running: false,
             subscribed: None,
+            bytes: 0,
             watched: HashSet::new(),
-            limiter: RateLimiter::new(per_second, burst),
+            limiter: RateLimiter::new(limits.per_second, limits.burst),
         }),
     });
     // The token's `exp`, or its revocation, ends the connection, not only the handshake. The

@@ -16,6 +16,7 @@ use socketioxide::{SendError, SocketError};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Grant;
+use crate::changes::RefKey;
 use crate::changes::{self};
 use crate::clock::now_ms;
 use crate::limits::{Backlog, ConnectionSlot, RateLimiter, Verdict};
@@ -25,7 +26,7 @@ use crate::protocol::ack::AckError;
 use crate::state::AppState;
 
 use super::events::{Reply, merged};
-use super::{Event, LARGE_REPLY, MAX_PENDING, NO_ARGS, content};
+use super::{Event, NO_ARGS, content};
 
 /// One connection's protocol state.
 pub(super) struct Session<A: Adapter> {
@@ -65,18 +66,22 @@ impl<A: Adapter> Drop for Session<A> {
 
 pub(super) struct Queue<A: Adapter> {
     pub(super) jobs: VecDeque<Job<A>>,
+    /// Bytes of arguments the jobs hold.
+    pub(super) bytes: u64,
     /// Whether a task is running this queue; at most one is, which is what keeps the order.
     pub(super) running: bool,
     /// The ref `get` and `set` act on.
     pub(super) subscribed: Option<Ref>,
-    /// The refs `watch` named: `changed { ref, version }` comes for each.
-    pub(super) watched: HashSet<Ref>,
+    /// The refs `watch` named, as their bytes: `changed { ref, version }` comes for each.
+    pub(super) watched: HashSet<RefKey>,
     pub(super) limiter: RateLimiter,
 }
 
 pub(super) struct Job<A: Adapter> {
     pub(super) socket: SocketRef<A>,
     pub(super) work: Work<A>,
+    /// Bytes of arguments it holds.
+    pub(super) size: u64,
 }
 
 pub(super) enum Work<A: Adapter> {
@@ -103,6 +108,10 @@ pub(super) struct Handler<A: Adapter> {
 
 impl<A: Adapter> MessageHandler<A, Ordered> for Handler<A> {
     fn call(&self, socket: Arc<Socket<A>>, mut value: Value, ack_id: Option<i64>) {
+        let size = match &value {
+            Value::Str(text, _) => text.len() as u64,
+            Value::Bytes(bytes) => bytes.len() as u64,
+        };
         let work = if ack_id.is_some() || self.event.reply_name().is_some() {
             let ack =
                 ack_id.map(
@@ -122,6 +131,7 @@ impl<A: Adapter> MessageHandler<A, Ordered> for Handler<A> {
         self.session.enqueue(Job {
             socket: SocketRef::from(socket),
             work,
+            size,
         });
     }
 }
@@ -143,8 +153,11 @@ fn event_args(value: &Value) -> Result<Vec<Json>, AckError> {
 }
 
 impl<A: Adapter> Session<A> {
-    /// Queues an event in arrival order, or answers it at once when it is refused.
+    /// Queues an event in arrival order. An event refused for the socket's rate or its
+    /// waiting events is queued too, as its refusal: every answer then goes out in order, and
+    /// waits for room like any other instead of overflowing the socket's send queue.
     pub(super) fn enqueue(self: &Arc<Self>, mut job: Job<A>) {
+        let limits = self.state.event_limits();
         let refused = {
             let mut queue = self.queue.lock().expect("queue lock poisoned");
             let refused = match queue.limiter.check(Instant::now()) {
@@ -152,31 +165,56 @@ impl<A: Adapter> Session<A> {
                 _ if self.closed.load(Ordering::Acquire) => return,
                 _ if crate::auth::has_passed(self.grant.expires) => Some(AckError::TokenExpired),
                 _ if self.state.revocations().revokes(&self.grant) => Some(AckError::TokenRevoked),
+                // Refusals wait too; so many of them is a client that does not read.
+                _ if queue.jobs.len() >= 2 * limits.pending() => {
+                    job.work = Work::Disconnect("too many events waiting to be answered");
+                    None
+                }
                 Verdict::Disconnect => {
                     job.work = Work::Disconnect("sustained event rate over twice the limit");
                     None
                 }
                 Verdict::Refuse => Some(AckError::RateLimited),
-                Verdict::Accept if queue.jobs.len() >= MAX_PENDING => Some(AckError::Busy),
+                Verdict::Accept
+                    if queue.jobs.len() >= limits.pending()
+                        || queue.bytes + job.size > limits.pending_bytes =>
+                {
+                    Some(AckError::Busy)
+                }
                 Verdict::Accept => None,
             };
-            if refused.is_none() {
-                self.push(&mut queue, job);
-                return;
+            match (refused, job.work) {
+                (None, work) => {
+                    job.work = work;
+                    queue.bytes += job.size;
+                    self.push(&mut queue, job);
+                    return;
+                }
+                (Some(error @ (AckError::RateLimited | AckError::Busy)), Work::Call(call)) => {
+                    let refusal = Call {
+                        args: Err(error),
+                        ..call
+                    };
+                    let job = Job {
+                        socket: job.socket,
+                        work: Work::Call(refusal),
+                        size: 0,
+                    };
+                    self.push(&mut queue, job);
+                    return;
+                }
+                (Some(error), work) => (error, job.socket, work),
             }
-            refused
         };
-        let expired = matches!(
-            refused,
-            Some(AckError::TokenExpired | AckError::TokenRevoked)
-        );
-        if let (Some(error), Work::Call(call)) = (refused, job.work) {
-            self.answer(&job.socket, call.event, call.ack, Err(error));
+        let (error, socket, work) = refused;
+        let expired = matches!(error, AckError::TokenExpired | AckError::TokenRevoked);
+        if let Work::Call(call) = work {
+            self.answer(&socket, call.event, call.ack, Err(error));
         }
         if expired {
             // The answer is queued before DISCONNECT, so the client reads why.
             self.closed.store(true, Ordering::Release);
-            changes::evict(&job.socket);
+            changes::evict(&socket);
         }
     }
 
@@ -189,6 +227,7 @@ impl<A: Adapter> Session<A> {
         let job = Job {
             socket,
             work: Work::Disconnect("token expired or revoked"),
+            size: 0,
         };
         self.push(&mut queue, job);
     }
@@ -212,9 +251,13 @@ impl<A: Adapter> Session<A> {
                 let mut queue = self.queue.lock().expect("queue lock poisoned");
                 match queue.jobs.pop_front() {
                     // A socket that is gone (or was disconnected) runs nothing more.
-                    Some(job) if !self.closed.load(Ordering::Acquire) => job,
+                    Some(job) if !self.closed.load(Ordering::Acquire) => {
+                        queue.bytes -= job.size;
+                        job
+                    }
                     _ => {
                         queue.jobs.clear();
+                        queue.bytes = 0;
                         queue.running = false;
                         return;
                     }
@@ -231,9 +274,15 @@ impl<A: Adapter> Session<A> {
         }
     }
 
-    /// Marks the session closed and frees its connection slot (on disconnect).
+    /// Marks the session closed and frees its connection slot and its watches (on
+    /// disconnect).
     pub(super) fn release(&self) {
         self.closed.store(true, Ordering::Release);
+        let watched = std::mem::take(&mut self.queue.lock().expect("queue lock poisoned").watched);
+        self.state
+            .changes()
+            .watches()
+            .remove(self.bucket.as_str(), &watched, self.sid);
         self.ended.cancel();
         self.state.backlogs().remove(&self.sid.to_string());
         self.slot.lock().expect("slot lock poisoned").take();
@@ -259,33 +308,31 @@ impl<A: Adapter> Session<A> {
             Event::Ref => self.subscribe(socket, arg),
             Event::Get => self.get(arg).await,
             Event::Set => self.set(socket, arg).await,
-            Event::Watch => self.watch(socket, arg),
-            Event::Unwatch => self.unwatch(socket, arg),
+            Event::Watch => self.watch(arg),
+            Event::Unwatch => self.unwatch(arg),
             Event::BlobUpload => content::upload(self, socket, arg).await,
             Event::BlobRequest => content::request(self, arg).await,
             Event::RequestUpload => content::request_upload(self, arg).await,
             Event::BlobUploaded => content::uploaded(self, socket, arg).await,
         };
-        // A large reply waits until the client has read enough of the earlier ones; one that
-        // reads nothing is dropped instead of piling megabytes up.
+        // A reply waits until the client has read enough of the earlier ones; one that reads
+        // nothing is dropped instead of piling megabytes up.
         // With an ack, the named replies go out merged: measure what is sent.
         let reply = match (&ack, reply) {
             (Some(_), Ok(Reply::Events(events))) => Ok(Reply::Json(merged(events))),
             (_, reply) => reply,
         };
         let len = reply.as_ref().map_or(0, Reply::min_len);
-        if len >= LARGE_REPLY {
-            let room = tokio::select! {
-                biased;
-                room = self.backlog.reserve(len, self.state.stall_timeout()) => room,
-                // Gone: nobody to answer.
-                () = self.ended.cancelled() => return,
-                // Shutting down: every accepted event is answered, without waiting.
-                () = self.state.closing() => true,
-            };
-            if !room {
-                return self.drop_stalled(socket);
-            }
+        let room = tokio::select! {
+            biased;
+            room = self.backlog.reserve(len, self.state.stall_timeout()) => room,
+            // Gone: nobody to answer.
+            () = self.ended.cancelled() => return,
+            // Shutting down: every accepted event is answered, without waiting.
+            () = self.state.closing() => true,
+        };
+        if !room {
+            return self.drop_stalled(socket);
         }
         self.answer(socket, event, ack, reply);
     }
