@@ -493,3 +493,40 @@ async fn the_openapi_document_describes_every_route() {
     );
     server.stop().await;
 }
+
+/// Asserts that a response carrying a blob's bytes cannot run as a page of the server's origin.
+#[track_caller]
+fn assert_sandboxed(response: &Response, what: &str) {
+    let headers = response.headers();
+    assert_eq!(headers["x-content-type-options"], "nosniff", "{what}");
+    assert_eq!(headers["content-security-policy"], "sandbox", "{what}");
+}
+
+/// Every `/v1/blobs/{ref}` response with a blob's bytes (GET, HEAD, and the 412 that carries
+/// the current bytes) has `X-Content-Type-Options: nosniff` and `Content-Security-Policy:
+/// sandbox`, so HTML a token holder wrote never runs as a page of this origin.
+#[tokio::test]
+async fn blob_bytes_are_served_sandboxed() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server, "b");
+    let path = format!("/v1/blobs/{}", hex_ref("5a"));
+    let page = b"<html><script>alert(document.cookie)</script></html>";
+    let created = api.send(Method::PUT, &path, &[], page).await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+
+    let read = api.send(Method::GET, &path, &[], b"").await;
+    assert_eq!(read.status(), StatusCode::OK);
+    assert_sandboxed(&read, "GET");
+    assert_eq!(read.headers()["content-type"], "application/octet-stream");
+    assert_eq!(read.bytes().await.unwrap(), page.as_slice());
+    let head = api.send(Method::HEAD, &path, &[], b"").await;
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_sandboxed(&head, "HEAD");
+    let stale = api
+        .send(Method::PUT, &path, &[("if-match", "\"7\"")], b"other")
+        .await;
+    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+    assert_sandboxed(&stale, "412");
+    assert_eq!(stale.bytes().await.unwrap(), page.as_slice());
+    server.stop().await;
+}

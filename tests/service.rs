@@ -628,8 +628,8 @@ async fn the_sweep_removes_content_a_crash_left_without_a_record() {
     server.stop().await;
 }
 
-/// Uploaded bytes never run as a page of the server's origin: `nosniff` and a sandbox
-/// always, and a download for types that could carry script.
+/// Uploaded bytes never run as a page of the server's origin: `nosniff` and a sandbox on
+/// GET, HEAD and ranges, and a download for types that could carry script.
 #[tokio::test]
 async fn uploads_are_served_so_they_cannot_run_script() {
     let server = TestServer::start().await;
@@ -664,6 +664,26 @@ async fn uploads_are_served_so_they_cannot_run_script() {
             attachment,
             "{content_type}"
         );
+        let path = format!("/blobs/{handle}");
+        for (what, response) in [
+            (
+                "HEAD",
+                api.request(Method::HEAD, &path).send().await.unwrap(),
+            ),
+            (
+                "range",
+                api.request(Method::GET, &path)
+                    .header("range", "bytes=0-1")
+                    .send()
+                    .await
+                    .unwrap(),
+            ),
+        ] {
+            assert!(response.status().is_success(), "{what}");
+            let headers = response.headers();
+            assert_eq!(headers["x-content-type-options"], "nosniff", "{what}");
+            assert_eq!(headers["content-security-policy"], "sandbox", "{what}");
+        }
     }
     server.stop().await;
 }
