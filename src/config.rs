@@ -68,6 +68,11 @@ pub struct Config {
     )]
     pub trusted_proxies: Vec<IpNet>,
 
+    /// Whether token holders see the uploader's address (`uploader`) in the Blob Service's
+    /// records (`GET /api/v1/blobs`, `/metadata`). It is recorded either way, for the operator.
+    #[arg(long, env = "EXPOSE_UPLOADER_IP", default_value_t = false, action = clap::ArgAction::Set)]
+    pub expose_uploader_ip: bool,
+
     /// Most TCP connections (HTTP and Socket.IO) open at once, and most Socket.IO sessions
     /// (either transport). Past it, new connections get 503 (`/healthz` still answers) and
     /// handshakes `connect_error`.
@@ -388,6 +393,7 @@ mod tests {
         assert_eq!(config.storage, PathBuf::from("./data"));
         assert_eq!(config.secret().ok(), Some(LONG));
         assert_eq!(config.previous_secrets().ok(), Some(vec![]));
+        assert!(!config.expose_uploader_ip);
         let loopback: Vec<String> = config
             .trusted_proxies
             .iter()
