@@ -746,7 +746,7 @@ async fn uploader_addresses_are_hidden_from_token_holders() {
     let replayed = next_line(&mut replay_stream, &mut replay_buffer).await;
     assert_eq!(replayed["handle"], handle);
     let listed = api.list("").await;
-    assert_eq!(handles_of(&listed), [handle.clone()]);
+    assert_eq!(handles_of(&listed), std::slice::from_ref(&handle));
     let metadata: Value = api
         .get(&format!("/blobs/{handle}/metadata"))
         .await
