@@ -90,7 +90,7 @@ impl Args {
     }
 }
 
-const SECRET: &str = "bench-secret";
+const SECRET: &str = "bench-secret-0123456789";
 
 #[tokio::main]
 async fn main() -> Result<()> {

@@ -2,8 +2,10 @@
 //!
 //! Tokens minted by the original carry `{ bucket, iat }` and no `exp`, so `exp` is not
 //! required; when `exp` or `nbf` is present it is enforced with no leeway, as the original's
-//! `jsonwebtoken.verify` did. Only the HMAC family is accepted: `none` and every asymmetric
-//! algorithm are refused, so a public key can never be mistaken for the secret.
+//! `jsonwebtoken.verify` did. An `iat` more than [`IAT_LEEWAY_SECS`] ahead of the clock is
+//! refused, and so is any token whose header has `crit`. Only the HMAC family is accepted:
+//! `none` and every asymmetric algorithm are refused, so a public key can never be mistaken
+//! for the secret.
 //!
 //! Secrets rotate: tokens are minted with `TOKEN_SECRET` alone, and verified with it or with
 //! any of `PREVIOUS_TOKEN_SECRETS`. Every key has an id, the first 16 hex digits of the SHA-256
@@ -25,6 +27,18 @@ use crate::names::Bucket;
 
 /// The `scope` of a read-only token.
 const READ_SCOPE: &str = "read";
+
+/// How far ahead of this server's clock a token's `iat` may be, in seconds. A bucket's
+/// revocation (`blobs revoke --before`) refuses the tokens issued before its cut-off, so a
+/// token whose `iat` lies in the future would outlive every revocation until that time comes.
+/// Only the difference between the clock of the machine that minted it and this one is
+/// forgiven: NTP keeps it well under a second, and a minute also covers a clock that has not
+/// synced yet, while a token can never lead a revocation by more than that minute.
+pub const IAT_LEEWAY_SECS: u64 = 60;
+
+/// Longest protected header read, in base64url characters (3 KiB of JSON; a header minted
+/// here is under 100): it is decoded before the signature is checked, so its cost is bounded.
+const MAX_HEADER_CHARS: usize = 4096;
 
 /// The claims this server reads and writes. Unknown claims are ignored; `exp` and `nbf` are
 /// checked by the JWT library.
@@ -125,7 +139,7 @@ impl Keys {
 
     /// Keys that mint with `secret` and verify with it or any of `previous` (empty ones are
     /// skipped).
-    pub fn rotated(secret: &str, previous: &[String]) -> Self {
+    pub fn rotated(secret: &str, previous: &[&str]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
         // The original's tokens have no `exp`: require nothing, enforce what is present.
@@ -136,7 +150,7 @@ impl Keys {
         let secrets = std::iter::once(secret).chain(
             previous
                 .iter()
-                .map(String::as_str)
+                .copied()
                 .filter(|s| !s.is_empty() && *s != secret),
         );
         Self {
@@ -153,11 +167,12 @@ impl Keys {
     /// wrong algorithm, expired, not yet valid, a bucket claim that is not a safe directory
     /// name, or an unknown scope.
     pub fn verify(&self, token: &str) -> Option<Grant> {
-        let kid = jsonwebtoken::decode_header(token).ok()?.kid;
+        let header = protected_header(token)?;
+        let kid = header.get("kid").and_then(serde_json::Value::as_str);
         let named = self
             .decoding
             .iter()
-            .find(|(id, _)| Some(id) == kid.as_ref());
+            .find(|(id, _)| Some(id.as_str()) == kid);
         let candidates = match named {
             Some(key) => std::slice::from_ref(key),
             None => &self.decoding[..],
@@ -166,6 +181,12 @@ impl Keys {
             jsonwebtoken::decode::<Claims>(token, key, &self.validation).ok()
         })?;
         let claims = claims.claims;
+        if claims
+            .iat
+            .is_some_and(|iat| iat > now_unix().saturating_add(IAT_LEEWAY_SECS))
+        {
+            return None;
+        }
         let read_only = match claims.scope.as_deref() {
             None => false,
             Some(READ_SCOPE) => true,
@@ -201,6 +222,26 @@ impl Keys {
         jsonwebtoken::encode(&header, &claims, &self.encoding)
             .expect("HS256 signing of a serialisable claim set cannot fail")
     }
+}
+
+/// The protected header of `token` as JSON, or `None` when the token must be refused: a
+/// header too long, not base64url, not a JSON object, or one with `crit`.
+///
+/// `crit` lists extensions a recipient must understand or else refuse the token (RFC 7515
+/// §4.1.11); this server understands none, so any `crit` refuses it, whatever its value. The
+/// header is read here because the JWT library verifies a token without looking at `crit`
+/// (and reads `"crit": null` as no `crit` at all).
+fn protected_header(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    use base64::Engine as _;
+    let (encoded, _) = token.split_once('.')?;
+    if encoded.len() > MAX_HEADER_CHARS {
+        return None;
+    }
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .ok()?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&json).ok()?;
+    (!header.contains_key("crit")).then_some(header)
 }
 
 /// Whether an expiry (`exp`, seconds since the epoch) has passed: from its second on, a token
@@ -242,7 +283,7 @@ mod tests {
     #[test]
     fn previous_secrets_verify_and_never_mint() {
         let bucket = Bucket::parse("photos").unwrap();
-        let previous = ["old-one".to_owned(), String::new(), "old-two".to_owned()];
+        let previous = ["old-one", "", "old-two"];
         let keys = Keys::rotated(SECRET, &previous);
         // Tokens of the previous secrets, with and without their `kid`, and of the original.
         for old in ["old-one", "old-two"] {
@@ -344,6 +385,67 @@ mod tests {
             let token = sign(alg, json!({"bucket": "b"}), SECRET);
             assert!(keys.verify(&token).is_some(), "{alg:?} is accepted");
         }
+    }
+
+    /// A token signed with `secret` whose header is exactly `header` (JSON text).
+    fn with_header(header: &str, claims: serde_json::Value, secret: &str) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let message = format!("{}.{}", b64.encode(header), b64.encode(claims.to_string()));
+        let key = EncodingKey::from_secret(secret.as_bytes());
+        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256)
+            .expect("HS256 signs");
+        format!("{message}.{signature}")
+    }
+
+    #[test]
+    fn a_crit_header_refuses_the_token() {
+        let keys = Keys::new(SECRET);
+        let claims = json!({"bucket": "b"});
+        let plain = with_header(r#"{"alg":"HS256","typ":"JWT"}"#, claims.clone(), SECRET);
+        assert!(keys.verify(&plain).is_some(), "the same token without crit");
+        for header in [
+            r#"{"alg":"HS256","crit":["exp"]}"#,
+            r#"{"alg":"HS256","crit":["x-ext"],"x-ext":"must be understood"}"#,
+            r#"{"alg":"HS256","crit":["exp"],"exp":1}"#,
+            r#"{"alg":"HS256","crit":["b64"],"b64":false}"#,
+            r#"{"alg":"HS256","crit":[]}"#,
+            r#"{"alg":"HS256","crit":null}"#,
+            r#"{"alg":"HS256","crit":"x"}"#,
+            r#"{"alg":"HS256","cr\u0069t":["x"]}"#,
+        ] {
+            let token = with_header(header, claims.clone(), SECRET);
+            assert!(keys.verify(&token).is_none(), "{header}");
+        }
+        // A header past the bound is refused before it is decoded.
+        let padding = "x".repeat(MAX_HEADER_CHARS);
+        let long = with_header(
+            &format!(r#"{{"alg":"HS256","pad":"{padding}"}}"#),
+            claims,
+            SECRET,
+        );
+        assert!(keys.verify(&long).is_none());
+    }
+
+    #[test]
+    fn an_iat_in_the_future_is_refused_past_the_leeway() {
+        let keys = Keys::new(SECRET);
+        let now = now_unix();
+        let issued = |iat: u64| sign(Algorithm::HS256, json!({"bucket": "b", "iat": iat}), SECRET);
+        // Within the leeway: a minting clock a little ahead of this one.
+        assert!(keys.verify(&issued(now + 30)).is_some());
+        assert!(keys.verify(&issued(now + IAT_LEEWAY_SECS - 5)).is_some());
+        for ahead in [IAT_LEEWAY_SECS + 5, 3600, 100 * 365 * 86_400] {
+            assert!(
+                keys.verify(&issued(now + ahead)).is_none(),
+                "{ahead} s ahead"
+            );
+        }
+        assert!(keys.verify(&issued(u64::MAX)).is_none());
+        assert!(
+            keys.verify(&issued(0)).is_some(),
+            "an iat in the past is fine"
+        );
     }
 
     #[test]

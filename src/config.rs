@@ -18,12 +18,15 @@ use ipnet::IpNet;
     about = "Blob server with optimistic concurrency over Socket.IO"
 )]
 pub struct Config {
-    /// Secret that signs and verifies the bucket tokens (HS256). Required and non-empty.
+    /// Secret that signs and verifies the bucket tokens (HS256). Required: at least
+    /// [`MIN_SECRET_BYTES`] bytes once the whitespace around it is trimmed.
     #[arg(long, env = "TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<String>,
 
     /// Secrets tokens were signed with before `TOKEN_SECRET`, comma-separated: still accepted,
     /// never used to sign. For rotating the secret without logging every client out at once.
+    /// Each entry is trimmed; empty entries are dropped, shorter ones than [`MIN_SECRET_BYTES`]
+    /// refused.
     #[arg(
         long,
         env = "PREVIOUS_TOKEN_SECRETS",
@@ -64,6 +67,11 @@ pub struct Config {
         default_value = "127.0.0.0/8,::1"
     )]
     pub trusted_proxies: Vec<IpNet>,
+
+    /// Whether token holders see the uploader's address (`uploader`) in the Blob Service's
+    /// records (`GET /api/v1/blobs`, `/metadata`). It is recorded either way, for the operator.
+    #[arg(long, env = "EXPOSE_UPLOADER_IP", default_value_t = false, action = clap::ArgAction::Set)]
+    pub expose_uploader_ip: bool,
 
     /// Most TCP connections (HTTP and Socket.IO) open at once, and most Socket.IO sessions
     /// (either transport). Past it, new connections get 503 (`/healthz` still answers) and
@@ -286,13 +294,44 @@ fn parse_network(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{text:?} is neither an IP address nor a CIDR block"))
 }
 
+/// The shortest token secret accepted, in bytes after trimming, for `TOKEN_SECRET` and every
+/// entry of `PREVIOUS_TOKEN_SECRETS`. A secret is the one key to every bucket: a blank one (a
+/// stray space, `"old, "`) lets anyone sign tokens, and a short one falls to a brute-force
+/// search of the HMAC of any token seen in a web page.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+/// A secret as it is used: without the whitespace around it (which `.env` files and
+/// comma-separated lists bring in by accident).
+fn trimmed(secret: &str) -> &str {
+    secret.trim()
+}
+
+/// `TOKEN_SECRET`, trimmed, refusing a missing, blank or short one: the rule of the server and
+/// of the `token` binary alike.
+pub fn token_secret(secret: Option<&str>) -> Result<&str, ConfigError> {
+    match secret.map(trimmed) {
+        None | Some("") => Err(ConfigError::MissingSecret),
+        Some(secret) if secret.len() < MIN_SECRET_BYTES => Err(ConfigError::ShortSecret),
+        Some(secret) => Ok(secret),
+    }
+}
+
 /// A configuration that cannot start a server; its message is one sentence for the operator.
+/// No message ever quotes a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "TOKEN_SECRET is not set: put a long random secret in the environment or in .env (see .env.example)"
+        "TOKEN_SECRET is not set or blank: put a long random secret in the environment or in .env (see .env.example)"
     )]
     MissingSecret,
+    #[error(
+        "TOKEN_SECRET is shorter than 16 bytes (whitespace around it does not count): use a long random secret, e.g. `openssl rand -hex 32`"
+    )]
+    ShortSecret,
+    #[error(
+        "entry {0} of PREVIOUS_TOKEN_SECRETS is shorter than 16 bytes (whitespace around it does not count): correct it or remove it"
+    )]
+    ShortPreviousSecret(usize),
     #[error("STORE=s3 needs S3_ENDPOINT, S3_BUCKET, S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY")]
     MissingS3,
     #[error("the S3 settings are not usable: {0}")]
@@ -330,15 +369,31 @@ impl Config {
                 "CONTENT_REDIRECT_BYTES",
             ));
         }
-        self.secret().map(drop)
+        self.secret()?;
+        self.previous_secrets().map(drop)
     }
 
-    /// The token secret, refusing a missing or empty one.
+    /// The token secret, trimmed, refusing a missing, blank or short one (see
+    /// [`token_secret`]).
     pub fn secret(&self) -> Result<&str, ConfigError> {
-        match self.token_secret.as_deref() {
-            Some(secret) if !secret.is_empty() => Ok(secret),
-            _ => Err(ConfigError::MissingSecret),
+        token_secret(self.token_secret.as_deref())
+    }
+
+    /// The entries of `PREVIOUS_TOKEN_SECRETS`, trimmed, without the empty ones (`"old, "`
+    /// is one secret), refusing a short one: its message names the entry by its position
+    /// (from 1), never by its text.
+    pub fn previous_secrets(&self) -> Result<Vec<&str>, ConfigError> {
+        let mut secrets = Vec::new();
+        for (position, secret) in self.previous_token_secrets.iter().enumerate() {
+            match trimmed(secret) {
+                "" => {}
+                short if short.len() < MIN_SECRET_BYTES => {
+                    return Err(ConfigError::ShortPreviousSecret(position + 1));
+                }
+                secret => secrets.push(secret),
+            }
         }
+        Ok(secrets)
     }
 }
 
@@ -348,11 +403,13 @@ mod tests {
 
     #[test]
     fn defaults_match_the_documentation() {
-        let config = Config::parse_from(["blobs", "--token-secret", "s"]);
+        let config = Config::parse_from(["blobs", "--token-secret", LONG]);
         assert_eq!(config.port, 3000);
         assert_eq!(config.host.to_string(), "0.0.0.0");
         assert_eq!(config.storage, PathBuf::from("./data"));
-        assert_eq!(config.secret().ok(), Some("s"));
+        assert_eq!(config.secret().ok(), Some(LONG));
+        assert_eq!(config.previous_secrets().ok(), Some(vec![]));
+        assert!(!config.expose_uploader_ip);
         let loopback: Vec<String> = config
             .trusted_proxies
             .iter()
@@ -385,7 +442,7 @@ mod tests {
             Some("https://blobs.example.com")
         );
         assert_eq!(config.content_max_bytes, 64 * 1024 * 1024);
-        let renamed = Config::parse_from(["blobs", "--token-secret", "s", "--cas-max-bytes", "1"]);
+        let renamed = Config::parse_from(["blobs", "--token-secret", LONG, "--cas-max-bytes", "1"]);
         assert!(matches!(renamed.validate(), Err(ConfigError::Renamed(..))));
         assert_eq!(config.direct_url_ttl, Duration::from_secs(900));
         for bad in ["blobs.example.com", "ftp://x", "https://", "http://a b"] {
@@ -396,9 +453,74 @@ mod tests {
         }
     }
 
+    /// A secret of the shortest length accepted.
+    const LONG: &str = "0123456789abcdef";
+
+    fn with_secrets(current: &str, previous: &str) -> Config {
+        Config::parse_from([
+            "blobs",
+            "--token-secret",
+            current,
+            "--previous-token-secrets",
+            previous,
+        ])
+    }
+
     #[test]
-    fn an_empty_secret_is_refused() {
-        let config = Config::parse_from(["blobs", "--token-secret", ""]);
-        assert!(matches!(config.secret(), Err(ConfigError::MissingSecret)));
+    fn an_empty_or_blank_secret_is_refused() {
+        for blank in ["", " ", "\t", " \n "] {
+            let config = Config::parse_from(["blobs", "--token-secret", blank]);
+            assert!(
+                matches!(config.secret(), Err(ConfigError::MissingSecret)),
+                "{blank:?}"
+            );
+            assert!(config.validate().is_err(), "{blank:?}");
+        }
+        let unset = Config::parse_from(["blobs"]);
+        assert!(matches!(unset.validate(), Err(ConfigError::MissingSecret)));
+    }
+
+    #[test]
+    fn secrets_are_trimmed_and_need_sixteen_bytes() {
+        let short = &LONG[..MIN_SECRET_BYTES - 1];
+        let config = Config::parse_from(["blobs", "--token-secret", short]);
+        assert!(matches!(config.secret(), Err(ConfigError::ShortSecret)));
+        // Whitespace around a secret is not part of it, and does not make it long enough.
+        let padded = format!("  {short}   ");
+        let config = Config::parse_from(["blobs", "--token-secret", &padded]);
+        assert!(matches!(config.secret(), Err(ConfigError::ShortSecret)));
+        let padded = format!(" {LONG}\n");
+        let config = Config::parse_from(["blobs", "--token-secret", &padded]);
+        assert_eq!(config.secret().ok(), Some(LONG));
+        // Sixteen bytes, not characters: eight two-byte characters are enough.
+        let config = Config::parse_from(["blobs", "--token-secret", "éééééééé"]);
+        assert!(config.secret().is_ok());
+        // The message never quotes the secret.
+        let message = ConfigError::ShortSecret.to_string();
+        assert!(message.contains("16 bytes") && !message.contains(short));
+    }
+
+    #[test]
+    fn previous_secrets_are_trimmed_blank_ones_dropped_and_short_ones_refused() {
+        let alpha = "alpha-secret-0123";
+        let beta = "beta-secret-45678";
+        let config = with_secrets(LONG, &format!("{alpha}, {beta} ,, "));
+        assert_eq!(config.previous_secrets().unwrap(), [alpha, beta]);
+        assert!(config.validate().is_ok());
+        // `"old, "` is one secret, not a blank key anyone can sign with.
+        let config = with_secrets(LONG, &format!("{alpha}, "));
+        assert_eq!(config.previous_secrets().unwrap(), [alpha]);
+        let config = with_secrets(LONG, " ");
+        assert!(config.previous_secrets().unwrap().is_empty());
+        let config = with_secrets(LONG, &format!("{alpha}, tooshort"));
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::ShortPreviousSecret(2))
+        ));
+        assert!(
+            !ConfigError::ShortPreviousSecret(2)
+                .to_string()
+                .contains("tooshort")
+        );
     }
 }

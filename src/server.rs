@@ -102,7 +102,7 @@ pub async fn run(
     let service = BlobService::open(backend.records.clone(), backend.content.clone())
         .await
         .map_err(StartError::Records)?;
-    let keys = Keys::rotated(secret, &config.previous_token_secrets);
+    let keys = Keys::rotated(secret, &config.previous_secrets()?);
     let revocations = Revocations::load(backend.revocations.clone())
         .await
         .map_err(StartError::Revocations)?;

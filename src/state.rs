@@ -53,6 +53,8 @@ struct Inner {
     /// What one socket may send.
     event_limits: EventLimits,
     trusted_proxies: Vec<IpNet>,
+    /// Whether token holders see who uploaded a Blob Service record (`EXPOSE_UPLOADER_IP`).
+    expose_uploader_ip: bool,
     /// Tasks that run client events; shutdown waits for them so every write that started is
     /// finished and acknowledged before the sockets close.
     tasks: TaskTracker,
@@ -140,6 +142,7 @@ impl AppState {
             max_watched_refs: config.max_watched_refs,
             stream_keep_alive: config.stream_keep_alive,
             trusted_proxies: config.trusted_proxies.clone(),
+            expose_uploader_ip: config.expose_uploader_ip,
             tasks: TaskTracker::new(),
             closing: CancellationToken::new(),
             metrics_token: config.metrics_token.clone().filter(|t| !t.is_empty()),
@@ -259,6 +262,11 @@ impl AppState {
 
     pub fn trusted_proxies(&self) -> &[IpNet] {
         &self.0.trusted_proxies
+    }
+
+    /// Whether the records token holders read show the uploader's address.
+    pub fn expose_uploader_ip(&self) -> bool {
+        self.0.expose_uploader_ip
     }
 
     pub fn tasks(&self) -> &TaskTracker {

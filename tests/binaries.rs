@@ -4,6 +4,7 @@ mod common;
 
 use std::process::Command;
 
+use blobs::auth::Keys;
 use blobs_testkit::{ClientError, RawClient};
 use common::{SECRET, TestServer, hex_ref};
 use serde_json::{Value, json};
@@ -75,21 +76,73 @@ async fn the_token_binary_mints_expiring_and_read_only_tokens() {
     );
 }
 
-/// Without TOKEN_SECRET the server refuses to start with one sentence and exit code 2.
+/// Runs `blobs` from an empty directory with `env` (and no other `TOKEN_SECRET`), expecting it
+/// to refuse to start: exit code 2 and one line on stderr, which is returned.
+fn refused_start(env: &[(&str, &str)]) -> String {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_blobs"));
+    command
+        .current_dir(cwd.path())
+        .env_remove("TOKEN_SECRET")
+        .env_remove("PREVIOUS_TOKEN_SECRETS")
+        .envs(env.iter().copied());
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(2), "{env:?}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{env:?}: {stderr}");
+    stderr
+}
+
+/// Without TOKEN_SECRET, or with a blank one, the server refuses to start with one sentence and
+/// exit code 2.
 #[test]
 fn the_server_needs_a_secret() {
+    assert!(refused_start(&[]).contains("TOKEN_SECRET"));
+    for blank in ["", " ", "\t \n"] {
+        let stderr = refused_start(&[("TOKEN_SECRET", blank)]);
+        assert!(
+            stderr.contains("TOKEN_SECRET is not set or blank"),
+            "{stderr}"
+        );
+    }
+}
+
+/// A secret shorter than 16 bytes, current or previous, whitespace not counted, stops the
+/// server at start with one sentence that names the setting and never the secret; the token
+/// binary refuses it too.
+#[test]
+fn short_secrets_are_refused_at_start() {
+    let short = "fifteen-bytes!!";
+    assert_eq!(short.len(), 15);
+    for secret in [short.to_owned(), format!("  {short} ")] {
+        let stderr = refused_start(&[("TOKEN_SECRET", &secret)]);
+        assert!(
+            stderr.contains("TOKEN_SECRET is shorter than 16 bytes"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(short), "{stderr}");
+    }
+    let previous = format!("{SECRET}, {short}");
+    let stderr = refused_start(&[
+        ("TOKEN_SECRET", SECRET),
+        ("PREVIOUS_TOKEN_SECRETS", &previous),
+    ]);
+    assert!(
+        stderr.contains("entry 2 of PREVIOUS_TOKEN_SECRETS is shorter than 16 bytes"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(short), "{stderr}");
+
     let cwd = tempfile::tempdir().unwrap();
-    for secret in [None, Some("")] {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_blobs"));
-        command.current_dir(cwd.path()).env_remove("TOKEN_SECRET");
-        if let Some(secret) = secret {
-            command.env("TOKEN_SECRET", secret);
-        }
-        let output = command.output().unwrap();
-        assert_eq!(output.status.code(), Some(2));
-        let stderr = String::from_utf8(output.stderr).unwrap();
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(stderr.contains("TOKEN_SECRET"), "{stderr}");
+    for secret in [" ", short] {
+        let output = Command::new(env!("CARGO_BIN_EXE_token"))
+            .arg("b")
+            .env("TOKEN_SECRET", secret)
+            .current_dir(cwd.path())
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{secret:?}");
+        assert!(output.stdout.is_empty(), "{secret:?}: no token is printed");
     }
 }
 
@@ -163,15 +216,19 @@ fn the_store_help_says_where_everything_lives() {
 }
 
 /// A rotated secret: the server signs nothing itself, and accepts tokens of `TOKEN_SECRET` and
-/// of `PREVIOUS_TOKEN_SECRETS` over Socket.IO and HTTP; a secret no longer listed is refused.
+/// of each entry of `PREVIOUS_TOKEN_SECRETS` (`"alpha, beta"`: trimmed, so `beta` works) over
+/// Socket.IO and HTTP; a secret no longer listed is refused.
 #[tokio::test]
 async fn previous_secrets_are_accepted_after_a_rotation() {
     let storage = tempfile::tempdir().unwrap();
     let server = common::start_process(
         storage.path(),
         &[
-            ("TOKEN_SECRET", "rotated-secret"),
-            ("PREVIOUS_TOKEN_SECRETS", "first-secret,second-secret"),
+            ("TOKEN_SECRET", " rotated-secret-0123 "),
+            (
+                "PREVIOUS_TOKEN_SECRETS",
+                "alpha-secret-01234, beta-secret-567890",
+            ),
         ],
     );
     let mint = |secret: &str| {
@@ -192,7 +249,11 @@ async fn previous_secrets_are_accepted_after_a_rotation() {
     let http = reqwest::Client::new();
     // A blob nobody wrote: 404 to a valid token, 401 to any other.
     let url = format!("http://{}/v1/blobs/{}", server.addr, hex_ref("a0"));
-    for secret in ["rotated-secret", "first-secret", "second-secret"] {
+    for secret in [
+        "rotated-secret-0123",
+        "alpha-secret-01234",
+        "beta-secret-567890",
+    ] {
         let token = mint(secret);
         let mut client = RawClient::connect_token(server.addr, &token).await.unwrap();
         client.call("ref", &[json!(hex_ref("a0"))]).await.unwrap();
@@ -205,7 +266,7 @@ async fn previous_secrets_are_accepted_after_a_rotation() {
             .status();
         assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "{secret}");
     }
-    let retired = mint("retired-secret");
+    let retired = mint("retired-secret-0123");
     match RawClient::connect_token(server.addr, &retired).await {
         Err(ClientError::Refused(message)) => assert_eq!(message, "Access denied"),
         other => panic!("a retired secret's token: {:?}", other.map(|_| ())),
@@ -218,5 +279,40 @@ async fn previous_secrets_are_accepted_after_a_rotation() {
         .unwrap()
         .status();
     assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED);
+    server.kill();
+}
+
+/// `PREVIOUS_TOKEN_SECRETS="<secret>, "` lists one secret: the blank entry is dropped, so a
+/// token signed with `" "` (or with nothing) is refused over HTTP and Socket.IO, while the
+/// listed secret's tokens work.
+#[tokio::test]
+async fn a_blank_previous_secret_is_no_key() {
+    let storage = tempfile::tempdir().unwrap();
+    let previous = "previous-secret-0123";
+    let server = common::start_process(
+        storage.path(),
+        &[("PREVIOUS_TOKEN_SECRETS", &format!("{previous}, "))],
+    );
+    let bucket = blobs::names::Bucket::parse("b").unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/v1/blobs/{}", server.addr, hex_ref("a1"));
+    let status = |token: String| {
+        let request = http.get(&url).bearer_auth(token).send();
+        async move { request.await.unwrap().status() }
+    };
+    let listed = Keys::new(previous).mint(&bucket);
+    assert_eq!(status(listed).await, reqwest::StatusCode::NOT_FOUND);
+    for blank in [" ", "", "  "] {
+        let forged = Keys::new(blank).mint(&bucket);
+        assert_eq!(
+            status(forged.clone()).await,
+            reqwest::StatusCode::UNAUTHORIZED,
+            "{blank:?}"
+        );
+        match RawClient::connect_token(server.addr, &forged).await {
+            Err(ClientError::Refused(message)) => assert_eq!(message, "Access denied"),
+            other => panic!("a token of {blank:?}: {:?}", other.map(|_| ())),
+        }
+    }
     server.kill();
 }

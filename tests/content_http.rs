@@ -517,3 +517,42 @@ async fn a_restart_sweeps_temp_files_and_keeps_content() {
     assert_eq!(stored_files(&server, "b"), [hash.as_str()]);
     server.stop().await;
 }
+
+/// Every `/blobs/{hash}` response with content (GET, HEAD, a range, and a direct URL's GET)
+/// has `X-Content-Type-Options: nosniff` and `Content-Security-Policy: sandbox`.
+#[tokio::test]
+async fn content_is_served_sandboxed() {
+    let server = TestServer::start().await;
+    let bytes = b"<html><script>alert(1)</script></html>".to_vec();
+    let hash = hash_of(&bytes);
+    let url = url(&server, &hash);
+    let put = request(Method::PUT, &url, "b").body(bytes.clone());
+    assert_eq!(status(put).await, StatusCode::CREATED);
+    let signed = SignedUrls::new(SECRET, Duration::from_secs(900))
+        .grant(
+            &format!("http://{}", server.addr),
+            &Method::GET,
+            &Bucket::parse("b").unwrap(),
+            &ContentHash::parse(&hash).unwrap(),
+            blobs::clock::now_unix(),
+        )
+        .await
+        .unwrap();
+    for (what, sent, expected) in [
+        ("GET", request(Method::GET, &url, "b"), StatusCode::OK),
+        ("HEAD", request(Method::HEAD, &url, "b"), StatusCode::OK),
+        (
+            "range",
+            request(Method::GET, &url, "b").header("range", "bytes=0-5"),
+            StatusCode::PARTIAL_CONTENT,
+        ),
+        ("direct URL", Client::new().get(&signed.url), StatusCode::OK),
+    ] {
+        let response = sent.send().await.unwrap();
+        assert_eq!(response.status(), expected, "{what}");
+        let headers = response.headers();
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{what}");
+        assert_eq!(headers["content-security-policy"], "sandbox", "{what}");
+    }
+    server.stop().await;
+}

@@ -89,6 +89,100 @@ async fn hostile_tokens_are_denied_and_touch_nothing() {
     server.stop().await;
 }
 
+/// A token signed with the test secret whose header is exactly `header` (JSON text).
+fn with_header(header: &str, claims: &Value) -> String {
+    let message = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let key = EncodingKey::from_secret(SECRET.as_bytes());
+    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256)
+        .expect("HS256 signs");
+    format!("{message}.{signature}")
+}
+
+/// Whether `token` is accepted over HTTP (a read of a blob nobody wrote: 404, else 401) and at
+/// the Socket.IO handshake (connected, else "Access denied"); both must agree.
+async fn accepted(server: &TestServer, token: &str) -> bool {
+    let url = format!("http://{}/v1/blobs/{}", server.addr, hex_ref("c1"));
+    let status = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    let over_http = match status {
+        reqwest::StatusCode::NOT_FOUND => true,
+        reqwest::StatusCode::UNAUTHORIZED => false,
+        other => panic!("{token:.60}: HTTP {other}"),
+    };
+    let at_handshake = match RawClient::connect_token(server.addr, token).await {
+        Ok(_) => true,
+        Err(ClientError::Refused(message)) => {
+            assert_eq!(message, "Access denied");
+            false
+        }
+        Err(e) => panic!("{token:.60}: {e}"),
+    };
+    assert_eq!(
+        over_http, at_handshake,
+        "{token:.60}: HTTP and Socket.IO agree"
+    );
+    over_http
+}
+
+/// A correctly signed token whose header has `crit` (RFC 7515 §4.1.11: extensions the server
+/// must understand, and it understands none) is refused over HTTP and at the handshake.
+#[tokio::test]
+async fn a_crit_header_refuses_the_token() {
+    let server = TestServer::start().await;
+    let claims = json!({"bucket": "b"});
+    let plain = with_header(r#"{"alg":"HS256","typ":"JWT"}"#, &claims);
+    assert!(
+        accepted(&server, &plain).await,
+        "the same token without crit"
+    );
+    // Headers the JWT library alone accepts: `crit` is the only reason to refuse them.
+    for header in [
+        r#"{"alg":"HS256","typ":"JWT","crit":["exp"]}"#,
+        r#"{"alg":"HS256","crit":["x-ext"],"x-ext":"must be understood"}"#,
+        r#"{"alg":"HS256","crit":null}"#,
+    ] {
+        let token = with_header(header, &claims);
+        assert!(!accepted(&server, &token).await, "{header}");
+    }
+    assert_healthy(&server).await;
+    server.stop().await;
+}
+
+/// A token whose `iat` is more than a minute ahead of the server's clock (which would outlive
+/// `blobs revoke --before`) is refused over HTTP and at the handshake; a few seconds ahead is
+/// forgiven as clock skew.
+#[tokio::test]
+async fn an_iat_far_in_the_future_is_refused() {
+    let server = TestServer::start().await;
+    let now = blobs::clock::now_unix();
+    let issued = |iat: u64| {
+        with_header(
+            r#"{"alg":"HS256","typ":"JWT"}"#,
+            &json!({"bucket": "b", "iat": iat}),
+        )
+    };
+    assert!(
+        accepted(&server, &issued(now + 5)).await,
+        "within the leeway"
+    );
+    for ahead in [blobs::auth::IAT_LEEWAY_SECS + 60, 86_400, 50 * 365 * 86_400] {
+        assert!(
+            !accepted(&server, &issued(now + ahead)).await,
+            "{ahead} s ahead"
+        );
+    }
+    server.stop().await;
+}
+
 /// Malformed Engine.IO / Socket.IO packets over WebSocket: the server survives each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_packets_do_not_hurt_the_server() {

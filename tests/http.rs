@@ -493,3 +493,97 @@ async fn the_openapi_document_describes_every_route() {
     );
     server.stop().await;
 }
+
+/// Asserts that a response carrying a blob's bytes cannot run as a page of the server's origin.
+#[track_caller]
+fn assert_sandboxed(response: &Response, what: &str) {
+    let headers = response.headers();
+    assert_eq!(headers["x-content-type-options"], "nosniff", "{what}");
+    assert_eq!(headers["content-security-policy"], "sandbox", "{what}");
+}
+
+/// Every `/v1/blobs/{ref}` response with a blob's bytes (GET, HEAD, and the 412 that carries
+/// the current bytes) has `X-Content-Type-Options: nosniff` and `Content-Security-Policy:
+/// sandbox`, so HTML a token holder wrote never runs as a page of this origin.
+#[tokio::test]
+async fn blob_bytes_are_served_sandboxed() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server, "b");
+    let path = format!("/v1/blobs/{}", hex_ref("5a"));
+    let page = b"<html><script>alert(document.cookie)</script></html>";
+    let created = api.send(Method::PUT, &path, &[], page).await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+
+    let read = api.send(Method::GET, &path, &[], b"").await;
+    assert_eq!(read.status(), StatusCode::OK);
+    assert_sandboxed(&read, "GET");
+    assert_eq!(read.headers()["content-type"], "application/octet-stream");
+    assert_eq!(read.bytes().await.unwrap(), page.as_slice());
+    let head = api.send(Method::HEAD, &path, &[], b"").await;
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_sandboxed(&head, "HEAD");
+    let stale = api
+        .send(Method::PUT, &path, &[("if-match", "\"7\"")], b"other")
+        .await;
+    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+    assert_sandboxed(&stale, "412");
+    assert_eq!(stale.bytes().await.unwrap(), page.as_slice());
+    server.stop().await;
+}
+
+/// The writer's address of a versioned blob is recorded in its file, for the operator, and
+/// reaches no client: not the HTTP read, listing or change stream, nor the Socket.IO `get`,
+/// the refused `set` or `changed`.
+#[tokio::test]
+async fn writer_addresses_never_reach_clients() {
+    const WRITER: &str = "203.0.113.9";
+    let server = TestServer::start().await;
+    let api = Api::new(&server, "b");
+    let r = hex_ref("5c");
+    let path = format!("/v1/blobs/{r}");
+    let events = api
+        .send(Method::GET, &format!("{path}/events"), &[], b"")
+        .await;
+    assert_eq!(events.status(), 200);
+    let mut stream = events.bytes_stream();
+    let mut socket = server.subscribed("b", &r).await;
+    let written = api
+        .send(Method::PUT, &path, &[("x-real-ip", WRITER)], b"hello")
+        .await;
+    assert_eq!(written.status(), StatusCode::CREATED);
+    let file = std::fs::read_to_string(server.blob_path("b", &r)).unwrap();
+    assert!(file.contains(WRITER), "the operator sees it: {file}");
+
+    let mut seen = Vec::new();
+    let mut change = String::new();
+    while !change.contains("id: 1") {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("the change event arrives")
+            .unwrap()
+            .unwrap();
+        change.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    seen.push(("change stream", change));
+    seen.push((
+        "changed",
+        format!("{:?}", socket.next_event("changed").await.unwrap()),
+    ));
+    let read = api.send(Method::GET, &path, &[], b"").await;
+    seen.push(("read headers", format!("{:?}", read.headers())));
+    seen.push(("read", read.text().await.unwrap()));
+    let listed = api.send(Method::GET, "/v1/blobs", &[], b"").await;
+    seen.push(("listing", listed.text().await.unwrap()));
+    seen.push(("get", socket.call_raw("get", &[json!({})]).await.unwrap()));
+    let stale = socket
+        .call_raw("set", &[json!({"data": "eA==", "version": 7})])
+        .await
+        .unwrap();
+    assert!(stale.contains("\"success\":false"), "{stale}");
+    seen.push(("refused set", stale));
+    for (what, text) in seen {
+        assert!(!text.contains(WRITER), "{what}: {text}");
+        assert!(!text.contains("\"ip\""), "{what}: {text}");
+    }
+    server.stop().await;
+}

@@ -109,7 +109,10 @@ async fn upload_read_metadata_and_delete() {
         record["retentionPolicy"],
         json!({ "policy": "keepForever" })
     );
-    assert_eq!(record["uploader"], "127.0.0.1");
+    assert!(
+        record.get("uploader").is_none(),
+        "the uploader's address is the operator's: {record}"
+    );
     let created = record["created"].as_u64().unwrap();
     assert!(created >= before && created <= now_ms());
 
@@ -628,8 +631,8 @@ async fn the_sweep_removes_content_a_crash_left_without_a_record() {
     server.stop().await;
 }
 
-/// Uploaded bytes never run as a page of the server's origin: `nosniff` and a sandbox
-/// always, and a download for types that could carry script.
+/// Uploaded bytes never run as a page of the server's origin: `nosniff` and a sandbox on
+/// GET, HEAD and ranges, and a download for types that could carry script.
 #[tokio::test]
 async fn uploads_are_served_so_they_cannot_run_script() {
     let server = TestServer::start().await;
@@ -664,6 +667,129 @@ async fn uploads_are_served_so_they_cannot_run_script() {
             attachment,
             "{content_type}"
         );
+        let path = format!("/blobs/{handle}");
+        for (what, response) in [
+            (
+                "HEAD",
+                api.request(Method::HEAD, &path).send().await.unwrap(),
+            ),
+            (
+                "range",
+                api.request(Method::GET, &path)
+                    .header("range", "bytes=0-1")
+                    .send()
+                    .await
+                    .unwrap(),
+            ),
+        ] {
+            assert!(response.status().is_success(), "{what}");
+            let headers = response.headers();
+            assert_eq!(headers["x-content-type-options"], "nosniff", "{what}");
+            assert_eq!(headers["content-security-policy"], "sandbox", "{what}");
+        }
     }
+    server.stop().await;
+}
+
+/// The address an upload comes from (`X-Real-IP` from the loopback proxy).
+const UPLOADER: &str = "203.0.113.7";
+
+/// Uploads `bytes` to `api`'s bucket from [`UPLOADER`]; the new handle.
+async fn upload_from_uploader(api: &Api, bytes: &'static [u8]) -> String {
+    let form = Form::new()
+        .part("blob", Part::bytes(bytes).mime_str(PNG).unwrap())
+        .text("metadata", json!({ "semantics": "s" }).to_string());
+    let response = api
+        .request(Method::POST, "/blobs")
+        .header("x-real-ip", UPLOADER)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = response.json().await.unwrap();
+    body["handle"].as_str().unwrap().to_owned()
+}
+
+/// The text of the record file of `handle` in bucket `b`, as the operator reads it.
+fn record_file(server: &TestServer, handle: &str) -> String {
+    let path = server
+        .storage()
+        .join("b/handles")
+        .join(&handle[..2])
+        .join(format!("{handle}.json"));
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// By default no token holder learns where an upload came from: the address is in the record
+/// file, for the operator, and in none of the listing, `/metadata`, the metadata stream (live
+/// and replayed) or the `blob-metadata` event.
+#[tokio::test]
+async fn uploader_addresses_are_hidden_from_token_holders() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server, "b");
+    let live = api.subscribe(&subscription(None)).await;
+    let mut stream = live.bytes_stream();
+    let mut buffer = String::new();
+    let mut socket = server.client("b").await;
+
+    let handle = upload_from_uploader(&api, b"where from?").await;
+    assert!(record_file(&server, &handle).contains(UPLOADER));
+
+    let event = next_line(&mut stream, &mut buffer).await;
+    assert_eq!(event["handle"], handle);
+    let announced = socket.next_event("blob-metadata").await.unwrap();
+    assert_eq!(announced[0]["handle"], handle);
+    let replay = api.subscribe(&subscription(Some(0))).await;
+    let mut replay_stream = replay.bytes_stream();
+    let mut replay_buffer = String::new();
+    let replayed = next_line(&mut replay_stream, &mut replay_buffer).await;
+    assert_eq!(replayed["handle"], handle);
+    let listed = api.list("").await;
+    assert_eq!(handles_of(&listed), std::slice::from_ref(&handle));
+    let metadata: Value = api
+        .get(&format!("/blobs/{handle}/metadata"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(metadata["handle"], handle);
+    for (what, seen) in [
+        ("stream", event),
+        ("blob-metadata", json!(announced)),
+        ("replay", replayed),
+        ("listing", listed),
+        ("metadata", metadata),
+    ] {
+        let text = seen.to_string();
+        assert!(
+            !text.contains(UPLOADER) && !text.contains("uploader"),
+            "{what}: {text}"
+        );
+    }
+    server.stop().await;
+}
+
+/// With `EXPOSE_UPLOADER_IP=true` the listing and `/metadata` show `uploader`; the metadata
+/// stream and `blob-metadata` keep their shape without it.
+#[tokio::test]
+async fn uploader_addresses_are_shown_when_the_operator_exposes_them() {
+    let storage = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(storage, &["--expose-uploader-ip", "true"]).await;
+    let api = Api::new(&server, "b");
+    let mut socket = server.client("b").await;
+    let handle = upload_from_uploader(&api, b"shown").await;
+    let listed = api.list("").await;
+    assert_eq!(listed["blobs"][0]["uploader"], UPLOADER);
+    let metadata: Value = api
+        .get(&format!("/blobs/{handle}/metadata"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(metadata["uploader"], UPLOADER);
+    let announced = socket.next_event("blob-metadata").await.unwrap();
+    assert_eq!(announced[0]["handle"], handle);
+    assert!(announced[0].get("uploader").is_none());
     server.stop().await;
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use blobs::auth::{Keys, MintOptions};
-use blobs::config::ConfigError;
+use blobs::config;
 use blobs::names::Bucket;
 
 /// Prints a token that grants access to one bucket (signed with TOKEN_SECRET).
@@ -27,7 +27,8 @@ struct Args {
     /// without it a random id is set.
     #[arg(long)]
     jti: Option<String>,
-    /// Secret the server verifies tokens with.
+    /// Secret the server verifies tokens with: trimmed, and at least 16 bytes, as the server
+    /// requires.
     #[arg(long, env = "TOKEN_SECRET", hide_env_values = true)]
     token_secret: Option<String>,
 }
@@ -35,9 +36,13 @@ struct Args {
 fn main() -> ExitCode {
     dotenvy::dotenv().ok();
     let args = Args::parse();
-    let Some(secret) = args.token_secret.filter(|s| !s.is_empty()) else {
-        eprintln!("{}", ConfigError::MissingSecret);
-        return ExitCode::from(2);
+    // The server's rule: a token it would refuse to verify is never minted.
+    let secret = match config::token_secret(args.token_secret.as_deref()) {
+        Ok(secret) => secret,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
     };
     let Some(bucket) = Bucket::parse(&args.bucket) else {
         eprintln!(
@@ -61,6 +66,6 @@ fn main() -> ExitCode {
     // The id goes to stderr, so the two lines of stdout stay the original's.
     eprintln!("Token id (for `blobs revoke --jti`): {id}");
     println!("Token for bucket: {bucket}");
-    println!("{}", Keys::new(&secret).mint_with(&bucket, &options));
+    println!("{}", Keys::new(secret).mint_with(&bucket, &options));
     ExitCode::SUCCESS
 }

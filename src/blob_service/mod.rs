@@ -36,7 +36,7 @@ use crate::cluster::{Redis, relay};
 use index::{Index, Records, created_after};
 use order::{Applied, Order, Relayed};
 pub use record::{
-    MAX_SEMANTICS, Metadata, Record, RetentionPolicy, STREAM_NAME, STREAM_SEMANTICS, Upload,
+    MAX_SEMANTICS, Metadata, Record, RetentionPolicy, STREAM_NAME, STREAM_SEMANTICS, Shown, Upload,
 };
 pub use records::{HANDLES_DIR, RecordFiles, RecordObjects, RecordStore};
 pub use sweep::Swept;

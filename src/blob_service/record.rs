@@ -1,7 +1,10 @@
 //! One upload of the Blob Service: what its client says about it ([`Metadata`], checked) and
 //! the record kept for it ([`Record`]), in the ActyxOS Blob Service's JSON shape.
 
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::names::ContentHash;
 
@@ -92,7 +95,9 @@ pub struct Record {
     pub retention_policy: RetentionPolicy,
     /// Milliseconds since the epoch.
     pub created: u64,
-    /// Address of the uploader (`X-Real-IP` from a trusted proxy, or the peer).
+    /// Address of the uploader (`X-Real-IP` from a trusted proxy, or the peer). Always stored,
+    /// for the operator; token holders see it only with `EXPOSE_UPLOADER_IP`.
+    #[schema(required = false)]
     pub uploader: String,
 }
 
@@ -122,6 +127,51 @@ impl Record {
     }
 }
 
+/// A record as a token holder reads it (`GET /api/v1/blobs`, `/metadata`): the fields of the
+/// stored [`Record`] in its JSON shape, but `uploader` only when `uploader` is true
+/// (`EXPOSE_UPLOADER_IP`). The fields are named one by one, so a field added to the stored
+/// record is never shown to every visitor by accident.
+#[derive(Clone, Debug)]
+pub struct Shown {
+    pub record: Arc<Record>,
+    /// Whether the uploader's address is shown.
+    pub uploader: bool,
+}
+
+impl Serialize for Shown {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let Record {
+            handle,
+            hash,
+            size,
+            content_type,
+            file_name,
+            semantics,
+            retention_policy,
+            created,
+            uploader,
+        } = &*self.record;
+        let mut out = serializer.serialize_struct("Record", 9)?;
+        out.serialize_field("handle", handle)?;
+        out.serialize_field("hash", hash)?;
+        out.serialize_field("size", size)?;
+        out.serialize_field("contentType", content_type)?;
+        match file_name {
+            Some(name) => out.serialize_field("fileName", name)?,
+            None => out.skip_field("fileName")?,
+        }
+        out.serialize_field("semantics", semantics)?;
+        out.serialize_field("retentionPolicy", retention_policy)?;
+        out.serialize_field("created", created)?;
+        if self.uploader {
+            out.serialize_field("uploader", uploader)?;
+        } else {
+            out.skip_field("uploader")?;
+        }
+        out.end()
+    }
+}
+
 /// What an upload says about itself besides its bytes.
 #[derive(Clone, Debug)]
 pub struct Upload {
@@ -131,4 +181,53 @@ pub struct Upload {
     pub file_name: Option<String>,
     pub uploader: String,
     pub now: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(file_name: Option<&str>) -> Record {
+        Record {
+            handle: "0123456789abcdef0123456789abcdef".into(),
+            hash: "ab".repeat(32),
+            size: 3,
+            content_type: "image/png".into(),
+            file_name: file_name.map(str::to_owned),
+            semantics: "photos".into(),
+            retention_policy: RetentionPolicy::KeepForever,
+            created: 100,
+            uploader: "203.0.113.7".into(),
+        }
+    }
+
+    #[test]
+    fn shown_records_hide_the_uploader_unless_exposed() {
+        let stored = record(Some("a.png"));
+        let full = serde_json::to_value(&stored).unwrap();
+        let hidden = Shown {
+            record: Arc::new(stored.clone()),
+            uploader: false,
+        };
+        let hidden = serde_json::to_value(&hidden).unwrap();
+        // Every stored field but the address, in the stored shape.
+        let mut expected = full.clone();
+        expected.as_object_mut().unwrap().remove("uploader");
+        assert_eq!(hidden, expected);
+        assert!(!hidden.to_string().contains("203.0.113.7"));
+        let exposed = Shown {
+            record: Arc::new(stored),
+            uploader: true,
+        };
+        assert_eq!(serde_json::to_value(&exposed).unwrap(), full);
+        // No file name: no `fileName`, as in the stored record.
+        let unnamed = Shown {
+            record: Arc::new(record(None)),
+            uploader: false,
+        };
+        let unnamed = serde_json::to_value(&unnamed).unwrap();
+        assert!(unnamed.get("fileName").is_none());
+        assert!(unnamed.get("uploader").is_none());
+        assert!(record(None).event().get("uploader").is_none());
+    }
 }

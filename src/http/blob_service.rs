@@ -28,7 +28,7 @@ use super::content::{Read, serve};
 use super::error::{ApiError, ErrorBody, Result};
 use super::events::StreamSlot;
 use super::paging::{self, Page};
-use crate::blob_service::{Metadata, Record, STREAM_NAME, STREAM_SEMANTICS, Upload};
+use crate::blob_service::{Metadata, Record, STREAM_NAME, STREAM_SEMANTICS, Shown, Upload};
 use crate::clock::now_ms;
 use crate::content::{self, Incoming};
 use crate::names::Handle;
@@ -268,7 +268,7 @@ pub(super) async fn read(
     }
 }
 
-/// The record of an upload.
+/// The record of an upload (`uploader` only with `EXPOSE_UPLOADER_IP`).
 #[utoipa::path(
     get,
     path = "/api/v1/blobs/{handle}/metadata",
@@ -283,8 +283,11 @@ pub(super) async fn metadata(
     State(state): State<AppState>,
     token: Token,
     Path(handle): Path<String>,
-) -> Result<Json<Record>> {
-    Ok(Json((*live_record(&state, &token, &handle).await?).clone()))
+) -> Result<Json<Shown>> {
+    Ok(Json(Shown {
+        record: live_record(&state, &token, &handle).await?,
+        uploader: state.expose_uploader_ip(),
+    }))
 }
 
 /// Deletes an upload: 204.
@@ -330,7 +333,8 @@ fn parse_cursor(text: &str) -> Option<(u64, Handle)> {
     Some((created.parse().ok()?, Handle::parse(handle)?))
 }
 
-/// The bucket's live uploads, newest first: `{ "blobs": [record], "next"? }`.
+/// The bucket's live uploads, newest first: `{ "blobs": [record], "next"? }` (`uploader` only
+/// with `EXPOSE_UPLOADER_IP`).
 #[utoipa::path(
     get,
     path = "/api/v1/blobs",
@@ -345,7 +349,7 @@ pub(super) async fn list(
     State(state): State<AppState>,
     token: Token,
     query: std::result::Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Page<Record>>> {
+) -> Result<Json<Page<Shown>>> {
     let Query(query) =
         query.map_err(|_| ApiError::bad("Invalid query: expected semantics, limit and cursor"))?;
     let limit = paging::limit(query.limit)?;
@@ -360,9 +364,13 @@ pub(super) async fn list(
         limit,
         now_ms(),
     );
-    let records = page.iter().map(|r| (**r).clone()).collect();
-    Ok(Json(Page::new(records, more, |r: &Record| {
-        format!("{}-{}", r.created, r.handle)
+    let uploader = state.expose_uploader_ip();
+    let records = page
+        .into_iter()
+        .map(|record| Shown { record, uploader })
+        .collect();
+    Ok(Json(Page::new(records, more, |r: &Shown| {
+        format!("{}-{}", r.record.created, r.record.handle)
     })))
 }
 

@@ -72,7 +72,9 @@ fn http_date(millis: u64) -> HeaderValue {
     header_value(httpdate::fmt_http_date(time))
 }
 
-/// 200 with the bytes (204 without data), `ETag` and `Last-Modified`.
+/// 200 with the bytes (204 without data), `ETag` and `Last-Modified`. A blob's bytes are
+/// whatever a token holder wrote, so they never run as a page of this origin (where tokens
+/// live): no type sniffing, and a sandbox for anything a browser opens.
 fn blob_response(status: StatusCode, blob: &Blob) -> Result<Response> {
     let mut response = match &blob.data {
         Some(data) => {
@@ -91,6 +93,14 @@ fn blob_response(status: StatusCode, blob: &Blob) -> Result<Response> {
     let headers = response.headers_mut();
     headers.insert(header::ETAG, etag(blob.version));
     headers.insert(header::LAST_MODIFIED, http_date(blob.modified()));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox"),
+    );
     Ok(response)
 }
 
