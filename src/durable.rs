@@ -109,6 +109,49 @@ pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
+/// Durably moves `from` to `to`, a name that must not exist yet (`AlreadyExists` otherwise:
+/// the move never replaces a file), creating `to`'s missing directories. Both directories are
+/// synced, so after a crash the file is under exactly one of its names.
+pub fn move_new(from: &Path, to: &Path) -> io::Result<()> {
+    let dir = to
+        .parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
+    let created = create_dirs(dir)?;
+    match rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        from,
+        rustix::fs::CWD,
+        to,
+        rustix::fs::RenameFlags::NOREPLACE,
+    ) {
+        Ok(()) => {}
+        // A file system without RENAME_NOREPLACE. The callers hold the storage lock, so nothing
+        // else creates `to` between the look and the rename.
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+            if fs::symlink_metadata(to).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists", to.display()),
+                ));
+            }
+            fs::rename(from, to)?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    sync_dir(dir)?;
+    if let Some(source_dir) = from.parent()
+        && source_dir != dir
+    {
+        sync_dir(source_dir)?;
+    }
+    for created_dir in &created {
+        if let Some(parent) = created_dir.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
 /// Durably removes a file (its directory is synced); `false` when there was none.
 pub fn remove(path: &Path) -> io::Result<bool> {
     match fs::remove_file(path) {
@@ -242,6 +285,22 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left, vec![std::ffi::OsString::from("ab")]);
+    }
+
+    #[test]
+    fn a_move_never_replaces_a_file() {
+        let root = tempfile::tempdir().unwrap();
+        let (from, to) = (root.path().join("AB/x"), root.path().join("ab/y"));
+        fs::create_dir_all(from.parent().unwrap()).unwrap();
+        fs::write(&from, b"moved").unwrap();
+        move_new(&from, &to).unwrap();
+        assert_eq!(fs::read(&to).unwrap(), b"moved");
+        assert!(!from.exists());
+        fs::write(&from, b"second").unwrap();
+        let refused = move_new(&from, &to).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&to).unwrap(), b"moved");
+        assert_eq!(fs::read(&from).unwrap(), b"second");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::content::{CONTENT_DIR, MARKER_SUFFIX, STAGING_DIR, content_path};
 use crate::durable;
 use crate::names::{Bucket, ContentHash, Handle, Ref};
 use crate::revocation;
+use crate::store::CASE_CONFLICT;
 
 /// Where a store's names live.
 pub enum Tree {
@@ -66,6 +67,13 @@ pub enum Kind {
     Temp,
     /// A `<ref>.json.backup` the original left.
     Backup,
+    /// A blob file the original stored under its ref as the client sent it, in upper or mixed
+    /// case (`AB/AB….json`): the blob `<ref>` once moved to its lower-case name, which opening
+    /// the file store does, and copies do on the way.
+    CasedBlob(Bucket, Ref),
+    /// A blob file moved aside, `<ref>.json.case-conflict-<n>`, because another spelling of
+    /// its ref had a newer version: nothing reads it.
+    CaseConflict,
     /// The server's own bookkeeping: the journal, lock files, the readiness probe, direct
     /// uploads not yet confirmed. Never copied.
     Internal,
@@ -96,10 +104,16 @@ pub fn classify(key: &str) -> Kind {
             {
                 return Kind::Backup;
             }
-            match name.strip_suffix(".json").and_then(Ref::parse) {
-                Some(r) if r.shard() == shard && r.as_str() == name.trim_end_matches(".json") => {
-                    Kind::Blob(bucket, r)
-                }
+            if let Some((stem, n)) = name.split_once(CASE_CONFLICT)
+                && stem.strip_suffix(".json").and_then(Ref::parse).is_some()
+                && n.parse::<u32>().is_ok()
+            {
+                return Kind::CaseConflict;
+            }
+            let stem = name.strip_suffix(".json").unwrap_or_default();
+            match Ref::parse(stem) {
+                Some(r) if r.shard() == shard && r.as_str() == stem => Kind::Blob(bucket, r),
+                Some(r) if r.shard().eq_ignore_ascii_case(shard) => Kind::CasedBlob(bucket, r),
                 _ => Kind::Unknown,
             }
         }
@@ -370,6 +384,23 @@ mod tests {
             (format!("photos/xy/{r}.json"), Kind::Unknown),
             (
                 format!("photos/AB/{}.json", r.to_uppercase()),
+                Kind::CasedBlob(bucket.clone(), Ref::parse(&r).unwrap()),
+            ),
+            (
+                format!("photos/ab/{}.json", r.to_uppercase()),
+                Kind::CasedBlob(bucket.clone(), Ref::parse(&r).unwrap()),
+            ),
+            (
+                format!("photos/aB/{}.json.backup", r.to_uppercase()),
+                Kind::Backup,
+            ),
+            (
+                format!("photos/ab/{r}.json.case-conflict-2"),
+                Kind::CaseConflict,
+            ),
+            (format!("photos/ab/{r}.json.case-conflict-x"), Kind::Unknown),
+            (
+                format!("photos/cd/{}.json", r.to_uppercase()),
                 Kind::Unknown,
             ),
             ("photos/notes.txt".to_owned(), Kind::Unknown),

@@ -270,7 +270,7 @@ async fn check_reports_damage_and_repairs_only_what_is_safe() {
     let report = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{report}");
     for expected in [
-        format!("{torn}.json: blob JSON does not parse"),
+        format!("{torn}.json: blob file is damaged: does not parse"),
         format!("{hash}: content hashes to"),
         format!(
             "names content b/cas/{}/{photo_hash}, which is missing",
@@ -400,6 +400,22 @@ async fn backup_while_writing_then_restore() {
     server.stop().await;
 }
 
+/// The environment that names `s3`'s bucket (under `prefix`) as the object store, without
+/// `STORE`.
+fn s3_env(s3: &common::S3Server, prefix: &str) -> Vec<(String, String)> {
+    common::s3_options(s3, prefix)
+        .chunks(2)
+        .map(|pair| {
+            let name = pair[0]
+                .trim_start_matches("--")
+                .replace('-', "_")
+                .to_uppercase();
+            (name, pair[1].clone())
+        })
+        .filter(|(name, _)| name != "STORE")
+        .collect()
+}
+
 /// `migrate --to s3` copies a file store (blobs, content, records, revocations) into the object
 /// store; it is idempotent and resumes where a destination lacks names; two nodes on the result
 /// serve every blob at its version and keep refusing revoked tokens; `migrate --to fs` brings
@@ -422,17 +438,7 @@ async fn migrate_to_the_object_store_and_back() {
     let storage = server.stop().await;
 
     let options = common::s3_options(&s3, "migrated/");
-    let s3_env: Vec<(String, String)> = options
-        .chunks(2)
-        .map(|pair| {
-            let name = pair[0]
-                .trim_start_matches("--")
-                .replace('-', "_")
-                .to_uppercase();
-            (name, pair[1].clone())
-        })
-        .filter(|(name, _)| name != "STORE")
-        .collect();
+    let s3_env = s3_env(&s3, "migrated/");
     let env: Vec<(&str, &str)> = s3_env
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))
@@ -652,4 +658,245 @@ async fn a_second_server_on_one_directory_does_not_start() {
     let mut client = server.client("b").await;
     client.call("ref", &[json!(hex_ref("b1"))]).await.unwrap();
     server.stop().await;
+}
+
+/// A Blob Service record of bucket `b` with `handle` in its JSON, naming `hash`.
+fn record_json(handle: &str, hash: &str) -> String {
+    json!({
+        "handle": handle, "hash": hash, "size": 5, "contentType": "text/plain",
+        "semantics": "s", "retentionPolicy": {"policy": "keepForever"},
+        "created": 1_763_780_000_000u64, "uploader": "203.0.113.7"
+    })
+    .to_string()
+}
+
+/// Writes `text` at `key` below `root`.
+fn write_file(root: &Path, key: &str, text: &str) {
+    let path = root.join(key);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// Damaged blob files (version 0, version 2^53, unparseable) and damaged Blob Service records
+/// (a hash that is a path out of the store, a handle that is not its file's) are each named by
+/// `check`; `restore` copies everything else and reports each as not copied; a server on the
+/// damaged store leaves the records out and serves the rest.
+#[tokio::test]
+async fn damaged_blobs_and_records_are_reported_and_never_copied() {
+    let server = TestServer::start().await;
+    let written = populate(&server, "c1", 2).await;
+    let storage = server.stop().await;
+    let root = storage.path();
+    let blob = |pair: &str| format!("b/{pair}/{}.json", hex_ref(pair));
+    let damaged_blobs = [
+        (
+            blob("d1"),
+            r#"{"data":"aGk=","version":0,"created":1,"ip":"unknown"}"#.to_owned(),
+        ),
+        (
+            blob("d2"),
+            format!(
+                r#"{{"data":"aGk=","version":{},"created":1,"ip":"unknown"}}"#,
+                1u64 << 53
+            ),
+        ),
+        (blob("d3"), "{not json".to_owned()),
+    ];
+    let (escaping, misnamed) = ("ab".repeat(16), "cd".repeat(16));
+    let record = |handle: &str| format!("b/handles/{}/{handle}.json", &handle[..2]);
+    let damaged_records = [
+        (
+            record(&escaping),
+            record_json(&escaping, "../../../outside/secret.bin"),
+        ),
+        (record(&misnamed), record_json(&"ef".repeat(16), &written.1)),
+    ];
+    for (key, text) in damaged_blobs.iter().chain(&damaged_records) {
+        write_file(root, key, text);
+    }
+
+    let output = blobs(root, &[], &["check"]);
+    let report = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    for (key, reason) in [
+        (
+            &damaged_blobs[0].0,
+            "version 0 is outside 1..=9007199254740991",
+        ),
+        (&damaged_blobs[1].0, "version 9007199254740992 is outside"),
+        (&damaged_blobs[2].0, "blob file is damaged: does not parse"),
+        (
+            &damaged_records[0].0,
+            "its hash is not 64 lower-case hexadecimal characters",
+        ),
+        (&damaged_records[1].0, "its name is not its handle"),
+    ] {
+        assert!(
+            report.lines().any(|l| l.starts_with("problem:")
+                && l.contains(key.as_str())
+                && l.contains(reason)),
+            "{key}: {reason} in:\n{report}"
+        );
+    }
+    assert_eq!(report.matches("problem:").count(), 5, "{report}");
+
+    let restored = tempfile::tempdir().unwrap();
+    let output = blobs(restored.path(), &[], &["restore", root.to_str().unwrap()]);
+    let report = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    for (key, _) in damaged_blobs.iter().chain(&damaged_records) {
+        assert!(
+            report.lines().any(|l| l.starts_with("problem:")
+                && l.contains(key.as_str())
+                && l.ends_with("(not copied)")),
+            "{key} not copied, in:\n{report}"
+        );
+        assert!(!restored.path().join(key).exists(), "{key}");
+    }
+    assert!(!report.contains("problem in the copy"), "{report}");
+    let server = TestServer::start_in(restored).await;
+    serves(server.addr, &written, 2).await;
+    server.stop().await;
+
+    // The server on the damaged store itself: the records are left out, the rest served.
+    let server = TestServer::start_in(storage).await;
+    serves(server.addr, &written, 2).await;
+    let api = Api::new(&server, "b");
+    for handle in [&escaping, &misnamed, &"ef".repeat(16)] {
+        let path = format!("/blobs/{handle}/metadata");
+        assert_eq!(
+            api.get(&path).await.status(),
+            StatusCode::NOT_FOUND,
+            "{handle}"
+        );
+    }
+    let listed = api.list("").await;
+    let handles: Vec<&str> = listed["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["handle"].as_str().unwrap())
+        .collect();
+    assert_eq!(handles, [written.2.as_str()], "{listed}");
+    server.stop().await;
+}
+
+/// `restore` and `migrate` from a directory the original left end in lower case: blob files
+/// under upper- and mixed-case refs are copied to their lower-case names; of two spellings of
+/// one ref the newer is copied and the other reported (`restore`) or kept aside in the source
+/// (`migrate`, which opens it as a server would); servers on both results serve every blob
+/// under any case of its ref.
+#[tokio::test]
+async fn restore_and_migrate_from_the_originals_directory_end_lower_case() {
+    let s3 = common::s3().await;
+    let original = tempfile::tempdir().unwrap();
+    let root = original.path();
+    let file = |version: u64, data: &str| {
+        format!(r#"{{"data":"{data}","version":{version},"created":1,"updated":2,"ip":"unknown"}}"#)
+    };
+    let (upper, mixed, twice) = ("AB".repeat(32), "cD".repeat(32), "BC".repeat(32));
+    write_file(root, &format!("b/AB/{upper}.json"), &file(3, "dXA="));
+    write_file(root, &format!("b/cD/{mixed}.json"), &file(2, "bWl4"));
+    write_file(root, &format!("b/BC/{twice}.json"), &file(5, "b2xk"));
+    let lower_twice = twice.to_lowercase();
+    write_file(root, &format!("b/bc/{lower_twice}.json"), &file(7, "bmV3"));
+    let expected = [(&upper, 3), (&mixed, 2), (&twice, 7)];
+    let lower_names: Vec<String> = expected
+        .iter()
+        .map(|(r, _)| {
+            let r = r.to_lowercase();
+            format!("b/{}/{r}.json", &r[..2])
+        })
+        .collect();
+    let serves_any_case = async |server: &TestServer| {
+        for (r, version) in expected {
+            for spelling in [r.to_lowercase(), r.to_uppercase(), r.clone()] {
+                let response = reqwest::Client::new()
+                    .get(format!("http://{}/v1/blobs/{spelling}", server.addr))
+                    .bearer_auth(token("b"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200, "{spelling}");
+                assert_eq!(response.headers()["etag"], format!("\"{version}\""));
+            }
+        }
+    };
+
+    let restored = tempfile::tempdir().unwrap();
+    let output = blobs(restored.path(), &[], &["restore", root.to_str().unwrap()]);
+    let report = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert!(
+        report.lines().any(|l| l.starts_with("problem:")
+            && l.contains(&format!(
+                "b/BC/{twice}.json: another spelling of b/bc/{lower_twice}.json (version 5)"
+            ))),
+        "{report}"
+    );
+    assert_eq!(report.matches("problem").count(), 1, "{report}");
+    let mut names = files_below(restored.path());
+    names.sort();
+    let mut wanted = lower_names.clone();
+    wanted.sort();
+    assert_eq!(names, wanted);
+    let server = TestServer::start_in(restored).await;
+    serves_any_case(&server).await;
+    server.stop().await;
+
+    let env = s3_env(&s3, common::BACKEND_PREFIX);
+    let env: Vec<(&str, &str)> = env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let output = blobs(root, &env, &["migrate", "--to", "s3"]);
+    let report = stdout(&output);
+    assert!(output.status.success(), "{report}");
+    let aside = format!("b/bc/{lower_twice}.json.case-conflict-1");
+    assert!(
+        report.contains(&format!("skipped (not data of the layout): {aside}")),
+        "{report}"
+    );
+    assert!(root.join(&aside).exists(), "kept aside in the source");
+    let client = common::s3_client(&s3);
+    let prefix = object_store::path::Path::from(common::BACKEND_PREFIX);
+    let listed: Vec<object_store::ObjectMeta> = futures_util::TryStreamExt::try_collect(
+        object_store::ObjectStore::list(&*client, Some(&prefix)),
+    )
+    .await
+    .unwrap();
+    let mut names: Vec<String> = listed
+        .iter()
+        .map(|m| m.location.as_ref()[common::BACKEND_PREFIX.len()..].to_owned())
+        .filter(|name| !name.starts_with('.'))
+        .collect();
+    names.sort();
+    assert_eq!(names, wanted);
+    let backend = common::Backend::Object(s3);
+    let server = backend.start(tempfile::tempdir().unwrap()).await;
+    serves_any_case(&server).await;
+    server.stop().await;
+}
+
+/// Every file below `root` by its `/`-separated name, but the server's own (`.journal`,
+/// `.lock`).
+fn files_below(root: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                found.push(name);
+            }
+        }
+    }
+    found
 }

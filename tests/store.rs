@@ -197,6 +197,348 @@ async fn a_corrupt_blob_is_an_error_not_a_missing_blob() {
     }
 }
 
+/// The answer to an HTTP request with `bucket`'s token: status and body.
+async fn http(
+    server: &common::TestServer,
+    method: reqwest::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (reqwest::StatusCode, Vec<u8>) {
+    let mut request = reqwest::Client::new()
+        .request(method, format!("http://{}{path}", server.addr))
+        .bearer_auth(common::token("b"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    (response.status(), response.bytes().await.unwrap().to_vec())
+}
+
+/// 786,432 bytes as base64: the largest blob.
+fn largest_data() -> String {
+    "QUJD".repeat(262_144)
+}
+
+/// Damaged blob files (version 0 or above 2^53 − 1, unparseable, a large one torn at its end or
+/// with version 0) are a storage error to read and to write over HTTP and Socket.IO, stay as
+/// they were, and are left out of listings, which list the rest: small and large blobs with
+/// their versions and sizes.
+#[tokio::test]
+async fn damaged_blob_files_are_refused_and_left_out_of_listings() {
+    let large = largest_data();
+    let damaged = [
+        (
+            "d1",
+            r#"{"data":"aGk=","version":0,"created":1,"ip":"unknown"}"#.to_owned(),
+        ),
+        (
+            "d2",
+            format!(
+                r#"{{"data":"aGk=","version":{},"created":1,"ip":"unknown"}}"#,
+                1u64 << 53
+            ),
+        ),
+        ("d3", "{not json".to_owned()),
+        (
+            "d4",
+            format!(r#"{{"data":"{large}","version":0,"created":1,"ip":"unknown"}}"#),
+        ),
+        ("d5", format!(r#"{{"data":"{large}","version":2,"crea"#)),
+    ];
+    let sound = [
+        (
+            "a1",
+            r#"{"data":"aGk=","version":3,"created":1,"updated":2,"ip":"unknown"}"#.to_owned(),
+            3,
+            2,
+        ),
+        (
+            "f1",
+            format!(r#"{{"data":"{large}","version":7,"created":1,"ip":"unknown"}}"#),
+            7,
+            786_432,
+        ),
+    ];
+    for backend in Backend::all().await {
+        let name = backend.name();
+        let storage = tempfile::tempdir().unwrap();
+        let files = damaged.iter().map(|(p, t)| (p, t));
+        for (pair, text) in files.chain(sound.iter().map(|(p, t, ..)| (p, t))) {
+            let file = blob_name("b", &hex_ref(pair));
+            backend.write(storage.path(), &file, text.as_bytes()).await;
+        }
+        let server = backend.start(storage).await;
+
+        let (status, body) = http(&server, reqwest::Method::GET, "/v1/blobs?limit=1000", &[]).await;
+        assert_eq!(status, 200, "{name}");
+        let listed: Value = serde_json::from_slice(&body).unwrap();
+        let expected: Vec<Value> = sound
+            .iter()
+            .map(|(pair, _, version, size)| json!([hex_ref(pair), version, size]))
+            .collect();
+        let listed: Vec<Value> = listed["blobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| json!([b["ref"], b["version"], b["size"]]))
+            .collect();
+        assert_eq!(listed, expected, "{name}");
+
+        let mut client = server.client("b").await;
+        for (pair, text) in &damaged {
+            let r = hex_ref(pair);
+            let path = format!("/v1/blobs/{r}");
+            let (status, body) = http(&server, reqwest::Method::GET, &path, &[]).await;
+            assert_eq!(status, 500, "{name} {pair}");
+            let error: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                error,
+                json!({"error": "Storage error: the operation could not be completed"}),
+                "{name} {pair}"
+            );
+            for precondition in [("if-match", "\"0\""), ("if-none-match", "*")] {
+                let (status, _) = http(&server, reqwest::Method::PUT, &path, &[precondition]).await;
+                assert_eq!(status, 500, "{name} {pair}: a write is refused");
+            }
+            client.call("ref", &[json!(r)]).await.unwrap();
+            for (event, arg) in [
+                ("get", json!({})),
+                ("set", json!({"data": "eA=="})),
+                ("set", json!({"data": "eA==", "version": 1})),
+            ] {
+                let ack = client.call1(event, arg).await.unwrap();
+                assert!(
+                    ack["error"].as_str().unwrap().starts_with("Storage error"),
+                    "{name} {pair} {event}: {ack}"
+                );
+            }
+            let file = blob_name("b", &r);
+            assert_eq!(
+                backend.read(server.storage(), &file).await,
+                text.as_bytes(),
+                "{name} {pair}: left as it was"
+            );
+        }
+        server.stop().await;
+    }
+}
+
+/// Writes `text` at `<bucket>/<shard>/<name>` as the original would have.
+fn write_original(storage: &std::path::Path, shard: &str, name: &str, text: &str) {
+    let dir = storage.join("MyApp").join(shard);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join(name), text).unwrap();
+}
+
+/// A blob file of the original: `data`, `version`, `created`, `updated`.
+fn original_blob(data: &str, version: u64, created: u64, updated: u64) -> String {
+    format!(
+        r#"{{"data":"{data}","version":{version},"created":{created},"updated":{updated},"ip":"unknown"}}"#
+    )
+}
+
+/// A directory the original left, with blob files under upper- and mixed-case refs (as their
+/// clients sent them), with and without `.backup` files, and two spellings of one ref, is
+/// served as it is: every blob over HTTP and Socket.IO under any case of its ref, the newer of
+/// two spellings (the other kept aside, and reported by `blobs check`), writes continuing
+/// from the stored version; a second start moves nothing.
+#[tokio::test]
+async fn the_originals_upper_case_files_are_served() {
+    let storage = tempfile::tempdir().unwrap();
+    let root = storage.path();
+    let upper = "AB".repeat(32);
+    let mixed = "cD".repeat(32);
+    let torn = "EF".repeat(32);
+    let lost = "A1".repeat(32);
+    let lower_wins = "BC".repeat(32);
+    let upper_wins = "DE".repeat(32);
+    let large = "F0".repeat(32);
+    let large_data = largest_data();
+    write_original(
+        root,
+        "AB",
+        &format!("{upper}.json"),
+        &original_blob("aGk=", 3, 1, 2),
+    );
+    write_original(
+        root,
+        "cD",
+        &format!("{mixed}.json"),
+        &original_blob("bWl4", 2, 1, 2),
+    );
+    // A torn file and its backup; a backup whose file is gone; a stale backup.
+    write_original(
+        root,
+        "EF",
+        &format!("{torn}.json"),
+        r#"{"data":"bmV3","ver"#,
+    );
+    write_original(
+        root,
+        "EF",
+        &format!("{torn}.json.backup"),
+        &original_blob("b2xk", 6, 1, 2),
+    );
+    write_original(
+        root,
+        "A1",
+        &format!("{lost}.json.backup"),
+        &original_blob("bG9zdA==", 4, 1, 2),
+    );
+    write_original(
+        root,
+        "AB",
+        &format!("{upper}.json.backup"),
+        &original_blob("b2xk", 2, 1, 1),
+    );
+    // Two spellings of one ref: the higher version wins, or on a tie the later change.
+    write_original(
+        root,
+        "BC",
+        &format!("{lower_wins}.json"),
+        &original_blob("dXA=", 5, 1, 9),
+    );
+    let lower = lower_wins.to_lowercase();
+    write_original(
+        root,
+        "bc",
+        &format!("{lower}.json"),
+        &original_blob("bG93", 7, 1, 2),
+    );
+    write_original(
+        root,
+        "DE",
+        &format!("{upper_wins}.json"),
+        &original_blob("dXA=", 9, 1, 8),
+    );
+    let lower = upper_wins.to_lowercase();
+    write_original(
+        root,
+        "de",
+        &format!("{lower}.json"),
+        &original_blob("bG93", 9, 1, 7),
+    );
+    write_original(
+        root,
+        "F0",
+        &format!("{large}.json"),
+        &original_blob(&large_data, 1, 1, 2),
+    );
+    let expected = [
+        (&upper, Some("aGk="), 3),
+        (&mixed, Some("bWl4"), 2),
+        (&torn, Some("b2xk"), 6),
+        (&lost, Some("bG9zdA=="), 4),
+        (&lower_wins, Some("bG93"), 7),
+        (&upper_wins, Some("dXA="), 9),
+        (&large, None, 1),
+    ];
+
+    let server = common::TestServer::start_in(storage).await;
+    let mut client = server.client("MyApp").await;
+    for (r, data, version) in &expected {
+        for spelling in [r.to_string(), r.to_lowercase(), r.to_uppercase()] {
+            let response = reqwest::Client::new()
+                .get(format!("http://{}/v1/blobs/{spelling}", server.addr))
+                .bearer_auth(common::token("MyApp"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{spelling}");
+            assert_eq!(
+                response.headers()["etag"],
+                format!("\"{version}\""),
+                "{spelling}"
+            );
+            client.call("ref", &[json!(spelling)]).await.unwrap();
+            let got = client.call1("get", json!({})).await.unwrap();
+            assert_eq!(got["version"], *version, "{spelling}: {got}");
+            if let Some(data) = data {
+                assert_eq!(got["data"], *data, "{spelling}");
+            } else {
+                assert_eq!(got["data"].as_str().map(str::len), Some(large_data.len()));
+            }
+        }
+    }
+    client.call("ref", &[json!(upper)]).await.unwrap();
+    assert_eq!(
+        client
+            .call1("set", json!({"data": "eA==", "version": 3}))
+            .await
+            .unwrap(),
+        json!({"success": true, "version": 4})
+    );
+
+    let on_disk = |root: &std::path::Path| {
+        let mut names: Vec<String> = fs::read_dir(root.join("MyApp"))
+            .unwrap()
+            .flat_map(|shard| fs::read_dir(shard.unwrap().path()).unwrap())
+            .map(|e| {
+                let path = e.unwrap().path();
+                let shard = path
+                    .parent()
+                    .unwrap()
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                format!("{shard}/{}", path.file_name().unwrap().to_string_lossy())
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    let mut wanted: Vec<String> = expected
+        .iter()
+        .map(|(r, ..)| {
+            let r = r.to_lowercase();
+            format!("{}/{r}.json", &r[..2])
+        })
+        .collect();
+    let bc = lower_wins.to_lowercase();
+    let de = upper_wins.to_lowercase();
+    wanted.push(format!("bc/{bc}.json.case-conflict-1"));
+    wanted.push(format!("de/{de}.json.case-conflict-1"));
+    wanted.sort();
+    let storage = server.stop().await;
+    assert_eq!(on_disk(storage.path()), wanted);
+    let aside = |name: &str| fs::read_to_string(storage.path().join("MyApp").join(name)).unwrap();
+    assert!(aside(&format!("bc/{bc}.json.case-conflict-1")).contains(r#""version":5"#));
+    assert!(
+        aside(&format!("de/{de}.json.case-conflict-1"))
+            .contains(r#""version":9,"created":1,"updated":7"#)
+    );
+
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_blobs"))
+        .arg("check")
+        .env("TOKEN_SECRET", common::SECRET)
+        .env("STORAGE", storage.path())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{report}");
+    assert_eq!(report.matches("problem:").count(), 2, "{report}");
+    for aside in [
+        format!("{bc}.json.case-conflict-1"),
+        format!("{de}.json.case-conflict-1"),
+    ] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.contains(&aside) && l.contains("another spelling")),
+            "{aside} in:\n{report}"
+        );
+    }
+
+    let server = common::TestServer::start_in(storage).await;
+    let storage = server.stop().await;
+    assert_eq!(
+        on_disk(storage.path()),
+        wanted,
+        "a second start moves nothing"
+    );
+}
+
 /// Graceful shutdown answers the writes already sent: every acknowledged write is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_acknowledges_writes_in_flight() {

@@ -1,9 +1,11 @@
 //! `blobs check`: walks a store and reports what is wrong with it.
 //!
 //! Found: blob files that do not parse or whose version is out of range, content whose bytes
-//! no longer hash to their name, Blob Service records that do not parse or name missing
-//! content, markers without content, temp files and the original's backups left behind,
-//! journal writes not yet in their files, names outside the layout.
+//! no longer hash to their name, Blob Service records that do not parse, whose handle or hash
+//! is not a canonical name, or that name missing content, markers without content, temp files
+//! and the original's backups left behind, blob files of the original under refs not in lower
+//! case, and the files moved aside when two spellings of one ref conflicted, journal writes not
+//! yet in their files, names outside the layout.
 //!
 //! `--repair` does only what cannot lose an acknowledged write, and only on a file store no
 //! server is running on: it opens the store as a server would at start (temp files removed,
@@ -24,6 +26,11 @@ pub fn leftover(key: &str, size: u64) -> Option<String> {
     match classify(key) {
         Kind::Temp => Some(format!("{key}: temp file left by an interrupted write")),
         Kind::Backup => Some(format!("{key}: backup left by the original")),
+        Kind::CasedBlob(bucket, r) => Some(format!(
+            "{key}: blob file of the original under a ref not in lower case; starting the \
+             server or `check --repair` moves it to {}",
+            key_of(&Kind::Blob(bucket, r)).expect("a blob has a name")
+        )),
         Kind::Internal if key.starts_with(".journal/") && size > HEADER_LEN => Some(format!(
             "{key}: journal writes not yet checkpointed to their files (a server is running, \
              or stopped without its shutdown); starting the server or `check --repair` writes \
@@ -58,9 +65,13 @@ pub async fn check(tree: &Tree, repair: bool) -> Result<Report, TreeError> {
                     "{key}: removed a temp file left by an interrupted write"
                 ));
             }
-            Kind::Temp | Kind::Backup | Kind::Internal => {
+            Kind::Temp | Kind::Backup | Kind::CasedBlob(..) | Kind::Internal => {
                 report.problems.extend(leftover(key, *size));
             }
+            Kind::CaseConflict => report.problems.push(format!(
+                "{key}: moved aside at start because another spelling of its ref held a newer \
+                 version (now the blob); compare the two and remove this one"
+            )),
             Kind::Unknown => report
                 .problems
                 .push(format!("{key}: not a name of the layout")),

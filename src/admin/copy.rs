@@ -8,19 +8,24 @@
 //! overwritten: it is reported as a conflict. The revoked tokens of both sides are merged, so
 //! no copy ever brings a revoked token back.
 //!
+//! Blob files the original stored under upper- or mixed-case refs are copied to their
+//! lower-case names, as opening the file store moves them; when several spellings of one ref
+//! exist, the newest intact one is copied and the others are reported, not copied.
+//!
 //! Each name is copied whole (one content is held in memory at a time, at most
 //! `CONTENT_MAX_BYTES`).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::blob_service::Record;
+use crate::blob_service::{Record, records};
 use crate::content::marker_owns;
 use crate::layout::{Kind, Tree, TreeError, classify, key_of};
-use crate::names::ContentHash;
+use crate::names::{Bucket, ContentHash, Ref};
 use crate::revocation::RevocationList;
-use crate::store::{Blob, MAX_VERSION};
+use crate::store::{self, Blob};
 
 /// How often a long copy says how far it got.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
@@ -48,16 +53,29 @@ pub struct Copied {
 /// Copies every name of the layout from `from` into `to`, printing progress to stderr.
 pub async fn copy(from: &Tree, to: &Tree) -> Result<Copied, TreeError> {
     let mut copied = Copied::default();
+    // Each name with the source's key it is read from: a blob's may be another spelling.
     let mut names = Vec::new();
+    let mut spellings: BTreeMap<(Bucket, Ref), Vec<String>> = BTreeMap::new();
     for entry in from.list().await? {
         match classify(&entry.key) {
             Kind::Internal => {}
-            Kind::Temp | Kind::Backup | Kind::Unknown => copied.skipped.push(entry.key),
-            kind => names.push(kind),
+            Kind::Temp | Kind::Backup | Kind::CaseConflict | Kind::Unknown => {
+                copied.skipped.push(entry.key)
+            }
+            Kind::Blob(bucket, r) | Kind::CasedBlob(bucket, r) => {
+                spellings.entry((bucket, r)).or_default().push(entry.key)
+            }
+            kind => names.push((entry.key, kind)),
+        }
+    }
+    for ((bucket, r), keys) in spellings {
+        let kind = Kind::Blob(bucket, r);
+        if let Some(key) = spelling(from, &kind, keys, &mut copied).await? {
+            names.push((key, kind));
         }
     }
     // Content before the records that name it, and before the markers that claim it.
-    names.sort_by_key(|kind| match kind {
+    names.sort_by_key(|(_, kind)| match kind {
         Kind::Content(..) => 0,
         Kind::Marker(..) => 1,
         Kind::Blob(..) => 2,
@@ -68,7 +86,7 @@ pub async fn copy(from: &Tree, to: &Tree) -> Result<Copied, TreeError> {
     let started = Instant::now();
     let mut reported = started;
     let mut records = Vec::new();
-    for (done, kind) in names.iter().enumerate() {
+    for (done, (source_key, kind)) in names.iter().enumerate() {
         if reported.elapsed() >= PROGRESS_EVERY {
             reported = Instant::now();
             eprintln!(
@@ -78,7 +96,7 @@ pub async fn copy(from: &Tree, to: &Tree) -> Result<Copied, TreeError> {
                 copied.bytes >> 20
             );
         }
-        copy_one(from, to, kind, &mut copied).await?;
+        copy_one(from, to, source_key, kind, &mut copied).await?;
         if let Kind::Record(..) = kind {
             records.push(kind.clone());
         }
@@ -91,16 +109,59 @@ pub async fn copy(from: &Tree, to: &Tree) -> Result<Copied, TreeError> {
     Ok(copied)
 }
 
-/// Copies one name, unless the destination already has it (or something newer).
+/// Of the source's files of one blob (`keys`: its lower-case name and the other spellings the
+/// original left), the one to copy: the only one, or the newest intact one
+/// (as opening the file store chooses); the others are reported.
+async fn spelling(
+    from: &Tree,
+    kind: &Kind,
+    mut keys: Vec<String>,
+    copied: &mut Copied,
+) -> Result<Option<String>, TreeError> {
+    if keys.len() == 1 {
+        return Ok(keys.pop());
+    }
+    let name = key_of(kind).expect("a blob has a name");
+    // The lower-case name first: it wins a full tie.
+    keys.sort_by_key(|key| *key != name);
+    let mut found = Vec::new();
+    for key in keys {
+        if let Some(bytes) = from.read(&key).await? {
+            found.push((key, store::decode(&bytes).ok()));
+        }
+    }
+    if found.is_empty() {
+        return Ok(None);
+    }
+    let blobs: Vec<Option<Blob>> = found.iter().map(|(_, blob)| blob.clone()).collect();
+    let keep = store::preferred(&blobs);
+    let kept = found[keep].0.clone();
+    for (key, blob) in &found {
+        if *key != kept {
+            let version = blob
+                .as_ref()
+                .map_or("damaged".to_owned(), |b| format!("version {}", b.version));
+            copied.problems.push(format!(
+                "{key}: another spelling of {name} ({version}); {kept} was copied as {name}, \
+                 this one was not"
+            ));
+        }
+    }
+    Ok(Some(kept))
+}
+
+/// Copies one name (read from the source under `source_key`), unless the destination already
+/// has it (or something newer).
 async fn copy_one(
     from: &Tree,
     to: &Tree,
+    source_key: &str,
     kind: &Kind,
     copied: &mut Copied,
 ) -> Result<(), TreeError> {
     let key = key_of(kind).expect("only data names are copied");
     // Gone since the listing: removed in the source meanwhile, as a running server may.
-    let Some(bytes) = from.read(&key).await? else {
+    let Some(bytes) = from.read(source_key).await? else {
         return Ok(());
     };
     let bytes = match kind {
@@ -116,7 +177,7 @@ async fn copy_one(
     if let Some(problem) = invalid(kind, &bytes) {
         copied
             .problems
-            .push(format!("{key}: {problem} (not copied)"));
+            .push(format!("{source_key}: {problem} (not copied)"));
         return Ok(());
     }
     let current = to.read(&key).await?;
@@ -200,7 +261,7 @@ async fn complete_record(
         return Ok(());
     }
     if from.read(&content_key).await?.is_some() {
-        return copy_one(from, to, &content, copied).await;
+        return copy_one(from, to, &content_key, &content, copied).await;
     }
     if from.read(&key).await?.is_none() {
         to.remove(&key).await?;
@@ -220,17 +281,12 @@ pub fn invalid(kind: &Kind, bytes: &[u8]) -> Option<String> {
             let actual = hash_of(bytes);
             (actual != *hash).then(|| format!("content hashes to {actual}, not to its name"))
         }
-        Kind::Blob(..) => match serde_json::from_slice::<Blob>(bytes) {
-            Err(e) => Some(format!("blob JSON does not parse: {e}")),
-            Ok(blob) if blob.version == 0 || blob.version > MAX_VERSION => Some(format!(
-                "version {} is outside 1..={MAX_VERSION}",
-                blob.version
-            )),
-            Ok(_) => None,
-        },
-        Kind::Record(..) => serde_json::from_slice::<Record>(bytes)
+        Kind::Blob(..) | Kind::CasedBlob(..) => {
+            store::damage(bytes).map(|reason| format!("blob file is damaged: {reason}"))
+        }
+        Kind::Record(_, handle) => records::decode(bytes, handle.as_str())
             .err()
-            .map(|e| format!("Blob Service record does not parse: {e}")),
+            .map(|reason| format!("Blob Service record is damaged: {reason}")),
         Kind::Revocations => serde_json::from_slice::<RevocationList>(bytes)
             .err()
             .map(|e| format!("revocation list does not parse: {e}")),

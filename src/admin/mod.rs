@@ -31,11 +31,14 @@ pub use copy::Copied;
 pub enum Command {
     /// Walk the configured store and report what is wrong: blob files that do not parse or
     /// whose version is out of range, content that no longer matches its hash, Blob Service
-    /// records naming missing content, markers without content, leftovers of interrupted
+    /// records that do not parse, name no valid handle or hash, or name missing content,
+    /// markers without content, the original's blob files under refs not in lower case and
+    /// files moved aside when two spellings of one ref conflicted, leftovers of interrupted
     /// writes. Exits 1 when a problem remains.
     Check {
         /// Repair what is safe (the server must be stopped): replay the journal, remove temp
-        /// files, resolve the original's backups, remove markers whose content is gone.
+        /// files, resolve the original's backups, move the original's blob files to their
+        /// lower-case names, remove markers whose content is gone.
         #[arg(long)]
         repair: bool,
     },

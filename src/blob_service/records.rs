@@ -44,12 +44,26 @@ pub fn name(bucket: &Bucket, handle: &Handle) -> String {
 
 /// Parses a record stored under `file_name`, which must be its handle's.
 fn parse(bytes: &[u8], file_name: Option<&str>) -> Result<(Handle, Arc<Record>), String> {
-    let record: Record = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    let handle = Handle::parse(&record.handle).ok_or("the handle is not canonical")?;
-    if file_name != Some(format!("{handle}.json").as_str()) {
-        return Err("the name is not its handle".to_owned());
+    let named = file_name
+        .and_then(|name| name.strip_suffix(".json"))
+        .unwrap_or_default();
+    decode(bytes, named).map(|(handle, record)| (handle, Arc::new(record)))
+}
+
+/// Decodes a record stored under the handle `named`, refusing one that is damaged: it does
+/// not parse, its handle is not canonical or not `named`, or its hash is not a content hash
+/// (a name nothing could be read by).
+pub fn decode(bytes: &[u8], named: &str) -> Result<(Handle, Record), String> {
+    let record: Record =
+        serde_json::from_slice(bytes).map_err(|e| format!("does not parse: {e}"))?;
+    let handle = Handle::parse(&record.handle).ok_or("its handle is not canonical")?;
+    if handle.as_str() != named {
+        return Err("its name is not its handle".to_owned());
     }
-    Ok((handle, Arc::new(record)))
+    if record.content_hash().is_none() {
+        return Err("its hash is not 64 lower-case hexadecimal characters".to_owned());
+    }
+    Ok((handle, record))
 }
 
 /// Records as files under the storage root, each replaced through [`durable::replace`].
@@ -87,7 +101,7 @@ impl RecordFiles {
                         .and_then(|bytes| parse(&bytes, file_name));
                     match parsed {
                         Ok((handle, record)) => found.push((bucket.clone(), handle, record)),
-                        Err(e) => tracing::error!(path = %path.display(), "record left out: {e}"),
+                        Err(e) => tracing::warn!(path = %path.display(), "record left out: {e}"),
                     }
                 }
             }
@@ -198,7 +212,7 @@ impl RecordStore for RecordObjects {
                 };
                 match parse(&bytes, location.filename()) {
                     Ok((handle, record)) => found.push((bucket.clone(), handle, record)),
-                    Err(e) => tracing::error!(path = %location, "record left out: {e}"),
+                    Err(e) => tracing::warn!(path = %location, "record left out: {e}"),
                 }
             }
         }
@@ -235,5 +249,33 @@ impl RecordStore for RecordObjects {
 
     fn shared(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(handle: &str, hash: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "handle": handle, "hash": hash, "size": 1, "contentType": "text/plain",
+            "semantics": "s", "retentionPolicy": {"policy": "keepForever"},
+            "created": 1, "uploader": "203.0.113.7"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn records_naming_no_content_or_another_handle_are_damaged() {
+        let (handle, hash) = ("ab".repeat(16), "cd".repeat(32));
+        assert!(decode(&record(&handle, &hash), &handle).is_ok());
+        for bad_hash in ["../../../outside/secret.bin", &"CD".repeat(32), "cd"] {
+            let refused = decode(&record(&handle, bad_hash), &handle).unwrap_err();
+            assert!(refused.contains("its hash"), "{bad_hash}: {refused}");
+        }
+        let other = "ef".repeat(16);
+        assert!(decode(&record(&handle, &hash), &other).is_err());
+        assert!(decode(&record(&"AB".repeat(16), &hash), &"AB".repeat(16)).is_err());
+        assert!(decode(b"{", &handle).is_err());
     }
 }

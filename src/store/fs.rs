@@ -12,9 +12,10 @@
 //! Small blobs are kept in memory after first use; the cache of a blob is only updated once
 //! its write is durable.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
-use std::io;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,7 @@ use crate::journal::Journal;
 use crate::locks::KeyedLocks;
 use crate::names::{Bucket, Ref};
 
+use super::format::{self, Summary};
 use super::{Blob, Error, Listed, Result, SetOutcome, SetRequest, Store, apply};
 
 /// Blobs whose `data` is longer than this many characters are not kept in memory, which bounds
@@ -32,6 +34,11 @@ const CACHED_DATA_LIMIT: usize = 16 * 1024;
 
 /// Suffix of the backup files the original wrote before replacing a blob file.
 const BACKUP_SUFFIX: &str = ".backup";
+
+/// Infix of the name a blob file is moved aside to, `<ref>.json.case-conflict-<n>`, when the
+/// original left another spelling of its ref with a newer version: nothing reads it, and
+/// `blobs check` reports it for a person to compare and remove.
+pub const CASE_CONFLICT: &str = ".case-conflict-";
 
 /// The journal's directory under the storage root (a dot: never a bucket name, and the
 /// original never looks there).
@@ -81,12 +88,19 @@ pub fn lock(root: &Path) -> io::Result<Option<fs::File>> {
 
 impl FsStore {
     /// Opens (creating) the storage root, then repairs what a crash may have left: temp files
-    /// are removed, the original's `.backup` files are resolved (see `recover_backup`), and the
-    /// writes the journal holds are written to their files again.
+    /// are removed, the original's `.backup` files are resolved (see `recover_backup`), the
+    /// writes the journal holds are written to their files again, and then blob files the
+    /// original stored under upper- or mixed-case refs are moved to their lower-case names
+    /// (see `resolve_case`).
+    ///
+    /// The case check runs at every start rather than once behind a marker: it costs only the
+    /// walk the start-up repair makes anyway (one listing of each shard directory, no file
+    /// read), and a start after someone copied more of the original's files in still finds
+    /// them.
     pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
         let root = root.into();
         fs::create_dir_all(&root)?;
-        sweep(&root)?;
+        let misspelled = sweep(&root)?;
         let (journal, replay) = Journal::open(&root.join(JOURNAL_DIR))?;
         let store = Self {
             root,
@@ -115,6 +129,7 @@ impl FsStore {
             durable::sync_fs(&store.root)?;
         }
         store.journal.remove_before(replay.next)?;
+        misspelled.resolve()?;
         Ok(store)
     }
 
@@ -245,7 +260,7 @@ fn parse_record(record: &[u8]) -> io::Result<(Key, &[u8])> {
         Ref::parse(r).ok_or_else(invalid)?,
     );
     let file = &record[newline + 1..];
-    serde_json::from_slice::<Blob>(file).map_err(|_| invalid())?;
+    format::decode(file).map_err(|_| invalid())?;
     Ok((key, file))
 }
 
@@ -318,7 +333,8 @@ impl Store for FsStore {
     }
 }
 
-/// Live blobs under one bucket directory, in ref order, after `after`, at most `limit`.
+/// Live blobs under one bucket directory, in ref order, after `after`, at most `limit`. A
+/// damaged blob file is logged and left out.
 fn list_dir(dir: &Path, after: Option<&Ref>, limit: usize) -> Result<Vec<(Ref, Listed)>> {
     let mut found = Vec::new();
     let mut shards = match sorted_names(dir) {
@@ -336,11 +352,18 @@ fn list_dir(dir: &Path, after: Option<&Ref>, limit: usize) -> Result<Vec<(Ref, L
             .filter(|r| r.shard() == shard && after.is_none_or(|a| r > a));
         for r in refs {
             let path = shard_dir.join(format!("{r}.json"));
-            if let Some(blob) = read_blob(&path)?.filter(|b| !b.deleted) {
-                found.push((r, Listed::from(&blob)));
-                if found.len() == limit {
-                    return Ok(found);
+            match summarize_file(&path) {
+                Ok(Some(Some(listed))) => found.push((r, listed)),
+                // Gone since the directory was listed, or a tombstone.
+                Ok(_) => continue,
+                Err(e @ Error::Corrupt { .. }) => {
+                    tracing::warn!(path = %path.display(), "left out of a listing: {e}");
+                    continue;
                 }
+                Err(e) => return Err(e),
+            }
+            if found.len() == limit {
+                return Ok(found);
             }
         }
     }
@@ -363,51 +386,225 @@ fn io_error(path: &Path, source: io::Error) -> Error {
     }
 }
 
-/// Reads one blob file; a missing file is `None`.
+/// Reads one blob file; a missing file is `None`, a damaged one an error.
 fn read_blob(path: &Path) -> Result<Option<Blob>> {
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(io_error(path, source)),
     };
-    serde_json::from_slice(&bytes)
+    format::decode(&bytes)
         .map(Some)
-        .map_err(|source| Error::Corrupt {
-            path: path.display().to_string(),
-            source,
-        })
+        .map_err(|reason| damaged(path, reason))
 }
 
-/// Walks `<root>/<bucket>/<shard>/` once at start-up: removes temp files and resolves backups.
-fn sweep(root: &Path) -> io::Result<()> {
+fn damaged(path: &Path, reason: String) -> Error {
+    Error::Corrupt {
+        path: path.display().to_string(),
+        reason,
+    }
+}
+
+/// What a listing shows of one blob file, `None` when it is gone: a large file is judged by
+/// its head and tail (two reads of a few KiB), a small one, or one of an unusual layout, by
+/// all of it; the data is never copied out.
+fn summarize_file(path: &Path) -> Result<Option<Summary>> {
+    let io = |source| io_error(path, source);
+    let mut file = match fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(io(source)),
+    };
+    let total = file.metadata().map_err(io)?.len();
+    if total >= (format::HEAD.len() + format::TAIL) as u64 {
+        let mut head = [0; format::HEAD.len()];
+        file.read_exact_at(&mut head, 0).map_err(io)?;
+        let mut tail = vec![0; format::TAIL];
+        file.read_exact_at(&mut tail, total - format::TAIL as u64)
+            .map_err(io)?;
+        if let Some(summary) = format::summarize_ends(&head, &tail, total) {
+            return summary.map(Some).map_err(|reason| damaged(path, reason));
+        }
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    file.read_to_end(&mut bytes).map_err(io)?;
+    format::summarize(&bytes)
+        .map(Some)
+        .map_err(|reason| damaged(path, reason))
+}
+
+/// Walks `<root>/<bucket>/<shard>/` once at start-up, listing each shard directory once:
+/// removes temp files, resolves backups, and finds the blob files stored under a name not in
+/// lower case, for [`Misspelled::resolve`]. Only a name that needs moving costs more than its
+/// directory entry.
+fn sweep(root: &Path) -> io::Result<Misspelled> {
     // The readiness probe writes its temp file in the root itself.
     durable::remove_temp_files(root)?;
+    let mut misspelled = Misspelled::default();
     for bucket in durable::subdirs(root)? {
+        let is_bucket = bucket
+            .file_name()
+            .and_then(|name| Bucket::parse(&name.to_string_lossy()))
+            .is_some();
+        if !is_bucket {
+            continue;
+        }
+        let mut cased: BTreeMap<Ref, Vec<PathBuf>> = BTreeMap::new();
         // Other directories of a bucket (`cas`) belong to other stores, which sweep them.
         for shard in durable::subdirs(&bucket)?
             .into_iter()
             .filter(|d| is_shard_dir(d))
         {
-            durable::remove_temp_files(&shard)?;
+            let shard_name = shard
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let mut files = BTreeSet::new();
             for entry in fs::read_dir(&shard)? {
                 let entry = entry?;
-                if entry.file_name().to_string_lossy().ends_with(BACKUP_SUFFIX) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if durable::is_temp_name(&name) {
+                    tracing::info!(path = %entry.path().display(), "removing temp file left by a crash");
+                    fs::remove_file(entry.path())?;
+                } else if let Some(target) = name.strip_suffix(BACKUP_SUFFIX) {
+                    // Resolved first, as the original would, whatever the case of its name.
                     recover_backup(&entry.path())?;
+                    files.insert(target.to_owned());
+                } else if entry.file_type()?.is_file() {
+                    files.insert(name);
                 }
             }
+            for name in files {
+                if let Some(r) = misspelled_ref(&shard_name, &name)
+                    && fs::symlink_metadata(shard.join(&name)).is_ok_and(|m| m.is_file())
+                {
+                    cased.entry(r).or_default().push(shard.join(name));
+                }
+            }
+            if shard_name != shard_name.to_ascii_lowercase() {
+                misspelled.shards.push(shard);
+            }
         }
+        misspelled.blobs.extend(
+            cased
+                .into_iter()
+                .map(|(r, files)| (bucket.clone(), r, files)),
+        );
     }
-    Ok(())
+    Ok(misspelled)
+}
+
+/// Blob files of the original under refs not in lower case, found by [`sweep`].
+#[derive(Default)]
+struct Misspelled {
+    /// Bucket directory, ref, and the files of its other spellings, in name order.
+    blobs: Vec<(PathBuf, Ref, Vec<PathBuf>)>,
+    /// Shard directories not in lower case, removed once the moves emptied them.
+    shards: Vec<PathBuf>,
+}
+
+impl Misspelled {
+    /// Moves each blob to its lower-case name ([`resolve_case`]). Runs after the journal
+    /// replay, so a blob Blobs wrote under the lower-case name before this check existed is
+    /// weighed as it was last acknowledged, and whichever loses is kept aside, not overwritten.
+    fn resolve(self) -> io::Result<()> {
+        for (bucket, r, files) in self.blobs {
+            resolve_case(&bucket, &r, files)?;
+        }
+        for shard in self.shards {
+            // Emptied by the moves (anything else left in it keeps it).
+            if fs::remove_dir(&shard).is_ok()
+                && let Some(bucket) = shard.parent()
+            {
+                durable::sync_dir(bucket)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn is_shard_dir(dir: &Path) -> bool {
     dir.file_name().is_some_and(|name| name.len() == 2)
 }
 
+/// The ref of a blob file the original stored under the ref as its client sent it: a name
+/// `<ref>.json` in the ref's shard directory, either of them not in lower case.
+fn misspelled_ref(shard: &str, name: &str) -> Option<Ref> {
+    let stem = name.strip_suffix(".json")?;
+    let r = Ref::parse(stem)?;
+    let misspelled = stem != r.as_str() || shard != r.shard();
+    (misspelled && shard.eq_ignore_ascii_case(r.shard())).then_some(r)
+}
+
+/// Gives the blob `r` of `bucket` its one lower-case file, from `files` (its other spellings,
+/// in name order, found at start-up) and the lower-case file, if any. The original treated
+/// each spelling as a blob of its own; the one kept is the newest intact one
+/// ([`format::preferred`]), moved to the lower-case name; each other is moved beside it as
+/// `<ref>.json.case-conflict-<n>` (a name nothing reads, which `blobs check` reports), never
+/// removed. Every move is durable and never replaces a file, so a crash half-way leaves every
+/// file under some name, and the next start finishes the work.
+fn resolve_case(bucket: &Path, r: &Ref, files: Vec<PathBuf>) -> io::Result<()> {
+    let dir = bucket.join(r.shard());
+    let target = dir.join(format!("{r}.json"));
+    let mut candidates = Vec::new();
+    let present = fs::symlink_metadata(&target).ok();
+    if present.is_some() {
+        candidates.push(target.clone());
+    }
+    for file in files {
+        // On a case-insensitive file system both names are one file: only its spelling moves.
+        if let Some(present) = &present
+            && fs::symlink_metadata(&file).is_ok_and(|m| same_file(&m, present))
+        {
+            durable::rename(&file, &target)?;
+            continue;
+        }
+        candidates.push(file);
+    }
+    if candidates.first().is_none_or(|first| *first == target) && candidates.len() <= 1 {
+        return Ok(());
+    }
+    let blobs = candidates
+        .iter()
+        .map(|path| match read_blob(path) {
+            Ok(blob) => Ok(blob),
+            Err(Error::Corrupt { .. }) => Ok(None),
+            Err(e) => Err(io::Error::other(e.to_string())),
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let keep = format::preferred(&blobs);
+    for (i, path) in candidates.iter().enumerate() {
+        if i == keep {
+            continue;
+        }
+        let aside = (1..)
+            .map(|n| dir.join(format!("{r}.json{CASE_CONFLICT}{n}")))
+            .find(|p| fs::symlink_metadata(p).is_err())
+            .expect("some number is free");
+        tracing::warn!(
+            path = %path.display(),
+            kept = %candidates[keep].display(),
+            aside = %aside.display(),
+            "two spellings of one ref: the newer is kept, the other moved aside"
+        );
+        durable::move_new(path, &aside)?;
+    }
+    if candidates[keep] != target {
+        tracing::info!(from = %candidates[keep].display(), to = %target.display(), "moving a blob file to its lower-case name");
+        durable::move_new(&candidates[keep], &target)?;
+    }
+    Ok(())
+}
+
+fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
+}
+
 /// Resolves a `<ref>.json.backup` left by the original, which wrote the backup before replacing
-/// the blob file and deleted it afterwards. When the blob file is complete (it parses) the
+/// the blob file and deleted it afterwards. When the blob file is complete (it decodes) the
 /// replacement finished and the backup is stale, so it is removed; when the blob file is
-/// missing or torn, the backup is the last complete version and is renamed back into place.
+/// missing or damaged, the backup is the last complete version and is renamed back into place.
 fn recover_backup(backup: &Path) -> io::Result<()> {
     let name = backup.to_string_lossy();
     let target = PathBuf::from(&name[..name.len() - BACKUP_SUFFIX.len()]);
@@ -421,4 +618,28 @@ fn recover_backup(backup: &Path) -> io::Result<()> {
         tracing::error!(path = %backup.display(), "backup and blob file are both unreadable; left as they are");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_of_the_original_not_in_lower_case_are_found() {
+        let (lower, upper) = ("ab".repeat(32), "AB".repeat(32));
+        let mixed = "aB".repeat(32);
+        let r = Ref::parse(&lower);
+        assert_eq!(misspelled_ref("AB", &format!("{upper}.json")), r);
+        assert_eq!(misspelled_ref("aB", &format!("{mixed}.json")), r);
+        assert_eq!(misspelled_ref("ab", &format!("{upper}.json")), r);
+        assert_eq!(misspelled_ref("AB", &format!("{lower}.json")), r);
+        // Already its name, another shard, or not a blob file.
+        assert_eq!(misspelled_ref("ab", &format!("{lower}.json")), None);
+        assert_eq!(misspelled_ref("CD", &format!("{upper}.json")), None);
+        assert_eq!(misspelled_ref("AB", &format!("{upper}.json.backup")), None);
+        assert_eq!(
+            misspelled_ref("AB", &format!("{upper}.json{CASE_CONFLICT}1")),
+            None
+        );
+    }
 }

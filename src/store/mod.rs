@@ -9,6 +9,7 @@
 //! see it as missing, and a blob created again continues from its version, so an old client's
 //! write naming a stale version can never win.
 
+mod format;
 mod fs;
 mod object;
 
@@ -18,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::names::{Bucket, Ref};
 
-pub use fs::{FsStore, JOURNAL_DIR, LOCK_FILE, lock};
+pub use format::{damage, decode, preferred};
+pub use fs::{CASE_CONFLICT, FsStore, JOURNAL_DIR, LOCK_FILE, lock};
 pub use object::ObjectBlobs;
 
 /// Largest version a client may name: JavaScript's `Number.MAX_SAFE_INTEGER`, so every version
@@ -148,12 +150,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("blob file {path} does not parse: {source}")]
-    Corrupt {
-        path: String,
-        #[source]
-        source: serde_json::Error,
-    },
+    /// A damaged blob file (see [`decode`]): never served, never written over.
+    #[error("blob file {path} is damaged: {reason}")]
+    Corrupt { path: String, reason: String },
     #[error("the next version would exceed {MAX_VERSION}")]
     VersionOverflow,
     #[error("storage task failed: {0}")]
@@ -181,8 +180,10 @@ pub trait Store: Send + Sync + 'static {
     /// A conditional write (see [`apply`] for the rules).
     async fn set(&self, bucket: &Bucket, r: &Ref, request: SetRequest) -> Result<SetOutcome>;
 
-    /// Live blobs of a bucket in ref order, after `after`, at most `limit` of them. Each blob
-    /// is read and let go before the next, so a page holds one blob's data at a time.
+    /// Live blobs of a bucket in ref order, after `after`, at most `limit` of them. A listing
+    /// reads only what it shows (a large blob's file by its head and tail, see
+    /// `format::summarize_ends`), never a blob's data; a damaged blob file is logged and left
+    /// out, so one bad file cannot fail a whole listing.
     async fn list(
         &self,
         bucket: &Bucket,

@@ -13,10 +13,14 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, UpdateVersion};
+use object_store::{
+    GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutPayload,
+    UpdateVersion,
+};
 
 use crate::names::{Bucket, Ref};
 
+use super::format::{self, Summary};
 use super::{Blob, Error, Listed, Result, SetOutcome, SetRequest, Store, apply};
 
 /// Rounds of read, decide and conditional write one `set` may take while other writers keep
@@ -62,11 +66,51 @@ impl ObjectBlobs {
             version: found.meta.version.clone(),
         };
         let bytes = found.bytes().await?;
-        let blob = serde_json::from_slice(&bytes).map_err(|source| Error::Corrupt {
-            path: path.to_string(),
-            source,
-        })?;
+        let blob = format::decode(&bytes).map_err(|reason| damaged(path, reason))?;
         Ok(Some((Arc::new(blob), version)))
+    }
+
+    /// What a listing shows of the blob object `meta` names, `None` when it is gone: a large
+    /// one is judged by its head and tail (two ranged reads, of the version listed), a small
+    /// one, or one of an unusual layout, by all of it; the data is never copied out.
+    async fn summarize(&self, meta: &ObjectMeta) -> Result<Option<Summary>> {
+        let path = &meta.location;
+        if meta.size >= (format::HEAD.len() + format::TAIL) as u64 {
+            let range = |range| GetOptions {
+                range: Some(range),
+                if_match: meta.e_tag.clone(),
+                ..GetOptions::default()
+            };
+            let head = range(GetRange::Bounded(0..format::HEAD.len() as u64));
+            let tail = range(GetRange::Suffix(format::TAIL as u64));
+            let (head, tail) = futures_util::join!(
+                self.store.get_opts(path, head),
+                self.store.get_opts(path, tail)
+            );
+            // Replaced or removed since the listing, or ranges refused: the whole object says.
+            if let (Ok(head), Ok(tail)) = (head, tail)
+                && tail.meta.size == meta.size
+                && let (Ok(head), Ok(tail)) = (head.bytes().await, tail.bytes().await)
+                && let Some(summary) = format::summarize_ends(&head, &tail, meta.size)
+            {
+                return summary.map(Some).map_err(|reason| damaged(path, reason));
+            }
+        }
+        let bytes = match self.store.get(path).await {
+            Ok(found) => found.bytes().await?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        format::summarize(&bytes)
+            .map(Some)
+            .map_err(|reason| damaged(path, reason))
+    }
+}
+
+fn damaged(path: &Path, reason: String) -> Error {
+    Error::Corrupt {
+        path: path.to_string(),
+        reason,
     }
 }
 
@@ -137,13 +181,18 @@ impl Store for ObjectBlobs {
             if meta.location != self.path(bucket, &r) || after.is_some_and(|a| r <= *a) {
                 continue;
             }
-            if let Some((blob, _)) = self.read(&meta.location).await?
-                && !blob.deleted
-            {
-                found.push((r, Listed::from(&*blob)));
-                if found.len() == limit {
-                    break;
+            match self.summarize(&meta).await {
+                Ok(Some(Some(listed))) => found.push((r, listed)),
+                // Gone since the listing, or a tombstone.
+                Ok(_) => continue,
+                Err(e @ Error::Corrupt { .. }) => {
+                    tracing::warn!(path = %meta.location, "left out of a listing: {e}");
+                    continue;
                 }
+                Err(e) => return Err(e),
+            }
+            if found.len() == limit {
+                break;
             }
         }
         Ok(found)
