@@ -14,6 +14,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::direct::Denied;
+use crate::quota::{AdmitError, Refusal};
+use crate::state::CommitError;
 use crate::{blob_service, content, store};
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +63,10 @@ pub enum ApiError {
     /// 428: a write of an existing blob that does not say which version it replaces.
     #[error("The blob exists: say which version this write replaces with If-Match")]
     PreconditionRequired,
+    /// 507: the write would pass the bucket's quota, or the server is low on disk space (the
+    /// message says which); nothing was written.
+    #[error(transparent)]
+    InsufficientStorage(#[from] Refusal),
     /// 503: `/readyz` while the storage takes no writes.
     #[error("Storage is not writable")]
     NotReady,
@@ -90,6 +96,7 @@ impl ApiError {
             ApiError::Mismatch => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
             ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -115,12 +122,31 @@ impl From<store::Error> for ApiError {
     }
 }
 
+impl From<CommitError> for ApiError {
+    fn from(error: CommitError) -> Self {
+        match error {
+            CommitError::Refused(refusal) => ApiError::InsufficientStorage(refusal),
+            CommitError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<AdmitError> for ApiError {
+    fn from(error: AdmitError) -> Self {
+        match error {
+            AdmitError::Refused(refusal) => ApiError::InsufficientStorage(refusal),
+            measure @ AdmitError::Measure(_) => ApiError::Storage(Box::new(measure)),
+        }
+    }
+}
+
 impl From<content::Error> for ApiError {
     fn from(error: content::Error) -> Self {
         match error {
             content::Error::Mismatch => ApiError::Mismatch,
             content::Error::TooLarge(limit) => ApiError::TooLarge(limit),
             content::Error::Body(_) => ApiError::Body,
+            content::Error::Refused(refusal) => ApiError::InsufficientStorage(refusal),
             other => ApiError::Storage(Box::new(other)),
         }
     }
