@@ -298,7 +298,7 @@ pub async fn put(
 }
 
 /// `body`, each chunk reserved in `hold` as it arrives: the first chunk past the quota (or
-/// the reserve) ends the body with the [`Refusal`], which [`hash_into`] reports as
+/// the reserve) ends the body with the [`Refusal`], which the store reports as
 /// [`Error::Refused`].
 pub fn metered<'a>(body: ByteStream<'a>, hold: &Arc<Hold>) -> ByteStream<'a> {
     let hold = hold.clone();

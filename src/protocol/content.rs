@@ -223,17 +223,17 @@ pub(super) async fn request_upload<A: Adapter>(
     if size > limit {
         return denied(format!("over the size limit of {limit} bytes"));
     }
-    if let Err(refused) = session.state.quota().admit(&session.bucket, size, 0).await {
-        return match AckError::from(refused) {
-            AckError::Refused(refusal) => denied(refusal.to_string()),
-            other => Err(other),
-        };
-    }
     if !matches!(
         params.get("content_type"),
         None | Some(Json::Null | Json::String(_))
     ) {
         return denied("content_type must be a string".to_owned());
+    }
+    if let Err(refused) = session.state.quota().admit(&session.bucket, size, 0).await {
+        return match AckError::from(refused) {
+            AckError::Refused(refusal) => denied(refusal.to_string()),
+            other => Err(other),
+        };
     }
     // Intact content is verified by reading it all: only when something is there at all.
     let content = session.state.content();
