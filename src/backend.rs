@@ -7,6 +7,8 @@ use crate::blob_service::{RecordFiles, RecordObjects, RecordStore};
 use crate::config::{Config, StoreKind};
 use crate::content::{CLAIM_GRACE, ContentStore, FsContent, ObjectContent};
 use crate::direct::{DirectUrls, PresignedUrls};
+use crate::layout::Tree;
+use crate::quota::Quota;
 use crate::revocation::Place;
 use crate::server::StartError;
 use crate::store::{FsStore, ObjectBlobs, Store};
@@ -21,6 +23,8 @@ pub struct Backend {
     pub direct: Option<Arc<dyn DirectUrls>>,
     /// Where the revoked tokens are listed.
     pub revocations: Place,
+    /// The buckets' quotas, measured on this storage.
+    pub quota: Arc<Quota>,
 }
 
 impl Backend {
@@ -33,19 +37,27 @@ impl Backend {
                     path: config.storage.display().to_string(),
                     source,
                 };
+                let tree = Tree::Files(config.storage.clone());
                 Ok(Self {
                     blobs: Arc::new(FsStore::open(&config.storage).map_err(storage_error)?),
                     content: Arc::new(FsContent::open(&config.storage).map_err(storage_error)?),
                     records: Arc::new(RecordFiles::new(&config.storage)),
                     direct: None,
                     revocations: Place::file(&config.storage),
+                    quota: quota(config, tree, config.storage.clone()),
                 })
             }
             StoreKind::S3 => {
                 let s3 = config.s3()?;
                 let prefix = &config.s3_prefix;
                 let shared: Arc<dyn object_store::ObjectStore> = Arc::new(s3.clone());
+                let tree = Tree::Objects {
+                    store: shared.clone(),
+                    prefix: prefix.clone(),
+                };
                 Ok(Self {
+                    // Uploads are received into local temp files before they go up.
+                    quota: quota(config, tree, std::env::temp_dir()),
                     blobs: Arc::new(ObjectBlobs::new(shared.clone(), prefix)),
                     content: Arc::new(ObjectContent::new(shared.clone(), prefix, CLAIM_GRACE)),
                     records: Arc::new(RecordObjects::new(shared.clone(), prefix)),
@@ -59,4 +71,15 @@ impl Backend {
             }
         }
     }
+}
+
+/// The quotas of `config` over `tree`, with the reserve of free space on the file system of
+/// `disk`.
+fn quota(config: &Config, tree: Tree, disk: std::path::PathBuf) -> Arc<Quota> {
+    Arc::new(Quota::new(
+        config.quota_limits(),
+        tree,
+        disk,
+        config.min_free_bytes,
+    ))
 }

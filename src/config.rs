@@ -249,6 +249,30 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// Most bytes one bucket may store, its versioned blobs, content and Blob Service records
+    /// together, e.g. `10GiB`; 0: no limit. Past it, writes are refused with HTTP 507 or an
+    /// `{ error }` acknowledgement (deletes always pass).
+    #[arg(long, env = "BUCKET_QUOTA_BYTES", value_parser = crate::quota::parse_size, default_value = "10GiB")]
+    pub bucket_quota_bytes: u64,
+
+    /// Most Blob Service records one bucket may hold (each takes about 1.3 KB of memory while
+    /// the server runs); 0: no limit.
+    #[arg(long, env = "BUCKET_MAX_RECORDS", default_value_t = 100_000)]
+    pub bucket_max_records: u64,
+
+    /// Quotas of single buckets, in place of the two above: `bucket:bytes[:records]`,
+    /// comma-separated, e.g. `app1:50GiB:1000000,app2:0` (0: no limit; records left out: the
+    /// default).
+    #[arg(long, env = "BUCKET_QUOTAS", value_delimiter = ',', value_parser = crate::quota::parse_bucket_quota)]
+    pub bucket_quotas: Vec<crate::quota::BucketQuota>,
+
+    /// Free space kept on the storage's file system (`STORE=fs`), or on the temp directory
+    /// uploads are received into (`STORE=s3`), e.g. `1GiB`: below it writes that add bytes
+    /// are refused with HTTP 507, while the journal, checkpoints and deletes go on. 0: no
+    /// reserve.
+    #[arg(long, env = "MIN_FREE_BYTES", value_parser = crate::quota::parse_size, default_value = "1GiB")]
+    pub min_free_bytes: u64,
+
     /// Public origin of this server in direct transfer URLs, e.g. `https://blobs.example.com`.
     /// Unset: `http://` plus the `Host` the client connected with.
     #[arg(long, env = "PUBLIC_URL", value_parser = parse_origin)]
@@ -340,6 +364,8 @@ pub enum ConfigError {
     CredentialsWithoutOrigins,
     #[error("{0} is now called {1}: rename it in the configuration")]
     Renamed(&'static str, &'static str),
+    #[error("BUCKET_QUOTAS names the bucket {0} twice: give each bucket one quota")]
+    DuplicateQuota(String),
 }
 
 impl Config {
@@ -369,8 +395,25 @@ impl Config {
                 "CONTENT_REDIRECT_BYTES",
             ));
         }
+        let mut quotas = std::collections::HashSet::new();
+        if let Some(twice) = self
+            .bucket_quotas
+            .iter()
+            .find(|q| !quotas.insert(&q.bucket))
+        {
+            return Err(ConfigError::DuplicateQuota(twice.bucket.to_string()));
+        }
         self.secret()?;
         self.previous_secrets().map(drop)
+    }
+
+    /// The quota of every bucket: the default, and `BUCKET_QUOTAS`.
+    pub fn quota_limits(&self) -> crate::quota::Limits {
+        let default = crate::quota::Limit {
+            bytes: self.bucket_quota_bytes,
+            records: self.bucket_max_records,
+        };
+        crate::quota::Limits::new(default, &self.bucket_quotas)
     }
 
     /// The token secret, trimmed, refusing a missing, blank or short one (see
@@ -522,5 +565,43 @@ mod tests {
                 .to_string()
                 .contains("tooshort")
         );
+    }
+
+    #[test]
+    fn quotas_default_to_a_bound_and_take_exceptions() {
+        let config = Config::parse_from(["blobs", "--token-secret", LONG]);
+        assert_eq!(config.bucket_quota_bytes, 10 << 30);
+        assert_eq!(config.bucket_max_records, 100_000);
+        assert_eq!(config.min_free_bytes, 1 << 30);
+        let config = Config::parse_from([
+            "blobs",
+            "--token-secret",
+            "s",
+            "--bucket-quotas",
+            "big:1TiB:0, small:1MiB",
+        ]);
+        let limits = config.quota_limits();
+        let bucket = |name| crate::names::Bucket::parse(name).unwrap();
+        assert_eq!(
+            (
+                limits.of(&bucket("big")).bytes,
+                limits.of(&bucket("big")).records
+            ),
+            (1 << 40, 0)
+        );
+        assert_eq!(limits.of(&bucket("small")).records, 100_000);
+        let twice = Config::parse_from([
+            "blobs",
+            "--token-secret",
+            LONG,
+            "--bucket-quotas",
+            "a:1,a:2",
+        ]);
+        assert!(matches!(
+            twice.validate(),
+            Err(ConfigError::DuplicateQuota(_))
+        ));
+        assert!(Config::try_parse_from(["blobs", "--bucket-quotas", "a"]).is_err());
+        assert!(Config::try_parse_from(["blobs", "--min-free-bytes", "lots"]).is_err());
     }
 }

@@ -26,11 +26,14 @@
 //! - [`blob_service`]: the ActyxOS Blob Service: uploads with retention, named by handles.
 //! - `backend`: the storage a node runs on, chosen by `STORE`; [`s3`] the shared object
 //!   store client.
+//! - [`quota`]: what each bucket may store and stores now, and the reserve of free disk
+//!   space, checked before every write.
 //! - [`journal`]: the file store's write-ahead journal, one sync for many writes; [`durable`]:
 //!   the one way a file is replaced; `locks`: per-key async locks.
 //!
-//! Operating: [`admin`]: the `check`, `backup`, `restore`, `migrate` and `revoke` commands;
-//! [`layout`]: a store seen as the names of its files; `metrics`: Prometheus metrics.
+//! Operating: [`admin`]: the `check`, `backup`, `restore`, `migrate`, `revoke` and `usage`
+//! commands; [`layout`]: a store seen as the names of its files; `metrics`: Prometheus
+//! metrics.
 //!
 //! Across nodes: `cluster`: one Redis connection for the Socket.IO adapter, the relay of
 //! changes and records, and the Blob Service's order lock.
@@ -50,6 +53,7 @@ pub mod durable;
 pub mod journal;
 pub mod layout;
 pub mod names;
+pub mod quota;
 pub mod revocation;
 pub mod s3;
 pub mod server;

@@ -1,5 +1,5 @@
 //! The Blobs server: reads the configuration, binds, and serves until SIGTERM or SIGINT. With a
-//! command (`blobs check`, `backup`, `restore`, `migrate`, `revoke`) it runs that on the
+//! command (`blobs check`, `backup`, `restore`, `migrate`, `revoke`, `usage`) it runs that on the
 //! configured store instead, and exits.
 
 use std::io::IsTerminal;

@@ -102,6 +102,7 @@ pub async fn run(
     let service = BlobService::open(backend.records.clone(), backend.content.clone())
         .await
         .map_err(StartError::Records)?;
+    service.count_in(backend.quota.clone());
     let keys = Keys::rotated(secret, &config.previous_secrets()?);
     let revocations = Revocations::load(backend.revocations.clone())
         .await

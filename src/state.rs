@@ -13,11 +13,14 @@ use crate::blob_service::BlobService;
 use crate::changes::Changes;
 use crate::config::Config;
 use crate::content::ContentStore;
+use crate::content::{ByteStream, Stored};
 use crate::direct::{DirectUrls, SignedUrls};
 use crate::limits::{Backlog, Backlogs, Cap, Connections};
+use crate::names::ContentHash;
 use crate::names::{Bucket, Ref};
+use crate::quota::{AdmitError, Change, Quota, Refusal};
 use crate::revocation::Revocations;
-use crate::store::{SetOutcome, SetRequest, Store};
+use crate::store::{Edit, SetOutcome, SetRequest, Store};
 
 /// Shared server state. Cloning is cheap: it is one `Arc`.
 #[derive(Clone)]
@@ -29,6 +32,8 @@ struct Inner {
     store: Arc<dyn Store>,
     content: Arc<dyn ContentStore>,
     service: BlobService,
+    /// The buckets' quotas and usage, and the free-space reserve: every write passes it.
+    quota: Arc<Quota>,
     /// Hands out direct transfer URLs for content.
     direct: Arc<dyn DirectUrls>,
     /// Checks the URLs this server signed itself.
@@ -88,6 +93,44 @@ impl EventLimits {
     }
 }
 
+/// Bytes a blob's file takes beyond its data, at most: what a write reserves against the quota
+/// before it knows its file (the version, times and address).
+const BLOB_FILE_OVERHEAD: u64 = 160;
+
+/// Why a write to the versioned store was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// Past the bucket's quota, or the free-space reserve: HTTP 507, or the Socket.IO
+    /// `{ error }`.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The store failed (or the bucket could not be measured): logged, and masked toward
+    /// clients.
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+}
+
+impl From<AdmitError> for CommitError {
+    fn from(error: AdmitError) -> Self {
+        match error {
+            AdmitError::Refused(refusal) => CommitError::Refused(refusal),
+            AdmitError::Measure(cause) => CommitError::Store(crate::store::Error::Io {
+                path: "the bucket's listing".to_owned(),
+                source: std::io::Error::other(cause),
+            }),
+        }
+    }
+}
+
+/// What `blob-uploaded` found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Adopted {
+    Yes,
+    /// No intact content of that hash arrived, or none of at most this many bytes: all the
+    /// bucket's quota has room for (`None`: the quota did not limit it).
+    No(Option<u64>),
+}
+
 /// Limits and addresses of the content-addressed store.
 #[derive(Clone, Debug)]
 pub struct ContentLimits {
@@ -117,6 +160,7 @@ impl AppState {
             store: backend.blobs,
             content: backend.content,
             service,
+            quota: backend.quota,
             direct,
             signed,
             content_limits: ContentLimits {
@@ -179,18 +223,89 @@ impl AppState {
         &*self.0.store
     }
 
-    /// A conditional write to the versioned store, both protocols' one way in: timed for the
-    /// metrics.
+    /// A conditional write to the versioned store, both protocols' one way in: within the
+    /// bucket's quota and the free-space reserve (a delete always passes), counted in the
+    /// bucket's usage, and timed for the metrics.
     pub async fn commit(
         &self,
         bucket: &Bucket,
         r: &Ref,
         request: SetRequest,
-    ) -> crate::store::Result<SetOutcome> {
+    ) -> Result<SetOutcome, CommitError> {
+        let quota = &self.0.quota;
+        let (hold, account) = match &request.edit {
+            Edit::Put(data) => {
+                let needs = data.as_ref().map_or(0, String::len) as u64 + BLOB_FILE_OVERHEAD;
+                let hold = quota.admit(bucket, needs, 0).await?;
+                (Some(hold), None)
+            }
+            Edit::Delete => (None, quota.account_for_delete(bucket).await),
+        };
         let started = std::time::Instant::now();
         let outcome = self.0.store.set(bucket, r, request).await;
         crate::metrics::commit(started.elapsed());
-        outcome
+        if let Ok(SetOutcome::Committed { grown, .. }) = &outcome {
+            let account = hold.as_deref().map(|h| h.account()).or(account.as_deref());
+            if let Some(account) = account {
+                account.apply(Change::blobs(*grown));
+            }
+        }
+        Ok(outcome?)
+    }
+
+    pub fn quota(&self) -> &Quota {
+        &self.0.quota
+    }
+
+    /// Streams `body` into the bucket's content store ([`crate::content::put`]) within the
+    /// bucket's quota and the free-space reserve: a body that would pass either is cut off
+    /// while it arrives, and nothing is stored.
+    pub async fn put_content(
+        &self,
+        bucket: &Bucket,
+        expected: Option<&ContentHash>,
+        body: ByteStream<'_>,
+    ) -> crate::content::Result<Stored> {
+        let hold = self.0.quota.admit(bucket, 0, 0).await?;
+        let body = crate::content::metered(body, &hold);
+        let limit = self.0.content_limits.max_bytes;
+        let stored = crate::content::put(self.content(), bucket, expected, body, limit).await?;
+        if stored.created {
+            hold.account().apply(Change::content(stored.size as i64));
+        }
+        Ok(stored)
+    }
+
+    /// `blob-uploaded`: takes in what arrived at the direct upload URL of `hash`
+    /// ([`crate::content::adopt`]), within the bucket's quota and the free-space reserve.
+    pub async fn adopt_content(
+        &self,
+        bucket: &Bucket,
+        hash: &ContentHash,
+    ) -> Result<Adopted, crate::content::Error> {
+        let store = self.content();
+        let max = self.0.content_limits.max_bytes;
+        if store.size(bucket, hash).await?.is_some() {
+            // Stored already (this server's own direct URLs store through `put_content`).
+            let adopted = crate::content::adopt(store, bucket, hash, max).await?;
+            return Ok(if adopted {
+                Adopted::Yes
+            } else {
+                Adopted::No(None)
+            });
+        }
+        let hold = self.0.quota.admit(bucket, 0, 0).await?;
+        // A full bucket, or a disk at its reserve, refuses before anything is read.
+        hold.grow(1)?;
+        let room = hold.room().saturating_add(1);
+        let limit = max.min(room);
+        if !crate::content::adopt(store, bucket, hash, limit).await? {
+            return Ok(Adopted::No((limit < max).then_some(limit)));
+        }
+        if let Some(size) = store.size(bucket, hash).await? {
+            hold.account().apply(Change::content(size as i64));
+        }
+        Ok(Adopted::Yes)
     }
 
     pub fn content(&self) -> &dyn ContentStore {

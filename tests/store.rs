@@ -599,7 +599,7 @@ fn put(expect: Expect, data: &str) -> SetRequest {
 
 fn committed(outcome: SetOutcome) -> u64 {
     match outcome {
-        SetOutcome::Committed { version } => version,
+        SetOutcome::Committed { version, .. } => version,
         other => panic!("expected a commit, got {other:?}"),
     }
 }
@@ -773,7 +773,7 @@ async fn concurrent_writers_win_each_version_once() {
                             .await
                             .unwrap()
                         {
-                            SetOutcome::Committed { version } => {
+                            SetOutcome::Committed { version, .. } => {
                                 won.push(version);
                                 known = Some(version);
                             }

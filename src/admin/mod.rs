@@ -1,6 +1,6 @@
-//! The operator's commands: `blobs check`, `backup`, `restore`, `migrate` and `revoke`. They
-//! read the same configuration as the server (`STORE`, `STORAGE`, `S3_*`), and act on the
-//! store it names.
+//! The operator's commands: `blobs check`, `backup`, `restore`, `migrate`, `revoke` and
+//! `usage`. They read the same configuration as the server (`STORE`, `STORAGE`, `S3_*`), and
+//! act on the store it names.
 //!
 //! A file store is locked by the server that runs on it (`<STORAGE>/.lock`, an advisory lock
 //! the kernel drops with the process). Commands that must not run beside a server (`check
@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::clock::now_unix;
 use crate::config::{Config, ConfigError, StoreKind};
 use crate::names::Bucket;
+use crate::quota;
 use crate::revocation::{self, Place};
 use crate::store::FsStore;
 
@@ -64,6 +65,14 @@ pub enum Command {
     },
     /// Revoke tokens: running servers refuse them within 2 s and close their connections.
     Revoke(RevokeArgs),
+    /// Show what buckets store, one line each: bytes of versioned blobs, content and Blob
+    /// Service records, the record count, and the quota that applies. Reads a listing only;
+    /// safe beside a running server.
+    Usage {
+        /// Only this bucket (shown even when it stores nothing).
+        #[arg(long)]
+        bucket: Option<String>,
+    },
 }
 
 /// Which tokens to revoke.
@@ -110,6 +119,7 @@ pub async fn run(command: Command, config: &Config) -> Result<bool, AdminError> 
         Command::Restore { source } => restore(config, &source).await,
         Command::Migrate { to } => migrate(config, to).await,
         Command::Revoke(args) => revoke(config, args).await.map(|()| true),
+        Command::Usage { bucket } => usage(config, bucket.as_deref()).await.map(|()| true),
     }
 }
 
@@ -353,6 +363,41 @@ async fn revoke(config: &Config, args: RevokeArgs) -> Result<(), AdminError> {
         revocation::POLL.as_secs() * 2
     );
     Ok(())
+}
+
+async fn usage(config: &Config, bucket: Option<&str>) -> Result<(), AdminError> {
+    let tree = tree(config, config.store)?;
+    let limits = config.quota_limits();
+    let buckets = match bucket {
+        Some(name) => {
+            let bucket = Bucket::parse(name)
+                .ok_or_else(|| AdminError::Refused(format!("invalid bucket name {name:?}")))?;
+            let usage = quota::measure_bucket(&tree, &bucket).await?;
+            std::collections::BTreeMap::from([(bucket, usage)])
+        }
+        None => quota::measure(&tree).await?,
+    };
+    for (bucket, usage) in &buckets {
+        println!("{}", usage_line(bucket, usage, limits.of(bucket)));
+    }
+    if bucket.is_none() {
+        println!("{} buckets in {}", buckets.len(), tree.describe());
+    }
+    Ok(())
+}
+
+/// One bucket's line of `blobs usage`: `name=value` pairs, sizes in bytes, 0 for no limit.
+fn usage_line(bucket: &Bucket, usage: &quota::Usage, limit: quota::Limit) -> String {
+    format!(
+        "bucket={bucket} blobs={} content={} record_bytes={} records={} total={} quota_bytes={} quota_records={}",
+        usage.blobs,
+        usage.content,
+        usage.record_bytes,
+        usage.records,
+        usage.bytes(),
+        limit.bytes,
+        limit.records,
+    )
 }
 
 /// A cut-off in whole seconds, rounded up: `now`, or an RFC 3339 time.

@@ -68,10 +68,9 @@ impl Records {
         index.insert(handle, record)
     }
 
-    pub(super) fn remove(&mut self, bucket: &Bucket, handle: &Handle) {
-        if let Some(index) = self.buckets.get_mut(bucket) {
-            index.remove(handle);
-        }
+    /// Removes a record; the record removed, if there was one.
+    pub(super) fn remove(&mut self, bucket: &Bucket, handle: &Handle) -> Option<Arc<Record>> {
+        self.buckets.get_mut(bucket)?.remove(handle)
     }
 
     /// Every record's bucket and handle for which `keep` holds.

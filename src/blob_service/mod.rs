@@ -31,6 +31,7 @@ use tokio::sync::{broadcast, watch};
 use crate::content::{self, ContentStore, Incoming, Owner};
 use crate::locks::KeyedLocks;
 use crate::names::{Bucket, Handle};
+use crate::quota::{Account, Change, Quota};
 
 use crate::cluster::{Redis, relay};
 use index::{Index, Records, created_after};
@@ -89,6 +90,9 @@ struct Inner {
     /// Counts the records applied from the nodes' channel: an upload waits until its own
     /// record came back, so this node lists it from then on.
     applied: watch::Sender<u64>,
+    /// Where this service's writes and removals are counted, once set (the server sets it
+    /// before serving; unset, nothing is counted).
+    quota: OnceLock<Arc<Quota>>,
 }
 
 /// New records of every bucket, in `created` order, as a metadata stream reads them.
@@ -123,7 +127,20 @@ impl BlobService {
             order: KeyedLocks::default(),
             nodes: OnceLock::new(),
             applied: watch::channel(0).0,
+            quota: OnceLock::new(),
         })))
+    }
+
+    /// Counts this service's uploads and removals in `quota` from now on.
+    pub fn count_in(&self, quota: Arc<Quota>) {
+        self.0.quota.set(quota).ok();
+    }
+
+    /// The account of `bucket`, for a change about to be made (taken first, so the bucket's
+    /// first measurement cannot see the change and have it counted again); `None` without a
+    /// quota, or when the bucket cannot be measured (logged).
+    async fn account(&self, bucket: &Bucket) -> Option<Arc<Account>> {
+        self.0.quota.get()?.account_for_delete(bucket).await
     }
 
     /// Joins the other nodes on Redis: from now on this node's new records are ordered with
@@ -151,7 +168,7 @@ impl BlobService {
                         self.0.stream.send((bucket, record)).ok();
                     }
                 }
-                Applied::Removed(bucket, handle) => records.remove(&bucket, &handle),
+                Applied::Removed(bucket, handle) => drop(records.remove(&bucket, &handle)),
             }
         }
         self.0.applied.send_modify(|count| *count += 1);
@@ -232,6 +249,7 @@ impl BlobService {
     ) -> Result<Arc<Record>> {
         let (hash, size) = (incoming.hash().clone(), incoming.size());
         let handle = Handle::new();
+        let account = self.account(&bucket).await;
         let held = self.0.content.lock(&bucket, &hash).await;
         let (created, held) = incoming.commit(held, Owner::Service).await?;
         let record = Record {
@@ -258,6 +276,11 @@ impl BlobService {
         match written {
             Ok(record) => {
                 drop(held);
+                if let Some(account) = account {
+                    let content = if created { size as i64 } else { 0 };
+                    account.apply(Change::content(content));
+                    account.apply(Change::record(record_len(&record)));
+                }
                 Ok(record)
             }
             Err(e) => {
@@ -426,6 +449,11 @@ impl BlobService {
         })
         .await?
     }
+}
+
+/// Bytes of a record's stored JSON.
+fn record_len(record: &Record) -> i64 {
+    serde_json::to_vec(record).map_or(0, |json| json.len() as i64)
 }
 
 /// The nodes' channel of records, applied to one node's view.

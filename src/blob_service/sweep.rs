@@ -2,6 +2,7 @@
 //! (the retention sweep), and content a shared flow deletes.
 
 use crate::names::{Bucket, ContentHash, Handle};
+use crate::quota::Change;
 
 use super::{BlobService, Relayed, Result, SETTLE};
 
@@ -22,12 +23,20 @@ impl BlobService {
         let (bucket, hash) = (bucket.clone(), hash.clone());
         tokio::spawn(async move {
             let content = &this.0.content;
+            let account = this.account(&bucket).await;
             let held = content.lock(&bucket, &hash).await;
             if this.with_index(&bucket, |index| index.referenced(&hash)) {
-                Ok(content.claim(&bucket, &hash, held).await?)
-            } else {
-                Ok(content.remove(&bucket, &hash, held).await?)
+                return Ok(content.claim(&bucket, &hash, held).await?);
             }
+            let size = match &account {
+                Some(_) => content.size(&bucket, &hash).await?,
+                None => None,
+            };
+            let removed = content.remove(&bucket, &hash, held).await?;
+            if let (true, Some(account), Some(size)) = (removed, account, size) {
+                account.apply(Change::content(-(size as i64)));
+            }
+            Ok(removed)
         })
         .await?
     }
@@ -77,6 +86,7 @@ impl BlobService {
 
     /// Removes a record from storage, then from memory (here and on the other nodes).
     pub(super) async fn remove_record(&self, bucket: &Bucket, handle: &Handle) -> Result<()> {
+        let account = self.account(bucket).await;
         self.0.storage.remove(bucket, handle).await?;
         if let Some(cluster) = self.0.nodes.get() {
             let message = Relayed::Removed {
@@ -87,7 +97,10 @@ impl BlobService {
                 tracing::warn!(%bucket, %handle, "removal not announced to the other nodes: {e}");
             }
         }
-        self.records().remove(bucket, handle);
+        let removed = self.records().remove(bucket, handle);
+        if let (Some(account), Some(record)) = (account, removed) {
+            account.apply(Change::record(-super::record_len(&record)));
+        }
         Ok(())
     }
 
@@ -96,10 +109,15 @@ impl BlobService {
     /// stores it again); its size when removed.
     pub(super) async fn collect(&self, bucket: &Bucket, hash: &ContentHash) -> Result<Option<u64>> {
         let content = &self.0.content;
+        let account = self.account(bucket).await;
         let held = content.lock(bucket, hash).await;
         if self.with_index(bucket, |index| index.referenced(hash)) {
             return Ok(None);
         }
-        Ok(content.release(bucket, hash, held).await?)
+        let released = content.release(bucket, hash, held).await?;
+        if let (Some(account), Some(size)) = (account, released) {
+            account.apply(Change::content(-(size as i64)));
+        }
+        Ok(released)
     }
 }

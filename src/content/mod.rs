@@ -14,12 +14,14 @@ mod verify;
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, AsyncWrite, AsyncWriteExt};
 
 use crate::names::{Bucket, ContentHash};
+use crate::quota::{Hold, Refusal};
 
 pub use fs::FsContent;
 
@@ -77,6 +79,11 @@ pub enum Error {
     /// The body could not be read from the client (it went away, or its transport failed).
     #[error("the body could not be received: {0}")]
     Body(#[source] io::Error),
+    /// The body would pass the bucket's quota, or the server's free-space reserve, while it
+    /// arrives (see [`crate::quota`]): nothing was stored. HTTP 507, or the Socket.IO
+    /// `{ error }`.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// The storage failed; logged, and masked toward clients (500, or a Socket.IO
     /// `storage error`).
     #[error("i/o error on {path}: {source}")]
@@ -91,6 +98,18 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<crate::quota::AdmitError> for Error {
+    fn from(error: crate::quota::AdmitError) -> Self {
+        match error {
+            crate::quota::AdmitError::Refused(refusal) => Error::Refused(refusal),
+            crate::quota::AdmitError::Measure(cause) => Error::Io {
+                path: "the bucket's listing".to_owned(),
+                source: io::Error::other(cause),
+            },
+        }
+    }
+}
 
 /// Holds one content's lock: while it is held, nobody else commits or removes that content.
 /// The store's operations take it by value and keep it until their file work is done, so a
@@ -239,7 +258,10 @@ async fn hash_into(
     let mut hasher = blake3::Hasher::new();
     let mut size = 0u64;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(Error::Body)?;
+        let chunk = chunk.map_err(|e| match Refusal::carried_by(&e) {
+            Some(refusal) => Error::Refused(refusal),
+            None => Error::Body(e),
+        })?;
         size += chunk.len() as u64;
         if size > limit {
             return Err(Error::TooLarge(limit));
@@ -273,6 +295,18 @@ pub async fn put(
         size,
         created,
     })
+}
+
+/// `body`, each chunk reserved in `hold` as it arrives: the first chunk past the quota (or
+/// the reserve) ends the body with the [`Refusal`], which the store reports as
+/// [`Error::Refused`].
+pub fn metered<'a>(body: ByteStream<'a>, hold: &Arc<Hold>) -> ByteStream<'a> {
+    let hold = hold.clone();
+    Box::pin(body.map(move |chunk| {
+        let chunk = chunk?;
+        hold.grow(chunk.len() as u64).map_err(io::Error::other)?;
+        Ok(chunk)
+    }))
 }
 
 /// Stores bytes already in memory (a Socket.IO upload).

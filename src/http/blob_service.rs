@@ -92,7 +92,7 @@ fn multipart_error(error: MultipartError, limit: u64) -> ApiError {
     responses(
         (status = 201, description = "Stored: `{ \"handle\": … }`"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 413, body = ErrorBody)
+        (status = 413, body = ErrorBody), (status = 507, body = ErrorBody)
     ),
     security(("bearer" = []))
 )]
@@ -105,6 +105,8 @@ pub(super) async fn upload(
 ) -> Result<Response> {
     let bucket = token.writer()?;
     let limit = state.content_limits().max_bytes;
+    // A place for the record first: a bucket at its record quota refuses before the body.
+    let hold = state.quota().admit(bucket, 0, 1).await?;
     let mut multipart = multipart.map_err(|_| {
         ApiError::bad("Expected a multipart/form-data body with the parts blob and metadata")
     })?;
@@ -144,12 +146,14 @@ pub(super) async fn upload(
                     .file_name()
                     .map(|name| name.chars().take(MAX_FILE_NAME).collect::<String>());
                 let body = field.map_err(io::Error::other);
+                let body = content::metered(Box::pin(body), &hold);
                 let incoming = state
                     .content()
-                    .receive(bucket, Box::pin(body), limit)
+                    .receive(bucket, body, limit)
                     .await
                     .map_err(|e| match e {
                         content::Error::TooLarge(limit) => ApiError::TooLarge(limit),
+                        content::Error::Refused(refusal) => ApiError::InsufficientStorage(refusal),
                         content::Error::Body(cause) => {
                             ApiError::bad(format!("The blob part broke off: {cause}"))
                         }
@@ -193,6 +197,8 @@ pub(super) async fn upload(
         .service()
         .upload(bucket, incoming, upload, announce)
         .await?;
+    // Counted by the service by now: the reservation goes.
+    drop(hold);
     tracing::debug!(%bucket, handle = %record.handle, size = record.size, "blob service upload stored");
     Ok((
         StatusCode::CREATED,

@@ -165,7 +165,8 @@ pub(super) async fn get(
         (status = 201, description = "Created; `ETag` is the new version"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 412, description = "The precondition failed: the current `ETag` and bytes"),
-        (status = 413, body = ErrorBody), (status = 428, body = ErrorBody)
+        (status = 413, body = ErrorBody), (status = 428, body = ErrorBody),
+        (status = 507, body = ErrorBody)
     ),
     security(("bearer" = []))
 )]
@@ -253,7 +254,7 @@ async fn write(
         now: now_ms(),
     };
     match state.commit(&bucket, &r, request).await? {
-        SetOutcome::Committed { version } => {
+        SetOutcome::Committed { version, .. } => {
             tracing::debug!(%bucket, r#ref = %r, version, deleted, "committed over HTTP");
             state.changes().publish(
                 Change {

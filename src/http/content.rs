@@ -356,7 +356,8 @@ pub(crate) async fn serve(read: Read<'_>, content_type: &str) -> Result<Response
 }
 
 /// Stores content: 201 when new, 200 when it was already there; 422 when the bytes do not
-/// hash to `{hash}`, 413 over the limit (checked while the body arrives).
+/// hash to `{hash}`, 413 over the limit, 507 past the bucket's quota or the server's disk
+/// reserve (both checked while the body arrives).
 #[utoipa::path(
     put,
     path = "/blobs/{hash}",
@@ -369,7 +370,8 @@ pub(crate) async fn serve(read: Read<'_>, content_type: &str) -> Result<Response
         (status = 200, description = "Already present", body = StoredBody),
         (status = 201, description = "Stored", body = StoredBody),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 507, body = ErrorBody)
     ),
     security(("bearer" = []), ())
 )]
@@ -395,7 +397,9 @@ pub(super) async fn put_content(
         return Err(ApiError::TooLarge(limit));
     }
     let stream = body.into_data_stream().map_err(io::Error::other);
-    let stored = content::put(state.content(), bucket, Some(hash), Box::pin(stream), limit).await?;
+    let stored = state
+        .put_content(bucket, Some(hash), Box::pin(stream))
+        .await?;
     if stored.created {
         tracing::debug!(%bucket, %hash, size = stored.size, "content stored over HTTP");
         // Content sent to a direct URL is announced by the `blob-uploaded` that follows it.

@@ -15,6 +15,8 @@ use utoipa::ToSchema;
 
 use crate::direct::Denied;
 use crate::limits::ConnectionRefused;
+use crate::quota::{AdmitError, Refusal};
+use crate::state::CommitError;
 use crate::{blob_service, content, store};
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +68,10 @@ pub enum ApiError {
     /// `MAX_CONNECTIONS_PER_IP`): a long-lived stream refused.
     #[error(transparent)]
     Connections(#[from] ConnectionRefused),
+    /// 507: the write would pass the bucket's quota, or the server is low on disk space (the
+    /// message says which); nothing was written.
+    #[error(transparent)]
+    InsufficientStorage(#[from] Refusal),
     /// 503: `/readyz` while the storage takes no writes.
     #[error("Storage is not writable")]
     NotReady,
@@ -98,6 +104,7 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::Connections(ConnectionRefused::AddressFull) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -123,12 +130,31 @@ impl From<store::Error> for ApiError {
     }
 }
 
+impl From<CommitError> for ApiError {
+    fn from(error: CommitError) -> Self {
+        match error {
+            CommitError::Refused(refusal) => ApiError::InsufficientStorage(refusal),
+            CommitError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<AdmitError> for ApiError {
+    fn from(error: AdmitError) -> Self {
+        match error {
+            AdmitError::Refused(refusal) => ApiError::InsufficientStorage(refusal),
+            measure @ AdmitError::Measure(_) => ApiError::Storage(Box::new(measure)),
+        }
+    }
+}
+
 impl From<content::Error> for ApiError {
     fn from(error: content::Error) -> Self {
         match error {
             content::Error::Mismatch => ApiError::Mismatch,
             content::Error::TooLarge(limit) => ApiError::TooLarge(limit),
             content::Error::Body(_) => ApiError::Body,
+            content::Error::Refused(refusal) => ApiError::InsufficientStorage(refusal),
             other => ApiError::Storage(Box::new(other)),
         }
     }

@@ -1,6 +1,8 @@
 //! What a Socket.IO client sees when an event fails: `{ error: "<message>" }` as the
 //! acknowledgement, and the socket stays connected.
 
+use crate::quota::{AdmitError, Refusal};
+use crate::state::CommitError;
 use crate::store::{self, MAX_VERSION};
 
 /// Why an event could not be served. The client receives `{ error: "<this message>" }` as the
@@ -55,6 +57,10 @@ pub enum AckError {
     /// The server is shutting down and takes no new events.
     #[error("Server is shutting down")]
     Closing,
+    /// A write past the bucket's quota, or while the server is low on disk space: the message
+    /// says which. Nothing was written.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// The store failed. The cause is logged; the client learns that the operation did not
     /// complete: a `set` answered this way was not acknowledged, and the blob keeps its
     /// previous version unless the file was already replaced when the final sync failed.
@@ -62,5 +68,36 @@ pub enum AckError {
     Store(#[from] store::Error),
     /// The content store failed; logged, like [`AckError::Store`].
     #[error("Storage error: the operation could not be completed")]
-    Content(#[from] crate::content::Error),
+    Content(crate::content::Error),
+}
+
+impl From<CommitError> for AckError {
+    fn from(error: CommitError) -> Self {
+        match error {
+            CommitError::Refused(refusal) => AckError::Refused(refusal),
+            CommitError::Store(error) => AckError::Store(error),
+        }
+    }
+}
+
+impl From<AdmitError> for AckError {
+    fn from(error: AdmitError) -> Self {
+        match error {
+            AdmitError::Refused(refusal) => AckError::Refused(refusal),
+            // Logged and answered as any storage failure.
+            AdmitError::Measure(cause) => AckError::Store(store::Error::Io {
+                path: "the bucket's listing".to_owned(),
+                source: std::io::Error::other(cause),
+            }),
+        }
+    }
+}
+
+impl From<crate::content::Error> for AckError {
+    fn from(error: crate::content::Error) -> Self {
+        match error {
+            crate::content::Error::Refused(refusal) => AckError::Refused(refusal),
+            other => AckError::Content(other),
+        }
+    }
 }

@@ -32,6 +32,7 @@ use crate::clock::now_unix;
 use crate::content;
 use crate::names::ContentHash;
 use crate::protocol::ack::AckError;
+use crate::state::Adopted;
 
 /// Most entries (blobs or hashes) one message may carry.
 const MAX_ENTRIES: usize = 1024;
@@ -59,6 +60,20 @@ pub(super) async fn upload<A: Adapter>(
         "expected { blobs: [{ hash, data_b64 }] }",
     )?;
     let max_chars = session.state.max_data_chars();
+    // What the entries would add: refused as a whole when the bucket (or the disk) has no
+    // room for it all; each entry is still held to the quota as it is stored.
+    let adding = entries
+        .iter()
+        .filter_map(|e| e.get("data_b64").and_then(Json::as_str))
+        .map(|data| (data.len() / 4 * 3) as u64)
+        .sum::<u64>();
+    drop(
+        session
+            .state
+            .quota()
+            .admit(&session.bucket, adding, 0)
+            .await?,
+    );
     let mut accepted = Vec::new();
     let mut rejected = Vec::new();
     let mut created = Vec::new();
@@ -104,14 +119,17 @@ async fn store_inline<A: Adapter>(
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(data)
         .map_err(|_| "data_b64 is not valid base64")?;
-    let limit = session.state.content_limits().max_bytes;
-    let store = session.state.content();
-    match content::put_bytes(store, &session.bucket, &hash, Bytes::from(bytes), limit).await {
+    let body = futures_util::stream::iter([Ok(Bytes::from(bytes))]);
+    let put = session
+        .state
+        .put_content(&session.bucket, Some(&hash), Box::pin(body));
+    match put.await {
         Ok(stored) => Ok(stored),
         Err(content::Error::Mismatch) => Err("hash mismatch".to_owned()),
         Err(content::Error::TooLarge(limit)) => {
             Err(format!("over the size limit of {limit} bytes"))
         }
+        Err(content::Error::Refused(refusal)) => Err(refusal.to_string()),
         Err(cause) => {
             tracing::error!(bucket = %session.bucket, %hash, "content storage failure: {cause}");
             Err("storage error".to_owned())
@@ -215,6 +233,12 @@ pub(super) async fn request_upload<A: Adapter>(
     ) {
         return denied("content_type must be a string".to_owned());
     }
+    if let Err(refused) = session.state.quota().admit(&session.bucket, size, 0).await {
+        return match AckError::from(refused) {
+            AckError::Refused(refusal) => denied(refusal.to_string()),
+            other => Err(other),
+        };
+    }
     // Intact content is verified by reading it all: only when something is there at all.
     let content = session.state.content();
     if content.size(&session.bucket, &hash).await?.is_some()
@@ -259,11 +283,19 @@ pub(super) async fn uploaded<A: Adapter>(
     if session.read_only {
         return rejected("read-only token");
     }
-    let limit = session.state.content_limits().max_bytes;
-    if !content::adopt(session.state.content(), &session.bucket, &hash, limit).await? {
-        return rejected(
-            "no content with this hash arrived: PUT the exact bytes to the granted URL",
-        );
+    match session.state.adopt_content(&session.bucket, &hash).await? {
+        Adopted::Yes => {}
+        Adopted::No(None) => {
+            return rejected(
+                "no content with this hash arrived: PUT the exact bytes to the granted URL",
+            );
+        }
+        Adopted::No(Some(room)) => {
+            return rejected(&format!(
+                "no content with this hash arrived, or it is larger than the {room} bytes \
+                 left under the bucket's quota: PUT the exact bytes to the granted URL"
+            ));
+        }
     }
     tracing::debug!(bucket = %session.bucket, %hash, "direct upload confirmed");
     session.state.changes().announce_content(

@@ -130,7 +130,7 @@ impl<A: Adapter> Session<A> {
         };
         let outcome = self.state.commit(&self.bucket, &r, request).await;
         match outcome? {
-            SetOutcome::Committed { version } => {
+            SetOutcome::Committed { version, .. } => {
                 tracing::debug!(bucket = %self.bucket, r#ref = %r, version, "committed");
                 let change = Change {
                     bucket: self.bucket.clone(),

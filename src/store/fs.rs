@@ -303,6 +303,7 @@ impl Store for FsStore {
         *cached = self.write_file(&key, &blob, file).await;
         Ok(SetOutcome::Committed {
             version: blob.version,
+            grown: super::grown(current.as_deref(), &blob),
         })
     }
 

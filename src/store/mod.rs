@@ -62,6 +62,25 @@ impl Blob {
     pub fn size(&self) -> usize {
         self.data.as_deref().map_or(0, decoded_len)
     }
+
+    /// Bytes of this blob's file as this server writes it (its JSON), counted without writing
+    /// it out.
+    pub fn stored_len(&self) -> u64 {
+        let digits = |n: u64| u64::from(n.checked_ilog10().unwrap_or(0) + 1);
+        let data = self.data.as_ref().map_or(0, |d| d.len() as u64 + 10);
+        let updated = self.updated.map_or(0, |u| 11 + digits(u));
+        let deleted = if self.deleted { 15 } else { 0 };
+        // `{"version":V,"created":C,"ip":"…"}` and the optional fields.
+        2 + 10
+            + digits(self.version)
+            + 11
+            + digits(self.created)
+            + 8
+            + self.ip.len() as u64
+            + data
+            + updated
+            + deleted
+    }
 }
 
 /// What a listing says of one blob. No data: a page costs memory by its entries, not by the
@@ -89,6 +108,11 @@ impl From<&Blob> for Listed {
 fn decoded_len(text: &str) -> usize {
     let body = text.trim_end_matches('=').len();
     body * 3 / 4
+}
+
+/// Bytes a blob's file grows by when `blob` replaces `current`.
+fn grown(current: Option<&Blob>, blob: &Blob) -> i64 {
+    blob.stored_len() as i64 - current.map_or(0, Blob::stored_len) as i64
 }
 
 /// The blob as readers see it: `None` for a missing blob and for a tombstone.
@@ -132,8 +156,9 @@ pub struct SetRequest {
 /// What a conditional write did.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SetOutcome {
-    /// The write is durable; the blob (or tombstone) now has this version.
-    Committed { version: u64 },
+    /// The write is durable; the blob (or tombstone) now has this version, and its file grew
+    /// by `grown` bytes (negative: shrank; [`Blob::stored_len`] of what it replaced).
+    Committed { version: u64, grown: i64 },
     /// The expectation failed: nothing was written; this is the current blob, if any
     /// (tombstones included).
     Conflict(Option<Arc<Blob>>),
@@ -366,5 +391,31 @@ mod tests {
         let blob: Blob = serde_json::from_str(tombstone).unwrap();
         assert!(blob.deleted);
         assert_eq!(serde_json::to_string(&blob).unwrap(), tombstone);
+    }
+
+    #[test]
+    fn stored_lengths_are_the_files_lengths() {
+        let mut blob = Blob {
+            data: Some("aGVsbG8=".into()),
+            version: 1,
+            created: 1_763_780_000_000,
+            updated: None,
+            ip: "203.0.113.7".into(),
+            deleted: false,
+        };
+        let len = |b: &Blob| serde_json::to_vec(b).unwrap().len() as u64;
+        assert_eq!(blob.stored_len(), len(&blob));
+        for version in [9, 10, 99_999, MAX_VERSION] {
+            blob.version = version;
+            blob.updated = Some(version * 7);
+            assert_eq!(blob.stored_len(), len(&blob), "{version}");
+        }
+        blob.data = None;
+        blob.deleted = true;
+        blob.created = 0;
+        assert_eq!(blob.stored_len(), len(&blob));
+        blob.data = Some(String::new());
+        blob.ip = "::1".into();
+        assert_eq!(blob.stored_len(), len(&blob));
     }
 }

@@ -146,6 +146,7 @@ impl Store for ObjectBlobs {
                 Ok(_) => {
                     return Ok(SetOutcome::Committed {
                         version: blob.version,
+                        grown: super::grown(current.as_deref(), &blob),
                     });
                 }
                 // Another writer won: decide again against what it left.
