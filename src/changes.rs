@@ -327,10 +327,10 @@ impl Rooms for LocalRooms {
 /// Sends one event to one socket of this node, counted against its [`Backlog`]; a socket
 /// whose client is behind by the whole backlog, or whose queue is full, is dropped.
 fn deliver<A: Adapter>(socket: &SocketRef<A>, event: &'static str, payload: &Json) {
-    if let Some(backlog) = socket.extensions.get::<Arc<Backlog>>() {
-        if !backlog.try_charge(packet_len(event, payload)) {
-            return drop_stalled(socket);
-        }
+    if let Some(backlog) = socket.extensions.get::<Arc<Backlog>>()
+        && !backlog.try_charge(packet_len(event, payload))
+    {
+        return drop_stalled(socket);
     }
     match emit_value(socket, event, payload) {
         Ok(()) if event == "changed" => crate::metrics::changed_delivered(1),

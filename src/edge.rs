@@ -202,10 +202,10 @@ where
         // A client that does not read fills the kernel's send queue first; bounded, it fills
         // at once, so `SEND_TIMEOUT` counts from when the client stopped reading rather than
         // from when megabytes of kernel buffer ran out.
-        if limits.send_buffer > 0 {
-            if let Err(e) = socket2::SockRef::from(&tcp).set_send_buffer_size(limits.send_buffer) {
-                tracing::debug!("cannot set SO_SNDBUF: {e}");
-            }
+        if limits.send_buffer > 0
+            && let Err(e) = socket2::SockRef::from(&tcp).set_send_buffer_size(limits.send_buffer)
+        {
+            tracing::debug!("cannot set SO_SNDBUF: {e}");
         }
         let written = Written::default();
         let io = TokioIo::new(Metered {

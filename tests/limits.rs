@@ -256,10 +256,10 @@ async fn a_packet_announcing_an_attachment_closes_the_connection() {
             if matches!(message, Message::Close(_)) {
                 break;
             }
-            if let Message::Text(text) = &message {
-                if text.as_str() == "2" {
-                    ws.send(Message::text("3")).await.ok();
-                }
+            if let Message::Text(text) = &message
+                && text.as_str() == "2"
+            {
+                ws.send(Message::text("3")).await.ok();
             }
         }
     });
@@ -511,11 +511,8 @@ async fn a_client_that_stops_reading_holds_a_bounded_kernel_buffer() {
     // The server's side of the connection, until it is gone; its largest send queue.
     let mut largest = 0;
     let gone = tokio::time::timeout(HANG, async {
-        loop {
-            match send_queue(server.addr.port(), local_port) {
-                Some(queued) => largest = largest.max(queued),
-                None => break,
-            }
+        while let Some(queued) = send_queue(server.addr.port(), local_port) {
+            largest = largest.max(queued);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
