@@ -104,7 +104,8 @@ fn temp_files(root: &Path) -> Vec<PathBuf> {
 #[tokio::test]
 async fn disk_faults_refuse_writes_and_keep_old_versions() {
     let mut disk = SmallDisk::mount("1m");
-    let server = TestServer::start_in(disk.storage()).await;
+    // The free-space reserve off: the disk itself runs out (`tests/quota.rs` tests the reserve).
+    let server = TestServer::start_with(disk.storage(), &["--min-free-bytes", "0"]).await;
     let r = hex_ref("d0");
     let mut writer = server.subscribed("b", &r).await;
     let mut other = server.subscribed("other", &r).await;
@@ -171,6 +172,7 @@ async fn a_full_disk_fails_writes_cleanly_and_loses_nothing_acknowledged() {
         &[
             ("CHECKPOINT_INTERVAL", "50ms"),
             ("EVENTS_PER_SECOND", "100000"),
+            ("MIN_FREE_BYTES", "0"),
         ],
     );
     let refs: Vec<String> = (0..REFS).map(|i| format!("{i:02x}").repeat(32)).collect();
