@@ -109,6 +109,32 @@ async fn write_everywhere(
     answers
 }
 
+/// Another bucket than the full one writes on every path.
+async fn other_bucket_writes_everywhere(server: &TestServer) {
+    for (path, answer) in write_everywhere(server, "other", 1000, 20).await {
+        match answer {
+            Ok(status) => assert!(status.is_success(), "{path}: {status}"),
+            Err(error) => assert_eq!(error, None, "{path}"),
+        }
+    }
+}
+
+/// Deleting the full bucket's blob `first` (at version 1) makes room for 3,000 bytes.
+async fn delete_makes_room(server: &TestServer, first: &str) {
+    let deleted = Client::new()
+        .delete(format!("http://{}/v1/blobs/{first}", server.addr))
+        .bearer_auth(token("full"))
+        .header("If-Match", "\"1\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        put_content(&server, "full", bytes(3000, 13)).await.status(),
+        StatusCode::CREATED
+    );
+}
+
 /// Past its quota a bucket gets 507 or an `{ error }` naming the quota on each write path,
 /// while another bucket writes the same; a delete makes room again, and a bucket the operator
 /// gave more takes more.
@@ -162,26 +188,10 @@ async fn each_write_path_stops_at_the_quota_and_other_buckets_go_on() {
         .unwrap();
     assert_eq!(read.status(), StatusCode::OK);
 
-    for (path, answer) in write_everywhere(&server, "other", 1000, 20).await {
-        match answer {
-            Ok(status) => assert!(status.is_success(), "{path}: {status}"),
-            Err(error) => assert_eq!(error, None, "{path}"),
-        }
-    }
+    other_bucket_writes_everywhere(&server).await;
 
     // A delete frees what the blob took.
-    let deleted = Client::new()
-        .delete(format!("http://{}/v1/blobs/{first}", server.addr))
-        .bearer_auth(token("full"))
-        .header("If-Match", "\"1\"")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
-    assert_eq!(
-        put_content(&server, "full", bytes(3000, 13)).await.status(),
-        StatusCode::CREATED
-    );
+    delete_makes_room(&server, &first).await;
     // And a content delete frees its bytes.
     let gone = Client::new()
         .delete(format!(
@@ -504,24 +514,8 @@ async fn the_object_store_is_held_to_the_quota() {
         .unwrap();
     let reason = denied["reason"].as_str().unwrap_or_default();
     assert!(reason.starts_with("Bucket quota exceeded"), "{denied}");
-    for (path, answer) in write_everywhere(&server, "other", 1000, 20).await {
-        match answer {
-            Ok(status) => assert!(status.is_success(), "{path}: {status}"),
-            Err(error) => assert_eq!(error, None, "{path}"),
-        }
-    }
-    let deleted = Client::new()
-        .delete(format!("http://{}/v1/blobs/{first}", server.addr))
-        .bearer_auth(token("full"))
-        .header("If-Match", "\"1\"")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
-    assert_eq!(
-        put_content(&server, "full", bytes(3000, 13)).await.status(),
-        StatusCode::CREATED
-    );
+    other_bucket_writes_everywhere(&server).await;
+    delete_makes_room(&server, &first).await;
     server.stop().await;
 
     let env = [

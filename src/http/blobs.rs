@@ -93,14 +93,7 @@ fn blob_response(status: StatusCode, blob: &Blob) -> Result<Response> {
     let headers = response.headers_mut();
     headers.insert(header::ETAG, etag(blob.version));
     headers.insert(header::LAST_MODIFIED, http_date(blob.modified()));
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("sandbox"),
-    );
+    super::inert(headers);
     Ok(response)
 }
 

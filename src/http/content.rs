@@ -324,17 +324,9 @@ pub(crate) async fn serve(read: Read<'_>, content_type: &str) -> Result<Response
     out.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     out.insert(header::ETAG, etag(hash));
     out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    // Uploaded bytes must never run as a page of this origin (where tokens live): no type
-    // sniffing, a sandbox for anything a browser opens, and a download for any type that
-    // could carry script.
-    out.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    out.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("sandbox"),
-    );
+    // Uploaded bytes must never run as a page of this origin: inert, and a download for any
+    // type that could carry script.
+    super::inert(out);
     if !shown_inline(content_type) {
         out.insert(
             header::CONTENT_DISPOSITION,

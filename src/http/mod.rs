@@ -34,6 +34,21 @@ fn header_value(text: String) -> axum::http::HeaderValue {
     axum::http::HeaderValue::from_str(&text).expect("the server's own header text is ASCII")
 }
 
+/// Marks a response whose bytes a client uploaded as inert: no type sniffing, and a sandbox
+/// for anything a browser opens, so stored bytes never run as a page of this origin (where
+/// tokens live).
+fn inert(headers: &mut HeaderMap) {
+    use axum::http::HeaderValue;
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox"),
+    );
+}
+
 /// The API's routes; the caller adds the state. `max_data_bytes` bounds versioned blobs,
 /// `content_max_bytes` content (and Blob Service uploads).
 pub fn router(max_data_bytes: usize, content_max_bytes: u64) -> Router<AppState> {

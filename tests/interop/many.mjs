@@ -4,32 +4,9 @@
 // Usage: BLOBS_URL=... BLOBS_TOKEN=... node many.mjs websocket|polling
 // Exits 0 and prints "ok <transport>" when every check passed.
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { io } from 'socket.io-client';
+import { call, connect, deadline, newRef, transport } from './scenario.mjs';
 
-const url = process.env.BLOBS_URL;
-const token = process.env.BLOBS_TOKEN;
-const transport = process.argv[2] ?? 'websocket';
-const options = { transports: [transport], reconnection: false, forceNew: true, auth: { token } };
-
-setTimeout(() => {
-  console.error('scenario timed out');
-  process.exit(1);
-}, 60_000).unref();
-
-const newRef = () => randomBytes(32).toString('hex');
-
-function connect() {
-  const socket = io(url, options);
-  return new Promise((resolve, reject) => {
-    socket.once('connect', () => resolve(socket));
-    socket.once('connect_error', reject);
-  });
-}
-
-function call(socket, event, ...args) {
-  return new Promise((resolve) => socket.emit(event, ...args, (...ack) => resolve(ack)));
-}
+deadline(100_000);
 
 // Every `changed` a socket receives, in order, with its arguments.
 function record(socket) {
