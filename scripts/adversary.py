@@ -31,7 +31,7 @@ empty one), and reads the server's resident memory (`VmRSS` in /proc/<pid>/statu
   (127.0.0.2) tries a Socket.IO handshake, `GET /v1/blobs` and `/healthz`; how many streams
   are still open 20 s later.
 - `secrets`: servers started with `TOKEN_SECRET=" "`, with `PREVIOUS_TOKEN_SECRETS="<old>, "`
-  and with `"alpha, beta"`: whether each starts (exit code), and which tokens it accepts
+  and with `"<alpha>, <beta>"` (each of them 20 bytes or more): whether each starts (exit code), and which tokens it accepts
   (signed with `" "`, with `beta`).
 - `disk`: one token makes as many Blob Service uploads of one small content (records) as it
   can for 5 s, then uploads 16 distinct 64 MiB files (`POST /api/v1/blobs`, which names the
@@ -1198,14 +1198,15 @@ def attack_secrets(binary):
             shutil.rmtree(storage, ignore_errors=True)
 
     parts.append('`TOKEN_SECRET=" "`: ' + probe({"TOKEN_SECRET": " "}, [('" "', " ")]))
+    # Previous secrets long enough for any minimum, so what is tested is the list's parsing.
+    old, alpha, beta = "adversary-old-secret", "adversary-alpha-secret", "adversary-beta-secret"
     parts.append(
-        '`PREVIOUS_TOKEN_SECRETS="adversary-old, "`: '
-        + probe({"PREVIOUS_TOKEN_SECRETS": "adversary-old, "},
-                [('" "', " "), ("adversary-old", "adversary-old")])
+        f'`PREVIOUS_TOKEN_SECRETS="{old}, "`: '
+        + probe({"PREVIOUS_TOKEN_SECRETS": f"{old}, "}, [('" "', " "), (old, old)])
     )
     parts.append(
-        '`PREVIOUS_TOKEN_SECRETS="alpha, beta"`: '
-        + probe({"PREVIOUS_TOKEN_SECRETS": "alpha, beta"}, [("beta", "beta")])
+        f'`PREVIOUS_TOKEN_SECRETS="{alpha}, {beta}"`: '
+        + probe({"PREVIOUS_TOKEN_SECRETS": f"{alpha}, {beta}"}, [(beta, beta)])
     )
     return ("Whitespace secrets", "; ".join(parts), None, None)
 

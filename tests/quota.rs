@@ -130,7 +130,7 @@ async fn delete_makes_room(server: &TestServer, first: &str) {
         .unwrap();
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     assert_eq!(
-        put_content(&server, "full", bytes(3000, 13)).await.status(),
+        put_content(server, "full", bytes(3000, 13)).await.status(),
         StatusCode::CREATED
     );
 }
