@@ -90,7 +90,7 @@ pub struct Config {
     pub max_watched_refs: usize,
 
     /// Most refs watched at once on this server, by all connections together (a watch costs
-    /// about 100 bytes); a `watch` past it is refused.
+    /// about 300 bytes); a `watch` past it is refused.
     #[arg(long, env = "MAX_WATCHES", default_value_t = 1_000_000)]
     pub max_watches: usize,
 
@@ -98,6 +98,11 @@ pub struct Config {
     /// new handshake gets 503.
     #[arg(long, env = "MAX_PENDING_HANDSHAKES", default_value_t = 1024)]
     pub max_pending_handshakes: usize,
+
+    /// Most bytes an Engine.IO session may send before its CONNECT is accepted (its CONNECT
+    /// packet included); past it the connection is closed, or a long-polling `POST` refused.
+    #[arg(long, env = "MAX_CONNECT_BYTES", value_parser = clap::value_parser!(u64).range(1024..), default_value_t = 64 * 1024)]
+    pub max_connect_bytes: u64,
 
     /// How long a new Engine.IO session has to send CONNECT (with its token) before it is
     /// closed, e.g. `5s`.

@@ -123,6 +123,49 @@ impl Written {
     }
 }
 
+/// Bytes one connection may still send, in every request's extensions. Unlimited, but for a
+/// WebSocket whose Engine.IO session has not connected yet: such a client has no business
+/// sending more than its Socket.IO CONNECT, so a cap ([`ReadCap::cap_from_now`]) closes the
+/// connection at the first read past it, before a large message is buffered whole, and the
+/// CONNECT lifts it ([`ReadCap::lift`]).
+#[derive(Clone, Debug, Default)]
+pub struct ReadCap(Arc<ReadCapInner>);
+
+#[derive(Debug)]
+struct ReadCapInner {
+    read: AtomicU64,
+    limit: AtomicU64,
+}
+
+impl Default for ReadCapInner {
+    fn default() -> Self {
+        Self {
+            read: AtomicU64::new(0),
+            limit: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl ReadCap {
+    /// From now on, the connection may send at most `bytes` more.
+    pub fn cap_from_now(&self, bytes: u64) {
+        let read = self.0.read.load(Ordering::Relaxed);
+        self.0
+            .limit
+            .store(read.saturating_add(bytes), Ordering::Relaxed);
+    }
+
+    pub fn lift(&self) {
+        self.0.limit.store(u64::MAX, Ordering::Relaxed);
+    }
+
+    /// Counts `n` bytes read; false once they go past the cap.
+    fn read(&self, n: usize) -> bool {
+        let read = self.0.read.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        read <= self.0.limit.load(Ordering::Relaxed)
+    }
+}
+
 /// The connections still open once the server stopped accepting.
 pub struct Open {
     /// Becomes `true` when they are asked to close.
@@ -208,9 +251,11 @@ where
             tracing::debug!("cannot set SO_SNDBUF: {e}");
         }
         let written = Written::default();
+        let read_cap = ReadCap::default();
         let io = TokioIo::new(Metered {
             tcp,
             written: written.clone(),
+            read_cap: read_cap.clone(),
             send_timeout: limits.send_timeout,
             stalled: None,
             _slot: slot,
@@ -229,6 +274,7 @@ where
             let extensions = request.extensions_mut();
             extensions.insert(ConnectInfo(peer));
             extensions.insert(written.clone());
+            extensions.insert(read_cap.clone());
             app.clone().oneshot(request.map(Body::new))
         });
         let conn = http
@@ -270,13 +316,14 @@ async fn over_limit<B>(request: hyper::Request<B>) -> Result<Response, Infallibl
 }
 
 /// A TCP connection that holds its slot under the cap for as long as it lives (upgraded to a
-/// WebSocket included), counts the bytes written to it, and fails a write that the client
-/// takes no byte of for `send_timeout`. Without that last bound, a client that stops reading
+/// WebSocket included), counts the bytes written to it, fails a write that the client takes
+/// no byte of for `send_timeout`, and fails a read past its [`ReadCap`]. Without that last bound, a client that stops reading
 /// would keep its connection, and everything queued for it, open forever: the kernel never
 /// gives up on a peer that advertises a zero window.
 struct Metered {
     tcp: TcpStream,
     written: Written,
+    read_cap: ReadCap,
     send_timeout: Duration,
     /// Running while a write waits for the client to make room.
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -322,7 +369,17 @@ impl AsyncRead for Metered {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.tcp).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && !this.read_cap.read(buf.filled().len() - before)
+        {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                crate::limits::PRE_CONNECT,
+            )));
+        }
+        polled
     }
 }
 

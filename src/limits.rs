@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use hyper::body::Body as _;
 use tokio::sync::Notify;
 
-use crate::edge::Written;
+use crate::edge::{ReadCap, Written};
 use crate::http::error_response;
 use crate::state::AppState;
 
@@ -79,23 +79,31 @@ impl Drop for Place {
 /// handshake request) and no token vouches for it; each lasts at most `CONNECT_TIMEOUT`. The
 /// place rides in the handshake request's extensions, which the session keeps for its whole
 /// life: it is freed when the session connects ([`PendingHandshake::connected`]) or ends,
-/// whichever comes first.
+/// whichever comes first. A WebSocket handshake also carries its connection's [`ReadCap`],
+/// lifted at the same moment.
 #[derive(Clone)]
-pub struct PendingHandshake(Arc<Mutex<Option<Place>>>);
+pub struct PendingHandshake(Arc<Mutex<Option<Place>>>, Option<ReadCap>);
 
 impl PendingHandshake {
-    fn new(place: Place) -> Self {
-        Self(Arc::new(Mutex::new(Some(place))))
+    fn new(place: Place, read_cap: Option<ReadCap>) -> Self {
+        Self(Arc::new(Mutex::new(Some(place))), read_cap)
     }
 
     pub fn connected(&self) {
         self.0.lock().expect("handshake slot lock poisoned").take();
+        if let Some(cap) = &self.1 {
+            cap.lift();
+        }
     }
 }
 
 /// Middleware in front of Socket.IO.
 /// - A request that opens a new Engine.IO session (under `/socket.io/`, without `sid`) takes a
 ///   place among the sessions waiting to authenticate ([`PendingHandshake`]), or gets 503.
+/// - Until its CONNECT is accepted, a session may send at most `MAX_CONNECT_BYTES`: on its
+///   WebSocket connection ([`ReadCap`]) and in each long-polling `POST`. Otherwise the
+///   unfinished message of a client without a token would be held, up to the largest message,
+///   for as long as the client trickles it.
 /// - A request of a live session tells its [`Backlog`] what reached the client: a WebSocket
 ///   upgrade names the connection its packets go out on from then; a long-polling `GET` carries
 ///   the packets it takes out of the session's queue.
@@ -118,9 +126,17 @@ pub async fn socket_io(
                 "Too many connections waiting to authenticate".to_owned(),
             );
         };
+        let read_cap = request
+            .extensions()
+            .get::<ReadCap>()
+            .filter(|_| websocket)
+            .cloned();
+        if let Some(cap) = &read_cap {
+            cap.cap_from_now(state.backlogs().pre_connect_bytes);
+        }
         request
             .extensions_mut()
-            .insert(PendingHandshake::new(place));
+            .insert(PendingHandshake::new(place, read_cap));
         let response = next.run(request).await;
         if websocket || response.status() != StatusCode::OK {
             return response;
@@ -140,6 +156,9 @@ pub async fn socket_io(
         // Engine.IO answers 101 before it looks the session up: only a session this server
         // opened, upgraded once, counts (see `Backlogs::upgraded`).
         let written = request.extensions().get::<Written>().cloned();
+        if let Some(cap) = request.extensions().get::<ReadCap>() {
+            state.backlogs().upgrading(&sid, cap);
+        }
         let response = next.run(request).await;
         if let Some(written) =
             written.filter(|_| response.status() == StatusCode::SWITCHING_PROTOCOLS)
@@ -150,12 +169,25 @@ pub async fn socket_io(
     }
     let backlog = state.backlogs().get(&sid);
     let polls = request.method() == Method::GET;
+    if !polls && state.backlogs().is_early(&sid) {
+        let budget = state.backlogs().pre_connect_bytes;
+        let length = crate::http::declared_length(request.headers());
+        if length.is_some_and(|length| length > budget) {
+            return error_response(StatusCode::PAYLOAD_TOO_LARGE, PRE_CONNECT.to_owned());
+        }
+        // A body without a length is cut off at the budget (Engine.IO answers 400).
+        request = request
+            .map(|body| axum::body::Body::new(http_body_util::Limited::new(body, budget as usize)));
+    }
     let response = next.run(request).await;
     if let Some(backlog) = backlog.filter(|_| polls) {
         backlog.polled(response.body().size_hint().lower());
     }
     response
 }
+
+/// Why a session that has not connected may send no more.
+pub const PRE_CONNECT: &str = "More data than a Socket.IO CONNECT before connecting";
 
 /// The first value of a query parameter, as Engine.IO reads it.
 pub fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
@@ -174,10 +206,11 @@ fn opened_sid(packet: &[u8]) -> Option<String> {
 }
 
 /// The live sessions' backlogs, by session id, for [`socket_io`].
-#[derive(Default)]
 pub struct Backlogs {
     /// A std mutex: held for a map update or lookup only.
     sessions: Mutex<Sessions>,
+    /// `MAX_CONNECT_BYTES`: what a session may send before it connects.
+    pre_connect_bytes: u64,
 }
 
 #[derive(Default)]
@@ -188,18 +221,38 @@ struct Sessions {
     /// checked); taken when the session connects. Only ids from this server's own open packets
     /// get in, so their number follows `MAX_PENDING_HANDSHAKES`: entries older than
     /// [`EARLY_AGE`] (sessions that never connected) are forgotten as new ones come.
-    early: HashMap<String, (Option<Written>, Instant)>,
+    early: HashMap<String, Early>,
+}
+
+/// A long-polling session of this server's that has not connected yet.
+struct Early {
+    opened: Instant,
+    /// Its WebSocket connection, once it upgraded.
+    upgraded: Option<Written>,
+    /// The cap of the first connection that asked to upgrade it, lifted when it connects.
+    read_cap: Option<ReadCap>,
 }
 
 /// Longer than any `CONNECT_TIMEOUT` in use.
 const EARLY_AGE: Duration = Duration::from_secs(120);
 
 impl Backlogs {
+    pub fn new(pre_connect_bytes: u64) -> Self {
+        Self {
+            sessions: Mutex::default(),
+            pre_connect_bytes,
+        }
+    }
+
     /// Registers a connected session's backlog; `direct`: the connection its handshake came
     /// on, when that was a WebSocket.
     pub fn insert(&self, sid: String, backlog: &Arc<Backlog>, direct: Option<&Written>) {
         let mut sessions = self.sessions.lock().expect("backlogs lock poisoned");
-        let upgraded = sessions.early.remove(&sid).and_then(|(written, _)| written);
+        let early = sessions.early.remove(&sid);
+        if let Some(cap) = early.as_ref().and_then(|e| e.read_cap.as_ref()) {
+            cap.lift();
+        }
+        let upgraded = early.and_then(|e| e.upgraded);
         if let Some(written) = upgraded.as_ref().or(direct) {
             backlog.attach(written.clone());
         }
@@ -215,8 +268,30 @@ impl Backlogs {
     /// This server opened long-polling session `sid`.
     fn opened(&self, sid: String) {
         let mut sessions = self.sessions.lock().expect("backlogs lock poisoned");
-        sessions.early.retain(|_, (_, at)| at.elapsed() < EARLY_AGE);
-        sessions.early.insert(sid, (None, Instant::now()));
+        sessions.early.retain(|_, e| e.opened.elapsed() < EARLY_AGE);
+        let early = Early {
+            opened: Instant::now(),
+            upgraded: None,
+            read_cap: None,
+        };
+        sessions.early.insert(sid, early);
+    }
+
+    /// A connection asks to upgrade session `sid`: while the session has not connected, the
+    /// connection's reads are capped. Under the lock, so a CONNECT accepted meanwhile lifts
+    /// the cap. Engine.IO takes one upgrade per session: a later request's cap stays.
+    fn upgrading(&self, sid: &str, cap: &ReadCap) {
+        let mut sessions = self.sessions.lock().expect("backlogs lock poisoned");
+        if let Some(early) = sessions.early.get_mut(sid) {
+            cap.cap_from_now(self.pre_connect_bytes);
+            early.read_cap.get_or_insert_with(|| cap.clone());
+        }
+    }
+
+    /// Session `sid` is one of this server's that has not connected yet.
+    fn is_early(&self, sid: &str) -> bool {
+        let sessions = self.sessions.lock().expect("backlogs lock poisoned");
+        sessions.early.contains_key(sid)
     }
 
     /// Session `sid` upgrades to a WebSocket on the connection `written` counts. Only a
@@ -225,8 +300,8 @@ impl Backlogs {
         let mut sessions = self.sessions.lock().expect("backlogs lock poisoned");
         if let Some(backlog) = sessions.by_sid.get(sid).and_then(Weak::upgrade) {
             backlog.attach(written);
-        } else if let Some((slot @ None, _)) = sessions.early.get_mut(sid) {
-            *slot = Some(written);
+        } else if let Some(early) = sessions.early.get_mut(sid) {
+            early.upgraded.get_or_insert(written);
         }
     }
 
@@ -608,8 +683,8 @@ mod tests {
     #[test]
     fn pending_handshakes_are_capped_and_freed_on_connect_or_drop() {
         let handshakes = Cap::new(2);
-        let first = PendingHandshake::new(handshakes.take().unwrap());
-        let second = PendingHandshake::new(handshakes.take().unwrap());
+        let first = PendingHandshake::new(handshakes.take().unwrap(), None);
+        let second = PendingHandshake::new(handshakes.take().unwrap(), None);
         assert!(handshakes.take().is_none());
         first.connected();
         assert_eq!(handshakes.taken(), 1);

@@ -171,7 +171,7 @@ impl AppState {
             changes: Changes::new(config.max_watches),
             connections: Connections::new(config.max_connections, config.max_connections_per_ip),
             handshakes: Cap::new(config.max_pending_handshakes),
-            backlogs: Backlogs::default(),
+            backlogs: Backlogs::new(config.max_connect_bytes),
             send_buffer: (
                 config.send_buffer_bytes,
                 config.send_buffer_packets as usize,

@@ -5,8 +5,10 @@ mod common;
 
 use std::time::Duration;
 
+use blobs_testkit::tokio_tungstenite::{connect_async, tungstenite::Message};
 use blobs_testkit::{ClientError, RawClient};
 use common::{TestServer, hex_ref, read_only_token, token};
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 
 async fn server_with(options: &[&str]) -> TestServer {
@@ -229,9 +231,6 @@ const HANG: Duration = Duration::from_secs(30);
 /// once, before its payload is kept: after CONNECT, and on a session that never sent CONNECT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_packet_announcing_an_attachment_closes_the_connection() {
-    use blobs_testkit::tokio_tungstenite::{connect_async, tungstenite::Message};
-    use futures_util::{SinkExt, StreamExt};
-
     let server = server_with(&[]).await;
     let payload = "x".repeat(500_000);
     let packet = format!(r#"51-1["now",{{"_placeholder":true,"num":0}},"{payload}"]"#);
@@ -268,6 +267,117 @@ async fn a_packet_announcing_an_attachment_closes_the_connection() {
     // Everyone else is served.
     let mut other = server.client("b").await;
     assert!(other.call1("now", Value::Null).await.unwrap()["timestamp"].is_u64());
+    server.stop().await;
+}
+
+/// Until its CONNECT is accepted, a session may send `MAX_CONNECT_BYTES`: an unfinished large
+/// message from a client without a token closes its connection as soon as it passes that,
+/// before the message is buffered, however long the session could otherwise wait. Once
+/// connected, over a WebSocket opened directly or upgraded from long-polling, the largest
+/// message is taken as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_sends_little_before_it_connects() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // Nothing but the cap could close these connections within `HANG`.
+    let long = [
+        "--connect-timeout",
+        "300s",
+        "--ping-interval",
+        "300s",
+        "--ping-timeout",
+        "300s",
+    ];
+    let server = server_with(&long).await;
+
+    // A text frame announcing 900 kB, of which 200 kB come and the rest never does.
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let upgrade = "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: blobs\r\n\
+        Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    tcp.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut head = vec![0; 512];
+    let n = tcp.read(&mut head).await.unwrap();
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    let mut frame = vec![0x81, 0xFF];
+    frame.extend_from_slice(&900_000u64.to_be_bytes());
+    frame.extend_from_slice(&[0; 4]);
+    frame.extend_from_slice(b"42[\"now\",\"");
+    frame.resize(frame.len() + 200_000, b'x');
+    // The server may close while this is still being written.
+    let _ = tcp.write_all(&frame).await;
+    let closed = tokio::time::timeout(HANG, async {
+        let mut sink = vec![0; 64 * 1024];
+        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+    });
+    closed.await.expect("the connection is closed");
+
+    // A long-polling session's POST before CONNECT is held to the same budget.
+    let http = reqwest::Client::new();
+    let base = format!("http://{}/socket.io/?EIO=4&transport=polling", server.addr);
+    let open = http.get(&base).send().await.unwrap().text().await.unwrap();
+    let open: Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
+    let polling = format!("{base}&sid={}", open["sid"].as_str().unwrap());
+    let big = format!("42[\"now\",\"{}\"]", "x".repeat(200_000));
+    let refused = http.post(&polling).body(big.clone()).send().await.unwrap();
+    assert_eq!(refused.status(), 413);
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(
+        error["error"],
+        "More data than a Socket.IO CONNECT before connecting"
+    );
+
+    // Connected, over long-polling then upgraded, the same message is read and answered.
+    let polling = {
+        let open = http.get(&base).send().await.unwrap().text().await.unwrap();
+        let open: Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
+        format!("{base}&sid={}", open["sid"].as_str().unwrap())
+    };
+    let connect = format!("40{}", json!({"token": token("b")}));
+    let posted = http.post(&polling).body(connect).send().await.unwrap();
+    assert!(posted.status().is_success());
+    let connected = http
+        .get(&polling)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        connected.split('\u{1e}').any(|p| p.starts_with("40{")),
+        "{connected}"
+    );
+    let upgraded = polling.replace("transport=polling", "transport=websocket");
+    let (mut ws, _) = connect_async(upgraded.replacen("http", "ws", 1))
+        .await
+        .unwrap();
+    ws.send(Message::text("2probe")).await.unwrap();
+    ws.send(Message::text("5")).await.unwrap();
+    ws.send(Message::text(format!("421{}", &big[2..])))
+        .await
+        .unwrap();
+    let answered = tokio::time::timeout(HANG, async {
+        while let Some(Ok(message)) = ws.next().await {
+            if let Message::Text(text) = &message
+                && text.as_str().starts_with("431")
+            {
+                return;
+            }
+        }
+        panic!("closed unanswered");
+    });
+    answered.await.expect("the event is answered");
+
+    // Connected directly over a WebSocket: as before.
+    let mut client = server.subscribed("b", &hex_ref("c0")).await;
+    let data = "eHh4".repeat(100_000);
+    let stored = client.call1("set", json!({ "data": data })).await.unwrap();
+    assert_eq!(stored["success"], true, "{stored}");
     server.stop().await;
 }
 

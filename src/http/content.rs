@@ -382,9 +382,7 @@ pub(super) async fn put_content(
         return Err(ApiError::Encoded);
     }
     let limit = state.content_limits().max_bytes;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = super::declared_length(&headers);
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::TooLarge(limit));
     }

@@ -34,6 +34,16 @@ fn header_value(text: String) -> axum::http::HeaderValue {
     axum::http::HeaderValue::from_str(&text).expect("the server's own header text is ASCII")
 }
 
+/// The length a request's `Content-Length` announces, when it has a valid one.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(axum::http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
 /// Marks a response whose bytes a client uploaded as inert: no type sniffing, and a sandbox
 /// for anything a browser opens, so stored bytes never run as a page of this origin (where
 /// tokens live).
