@@ -29,8 +29,8 @@ pub struct Backend {
 
 impl Backend {
     /// Opens the configured storage (the file store creates `STORAGE` and cleans what an
-    /// interrupted write left behind).
-    pub fn open(config: &Config) -> Result<Self, StartError> {
+    /// interrupted write left behind; an object store must pass the compare-and-swap probe).
+    pub async fn open(config: &Config) -> Result<Self, StartError> {
         match config.store {
             StoreKind::Fs => {
                 let storage_error = |source| StartError::Storage {
@@ -50,7 +50,8 @@ impl Backend {
             StoreKind::S3 => {
                 let s3 = config.s3()?;
                 let prefix = &config.s3_prefix;
-                let shared: Arc<dyn object_store::ObjectStore> = Arc::new(s3.clone());
+                // Proved able to compare-and-swap before anything is served.
+                let shared = crate::objects::open(s3.clone(), prefix).await?;
                 let tree = Tree::Objects {
                     store: shared.clone(),
                     prefix: prefix.clone(),

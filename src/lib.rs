@@ -25,7 +25,8 @@
 //! - [`content`]: content-addressed blobs, named by their BLAKE3 hash.
 //! - [`blob_service`]: the ActyxOS Blob Service: uploads with retention, named by handles.
 //! - `backend`: the storage a node runs on, chosen by `STORE`; [`s3`] the shared object
-//!   store client.
+//!   store client; [`objects`] the layer every object-store backend sits on, which makes
+//!   conditional writes mean the same on every S3 implementation and proves them at start.
 //! - [`quota`]: what each bucket may store and stores now, and the reserve of free disk
 //!   space, checked before every write.
 //! - [`journal`]: the file store's write-ahead journal, one sync for many writes; [`durable`]:
@@ -53,6 +54,7 @@ pub mod durable;
 pub mod journal;
 pub mod layout;
 pub mod names;
+pub mod objects;
 pub mod quota;
 pub mod revocation;
 pub mod s3;

@@ -22,7 +22,20 @@ pub fn client(
         .with_region(region)
         .with_access_key_id(access_key_id)
         .with_secret_access_key(secret_access_key)
+        .with_retry(retries())
         .build()
+}
+
+/// A request the store answers with a server error (or too many requests) is sent again a few
+/// times within seconds, not the client's default 10 times over 3 minutes: a caller waiting on
+/// a store that is down should hear so. A conditional write's retry may find its own first
+/// attempt applied; `objects::Normalized` settles that.
+fn retries() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: 3,
+        retry_timeout: std::time::Duration::from_secs(15),
+        ..object_store::RetryConfig::default()
+    }
 }
 
 /// The buckets that have objects under `prefix` (the top level of the layout).

@@ -48,6 +48,8 @@ pub enum StartError {
     Adapter(String),
     #[error("cannot load the Blob Service's records: {0}")]
     Records(#[source] crate::blob_service::Error),
+    #[error(transparent)]
+    ObjectStore(#[from] crate::objects::ProbeError),
     #[error("cannot read the revoked tokens: {0}")]
     Revocations(#[source] crate::revocation::Error),
 }
@@ -82,7 +84,7 @@ pub async fn run(
         ),
         StoreKind::S3 => None,
     };
-    let backend = Backend::open(&config)?;
+    let backend = Backend::open(&config).await?;
     // With other nodes, the records' channel is subscribed before the records are read: a
     // record another node writes meanwhile is then in storage, or on the channel, or both.
     let nodes = match &config.redis_url {

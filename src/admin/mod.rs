@@ -13,7 +13,6 @@ mod check;
 mod copy;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::clock::now_unix;
@@ -100,6 +99,8 @@ pub enum AdminError {
     Tree(#[from] TreeError),
     #[error(transparent)]
     Revocation(#[from] revocation::Error),
+    #[error(transparent)]
+    ObjectStore(#[from] crate::objects::ProbeError),
     #[error("{0}")]
     Refused(String),
     #[error("cannot open the storage directory {path}: {source}")]
@@ -333,7 +334,10 @@ async fn migrate(config: &Config, to_kind: StoreKind) -> Result<bool, AdminError
 async fn revoke(config: &Config, args: RevokeArgs) -> Result<(), AdminError> {
     let place = match config.store {
         StoreKind::Fs => Place::file(&config.storage),
-        StoreKind::S3 => Place::object(Arc::new(config.s3()?), &config.s3_prefix),
+        StoreKind::S3 => Place::object(
+            crate::objects::open(config.s3()?, &config.s3_prefix).await?,
+            &config.s3_prefix,
+        ),
     };
     if let Some(id) = args.jti {
         let now = now_unix();
