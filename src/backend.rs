@@ -59,7 +59,11 @@ impl Backend {
                 Ok(Self {
                     // Uploads are received into local temp files before they go up.
                     quota: quota(config, tree, std::env::temp_dir()),
-                    blobs: Arc::new(ObjectBlobs::new(shared.clone(), prefix)),
+                    blobs: Arc::new(ObjectBlobs::with_cache(
+                        shared.clone(),
+                        prefix,
+                        config.object_cache_bytes,
+                    )),
                     content: Arc::new(ObjectContent::new(shared.clone(), prefix, CLAIM_GRACE)),
                     records: Arc::new(RecordObjects::new(shared.clone(), prefix)),
                     revocations: Place::object(shared, prefix),

@@ -249,6 +249,12 @@ pub struct Config {
     #[arg(long, env = "S3_PREFIX", default_value = "")]
     pub s3_prefix: String,
 
+    /// With `STORE=s3`: bytes of blobs a node keeps, so that a read the store answers `304 Not
+    /// Modified` (the kept blob is still current) needs no body; 0 keeps none. Every read
+    /// still asks the store.
+    #[arg(long, env = "OBJECT_CACHE_BYTES", default_value_t = crate::store::DEFAULT_CACHE_BYTES)]
+    pub object_cache_bytes: u64,
+
     /// Redis URL (`redis://host:6379`): when set, Socket.IO rooms and change notifications
     /// span every node on this Redis (Redis 7 or later, RESP3).
     #[arg(long, env = "REDIS_URL")]

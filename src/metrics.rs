@@ -74,6 +74,11 @@ struct BackendLabels {
     backend: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreRequestLabels {
+    request: &'static str,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Latency buckets from 0.1 ms to about 13 s.
@@ -106,6 +111,7 @@ struct Metrics {
     records: Gauge,
     swept: Family<SweptLabels, Counter>,
     backend_errors: Family<BackendLabels, Counter>,
+    object_store_requests: Family<StoreRequestLabels, Counter>,
     redis_reconnections: Counter,
 }
 
@@ -127,6 +133,7 @@ impl Metrics {
             records: Gauge::default(),
             swept: Family::default(),
             backend_errors: Family::default(),
+            object_store_requests: Family::default(),
             redis_reconnections: Counter::default(),
         };
         registry.register(
@@ -198,6 +205,11 @@ impl Metrics {
             "backend_errors",
             "Failed calls to Redis and to the object store",
             metrics.backend_errors.clone(),
+        );
+        registry.register(
+            "object_store_requests",
+            "Requests sent to the object store, by kind (get, not_modified: a get answered 304, put, list, delete, copy, upload)",
+            metrics.object_store_requests.clone(),
         );
         registry.register(
             "redis_reconnections",
@@ -332,6 +344,15 @@ fn backend_error(backend: &'static str) {
     if let Some(m) = get() {
         m.backend_errors
             .get_or_create(&BackendLabels { backend })
+            .inc();
+    }
+}
+
+/// A request was sent to the object store (`request`: its kind).
+pub fn object_store_request(request: &'static str) {
+    if let Some(m) = get() {
+        m.object_store_requests
+            .get_or_create(&StoreRequestLabels { request })
             .inc();
     }
 }

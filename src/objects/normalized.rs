@@ -6,6 +6,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
@@ -15,6 +16,7 @@ use object_store::{
 };
 
 use super::{Quirks, same_e_tag, unquoted};
+use crate::metrics;
 
 /// Times one conditional write is sent while the store keeps answering ambiguously and a fresh
 /// read shows nothing changed; past it the last answer is the caller's error.
@@ -58,6 +60,7 @@ impl Normalized {
         payload: &PutPayload,
         expected: Option<&UpdateVersion>,
     ) -> Result<Settled> {
+        metrics::object_store_request("get");
         let mut found = match self.inner.get(location).await {
             Ok(found) => found,
             Err(object_store::Error::NotFound { .. }) => {
@@ -139,7 +142,10 @@ impl ObjectStore for Normalized {
         mut opts: PutOptions,
     ) -> Result<PutResult> {
         let expected = match &mut opts.mode {
-            PutMode::Overwrite => return self.inner.put_opts(location, payload, opts).await,
+            PutMode::Overwrite => {
+                metrics::object_store_request("put");
+                return self.inner.put_opts(location, payload, opts).await;
+            }
             PutMode::Create => None,
             PutMode::Update(version) => {
                 let expected = version.clone();
@@ -149,6 +155,7 @@ impl ObjectStore for Normalized {
         };
         let mut sends = 0;
         loop {
+            metrics::object_store_request("put");
             let answer = match self
                 .inner
                 .put_opts(location, payload.clone(), opts.clone())
@@ -173,15 +180,25 @@ impl ObjectStore for Normalized {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
+        metrics::object_store_request("upload");
         self.inner.put_multipart_opts(location, opts).await
     }
 
     async fn get_opts(&self, location: &Path, mut options: GetOptions) -> Result<GetResult> {
         options.if_match = options.if_match.take().map(|e| self.if_match(e));
-        self.inner.get_opts(location, options).await
+        let got = self.inner.get_opts(location, options).await;
+        let request = match got {
+            Err(object_store::Error::NotModified { .. }) => "not_modified",
+            _ => "get",
+        };
+        metrics::object_store_request(request);
+        got
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        for _ in ranges {
+            metrics::object_store_request("get");
+        }
         self.inner.get_ranges(location, ranges).await
     }
 
@@ -189,10 +206,12 @@ impl ObjectStore for Normalized {
         &self,
         locations: BoxStream<'static, Result<Path>>,
     ) -> BoxStream<'static, Result<Path>> {
-        self.inner.delete_stream(locations)
+        let counted = locations.inspect(|_| metrics::object_store_request("delete"));
+        self.inner.delete_stream(counted.boxed())
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        metrics::object_store_request("list");
         self.inner.list(prefix)
     }
 
@@ -201,14 +220,17 @@ impl ObjectStore for Normalized {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, Result<ObjectMeta>> {
+        metrics::object_store_request("list");
         self.inner.list_with_offset(prefix, offset)
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        metrics::object_store_request("list");
         self.inner.list_with_delimiter(prefix).await
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        metrics::object_store_request("copy");
         self.inner.copy_opts(from, to, options).await
     }
 }

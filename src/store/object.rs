@@ -6,8 +6,14 @@
 //! the object it read (`If-Match`), or `If-None-Match: *` to create. A 412 (or 409) means
 //! another writer, on this node or another, got there first; the write is then decided again
 //! against what that writer left, so the outcome is the one a serial order of the two writes
-//! gives. Nothing on this node is relied on for correctness, and nothing is cached: every read
-//! asks the store.
+//! gives. Nothing on this node is relied on for correctness.
+//!
+//! Every read asks the store, so a read returns the latest write acknowledged before it began,
+//! on whichever node (linearizable, as on one node). What a node keeps is the blobs it read or
+//! wrote last, with their ETags, bounded in bytes (`OBJECT_CACHE_BYTES`): a read then asks with
+//! `If-None-Match`, and a `304` (no body) says the kept blob is still the current one. A version
+//! heard from the other nodes over Redis is never trusted instead: Redis delivers at most once
+//! and later than the write, so a node cannot prove it heard of every write before a read.
 
 use std::sync::Arc;
 
@@ -17,6 +23,9 @@ use object_store::{
     GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutPayload,
     UpdateVersion,
 };
+
+use quick_cache::Weighter;
+use quick_cache::sync::Cache;
 
 use crate::names::{Bucket, Ref};
 
@@ -32,13 +41,57 @@ pub struct ObjectBlobs {
     store: Arc<dyn ObjectStore>,
     /// Prepended to every object name (`S3_PREFIX`), e.g. `blobs/`.
     prefix: String,
+    /// The blobs last read or written, by object name, with their ETags.
+    kept: Cache<Path, Kept, ByBytes>,
 }
+
+/// A blob as the store last showed it, and the version to ask it with.
+#[derive(Clone)]
+struct Kept {
+    blob: Arc<Blob>,
+    e_tag: String,
+    version: Option<String>,
+}
+
+/// A kept blob weighs its size, plus its name and bookkeeping.
+#[derive(Clone)]
+struct ByBytes;
+
+impl Weighter<Path, Kept> for ByBytes {
+    fn weight(&self, path: &Path, kept: &Kept) -> u64 {
+        (kept.blob.size() + path.as_ref().len() + kept.e_tag.len() + 128) as u64
+    }
+}
+
+/// `OBJECT_CACHE_BYTES` by default.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 impl ObjectBlobs {
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
+        Self::with_cache(store, prefix, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Keeps at most `bytes` of blobs to answer reads the store confirms current.
+    pub fn with_cache(store: Arc<dyn ObjectStore>, prefix: &str, bytes: u64) -> Self {
         Self {
             store,
             prefix: prefix.to_owned(),
+            // An estimate of the entries, for sizing only: 4 KiB blobs.
+            kept: Cache::with_weighter((bytes / 4096).max(16) as usize, bytes, ByBytes),
+        }
+    }
+
+    fn keep(&self, path: &Path, blob: Arc<Blob>, e_tag: Option<String>, version: Option<String>) {
+        match e_tag {
+            Some(e_tag) => self.kept.insert(
+                path.clone(),
+                Kept {
+                    blob,
+                    e_tag,
+                    version,
+                },
+            ),
+            None => drop(self.kept.remove(path)),
         }
     }
 
@@ -54,11 +107,28 @@ impl ObjectBlobs {
         ))
     }
 
-    /// The blob at `path` and the version to update it with; `None` when there is none.
+    /// The blob at `path` and the version to update it with; `None` when there is none. One
+    /// request to the store, answered without a body when the kept blob is current.
     async fn read(&self, path: &Path) -> Result<Option<(Arc<Blob>, UpdateVersion)>> {
-        let found = match self.store.get(path).await {
+        let kept = self.kept.get(path);
+        let options = GetOptions {
+            if_none_match: kept.as_ref().map(|k| k.e_tag.clone()),
+            ..GetOptions::default()
+        };
+        let found = match self.store.get_opts(path, options).await {
             Ok(found) => found,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(object_store::Error::NotModified { .. }) if kept.is_some() => {
+                let kept = kept.expect("checked above");
+                let version = UpdateVersion {
+                    e_tag: Some(kept.e_tag),
+                    version: kept.version,
+                };
+                return Ok(Some((kept.blob, version)));
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                self.kept.remove(path);
+                return Ok(None);
+            }
             Err(e) => return Err(e.into()),
         };
         let version = UpdateVersion {
@@ -66,8 +136,14 @@ impl ObjectBlobs {
             version: found.meta.version.clone(),
         };
         let bytes = found.bytes().await?;
-        let blob = format::decode(&bytes).map_err(|reason| damaged(path, reason))?;
-        Ok(Some((Arc::new(blob), version)))
+        let blob = Arc::new(format::decode(&bytes).map_err(|reason| damaged(path, reason))?);
+        self.keep(
+            path,
+            blob.clone(),
+            version.e_tag.clone(),
+            version.version.clone(),
+        );
+        Ok(Some((blob, version)))
     }
 
     /// What a listing shows of the blob object `meta` names, `None` when it is gone: a large
@@ -143,11 +219,13 @@ impl Store for ObjectBlobs {
                 .put_opts(&path, PutPayload::from(bytes), mode.into())
                 .await
             {
-                Ok(_) => {
-                    return Ok(SetOutcome::Committed {
+                Ok(written) => {
+                    let committed = SetOutcome::Committed {
                         version: blob.version,
                         grown: super::grown(current.as_deref(), &blob),
-                    });
+                    };
+                    self.keep(&path, Arc::new(blob), written.e_tag, written.version);
+                    return Ok(committed);
                 }
                 // Another writer won: decide again against what it left.
                 Err(object_store::Error::Precondition { .. })
