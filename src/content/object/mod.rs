@@ -310,7 +310,7 @@ impl Objects {
             {
                 return Ok(());
             }
-            retry.wait().await;
+            retry.wait(marker_path).await?;
         }
     }
 
@@ -362,14 +362,29 @@ fn split(read: Option<(Marker, UpdateVersion)>) -> (Option<Marker>, Option<Updat
     }
 }
 
-/// A growing pause between attempts that lost a conditional write.
+/// A growing pause between attempts that lost a conditional write, for at most
+/// [`MAX_ROUNDS`] attempts: writers that keep winning over one marker cost this one a bounded
+/// wait, then an error.
 #[derive(Default)]
 struct Backoff(u32);
 
+/// About 20 s of attempts.
+const MAX_ROUNDS: u32 = 64;
+
 impl Backoff {
-    async fn wait(&mut self) {
-        self.0 = (self.0 + 1).min(5);
-        tokio::time::sleep(DOOM_POLL.0 * (1 << self.0)).await;
+    async fn wait(&mut self, marker: &Path) -> Result<()> {
+        self.0 += 1;
+        if self.0 >= MAX_ROUNDS {
+            return Err(store_error(
+                marker,
+                object_store::Error::Precondition {
+                    path: marker.to_string(),
+                    source: format!("lost {MAX_ROUNDS} conditional writes in a row").into(),
+                },
+            ));
+        }
+        tokio::time::sleep(DOOM_POLL.0 * (1 << self.0.min(5))).await;
+        Ok(())
     }
 }
 
@@ -479,7 +494,7 @@ impl ContentStore for ObjectContent {
                 // A claim without content is cleared by the sweep.
                 return Ok(self.size(bucket, hash).await?.is_some());
             }
-            retry.wait().await;
+            retry.wait(&path).await?;
         }
     }
 

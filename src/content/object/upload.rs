@@ -67,7 +67,7 @@ impl Incoming for ObjectIncoming {
             if let Some(mark) = mark {
                 version = objects.write_marker(&marker_path, mark, version).await?;
                 if version.is_none() {
-                    retry.wait().await;
+                    retry.wait(&marker_path).await?;
                     continue;
                 }
             }
@@ -83,7 +83,7 @@ impl Incoming for ObjectIncoming {
                 let claim = objects.write_marker(&marker_path, Marker::Claimed(now_ms()), version);
                 version = claim.await?;
                 if version.is_none() {
-                    retry.wait().await;
+                    retry.wait(&marker_path).await?;
                     continue;
                 }
             }
@@ -100,7 +100,7 @@ impl Incoming for ObjectIncoming {
                 if claim.await?.is_none() {
                     // Another upload or a shared store of the same bytes came in between:
                     // decide again with what it left.
-                    retry.wait().await;
+                    retry.wait(&marker_path).await?;
                     continue;
                 }
             } else {
