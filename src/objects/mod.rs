@@ -3,7 +3,7 @@
 //!
 //! The interface is `object_store`'s [`ObjectStore`] trait. What this module adds is
 //! [`Normalized`], which wraps the S3 client so that a conditional write means the same on every
-//! store, and [`probe`], the proof at start that the store can do compare-and-swap at all.
+//! store, and [`probe()`], the proof at start that the store can do compare-and-swap at all.
 //!
 //! What S3 implementations are seen to do with a conditional `PUT` (`docs/SCALING.md` lists
 //! them by store):
