@@ -316,10 +316,10 @@ async fn over_limit<B>(request: hyper::Request<B>) -> Result<Response, Infallibl
 }
 
 /// A TCP connection that holds its slot under the cap for as long as it lives (upgraded to a
-/// WebSocket included), counts the bytes written to it, fails a write that the client takes
-/// no byte of for `send_timeout`, and fails a read past its [`ReadCap`]. Without that last bound, a client that stops reading
-/// would keep its connection, and everything queued for it, open forever: the kernel never
-/// gives up on a peer that advertises a zero window.
+/// WebSocket included), counts the bytes written to it, fails a read past its [`ReadCap`], and
+/// fails a write that the client takes no byte of for `send_timeout`. Without that last bound,
+/// a client that stops reading would keep its connection, and everything queued for it, open
+/// forever: the kernel never gives up on a peer that advertises a zero window.
 struct Metered {
     tcp: TcpStream,
     written: Written,

@@ -375,13 +375,12 @@ impl Backoff {
     async fn wait(&mut self, marker: &Path) -> Result<()> {
         self.0 += 1;
         if self.0 >= MAX_ROUNDS {
-            return Err(store_error(
-                marker,
-                object_store::Error::Precondition {
-                    path: marker.to_string(),
-                    source: format!("lost {MAX_ROUNDS} conditional writes in a row").into(),
-                },
-            ));
+            return Err(Error::Io {
+                path: marker.to_string(),
+                source: std::io::Error::other(format!(
+                    "lost {MAX_ROUNDS} conditional writes in a row"
+                )),
+            });
         }
         tokio::time::sleep(DOOM_POLL.0 * (1 << self.0.min(5))).await;
         Ok(())
