@@ -403,15 +403,8 @@ async fn backup_while_writing_then_restore() {
 /// The environment that names `s3`'s bucket (under `prefix`) as the object store, without
 /// `STORE`.
 fn s3_env(s3: &common::S3Server, prefix: &str) -> Vec<(String, String)> {
-    common::s3_options(s3, prefix)
-        .chunks(2)
-        .map(|pair| {
-            let name = pair[0]
-                .trim_start_matches("--")
-                .replace('-', "_")
-                .to_uppercase();
-            (name, pair[1].clone())
-        })
+    common::s3_env(s3, prefix)
+        .into_iter()
         .filter(|(name, _)| name != "STORE")
         .collect()
 }
