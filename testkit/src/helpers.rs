@@ -155,7 +155,7 @@ impl S3Server {
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success(),
-            "{script:?} start failed ({}; scripts/test installs radosgw, ceph-mon and ceph-osd):\n{}",
+            "{script:?} start: {} (scripts/test installs radosgw, ceph-mon, ceph-osd)\n{}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
