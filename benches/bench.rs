@@ -311,8 +311,9 @@ async fn cluster(args: &Args, token: &str, duration: Duration) -> Result<Value> 
         ("STORE", "s3"),
         ("S3_ENDPOINT", s3.endpoint.as_str()),
         ("S3_BUCKET", s3.bucket.as_str()),
-        ("S3_ACCESS_KEY_ID", "bench"),
-        ("S3_SECRET_ACCESS_KEY", "bench"),
+        ("S3_REGION", s3.region.as_str()),
+        ("S3_ACCESS_KEY_ID", s3.access_key.as_str()),
+        ("S3_SECRET_ACCESS_KEY", s3.secret_key.as_str()),
         ("REDIS_URL", redis.url.as_str()),
     ];
     let dirs: Vec<_> = (0..3)

@@ -1,8 +1,8 @@
-//! Several Blobs nodes on one Redis and one S3-compatible store (both real servers on
-//! loopback, started here): notifications cross nodes, compare-and-swap holds across nodes,
-//! a node killed with SIGKILL loses no acknowledged write, a node started later sees
-//! everything, the Blob Service's records are one sequence on every node, and direct
-//! transfer URLs are the object store's own.
+//! Several Blobs nodes on one Redis and one real object store, Ceph's RADOS Gateway (both on
+//! loopback, started here for each test): notifications cross nodes, compare-and-swap holds
+//! across nodes, a node killed with SIGKILL loses no acknowledged write, a node started later
+//! sees everything, the Blob Service's records are one sequence on every node, and direct
+//! transfer URLs are the object store's own. Every exchange with the nodes is bounded.
 
 mod common;
 
@@ -27,7 +27,7 @@ impl Cluster {
     async fn start() -> Self {
         Self {
             redis: common::redis(),
-            s3: common::s3().await,
+            s3: common::rgw().await,
         }
     }
 
@@ -44,15 +44,10 @@ impl Cluster {
     }
 
     /// The same, as environment variables for the server binary.
-    fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("STORE", "s3".to_owned()),
-            ("S3_ENDPOINT", self.s3.endpoint.clone()),
-            ("S3_BUCKET", self.s3.bucket.clone()),
-            ("S3_ACCESS_KEY_ID", "test".to_owned()),
-            ("S3_SECRET_ACCESS_KEY", "test".to_owned()),
-            ("REDIS_URL", self.redis.url.clone()),
-        ]
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env = common::s3_env(&self.s3, "");
+        env.push(("REDIS_URL".to_owned(), self.redis.url.clone()));
+        env
     }
 
     async fn node(&self) -> TestServer {
@@ -72,6 +67,27 @@ impl Cluster {
     async fn three_nodes(&self) -> [TestServer; 3] {
         [self.node().await, self.node().await, self.node().await]
     }
+}
+
+/// How long one exchange with the nodes may take: generous for a busy two-core machine, and
+/// bounded, so a store that keeps refusing a write fails the test instead of hanging it.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The output of `future`, or a failure naming `what` did not come within [`PATIENCE`].
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {PATIENCE:?}"))
+}
+
+/// The acknowledgement of `event` with `arg` on `client`, within [`PATIENCE`].
+async fn ack(client: &mut RawClient, event: &str, arg: Value) -> Value {
+    within(
+        &format!("the ack of {event} {arg}"),
+        client.call1(event, arg.clone()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{event} {arg}: {e}"))
 }
 
 /// Waits for `changed` on `client`, within a bound.
@@ -99,8 +115,8 @@ async fn changes_reach_subscribers_on_every_node() {
     let mut writer = nodes[1].subscribed("b", &r).await;
     // A `watch` on node A hears the writes of nodes B and C, with what changed.
     let mut watching = nodes[0].client("b").await;
-    let ack = watching.call1("watch", json!({ "refs": [r] })).await;
-    assert_eq!(ack.unwrap(), json!({ "watching": 1 }));
+    let watched = ack(&mut watching, "watch", json!({ "refs": [r] })).await;
+    assert_eq!(watched, json!({ "watching": 1 }));
     let stream = reqwest::Client::new()
         .get(format!("http://{}/v1/blobs/{r}/events", nodes[0].addr))
         .bearer_auth(token("b"))
@@ -109,11 +125,8 @@ async fn changes_reach_subscribers_on_every_node() {
         .unwrap();
     let mut events = stream.bytes_stream();
 
-    let ack = writer
-        .call1("set", json!({ "data": "aGk=" }))
-        .await
-        .unwrap();
-    assert_eq!(ack, json!({ "success": true, "version": 1 }));
+    let created = ack(&mut writer, "set", json!({ "data": "aGk=" })).await;
+    assert_eq!(created, json!({ "success": true, "version": 1 }));
     changed(&mut watcher).await;
 
     let put = reqwest::Client::new()
@@ -121,13 +134,20 @@ async fn changes_reach_subscribers_on_every_node() {
         .bearer_auth(token("b"))
         .header("if-match", "\"1\"")
         .body("there")
+        .timeout(PATIENCE)
         .send()
         .await
         .unwrap();
-    assert_eq!(put.status(), 200);
+    let status = put.status();
+    assert_eq!(
+        status,
+        200,
+        "an HTTP update of version 1 through node C: {}",
+        put.text().await.unwrap_or_default()
+    );
     changed(&mut watcher).await;
     changed(&mut writer).await;
-    let got = watcher.call1("get", json!({})).await.unwrap();
+    let got = ack(&mut watcher, "get", json!({})).await;
     assert_eq!(got["version"], 2, "node A reads what node C wrote");
     for version in [1, 2] {
         let heard = tokio::time::timeout(Duration::from_secs(30), watching.next_event("changed"));
@@ -150,10 +170,7 @@ async fn changes_reach_subscribers_on_every_node() {
     // Another bucket's socket on node A heard nothing: its next event is its own.
     let mut stranger = nodes[0].subscribed("other", &r).await;
     let mut other_writer = nodes[2].subscribed("other", &r).await;
-    other_writer
-        .call1("set", json!({ "data": "AA==" }))
-        .await
-        .unwrap();
+    ack(&mut other_writer, "set", json!({ "data": "AA==" })).await;
     changed(&mut stranger).await;
     for node in nodes {
         node.stop().await;
@@ -176,18 +193,25 @@ async fn compare_and_swap_holds_across_nodes() {
     for i in 0..CLIENTS {
         let mut client = nodes[i % 3].subscribed("b", &r).await;
         tasks.push(tokio::spawn(async move {
+            // Losing is expected, losing for minutes is not: a bounded loop.
+            let patience = 2 * PATIENCE;
+            let deadline = tokio::time::Instant::now() + patience;
             let mut won = Vec::new();
             let mut known: Option<u64> = None;
             while won.len() < WRITES_EACH {
-                let ack = client
-                    .call1("set", json!({ "data": "AA==", "version": known }))
-                    .await
-                    .unwrap();
-                let version = ack["version"].as_u64();
-                if ack["success"] == true {
+                let set = json!({ "data": "AA==", "version": known });
+                let answer = ack(&mut client, "set", set).await;
+                let version = answer["version"].as_u64();
+                if answer["success"] == true {
                     won.push(version.unwrap());
                 }
                 known = version;
+                let late = tokio::time::Instant::now() >= deadline;
+                assert!(
+                    !late,
+                    "client {i} won {} of {WRITES_EACH} versions in {patience:?}; last: {answer}",
+                    won.len()
+                );
             }
             won
         }));
@@ -211,7 +235,7 @@ async fn compare_and_swap_holds_across_nodes() {
 async fn a_killed_node_loses_no_acknowledged_write() {
     let cluster = Cluster::start().await;
     let env = cluster.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let nodes: Vec<ServerProcess> = dirs
         .iter()
@@ -240,10 +264,8 @@ async fn a_killed_node_loses_no_acknowledged_write() {
         }
         let i = round % writers.len();
         let data = format!("{round:04}");
-        match writers[i]
-            .call1("set", json!({ "data": data, "version": known }))
-            .await
-        {
+        let set = writers[i].call1("set", json!({ "data": data, "version": known }));
+        match within(&format!("the ack of write {round}"), set).await {
             Ok(ack) => {
                 if ack["success"] == true {
                     acked.push((ack["version"].as_u64().unwrap(), data));
@@ -259,7 +281,14 @@ async fn a_killed_node_loses_no_acknowledged_write() {
         .await
         .unwrap();
     reader.call("ref", &[json!(r)]).await.unwrap();
-    let current: Value = reader.call1("get", json!({})).await.unwrap();
+    let current = ack(&mut reader, "get", json!({})).await;
+    // One writer at a time, each naming the version it last heard of: every write is won.
+    assert_eq!(
+        acked.len(),
+        60,
+        "acknowledged writes; the last: {:?}",
+        acked.last()
+    );
     let (last_version, last_data) = acked.last().unwrap().clone();
     assert_eq!(
         current["version"].as_u64(),
@@ -305,7 +334,11 @@ async fn blob_service_records_are_one_sequence_on_every_node() {
         }
         handles
     });
-    let uploaded = futures_util::future::join_all(uploads).await;
+    let uploaded = within(
+        "18 uploads through three nodes",
+        futures_util::future::join_all(uploads),
+    )
+    .await;
     let all: BTreeSet<String> = uploaded.iter().flatten().map(|(h, _)| h.clone()).collect();
     assert_eq!(all.len(), 3 * EACH);
 
@@ -321,7 +354,9 @@ async fn blob_service_records_are_one_sequence_on_every_node() {
         assert_eq!(seen, all, "node {node} streams every record once");
     }
     for _ in 0..all.len() {
-        socket.next_event("blob-metadata").await.unwrap();
+        within("blob-metadata", socket.next_event("blob-metadata"))
+            .await
+            .unwrap();
     }
 
     for (i, handles) in uploaded.iter().enumerate() {
@@ -346,7 +381,7 @@ async fn blob_service_records_are_one_sequence_on_every_node() {
     let victim = &uploaded[1][0].0;
     let path = format!("/blobs/{victim}");
     assert_eq!(
-        apis[0].status(Method::DELETE, &path).await,
+        within("a delete", apis[0].status(Method::DELETE, &path)).await,
         StatusCode::NO_CONTENT
     );
     for api in &apis[1..] {
@@ -372,21 +407,17 @@ async fn direct_urls_are_the_object_stores_own() {
     let bytes = vec![7u8; 5000];
     let hash = ContentHash::of(&bytes).to_string();
     let mut client = nodes[0].client("b").await;
-    let granted = client
-        .call1(
-            "request-upload",
-            json!({ "hash": hash, "size": bytes.len() }),
-        )
-        .await
-        .unwrap();
+    let granted = ack(
+        &mut client,
+        "request-upload",
+        json!({ "hash": hash, "size": bytes.len() }),
+    )
+    .await;
     let url = granted["url"].as_str().unwrap();
     assert!(url.starts_with(&cluster.s3.endpoint), "{url}");
     let put = http.put(url).body(bytes.clone()).send().await.unwrap();
     assert!(put.status().is_success(), "{}", put.status());
-    let confirmed = client
-        .call1("blob-uploaded", json!({ "hash": hash }))
-        .await
-        .unwrap();
+    let confirmed = ack(&mut client, "blob-uploaded", json!({ "hash": hash })).await;
     assert_eq!(confirmed, json!({ "hash": hash }));
 
     let mut reader = nodes[1].client("b").await;
@@ -397,7 +428,9 @@ async fn direct_urls_are_the_object_stores_own() {
         )
         .await
         .unwrap();
-    let redirect = reader.next_event("blob-redirect").await.unwrap();
+    let redirect = within("blob-redirect", reader.next_event("blob-redirect"))
+        .await
+        .unwrap();
     let url = redirect[0]["redirects"][0]["url"].as_str().unwrap();
     assert!(url.starts_with(&cluster.s3.endpoint), "{url}");
     let fetched = http.get(url).send().await.unwrap();
@@ -413,16 +446,15 @@ async fn direct_urls_are_the_object_stores_own() {
 
     // A client that puts other bytes than it named gets them refused, and nothing is stored.
     let named = ContentHash::of(b"what was promised").to_string();
-    let granted = client
-        .call1("request-upload", json!({ "hash": named, "size": 17 }))
-        .await
-        .unwrap();
+    let granted = ack(
+        &mut client,
+        "request-upload",
+        json!({ "hash": named, "size": 17 }),
+    )
+    .await;
     let url = granted["url"].as_str().unwrap();
     http.put(url).body("something else").send().await.unwrap();
-    let rejected = client
-        .call1("blob-uploaded", json!({ "hash": named }))
-        .await
-        .unwrap();
+    let rejected = ack(&mut client, "blob-uploaded", json!({ "hash": named })).await;
     assert!(rejected["reason"].is_string(), "{rejected}");
     let missing = http
         .get(format!("http://{}/blobs/{named}", nodes[0].addr))
@@ -447,18 +479,17 @@ async fn everything_flows_again_after_redis_restarts() {
     let (watcher, uploader) = (Api::new(&nodes[0], "b"), Api::new(&nodes[1], "b"));
     let response = watcher.subscribe(&subscription(None)).await;
     let (mut stream, mut buffer) = (response.bytes_stream(), String::new());
-    let before = uploader
-        .upload(b"before", json!({ "semantics": "s" }))
-        .await;
+    let before = within(
+        "an upload",
+        uploader.upload(b"before", json!({ "semantics": "s" })),
+    )
+    .await;
     let first = next_line(&mut stream, &mut buffer).await;
     assert_eq!(first["handle"], before);
     let r = hex_ref("d1");
     let mut watcher_socket = nodes[0].subscribed("b", &r).await;
     let mut writer_socket = nodes[1].subscribed("b", &r).await;
-    writer_socket
-        .call1("set", json!({ "data": "AA==" }))
-        .await
-        .unwrap();
+    ack(&mut writer_socket, "set", json!({ "data": "AA==" })).await;
     changed(&mut watcher_socket).await;
 
     cluster.redis.restart();
@@ -466,12 +497,9 @@ async fn everything_flows_again_after_redis_restarts() {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let mut after = Vec::new();
     while after.len() < 3 {
-        let response = uploader
-            .upload_raw(
-                format!("after {}", after.len()).as_bytes(),
-                json!({ "semantics": "s" }),
-            )
-            .await;
+        let bytes = format!("after {}", after.len());
+        let upload = uploader.upload_raw(bytes.as_bytes(), json!({ "semantics": "s" }));
+        let response = within("an upload after the restart", upload).await;
         match response.status() {
             StatusCode::CREATED => {
                 let body: Value = response.json().await.unwrap();
@@ -502,11 +530,13 @@ async fn everything_flows_again_after_redis_restarts() {
     // once it is back is.
     let mut version = 1;
     loop {
-        let ack = writer_socket
-            .call1("set", json!({ "data": "AQ==", "version": version }))
-            .await
-            .unwrap();
-        version = ack["version"].as_u64().unwrap();
+        let answer = ack(
+            &mut writer_socket,
+            "set",
+            json!({ "data": "AQ==", "version": version }),
+        )
+        .await;
+        version = answer["version"].as_u64().unwrap();
         let heard = tokio::time::timeout(
             Duration::from_millis(500),
             watcher_socket.next_event("changed"),
@@ -537,16 +567,13 @@ async fn the_writer_skips_its_own_change_on_every_node() {
     let mut on_a = a.subscribed("b", &r).await;
     let mut beside = b.subscribed("b", &r).await;
     let mut writer = b.subscribed("b", &r).await;
-    let ack = writer
-        .call1("set", json!({ "data": "aGk=" }))
-        .await
-        .unwrap();
-    assert_eq!(ack, json!({ "success": true, "version": 1 }));
+    let created = ack(&mut writer, "set", json!({ "data": "aGk=" })).await;
+    assert_eq!(created, json!({ "success": true, "version": 1 }));
     changed(&mut on_a).await;
     // The socket beside the writer hears the same broadcast on the same node; once it has,
     // a round trip of the writer's own shows whether it was sent one too.
     changed(&mut beside).await;
-    writer.call1("now", Value::Null).await.unwrap();
+    ack(&mut writer, "now", Value::Null).await;
     assert_eq!(
         writer.pending_events("changed"),
         0,

@@ -403,26 +403,19 @@ async fn backup_while_writing_then_restore() {
 /// The environment that names `s3`'s bucket (under `prefix`) as the object store, without
 /// `STORE`.
 fn s3_env(s3: &common::S3Server, prefix: &str) -> Vec<(String, String)> {
-    common::s3_options(s3, prefix)
-        .chunks(2)
-        .map(|pair| {
-            let name = pair[0]
-                .trim_start_matches("--")
-                .replace('-', "_")
-                .to_uppercase();
-            (name, pair[1].clone())
-        })
+    common::s3_env(s3, prefix)
+        .into_iter()
         .filter(|(name, _)| name != "STORE")
         .collect()
 }
 
 /// `migrate --to s3` copies a file store (blobs, content, records, revocations) into the object
-/// store; it is idempotent and resumes where a destination lacks names; two nodes on the result
-/// serve every blob at its version and keep refusing revoked tokens; `migrate --to fs` brings
-/// it back.
+/// store (a real one, Ceph RGW); it is idempotent and resumes where a destination lacks names;
+/// two nodes on the result serve every blob at its version and keep refusing revoked tokens;
+/// `migrate --to fs` brings it back.
 #[tokio::test]
 async fn migrate_to_the_object_store_and_back() {
-    let s3 = common::s3().await;
+    let s3 = common::rgw().await;
     let redis = common::redis();
     let server = TestServer::start().await;
     let mut all = Vec::new();
@@ -788,7 +781,7 @@ async fn damaged_blobs_and_records_are_reported_and_never_copied() {
 /// under any case of its ref.
 #[tokio::test]
 async fn restore_and_migrate_from_the_originals_directory_end_lower_case() {
-    let s3 = common::s3().await;
+    let s3 = common::rgw().await;
     let original = tempfile::tempdir().unwrap();
     let root = original.path();
     let file = |version: u64, data: &str| {

@@ -518,14 +518,8 @@ async fn the_object_store_is_held_to_the_quota() {
     delete_makes_room(&server, &first).await;
     server.stop().await;
 
-    let env = [
-        ("STORE", "s3"),
-        ("S3_ENDPOINT", s3.endpoint.as_str()),
-        ("S3_BUCKET", s3.bucket.as_str()),
-        ("S3_ACCESS_KEY_ID", "test"),
-        ("S3_SECRET_ACCESS_KEY", "test"),
-        ("S3_PREFIX", common::BACKEND_PREFIX),
-    ];
+    let env = common::s3_env(s3, common::BACKEND_PREFIX);
+    let env: Vec<(&str, &str)> = env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
     let usage = blobs(Path::new("/nonexistent"), &env, &["usage"]);
     let full = usage_of(&usage, "full");
     assert_eq!(full[1], ("content".to_owned(), 3000));

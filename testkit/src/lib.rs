@@ -2,7 +2,7 @@
 //!
 //! - [`client`]: a raw Socket.IO client for exact packets and many cheap connections.
 //! - [`process`]: the `blobs` binary as a child process on a loopback socket it is handed.
-//! - [`helpers`]: Redis and an S3-compatible server on free loopback ports.
+//! - [`helpers`]: Redis and an S3-compatible server (moto or Ceph RGW) on free loopback ports.
 
 pub mod client;
 pub mod helpers;

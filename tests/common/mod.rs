@@ -315,7 +315,7 @@ pub fn redis() -> RedisServer {
 
 /// moto's S3 server from PyPI (installed by `scripts/test`) with one empty bucket, checked to
 /// answer a stale `If-Match` with 412, so a server that ignores the header cannot make the tests
-/// pass.
+/// pass. Quick: for the suites of one node's store.
 pub async fn s3() -> S3Server {
     let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
     let server = S3Server::start(
@@ -324,9 +324,26 @@ pub async fn s3() -> S3Server {
         "blobs-test",
     )
     .await;
-    // Through the signed client, as the store talks to it: a stale ETag must be refused.
+    refuses_stale_if_match(&server).await;
+    server
+}
+
+/// A real object store, Ceph's RADOS Gateway (Debian's `radosgw`, `ceph-mon` and `ceph-osd`,
+/// installed by `scripts/test`), of its own, brought up by `scripts/rgw` with one empty bucket,
+/// checked like [`s3`]: for several nodes and migrations, where how a real store answers
+/// conditional writes, races and listings matters.
+pub async fn rgw() -> S3Server {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rgw");
+    let server = S3Server::rgw(&script, "blobs-test").await;
+    refuses_stale_if_match(&server).await;
+    server
+}
+
+/// Asserts, through the signed client as the store talks to `server`, that a PUT with a stale
+/// (quoted) `If-Match` is refused with 412.
+async fn refuses_stale_if_match(server: &S3Server) {
     use object_store::{ObjectStoreExt, PutMode, PutPayload, UpdateVersion};
-    let client = s3_client(&server);
+    let client = s3_client(server);
     let check = object_store::path::Path::from("if-match-check");
     client
         .put(&check, PutPayload::from_static(b"one"))
@@ -348,7 +365,6 @@ pub async fn s3() -> S3Server {
         "the S3 server must answer a stale If-Match with 412, got {refused:?}"
     );
     client.delete(&check).await.expect("a delete");
-    server
 }
 
 /// The server options that put a node's storage on `s3`'s bucket (under `prefix`).
@@ -360,10 +376,12 @@ pub fn s3_options(s3: &S3Server, prefix: &str) -> Vec<String> {
         &s3.endpoint,
         "--s3-bucket",
         &s3.bucket,
+        "--s3-region",
+        &s3.region,
         "--s3-access-key-id",
-        "test",
+        &s3.access_key,
         "--s3-secret-access-key",
-        "test",
+        &s3.secret_key,
         "--s3-prefix",
         prefix,
     ]
@@ -371,10 +389,30 @@ pub fn s3_options(s3: &S3Server, prefix: &str) -> Vec<String> {
     .to_vec()
 }
 
+/// The same as environment variables for the server binary (`STORE` included).
+pub fn s3_env(s3: &S3Server, prefix: &str) -> Vec<(String, String)> {
+    s3_options(s3, prefix)
+        .chunks(2)
+        .map(|pair| {
+            let name = pair[0]
+                .trim_start_matches("--")
+                .replace('-', "_")
+                .to_uppercase();
+            (name, pair[1].clone())
+        })
+        .collect()
+}
+
 /// An object-store client of `s3`'s bucket.
 pub fn s3_client(s3: &S3Server) -> Arc<dyn object_store::ObjectStore> {
     Arc::new(
-        blobs::s3::client(&s3.endpoint, &s3.bucket, "us-east-1", "test", "test")
-            .expect("S3 client"),
+        blobs::s3::client(
+            &s3.endpoint,
+            &s3.bucket,
+            &s3.region,
+            &s3.access_key,
+            &s3.secret_key,
+        )
+        .expect("S3 client"),
     )
 }
