@@ -524,9 +524,9 @@ async fn client(mut run: Run, id: usize, home: usize, moves: bool, ops: usize) -
 
 /// Starts the server binary on `dir` with `env`, off the runtime's threads (it waits for the
 /// node to answer).
-async fn start_node(dir: PathBuf, env: Vec<(&'static str, String)>) -> ServerProcess {
+async fn start_node(dir: PathBuf, env: Vec<(String, String)>) -> ServerProcess {
     tokio::task::spawn_blocking(move || {
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         common::start_process(&dir, &env)
     })
     .await
@@ -541,15 +541,9 @@ async fn histories_across_a_killed_node_are_linearizable() {
     let ops = common::env_or("HISTORY_OPS", 100) as usize;
     let began = Instant::now();
     let redis = common::redis();
-    let s3 = common::s3().await;
-    let env: Vec<(&'static str, String)> = vec![
-        ("STORE", "s3".to_owned()),
-        ("S3_ENDPOINT", s3.endpoint.clone()),
-        ("S3_BUCKET", s3.bucket.clone()),
-        ("S3_ACCESS_KEY_ID", "test".to_owned()),
-        ("S3_SECRET_ACCESS_KEY", "test".to_owned()),
-        ("REDIS_URL", redis.url.clone()),
-    ];
+    let s3 = common::rgw().await;
+    let mut env = common::s3_env(&s3, "");
+    env.push(("REDIS_URL".to_owned(), redis.url.clone()));
     let dirs: Vec<_> = (0..NODES).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = Vec::new();
     for dir in &dirs {

@@ -15,13 +15,12 @@
 //!   conditional `PUT`s 500 in most races (nothing written); AWS documents 409
 //!   `ConditionalRequestConflict`; and the client retries a 5xx, so a write that was applied but
 //!   answered 5xx comes back from its retry as 412. None of these tells whether *this* write
-//!   landed. [`Normalized`] settles each by a fresh read: the object holds exactly these bytes
-//!   (the write landed), or holds others (it lost: 412), or still holds what the write expected
-//!   (nothing happened: the write is sent again). A caller sees success or a lost race, never an
-//!   error a retry would have settled. Every payload written conditionally here is unique to its
-//!   write (a blob carries its version and time, a marker its state and time), so "these bytes"
-//!   means "this write"; two writers of byte-identical payloads on the same version are
-//!   indistinguishable, and both are told they won: the store holds that version once.
+//!   landed. [`Normalized`] settles each by a fresh read (a `HEAD`): the object carries this
+//!   write's id (the write landed), or another's (it lost: 412), or still the ETag the write
+//!   expected (nothing happened: the write is sent again). A caller sees success or a lost race,
+//!   never an error a retry would have settled. The id is a random `x-amz-meta-blobs-write` per
+//!   conditional write, not the bytes: two clients writing the same data on the same version in
+//!   the same millisecond store the same bytes, and only one of them won.
 //! - **`If-None-Match: *` on create** is honoured by every store the probe lets start.
 
 mod normalized;
@@ -51,6 +50,13 @@ pub async fn open(
 pub struct Quirks {
     /// `If-Match` must carry the ETag without its quotes (Ceph RGW before 17).
     pub unquoted_if_match: bool,
+}
+
+/// The metadata (`x-amz-meta-blobs-write`) naming the conditional write that stored an object:
+/// a random id per write, so a fresh read tells this write from another that stored the same
+/// bytes (two clients writing the same data on the same version in the same millisecond).
+pub(crate) fn write_id() -> object_store::Attribute {
+    object_store::Attribute::Metadata("blobs-write".into())
 }
 
 /// An ETag without the quotes around it (and without a weak `W/` mark), as Ceph 16 compares it.

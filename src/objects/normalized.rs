@@ -10,12 +10,12 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
-    UpdateVersion,
+    AttributeValue, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    Result, UpdateVersion,
 };
 
-use super::{Quirks, same_e_tag, unquoted};
+use super::{Quirks, same_e_tag, unquoted, write_id};
 use crate::metrics;
 
 /// Times one conditional write is sent while the store keeps answering ambiguously and a fresh
@@ -57,11 +57,15 @@ impl Normalized {
     async fn settle(
         &self,
         location: &Path,
-        payload: &PutPayload,
+        write: &AttributeValue,
         expected: Option<&UpdateVersion>,
     ) -> Result<Settled> {
         metrics::object_store_request("get");
-        let mut found = match self.inner.get(location).await {
+        let head = GetOptions {
+            head: true,
+            ..GetOptions::default()
+        };
+        let mut found = match self.inner.get_opts(location, head).await {
             Ok(found) => found,
             Err(object_store::Error::NotFound { .. }) => {
                 return Ok(match expected {
@@ -72,13 +76,11 @@ impl Normalized {
             Err(e) => return Err(e),
         };
         let meta = found.meta.clone();
-        let extensions = std::mem::take(&mut found.extensions);
-        let bytes = found.bytes().await?;
-        if holds(payload, &bytes) {
+        if found.attributes.get(&write_id()) == Some(write) {
             return Ok(Settled::Landed(PutResult {
                 e_tag: meta.e_tag,
                 version: meta.version,
-                extensions,
+                extensions: std::mem::take(&mut found.extensions),
             }));
         }
         let unchanged = expected
@@ -91,15 +93,6 @@ impl Normalized {
             Settled::Lost
         })
     }
-}
-
-/// Whether `bytes` are exactly `payload`.
-fn holds(payload: &PutPayload, bytes: &Bytes) -> bool {
-    payload.content_length() == bytes.len()
-        && payload
-            .iter()
-            .flat_map(|chunk| chunk.iter())
-            .eq(bytes.iter())
 }
 
 /// An answer that does not tell whether the write landed: a lost race (412, 409), a retry of
@@ -153,6 +146,8 @@ impl ObjectStore for Normalized {
                 Some(expected)
             }
         };
+        let write = AttributeValue::from(uuid::Uuid::new_v4().simple().to_string());
+        opts.attributes.insert(write_id(), write.clone());
         let mut sends = 0;
         loop {
             metrics::object_store_request("put");
@@ -166,7 +161,7 @@ impl ObjectStore for Normalized {
                 Err(e) => e,
             };
             sends += 1;
-            match self.settle(location, &payload, expected.as_ref()).await? {
+            match self.settle(location, &write, expected.as_ref()).await? {
                 Settled::Landed(done) => return Ok(done),
                 Settled::Lost => return Err(lost(location, expected.is_none(), answer)),
                 Settled::Unchanged if sends < SENDS => continue,
@@ -458,5 +453,26 @@ mod tests {
             Err(object_store::Error::Precondition { .. })
         ));
         assert_eq!(stored(&store).await, "two");
+    }
+
+    #[tokio::test]
+    async fn the_loser_of_a_race_to_write_the_same_bytes_is_told_it_lost() {
+        let (quirky, store) = normalized(true).await;
+        let first = put(&store, "one", PutMode::Create).await.unwrap();
+        put(&store, "two", update(&first)).await.unwrap();
+        // A second writer stored the same bytes on the same version and was answered
+        // ambiguously: the bytes alone would say it won too.
+        quirky.fail_next(Fault::Conflict409);
+        let lost = put(&store, "two", update(&first)).await;
+        assert!(matches!(
+            lost,
+            Err(object_store::Error::Precondition { .. })
+        ));
+        quirky.fail_next(Fault::Conflict409);
+        let created = put(&store, "one", PutMode::Create).await;
+        assert!(matches!(
+            created,
+            Err(object_store::Error::AlreadyExists { .. })
+        ));
     }
 }

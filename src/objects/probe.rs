@@ -2,9 +2,11 @@
 //! every write, so a node refuses to start on a store that cannot.
 
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, UpdateVersion};
+use object_store::{
+    Attributes, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
+};
 
-use super::{Quirks, unquoted};
+use super::{Quirks, unquoted, write_id};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -28,6 +30,10 @@ pub enum ProbeError {
     CurrentRefused(String),
     #[error("the object store acknowledged a conditional write it did not keep")]
     NotKept,
+    #[error(
+        "the object store does not keep an object's metadata (x-amz-meta-*), by which a node tells its own write from another's after an ambiguous answer"
+    )]
+    MetadataDropped,
 }
 
 /// Proves on one probe object under `<prefix>.probe/` that the store refuses a create over an
@@ -44,7 +50,12 @@ pub async fn probe(store: &dyn ObjectStore, prefix: &str) -> Result<Quirks, Prob
 
 async fn prove(store: &dyn ObjectStore, path: &Path) -> Result<Quirks, ProbeError> {
     let put = |body: &'static [u8], mode: PutMode| {
-        store.put_opts(path, PutPayload::from_static(body), mode.into())
+        let opts = PutOptions {
+            mode,
+            attributes: Attributes::from_iter([(write_id(), "probe")]),
+            ..PutOptions::default()
+        };
+        store.put_opts(path, PutPayload::from_static(body), opts)
     };
     let failed = |step| move |source| ProbeError::Store { step, source };
     let created = put(b"created", PutMode::Create)
@@ -91,12 +102,17 @@ async fn prove(store: &dyn ObjectStore, path: &Path) -> Result<Quirks, ProbeErro
     let stored = store
         .get(path)
         .await
-        .map_err(failed("reading the probe back"))?
+        .map_err(failed("reading the probe back"))?;
+    let write = stored.attributes.get(&write_id()).cloned();
+    let bytes = stored
         .bytes()
         .await
         .map_err(failed("reading the probe back"))?;
-    if stored.as_ref() != b"updated" {
+    if bytes.as_ref() != b"updated" {
         return Err(ProbeError::NotKept);
+    }
+    if write.as_deref() != Some("probe") {
+        return Err(ProbeError::MetadataDropped);
     }
     Ok(quirks)
 }
