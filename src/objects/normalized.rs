@@ -11,8 +11,8 @@ use futures_util::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
     AttributeValue, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
-    ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
-    Result, UpdateVersion,
+    ObjectStore, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
+    UpdateVersion,
 };
 
 use super::{Quirks, same_e_tag, unquoted, write_id};
@@ -234,6 +234,7 @@ impl ObjectStore for Normalized {
 mod tests {
     use std::sync::Mutex;
 
+    use object_store::ObjectStoreExt;
     use object_store::memory::InMemory;
 
     use super::*;
