@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 
-use crate::blob_service::{RecordFiles, RecordObjects, RecordStore};
+use crate::blob_service::RecordStore;
 use crate::config::{Config, StoreKind};
 use crate::content::{CLAIM_GRACE, ContentStore, FsContent, ObjectContent};
 use crate::direct::{DirectUrls, PresignedUrls};
 use crate::layout::Tree;
+use crate::objects::{Objects, OpenError};
 use crate::quota::Quota;
 use crate::revocation::Place;
 use crate::server::StartError;
@@ -18,7 +19,7 @@ use crate::store::{FsStore, ObjectBlobs, Store};
 pub struct Backend {
     pub blobs: Arc<dyn Store>,
     pub content: Arc<dyn ContentStore>,
-    pub records: Arc<dyn RecordStore>,
+    pub records: Arc<RecordStore>,
     /// Presigned object-store URLs; `None`: this server signs its own direct URLs.
     pub direct: Option<Arc<dyn DirectUrls>>,
     /// Where the revoked tokens are listed.
@@ -37,36 +38,35 @@ impl Backend {
                     path: config.storage.display().to_string(),
                     source,
                 };
-                let tree = Tree::Files(config.storage.clone());
+                // The journal and the content's verified reads are the file store's own; the
+                // records and the revocations are objects of the directory.
+                let objects = Objects::directory(&config.storage);
                 Ok(Self {
                     blobs: Arc::new(FsStore::open(&config.storage).map_err(storage_error)?),
                     content: Arc::new(FsContent::open(&config.storage).map_err(storage_error)?),
-                    records: Arc::new(RecordFiles::new(&config.storage)),
+                    records: Arc::new(RecordStore::new(objects.clone())),
                     direct: None,
-                    revocations: Place::file(&config.storage),
-                    quota: quota(config, tree, config.storage.clone()),
+                    revocations: Place::new(objects.clone()),
+                    quota: quota(config, Tree::new(objects), config.storage.clone()),
                 })
             }
             StoreKind::S3 => {
                 let s3 = config.s3()?;
                 let prefix = &config.s3_prefix;
                 // Proved able to compare-and-swap before anything is served.
-                let shared = crate::objects::open(s3.clone(), prefix).await?;
-                let tree = Tree::Objects {
-                    store: shared.clone(),
-                    prefix: prefix.clone(),
-                };
+                let objects = Objects::remote(Arc::new(s3.clone()), prefix)
+                    .await
+                    .map_err(OpenError::from)?;
                 Ok(Self {
-                    // Uploads are received into local temp files before they go up.
-                    quota: quota(config, tree, std::env::temp_dir()),
                     blobs: Arc::new(ObjectBlobs::with_cache(
-                        shared.clone(),
-                        prefix,
+                        objects.clone(),
                         config.object_cache_bytes,
                     )),
-                    content: Arc::new(ObjectContent::new(shared.clone(), prefix, CLAIM_GRACE)),
-                    records: Arc::new(RecordObjects::new(shared.clone(), prefix)),
-                    revocations: Place::object(shared, prefix),
+                    content: Arc::new(ObjectContent::new(&objects, CLAIM_GRACE)),
+                    records: Arc::new(RecordStore::new(objects.clone())),
+                    revocations: Place::new(objects.clone()),
+                    // Uploads are received into local temp files before they go up.
+                    quota: quota(config, Tree::new(objects), std::env::temp_dir()),
                     direct: Some(Arc::new(PresignedUrls::new(
                         s3,
                         prefix,

@@ -41,8 +41,7 @@ pub fn replace_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
     let mut staged = Staged::new_in(dir)?;
     staged.file().write_all(bytes)?;
-    staged.temp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    staged.commit_unsynced(path)
 }
 
 /// Makes everything written to the file system holding `path` durable (`syncfs`): one sync
@@ -58,6 +57,7 @@ pub fn sync_fs(path: &Path) -> io::Result<()> {
 /// is only known once they are written (a content hash).
 ///
 /// Dropped without [`Staged::commit`], its temp file is removed.
+#[derive(Debug)]
 pub struct Staged {
     temp: tempfile::NamedTempFile,
     /// Directories created for the temp file: durable only once their parents are synced.
@@ -96,6 +96,24 @@ impl Staged {
                 sync_dir(parent)?;
             }
         }
+        Ok(())
+    }
+}
+
+impl Staged {
+    /// Renames the temp file over `path` without syncing anything (see [`replace_unsynced`]).
+    pub fn commit_unsynced(self, path: &Path) -> io::Result<()> {
+        self.temp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    }
+
+    /// [`Staged::commit`] to a name that must not exist yet: `AlreadyExists` when it does, and
+    /// the temp file is removed (see [`move_new`]).
+    pub fn commit_new(self, path: &Path) -> io::Result<()> {
+        self.temp.as_file().sync_all()?;
+        move_new(self.temp.path(), path)?;
+        // Moved: nothing is left under the temp name to remove.
+        self.temp.into_temp_path().keep().map_err(|e| e.error)?;
         Ok(())
     }
 }

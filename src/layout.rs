@@ -4,48 +4,27 @@
 //! them is copying names. The admin commands work on stores this way, and the metrics measure
 //! the content store by its listing.
 
-use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 use futures_util::TryStreamExt;
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use crate::config::{Config, ConfigError, StoreKind};
+use crate::config::{Config, StoreKind};
 use crate::content::{CONTENT_DIR, MARKER_SUFFIX, STAGING_DIR, content_path};
 use crate::durable;
 use crate::names::{Bucket, ContentHash, Handle, Ref};
+use crate::objects::{Objects, OpenError};
 use crate::revocation;
 use crate::store::CASE_CONFLICT;
 
-/// Where a store's names live.
-pub enum Tree {
-    /// The file store's root directory.
-    Files(PathBuf),
-    /// An object store and the prefix of every name.
-    Objects {
-        store: Arc<dyn ObjectStore>,
-        prefix: String,
-    },
+/// A store's names, in the object layer: the file store's root directory, or the object
+/// store under its prefix.
+#[derive(Clone)]
+pub struct Tree {
+    objects: Objects,
 }
 
 /// A failure reading or writing one name.
-#[derive(Debug, thiserror::Error)]
-pub enum TreeError {
-    #[error("{key}: {source}")]
-    Io {
-        key: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{key}: {source}")]
-    Object {
-        key: String,
-        #[source]
-        source: object_store::Error,
-    },
-}
+pub type TreeError = crate::objects::Error;
 
 /// One stored name and its size.
 #[derive(Clone, Debug)]
@@ -158,15 +137,25 @@ pub fn key_of(kind: &Kind) -> Option<String> {
 }
 
 impl Tree {
-    /// The store of `kind`, with the settings of `config`.
-    pub fn configured(config: &Config, kind: StoreKind) -> Result<Self, ConfigError> {
-        Ok(match kind {
-            StoreKind::Fs => Tree::Files(config.storage.clone()),
-            StoreKind::S3 => Tree::Objects {
-                store: Arc::new(config.s3()?),
-                prefix: config.s3_prefix.clone(),
-            },
-        })
+    /// The names of `objects`.
+    pub fn new(objects: Objects) -> Self {
+        Self { objects }
+    }
+
+    /// The file store's names under `root`. Writes are durable once [`Tree::sync`] returns.
+    pub fn files(root: &Path) -> Self {
+        Self::new(Objects::batched_directory(root))
+    }
+
+    /// The store of `kind`, with the settings of `config`; an object store must pass the
+    /// compare-and-swap probe.
+    pub async fn configured(config: &Config, kind: StoreKind) -> Result<Self, OpenError> {
+        Ok(Self::new(Objects::configured(config, kind, true).await?))
+    }
+
+    /// The names under `<name>/`, as names relative to it.
+    pub fn within(&self, name: &str) -> Self {
+        Self::new(self.objects.within(name))
     }
 
     /// Contents and their bytes, from a listing (no byte is read).
@@ -184,168 +173,47 @@ impl Tree {
     /// Whether this is the file store (markers are empty files there, JSON objects in an
     /// object store).
     pub fn is_files(&self) -> bool {
-        matches!(self, Tree::Files(_))
+        self.objects.is_directory()
     }
 
     /// Where this tree is, for messages.
     pub fn describe(&self) -> String {
-        match self {
-            Tree::Files(root) => root.display().to_string(),
-            Tree::Objects { prefix, .. } => format!("the object store (prefix {prefix:?})"),
-        }
-    }
-
-    fn io(key: &str) -> impl FnOnce(io::Error) -> TreeError + '_ {
-        move |source| TreeError::Io {
-            key: key.to_owned(),
-            source,
-        }
-    }
-
-    fn object(key: &str) -> impl FnOnce(object_store::Error) -> TreeError + '_ {
-        move |source| TreeError::Object {
-            key: key.to_owned(),
-            source,
-        }
+        self.objects.describe()
     }
 
     /// Every name stored, in name order.
     pub async fn list(&self) -> Result<Vec<Entry>, TreeError> {
-        let mut entries = match self {
-            Tree::Files(root) => {
-                let root = root.clone();
-                tokio::task::spawn_blocking(move || walk(&root))
-                    .await
-                    .map_err(|e| Self::io("")(io::Error::other(e)))?
-                    .map_err(Self::io(""))?
-            }
-            Tree::Objects { store, prefix } => {
-                let root = (!prefix.is_empty()).then(|| ObjectPath::from(prefix.as_str()));
-                let listed: Vec<_> = store
-                    .list(root.as_ref())
-                    .try_collect()
-                    .await
-                    .map_err(Self::object(prefix))?;
-                listed
-                    .into_iter()
-                    .filter_map(|meta| {
-                        let key = meta.location.as_ref().strip_prefix(prefix.as_str())?;
-                        Some(Entry {
-                            key: key.to_owned(),
-                            size: meta.size,
-                        })
-                    })
-                    .collect()
-            }
-        };
-        entries.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(entries)
+        self.objects
+            .list("")
+            .map_ok(|(key, meta)| Entry {
+                key,
+                size: meta.size,
+            })
+            .try_collect()
+            .await
     }
 
     /// The bytes stored under `key`, or `None`.
     pub async fn read(&self, key: &str) -> Result<Option<bytes::Bytes>, TreeError> {
-        match self {
-            Tree::Files(root) => match tokio::fs::read(root.join(key)).await {
-                Ok(bytes) => Ok(Some(bytes.into())),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(Self::io(key)(e)),
-            },
-            Tree::Objects { store, prefix } => {
-                match store.get(&ObjectPath::from(format!("{prefix}{key}"))).await {
-                    Ok(found) => Ok(Some(found.bytes().await.map_err(Self::object(key))?)),
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(Self::object(key)(e)),
-                }
-            }
-        }
+        Ok(self.objects.get(key).await?.map(|found| found.bytes))
     }
 
     /// Replaces `key` with `bytes` atomically. In a directory the file is not synced: call
     /// [`Tree::sync`] once every file is written.
     pub async fn write(&self, key: &str, bytes: bytes::Bytes) -> Result<(), TreeError> {
-        match self {
-            Tree::Files(root) => {
-                let path = root.join(key);
-                tokio::task::spawn_blocking(move || durable::replace_unsynced(&path, &bytes))
-                    .await
-                    .map_err(|e| Self::io(key)(io::Error::other(e)))?
-                    .map_err(Self::io(key))
-            }
-            Tree::Objects { store, prefix } => store
-                .put(
-                    &ObjectPath::from(format!("{prefix}{key}")),
-                    PutPayload::from(bytes),
-                )
-                .await
-                .map(drop)
-                .map_err(Self::object(key)),
-        }
+        self.objects.put(key, bytes).await
     }
 
     /// Removes `key`; no error when it is not there.
     pub async fn remove(&self, key: &str) -> Result<(), TreeError> {
-        match self {
-            Tree::Files(root) => match tokio::fs::remove_file(root.join(key)).await {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(Self::io(key)(e)),
-            },
-            Tree::Objects { store, prefix } => {
-                match store
-                    .delete(&ObjectPath::from(format!("{prefix}{key}")))
-                    .await
-                {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                    Err(e) => Err(Self::object(key)(e)),
-                }
-            }
-        }
+        self.objects.delete(key).await
     }
 
     /// Makes every write so far durable (one `syncfs` for a directory; an object store's
     /// writes already are).
     pub async fn sync(&self) -> Result<(), TreeError> {
-        match self {
-            Tree::Files(root) => {
-                let root = root.clone();
-                tokio::task::spawn_blocking(move || durable::sync_fs(&root))
-                    .await
-                    .map_err(|e| Self::io("")(io::Error::other(e)))?
-                    .map_err(Self::io(""))
-            }
-            Tree::Objects { .. } => Ok(()),
-        }
+        self.objects.sync().await
     }
-}
-
-/// Every file under `root`, by its name relative to it (`/`-separated).
-fn walk(root: &Path) -> io::Result<Vec<Entry>> {
-    let mut entries = Vec::new();
-    if !root.exists() {
-        return Ok(entries);
-    }
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                dirs.push(entry.path());
-            } else if kind.is_file() {
-                let path = entry.path();
-                let relative = path.strip_prefix(root).map_err(io::Error::other)?;
-                entries.push(Entry {
-                    key: relative
-                        .components()
-                        .map(|c| c.as_os_str().to_string_lossy())
-                        .collect::<Vec<_>>()
-                        .join("/"),
-                    size: entry.metadata()?.len(),
-                });
-            }
-        }
-    }
-    Ok(entries)
 }
 
 #[cfg(test)]

@@ -283,6 +283,11 @@ impl Quota {
         }
     }
 
+    /// The store the buckets are measured on, if any.
+    pub fn tree(&self) -> Option<&Tree> {
+        self.tree.as_ref()
+    }
+
     /// No quota and no reserve.
     pub fn unlimited() -> Self {
         Self {
@@ -532,21 +537,10 @@ fn free_space(path: &std::path::Path) -> io::Result<u64> {
     Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
-/// The names of one bucket: `tree` seen from `<bucket>/`.
-fn bucket_tree(tree: &Tree, bucket: &Bucket) -> Tree {
-    match tree {
-        Tree::Files(root) => Tree::Files(root.join(bucket.as_str())),
-        Tree::Objects { store, prefix } => Tree::Objects {
-            store: store.clone(),
-            prefix: format!("{prefix}{bucket}/"),
-        },
-    }
-}
-
 /// What `bucket` stores in `tree`, from one listing of its names (no byte is read).
 pub async fn measure_bucket(tree: &Tree, bucket: &Bucket) -> Result<Usage, TreeError> {
     let mut usage = Usage::default();
-    for entry in bucket_tree(tree, bucket).list().await? {
+    for entry in tree.within(bucket.as_str()).list().await? {
         usage.count(&classify(&format!("{bucket}/{}", entry.key)), entry.size);
     }
     Ok(usage)

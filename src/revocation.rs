@@ -16,18 +16,16 @@
 //! has passed, so a token minted after it returns is never caught.
 
 use std::collections::BTreeMap;
-use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, UpdateVersion};
+use object_store::UpdateVersion;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::auth::Grant;
 use crate::names::Bucket;
+use crate::objects::{Objects, Reread};
 
 /// How often a server reads the list again: a revocation applies within about this long.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -101,168 +99,72 @@ impl RevocationList {
 /// Why the list could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("revocation list {path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("revocation list: {0}")]
+    Store(#[from] crate::objects::Error),
     #[error("revocation list {path} does not parse: {source}")]
     Corrupt {
         path: String,
         #[source]
         source: serde_json::Error,
     },
-    #[error("revocation list: object store: {0}")]
-    Object(#[from] object_store::Error),
     #[error("revocation list: other revocations kept winning the write; try again")]
     Contended,
 }
 
-/// Where the list is kept: a file under the storage root, or an object of the shared store.
+/// Where the list is kept: [`FILE_NAME`] at the top of the storage, a file under the storage
+/// root or an object of the shared store.
 #[derive(Clone)]
-pub enum Place {
-    File(PathBuf),
-    Object {
-        store: Arc<dyn ObjectStore>,
-        path: ObjectPath,
-    },
-}
-
-/// What was read: the bytes (none when there is no list yet) and the object's version.
-struct Read {
-    bytes: Option<Vec<u8>>,
-    version: Option<UpdateVersion>,
+pub struct Place {
+    objects: Objects,
 }
 
 impl Place {
-    /// The list of a file store rooted at `storage`.
-    pub fn file(storage: &Path) -> Self {
-        Place::File(storage.join(FILE_NAME))
-    }
-
-    /// The list of an object store under `prefix`.
-    pub fn object(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
-        Place::Object {
-            store,
-            path: ObjectPath::from(format!("{prefix}{FILE_NAME}")),
-        }
-    }
-
-    fn name(&self) -> String {
-        match self {
-            Place::File(path) => path.display().to_string(),
-            Place::Object { path, .. } => path.to_string(),
-        }
-    }
-
-    async fn read_raw(&self) -> Result<Read, Error> {
-        match self {
-            Place::File(path) => match tokio::fs::read(path).await {
-                Ok(bytes) => Ok(Read {
-                    bytes: Some(bytes),
-                    version: None,
-                }),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Read {
-                    bytes: None,
-                    version: None,
-                }),
-                Err(source) => Err(Error::Io {
-                    path: self.name(),
-                    source,
-                }),
-            },
-            Place::Object { store, path } => match store.get(path).await {
-                Ok(found) => {
-                    let version = UpdateVersion {
-                        e_tag: found.meta.e_tag.clone(),
-                        version: found.meta.version.clone(),
-                    };
-                    Ok(Read {
-                        bytes: Some(found.bytes().await?.to_vec()),
-                        version: Some(version),
-                    })
-                }
-                Err(object_store::Error::NotFound { .. }) => Ok(Read {
-                    bytes: None,
-                    version: None,
-                }),
-                Err(e) => Err(e.into()),
-            },
-        }
+    pub fn new(objects: Objects) -> Self {
+        Self { objects }
     }
 
     fn parse(&self, bytes: Option<&[u8]>) -> Result<RevocationList, Error> {
         match bytes {
             None => Ok(RevocationList::default()),
             Some(bytes) => serde_json::from_slice(bytes).map_err(|source| Error::Corrupt {
-                path: self.name(),
+                path: format!("{} {FILE_NAME}", self.objects.describe()),
                 source,
             }),
         }
     }
 
+    /// The list as stored now (empty when there is none), and its version.
+    async fn read_found(&self) -> Result<(RevocationList, Option<UpdateVersion>), Error> {
+        let found = self.objects.get(FILE_NAME).await?;
+        let list = self.parse(found.as_ref().map(|f| f.bytes.as_ref()))?;
+        Ok((list, found.map(|f| f.version)))
+    }
+
     /// The list as stored now (empty when there is none).
     pub async fn read(&self) -> Result<RevocationList, Error> {
-        let read = self.read_raw().await?;
-        self.parse(read.bytes.as_deref())
+        Ok(self.read_found().await?.0)
     }
 
     /// Changes the list with `change` and writes it back durably; returns the list written.
-    /// On the object store the write is conditional, so two revocations at once both land.
+    /// The write is conditional on the list read, so two revocations at once, from any
+    /// process or node, both land.
     pub async fn update(
         &self,
         change: impl Fn(&mut RevocationList) + Send + 'static,
     ) -> Result<RevocationList, Error> {
-        match self {
-            Place::File(path) => {
-                let path = path.clone();
-                let name = self.name();
-                let place = self.clone();
-                tokio::task::spawn_blocking(move || {
-                    let io_error = |source| Error::Io {
-                        path: name.clone(),
-                        source,
-                    };
-                    // Two revocations at once on one machine take turns.
-                    let _lock = crate::durable::lock_exclusive(&path.with_extension("lock"))
-                        .map_err(io_error)?;
-                    let bytes = match std::fs::read(&path) {
-                        Ok(bytes) => Some(bytes),
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                        Err(e) => return Err(io_error(e)),
-                    };
-                    let mut list = place.parse(bytes.as_deref())?;
-                    change(&mut list);
-                    crate::durable::replace(&path, &list.to_json()).map_err(io_error)?;
-                    Ok(list)
-                })
-                .await
-                .map_err(|e| Error::Io {
-                    path: self.name(),
-                    source: io::Error::other(e),
-                })?
-            }
-            Place::Object { store, path } => {
-                for _ in 0..MAX_ATTEMPTS {
-                    let read = self.read_raw().await?;
-                    let mut list = self.parse(read.bytes.as_deref())?;
-                    change(&mut list);
-                    let mode = match read.version {
-                        Some(version) => PutMode::Update(version),
-                        None => PutMode::Create,
-                    };
-                    let payload = PutPayload::from(list.to_json());
-                    match store.put_opts(path, payload, mode.into()).await {
-                        Ok(_) => return Ok(list),
-                        Err(object_store::Error::Precondition { .. })
-                        | Err(object_store::Error::AlreadyExists { .. }) => continue,
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                Err(Error::Contended)
+        for _ in 0..MAX_ATTEMPTS {
+            let (mut list, version) = self.read_found().await?;
+            change(&mut list);
+            if self
+                .objects
+                .put_if(FILE_NAME, list.to_json(), version)
+                .await?
+                .is_some()
+            {
+                return Ok(list);
             }
         }
+        Err(Error::Contended)
     }
 }
 
@@ -272,15 +174,18 @@ impl Place {
 pub struct Revocations {
     place: Place,
     current: watch::Sender<Arc<RevocationList>>,
+    /// The version of the list in force, to read it again only when it changed.
+    seen: Arc<Mutex<Option<UpdateVersion>>>,
 }
 
 impl Revocations {
     /// Reads the list once: a server that cannot know what is revoked does not start.
     pub async fn load(place: Place) -> Result<Self, Error> {
-        let list = place.read().await?;
+        let (list, version) = place.read_found().await?;
         Ok(Self {
             place,
             current: watch::Sender::new(Arc::new(list)),
+            seen: Arc::new(Mutex::new(version)),
         })
     }
 
@@ -300,11 +205,23 @@ impl Revocations {
         }
     }
 
-    /// Reads the list again and applies it when it changed. A list that cannot be read or
-    /// does not parse is logged, and the last one read stays in force.
+    /// Reads the list again and applies it when it changed: a conditional read, so an unchanged
+    /// list costs no body. A list that cannot be read or does not parse is logged, and the last
+    /// one read stays in force.
     pub async fn refresh(&self) {
-        match self.place.read().await {
-            Ok(list) => {
+        let seen = self.seen.lock().expect("never poisoned").clone();
+        let read = match self.place.objects.reread(FILE_NAME, seen.as_ref()).await {
+            Ok(Reread::Unchanged) => return,
+            Ok(Reread::Missing) => Ok((RevocationList::default(), None)),
+            Ok(Reread::Changed(found)) => self
+                .place
+                .parse(Some(&found.bytes))
+                .map(|list| (list, Some(found.version))),
+            Err(e) => Err(e.into()),
+        };
+        match read {
+            Ok((list, version)) => {
+                *self.seen.lock().expect("never poisoned") = version;
                 self.current.send_if_modified(|current| {
                     let changed = **current != list;
                     if changed {
@@ -368,7 +285,7 @@ mod tests {
     #[tokio::test]
     async fn the_file_list_is_read_written_and_watched() {
         let dir = tempfile::tempdir().unwrap();
-        let place = Place::file(dir.path());
+        let place = Place::new(Objects::directory(dir.path()));
         assert_eq!(place.read().await.unwrap(), RevocationList::default());
         let revocations = Revocations::load(place.clone()).await.unwrap();
         let victim = grant("photos", Some(5), Some("t1"));
@@ -387,5 +304,27 @@ mod tests {
         assert!(revocations.revokes(&victim));
         assert!(place.read().await.is_err());
         assert!(Revocations::load(place).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn revocations_at_once_all_land() {
+        let dir = tempfile::tempdir().unwrap();
+        // Each its own handle, as `blobs revoke` beside a server is its own process.
+        let writers = (0..8).map(|i| {
+            let place = Place::new(Objects::directory(dir.path()));
+            tokio::spawn(async move {
+                place
+                    .update(move |list| list.revoke_token(&format!("t{i}"), 1))
+                    .await
+            })
+        });
+        for writer in writers.collect::<Vec<_>>() {
+            writer.await.unwrap().unwrap();
+        }
+        let list = Place::new(Objects::directory(dir.path()))
+            .read()
+            .await
+            .unwrap();
+        assert_eq!(list.tokens.len(), 8, "{list:?}");
     }
 }

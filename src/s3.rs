@@ -2,11 +2,6 @@
 //! (versioned blobs, content, the Blob Service's records, presigned direct URLs): the client,
 //! and the top level of the layout every one of them uses (`<prefix><bucket>/...`).
 
-use object_store::ObjectStore;
-use object_store::path::Path;
-
-use crate::names::Bucket;
-
 /// A client of one S3 bucket; plain `http://` endpoints (MinIO, tests) are allowed.
 pub fn client(
     endpoint: &str,
@@ -36,15 +31,4 @@ fn retries() -> object_store::RetryConfig {
         retry_timeout: std::time::Duration::from_secs(15),
         ..object_store::RetryConfig::default()
     }
-}
-
-/// The buckets that have objects under `prefix` (the top level of the layout).
-pub async fn buckets(store: &dyn ObjectStore, prefix: &str) -> object_store::Result<Vec<Bucket>> {
-    let root = (!prefix.is_empty()).then(|| Path::from(prefix));
-    let top = store.list_with_delimiter(root.as_ref()).await?;
-    Ok(top
-        .common_prefixes
-        .iter()
-        .filter_map(|dir| dir.filename().and_then(Bucket::parse))
-        .collect())
 }

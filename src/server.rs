@@ -49,7 +49,7 @@ pub enum StartError {
     #[error("cannot load the Blob Service's records: {0}")]
     Records(#[source] crate::blob_service::Error),
     #[error(transparent)]
-    ObjectStore(#[from] crate::objects::ProbeError),
+    Objects(#[from] crate::objects::OpenError),
     #[error("cannot read the revoked tokens: {0}")]
     Revocations(#[source] crate::revocation::Error),
 }

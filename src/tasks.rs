@@ -24,9 +24,9 @@ pub fn spawn(state: &AppState, config: &Config) -> JoinSet<()> {
         config.direct_url_ttl * 2,
     ));
     if crate::metrics::enabled()
-        && let Ok(tree) = Tree::configured(config, config.store)
+        && let Some(tree) = state.quota().tree()
     {
-        tasks.spawn(content_measures(state.clone(), tree));
+        tasks.spawn(content_measures(state.clone(), tree.clone()));
     }
     if config.store == StoreKind::Fs {
         tasks.spawn(scrubs(state.clone(), config.scrub_interval));

@@ -7,9 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blobs::blob_service::{
-    BlobService, Record, RecordObjects, RecordStore, RetentionPolicy, Upload,
-};
+use blobs::blob_service::{BlobService, Record, RecordStore, RetentionPolicy, Upload};
 use blobs::content::{self, ContentStore, ObjectContent, Owner};
 use blobs::names::{Bucket, ContentHash, Handle};
 use bytes::Bytes;
@@ -24,7 +22,7 @@ const PREFIX: &str = common::BACKEND_PREFIX;
 struct Stores {
     name: &'static str,
     content: Arc<dyn ContentStore>,
-    records: Arc<dyn RecordStore>,
+    records: Arc<RecordStore>,
     backend: Backend,
     dir: tempfile::TempDir,
 }
@@ -36,8 +34,8 @@ async fn backends(grace: Duration) -> Vec<Stores> {
         let dir = tempfile::tempdir().unwrap();
         all.push(Stores {
             name: backend.name(),
-            content: backend.content(dir.path(), grace),
-            records: backend.records(dir.path()),
+            content: backend.content(dir.path(), grace).await,
+            records: backend.records(dir.path()).await,
             backend,
             dir,
         });
@@ -226,9 +224,9 @@ async fn remove(store: &dyn ContentStore, hash: ContentHash) -> bool {
 
 /// Two object-store nodes.
 async fn two_nodes(grace: Duration) -> (S3Server, ObjectContent, ObjectContent) {
-    let server = common::s3().await;
-    let a = ObjectContent::new(common::s3_client(&server), PREFIX, grace);
-    let b = ObjectContent::new(common::s3_client(&server), PREFIX, grace);
+    let server = common::rgw().await;
+    let a = ObjectContent::new(&common::objects(&server, PREFIX).await, grace);
+    let b = ObjectContent::new(&common::objects(&server, PREFIX).await, grace);
     (server, a, b)
 }
 
@@ -375,13 +373,14 @@ async fn direct_uploads_are_adopted_only_when_they_match() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_sweeping_the_blob_service_at_once() {
     const EXPIRED: usize = 8;
-    let server = common::s3().await;
+    let server = common::rgw().await;
     let node = || {
-        let client = common::s3_client(&server);
+        let objects = common::objects(&server, PREFIX);
         async move {
+            let objects = objects.await;
             let content: Arc<dyn ContentStore> =
-                Arc::new(ObjectContent::new(client.clone(), PREFIX, Duration::ZERO));
-            let records = Arc::new(RecordObjects::new(client, PREFIX));
+                Arc::new(ObjectContent::new(&objects, Duration::ZERO));
+            let records = Arc::new(RecordStore::new(objects));
             let service = BlobService::open(records, content.clone()).await.unwrap();
             (service, content)
         }
@@ -426,7 +425,7 @@ async fn two_nodes_sweeping_the_blob_service_at_once() {
         swept_a.contents + swept_b.contents >= EXPIRED,
         "{swept_a:?} {swept_b:?}"
     );
-    let left = RecordObjects::new(common::s3_client(&server), PREFIX)
+    let left = RecordStore::new(common::objects(&server, PREFIX).await)
         .load()
         .await
         .unwrap();

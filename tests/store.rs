@@ -609,7 +609,7 @@ fn committed(outcome: SetOutcome) -> u64 {
 async fn compare_and_swap() {
     for backend in Backend::all().await {
         let (name, dir) = (backend.name(), tempfile::tempdir().unwrap());
-        let store = &backend.versioned(dir.path());
+        let store = &backend.versioned(dir.path()).await;
         let (b, one) = (bucket(), r("a1"));
         assert!(store.get(&b, &one).await.unwrap().is_none(), "{name}");
         let v1 = committed(
@@ -665,7 +665,7 @@ async fn compare_and_swap() {
 async fn tombstones() {
     for backend in Backend::all().await {
         let (name, dir) = (backend.name(), tempfile::tempdir().unwrap());
-        let store = &backend.versioned(dir.path());
+        let store = &backend.versioned(dir.path()).await;
         let (b, one) = (bucket(), r("b2"));
         committed(
             store
@@ -710,7 +710,7 @@ async fn tombstones() {
 async fn listing() {
     for backend in Backend::all().await {
         let (name, dir) = (backend.name(), tempfile::tempdir().unwrap());
-        let store = &backend.versioned(dir.path());
+        let store = &backend.versioned(dir.path()).await;
         let b = bucket();
         for pair in ["05", "a0", "0f", "ff", "10"] {
             committed(
@@ -759,7 +759,7 @@ async fn concurrent_writers_win_each_version_once() {
     const WRITES_EACH: usize = 5;
     for backend in Backend::all().await {
         let (name, dir) = (backend.name(), tempfile::tempdir().unwrap());
-        let store = backend.versioned(dir.path());
+        let store = backend.versioned(dir.path()).await;
         let (b, one) = (bucket(), r("c3"));
         let tasks: Vec<_> = (0..WRITERS)
             .map(|_| {

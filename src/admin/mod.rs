@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::clock::now_unix;
 use crate::config::{Config, ConfigError, StoreKind};
 use crate::names::Bucket;
+use crate::objects::Objects;
 use crate::quota;
 use crate::revocation::{self, Place};
 use crate::store::FsStore;
@@ -100,7 +101,7 @@ pub enum AdminError {
     #[error(transparent)]
     Revocation(#[from] revocation::Error),
     #[error(transparent)]
-    ObjectStore(#[from] crate::objects::ProbeError),
+    Objects(#[from] crate::objects::OpenError),
     #[error("{0}")]
     Refused(String),
     #[error("cannot open the storage directory {path}: {source}")]
@@ -125,8 +126,8 @@ pub async fn run(command: Command, config: &Config) -> Result<bool, AdminError> 
 }
 
 /// The store of `kind`, with the settings of `config`.
-fn tree(config: &Config, kind: StoreKind) -> Result<Tree, AdminError> {
-    Ok(Tree::configured(config, kind)?)
+async fn tree(config: &Config, kind: StoreKind) -> Result<Tree, AdminError> {
+    Ok(Tree::configured(config, kind).await?)
 }
 
 /// The file store at `root` locked, then opened as a server opens it (the journal replayed,
@@ -168,7 +169,7 @@ fn server_running(root: &Path) -> Result<bool, AdminError> {
 }
 
 async fn check(config: &Config, repair: bool) -> Result<bool, AdminError> {
-    let tree = tree(config, config.store)?;
+    let tree = tree(config, config.store).await?;
     let mut repaired = Vec::new();
     let mut running = false;
     let _held = match (config.store, repair) {
@@ -259,7 +260,7 @@ async fn finish(what: &str, copied: &Copied, to: &Tree) -> Result<bool, AdminErr
 }
 
 async fn backup(config: &Config, dest: &Path) -> Result<bool, AdminError> {
-    let from = tree(config, config.store)?;
+    let from = tree(config, config.store).await?;
     if config.store == StoreKind::Fs && same_dir(&config.storage, dest) {
         return Err(AdminError::Refused(
             "the backup's destination is the storage itself".to_owned(),
@@ -267,7 +268,7 @@ async fn backup(config: &Config, dest: &Path) -> Result<bool, AdminError> {
     }
     // No server may run on the backup while it is written.
     let _held = lock_stopped(dest, "writing a backup into it")?;
-    let to = Tree::Files(dest.to_path_buf());
+    let to = Tree::files(dest);
     let copied = copy::copy(&from, &to).await?;
     finish("backup", &copied, &to).await
 }
@@ -279,7 +280,7 @@ async fn restore(config: &Config, source: &Path) -> Result<bool, AdminError> {
             source.display()
         )));
     }
-    let to = tree(config, config.store)?;
+    let to = tree(config, config.store).await?;
     let _held = match config.store {
         StoreKind::Fs => Some(lock_stopped(&config.storage, "restoring into it")?),
         StoreKind::S3 => None,
@@ -296,7 +297,7 @@ async fn restore(config: &Config, source: &Path) -> Result<bool, AdminError> {
             entry.key
         )));
     }
-    let from = Tree::Files(source.to_path_buf());
+    let from = Tree::files(source);
     let copied = copy::copy(&from, &to).await?;
     finish("restore", &copied, &to).await
 }
@@ -306,8 +307,8 @@ async fn migrate(config: &Config, to_kind: StoreKind) -> Result<bool, AdminError
         StoreKind::Fs => StoreKind::S3,
         StoreKind::S3 => StoreKind::Fs,
     };
-    let from = tree(config, from_kind)?;
-    let to = tree(config, to_kind)?;
+    let from = tree(config, from_kind).await?;
+    let to = tree(config, to_kind).await?;
     let _held = match from_kind {
         StoreKind::Fs => {
             let held = open_stopped(&config.storage)?;
@@ -332,13 +333,7 @@ async fn migrate(config: &Config, to_kind: StoreKind) -> Result<bool, AdminError
 }
 
 async fn revoke(config: &Config, args: RevokeArgs) -> Result<(), AdminError> {
-    let place = match config.store {
-        StoreKind::Fs => Place::file(&config.storage),
-        StoreKind::S3 => Place::object(
-            crate::objects::open(config.s3()?, &config.s3_prefix).await?,
-            &config.s3_prefix,
-        ),
-    };
+    let place = Place::new(Objects::configured(config, config.store, false).await?);
     if let Some(id) = args.jti {
         let now = now_unix();
         place
@@ -370,7 +365,7 @@ async fn revoke(config: &Config, args: RevokeArgs) -> Result<(), AdminError> {
 }
 
 async fn usage(config: &Config, bucket: Option<&str>) -> Result<(), AdminError> {
-    let tree = tree(config, config.store)?;
+    let tree = tree(config, config.store).await?;
     let limits = config.quota_limits();
     let buckets = match bucket {
         Some(name) => {

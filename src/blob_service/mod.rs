@@ -39,7 +39,7 @@ use order::{Applied, Order, Relayed};
 pub use record::{
     MAX_SEMANTICS, Metadata, Record, RetentionPolicy, STREAM_NAME, STREAM_SEMANTICS, Shown, Upload,
 };
-pub use records::{HANDLES_DIR, RecordFiles, RecordObjects, RecordStore};
+pub use records::{HANDLES_DIR, RecordStore};
 pub use sweep::Swept;
 
 /// A storage failure; every variant is logged with its detail, and the client sees a 500
@@ -56,6 +56,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The store of the records failed.
+    #[error(transparent)]
+    Store(#[from] crate::objects::Error),
     /// Redis, which orders new records across nodes, failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -72,7 +75,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct BlobService(Arc<Inner>);
 
 struct Inner {
-    storage: Arc<dyn RecordStore>,
+    storage: Arc<RecordStore>,
     content: Arc<dyn ContentStore>,
     /// A std mutex: held only to read or change the maps (and to announce a new record, so
     /// announcements come in `created` order), never across an await.
@@ -111,10 +114,7 @@ const SETTLE: Duration = Duration::from_secs(10);
 
 impl BlobService {
     /// Loads every record from `storage`.
-    pub async fn open(
-        storage: Arc<dyn RecordStore>,
-        content: Arc<dyn ContentStore>,
-    ) -> Result<Self> {
+    pub async fn open(storage: Arc<RecordStore>, content: Arc<dyn ContentStore>) -> Result<Self> {
         let mut records = Records::default();
         for (bucket, handle, record) in storage.load().await? {
             records.insert(&bucket, handle, record);
@@ -538,7 +538,9 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let content: Arc<dyn ContentStore> =
             Arc::new(crate::content::FsContent::open(root.path()).unwrap());
-        let records = Arc::new(RecordFiles::new(root.path()));
+        let records = Arc::new(RecordStore::new(crate::objects::Objects::directory(
+            root.path(),
+        )));
         let service = BlobService::open(records, content.clone()).await.unwrap();
         let bucket = Bucket::parse("b").unwrap();
         let (replay, mut live) = service.follow(&bucket, Some(0), 0);

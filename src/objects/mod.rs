@@ -23,26 +23,327 @@
 //!   the same millisecond store the same bytes, and only one of them won.
 //! - **`If-None-Match: *` on create** is honoured by every store the probe lets start.
 
+mod dir;
 mod normalized;
 mod probe;
 
+pub use dir::{Directory, HASHED_BYTES};
 pub use normalized::Normalized;
 pub use probe::{ProbeError, probe};
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use object_store::ObjectStore;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{
+    GetOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutPayload, UpdateVersion,
+};
 
-/// The S3 client of `STORE=s3`, proved able to compare-and-swap (the probe writes and removes
-/// one object under `<prefix>.probe/`), wrapped so conditional writes mean the same on every
-/// store.
-pub async fn open(
-    s3: object_store::aws::AmazonS3,
-    prefix: &str,
-) -> Result<Arc<dyn ObjectStore>, ProbeError> {
-    let raw: Arc<dyn ObjectStore> = Arc::new(s3);
-    let quirks = probe(raw.as_ref(), prefix).await?;
-    Ok(Arc::new(Normalized::new(raw, quirks)))
+/// The object layer as the stores above it use it: one [`ObjectStore`] (a [`Directory`], or
+/// the S3 client [`Normalized`]) and the prefix of every name, addressed by the layout's names
+/// (`<bucket>/<ref[0..2]>/<ref>.json`, see [`crate::layout`]). "Not there" and "lost the race"
+/// are answers here, not errors.
+#[derive(Clone)]
+pub struct Objects {
+    store: Arc<dyn ObjectStore>,
+    /// Prepended to every name (`S3_PREFIX`; empty in a directory).
+    prefix: String,
+    /// The root, when the objects are files under it.
+    root: Option<PathBuf>,
+}
+
+/// Why the configured objects could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+}
+
+/// An object read whole, with the version a conditional write names to replace it.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub bytes: Bytes,
+    pub version: UpdateVersion,
+}
+
+/// An object read again, given the version read last.
+#[derive(Debug)]
+pub enum Reread {
+    Missing,
+    /// Still the version read last: no byte was sent.
+    Unchanged,
+    Changed(Found),
+}
+
+/// A failure of the store on one name.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {source}")]
+pub struct Error {
+    pub key: String,
+    #[source]
+    pub source: object_store::Error,
+}
+
+impl Objects {
+    /// Objects as files under `root`, each write durable when it returns.
+    pub fn directory(root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
+        Self {
+            store: Arc::new(Directory::new(root.clone())),
+            prefix: String::new(),
+            root: Some(root),
+        }
+    }
+
+    /// Objects as files under `root`, whose plain writes are durable only once [`Objects::sync`]
+    /// returns: for copying many.
+    pub fn batched_directory(root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
+        Self {
+            store: Arc::new(Directory::batched(root.clone())),
+            prefix: String::new(),
+            root: Some(root),
+        }
+    }
+
+    /// The objects of the store of `kind` with the settings of `config`: the one place where
+    /// files and an object store part ways. A directory's plain writes are `batched` when
+    /// asked (see [`Objects::batched_directory`]).
+    pub async fn configured(
+        config: &crate::config::Config,
+        kind: crate::config::StoreKind,
+        batched: bool,
+    ) -> Result<Self, OpenError> {
+        Ok(match kind {
+            crate::config::StoreKind::Fs if batched => Self::batched_directory(&config.storage),
+            crate::config::StoreKind::Fs => Self::directory(&config.storage),
+            crate::config::StoreKind::S3 => {
+                Self::remote(Arc::new(config.s3()?), &config.s3_prefix).await?
+            }
+        })
+    }
+
+    /// The S3 client of `STORE=s3`, proved able to compare-and-swap (the probe writes and
+    /// removes one object under `<prefix>.probe/`), wrapped so conditional writes mean the same
+    /// on every store.
+    pub async fn remote(raw: Arc<dyn ObjectStore>, prefix: &str) -> Result<Self, ProbeError> {
+        let quirks = probe(raw.as_ref(), prefix).await?;
+        Ok(Self::over(Arc::new(Normalized::new(raw, quirks)), prefix))
+    }
+
+    /// Objects of `store` under `prefix`, taken as they are (no probe).
+    pub fn over(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
+        Self {
+            store,
+            prefix: prefix.to_owned(),
+            root: None,
+        }
+    }
+
+    /// The same objects, under `<prefix><name>/` (a directory: `<root>/<name>`).
+    pub fn within(&self, name: &str) -> Self {
+        Self {
+            store: match &self.root {
+                Some(root) => Arc::new(Directory::new(root.join(name))),
+                None => self.store.clone(),
+            },
+            prefix: match &self.root {
+                Some(_) => String::new(),
+                None => format!("{}{name}/", self.prefix),
+            },
+            root: self.root.as_ref().map(|root| root.join(name)),
+        }
+    }
+
+    /// The store itself, for what this handle does not wrap (streams, multipart uploads).
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The store's name of `key`.
+    pub fn path(&self, key: &str) -> Path {
+        Path::from(format!("{}{key}", self.prefix))
+    }
+
+    /// The key of a name the store listed (`None` outside the prefix).
+    pub fn key<'a>(&self, location: &'a Path) -> Option<&'a str> {
+        location.as_ref().strip_prefix(self.prefix.as_str())
+    }
+
+    /// Whether these are files under a directory (only this machine's processes write them)
+    /// rather than objects other nodes write too.
+    pub fn is_directory(&self) -> bool {
+        self.root.is_some()
+    }
+
+    /// Where the objects are, for messages.
+    pub fn describe(&self) -> String {
+        match &self.root {
+            Some(root) => root.display().to_string(),
+            None => format!("the object store (prefix {:?})", self.prefix),
+        }
+    }
+
+    fn failed(&self, key: &str) -> impl FnOnce(object_store::Error) -> Error + '_ {
+        let key = key.to_owned();
+        move |source| {
+            if !self.is_directory() {
+                crate::metrics::object_store_error();
+            }
+            Error { key, source }
+        }
+    }
+
+    /// The object at `key`, or `None`.
+    pub async fn get(&self, key: &str) -> Result<Option<Found>, Error> {
+        match self.reread(key, None).await? {
+            Reread::Changed(found) => Ok(Some(found)),
+            Reread::Missing | Reread::Unchanged => Ok(None),
+        }
+    }
+
+    /// The object at `key` unless it is still at `known` (a conditional `GET`: an unchanged
+    /// object costs no body).
+    pub async fn reread(&self, key: &str, known: Option<&UpdateVersion>) -> Result<Reread, Error> {
+        let options = GetOptions {
+            if_none_match: known.and_then(|v| v.e_tag.clone()),
+            ..GetOptions::default()
+        };
+        let got = match self.store.get_opts(&self.path(key), options).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Reread::Missing),
+            Err(object_store::Error::NotModified { .. }) => return Ok(Reread::Unchanged),
+            Err(e) => return Err(self.failed(key)(e)),
+        };
+        let version = UpdateVersion {
+            e_tag: got.meta.e_tag.clone(),
+            version: got.meta.version.clone(),
+        };
+        match got.bytes().await {
+            Ok(bytes) => Ok(Reread::Changed(Found { bytes, version })),
+            Err(object_store::Error::NotFound { .. }) => Ok(Reread::Missing),
+            Err(e) => Err(self.failed(key)(e)),
+        }
+    }
+
+    /// Stores `bytes` at `key`, whatever is there.
+    pub async fn put(&self, key: &str, bytes: impl Into<PutPayload>) -> Result<(), Error> {
+        self.store
+            .put(&self.path(key), bytes.into())
+            .await
+            .map(drop)
+            .map_err(self.failed(key))
+    }
+
+    /// Stores `bytes` at `key` only if it is still at `expected` (`None`: only if there is
+    /// nothing there). The new version, or `None` when another write got there first.
+    pub async fn put_if(
+        &self,
+        key: &str,
+        bytes: impl Into<PutPayload>,
+        expected: Option<UpdateVersion>,
+    ) -> Result<Option<UpdateVersion>, Error> {
+        let mode = match expected {
+            Some(version) => PutMode::Update(version),
+            None => PutMode::Create,
+        };
+        match self
+            .store
+            .put_opts(&self.path(key), bytes.into(), mode.into())
+            .await
+        {
+            Ok(done) => Ok(Some(UpdateVersion {
+                e_tag: done.e_tag,
+                version: done.version,
+            })),
+            Err(
+                object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. },
+            ) => Ok(None),
+            Err(e) => Err(self.failed(key)(e)),
+        }
+    }
+
+    /// Removes `key`; nothing there is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), Error> {
+        match self.store.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.failed(key)(e)),
+        }
+    }
+
+    /// Every object under `under` (a key ending in `/`, or `""` for all), with its key, in
+    /// name order.
+    pub fn list(&self, under: &str) -> BoxStream<'static, Result<(String, ObjectMeta), Error>> {
+        let top = format!("{}{under}", self.prefix);
+        let top = top.trim_end_matches('/');
+        let root = (!top.is_empty()).then(|| Path::from(top));
+        let prefix = self.prefix.clone();
+        let counted = !self.is_directory();
+        let under = under.to_owned();
+        self.store
+            .list(root.as_ref())
+            .map_err(move |source| {
+                if counted {
+                    crate::metrics::object_store_error();
+                }
+                Error {
+                    key: under.clone(),
+                    source,
+                }
+            })
+            .try_filter_map(move |meta| {
+                let key = meta.location.as_ref().strip_prefix(prefix.as_str());
+                let found = key.map(|key| (key.to_owned(), meta.clone()));
+                std::future::ready(Ok(found))
+            })
+            .boxed()
+    }
+
+    /// The names directly under `under` that have objects below them (the buckets, at the
+    /// top).
+    pub async fn dirs(&self, under: &str) -> Result<Vec<String>, Error> {
+        let top = format!("{}{under}", self.prefix);
+        let top = top.trim_end_matches('/');
+        let root = (!top.is_empty()).then(|| Path::from(top));
+        let listed = self
+            .store
+            .list_with_delimiter(root.as_ref())
+            .await
+            .map_err(self.failed(under))?;
+        Ok(listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .collect())
+    }
+
+    /// Makes every write so far durable: one `syncfs` for a directory (whose batched writes
+    /// are not synced one by one); an object store's writes already are.
+    pub async fn sync(&self) -> Result<(), Error> {
+        let Some(root) = self.root.clone() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || crate::durable::sync_fs(&root))
+            .await
+            .map_err(|source| object_store::Error::JoinError { source })
+            .and_then(|synced| {
+                synced.map_err(|e| object_store::Error::Generic {
+                    store: "Directory",
+                    source: Box::new(e),
+                })
+            })
+            .map_err(self.failed(""))
+    }
 }
 
 /// How a store departs from S3 in conditional requests, as the probe found.

@@ -187,6 +187,13 @@ pub enum Error {
     Object(object_store::Error),
 }
 
+/// Counted by the object layer already.
+impl From<crate::objects::Error> for Error {
+    fn from(e: crate::objects::Error) -> Self {
+        Error::Object(e.source)
+    }
+}
+
 impl From<object_store::Error> for Error {
     fn from(e: object_store::Error) -> Self {
         crate::metrics::object_store_error();

@@ -18,16 +18,14 @@
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use object_store::path::Path;
-use object_store::{
-    GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutPayload,
-    UpdateVersion,
-};
+use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStoreExt, UpdateVersion};
 
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
+use crate::layout::{Kind, key_of};
 use crate::names::{Bucket, Ref};
+use crate::objects::{Objects, Reread};
 
 use super::format::{self, Summary};
 use super::{Blob, Error, Listed, Result, SetOutcome, SetRequest, Store, apply};
@@ -36,30 +34,29 @@ use super::{Blob, Error, Listed, Result, SetOutcome, SetRequest, Store, apply};
 /// winning; past this the caller gets a conflict with the latest data, as for any lost race.
 const MAX_ATTEMPTS: usize = 16;
 
-/// Versioned blobs in an object store.
+/// Versioned blobs as objects of the object layer (on an object store, or a directory in
+/// tests).
 pub struct ObjectBlobs {
-    store: Arc<dyn ObjectStore>,
-    /// Prepended to every object name (`S3_PREFIX`), e.g. `blobs/`.
-    prefix: String,
-    /// The blobs last read or written, by object name, with their ETags.
-    kept: Cache<Path, Kept, ByBytes>,
+    objects: Objects,
+    /// The blobs last read or written, by key, with their versions.
+    kept: Cache<String, Kept, ByBytes>,
 }
 
 /// A blob as the store last showed it, and the version to ask it with.
 #[derive(Clone)]
 struct Kept {
     blob: Arc<Blob>,
-    e_tag: String,
-    version: Option<String>,
+    version: UpdateVersion,
 }
 
 /// A kept blob weighs its size, plus its name and bookkeeping.
 #[derive(Clone)]
 struct ByBytes;
 
-impl Weighter<Path, Kept> for ByBytes {
-    fn weight(&self, path: &Path, kept: &Kept) -> u64 {
-        (kept.blob.size() + path.as_ref().len() + kept.e_tag.len() + 128) as u64
+impl Weighter<String, Kept> for ByBytes {
+    fn weight(&self, key: &String, kept: &Kept) -> u64 {
+        let e_tag = kept.version.e_tag.as_ref().map_or(0, String::len);
+        (kept.blob.size() + key.len() + e_tag + 128) as u64
     }
 }
 
@@ -67,83 +64,51 @@ impl Weighter<Path, Kept> for ByBytes {
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 impl ObjectBlobs {
-    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
-        Self::with_cache(store, prefix, DEFAULT_CACHE_BYTES)
+    pub fn new(objects: Objects) -> Self {
+        Self::with_cache(objects, DEFAULT_CACHE_BYTES)
     }
 
     /// Keeps at most `bytes` of blobs to answer reads the store confirms current.
-    pub fn with_cache(store: Arc<dyn ObjectStore>, prefix: &str, bytes: u64) -> Self {
+    pub fn with_cache(objects: Objects, bytes: u64) -> Self {
         Self {
-            store,
-            prefix: prefix.to_owned(),
+            objects,
             // An estimate of the entries, for sizing only: 4 KiB blobs.
             kept: Cache::with_weighter((bytes / 4096).max(16) as usize, bytes, ByBytes),
         }
     }
 
-    fn keep(&self, path: &Path, blob: Arc<Blob>, e_tag: Option<String>, version: Option<String>) {
-        match e_tag {
-            Some(e_tag) => self.kept.insert(
-                path.clone(),
-                Kept {
-                    blob,
-                    e_tag,
-                    version,
-                },
-            ),
-            None => drop(self.kept.remove(path)),
+    fn keep(&self, key: &str, blob: Arc<Blob>, version: UpdateVersion) {
+        match version.e_tag {
+            Some(_) => self.kept.insert(key.to_owned(), Kept { blob, version }),
+            None => drop(self.kept.remove(key)),
         }
     }
 
-    fn bucket_prefix(&self, bucket: &Bucket) -> String {
-        format!("{}{bucket}/", self.prefix)
+    fn key(bucket: &Bucket, r: &Ref) -> String {
+        key_of(&Kind::Blob(bucket.clone(), r.clone())).expect("a blob has a name")
     }
 
-    fn path(&self, bucket: &Bucket, r: &Ref) -> Path {
-        Path::from(format!(
-            "{}{}/{r}.json",
-            self.bucket_prefix(bucket),
-            r.shard()
-        ))
-    }
-
-    /// The blob at `path` and the version to update it with; `None` when there is none. One
+    /// The blob at `key` and the version to update it with; `None` when there is none. One
     /// request to the store, answered without a body when the kept blob is current.
-    async fn read(&self, path: &Path) -> Result<Option<(Arc<Blob>, UpdateVersion)>> {
-        let kept = self.kept.get(path);
-        let options = GetOptions {
-            if_none_match: kept.as_ref().map(|k| k.e_tag.clone()),
-            ..GetOptions::default()
-        };
-        let found = match self.store.get_opts(path, options).await {
-            Ok(found) => found,
-            Err(object_store::Error::NotModified { .. }) if kept.is_some() => {
-                let kept = kept.expect("checked above");
-                let version = UpdateVersion {
-                    e_tag: Some(kept.e_tag),
-                    version: kept.version,
-                };
-                return Ok(Some((kept.blob, version)));
+    async fn read(&self, key: &str) -> Result<Option<(Arc<Blob>, UpdateVersion)>> {
+        let kept = self.kept.get(key);
+        let known = kept.as_ref().map(|k| &k.version);
+        match self.objects.reread(key, known).await? {
+            Reread::Unchanged => {
+                let kept = kept.expect("only a kept version is asked with");
+                Ok(Some((kept.blob, kept.version)))
             }
-            Err(object_store::Error::NotFound { .. }) => {
-                self.kept.remove(path);
-                return Ok(None);
+            Reread::Missing => {
+                self.kept.remove(key);
+                Ok(None)
             }
-            Err(e) => return Err(e.into()),
-        };
-        let version = UpdateVersion {
-            e_tag: found.meta.e_tag.clone(),
-            version: found.meta.version.clone(),
-        };
-        let bytes = found.bytes().await?;
-        let blob = Arc::new(format::decode(&bytes).map_err(|reason| damaged(path, reason))?);
-        self.keep(
-            path,
-            blob.clone(),
-            version.e_tag.clone(),
-            version.version.clone(),
-        );
-        Ok(Some((blob, version)))
+            Reread::Changed(found) => {
+                let blob = format::decode(&found.bytes).map_err(|reason| damaged(key, reason))?;
+                let blob = Arc::new(blob);
+                self.keep(key, blob.clone(), found.version.clone());
+                Ok(Some((blob, found.version)))
+            }
+        }
     }
 
     /// What a listing shows of the blob object `meta` names, `None` when it is gone: a large
@@ -151,6 +116,7 @@ impl ObjectBlobs {
     /// one, or one of an unusual layout, by all of it; the data is never copied out.
     async fn summarize(&self, meta: &ObjectMeta) -> Result<Option<Summary>> {
         let path = &meta.location;
+        let store = self.objects.store();
         if meta.size >= (format::HEAD.len() + format::TAIL) as u64 {
             let range = |range| GetOptions {
                 range: Some(range),
@@ -159,33 +125,33 @@ impl ObjectBlobs {
             };
             let head = range(GetRange::Bounded(0..format::HEAD.len() as u64));
             let tail = range(GetRange::Suffix(format::TAIL as u64));
-            let (head, tail) = futures_util::join!(
-                self.store.get_opts(path, head),
-                self.store.get_opts(path, tail)
-            );
+            let (head, tail) =
+                futures_util::join!(store.get_opts(path, head), store.get_opts(path, tail));
             // Replaced or removed since the listing, or ranges refused: the whole object says.
             if let (Ok(head), Ok(tail)) = (head, tail)
                 && tail.meta.size == meta.size
                 && let (Ok(head), Ok(tail)) = (head.bytes().await, tail.bytes().await)
                 && let Some(summary) = format::summarize_ends(&head, &tail, meta.size)
             {
-                return summary.map(Some).map_err(|reason| damaged(path, reason));
+                return summary
+                    .map(Some)
+                    .map_err(|reason| damaged(path.as_ref(), reason));
             }
         }
-        let bytes = match self.store.get(path).await {
+        let bytes = match store.get(path).await {
             Ok(found) => found.bytes().await?,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         format::summarize(&bytes)
             .map(Some)
-            .map_err(|reason| damaged(path, reason))
+            .map_err(|reason| damaged(path.as_ref(), reason))
     }
 }
 
-fn damaged(path: &Path, reason: String) -> Error {
+fn damaged(key: &str, reason: String) -> Error {
     Error::Corrupt {
-        path: path.to_string(),
+        path: key.to_owned(),
         reason,
     }
 }
@@ -194,43 +160,31 @@ fn damaged(path: &Path, reason: String) -> Error {
 impl Store for ObjectBlobs {
     async fn get(&self, bucket: &Bucket, r: &Ref) -> Result<Option<Arc<Blob>>> {
         Ok(self
-            .read(&self.path(bucket, r))
+            .read(&Self::key(bucket, r))
             .await?
             .map(|(blob, _)| blob))
     }
 
     async fn set(&self, bucket: &Bucket, r: &Ref, request: SetRequest) -> Result<SetOutcome> {
-        let path = self.path(bucket, r);
+        let key = Self::key(bucket, r);
         let mut current = None;
         for _ in 0..MAX_ATTEMPTS {
-            let read = self.read(&path).await?;
+            let read = self.read(&key).await?;
             current = read.as_ref().map(|(blob, _)| blob.clone());
             let blob = match apply(current.as_ref(), request.clone())? {
                 Ok(blob) => blob,
                 Err(outcome) => return Ok(outcome),
             };
-            let mode = match read {
-                Some((_, version)) => PutMode::Update(version),
-                None => PutMode::Create,
-            };
+            let expected = read.map(|(_, version)| version);
             let bytes = serde_json::to_vec(&blob).expect("a blob always serialises");
-            match self
-                .store
-                .put_opts(&path, PutPayload::from(bytes), mode.into())
-                .await
-            {
-                Ok(written) => {
-                    let committed = SetOutcome::Committed {
-                        version: blob.version,
-                        grown: super::grown(current.as_deref(), &blob),
-                    };
-                    self.keep(&path, Arc::new(blob), written.e_tag, written.version);
-                    return Ok(committed);
-                }
-                // Another writer won: decide again against what it left.
-                Err(object_store::Error::Precondition { .. })
-                | Err(object_store::Error::AlreadyExists { .. }) => continue,
-                Err(e) => return Err(e.into()),
+            // `None`: another writer won; decide again against what it left.
+            if let Some(written) = self.objects.put_if(&key, bytes, expected).await? {
+                let committed = SetOutcome::Committed {
+                    version: blob.version,
+                    grown: super::grown(current.as_deref(), &blob),
+                };
+                self.keep(&key, Arc::new(blob), written);
+                return Ok(committed);
             }
         }
         Ok(SetOutcome::Conflict(current))
@@ -242,13 +196,13 @@ impl Store for ObjectBlobs {
         after: Option<&Ref>,
         limit: usize,
     ) -> Result<Vec<(Ref, Listed)>> {
-        let prefix = Path::from(self.bucket_prefix(bucket));
+        let prefix = self.objects.path(bucket.as_str());
+        let path = |r: &Ref| self.objects.path(&Self::key(bucket, r));
+        let store = self.objects.store();
         // Object names sort like refs: the shard is the ref's first two characters.
         let mut names = match after {
-            Some(after) => self
-                .store
-                .list_with_offset(Some(&prefix), &self.path(bucket, after)),
-            None => self.store.list(Some(&prefix)),
+            Some(after) => store.list_with_offset(Some(&prefix), &path(after)),
+            None => store.list(Some(&prefix)),
         };
         let mut found = Vec::new();
         while let Some(meta) = names.next().await {
@@ -257,7 +211,7 @@ impl Store for ObjectBlobs {
             let Some(r) = name.strip_suffix(".json").and_then(Ref::parse) else {
                 continue;
             };
-            if meta.location != self.path(bucket, &r) || after.is_some_and(|a| r <= *a) {
+            if meta.location != path(&r) || after.is_some_and(|a| r <= *a) {
                 continue;
             }
             match self.summarize(&meta).await {
@@ -278,10 +232,7 @@ impl Store for ObjectBlobs {
     }
 
     async fn writable(&self) -> bool {
-        let probe = Path::from(format!("{}.readiness-probe", self.prefix));
-        self.store
-            .put(&probe, PutPayload::from_static(b"probe"))
-            .await
-            .is_ok()
+        let probe: &'static [u8] = b"probe";
+        self.objects.put(".readiness-probe", probe).await.is_ok()
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use blobs::auth::Keys;
 use blobs::config::Config;
 use blobs::names::Bucket;
+use blobs::objects::Objects;
 pub use blobs_testkit::{RawClient, RedisServer, S3Server, ServerProcess};
 use clap::Parser;
 use tempfile::TempDir;
@@ -232,75 +233,67 @@ impl Backend {
         TestServer::start_with(storage, &options).await
     }
 
-    /// The versioned store of this backend, kept under `storage` or the object prefix.
-    pub fn versioned(&self, storage: &Path) -> Arc<dyn blobs::store::Store> {
+    /// The object layer of this backend: the directory `storage`, or the bucket under
+    /// [`BACKEND_PREFIX`] as a node opens it (probed, conditional writes normalized).
+    pub async fn objects(&self, storage: &Path) -> Objects {
+        match self {
+            Backend::Files => Objects::directory(storage),
+            Backend::Object(s3) => objects(s3, BACKEND_PREFIX).await,
+        }
+    }
+
+    /// The versioned store of this backend, kept under `storage` or the object prefix (the
+    /// file store keeps its journal beside the files).
+    pub async fn versioned(&self, storage: &Path) -> Arc<dyn blobs::store::Store> {
         match self {
             Backend::Files => Arc::new(blobs::store::FsStore::open(storage).unwrap()),
-            Backend::Object(s3) => Arc::new(blobs::store::ObjectBlobs::new(
-                s3_client(s3),
-                BACKEND_PREFIX,
-            )),
+            Backend::Object(_) => {
+                Arc::new(blobs::store::ObjectBlobs::new(self.objects(storage).await))
+            }
         }
     }
 
     /// The content store of this backend (`grace`: the object store's claim grace).
-    pub fn content(
+    pub async fn content(
         &self,
         storage: &Path,
         grace: Duration,
     ) -> Arc<dyn blobs::content::ContentStore> {
         match self {
             Backend::Files => Arc::new(blobs::content::FsContent::open(storage).unwrap()),
-            Backend::Object(s3) => Arc::new(blobs::content::ObjectContent::new(
-                s3_client(s3),
-                BACKEND_PREFIX,
+            Backend::Object(_) => Arc::new(blobs::content::ObjectContent::new(
+                &self.objects(storage).await,
                 grace,
             )),
         }
     }
 
     /// The Blob Service's record store of this backend.
-    pub fn records(&self, storage: &Path) -> Arc<dyn blobs::blob_service::RecordStore> {
-        match self {
-            Backend::Files => Arc::new(blobs::blob_service::RecordFiles::new(storage)),
-            Backend::Object(s3) => Arc::new(blobs::blob_service::RecordObjects::new(
-                s3_client(s3),
-                BACKEND_PREFIX,
-            )),
-        }
+    pub async fn records(&self, storage: &Path) -> Arc<blobs::blob_service::RecordStore> {
+        Arc::new(blobs::blob_service::RecordStore::new(
+            self.objects(storage).await,
+        ))
     }
 
     /// Writes `bytes` at `name` (`<bucket>/<shard>/<ref>.json`) behind the server's back.
     pub async fn write(&self, storage: &Path, name: &str, bytes: &[u8]) {
-        match self {
-            Backend::Files => {
-                let path = storage.join(name);
-                std::fs::create_dir_all(path.parent().expect("a parent")).unwrap();
-                std::fs::write(path, bytes).unwrap();
-            }
-            Backend::Object(s3) => {
-                let path = object_store::path::Path::from(format!("{BACKEND_PREFIX}{name}"));
-                let payload = bytes.to_vec().into();
-                object_store::ObjectStoreExt::put(&*s3_client(s3), &path, payload)
-                    .await
-                    .unwrap();
-            }
-        }
+        let objects = self.objects(storage).await;
+        objects.put(name, bytes.to_vec()).await.unwrap();
     }
 
     /// Reads what is stored at `name`, as the server left it.
     pub async fn read(&self, storage: &Path, name: &str) -> Vec<u8> {
-        match self {
-            Backend::Files => std::fs::read(storage.join(name)).unwrap(),
-            Backend::Object(s3) => {
-                let path = object_store::path::Path::from(format!("{BACKEND_PREFIX}{name}"));
-                let found = object_store::ObjectStoreExt::get(&*s3_client(s3), &path)
-                    .await
-                    .unwrap();
-                found.bytes().await.unwrap().to_vec()
-            }
-        }
+        let objects = self.objects(storage).await;
+        let found = objects.get(name).await.unwrap();
+        found.expect("an object at the name").bytes.to_vec()
     }
+}
+
+/// The objects of `s3`'s bucket under `prefix`, as a node opens them.
+pub async fn objects(s3: &S3Server, prefix: &str) -> Objects {
+    Objects::remote(s3_client(s3), prefix)
+        .await
+        .expect("the S3 server does compare-and-swap")
 }
 
 /// The name of a blob's JSON below the storage root or the object prefix.

@@ -35,7 +35,7 @@ use std::time::Duration;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, UpdateVersion};
+use object_store::{ObjectStore, ObjectStoreExt, UpdateVersion};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
@@ -104,21 +104,18 @@ pub struct ObjectContent {
     locks: KeyedLocks<(Bucket, ContentHash), ()>,
 }
 
-/// The store's client and names, shared with bodies waiting for their commit.
+/// The objects and the grace, shared with bodies waiting for their commit.
 struct Objects {
-    store: Arc<dyn ObjectStore>,
-    /// Prepended to every object name (`S3_PREFIX`).
-    prefix: String,
+    layer: crate::objects::Objects,
     /// See [`CLAIM_GRACE`]; shorter in tests.
     grace: Duration,
 }
 
 impl ObjectContent {
-    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, grace: Duration) -> Self {
+    pub fn new(objects: &crate::objects::Objects, grace: Duration) -> Self {
         Self {
             objects: Arc::new(Objects {
-                store,
-                prefix: prefix.to_owned(),
+                layer: objects.clone(),
                 grace,
             }),
             locks: KeyedLocks::default(),
@@ -127,19 +124,36 @@ impl ObjectContent {
 }
 
 impl Objects {
+    fn store(&self) -> &Arc<dyn ObjectStore> {
+        self.layer.store()
+    }
+
+    fn prefix(&self) -> &str {
+        self.layer.prefix()
+    }
+
+    /// The layer's key of a name of this store.
+    fn key<'a>(&self, path: &'a Path) -> &'a str {
+        self.layer
+            .key(path)
+            .expect("every name here is under the prefix")
+    }
+
     fn dir(&self, bucket: &Bucket) -> String {
-        format!("{}{bucket}/{CONTENT_DIR}/", self.prefix)
+        format!("{}{bucket}/{CONTENT_DIR}/", self.prefix())
     }
 
     fn path(&self, bucket: &Bucket, hash: &ContentHash) -> Path {
-        content_path(&self.prefix, bucket, hash)
+        content_path(self.prefix(), bucket, hash)
     }
 
     /// The buckets that have objects under the prefix.
     async fn buckets(&self) -> Result<Vec<Bucket>> {
-        crate::s3::buckets(&*self.store, &self.prefix)
-            .await
-            .map_err(|e| store_error(&Path::from(self.prefix.as_str()), e))
+        let names = self.layer.dirs("").await.map_err(layer_error)?;
+        Ok(names
+            .iter()
+            .filter_map(|name| Bucket::parse(name))
+            .collect())
     }
 
     /// Downloads `path` into a local temp file while hashing it; the file, rewound, and its
@@ -150,7 +164,7 @@ impl Objects {
         path: &Path,
         hash: &ContentHash,
     ) -> Result<Option<(tokio::fs::File, u64)>> {
-        let found = match self.store.get(path).await {
+        let found = match self.store().get(path).await {
             Ok(found) => found,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(store_error(path, e)),
@@ -183,7 +197,7 @@ impl Objects {
 
     /// The size of the object at `path`; `None` when there is none.
     async fn head(&self, path: &Path) -> Result<Option<u64>> {
-        match self.store.head(path).await {
+        match self.store().head(path).await {
             Ok(meta) => Ok(Some(meta.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(store_error(path, e)),
@@ -191,28 +205,18 @@ impl Objects {
     }
 
     async fn delete(&self, path: &Path) -> Result<()> {
-        match self.store.delete(path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(store_error(path, e)),
-        }
+        self.layer.delete(self.key(path)).await.map_err(layer_error)
     }
 
     /// The marker at `path` and the version to replace it with.
     async fn read_marker(&self, path: &Path) -> Result<Option<(Marker, UpdateVersion)>> {
-        let found = match self.store.get(path).await {
-            Ok(found) => found,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(store_error(path, e)),
+        let Some(found) = self.layer.get(self.key(path)).await.map_err(layer_error)? else {
+            return Ok(None);
         };
-        let version = UpdateVersion {
-            e_tag: found.meta.e_tag.clone(),
-            version: found.meta.version.clone(),
-        };
-        let bytes = found.bytes().await.map_err(|e| store_error(path, e))?;
         // A marker that cannot be read (an empty file copied from the file layout) is a claim
         // made long ago.
-        let marker = serde_json::from_slice(&bytes).unwrap_or(Marker::Claimed(0));
-        Ok(Some((marker, version)))
+        let marker = serde_json::from_slice(&found.bytes).unwrap_or(Marker::Claimed(0));
+        Ok(Some((marker, found.version)))
     }
 
     /// The marker at `path` once no removal is in progress (waiting out a fresh doomed one).
@@ -237,27 +241,11 @@ impl Objects {
         marker: Marker,
         over: Option<UpdateVersion>,
     ) -> Result<Option<UpdateVersion>> {
-        let mode = match over {
-            Some(version) => PutMode::Update(version),
-            None => PutMode::Create,
-        };
         let body = serde_json::to_vec(&marker).expect("a marker always serialises");
-        match self
-            .store
-            .put_opts(path, PutPayload::from(body), mode.into())
+        self.layer
+            .put_if(self.key(path), body, over)
             .await
-        {
-            Ok(written) => Ok(Some(UpdateVersion {
-                e_tag: written.e_tag,
-                version: written.version,
-            })),
-            Err(
-                object_store::Error::Precondition { .. }
-                | object_store::Error::AlreadyExists { .. }
-                | object_store::Error::NotFound { .. },
-            ) => Ok(None),
-            Err(e) => Err(store_error(path, e)),
-        }
+            .map_err(layer_error)
     }
 
     /// Removes the content if its marker, read now, passes `removable`: the marker is doomed
@@ -321,7 +309,7 @@ impl Objects {
             source,
         };
         file.rewind().await.map_err(io_error)?;
-        let mut upload = BufWriter::new(self.store.clone(), path.clone());
+        let mut upload = BufWriter::new(self.store().clone(), path.clone());
         if let Err(e) = tokio::io::copy(file, &mut upload).await {
             upload.abort().await.ok();
             return Err(io_error(e));
@@ -344,6 +332,14 @@ async fn temp_file(what: &str) -> Result<tokio::fs::File> {
             source,
         })?;
     Ok(tokio::fs::File::from_std(file))
+}
+
+/// A failure the object layer reported (and counted).
+fn layer_error(e: crate::objects::Error) -> Error {
+    Error::Io {
+        path: e.key,
+        source: std::io::Error::other(e.source),
+    }
 }
 
 fn store_error(path: &Path, e: object_store::Error) -> Error {
@@ -437,7 +433,10 @@ impl ContentStore for ObjectContent {
             Some(hash) => format!("{dir}{}/{hash}", hash.shard()),
             None => dir.clone(),
         });
-        let mut listed = self.objects.store.list_with_offset(Some(&prefix), &offset);
+        let mut listed = self
+            .objects
+            .store()
+            .list_with_offset(Some(&prefix), &offset);
         let mut found = Vec::new();
         while found.len() < limit {
             let Some(meta) = listed.next().await else {
@@ -522,7 +521,7 @@ impl ContentStore for ObjectContent {
         let mut owned = Vec::new();
         for bucket in objects.buckets().await? {
             let dir = Path::from(objects.dir(&bucket));
-            let mut names = objects.store.list(Some(&dir));
+            let mut names = objects.store().list(Some(&dir));
             while let Some(meta) = names.next().await {
                 let meta = meta.map_err(|e| store_error(&dir, e))?;
                 let hash = meta
@@ -548,10 +547,10 @@ impl ContentStore for ObjectContent {
         held: ContentLock,
     ) -> Result<bool> {
         let objects = &self.objects;
-        let staging = staging_path(&objects.prefix, bucket, hash);
+        let staging = staging_path(objects.prefix(), bucket, hash);
         // A copy of its own: the client may still PUT to the URL while this checks it.
         let checked = Path::from(format!("{staging}.{}", uuid::Uuid::new_v4().simple()));
-        match objects.store.copy(&staging, &checked).await {
+        match objects.store().copy(&staging, &checked).await {
             Ok(()) => {}
             // Nothing staged: taken in already, or never sent.
             Err(object_store::Error::NotFound { .. }) => {
@@ -596,7 +595,7 @@ impl ContentStore for ObjectContent {
         for bucket in objects.buckets().await? {
             let staging = Path::from(format!("{}{STAGING_DIR}/", objects.dir(&bucket)));
             let stale: Vec<Path> = objects
-                .store
+                .store()
                 .list(Some(&staging))
                 .try_filter(|meta| {
                     std::future::ready(meta.last_modified.timestamp_millis() < cutoff)

@@ -89,7 +89,7 @@ impl Incoming for ObjectIncoming {
             }
             match &self.copy_from {
                 Some(from) => objects
-                    .store
+                    .store()
                     .copy(from, &path)
                     .await
                     .map_err(|e| store_error(&path, e))?,
