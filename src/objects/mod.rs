@@ -1,9 +1,16 @@
-//! The object layer: the one byte-level interface every object-store backend sits on, with the
-//! differences between S3 implementations handled here and nowhere else.
+//! The object layer: one interface for storage by name, with two implementations, so the
+//! stores above it are written once for files and for an object store.
 //!
-//! The interface is `object_store`'s [`ObjectStore`] trait. What this module adds is
-//! [`Normalized`], which wraps the S3 client so that a conditional write means the same on every
-//! store, and [`probe()`], the proof at start that the store can do compare-and-swap at all.
+//! The interface is `object_store`'s [`ObjectStore`] trait, addressed through [`Objects`] by
+//! the layout's names (see [`crate::layout`]):
+//! - [`Directory`]: files under a root, with compare-and-swap of its own (hash ETags,
+//!   `RENAME_NOREPLACE`, a directory `flock`);
+//! - [`Normalized`]: the S3 client, wrapped so that a conditional write means the same on every
+//!   S3 implementation, after [`probe()`] proved at start that the store can compare-and-swap.
+//!
+//! The records, the revocations, every [`crate::layout::Tree`] and the object-store blobs and
+//! content sit on it. The file store's blobs and content stay beside it (their journal and
+//! verified reads are the files' own), under the same names.
 //!
 //! What S3 implementations are seen to do with a conditional `PUT` (`docs/SCALING.md` lists
 //! them by store):
