@@ -99,20 +99,19 @@ pub struct Error {
 impl Objects {
     /// Objects as files under `root`, each write durable when it returns.
     pub fn directory(root: impl Into<PathBuf>) -> Self {
-        let root = root.into();
-        Self {
-            store: Arc::new(Directory::new(root.clone())),
-            prefix: String::new(),
-            root: Some(root),
-        }
+        Self::files(Directory::new(root))
     }
 
     /// Objects as files under `root`, whose plain writes are durable only once [`Objects::sync`]
     /// returns: for copying many.
     pub fn batched_directory(root: impl Into<PathBuf>) -> Self {
-        let root = root.into();
+        Self::files(Directory::batched(root))
+    }
+
+    fn files(directory: Directory) -> Self {
+        let root = directory.root().to_owned();
         Self {
-            store: Arc::new(Directory::batched(root.clone())),
+            store: Arc::new(directory),
             prefix: String::new(),
             root: Some(root),
         }
@@ -154,16 +153,9 @@ impl Objects {
 
     /// The same objects, under `<prefix><name>/` (a directory: `<root>/<name>`).
     pub fn within(&self, name: &str) -> Self {
-        Self {
-            store: match &self.root {
-                Some(root) => Arc::new(Directory::new(root.join(name))),
-                None => self.store.clone(),
-            },
-            prefix: match &self.root {
-                Some(_) => String::new(),
-                None => format!("{}{name}/", self.prefix),
-            },
-            root: self.root.as_ref().map(|root| root.join(name)),
+        match &self.root {
+            Some(root) => Self::directory(root.join(name)),
+            None => Self::over(self.store.clone(), &format!("{}{name}/", self.prefix)),
         }
     }
 
