@@ -500,7 +500,7 @@ impl Probe {
         let mut sample = Sample {
             at: Instant::now(),
             node_ticks: 0,
-            nginx_ticks: self.nginx.map_or(0, |master| process_tree_ticks(master)),
+            nginx_ticks: self.nginx.map_or(0, process_tree_ticks),
             gateway_ticks: self.gateway.iter().map(|&p| cpu_ticks(p)).sum(),
             store: BTreeMap::new(),
             store_errors: 0.0,
