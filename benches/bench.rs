@@ -18,6 +18,7 @@
 //! at a time, and its sequential write rate; it reports `set` throughput as a multiple of the
 //! first two and content throughput as a multiple of the last.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,20 +49,13 @@ struct Args {
     /// The Redis server program of the cluster scenario.
     #[arg(long, env = "BENCH_REDIS_SERVER", default_value = "redis-server")]
     redis_server: PathBuf,
-    /// The Python that runs the S3-compatible server of the cluster scenario (moto).
-    #[arg(
-        long,
-        env = "BENCH_S3_PYTHON",
-        default_value = "tests/interop/.venv/bin/python"
-    )]
-    s3_python: PathBuf,
-    /// The script that serves S3 with it (takes a host and a port).
-    #[arg(
-        long,
-        env = "BENCH_S3_SCRIPT",
-        default_value = "tests/interop/s3_server.py"
-    )]
-    s3_script: PathBuf,
+    /// The script that brings up the Ceph RADOS Gateway of the cluster scenario (`start DIR`,
+    /// `stop DIR`).
+    #[arg(long, env = "BENCH_RGW_SCRIPT", default_value = "scripts/rgw")]
+    rgw_script: PathBuf,
+    /// The nginx program put in front of the cluster scenario's nodes.
+    #[arg(long, env = "BENCH_NGINX", default_value = "/usr/sbin/nginx")]
+    nginx: PathBuf,
     /// Writes measured in the fanout scenario (its p99 is over every subscriber of every
     /// write: with few writes, one slow write is the p99).
     #[arg(long, default_value_t = 200)]
@@ -164,34 +158,26 @@ async fn main() -> Result<()> {
         report["metrics"] = metrics_overhead(&args, &token, duration).await?;
     }
     if args.runs("cluster") {
-        report["cluster"] = match cluster(&args, &token, duration).await {
-            Ok(figures) => figures,
-            Err(e) => json!({ "skipped": e.to_string() }),
-        };
-        let ratios = [
-            ("s3_set_vs_fs_set", "set", "ops_per_sec", "1_node", "set"),
-            (
-                "s3_content_put_vs_fs",
-                "content_put",
-                "mb_per_sec",
-                "s3_content_put",
-                "",
-            ),
-            (
-                "s3_content_get_vs_fs",
-                "content_get",
-                "mb_per_sec",
-                "s3_content_get",
-                "",
-            ),
-        ];
-        for (name, fs, figure, s3, inner) in ratios {
-            let fs = report[fs][figure].as_f64();
-            let mut s3 = &report["cluster"][s3];
-            if !inner.is_empty() {
-                s3 = &s3[inner];
+        eprintln!("cluster…");
+        // Bounded, and stopped on Ctrl-C: either way the scenario's future is dropped, which
+        // stops its nodes, nginx, Redis and the gateway.
+        let bound = Duration::from_secs(300 + 40 * args.seconds);
+        let figures = tokio::select! {
+            figures = tokio::time::timeout(bound, cluster(&args, &token, duration)) => {
+                figures.unwrap_or_else(|_| Err(anyhow::anyhow!("did not end within {bound:?}")))
             }
-            if let (Some(fs), Some(s3)) = (fs, s3[figure].as_f64()) {
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        };
+        report["cluster"] = figures.unwrap_or_else(|e| json!({ "skipped": format!("{e:#}") }));
+        for (name, workload) in [
+            ("s3_content_put_vs_fs", "content_put"),
+            ("s3_content_get_vs_fs", "content_get"),
+        ] {
+            let fs = report[workload]["mb_per_sec"].as_f64();
+            let s3 = report["cluster"][format!("s3_{workload}")]["mb_per_sec"].as_f64();
+            if let (Some(fs), Some(s3)) = (fs, s3)
+                && fs > 0.0
+            {
                 report[name] = json!(round(s3 / fs));
             }
         }
@@ -244,8 +230,15 @@ async fn socket_scenarios(
     if args.runs("fanout") {
         for &subscribers in &args.fanout_subscribers {
             eprintln!("fanout to {subscribers}…");
-            report[format!("fanout_{subscribers}")] =
-                fanout(&[addr], token, subscribers, args.fanout_writes).await?;
+            report[format!("fanout_{subscribers}")] = fanout(
+                &[addr],
+                token,
+                subscribers,
+                args.fanout_writes,
+                2_000_001 + subscribers,
+                None,
+            )
+            .await?;
         }
     }
     Ok(())
@@ -300,40 +293,85 @@ fn compare_with_other(report: &mut Value, other: &Value) {
 /// Subscribers of the several-node fanout, spread over the nodes.
 const CLUSTER_SUBSCRIBERS: usize = 300;
 
-/// 1 node and then 3 nodes on one Redis and one S3-compatible store (moto, started here like
-/// Redis, both on loopback): `set` and `get` with 32 clients spread over the nodes, and the
-/// fanout of a write on one node to subscribers spread over all of them; then 1 MiB content
-/// `PUT`s and `GET`s through one node on the object store.
+/// Concurrent requests of the raw gateway load, and the size of its objects.
+const RAW_TASKS: usize = 16;
+const RAW_OBJECT_SIZE: usize = 1024;
+
+/// The `METRICS_TOKEN` of the cluster scenario's nodes: their object-store request counters
+/// are read through it.
+const METRICS_TOKEN: &str = "bench-metrics";
+
+/// The same workloads (`set`, `get`, `contend`, `fanout`) on the file store (one node), then on
+/// a Ceph RADOS Gateway with Redis (both started here, on loopback): one node with the clients
+/// straight on it, the same node behind nginx, and three nodes behind nginx. Each with the
+/// CPU the nodes, nginx and the gateway spent per operation and the object-store requests per
+/// operation by kind. Beside them the gateway alone under object_store's client (1 KiB `PUT`,
+/// `GET` and conditional `GET`, 16 at a time), and 1 MiB content through one node.
 async fn cluster(args: &Args, token: &str, duration: Duration) -> Result<Value> {
+    let mut report = json!({ "clock_ticks_per_sec": clock_ticks_per_sec() });
+    let metrics = [("METRICS_TOKEN", METRICS_TOKEN)];
+
+    eprintln!("cluster: file store, 1 node…");
+    let dir = tempfile::tempdir_in(&args.dir).context("temp storage dir")?;
+    let node = start_server(dir.path(), &metrics);
+    let probe = Probe::new(&[&node], None, Vec::new());
+    report["file_store_1_node"] = workloads(args, token, &[node.addr], &probe, 0).await?;
+    stop(node).await;
+
     let redis = RedisServer::start(&args.redis_server);
-    let s3 = S3Server::start(&args.s3_python, &args.s3_script, "blobs-bench").await;
+    eprintln!("cluster: starting the gateway…");
+    let rgw = S3Server::rgw(&args.rgw_script, "blobs-bench").await;
+    let gateway = gateway_pids(&rgw.endpoint);
+    anyhow::ensure!(
+        !gateway.is_empty(),
+        "no gateway process found for {}",
+        rgw.endpoint
+    );
+    eprintln!("cluster: the gateway alone…");
+    report["raw_gateway"] = raw_gateway(&rgw, duration, &gateway).await?;
+
     let env = [
         ("STORE", "s3"),
-        ("S3_ENDPOINT", s3.endpoint.as_str()),
-        ("S3_BUCKET", s3.bucket.as_str()),
-        ("S3_REGION", s3.region.as_str()),
-        ("S3_ACCESS_KEY_ID", s3.access_key.as_str()),
-        ("S3_SECRET_ACCESS_KEY", s3.secret_key.as_str()),
+        ("S3_ENDPOINT", rgw.endpoint.as_str()),
+        ("S3_BUCKET", rgw.bucket.as_str()),
+        ("S3_REGION", rgw.region.as_str()),
+        ("S3_ACCESS_KEY_ID", rgw.access_key.as_str()),
+        ("S3_SECRET_ACCESS_KEY", rgw.secret_key.as_str()),
         ("REDIS_URL", redis.url.as_str()),
+        metrics[0],
     ];
     let dirs: Vec<_> = (0..3)
         .map(|_| tempfile::tempdir_in(&args.dir))
         .collect::<std::io::Result<_>>()?;
     let mut nodes = vec![start_server(dirs[0].path(), &env)];
-    let mut report = json!({});
-    for count in [1, 3] {
-        while nodes.len() < count {
-            nodes.push(start_server(dirs[nodes.len()].path(), &env));
-        }
-        let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
-        report[format!("{count}_node")] = json!({
-            "set": throughput(&addrs, token, 32, duration, Workload::Set).await?,
-            "get": throughput(&addrs, token, 32, duration, Workload::Get).await?,
-            "fanout": fanout(&addrs, token, CLUSTER_SUBSCRIBERS, args.fanout_writes).await?,
-        });
+
+    eprintln!("cluster: gateway, 1 node…");
+    let probe = Probe::new(&[&nodes[0]], None, gateway.clone());
+    report["rgw_1_node"] = workloads(args, token, &[nodes[0].addr], &probe, 1).await?;
+
+    eprintln!("cluster: gateway, 1 node behind nginx…");
+    let nginx = Nginx::start(&args.nginx, &[nodes[0].addr])?;
+    let probe = Probe::new(&[&nodes[0]], Some(&nginx), gateway.clone());
+    report["rgw_1_node_nginx"] = workloads(args, token, &[nginx.addr], &probe, 2).await?;
+    drop(nginx);
+
+    eprintln!("cluster: gateway, 3 nodes behind nginx…");
+    while nodes.len() < 3 {
+        nodes.push(start_server(dirs[nodes.len()].path(), &env));
     }
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let nginx = Nginx::start(&args.nginx, &addrs)?;
+    let probe = Probe::new(
+        &nodes.iter().collect::<Vec<_>>(),
+        Some(&nginx),
+        gateway.clone(),
+    );
+    report["rgw_3_nodes_nginx"] = workloads(args, token, &[nginx.addr], &probe, 3).await?;
+    drop(nginx);
+
     // Content through one node on the object store: the file store's `content_*` figures of the
     // same run are the comparison.
+    eprintln!("cluster: content…");
     let (put, stored) = content_throughput(nodes[0].addr, token, duration, None).await?;
     let (get, _) = content_throughput(nodes[0].addr, token, duration, Some(&stored)).await?;
     report["s3_content_put"] = put;
@@ -341,7 +379,454 @@ async fn cluster(args: &Args, token: &str, duration: Duration) -> Result<Value> 
     for node in nodes {
         stop(node).await;
     }
+    report["ratios"] = cluster_ratios(&report);
     Ok(report)
+}
+
+/// Throughput of each configuration of the gateway over the file store's and over the raw
+/// gateway's (`set` against `PUT`, `get` against the conditional `GET` it sends), and fanout
+/// p50 against the file store's.
+fn cluster_ratios(report: &Value) -> Value {
+    let mut ratios = json!({});
+    let fs = &report["file_store_1_node"];
+    let raw = &report["raw_gateway"];
+    for config in ["rgw_1_node", "rgw_1_node_nginx", "rgw_3_nodes_nginx"] {
+        let figures = &report[config];
+        let mut these = json!({});
+        let mut ratio = |name: &str, ours: Option<f64>, theirs: Option<f64>| {
+            if let (Some(ours), Some(theirs)) = (ours, theirs)
+                && theirs > 0.0
+            {
+                these[name] = json!(round(ours / theirs));
+            }
+        };
+        for workload in ["set", "get", "contend"] {
+            ratio(
+                &format!("{workload}_vs_file_store"),
+                figures[workload]["ops_per_sec"].as_f64(),
+                fs[workload]["ops_per_sec"].as_f64(),
+            );
+        }
+        ratio(
+            "contend_committed_vs_file_store",
+            figures["contend"]["committed_per_sec"].as_f64(),
+            fs["contend"]["committed_per_sec"].as_f64(),
+        );
+        ratio(
+            "fanout_p50_vs_file_store",
+            figures["fanout"]["p50_ms"].as_f64(),
+            fs["fanout"]["p50_ms"].as_f64(),
+        );
+        ratio(
+            "set_vs_raw_put",
+            figures["set"]["ops_per_sec"].as_f64(),
+            raw["put"]["ops_per_sec"].as_f64(),
+        );
+        ratio(
+            "get_vs_raw_get_not_modified",
+            figures["get"]["ops_per_sec"].as_f64(),
+            raw["get_not_modified"]["ops_per_sec"].as_f64(),
+        );
+        ratios[config] = these;
+    }
+    ratios
+}
+
+/// `set` and `get` (32 clients), `contend` (16 clients) and `fanout` (a writer and
+/// [`CLUSTER_SUBSCRIBERS`], spread over `addrs` in turn), each with its costs as `probe`
+/// measures them. `config` keeps each configuration on refs of its own.
+async fn workloads(
+    args: &Args,
+    token: &str,
+    addrs: &[SocketAddr],
+    probe: &Probe,
+    config: usize,
+) -> Result<Value> {
+    let duration = Duration::from_secs(args.seconds);
+    let base = config * 10_000;
+    let mut report = json!({});
+    for (name, clients, workload) in [
+        ("set", 32, Workload::Set),
+        ("get", 32, Workload::Get),
+        ("contend", 16, Workload::Contend),
+    ] {
+        report[name] =
+            measured_throughput(addrs, token, clients, duration, workload, base, Some(probe))
+                .await?;
+    }
+    report["fanout"] = fanout(
+        addrs,
+        token,
+        CLUSTER_SUBSCRIBERS,
+        args.fanout_writes,
+        2_000_000 + base,
+        Some(probe),
+    )
+    .await?;
+    Ok(report)
+}
+
+/// The processes a run is measured on: the nodes (CPU, and object-store requests from their
+/// metrics), nginx's master and workers, and the gateway's daemons.
+struct Probe {
+    nodes: Vec<(u32, SocketAddr)>,
+    nginx: Option<u32>,
+    gateway: Vec<u32>,
+}
+
+/// What [`Probe::sample`] read at one moment.
+struct Sample {
+    at: Instant,
+    node_ticks: u64,
+    nginx_ticks: u64,
+    gateway_ticks: u64,
+    /// `blobs_object_store_requests_total` by kind, summed over the nodes.
+    store: BTreeMap<String, f64>,
+    /// `blobs_backend_errors_total{backend="object_store"}`, summed over the nodes.
+    store_errors: f64,
+}
+
+impl Probe {
+    fn new(nodes: &[&ServerProcess], nginx: Option<&Nginx>, gateway: Vec<u32>) -> Self {
+        Self {
+            nodes: nodes.iter().map(|n| (n.pid(), n.addr)).collect(),
+            nginx: nginx.map(Nginx::pid),
+            gateway,
+        }
+    }
+
+    async fn sample(&self) -> Result<Sample> {
+        let http = reqwest::Client::new();
+        let mut sample = Sample {
+            at: Instant::now(),
+            node_ticks: 0,
+            nginx_ticks: self.nginx.map_or(0, process_tree_ticks),
+            gateway_ticks: self.gateway.iter().map(|&p| cpu_ticks(p)).sum(),
+            store: BTreeMap::new(),
+            store_errors: 0.0,
+        };
+        for &(pid, addr) in &self.nodes {
+            sample.node_ticks += cpu_ticks(pid);
+            let text = http
+                .get(format!("http://{addr}/metrics"))
+                .bearer_auth(METRICS_TOKEN)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await?
+                .error_for_status()?
+                .text()
+                .await?;
+            for line in text.lines() {
+                if let Some(rest) =
+                    line.strip_prefix("blobs_object_store_requests_total{request=\"")
+                    && let Some((kind, value)) = rest.split_once("\"} ")
+                {
+                    *sample.store.entry(kind.to_owned()).or_default() += value.parse::<f64>()?;
+                } else if let Some(value) =
+                    line.strip_prefix("blobs_backend_errors_total{backend=\"object_store\"} ")
+                {
+                    sample.store_errors += value.parse::<f64>()?;
+                }
+            }
+        }
+        Ok(sample)
+    }
+
+    /// The costs between two samples: CPU milliseconds per `cpu_ops` of the nodes, nginx and
+    /// the gateway (and the cores each kept busy on average), and object-store requests per
+    /// `store_ops` by kind.
+    fn costs(&self, before: &Sample, after: &Sample, cpu_ops: f64, store_ops: f64) -> Value {
+        let elapsed = after.at.duration_since(before.at).as_secs_f64();
+        let tick = 1.0 / clock_ticks_per_sec();
+        let mut costs = json!({});
+        let mut cpu = |name: &str, ticks: u64| {
+            let seconds = ticks as f64 * tick;
+            costs[format!("{name}_cpu_ms_per_op")] = json!(round(seconds * 1000.0 / cpu_ops));
+            costs[format!("{name}_cores")] = json!(round(seconds / elapsed));
+        };
+        cpu("server", after.node_ticks - before.node_ticks);
+        if self.nginx.is_some() {
+            cpu("nginx", after.nginx_ticks - before.nginx_ticks);
+        }
+        if !self.gateway.is_empty() {
+            cpu("gateway", after.gateway_ticks - before.gateway_ticks);
+        }
+        let mut store = json!({});
+        for (kind, count) in &after.store {
+            let delta = count - before.store.get(kind).copied().unwrap_or(0.0);
+            if delta > 0.0 {
+                store[kind] = json!(round(delta / store_ops));
+            }
+        }
+        costs["store_requests_per_op"] = store;
+        costs["store_errors"] = json!(after.store_errors - before.store_errors);
+        costs
+    }
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat`'s CPU times (`getconf CLK_TCK`; 100 when it
+/// cannot say, the value on Linux).
+fn clock_ticks_per_sec() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (from the state on), if it runs.
+fn proc_stat(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// CPU time (user + system) of a process, in clock ticks; 0 once it is gone.
+fn cpu_ticks(pid: u32) -> u64 {
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the state (field 3).
+    proc_stat(pid).map_or(0, |f| {
+        f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0)
+    })
+}
+
+/// CPU ticks of `pid` and its children (nginx's master and workers).
+fn process_tree_ticks(pid: u32) -> u64 {
+    let children: u64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&child| proc_stat(child).is_some_and(|f| f[1] == pid.to_string()))
+        .map(cpu_ticks)
+        .sum();
+    cpu_ticks(pid) + children
+}
+
+/// The gateway's daemons (radosgw, ceph-osd, ceph-mon) of `endpoint`: those whose `-c` file
+/// names its port as the gateway's endpoint (every instance has a configuration of its own).
+fn gateway_pids(endpoint: &str) -> Vec<u32> {
+    let Some(port) = endpoint.rsplit(':').next() else {
+        return Vec::new();
+    };
+    let needle = format!("endpoint=127.0.0.1:{port} ");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            let daemon = args.first().is_some_and(|a| {
+                [&b"radosgw"[..], b"ceph-osd", b"ceph-mon"]
+                    .iter()
+                    .any(|d| a.ends_with(d))
+            });
+            let conf = args
+                .windows(2)
+                .find(|w| w[0] == b"-c")
+                .and_then(|w| std::str::from_utf8(w[1]).ok())
+                .and_then(|path| std::fs::read_to_string(path).ok());
+            daemon && conf.is_some_and(|c| c.contains(&needle))
+        })
+        .collect()
+}
+
+/// The gateway alone, under the object store client the server uses: [`RAW_TASKS`] tasks, each
+/// on an object of its own of [`RAW_OBJECT_SIZE`] bytes, `PUT`ting it, then `GET`ting it, then
+/// `GET`ting it with `If-None-Match` (answered 304, what a node sends for a `get` of an unchanged
+/// blob), each for `duration`; with the gateway's CPU per request.
+async fn raw_gateway(s3: &S3Server, duration: Duration, gateway: &[u32]) -> Result<Value> {
+    use object_store::{GetOptions, ObjectStore as _, ObjectStoreExt as _};
+    let store = Arc::new(blobs::s3::client(
+        &s3.endpoint,
+        &s3.bucket,
+        &s3.region,
+        &s3.access_key,
+        &s3.secret_key,
+    )?);
+    let mut etags = Vec::new();
+    for task in 0..RAW_TASKS {
+        let path = object_store::path::Path::from(format!("bench-raw/{task}"));
+        let put = store.put(&path, vec![b'x'; RAW_OBJECT_SIZE].into()).await?;
+        etags.push(put.e_tag.context("the gateway answers an ETag")?);
+    }
+    let mut report = json!({ "tasks": RAW_TASKS, "object_bytes": RAW_OBJECT_SIZE });
+    for request in ["put", "get", "get_not_modified"] {
+        let ticks = || gateway.iter().map(|&p| cpu_ticks(p)).sum::<u64>();
+        let ticks_before = ticks();
+        let deadline = Instant::now() + duration;
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for (task, etag) in etags.iter().enumerate() {
+            let (store, etag) = (store.clone(), etag.clone());
+            tasks.push(tokio::spawn(async move {
+                let path = object_store::path::Path::from(format!("bench-raw/{task}"));
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let sent = Instant::now();
+                    match request {
+                        "put" => {
+                            store.put(&path, vec![b'y'; RAW_OBJECT_SIZE].into()).await?;
+                        }
+                        "get" => {
+                            let body = store.get(&path).await?.bytes().await?;
+                            anyhow::ensure!(body.len() == RAW_OBJECT_SIZE, "short read");
+                        }
+                        _ => {
+                            let options = GetOptions {
+                                if_none_match: Some(etag.clone()),
+                                ..GetOptions::default()
+                            };
+                            match store.get_opts(&path, options).await {
+                                Err(object_store::Error::NotModified { .. }) => {}
+                                other => bail!("expected 304, got {:?}", other.map(|_| ())),
+                            }
+                        }
+                    }
+                    latencies.push(sent.elapsed());
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            }));
+        }
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.extend(task.await??);
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        let seconds = (ticks() - ticks_before) as f64 / clock_ticks_per_sec();
+        report[request] = json!({
+            "ops": latencies.len(),
+            "ops_per_sec": round(latencies.len() as f64 / elapsed),
+            "p50_ms": percentile_ms(&mut latencies, 0.50),
+            "p99_ms": percentile_ms(&mut latencies, 0.99),
+            "gateway_cpu_ms_per_op": round(seconds * 1000.0 / latencies.len().max(1) as f64),
+            "gateway_cores": round(seconds / elapsed),
+        });
+        if request == "put" {
+            // The objects changed: the conditional GETs need their new ETags.
+            for (task, etag) in etags.iter_mut().enumerate() {
+                let path = object_store::path::Path::from(format!("bench-raw/{task}"));
+                *etag = store.head(&path).await?.e_tag.context("an ETag")?;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// nginx in front of `upstreams` (round robin: every benchmark client comes from 127.0.0.1, so
+/// `ip_hash` would send them all to one node; WebSocket clients need no stickiness), on a free
+/// loopback port, with its configuration, pid file and logs in a temp dir. Killed on drop.
+struct Nginx {
+    addr: SocketAddr,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(program: &Path, upstreams: &[SocketAddr]) -> Result<Self> {
+        let dir = tempfile::tempdir().context("nginx's temp dir")?;
+        // nginx cannot be handed a socket: take a free port and release it for nginx.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let d = dir.path().display();
+        let servers: String = upstreams
+            .iter()
+            .map(|u| format!("        server {u};\n"))
+            .collect();
+        let conf = format!(
+            "daemon off;
+worker_processes auto;
+worker_rlimit_nofile 16384;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{
+    worker_connections 8192;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    upstream blobs_nodes {{
+{servers}    }}
+    server {{
+        listen {addr};
+        location / {{
+            proxy_pass http://blobs_nodes;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection \"upgrade\";
+            proxy_set_header Host $host;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_read_timeout 120s;
+            proxy_buffering off;
+        }}
+    }}
+}}
+"
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf)?;
+        let child = std::process::Command::new(program)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(&path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("{} runs", program.display()))?;
+        let mut nginx = Self {
+            addr,
+            child,
+            _dir: dir,
+        };
+        // Bounded wait for nginx to listen (it reads its configuration first).
+        let started = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            if let Some(status) = nginx.child.try_wait()? {
+                let log = std::fs::read_to_string(nginx._dir.path().join("error.log"));
+                bail!("nginx exited ({status}): {}", log.unwrap_or_default());
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(30),
+                "nginx did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(nginx)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Nginx {
+    /// SIGTERM to the master, which stops its workers (a SIGKILLed master would leave them
+    /// running); SIGKILL if it has not exited within 5 s.
+    fn drop(&mut self) {
+        let pid = self.pid().to_string();
+        let asked = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+        if asked.is_ok_and(|s| s.success()) {
+            let asked_at = Instant::now();
+            while asked_at.elapsed() < Duration::from_secs(5) {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
 }
 
 /// This build's server as a child process (so its memory can be read), with limits that let
@@ -597,14 +1082,28 @@ async fn throughput(
     duration: Duration,
     workload: Workload,
 ) -> Result<Value> {
+    measured_throughput(addrs, token, clients, duration, workload, 0, None).await
+}
+
+/// [`throughput`] on refs numbered from `base`, with the costs `probe` measures over the timed
+/// part (not the connections and first writes before it).
+async fn measured_throughput(
+    addrs: &[SocketAddr],
+    token: &str,
+    clients: usize,
+    duration: Duration,
+    workload: Workload,
+    base: usize,
+    probe: Option<&Probe>,
+) -> Result<Value> {
     let data = kib_data();
     let mut sockets = Vec::with_capacity(clients);
     for i in 0..clients {
         let mut socket = RawClient::connect_token(addrs[i % addrs.len()], token).await?;
         let r = if workload == Workload::Contend {
-            bench_ref(1_000_000)
+            bench_ref(1_000_000 + base)
         } else {
-            bench_ref(i)
+            bench_ref(base + i)
         };
         socket.call("ref", &[json!(r)]).await?;
         if workload == Workload::Get {
@@ -612,6 +1111,10 @@ async fn throughput(
         }
         sockets.push(socket);
     }
+    let before = match probe {
+        Some(probe) => Some(probe.sample().await?),
+        None => None,
+    };
     let deadline = Instant::now() + duration;
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -658,6 +1161,13 @@ async fn throughput(
     });
     if workload == Workload::Contend {
         report["committed_per_sec"] = json!(round(committed as f64 / elapsed));
+    }
+    if let (Some(probe), Some(before)) = (probe, before) {
+        let ops = latencies.len().max(1) as f64;
+        merge(
+            &mut report,
+            probe.costs(&before, &probe.sample().await?, ops, ops),
+        );
     }
     Ok(report)
 }
@@ -732,8 +1242,10 @@ async fn fanout(
     token: &str,
     subscribers: usize,
     writes: usize,
+    ref_index: usize,
+    probe: Option<&Probe>,
 ) -> Result<Value> {
-    let r = bench_ref(2_000_000 + subscribers + addrs.len());
+    let r = bench_ref(ref_index);
     let mut writer = RawClient::connect_token(addrs[0], token).await?;
     writer.call("ref", &[json!(r)]).await?;
     let received = Arc::new(AtomicUsize::new(0));
@@ -759,6 +1271,10 @@ async fn fanout(
         }));
     }
     let data = kib_data();
+    let before = match probe {
+        Some(probe) => Some(probe.sample().await?),
+        None => None,
+    };
     let mut sent = Vec::with_capacity(writes);
     let mut acks = Vec::with_capacity(writes);
     let mut version = None;
@@ -790,7 +1306,7 @@ async fn fanout(
     // socket, then the ack), the first subscriber's arrival, and the spread from the first
     // arrival to the last (the delivery to every socket).
     let mut spread: Vec<Duration> = first.iter().zip(&last).map(|(f, l)| *l - *f).collect();
-    Ok(json!({
+    let mut report = json!({
         "subscribers": subscribers,
         "writes": writes,
         "p50_ms": percentile_ms(&mut latencies, 0.50),
@@ -801,7 +1317,24 @@ async fn fanout(
         "first_arrival_p99_ms": percentile_ms(&mut first, 0.99),
         "spread_p50_ms": percentile_ms(&mut spread, 0.50),
         "spread_p99_ms": percentile_ms(&mut spread, 0.99),
-    }))
+    });
+    // CPU per `changed` delivered, object-store requests per write.
+    if let (Some(probe), Some(before)) = (probe, before) {
+        let after = probe.sample().await?;
+        let delivered = (subscribers * writes).max(1) as f64;
+        merge(
+            &mut report,
+            probe.costs(&before, &after, delivered, writes.max(1) as f64),
+        );
+    }
+    Ok(report)
+}
+
+/// `extra`'s fields added to the object `report`.
+fn merge(report: &mut Value, extra: Value) {
+    if let (Some(report), Value::Object(extra)) = (report.as_object_mut(), extra) {
+        report.extend(extra);
+    }
 }
 
 /// Server memory per idle connection: RSS growth over `count` connected sockets.
