@@ -11,7 +11,11 @@
 //! Every read asks the store, so a read returns the latest write acknowledged before it began,
 //! on whichever node (linearizable, as on one node). What a node keeps is the blobs it read or
 //! wrote last, with their ETags, bounded in bytes (`OBJECT_CACHE_BYTES`): a read then asks with
-//! `If-None-Match`, and a `304` (no body) says the kept blob is still the current one. A version
+//! `If-None-Match`, and a `304` (no body) says the kept blob is still the current one. A write
+//! is first decided on the kept blob and sent conditional on its ETag, without a read: it lands
+//! only if the kept blob is still the current one (one request for the common case, a node
+//! writing what it last wrote), and a refusal, by the store or on the kept blob, is decided
+//! again on a fresh read. A version
 //! heard from the other nodes over Redis is never trusted instead: Redis delivers at most once
 //! and later than the write, so a node cannot prove it heard of every write before a read.
 
@@ -168,12 +172,22 @@ impl Store for ObjectBlobs {
     async fn set(&self, bucket: &Bucket, r: &Ref, request: SetRequest) -> Result<SetOutcome> {
         let key = Self::key(bucket, r);
         let mut current = None;
-        for _ in 0..MAX_ATTEMPTS {
-            let read = self.read(&key).await?;
+        for attempt in 0..MAX_ATTEMPTS {
+            // First against the blob kept from the last read or write, without asking the store:
+            // the write is conditional on its version, so it lands only if that is still the
+            // current one, and a write on the object a node last wrote costs one request.
+            let kept = (attempt == 0).then(|| self.kept.get(&key)).flatten();
+            let trusted = kept.is_none();
+            let read = match kept {
+                Some(kept) => Some((kept.blob, kept.version)),
+                None => self.read(&key).await?,
+            };
             current = read.as_ref().map(|(blob, _)| blob.clone());
             let blob = match apply(current.as_ref(), request.clone())? {
                 Ok(blob) => blob,
-                Err(outcome) => return Ok(outcome),
+                Err(outcome) if trusted => return Ok(outcome),
+                // Refused on what this node kept, which may be stale: asked again of the store.
+                Err(_) => continue,
             };
             let expected = read.map(|(_, version)| version);
             let bytes = serde_json::to_vec(&blob).expect("a blob always serialises");
@@ -234,5 +248,180 @@ impl Store for ObjectBlobs {
     async fn writable(&self) -> bool {
         let probe: &'static [u8] = b"probe";
         self.objects.put(".readiness-probe", probe).await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ops::Range;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use futures_util::stream::BoxStream;
+    use object_store::memory::InMemory;
+    use object_store::path::Path;
+    use object_store::{
+        CopyOptions, GetResult, ListResult, MultipartUpload, ObjectStore, PutMultipartOptions,
+        PutOptions, PutPayload, PutResult,
+    };
+
+    use super::*;
+    use crate::store::{Edit, Expect};
+
+    /// An in-memory store that counts the requests it is sent.
+    #[derive(Debug, Default)]
+    struct Counted {
+        inner: InMemory,
+        requests: AtomicUsize,
+    }
+
+    impl Counted {
+        fn count(&self) {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    impl std::fmt::Display for Counted {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Counted")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Counted {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<PutResult> {
+            self.count();
+            self.inner.put_opts(location, payload, opts).await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.count();
+            self.inner.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: GetOptions,
+        ) -> object_store::Result<GetResult> {
+            self.count();
+            self.inner.get_opts(location, options).await
+        }
+
+        async fn get_ranges(
+            &self,
+            location: &Path,
+            ranges: &[Range<u64>],
+        ) -> object_store::Result<Vec<Bytes>> {
+            self.count();
+            self.inner.get_ranges(location, ranges).await
+        }
+
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, object_store::Result<Path>>,
+        ) -> BoxStream<'static, object_store::Result<Path>> {
+            self.inner.delete_stream(locations)
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.count();
+            self.inner.list(prefix)
+        }
+
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> object_store::Result<ListResult> {
+            self.count();
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: CopyOptions,
+        ) -> object_store::Result<()> {
+            self.count();
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    fn write(expect: Expect, data: &str) -> SetRequest {
+        SetRequest {
+            edit: Edit::Put(Some(data.to_owned())),
+            expect,
+            ip: "203.0.113.7".to_owned(),
+            now: 1,
+        }
+    }
+
+    /// Requests to the store since the last call.
+    fn sent(store: &Counted) -> usize {
+        store.requests.swap(0, Ordering::Relaxed)
+    }
+
+    #[tokio::test]
+    async fn writes_on_what_a_node_kept_cost_one_request_and_stay_compare_and_swap() {
+        let store = Arc::new(Counted::default());
+        let objects = Objects::over(store.clone(), "p/");
+        let (a, b) = (ObjectBlobs::new(objects.clone()), ObjectBlobs::new(objects));
+        let (bucket, r) = (
+            Bucket::parse("b").unwrap(),
+            Ref::parse(&"ab".repeat(32)).unwrap(),
+        );
+        let version = |outcome: &SetOutcome| match outcome {
+            SetOutcome::Committed { version, .. } => *version,
+            other => panic!("not committed: {other:?}"),
+        };
+
+        let first = a
+            .set(&bucket, &r, write(Expect::Absent, "AA=="))
+            .await
+            .unwrap();
+        assert_eq!(version(&first), 1);
+        sent(&store);
+        let second = a
+            .set(&bucket, &r, write(Expect::Version(1), "AQ=="))
+            .await
+            .unwrap();
+        assert_eq!(version(&second), 2);
+        assert_eq!(sent(&store), 1, "a write on the kept version is one PUT");
+
+        // Another node writes: what `a` kept is stale.
+        b.set(&bucket, &r, write(Expect::Version(2), "Ag=="))
+            .await
+            .unwrap();
+        // A client that learned version 3 from `b` is not refused on the stale version `a`
+        // kept: `a` asks the store before it answers.
+        let ahead = a
+            .set(&bucket, &r, write(Expect::Version(3), "Aw=="))
+            .await
+            .unwrap();
+        assert_eq!(version(&ahead), 4);
+        // `b` kept version 3, now stale: a write expecting it does not land on it.
+        let stale = b
+            .set(&bucket, &r, write(Expect::Version(3), "BA=="))
+            .await
+            .unwrap();
+        match stale {
+            SetOutcome::Conflict(Some(current)) => assert_eq!(current.version, 4),
+            other => panic!("a stale write landed: {other:?}"),
+        }
+        let read = b.get(&bucket, &r).await.unwrap().unwrap();
+        assert_eq!((read.version, read.data.as_deref()), (4, Some("Aw==")));
     }
 }
