@@ -1,4 +1,4 @@
-//! The object-store backend of the versioned store (AWS S3, MinIO, R2, Ceph RGW, …): one
+//! The object-store backend of the versioned store (tested on Ceph RGW; see `docs/SCALING.md`): one
 //! object per blob at `<prefix><bucket>/<ref[0..2]>/<ref>.json`, holding the same JSON as the
 //! file layout.
 //!
