@@ -2,7 +2,8 @@
 //! (versioned blobs, content, the Blob Service's records, presigned direct URLs): the client,
 //! and the top level of the layout every one of them uses (`<prefix><bucket>/...`).
 
-/// A client of one S3 bucket; plain `http://` endpoints (a gateway on the loopback, tests) are allowed.
+/// A client of one S3 bucket; plain `http://` endpoints (a gateway on the loopback, tests)
+/// are allowed.
 pub fn client(
     endpoint: &str,
     bucket: &str,

@@ -1,6 +1,6 @@
-//! The object-store backend of the versioned store (tested on Ceph RGW; see `docs/SCALING.md`): one
-//! object per blob at `<prefix><bucket>/<ref[0..2]>/<ref>.json`, holding the same JSON as the
-//! file layout.
+//! The object-store backend of the versioned store (tested on Ceph RGW; see
+//! `docs/SCALING.md`): one object per blob at `<prefix><bucket>/<ref[0..2]>/<ref>.json`,
+//! holding the same JSON as the file layout.
 //!
 //! The object store is the compare-and-swap: a write is a conditional PUT against the ETag of
 //! the object it read (`If-Match`), or `If-None-Match: *` to create. A 412 (or 409) means
