@@ -379,6 +379,50 @@ pub enum ConfigError {
     DuplicateQuota(String),
 }
 
+/// Refuses an `S3_ENDPOINT` that is not an `http://` or `https://` URL of a host.
+fn s3_endpoint(endpoint: &str) -> Result<(), ConfigError> {
+    let bad = |why: &str| ConfigError::BadS3(format!("S3_ENDPOINT {endpoint:?} {why}"));
+    let url = url::Url::parse(endpoint).map_err(|e| bad(&format!("is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("is not an http:// or https:// URL of a host"));
+    }
+    Ok(())
+}
+
+/// Longest `S3_PREFIX`: object names stay far below S3's 1,024 bytes.
+const MAX_S3_PREFIX: usize = 256;
+
+/// Refuses an `S3_PREFIX` that is not empty or `/`-separated plain names ending in `/`: the
+/// prefix is glued to the bucket's name, so `prod` would make bucket `2app` of one deployment
+/// the bucket `app` of a deployment with prefix `prod2`, and a name the store would rewrite
+/// (`..`, `/abs`, spaces) would not be the one the operator sees.
+fn s3_prefix(prefix: &str) -> Result<(), ConfigError> {
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    let bad = |why: &str| ConfigError::BadS3(format!("S3_PREFIX {prefix:?} {why}"));
+    let Some(names) = prefix.strip_suffix('/') else {
+        return Err(bad("must end with `/` (e.g. `blobs/`)"));
+    };
+    if prefix.len() > MAX_S3_PREFIX {
+        return Err(bad(&format!("is longer than {MAX_S3_PREFIX} bytes")));
+    }
+    let plain = |name: &str| {
+        !name.is_empty()
+            && name != "."
+            && name != ".."
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    if !names.split('/').all(plain) {
+        return Err(bad(
+            "must be names of letters, digits, `-`, `_` and `.` (not `.` or `..`), each ending in `/`",
+        ));
+    }
+    Ok(())
+}
+
 impl Config {
     /// The object store of `STORE=s3`.
     pub fn s3(&self) -> Result<object_store::aws::AmazonS3, ConfigError> {
@@ -390,6 +434,14 @@ impl Config {
         ) else {
             return Err(ConfigError::MissingS3);
         };
+        if [endpoint, bucket, key, secret]
+            .iter()
+            .any(|v| v.trim().is_empty())
+        {
+            return Err(ConfigError::MissingS3);
+        }
+        s3_endpoint(endpoint)?;
+        s3_prefix(&self.s3_prefix)?;
         crate::s3::client(endpoint, bucket, &self.s3_region, key, secret)
             .map_err(|e| ConfigError::BadS3(e.to_string()))
     }
@@ -413,6 +465,9 @@ impl Config {
             .find(|q| !quotas.insert(&q.bucket))
         {
             return Err(ConfigError::DuplicateQuota(twice.bucket.to_string()));
+        }
+        if self.store == StoreKind::S3 {
+            self.s3()?;
         }
         self.secret()?;
         self.previous_secrets().map(drop)
@@ -454,6 +509,52 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_store_settings_are_checked_before_start() {
+        let s3 = |endpoint: &str, prefix: &str| {
+            Config::parse_from([
+                "blobs",
+                "--token-secret",
+                LONG,
+                "--store",
+                "s3",
+                "--s3-endpoint",
+                endpoint,
+                "--s3-bucket",
+                "blobs",
+                "--s3-access-key-id",
+                "key",
+                "--s3-secret-access-key",
+                "secret",
+                "--s3-prefix",
+                prefix,
+            ])
+            .validate()
+        };
+        assert!(s3("http://127.0.0.1:9000", "").is_ok());
+        assert!(s3("https://s3.eu-west-1.amazonaws.com", "blobs/prod-1/").is_ok());
+        for endpoint in [
+            "notaurl",
+            "ftp://127.0.0.1:9000",
+            "http://",
+            "127.0.0.1:9000",
+        ] {
+            let refused = s3(endpoint, "").unwrap_err().to_string();
+            assert!(refused.contains("S3_ENDPOINT"), "{endpoint}: {refused}");
+        }
+        let long = "p/".repeat(200);
+        for prefix in [
+            "noslash", "../", "/abs/", "x/../y/", "a b/", "a//", "a\nb/", &long,
+        ] {
+            let refused = s3("http://127.0.0.1:9000", prefix).unwrap_err().to_string();
+            assert!(refused.contains("S3_PREFIX"), "{prefix}: {refused}");
+        }
+        let mut blank = Config::parse_from(["blobs", "--token-secret", LONG, "--store", "s3"]);
+        blank.s3_endpoint = Some("http://127.0.0.1:9000".into());
+        blank.s3_bucket = Some(" ".into());
+        assert!(matches!(blank.validate(), Err(ConfigError::MissingS3)));
+    }
 
     #[test]
     fn defaults_match_the_documentation() {

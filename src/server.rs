@@ -87,7 +87,12 @@ pub async fn run(
     let backend = Backend::open(&config).await?;
     // With other nodes, the records' channel is subscribed before the records are read: a
     // record another node writes meanwhile is then in storage, or on the channel, or both.
-    let nodes = match &config.redis_url {
+    // `REDIS_URL=` (set, but blank) means no Redis, as unset does.
+    let nodes = match config
+        .redis_url
+        .as_deref()
+        .filter(|url| !url.trim().is_empty())
+    {
         None => None,
         Some(url) => {
             let redis_error = |source| StartError::Redis {
@@ -199,7 +204,11 @@ async fn serve<A: Adapter>(
 
     if let Ok(addr) = listener.local_addr() {
         // `scripts/adversary.py` reads `addr=` here (it also drives builds without LISTEN_FDS).
-        tracing::info!(%addr, storage = %config.storage.display(), "listening");
+        let storage = match config.store {
+            StoreKind::Fs => config.storage.display().to_string(),
+            StoreKind::S3 => format!("s3 prefix {:?}", config.s3_prefix),
+        };
+        tracing::info!(%addr, %storage, "listening");
     }
     let limits = EdgeLimits {
         max_connections: edge::connection_cap(config.max_connections),

@@ -316,3 +316,28 @@ async fn a_blank_previous_secret_is_no_key() {
     }
     server.kill();
 }
+
+/// Object-store settings no node could run with stop the server at start with one sentence
+/// naming the setting, never a panic: an endpoint that is not an http(s) URL, and a prefix
+/// that would be glued to bucket names or rewritten by the store.
+#[test]
+fn bad_object_store_settings_are_refused_at_start() {
+    let secret = "0123456789abcdef0123";
+    let s3 = |endpoint: &'static str, prefix: &'static str| {
+        [
+            ("TOKEN_SECRET", secret),
+            ("STORE", "s3"),
+            ("S3_ENDPOINT", endpoint),
+            ("S3_BUCKET", "blobs"),
+            ("S3_ACCESS_KEY_ID", "key"),
+            ("S3_SECRET_ACCESS_KEY", "secret"),
+            ("S3_PREFIX", prefix),
+        ]
+    };
+    for endpoint in ["notaurl", "ftp://127.0.0.1:9"] {
+        assert!(refused_start(&s3(endpoint, "")).contains("S3_ENDPOINT"));
+    }
+    for prefix in ["noslash", "../", "a b/"] {
+        assert!(refused_start(&s3("http://127.0.0.1:9", prefix)).contains("S3_PREFIX"));
+    }
+}

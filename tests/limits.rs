@@ -343,7 +343,14 @@ async fn a_session_sends_little_before_it_connects() {
     // Polled as a client polls: a ping that comes first (a busy machine) is answered.
     let connected = tokio::time::timeout(HANG, async {
         loop {
-            let polled = http.get(&polling).send().await.unwrap().text().await.unwrap();
+            let polled = http
+                .get(&polling)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
             if polled.split('\u{1e}').any(|p| p.starts_with("40{")) {
                 return;
             }

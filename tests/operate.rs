@@ -165,6 +165,17 @@ fn revoke_refuses_bad_arguments() {
         &["revoke", "--bucket", "b"],
         &["revoke", "--bucket", "b", "--before", "yesterday"],
         &["revoke", "--bucket", "../x", "--before", "now"],
+        &[
+            "revoke",
+            "--bucket",
+            "b",
+            "--before",
+            "2999-01-01T00:00:00Z",
+        ],
+        &["revoke", "--jti", " "],
+        &[
+            "revoke", "--jti", "t1", "--bucket", "b", "--before", "tomorrow",
+        ],
     ] {
         let output = blobs(storage.path(), &[], args);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {output:?}");

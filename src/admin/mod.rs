@@ -333,6 +333,18 @@ async fn migrate(config: &Config, to_kind: StoreKind) -> Result<bool, AdminError
 }
 
 async fn revoke(config: &Config, args: RevokeArgs) -> Result<(), AdminError> {
+    // Every argument is checked before anything is written.
+    if args.jti.as_deref().is_some_and(|id| id.trim().is_empty()) {
+        return Err(AdminError::Refused("--jti names no token".to_owned()));
+    }
+    let bucket_cut = match (args.bucket, args.before) {
+        (Some(bucket), Some(before)) => {
+            let bucket = Bucket::parse(&bucket)
+                .ok_or_else(|| AdminError::Refused(format!("invalid bucket name {bucket:?}")))?;
+            Some((bucket, cut_off(&before)?))
+        }
+        _ => None,
+    };
     let place = Place::new(Objects::configured(config, config.store, false).await?);
     if let Some(id) = args.jti {
         let now = now_unix();
@@ -341,10 +353,7 @@ async fn revoke(config: &Config, args: RevokeArgs) -> Result<(), AdminError> {
             .await?;
         println!("revoked the token with this id");
     }
-    if let (Some(bucket), Some(before)) = (args.bucket, args.before) {
-        let bucket = Bucket::parse(&bucket)
-            .ok_or_else(|| AdminError::Refused(format!("invalid bucket name {bucket:?}")))?;
-        let cut = cut_off(&before)?;
+    if let Some((bucket, cut)) = bucket_cut {
         let name = bucket.clone();
         place
             .update(move |list| list.revoke_bucket(&name, cut))
@@ -400,9 +409,13 @@ fn usage_line(bucket: &Bucket, usage: &quota::Usage, limit: quota::Limit) -> Str
 }
 
 /// A cut-off in whole seconds, rounded up: `now`, or an RFC 3339 time.
+/// The cut-off `--before` names, in whole seconds (rounded up). A time still to come is
+/// refused: it would also revoke every token minted until then, which no command could undo
+/// but an edit of the list.
 fn cut_off(text: &str) -> Result<u64, AdminError> {
+    let now = since_epoch();
     let at = if text == "now" {
-        since_epoch()
+        now
     } else {
         humantime::parse_rfc3339_weak(text)
             .map_err(|e| {
@@ -413,6 +426,11 @@ fn cut_off(text: &str) -> Result<u64, AdminError> {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
     };
+    if at > now {
+        return Err(AdminError::Refused(format!(
+            "--before {text:?} is still to come: it would revoke the tokens minted until then too (use `now` or a past time)"
+        )));
+    }
     Ok(at.as_secs() + u64::from(at.subsec_nanos() > 0))
 }
 
@@ -438,6 +456,7 @@ mod tests {
     fn cut_offs_round_up_to_the_second() {
         assert_eq!(cut_off("2026-11-30T12:00:00Z").unwrap(), 1_796_040_000);
         assert_eq!(cut_off("2026-11-30T12:00:00.250Z").unwrap(), 1_796_040_001);
+        assert!(cut_off("2999-01-01T00:00:00Z").is_err(), "a time to come");
         let now = cut_off("now").unwrap();
         assert!((now_unix()..=now_unix() + 1).contains(&now));
         assert!(cut_off("yesterday").is_err());

@@ -10,7 +10,7 @@ use super::{Quirks, unquoted, write_id};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("the object store failed the start-up check of compare-and-swap at {step}: {source}")]
+    #[error("cannot use the object store: {step} failed: {source}")]
     Store {
         step: &'static str,
         #[source]
@@ -36,13 +36,25 @@ pub enum ProbeError {
     MetadataDropped,
 }
 
+/// The first request of the probe: writing a new object.
+const FIRST_STEP: &str = "writing a probe object";
+
 /// Proves on one probe object under `<prefix>.probe/` that the store refuses a create over an
 /// existing object and an update naming a stale ETag, and takes one naming the current ETag;
 /// the form of `If-Match` it takes is the [`Quirks`] returned. The object is removed after.
 pub async fn probe(store: &dyn ObjectStore, prefix: &str) -> Result<Quirks, ProbeError> {
     let path = Path::from(format!("{prefix}.probe/{}", uuid::Uuid::new_v4()));
     let proved = prove(store, &path).await;
-    if let Err(e) = store.delete(&path).await {
+    // Nothing to remove when the first write failed (a store that cannot be reached, or
+    // refuses the keys): its error is the one sentence to show.
+    let created = !matches!(
+        proved,
+        Err(ProbeError::Store {
+            step: FIRST_STEP,
+            ..
+        })
+    );
+    if created && let Err(e) = store.delete(&path).await {
         tracing::warn!(%path, "cannot remove the compare-and-swap probe: {e}");
     }
     proved
@@ -60,7 +72,7 @@ async fn prove(store: &dyn ObjectStore, path: &Path) -> Result<Quirks, ProbeErro
     let failed = |step| move |source| ProbeError::Store { step, source };
     let created = put(b"created", PutMode::Create)
         .await
-        .map_err(failed("a create"))?;
+        .map_err(failed(FIRST_STEP))?;
     match put(b"created again", PutMode::Create).await {
         Ok(_) => return Err(ProbeError::CreateOverwrote),
         Err(
