@@ -1,6 +1,5 @@
-//! The object store behind `STORE=s3`, shared by the four backends that keep data there
-//! (versioned blobs, content, the Blob Service's records, presigned direct URLs): the client,
-//! and the top level of the layout every one of them uses (`<prefix><bucket>/...`).
+//! The S3 client behind `STORE=s3`, and how it retries. The stores use it through the object
+//! layer (`crate::objects`); presigned direct URLs use it as it is.
 
 /// A client of one S3 bucket; plain `http://` endpoints (a gateway on the loopback, tests)
 /// are allowed.
