@@ -690,10 +690,7 @@ async fn raw_gateway(s3: &S3Server, duration: Duration, gateway: &[u32]) -> Resu
                 Ok::<_, anyhow::Error>(latencies)
             }));
         }
-        let mut latencies = Vec::new();
-        for task in tasks {
-            latencies.extend(task.await??);
-        }
+        let mut latencies = joined(tasks).await?;
         let elapsed = start.elapsed().as_secs_f64();
         let seconds = (ticks() - ticks_before) as f64 / clock_ticks_per_sec();
         report[request] = json!({
@@ -1220,10 +1217,7 @@ async fn http_throughput(
             Ok::<_, anyhow::Error>(latencies)
         }));
     }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await??);
-    }
+    let mut latencies = joined(tasks).await?;
     let elapsed = start.elapsed().as_secs_f64();
     Ok(json!({
         "clients": clients,
@@ -1376,4 +1370,15 @@ fn percentile_ms(samples: &mut [Duration], q: f64) -> f64 {
 
 fn round(value: f64) -> f64 {
     (value * 1000.0).round() / 1000.0
+}
+
+/// Every latency the load tasks measured, or the first task's error.
+async fn joined(
+    tasks: Vec<tokio::task::JoinHandle<Result<Vec<Duration>>>>,
+) -> Result<Vec<Duration>> {
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    Ok(latencies)
 }
