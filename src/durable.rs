@@ -183,15 +183,9 @@ pub fn remove(path: &Path) -> io::Result<bool> {
     Ok(true)
 }
 
-/// An exclusive advisory lock (`flock`) on `path`, created if missing; waits for it. Held
-/// until the file returned is dropped, or the process ends, however it ends.
-pub fn lock_exclusive(path: &Path) -> io::Result<File> {
-    let file = open_lock(path)?;
-    file.lock()?;
-    Ok(file)
-}
-
-/// [`lock_exclusive`] without waiting: `None` while another process holds the lock.
+/// An exclusive advisory lock (`flock`) on `path`, created if missing, without waiting: `None`
+/// while another process holds it. Held until the file returned is dropped, or the process
+/// ends, however it ends.
 pub fn try_lock_exclusive(path: &Path) -> io::Result<Option<File>> {
     let file = open_lock(path)?;
     match file.try_lock() {

@@ -28,11 +28,14 @@ pub fn name(bucket: &Bucket, handle: &Handle) -> String {
     format!("{bucket}/{HANDLES_DIR}/{}/{handle}.json", handle.shard())
 }
 
-/// Parses a record stored under `file_name`, which must be its handle's.
-fn parse(bytes: &[u8], file_name: Option<&str>) -> Result<(Handle, Arc<Record>), String> {
-    let named = file_name
-        .and_then(|name| name.strip_suffix(".json"))
-        .unwrap_or_default();
+/// The last part of a key, the record's file name.
+fn file_name(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
+}
+
+/// Parses a record stored under `key`, whose file name must be its handle's.
+fn parse(bytes: &[u8], key: &str) -> Result<(Handle, Arc<Record>), String> {
+    let named = file_name(key).strip_suffix(".json").unwrap_or_default();
     decode(bytes, named).map(|(handle, record)| (handle, Arc::new(record)))
 }
 
@@ -68,8 +71,7 @@ impl RecordStore {
             let mut keys = self.objects.list(&format!("{bucket}/{HANDLES_DIR}/"));
             while let Some(listed) = keys.next().await {
                 let (key, _) = listed?;
-                let file_name = key.rsplit('/').next();
-                if file_name.is_some_and(durable::is_temp_name) {
+                if durable::is_temp_name(file_name(&key)) {
                     tracing::info!(key, "removing temp file left by a crash");
                     self.objects.delete(&key).await?;
                     continue;
@@ -77,7 +79,7 @@ impl RecordStore {
                 let Some(stored) = self.objects.get(&key).await? else {
                     continue;
                 };
-                match parse(&stored.bytes, file_name) {
+                match parse(&stored.bytes, &key) {
                     Ok((handle, record)) => found.push((bucket.clone(), handle, record)),
                     Err(e) => tracing::warn!(key, "record left out: {e}"),
                 }
@@ -92,10 +94,7 @@ impl RecordStore {
         let Some(stored) = self.objects.get(&key).await? else {
             return Ok(None);
         };
-        let file_name = key.rsplit('/').next();
-        Ok(parse(&stored.bytes, file_name)
-            .ok()
-            .map(|(_, record)| record))
+        Ok(parse(&stored.bytes, &key).ok().map(|(_, record)| record))
     }
 
     /// Writes a record, durably.

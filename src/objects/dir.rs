@@ -43,7 +43,7 @@ pub const HASHED_BYTES: u64 = 1 << 20;
 const STORE: &str = "Directory";
 
 /// The object layer on a directory.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Directory {
     root: PathBuf,
     /// Whether each write is synced before it returns; when not, [`durable::sync_fs`] of the
@@ -82,10 +82,7 @@ impl Directory {
         &self,
         work: impl FnOnce(Directory) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let this = Directory {
-            root: self.root.clone(),
-            synced: self.synced,
-        };
+        let this = self.clone();
         tokio::task::spawn_blocking(move || work(this))
             .await
             .map_err(|source| Error::JoinError { source })?
@@ -103,7 +100,7 @@ impl Directory {
             let mut bytes = Vec::with_capacity(metadata.len() as usize);
             file.read_to_end(&mut bytes)
                 .map_err(|e| error(location, e))?;
-            let e_tag = e_tag(&bytes);
+            let e_tag = e_tag([bytes.as_slice()]);
             (Some(Bytes::from(bytes)), e_tag)
         } else {
             (None, identity_tag(&metadata))
@@ -126,13 +123,9 @@ impl Directory {
             staged.file().write_all(chunk).map_err(failed)?;
         }
         match mode {
-            PutMode::Create => staged.commit_new(&path).map_err(|e| match e.kind() {
-                io::ErrorKind::AlreadyExists => Error::AlreadyExists {
-                    path: location.to_string(),
-                    source: Box::new(e),
-                },
-                _ => failed(e),
-            })?,
+            PutMode::Create => staged
+                .commit_new(&path)
+                .map_err(|e| created_error(location, e))?,
             PutMode::Overwrite | PutMode::Update(_) => {
                 let _turn = lock(dir).map_err(failed)?;
                 if let PutMode::Update(expected) = mode {
@@ -161,7 +154,7 @@ impl Directory {
             }
         }
         let e_tag = if payload.content_length() as u64 <= HASHED_BYTES {
-            e_tag_of(payload)
+            e_tag(payload.iter().map(|c| c.as_ref()))
         } else {
             identity_tag(&std::fs::metadata(&path).map_err(failed)?)
         };
@@ -225,14 +218,10 @@ fn lock(dir: &FsPath) -> io::Result<File> {
     Ok(handle)
 }
 
-/// The ETag of bytes: a hash of them, quoted as S3 quotes ETags.
-fn e_tag(bytes: &[u8]) -> String {
-    format!("\"{}\"", &blake3::hash(bytes).to_hex()[..32])
-}
-
-fn e_tag_of(payload: &PutPayload) -> String {
+/// The ETag of bytes (given in chunks): a hash of them, quoted as S3 quotes ETags.
+fn e_tag<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> String {
     let mut hasher = blake3::Hasher::new();
-    for chunk in payload.iter() {
+    for chunk in chunks {
         hasher.update(chunk);
     }
     format!("\"{}\"", &hasher.finalize().to_hex()[..32])
@@ -283,7 +272,18 @@ fn error(location: &Path, e: io::Error) -> Error {
     }
 }
 
-fn generic(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+/// A create-if-absent that failed: `AlreadyExists` when something is there.
+fn created_error(location: &Path, e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::AlreadyExists => Error::AlreadyExists {
+            path: location.to_string(),
+            source: Box::new(e),
+        },
+        _ => error(location, e),
+    }
+}
+
+pub(super) fn generic(e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::Generic {
         store: STORE,
         source: Box::new(e),
@@ -359,14 +359,10 @@ impl ObjectStore for Directory {
         &self,
         locations: BoxStream<'static, Result<Path>>,
     ) -> BoxStream<'static, Result<Path>> {
-        let root = self.root.clone();
-        let synced = self.synced;
+        let this = self.clone();
         locations
             .and_then(move |location| {
-                let dir = Directory {
-                    root: root.clone(),
-                    synced,
-                };
+                let dir = this.clone();
                 async move {
                     dir.blocking(move |dir| {
                         let path = dir.file(&location);
@@ -388,10 +384,7 @@ impl ObjectStore for Directory {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        let dir = Directory {
-            root: self.root.clone(),
-            synced: self.synced,
-        };
+        let dir = self.clone();
         let prefix = prefix.cloned();
         stream::once(async move { dir.blocking(move |dir| dir.walk(prefix.as_ref())).await })
             .map_ok(|found| stream::iter(found.into_iter().map(Ok)))
@@ -449,13 +442,9 @@ impl ObjectStore for Directory {
             io::copy(&mut source, staged.file()).map_err(failed)?;
             match options.mode {
                 CopyMode::Overwrite => staged.commit(&target).map_err(failed),
-                CopyMode::Create => staged.commit_new(&target).map_err(|e| match e.kind() {
-                    io::ErrorKind::AlreadyExists => Error::AlreadyExists {
-                        path: to.to_string(),
-                        source: Box::new(e),
-                    },
-                    _ => failed(e),
-                }),
+                CopyMode::Create => staged
+                    .commit_new(&target)
+                    .map_err(|e| created_error(&to, e)),
             }
         })
         .await
@@ -521,7 +510,9 @@ impl MultipartUpload for Upload {
             staged.commit(&path).map_err(|e| error(&location, e))?;
             let metadata = std::fs::metadata(&path).map_err(|e| error(&location, e))?;
             let e_tag = if metadata.len() <= HASHED_BYTES {
-                e_tag(&std::fs::read(&path).map_err(|e| error(&location, e))?)
+                e_tag([std::fs::read(&path)
+                    .map_err(|e| error(&location, e))?
+                    .as_slice()])
             } else {
                 identity_tag(&metadata)
             };

@@ -34,7 +34,7 @@ mod dir;
 mod normalized;
 mod probe;
 
-pub use dir::{Directory, HASHED_BYTES};
+pub use dir::Directory;
 pub use normalized::Normalized;
 pub use probe::{ProbeError, probe};
 
@@ -192,14 +192,25 @@ impl Objects {
         }
     }
 
-    fn failed(&self, key: &str) -> impl FnOnce(object_store::Error) -> Error + '_ {
-        let key = key.to_owned();
+    /// The error of a failure on `key`, counted when the store is remote.
+    fn failed(&self, key: &str) -> impl Fn(object_store::Error) -> Error + Send + use<> {
+        let (remote, key) = (!self.is_directory(), key.to_owned());
         move |source| {
-            if !self.is_directory() {
+            if remote {
                 crate::metrics::object_store_error();
             }
-            Error { key, source }
+            Error {
+                key: key.clone(),
+                source,
+            }
         }
+    }
+
+    /// The store's name of the "directory" `under` (a key ending in `/`, or `""`: the top).
+    fn listing_root(&self, under: &str) -> Option<Path> {
+        let top = format!("{}{under}", self.prefix);
+        let top = top.trim_end_matches('/');
+        (!top.is_empty()).then(|| Path::from(top))
     }
 
     /// The object at `key`, or `None`.
@@ -283,26 +294,13 @@ impl Objects {
     /// Every object under `under` (a key ending in `/`, or `""` for all), with its key, in
     /// name order.
     pub fn list(&self, under: &str) -> BoxStream<'static, Result<(String, ObjectMeta), Error>> {
-        let top = format!("{}{under}", self.prefix);
-        let top = top.trim_end_matches('/');
-        let root = (!top.is_empty()).then(|| Path::from(top));
         let prefix = self.prefix.clone();
-        let counted = !self.is_directory();
-        let under = under.to_owned();
         self.store
-            .list(root.as_ref())
-            .map_err(move |source| {
-                if counted {
-                    crate::metrics::object_store_error();
-                }
-                Error {
-                    key: under.clone(),
-                    source,
-                }
-            })
+            .list(self.listing_root(under).as_ref())
+            .map_err(self.failed(under))
             .try_filter_map(move |meta| {
                 let key = meta.location.as_ref().strip_prefix(prefix.as_str());
-                let found = key.map(|key| (key.to_owned(), meta.clone()));
+                let found = key.map(str::to_owned).map(|key| (key, meta));
                 std::future::ready(Ok(found))
             })
             .boxed()
@@ -311,12 +309,9 @@ impl Objects {
     /// The names directly under `under` that have objects below them (the buckets, at the
     /// top).
     pub async fn dirs(&self, under: &str) -> Result<Vec<String>, Error> {
-        let top = format!("{}{under}", self.prefix);
-        let top = top.trim_end_matches('/');
-        let root = (!top.is_empty()).then(|| Path::from(top));
         let listed = self
             .store
-            .list_with_delimiter(root.as_ref())
+            .list_with_delimiter(self.listing_root(under).as_ref())
             .await
             .map_err(self.failed(under))?;
         Ok(listed
@@ -335,12 +330,7 @@ impl Objects {
         tokio::task::spawn_blocking(move || crate::durable::sync_fs(&root))
             .await
             .map_err(|source| object_store::Error::JoinError { source })
-            .and_then(|synced| {
-                synced.map_err(|e| object_store::Error::Generic {
-                    store: "Directory",
-                    source: Box::new(e),
-                })
-            })
+            .and_then(|synced| synced.map_err(dir::generic))
             .map_err(self.failed(""))
     }
 }

@@ -32,9 +32,9 @@ pub struct Normalized {
 
 /// What a fresh read says of a conditional write answered ambiguously.
 enum Settled {
-    /// The object holds the write's bytes.
+    /// The object carries the write's id.
     Landed(PutResult),
-    /// Another writer's bytes are there (or, for an update, the object is gone).
+    /// Another write's object is there (or, for an update, the object is gone).
     Lost,
     /// The object is as the write expected it: nothing happened, the write may go again.
     Unchanged,

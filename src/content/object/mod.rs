@@ -98,14 +98,14 @@ pub fn marker_owns(bytes: &[u8]) -> bool {
 
 /// Content in an object store.
 pub struct ObjectContent {
-    objects: Arc<Objects>,
+    objects: Arc<Shared>,
     /// One lock per hash in use on this node: batches this node's work on one content (the
     /// markers decide between nodes).
     locks: KeyedLocks<(Bucket, ContentHash), ()>,
 }
 
 /// The objects and the grace, shared with bodies waiting for their commit.
-struct Objects {
+struct Shared {
     layer: crate::objects::Objects,
     /// See [`CLAIM_GRACE`]; shorter in tests.
     grace: Duration,
@@ -114,7 +114,7 @@ struct Objects {
 impl ObjectContent {
     pub fn new(objects: &crate::objects::Objects, grace: Duration) -> Self {
         Self {
-            objects: Arc::new(Objects {
+            objects: Arc::new(Shared {
                 layer: objects.clone(),
                 grace,
             }),
@@ -123,7 +123,7 @@ impl ObjectContent {
     }
 }
 
-impl Objects {
+impl Shared {
     fn store(&self) -> &Arc<dyn ObjectStore> {
         self.layer.store()
     }

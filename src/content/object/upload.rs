@@ -11,7 +11,7 @@ use crate::clock::now_ms;
 use crate::names::{Bucket, ContentHash};
 
 use super::super::{ContentLock, Incoming, Owner, Result};
-use super::{Backoff, Marker, Objects, split, store_error};
+use super::{Backoff, Marker, Shared, split, store_error};
 
 /// Content received into a local temp file, waiting for its commit.
 pub(super) struct ObjectIncoming {
@@ -19,7 +19,7 @@ pub(super) struct ObjectIncoming {
     pub(super) hash: ContentHash,
     pub(super) size: u64,
     pub(super) bucket: Bucket,
-    pub(super) objects: Arc<Objects>,
+    pub(super) objects: Arc<Shared>,
     /// An object holding the same, verified bytes: copied inside the store instead of
     /// uploaded from `file`.
     pub(super) copy_from: Option<Path>,
