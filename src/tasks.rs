@@ -57,16 +57,23 @@ async fn content_measures(state: AppState, tree: Tree) {
     .await;
 }
 
-/// Checkpoints the store every `interval` until shutdown (which checkpoints once more after
-/// the last write).
+/// Checkpoints the store every `interval`, and sooner when the store asks, until shutdown
+/// (which checkpoints once more after the last write).
 async fn checkpoints(state: AppState, interval: Duration) {
-    let first = Instant::now() + interval;
-    every(first, interval, state.closing(), || async {
+    let closing = state.closing();
+    tokio::pin!(closing);
+    let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = state.store().checkpoint_wanted() => ticks.reset(),
+            () = &mut closing => return,
+        }
         if let Err(e) = state.store().checkpoint().await {
             tracing::error!("checkpoint failed; the journal keeps every write: {e}");
         }
-    })
-    .await;
+    }
 }
 
 /// Runs `work` at `first` and every `interval` after it (a late run delays the next ones), until

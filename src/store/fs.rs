@@ -17,7 +17,9 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use futures_util::StreamExt;
 use std::sync::{Arc, Mutex};
 
 use crate::durable;
@@ -31,6 +33,13 @@ use super::{Blob, Error, Listed, Result, SetOutcome, SetRequest, Store, apply};
 /// Blobs whose `data` is longer than this many characters are not kept in memory, which bounds
 /// the cache to about 4,096 idle slots (see [`KeyedLocks`]) of 16 KiB: 64 MiB.
 const CACHED_DATA_LIMIT: usize = 16 * 1024;
+
+/// Bytes of blobs whose files are not written yet that a store keeps by default (see
+/// `UNWRITTEN_BYTES`).
+pub const DEFAULT_UNWRITTEN_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Blob files a checkpoint writes at once.
+const CHECKPOINT_WRITERS: usize = 8;
 
 /// Suffix of the backup files the original wrote before replacing a blob file.
 const BACKUP_SUFFIX: &str = ".backup";
@@ -70,9 +79,20 @@ pub struct FsStore {
     /// by a checkpoint while it starts a new journal segment: so every record in the older
     /// segments has its file written (or is in `unwritten`) when the checkpoint syncs.
     appending: tokio::sync::RwLock<()>,
-    /// Committed blobs whose file could not be written (a full disk): readers get them from
-    /// here, and each checkpoint tries their files again. The journal keeps them until then.
+    /// Committed blobs whose file is not written yet: every write since the checkpoint that
+    /// last wrote its blob (and any whose file failed, a full disk). Readers get them from
+    /// here; the journal holds them durably; a checkpoint writes each file once, with its
+    /// latest version.
     unwritten: Mutex<HashMap<Key, Arc<Blob>>>,
+    /// The bytes of `unwritten`, as files ([`Blob::stored_len`]).
+    unwritten_bytes: AtomicU64,
+    /// Past half of this many bytes unwritten a checkpoint is wanted; past all of it writers
+    /// wait for one.
+    unwritten_limit: u64,
+    /// Woken when a checkpoint is wanted early.
+    pressure: tokio::sync::Notify,
+    /// Woken when a checkpoint has written files.
+    relieved: tokio::sync::Notify,
     /// Whether a write was committed since the last checkpoint began: an idle store does not
     /// checkpoint.
     written: AtomicBool,
@@ -98,6 +118,11 @@ impl FsStore {
     /// read), and a start after someone copied more of the original's files in still finds
     /// them.
     pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
+        Self::with_unwritten_limit(root, DEFAULT_UNWRITTEN_BYTES)
+    }
+
+    /// [`FsStore::open`], keeping at most `limit` bytes of blobs whose files are not written.
+    pub fn with_unwritten_limit(root: impl Into<PathBuf>, limit: u64) -> io::Result<Self> {
         let root = root.into();
         fs::create_dir_all(&root)?;
         let misspelled = sweep(&root)?;
@@ -108,6 +133,10 @@ impl FsStore {
             journal,
             appending: tokio::sync::RwLock::new(()),
             unwritten: Mutex::new(HashMap::new()),
+            unwritten_bytes: AtomicU64::new(0),
+            unwritten_limit: limit.max(1),
+            pressure: tokio::sync::Notify::new(),
+            relieved: tokio::sync::Notify::new(),
             written: AtomicBool::new(false),
         };
         // The last record of each blob is its latest committed write.
@@ -161,8 +190,46 @@ impl FsStore {
         Ok(blob)
     }
 
-    /// Writes the file of a committed blob (no sync: the journal holds it), or keeps the blob
-    /// in `unwritten` when that fails. Called under the blob's lock.
+    /// Keeps a committed blob in `unwritten` until a checkpoint writes its file. Called under
+    /// the blob's lock.
+    fn keep_unwritten(&self, key: &Key, blob: &Arc<Blob>) {
+        let mut unwritten = self.unwritten();
+        let replaced = unwritten.insert(key.clone(), blob.clone());
+        let bytes = self.unwritten_bytes.load(Ordering::Acquire) + blob.stored_len()
+            - replaced.map_or(0, |b| b.stored_len());
+        self.unwritten_bytes.store(bytes, Ordering::Release);
+        drop(unwritten);
+        if bytes >= self.unwritten_limit / 2 {
+            self.pressure.notify_one();
+        }
+    }
+
+    /// Forgets a blob whose file now holds it. Called under the blob's lock.
+    fn forget_unwritten(&self, key: &Key) {
+        let mut unwritten = self.unwritten();
+        if let Some(blob) = unwritten.remove(key) {
+            self.unwritten_bytes
+                .fetch_sub(blob.stored_len(), Ordering::AcqRel);
+        }
+    }
+
+    /// Waits while the blobs not written yet reach the limit, asking for a checkpoint: memory
+    /// never grows past it, and a writer waits instead of failing.
+    async fn room(&self) {
+        loop {
+            let relieved = self.relieved.notified();
+            tokio::pin!(relieved);
+            relieved.as_mut().enable();
+            if self.unwritten_bytes.load(Ordering::Acquire) < self.unwritten_limit {
+                return;
+            }
+            self.pressure.notify_one();
+            relieved.await;
+        }
+    }
+
+    /// Writes the file of a committed blob (no sync: the journal holds it); the blob stays in
+    /// `unwritten` when that fails. Called under the blob's lock.
     async fn write_file(&self, key: &Key, blob: &Arc<Blob>, file: Vec<u8>) -> Cached {
         let path = self.path(&key.0, &key.1);
         let written = tokio::task::spawn_blocking(move || {
@@ -171,7 +238,7 @@ impl FsStore {
         .await;
         match written {
             Ok(Ok(())) => {
-                self.unwritten().remove(key);
+                self.forget_unwritten(key);
                 cache_entry(Some(blob))
             }
             failed => {
@@ -182,7 +249,6 @@ impl FsStore {
                     ),
                     _ => tracing::error!("committed write kept in the journal and memory"),
                 }
-                self.unwritten().insert(key.clone(), blob.clone());
                 Cached::Unknown
             }
         }
@@ -210,17 +276,30 @@ impl FsStore {
             let _alone = self.appending.write().await;
             self.journal.rotate().await.map_err(journal_error)?
         };
+        // Each blob's file once, with its latest version, several at a time (the file system
+        // overlaps creates and renames in different directories).
         let pending: Vec<Key> = self.unwritten().keys().cloned().collect();
-        for key in pending {
-            let slot = self.slots.get(&key);
-            let mut cached = slot.lock().await;
-            let blob = self.unwritten().get(&key).cloned();
-            if let Some(blob) = blob {
-                let file = serde_json::to_vec(&*blob).expect("a blob always serialises");
-                *cached = self.write_file(&key, &blob, file).await;
-            }
-        }
-        if !self.unwritten().is_empty() {
+        let failed = AtomicBool::new(false);
+        futures_util::stream::iter(pending)
+            .for_each_concurrent(CHECKPOINT_WRITERS, |key| {
+                let failed = &failed;
+                async move {
+                    let slot = self.slots.get(&key);
+                    let mut cached = slot.lock().await;
+                    let blob = self.unwritten().get(&key).cloned();
+                    if let Some(blob) = blob {
+                        let file = serde_json::to_vec(&*blob).expect("a blob always serialises");
+                        *cached = self.write_file(&key, &blob, file).await;
+                        if matches!(*cached, Cached::Unknown) && self.unwritten().contains_key(&key)
+                        {
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+            .await;
+        self.relieved.notify_waiters();
+        if failed.load(Ordering::Relaxed) {
             return Err(journal_error(io::Error::other(
                 "blob files still cannot be written; the journal keeps their writes",
             )));
@@ -284,6 +363,8 @@ impl Store for FsStore {
     }
 
     async fn set(&self, bucket: &Bucket, r: &Ref, request: SetRequest) -> Result<SetOutcome> {
+        // Before the blob's lock: a checkpoint needs it to write this blob's file.
+        self.room().await;
         let key = (bucket.clone(), r.clone());
         let slot = self.slots.get(&key);
         let mut cached = slot.lock().await;
@@ -298,9 +379,10 @@ impl Store for FsStore {
             .append(record(bucket, r, &file))
             .await
             .map_err(|source| io_error(&self.root.join(JOURNAL_DIR), source))?;
-        // Committed: durable in the journal.
+        // Committed: durable in the journal. Its file waits for the checkpoint.
         self.written.store(true, Ordering::Release);
-        *cached = self.write_file(&key, &blob, file).await;
+        self.keep_unwritten(&key, &blob);
+        *cached = cache_entry(Some(&blob));
         Ok(SetOutcome::Committed {
             version: blob.version,
             grown: super::grown(current.as_deref(), &blob),
@@ -311,15 +393,42 @@ impl Store for FsStore {
         FsStore::checkpoint(self).await
     }
 
+    async fn checkpoint_wanted(&self) {
+        self.pressure.notified().await;
+    }
+
     async fn list(
         &self,
         bucket: &Bucket,
         after: Option<&Ref>,
         limit: usize,
     ) -> Result<Vec<(Ref, Listed)>> {
+        // The files, and over them the blobs whose files are not written yet: enough files
+        // that the unwritten tombstones leave `limit`.
+        let unwritten: BTreeMap<Ref, Arc<Blob>> = self
+            .unwritten()
+            .iter()
+            .filter(|((b, r), _)| b == bucket && after.is_none_or(|a| r > a))
+            .map(|((_, r), blob)| (r.clone(), blob.clone()))
+            .collect();
         let dir = self.root.join(bucket.as_str());
-        let after = after.cloned();
-        tokio::task::spawn_blocking(move || list_dir(&dir, after.as_ref(), limit)).await?
+        let (from, wanted) = (after.cloned(), limit + unwritten.len());
+        let files =
+            tokio::task::spawn_blocking(move || list_dir(&dir, from.as_ref(), wanted)).await??;
+        let mut listed: BTreeMap<Ref, Listed> = files.into_iter().collect();
+        for (r, blob) in unwritten {
+            if blob.deleted {
+                listed.remove(&r);
+            } else {
+                let shown = Listed {
+                    version: blob.version,
+                    size: blob.size(),
+                    updated: blob.modified(),
+                };
+                listed.insert(r, shown);
+            }
+        }
+        Ok(listed.into_iter().take(limit).collect())
     }
 
     async fn writable(&self) -> bool {

@@ -231,6 +231,12 @@ pub trait Store: Send + Sync + 'static {
     async fn checkpoint(&self) -> Result<()> {
         Ok(())
     }
+
+    /// Resolves when a checkpoint is wanted before its time (the file store's unwritten blobs
+    /// near their limit); never, where none is.
+    async fn checkpoint_wanted(&self) {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// The blob a conditional write produces from the current one, or what it reports instead.
