@@ -42,7 +42,10 @@ impl Backend {
                 // records and the revocations are objects of the directory.
                 let objects = Objects::directory(&config.storage);
                 Ok(Self {
-                    blobs: Arc::new(FsStore::open(&config.storage).map_err(storage_error)?),
+                    blobs: Arc::new(
+                        FsStore::with_unwritten_limit(&config.storage, config.unwritten_bytes)
+                            .map_err(storage_error)?,
+                    ),
                     content: Arc::new(FsContent::open(&config.storage).map_err(storage_error)?),
                     records: Arc::new(RecordStore::new(objects.clone())),
                     direct: None,

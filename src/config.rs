@@ -284,6 +284,13 @@ pub struct Config {
     #[arg(long, env = "MIN_FREE_BYTES", value_parser = crate::quota::parse_size, default_value = "1GiB")]
     pub min_free_bytes: u64,
 
+    /// With the file store: bytes of committed blobs whose files wait for the next checkpoint
+    /// (the journal holds them durably; readers get them from memory), e.g. `64MiB`. Past half
+    /// of it a checkpoint starts early; at all of it writers wait for one. 0: every write
+    /// replaces its file before it is acknowledged, so the files are always current (slower).
+    #[arg(long, env = "UNWRITTEN_BYTES", value_parser = crate::quota::parse_size, default_value = "64MiB")]
+    pub unwritten_bytes: u64,
+
     /// Public origin of this server in direct transfer URLs, e.g. `https://blobs.example.com`.
     /// Unset: `http://` plus the `Host` the client connected with.
     #[arg(long, env = "PUBLIC_URL", value_parser = parse_origin)]

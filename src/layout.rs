@@ -4,8 +4,11 @@
 //! them is copying names. The admin commands work on stores this way, and the metrics measure
 //! the content store by its listing.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::TryStreamExt;
 
 use crate::config::{Config, StoreKind};
@@ -21,6 +24,9 @@ use crate::store::CASE_CONFLICT;
 #[derive(Clone)]
 pub struct Tree {
     objects: Objects,
+    /// The file store's journal as it was when the tree was opened: blobs whose files a
+    /// running server has not written yet, by name (empty elsewhere).
+    journaled: Arc<HashMap<String, Bytes>>,
 }
 
 /// A failure reading or writing one name.
@@ -139,7 +145,10 @@ pub fn key_of(kind: &Kind) -> Option<String> {
 impl Tree {
     /// The names of `objects`.
     pub fn new(objects: Objects) -> Self {
-        Self { objects }
+        Self {
+            objects,
+            journaled: Arc::default(),
+        }
     }
 
     /// The file store's names under `root`. Writes are durable once [`Tree::sync`] returns.
@@ -150,12 +159,33 @@ impl Tree {
     /// The store of `kind`, with the settings of `config`; an object store must pass the
     /// compare-and-swap probe.
     pub async fn configured(config: &Config, kind: StoreKind) -> Result<Self, OpenError> {
-        Ok(Self::new(Objects::configured(config, kind, true).await?))
+        let tree = Self::new(Objects::configured(config, kind, true).await?);
+        Ok(match kind {
+            StoreKind::Fs => tree.with_journal(&config.storage)?,
+            StoreKind::S3 => tree,
+        })
+    }
+
+    /// This tree with the writes the file store's journal under `root` holds over its files:
+    /// a running server writes a blob's file only at its next checkpoint, and a copy must see
+    /// every write acknowledged before it began.
+    fn with_journal(mut self, root: &Path) -> Result<Self, OpenError> {
+        let journaled = crate::store::journaled(root).map_err(OpenError::Journal)?;
+        let journaled = journaled.into_iter().map(|(k, v)| (k, Bytes::from(v)));
+        self.journaled = Arc::new(journaled.collect());
+        Ok(self)
     }
 
     /// The names under `<name>/`, as names relative to it.
     pub fn within(&self, name: &str) -> Self {
-        Self::new(self.objects.within(name))
+        let inside = format!("{name}/");
+        let journaled = self.journaled.iter().filter_map(|(key, bytes)| {
+            Some((key.strip_prefix(&inside)?.to_owned(), bytes.clone()))
+        });
+        Self {
+            objects: self.objects.within(name),
+            journaled: Arc::new(journaled.collect()),
+        }
     }
 
     /// Contents and their bytes, from a listing (no byte is read).
@@ -183,24 +213,38 @@ impl Tree {
 
     /// Every name stored, in name order.
     pub async fn list(&self) -> Result<Vec<Entry>, TreeError> {
-        self.objects
+        let mut entries: BTreeMap<String, u64> = self
+            .objects
             .list("")
-            .map_ok(|(key, meta)| Entry {
-                key,
-                size: meta.size,
-            })
+            .map_ok(|(key, meta)| (key, meta.size))
             .try_collect()
-            .await
+            .await?;
+        for (key, bytes) in self.journaled.iter() {
+            entries.entry(key.clone()).or_insert(bytes.len() as u64);
+        }
+        Ok(entries
+            .into_iter()
+            .map(|(key, size)| Entry { key, size })
+            .collect())
     }
 
-    /// The bytes stored under `key`, or `None`.
-    pub async fn read(&self, key: &str) -> Result<Option<bytes::Bytes>, TreeError> {
-        Ok(self.objects.get(key).await?.map(|found| found.bytes))
+    /// The bytes stored under `key`, or `None`; for a blob the journal holds, the newer of its
+    /// file and its journal record.
+    pub async fn read(&self, key: &str) -> Result<Option<Bytes>, TreeError> {
+        let stored = self.objects.get(key).await?.map(|found| found.bytes);
+        let Some(journaled) = self.journaled.get(key) else {
+            return Ok(stored);
+        };
+        let version = |bytes: &Bytes| crate::store::decode(bytes).map(|b| b.version).ok();
+        Ok(match stored {
+            Some(file) if version(&file) >= version(journaled) => Some(file),
+            _ => Some(journaled.clone()),
+        })
     }
 
     /// Replaces `key` with `bytes` atomically. In a directory the file is not synced: call
     /// [`Tree::sync`] once every file is written.
-    pub async fn write(&self, key: &str, bytes: bytes::Bytes) -> Result<(), TreeError> {
+    pub async fn write(&self, key: &str, bytes: Bytes) -> Result<(), TreeError> {
         self.objects.put(key, bytes).await
     }
 

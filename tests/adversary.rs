@@ -78,7 +78,16 @@ async fn large_request_heads_get_431() {
 /// server's timeouts instead of held open.
 #[tokio::test]
 async fn slow_clients_are_closed() {
-    let server = server_with(&["--header-timeout", "1s", "--body-timeout", "1s"]).await;
+    // Files current: "a half-sent body writes nothing" is read in the blob's file.
+    let server = server_with(&[
+        "--header-timeout",
+        "1s",
+        "--body-timeout",
+        "1s",
+        "--unwritten-bytes",
+        "0",
+    ])
+    .await;
     // Half a head.
     let answer = exchange(&server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
     assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -189,7 +198,7 @@ async fn subscribe_requests_are_small() {
 /// metadata stream end.
 #[tokio::test]
 async fn expiry_ends_sockets_and_streams() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_files_current().await;
     let r = hex_ref("e1");
     let expiring = expiring_token("b", 2);
     let mut client = RawClient::connect_token(server.addr, &expiring)

@@ -40,8 +40,11 @@ async fn the_token_binary_mints_tokens_the_server_accepts() {
         .unwrap();
     client.call("ref", &[json!(hex_ref("f0"))]).await.unwrap();
     client.call1("set", json!({"data": "aGk="})).await.unwrap();
-    assert!(server.blob_path("Photos", &hex_ref("f0")).exists());
-    server.stop().await;
+    let file = server.blob_path("Photos", &hex_ref("f0"));
+    // Stopped: the checkpoint has written every file.
+    let storage = server.stop().await;
+    assert!(file.exists());
+    drop(storage);
 
     assert_eq!(run_token("../etc").status.code(), Some(2));
 }

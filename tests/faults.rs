@@ -154,10 +154,12 @@ async fn disk_faults_refuse_writes_and_keep_old_versions() {
         .unwrap();
     assert_eq!(ack, json!({"success": true, "version": 2}));
 
-    let file: Value =
-        serde_json::from_slice(&std::fs::read(server.blob_path("b", &r)).unwrap()).unwrap();
+    // Stopped: the last checkpoint has written the file.
+    let path = server.blob_path("b", &r);
+    let storage = server.stop().await;
+    let file: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     assert_eq!(file["data"], big);
-    server.stop().await;
+    drop(storage);
 }
 
 /// Fills the disk while writes go on: writes fail with a clean `{ error }` ack, the server

@@ -537,7 +537,7 @@ async fn blob_bytes_are_served_sandboxed() {
 #[tokio::test]
 async fn writer_addresses_never_reach_clients() {
     const WRITER: &str = "203.0.113.9";
-    let server = TestServer::start().await;
+    let server = TestServer::start_files_current().await;
     let api = Api::new(&server, "b");
     let r = hex_ref("5c");
     let path = format!("/v1/blobs/{r}");

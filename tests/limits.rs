@@ -74,11 +74,17 @@ async fn recorded_address(server: &TestServer) -> Value {
 /// peer address is recorded.
 #[tokio::test]
 async fn x_real_ip_is_believed_only_from_trusted_proxies() {
-    let trusting = TestServer::start().await;
+    let trusting = TestServer::start_files_current().await;
     assert_eq!(recorded_address(&trusting).await, "203.0.113.7");
     trusting.stop().await;
 
-    let distrusting = server_with(&["--trusted-proxies", "10.0.0.1,192.168.0.0/16"]).await;
+    let distrusting = server_with(&[
+        "--trusted-proxies",
+        "10.0.0.1,192.168.0.0/16",
+        "--unwritten-bytes",
+        "0",
+    ])
+    .await;
     assert_eq!(recorded_address(&distrusting).await, "127.0.0.1");
     distrusting.stop().await;
 }

@@ -124,7 +124,7 @@ async fn ref_and_get_ack_shapes_are_exact() {
 /// `{version}` when `known` matches and `{data, version}` otherwise.
 #[tokio::test]
 async fn set_is_compare_and_swap_and_get_honours_known() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_files_current().await;
     let mut client = server.subscribed("b", &hex_ref("01")).await;
 
     let created = client
@@ -190,7 +190,7 @@ async fn set_is_compare_and_swap_and_get_honours_known() {
 /// unsubscribes; refs are lower-cased, so both cases name one blob.
 #[tokio::test]
 async fn ref_subscription_rules() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_files_current().await;
     let mut client = server.client("b").await;
     let no_ref = json!({"error": "Reference is not provided"});
     assert_eq!(client.call1("get", json!({})).await.unwrap(), no_ref);

@@ -69,6 +69,8 @@ pub enum OpenError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Probe(#[from] ProbeError),
+    #[error("cannot read the file store's journal: {0}")]
+    Journal(#[source] std::io::Error),
 }
 
 /// An object read whole, with the version a conditional write names to replace it.

@@ -87,7 +87,7 @@ pub struct FsStore {
     /// The bytes of `unwritten`, as files ([`Blob::stored_len`]).
     unwritten_bytes: AtomicU64,
     /// Past half of this many bytes unwritten a checkpoint is wanted; past all of it writers
-    /// wait for one.
+    /// wait for one. 0: each write replaces its file before it is acknowledged.
     unwritten_limit: u64,
     /// Woken when a checkpoint is wanted early.
     pressure: tokio::sync::Notify,
@@ -134,7 +134,7 @@ impl FsStore {
             appending: tokio::sync::RwLock::new(()),
             unwritten: Mutex::new(HashMap::new()),
             unwritten_bytes: AtomicU64::new(0),
-            unwritten_limit: limit.max(1),
+            unwritten_limit: limit,
             pressure: tokio::sync::Notify::new(),
             relieved: tokio::sync::Notify::new(),
             written: AtomicBool::new(false),
@@ -199,7 +199,7 @@ impl FsStore {
             - replaced.map_or(0, |b| b.stored_len());
         self.unwritten_bytes.store(bytes, Ordering::Release);
         drop(unwritten);
-        if bytes >= self.unwritten_limit / 2 {
+        if self.unwritten_limit > 0 && bytes >= self.unwritten_limit / 2 {
             self.pressure.notify_one();
         }
     }
@@ -216,7 +216,7 @@ impl FsStore {
     /// Waits while the blobs not written yet reach the limit, asking for a checkpoint: memory
     /// never grows past it, and a writer waits instead of failing.
     async fn room(&self) {
-        loop {
+        while self.unwritten_limit > 0 {
             let relieved = self.relieved.notified();
             tokio::pin!(relieved);
             relieved.as_mut().enable();
@@ -316,6 +316,19 @@ impl FsStore {
     }
 }
 
+/// The latest file of every blob the journal under `root` holds, by its name in the layout,
+/// read beside a running server: what may be newer than its file (see [`journal::read_all`]).
+pub fn journaled(root: &Path) -> io::Result<HashMap<String, Vec<u8>>> {
+    let mut latest = HashMap::new();
+    for record in crate::journal::read_all(&root.join(JOURNAL_DIR))? {
+        let ((bucket, r), file) = parse_record(&record)?;
+        let key = crate::layout::key_of(&crate::layout::Kind::Blob(bucket, r))
+            .expect("a blob has a name");
+        latest.insert(key, file.to_vec());
+    }
+    Ok(latest)
+}
+
 /// A journal record: `<bucket>/<ref>\n` and the blob's file, byte for byte.
 fn record(bucket: &Bucket, r: &Ref, file: &[u8]) -> Vec<u8> {
     let mut record = Vec::with_capacity(bucket.as_str().len() + 66 + file.len());
@@ -379,10 +392,15 @@ impl Store for FsStore {
             .append(record(bucket, r, &file))
             .await
             .map_err(|source| io_error(&self.root.join(JOURNAL_DIR), source))?;
-        // Committed: durable in the journal. Its file waits for the checkpoint.
+        // Committed: durable in the journal. Its file waits for the checkpoint, unless every
+        // write replaces its file.
         self.written.store(true, Ordering::Release);
         self.keep_unwritten(&key, &blob);
-        *cached = cache_entry(Some(&blob));
+        *cached = if self.unwritten_limit == 0 {
+            self.write_file(&key, &blob, file).await
+        } else {
+            cache_entry(Some(&blob))
+        };
         Ok(SetOutcome::Committed {
             version: blob.version,
             grown: super::grown(current.as_deref(), &blob),
@@ -733,6 +751,66 @@ fn recover_backup(backup: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{Edit, Expect};
+
+    fn put(data: &str) -> SetRequest {
+        SetRequest {
+            edit: Edit::Put(Some(data.to_owned())),
+            expect: Expect::Protocol(None),
+            ip: "203.0.113.7".to_owned(),
+            now: 1,
+        }
+    }
+
+    /// Writes wait for a checkpoint at the limit of unwritten bytes, which never grows past
+    /// it by more than one write; reads and listings see every write before its file exists,
+    /// and a checkpoint writes each file once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unwritten_blobs_are_bounded_and_read_from_memory() {
+        const LIMIT: u64 = 64 * 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FsStore::with_unwritten_limit(dir.path(), LIMIT).unwrap());
+        let checkpoints = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut done = 0;
+                loop {
+                    store.checkpoint_wanted().await;
+                    store.checkpoint().await.unwrap();
+                    done += 1;
+                    if done == 1_000 {
+                        return;
+                    }
+                }
+            })
+        };
+        let bucket = Bucket::parse("b").unwrap();
+        let data = "A".repeat(4096);
+        let one = Blob::stored_len(&Blob {
+            version: 1,
+            created: 1,
+            updated: None,
+            ip: "203.0.113.7".into(),
+            data: Some(data.clone()),
+            deleted: false,
+        });
+        let mut peak = 0;
+        for i in 0..200u32 {
+            let r = Ref::parse(&format!("{:064x}", i)).unwrap();
+            store.set(&bucket, &r, put(&data)).await.unwrap();
+            peak = peak.max(store.unwritten_bytes.load(Ordering::Acquire));
+            let read = store.get(&bucket, &r).await.unwrap().unwrap();
+            assert_eq!(read.data.as_deref(), Some(data.as_str()));
+        }
+        assert!(peak <= LIMIT + one, "{peak} unwritten bytes");
+        let listed = store.list(&bucket, None, 1_000).await.unwrap();
+        assert_eq!(listed.len(), 200);
+        store.checkpoint().await.unwrap();
+        assert_eq!(store.unwritten_bytes.load(Ordering::Acquire), 0);
+        let files = fs::read_dir(dir.path().join("b")).unwrap().count();
+        assert!(files > 0);
+        checkpoints.abort();
+    }
 
     #[test]
     fn names_of_the_original_not_in_lower_case_are_found() {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::names::{Bucket, Ref};
 
 pub use format::{damage, decode, preferred};
-pub use fs::{CASE_CONFLICT, FsStore, JOURNAL_DIR, LOCK_FILE, lock};
+pub use fs::{CASE_CONFLICT, FsStore, JOURNAL_DIR, LOCK_FILE, journaled, lock};
 pub use object::{DEFAULT_CACHE_BYTES, ObjectBlobs};
 
 /// Largest version a client may name: JavaScript's `Number.MAX_SAFE_INTEGER`, so every version

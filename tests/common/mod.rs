@@ -41,6 +41,14 @@ impl TestServer {
         Self::start_with(storage, &[]).await
     }
 
+    /// Starts a server on a new storage directory whose every write replaces its blob file
+    /// before it is acknowledged (`UNWRITTEN_BYTES=0`), for tests that read what a write left
+    /// in its file (the writer's address, which no client sees).
+    pub async fn start_files_current() -> Self {
+        let storage = tempfile::tempdir().expect("temp dir");
+        Self::start_with(storage, &["--unwritten-bytes", "0"]).await
+    }
+
     /// Starts a server with extra command-line options, e.g. `["--max-connections", "2"]`.
     pub async fn start_with(storage: TempDir, options: &[&str]) -> Self {
         // `BLOBS_TEST_LOG=debug` shows the server's log while debugging a test.
