@@ -216,7 +216,10 @@ impl FsStore {
     /// Waits while the blobs not written yet reach the limit, asking for a checkpoint: memory
     /// never grows past it, and a writer waits instead of failing.
     async fn room(&self) {
-        while self.unwritten_limit > 0 {
+        if self.unwritten_limit == 0 {
+            return;
+        }
+        loop {
             let relieved = self.relieved.notified();
             tokio::pin!(relieved);
             relieved.as_mut().enable();
