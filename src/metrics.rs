@@ -113,6 +113,8 @@ struct Metrics {
     backend_errors: Family<BackendLabels, Counter>,
     object_store_requests: Family<StoreRequestLabels, Counter>,
     redis_reconnections: Counter,
+    unwritten_bytes: Gauge,
+    checkpoint_seconds: Histogram,
 }
 
 impl Metrics {
@@ -135,6 +137,8 @@ impl Metrics {
             backend_errors: Family::default(),
             object_store_requests: Family::default(),
             redis_reconnections: Counter::default(),
+            unwritten_bytes: Gauge::default(),
+            checkpoint_seconds: latency(),
         };
         registry.register(
             "build",
@@ -215,6 +219,16 @@ impl Metrics {
             "redis_reconnections",
             "Times the connection to Redis was lost and made again",
             metrics.redis_reconnections.clone(),
+        );
+        registry.register(
+            "unwritten_bytes",
+            "Bytes of committed blobs whose files wait for the next checkpoint (file store)",
+            metrics.unwritten_bytes.clone(),
+        );
+        registry.register(
+            "checkpoint_seconds",
+            "Time a checkpoint takes: files written, the file system synced, the journal trimmed",
+            metrics.checkpoint_seconds.clone(),
         );
         // Series a rate is taken of exist from the start, at 0.
         for backend in ["redis", "object_store"] {
@@ -304,6 +318,21 @@ pub fn request(route: &str, method: &str, status: u16, took: Duration) {
                 route: route.to_owned(),
             })
             .observe(took.as_secs_f64());
+    }
+}
+
+/// The bytes of blobs whose files are not written yet.
+pub fn unwritten(bytes: u64) {
+    if let Some(m) = get() {
+        m.unwritten_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+}
+
+/// A checkpoint that wrote and synced files took `took`.
+pub fn checkpoint(took: Duration) {
+    if let Some(m) = get() {
+        m.checkpoint_seconds.observe(took.as_secs_f64());
     }
 }
 

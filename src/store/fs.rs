@@ -199,6 +199,7 @@ impl FsStore {
             - replaced.map_or(0, |b| b.stored_len());
         self.unwritten_bytes.store(bytes, Ordering::Release);
         drop(unwritten);
+        crate::metrics::unwritten(bytes);
         if self.unwritten_limit > 0 && bytes >= self.unwritten_limit / 2 {
             self.pressure.notify_one();
         }
@@ -208,8 +209,10 @@ impl FsStore {
     fn forget_unwritten(&self, key: &Key) {
         let mut unwritten = self.unwritten();
         if let Some(blob) = unwritten.remove(key) {
-            self.unwritten_bytes
+            let before = self
+                .unwritten_bytes
                 .fetch_sub(blob.stored_len(), Ordering::AcqRel);
+            crate::metrics::unwritten(before - blob.stored_len());
         }
     }
 
@@ -265,7 +268,9 @@ impl FsStore {
         if !self.written.swap(false, Ordering::AcqRel) && self.unwritten().is_empty() {
             return Ok(());
         }
+        let began = std::time::Instant::now();
         let done = self.sync_files().await;
+        crate::metrics::checkpoint(began.elapsed());
         if done.is_err() {
             // What this checkpoint should have made durable waits for the next one.
             self.written.store(true, Ordering::Release);
