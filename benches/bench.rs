@@ -69,8 +69,11 @@ struct Args {
     /// and `TOKEN_SECRET` set.
     #[arg(long, env = "BENCH_OTHER_SERVER")]
     other_server: Option<String>,
+    /// Seconds the `checkpoint` scenario writes 10,000 refs round-robin.
+    #[arg(long, default_value_t = 60)]
+    round_robin_seconds: u64,
     /// Run only these scenarios (idle, set, get, http_get, http_put, contend, fanout,
-    /// content_put, content_get, metrics, cluster); all when absent.
+    /// content_put, content_get, metrics, checkpoint, cluster); all when absent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Passed by `cargo bench`; without it the binary only says how to run it.
@@ -118,16 +121,25 @@ async fn main() -> Result<()> {
         "disk_durable_1mib_writes_mb_per_sec": round(durable_content_mb),
     });
     socket_scenarios(&args, &server, &token, &disk, &mut report).await?;
+    let probe = Probe::cpu_of(&server);
     if args.runs("http_get") {
-        report["http_get"] = http_throughput(addr, &token, 32, duration, false).await?;
+        let get = http_throughput(addr, &token, 32, duration, false);
+        report["http_get"] = costed(&probe, get).await?;
     }
     if args.runs("http_put") {
-        report["http_put"] = http_throughput(addr, &token, 32, duration, true).await?;
+        let put = http_throughput(addr, &token, 32, duration, true);
+        report["http_put"] = costed(&probe, put).await?;
     }
     // PUT first: it leaves the blobs GET reads.
     let mut stored = Vec::new();
     if args.runs("content_put") || args.runs("content_get") {
-        let (put, hashes) = content_throughput(addr, &token, duration, None).await?;
+        let mut hashes = Vec::new();
+        let put = costed(&probe, async {
+            let (put, stored) = content_throughput(addr, &token, duration, None).await?;
+            hashes = stored;
+            Ok(put)
+        })
+        .await?;
         let put_mb = put["mb_per_sec"].as_f64().unwrap_or(0.0);
         report["content_put_vs_sequential_write"] = json!(round(put_mb / sequential_mb));
         report["content_put_vs_durable_1mib_writes"] = json!(round(put_mb / durable_content_mb));
@@ -137,7 +149,8 @@ async fn main() -> Result<()> {
         stored = hashes;
     }
     if args.runs("content_get") {
-        let (get, _) = content_throughput(addr, &token, duration, Some(&stored)).await?;
+        let get = content_throughput(addr, &token, duration, Some(&stored));
+        let get = costed(&probe, async { Ok(get.await?.0) }).await?;
         let get_mb = get["mb_per_sec"].as_f64().unwrap_or(0.0);
         report["content_get_vs_sequential_write"] = json!(round(get_mb / sequential_mb));
         report["content_get"] = get;
@@ -152,6 +165,9 @@ async fn main() -> Result<()> {
         stop(other).await;
         compare_with_other(&mut report, &figures);
         report["other"] = figures;
+    }
+    if args.runs("checkpoint") {
+        report["checkpoint"] = checkpoint_load(&args, &token).await?;
     }
     if args.runs("metrics") {
         eprintln!("metrics on and off…");
@@ -211,9 +227,16 @@ async fn socket_scenarios(
         eprintln!("idle…");
         report["idle"] = idle_memory(server, token, 2000).await?;
     }
+    // The server's CPU per operation beside each figure.
+    let probe = Probe::cpu_of(server);
+    let probe = Some(&probe);
+    let addrs = [addr];
+    let measured = |clients, workload| {
+        measured_throughput(&addrs, token, clients, duration, workload, 0, probe)
+    };
     if args.runs("set") {
         eprintln!("set…");
-        let set = throughput(&[addr], token, 32, duration, Workload::Set).await?;
+        let set = measured(32, Workload::Set).await?;
         let set_ops = set["ops_per_sec"].as_f64().unwrap_or(0.0);
         report["set_vs_serial_fsync"] = json!(round(set_ops / disk.serial_fsync));
         report["set_vs_grouped_fdatasync"] = json!(round(set_ops / disk.grouped_fdatasync));
@@ -221,11 +244,11 @@ async fn socket_scenarios(
     }
     if args.runs("get") {
         eprintln!("get…");
-        report["get"] = throughput(&[addr], token, 32, duration, Workload::Get).await?;
+        report["get"] = measured(32, Workload::Get).await?;
     }
     if args.runs("contend") {
         eprintln!("contend…");
-        report["contend"] = throughput(&[addr], token, 16, duration, Workload::Contend).await?;
+        report["contend"] = measured(16, Workload::Contend).await?;
     }
     if args.runs("fanout") {
         for &subscribers in &args.fanout_subscribers {
@@ -236,7 +259,7 @@ async fn socket_scenarios(
                 subscribers,
                 args.fanout_writes,
                 2_000_001 + subscribers,
-                None,
+                probe,
             )
             .await?;
         }
@@ -256,7 +279,7 @@ fn compare_with_other(report: &mut Value, other: &Value) {
         }
     };
     for scenario in ["set", "get", "contend"] {
-        for figure in ["ops_per_sec", "p50_ms", "p99_ms"] {
+        for figure in ["ops_per_sec", "p50_ms", "p99_ms", "server_cpu_us_per_op"] {
             ratio(
                 format!("{scenario}_{figure}"),
                 report[scenario][figure].as_f64(),
@@ -274,7 +297,7 @@ fn compare_with_other(report: &mut Value, other: &Value) {
         })
         .unwrap_or_default();
     for fanout in fanouts {
-        for figure in ["p50_ms", "p99_ms"] {
+        for figure in ["p50_ms", "p99_ms", "server_cpu_us_per_op"] {
             ratio(
                 format!("{fanout}_{figure}"),
                 report[&fanout][figure].as_f64(),
@@ -288,6 +311,188 @@ fn compare_with_other(report: &mut Value, other: &Value) {
         other["idle"]["bytes_per_connection"].as_f64(),
     );
     report["vs_other"] = ratios;
+}
+
+/// Refs of the `checkpoint` scenario: written once each, and written round-robin.
+const DISTINCT_REFS: usize = 100_000;
+const ROUND_ROBIN_REFS: usize = 10_000;
+
+/// Checkpoints under load, on a server of its own with the default settings: 100,000 distinct
+/// refs written once each, then 10,000 refs written round-robin (each client its own share,
+/// compare-and-swap on the version it last wrote). For each: writes/s and the server's CPU per
+/// write, the checkpoints it ran (their count, mean, and the histogram bucket of the longest),
+/// the largest unwritten bytes and journal on disk (sampled every 20 ms), and both at the end.
+async fn checkpoint_load(args: &Args, token: &str) -> Result<Value> {
+    let dir = tempfile::tempdir_in(&args.dir).context("temp storage dir")?;
+    let server = start_server(dir.path(), &[("METRICS_TOKEN", METRICS_TOKEN)]);
+    let probe = Probe::cpu_of(&server);
+    let journal = dir.path().join(blobs::store::JOURNAL_DIR);
+    let mut report = json!({});
+    let phases = [
+        ("distinct_100k_once", 4_000_000, DISTINCT_REFS, None),
+        (
+            "round_robin_10k",
+            5_000_000,
+            ROUND_ROBIN_REFS,
+            Some(Duration::from_secs(args.round_robin_seconds)),
+        ),
+    ];
+    for (name, base, refs, lasting) in phases {
+        eprintln!("checkpoint: {name}…");
+        let (sampling, peaks) = tokio::sync::watch::channel((0u64, 0u64));
+        let sampler = tokio::spawn(sample_peaks(server.addr, journal.clone(), sampling));
+        let before = (probe.sample().await?, checkpoint_stats(server.addr).await?);
+        let start = Instant::now();
+        let writes = write_refs(server.addr, token, base, refs, lasting).await?;
+        let elapsed = start.elapsed().as_secs_f64();
+        let after = (probe.sample().await?, checkpoint_stats(server.addr).await?);
+        sampler.abort();
+        let (unwritten_peak, journal_peak) = *peaks.borrow();
+        let (count, seconds) = (after.1.0 - before.1.0, after.1.1 - before.1.1);
+        let mut figures = json!({
+            "refs": refs,
+            "writes": writes,
+            "writes_per_sec": round(writes as f64 / elapsed),
+            "checkpoints": count,
+            "checkpoint_mean_s": round(seconds / count.max(1.0)),
+            "checkpoint_longest_at_most_s": longest_bucket(&before.1.2, &after.1.2, count),
+            "unwritten_peak_bytes": unwritten_peak,
+            "journal_peak_bytes": journal_peak,
+            "unwritten_end_bytes": metric(server.addr, "blobs_unwritten_bytes").await?,
+            "journal_end_bytes": dir_bytes(&journal),
+        });
+        let ops = writes.max(1) as f64;
+        merge(&mut figures, probe.costs(&before.0, &after.0, ops, ops));
+        report[name] = figures;
+    }
+    stop(server).await;
+    Ok(report)
+}
+
+/// Writes `refs` refs numbered from `base` from 32 clients, each its own share: once each, or
+/// round-robin for `lasting`. The writes made.
+async fn write_refs(
+    addr: SocketAddr,
+    token: &str,
+    base: usize,
+    refs: usize,
+    lasting: Option<Duration>,
+) -> Result<usize> {
+    const CLIENTS: usize = 32;
+    let deadline = lasting.map(|d| Instant::now() + d);
+    let mut tasks = Vec::new();
+    for client in 0..CLIENTS {
+        let mut socket = RawClient::connect_token(addr, token).await?;
+        let data = kib_data();
+        tasks.push(tokio::spawn(async move {
+            let mine: Vec<usize> = (client..refs).step_by(CLIENTS).collect();
+            let mut versions: Vec<Option<u64>> = vec![None; mine.len()];
+            let mut writes = 0;
+            for turn in 0.. {
+                let at = turn % mine.len().max(1);
+                match deadline {
+                    None if turn == mine.len() => break,
+                    Some(deadline) if Instant::now() >= deadline => break,
+                    _ => {}
+                }
+                socket
+                    .call("ref", &[json!(bench_ref(base + mine[at]))])
+                    .await?;
+                let ack = socket.call1("set", set_args(&data, versions[at])).await?;
+                if ack["success"] != true {
+                    bail!("write refused: {ack}");
+                }
+                versions[at] = ack["version"].as_u64();
+                writes += 1;
+            }
+            socket.close().await.ok();
+            Ok::<_, anyhow::Error>(writes)
+        }));
+    }
+    let mut writes = 0;
+    for task in tasks {
+        writes += task.await??;
+    }
+    Ok(writes)
+}
+
+/// Every 20 ms, the largest unwritten bytes (from the metrics) and journal on disk so far,
+/// into `peaks`, until aborted.
+async fn sample_peaks(
+    addr: SocketAddr,
+    journal: PathBuf,
+    peaks: tokio::sync::watch::Sender<(u64, u64)>,
+) -> Result<()> {
+    let mut ticks = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        ticks.tick().await;
+        let unwritten = metric(addr, "blobs_unwritten_bytes").await? as u64;
+        let journal = dir_bytes(&journal);
+        peaks.send_modify(|(u, j)| (*u, *j) = ((*u).max(unwritten), (*j).max(journal)));
+    }
+}
+
+/// The checkpoints so far: count, total seconds, and the histogram's cumulative buckets.
+async fn checkpoint_stats(addr: SocketAddr) -> Result<(f64, f64, Vec<(String, f64)>)> {
+    let text = metrics_text(addr).await?;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let buckets = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("blobs_checkpoint_seconds_bucket{le=\"")?;
+            let (le, count) = rest.split_once("\"} ")?;
+            Some((le.to_owned(), count.parse().ok()?))
+        })
+        .collect();
+    Ok((
+        value("blobs_checkpoint_seconds_count"),
+        value("blobs_checkpoint_seconds_sum"),
+        buckets,
+    ))
+}
+
+/// The smallest bucket bound that holds every checkpoint between two readings: the longest
+/// took at most this many seconds.
+fn longest_bucket(before: &[(String, f64)], after: &[(String, f64)], count: f64) -> Value {
+    after
+        .iter()
+        .zip(before)
+        .find(|((_, a), (_, b))| a - b >= count)
+        .map_or(Value::Null, |((le, _), _)| json!(le))
+}
+
+/// One unlabelled metric of this build's server.
+async fn metric(addr: SocketAddr, name: &str) -> Result<f64> {
+    let text = metrics_text(addr).await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .with_context(|| format!("no {name} in the metrics"))
+}
+
+async fn metrics_text(addr: SocketAddr) -> Result<String> {
+    Ok(reqwest::Client::new()
+        .get(format!("http://{addr}/metrics"))
+        .bearer_auth(METRICS_TOKEN)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// Bytes of the files in `dir` (0 when it cannot be read).
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 /// Subscribers of the several-node fanout, spread over the nodes.
@@ -472,6 +677,8 @@ struct Probe {
     nodes: Vec<(u32, SocketAddr)>,
     nginx: Option<u32>,
     gateway: Vec<u32>,
+    /// Whether the nodes are this build's, whose metrics count object-store requests.
+    metrics: bool,
 }
 
 /// What [`Probe::sample`] read at one moment.
@@ -492,11 +699,21 @@ impl Probe {
             nodes: nodes.iter().map(|n| (n.pid(), n.addr)).collect(),
             nginx: nginx.map(Nginx::pid),
             gateway,
+            metrics: true,
+        }
+    }
+
+    /// One server, of this build or another: its CPU only.
+    fn cpu_of(server: &ServerProcess) -> Self {
+        Self {
+            nodes: vec![(server.pid(), server.addr)],
+            nginx: None,
+            gateway: Vec::new(),
+            metrics: false,
         }
     }
 
     async fn sample(&self) -> Result<Sample> {
-        let http = reqwest::Client::new();
         let mut sample = Sample {
             at: Instant::now(),
             node_ticks: 0,
@@ -507,15 +724,10 @@ impl Probe {
         };
         for &(pid, addr) in &self.nodes {
             sample.node_ticks += cpu_ticks(pid);
-            let text = http
-                .get(format!("http://{addr}/metrics"))
-                .bearer_auth(METRICS_TOKEN)
-                .timeout(Duration::from_secs(10))
-                .send()
-                .await?
-                .error_for_status()?
-                .text()
-                .await?;
+            if !self.metrics {
+                continue;
+            }
+            let text = metrics_text(addr).await?;
             for line in text.lines() {
                 if let Some(rest) =
                     line.strip_prefix("blobs_object_store_requests_total{request=\"")
@@ -532,7 +744,7 @@ impl Probe {
         Ok(sample)
     }
 
-    /// The costs between two samples: CPU milliseconds per `cpu_ops` of the nodes, nginx and
+    /// The costs between two samples: CPU microseconds per `cpu_ops` of the nodes, nginx and
     /// the gateway (and the cores each kept busy on average), and object-store requests per
     /// `store_ops` by kind.
     fn costs(&self, before: &Sample, after: &Sample, cpu_ops: f64, store_ops: f64) -> Value {
@@ -541,7 +753,7 @@ impl Probe {
         let mut costs = json!({});
         let mut cpu = |name: &str, ticks: u64| {
             let seconds = ticks as f64 * tick;
-            costs[format!("{name}_cpu_ms_per_op")] = json!(round(seconds * 1000.0 / cpu_ops));
+            costs[format!("{name}_cpu_us_per_op")] = json!(round(seconds * 1e6 / cpu_ops));
             costs[format!("{name}_cores")] = json!(round(seconds / elapsed));
         };
         cpu("server", after.node_ticks - before.node_ticks);
@@ -550,6 +762,9 @@ impl Probe {
         }
         if !self.gateway.is_empty() {
             cpu("gateway", after.gateway_ticks - before.gateway_ticks);
+        }
+        if !self.metrics {
+            return costs;
         }
         let mut store = json!({});
         for (kind, count) in &after.store {
@@ -698,7 +913,7 @@ async fn raw_gateway(s3: &S3Server, duration: Duration, gateway: &[u32]) -> Resu
             "ops_per_sec": round(latencies.len() as f64 / elapsed),
             "p50_ms": percentile_ms(&mut latencies, 0.50),
             "p99_ms": percentile_ms(&mut latencies, 0.99),
-            "gateway_cpu_ms_per_op": round(seconds * 1000.0 / latencies.len().max(1) as f64),
+            "gateway_cpu_us_per_op": round(seconds * 1e6 / latencies.len().max(1) as f64),
             "gateway_cores": round(seconds / elapsed),
         });
         if request == "put" {
@@ -1322,6 +1537,19 @@ async fn fanout(
         );
     }
     Ok(report)
+}
+
+/// The figures of `scenario`, with `probe`'s costs per operation (its `ops`) over the whole of
+/// it.
+async fn costed(probe: &Probe, scenario: impl Future<Output = Result<Value>>) -> Result<Value> {
+    let before = probe.sample().await?;
+    let mut figures = scenario.await?;
+    let ops = figures["ops"].as_f64().unwrap_or(0.0).max(1.0);
+    merge(
+        &mut figures,
+        probe.costs(&before, &probe.sample().await?, ops, ops),
+    );
+    Ok(figures)
 }
 
 /// `extra`'s fields added to the object `report`.

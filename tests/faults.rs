@@ -251,3 +251,93 @@ async fn a_full_disk_fails_writes_cleanly_and_loses_nothing_acknowledged() {
     println!("full disk: {errors} writes refused, acknowledged {acked:?}, none lost");
     server.kill();
 }
+
+/// Blob files wait for the checkpoint, and a checkpoint on a full disk writes what fits: the
+/// files it cannot write stay in the journal, the next start replays them, nothing
+/// acknowledged is lost and no half-written file is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_on_a_full_disk_keeps_every_write_in_the_journal() {
+    const VERSIONS: u64 = 3;
+    let disk = SmallDisk::mount("4m");
+    // No checkpoint before the stop: the writes are in the journal and in memory only.
+    let server = common::start_process(
+        &disk.path,
+        &[("CHECKPOINT_INTERVAL", "1h"), ("MIN_FREE_BYTES", "0")],
+    );
+    let refs: Vec<String> = (0..4).map(|i| format!("{i:02x}").repeat(32)).collect();
+    let data = "A".repeat(16 * 1024);
+    let mut client = RawClient::connect_token(server.addr, &token("full"))
+        .await
+        .unwrap();
+    for r in &refs {
+        client.call("ref", &[json!(r)]).await.unwrap();
+        for version in 0..VERSIONS {
+            let version = (version > 0).then_some(version);
+            let ack = client
+                .call1("set", json!({ "data": data, "version": version }))
+                .await
+                .unwrap();
+            assert_eq!(ack["success"], true, "{ack}");
+        }
+    }
+    let files = || -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for shard in std::fs::read_dir(disk.path.join("full"))
+            .into_iter()
+            .flatten()
+        {
+            found.extend(
+                std::fs::read_dir(shard.unwrap().path())
+                    .unwrap()
+                    .map(|e| e.unwrap().path()),
+            );
+        }
+        found
+    };
+    assert_eq!(
+        files(),
+        Vec::<PathBuf>::new(),
+        "no blob file before the checkpoint"
+    );
+
+    // Room for about two of the four files: the stop's checkpoint fails part-way.
+    let filler = disk.fill(40 * 1024);
+    for r in &refs {
+        client.call("ref", &[json!(r)]).await.unwrap();
+        let got = client.call1("get", json!({})).await.unwrap();
+        assert_eq!(got["version"], VERSIONS, "served from memory");
+    }
+    server.terminate();
+    server.wait().await;
+    assert!(temp_files(&disk.path).is_empty(), "no half-written file");
+    let written = files();
+    println!(
+        "checkpoint on a full disk: {} of 4 files written",
+        written.len()
+    );
+    assert!(
+        written.len() < refs.len(),
+        "the disk filled during the checkpoint"
+    );
+    for path in written {
+        // A file the checkpoint wrote is whole and current.
+        let file: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(file["version"], VERSIONS, "{}", path.display());
+    }
+
+    // Room again: the next start replays the journal.
+    std::fs::remove_file(filler).unwrap();
+    let server = common::start_process(&disk.path, &[]);
+    let mut reader = RawClient::connect_token(server.addr, &token("full"))
+        .await
+        .unwrap();
+    for r in &refs {
+        reader.call("ref", &[json!(r)]).await.unwrap();
+        let got = reader.call1("get", json!({})).await.unwrap();
+        assert_eq!(got["version"], VERSIONS, "{r}: {got}");
+        assert_eq!(got["data"].as_str().map(str::len), Some(data.len()));
+    }
+    server.terminate();
+    server.wait().await;
+    assert_eq!(files().len(), refs.len(), "every file written at the stop");
+}

@@ -140,7 +140,35 @@ fn journal_holds_records(storage: &Path) -> bool {
         .any(|segment| segment.unwrap().metadata().unwrap().len() > 12)
 }
 
-/// SIGKILL at random moments under concurrent writes loses no acknowledged write.
+/// The journal's segment numbers, oldest first.
+fn segments(storage: &Path) -> Vec<u64> {
+    let mut numbers: Vec<u64> = std::fs::read_dir(storage.join(blobs::store::JOURNAL_DIR))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_suffix(".wal")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    numbers.sort_unstable();
+    numbers
+}
+
+/// Whether a kill landed inside a checkpoint, from the segments it left: a server starts the
+/// segment after the last it found (`last`); a checkpoint starts a newer one, and only trims
+/// the older ones at its end.
+fn inside_checkpoint(storage: &Path, last: u64) -> bool {
+    let numbers = segments(storage);
+    numbers.len() > 1 && numbers.last().is_some_and(|&n| n > last + 1)
+}
+
+/// SIGKILL at random moments under concurrent writes loses no acknowledged write. Every other
+/// cycle checkpoints back to back (a tiny bound on unwritten blobs, and a short interval), and
+/// the cycles go on until at least two kills landed inside a checkpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_no_acknowledged_write() {
     let cycles = env_or("BLOBS_TORTURE_CYCLES", 20);
@@ -149,13 +177,19 @@ async fn sigkill_loses_no_acknowledged_write() {
     let storage = tempfile::tempdir().unwrap();
     let ledger: Ledger = Arc::default();
     let (mut acknowledged, mut lost, mut in_flight_at_kill) = (0u64, 0u64, 0u64);
-    let mut replays = 0;
+    let (mut replays, mut inside) = (0, 0);
 
-    for cycle in 0..cycles {
-        // Every other cycle checkpoints often, so some kills land in a checkpoint.
-        let interval = if cycle % 2 == 0 { "1s" } else { "5ms" };
+    let mut cycle = 0;
+    while cycle < cycles || (inside < 2 && cycle < 5 * cycles) {
+        let settings: &[(&str, &str)] = if cycle % 2 == 0 {
+            &[("CHECKPOINT_INTERVAL", "1s")]
+        } else {
+            &[("CHECKPOINT_INTERVAL", "5ms"), ("UNWRITTEN_BYTES", "256")]
+        };
+        cycle += 1;
         replays += usize::from(journal_holds_records(storage.path()));
-        let server = common::start_process(storage.path(), &[("CHECKPOINT_INTERVAL", interval)]);
+        let last = segments(storage.path()).last().copied().unwrap_or(0);
+        let server = common::start_process(storage.path(), settings);
         // The server swept its directory before listening: check what the last kill left.
         let (stored, cycle_lost) = check_files(storage.path(), &ledger.lock().unwrap());
         lost += cycle_lost;
@@ -184,6 +218,7 @@ async fn sigkill_loses_no_acknowledged_write() {
             .collect();
         tokio::time::sleep(Duration::from_millis(rng.u64(20..250))).await; // a random moment
         server.kill();
+        inside += usize::from(inside_checkpoint(storage.path(), last));
         for task in writers {
             acknowledged += task.await.unwrap().committed;
         }
@@ -200,8 +235,9 @@ async fn sigkill_loses_no_acknowledged_write() {
     server.kill();
 
     println!(
-        "torture: cycles={cycles} writes_acknowledged={acknowledged} writes_in_flight_at_kill={in_flight_at_kill} writes_lost={lost} restarts_replaying_the_journal={replays} seed={seed}"
+        "torture: cycles={cycle} writes_acknowledged={acknowledged} writes_in_flight_at_kill={in_flight_at_kill} writes_lost={lost} restarts_replaying_the_journal={replays} kills_inside_a_checkpoint={inside} seed={seed}"
     );
+    assert!(inside > 0, "some kills landed inside a checkpoint");
     assert!(
         replays > 0,
         "some kills left writes in the journal to replay"

@@ -38,6 +38,11 @@ const CACHED_DATA_LIMIT: usize = 16 * 1024;
 /// `UNWRITTEN_BYTES`).
 pub const DEFAULT_UNWRITTEN_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Bytes appended to the journal since the last checkpoint began past which a checkpoint is
+/// wanted before its time: a few blobs written over and over keep little unwritten but grow
+/// the journal, which a checkpoint trims.
+const JOURNAL_CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Blob files a checkpoint writes at once.
 const CHECKPOINT_WRITERS: usize = 8;
 
@@ -89,6 +94,8 @@ pub struct FsStore {
     /// Past half of this many bytes unwritten a checkpoint is wanted; past all of it writers
     /// wait for one. 0: each write replaces its file before it is acknowledged.
     unwritten_limit: u64,
+    /// Bytes appended to the journal's current segment.
+    journaled_bytes: AtomicU64,
     /// Woken when a checkpoint is wanted early.
     pressure: tokio::sync::Notify,
     /// Woken when a checkpoint has written files.
@@ -135,6 +142,7 @@ impl FsStore {
             unwritten: Mutex::new(HashMap::new()),
             unwritten_bytes: AtomicU64::new(0),
             unwritten_limit: limit,
+            journaled_bytes: AtomicU64::new(0),
             pressure: tokio::sync::Notify::new(),
             relieved: tokio::sync::Notify::new(),
             written: AtomicBool::new(false),
@@ -282,7 +290,9 @@ impl FsStore {
         let journal_error = |source| io_error(&self.root.join(JOURNAL_DIR), source);
         let next = {
             let _alone = self.appending.write().await;
-            self.journal.rotate().await.map_err(journal_error)?
+            let next = self.journal.rotate().await.map_err(journal_error)?;
+            self.journaled_bytes.store(0, Ordering::Release);
+            next
         };
         // Each blob's file once, with its latest version, several at a time (the file system
         // overlaps creates and renames in different directories).
@@ -395,11 +405,18 @@ impl Store for FsStore {
             Err(conflict) => return Ok(conflict),
         };
         let file = serde_json::to_vec(&*blob).expect("a blob always serialises");
+        let record = record(bucket, r, &file);
+        let appended = record.len() as u64;
         let _appending = self.appending.read().await;
         self.journal
-            .append(record(bucket, r, &file))
+            .append(record)
             .await
             .map_err(|source| io_error(&self.root.join(JOURNAL_DIR), source))?;
+        if self.journaled_bytes.fetch_add(appended, Ordering::AcqRel) + appended
+            >= JOURNAL_CHECKPOINT_BYTES
+        {
+            self.pressure.notify_one();
+        }
         // Committed: durable in the journal. Its file waits for the checkpoint, unless every
         // write replaces its file.
         self.written.store(true, Ordering::Release);
