@@ -44,11 +44,14 @@ fn main() -> ExitCode {
     let Cli { config, command } = Cli::parse();
     let log = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stdout().is_terminal())
-        .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_filter(filter_fn(|meta| {
             *meta.level() <= Level::INFO || !QUIET.iter().any(|t| meta.target().starts_with(t))
         }));
-    tracing_subscriber::registry().with(log).init();
+    // The level filter for the whole subscriber, not one layer: its level is then the maximum
+    // the `log` records of dependencies are forwarded at, so a WebSocket frame's trace record
+    // costs a comparison, not a dispatch.
+    let level = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::registry().with(level).with(log).init();
     if let Some(command) = command {
         return admin(command, &config);
     }
