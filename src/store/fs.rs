@@ -335,7 +335,7 @@ impl FsStore {
 }
 
 /// The latest file of every blob the journal under `root` holds, by its name in the layout,
-/// read beside a running server: what may be newer than its file (see [`journal::read_all`]).
+/// read beside a running server: what may be newer than its file (see [`crate::journal::read_all`]).
 pub fn journaled(root: &Path) -> io::Result<HashMap<String, Vec<u8>>> {
     let mut latest = HashMap::new();
     for record in crate::journal::read_all(&root.join(JOURNAL_DIR))? {
