@@ -21,13 +21,18 @@ struct SmallDisk {
 
 impl SmallDisk {
     fn mount(size: &str) -> Self {
+        Self::mount_with(&format!("size={size}"))
+    }
+
+    /// A tmpfs with these mount options (`size=…`, `nr_inodes=…`).
+    fn mount_with(options: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
         mount(&[
             "-t",
             "tmpfs",
             "-o",
-            &format!("size={size}"),
+            options,
             "tmpfs",
             path.to_str().unwrap(),
         ]);
@@ -340,4 +345,82 @@ async fn a_checkpoint_on_a_full_disk_keeps_every_write_in_the_journal() {
     server.terminate();
     server.wait().await;
     assert_eq!(files().len(), refs.len(), "every file written at the stop");
+}
+
+/// Blob files that cannot be written (no inode left for a file) while the journal still takes
+/// writes: the unwritten blobs reach `UNWRITTEN_BYTES`, and then a write is refused with the
+/// storage error instead of waiting for good. With inodes again, writes go on, and after a
+/// crash every acknowledged write is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_at_the_unwritten_bound_are_refused_while_files_cannot_be_written() {
+    const REFS: usize = 8;
+    let disk = SmallDisk::mount_with("size=16m,nr_inodes=64");
+    let settings = [
+        ("CHECKPOINT_INTERVAL", "1h"),
+        ("UNWRITTEN_BYTES", "64KiB"),
+        ("MIN_FREE_BYTES", "0"),
+    ];
+    let server = common::start_process(&disk.path, &settings);
+    // Every inode left taken by empty files.
+    let filler = disk.path.join("filler");
+    std::fs::create_dir(&filler).unwrap();
+    let mut taken = 0;
+    while std::fs::File::create(filler.join(taken.to_string())).is_ok() {
+        taken += 1;
+    }
+    let refs: Vec<String> = (0..REFS).map(|i| format!("{i:02x}").repeat(32)).collect();
+    let data = "A".repeat(16 * 1024);
+    let mut client = RawClient::connect_token(server.addr, &token("inodes"))
+        .await
+        .unwrap();
+    let mut acked = [0u64; REFS];
+    let set = async |client: &mut RawClient, i: usize, acked: &mut [u64; REFS]| {
+        client.call("ref", &[json!(refs[i])]).await.unwrap();
+        let version = (acked[i] > 0).then_some(acked[i]);
+        let write = client.call1("set", json!({ "data": data, "version": version }));
+        let ack = tokio::time::timeout(std::time::Duration::from_secs(60), write)
+            .await
+            .expect("a write at the bound is answered, not left waiting")
+            .unwrap();
+        if ack["success"] == true {
+            acked[i] = ack["version"].as_u64().unwrap();
+        }
+        ack
+    };
+    let mut refused = None;
+    for round in 0..REFS * 4 {
+        let ack = set(&mut client, round % REFS, &mut acked).await;
+        if ack["success"] != true {
+            refused = Some(ack);
+            break;
+        }
+    }
+    let refused = refused.expect("a write was refused at the bound");
+    assert_eq!(
+        refused["error"], "Storage error: the operation could not be completed",
+        "{refused}"
+    );
+    assert!(
+        acked.iter().sum::<u64>() >= 3,
+        "writes went on up to the bound: {acked:?}"
+    );
+
+    // Inodes again: the next write waits for a checkpoint that now writes the files.
+    std::fs::remove_dir_all(&filler).unwrap();
+    let ack = set(&mut client, 0, &mut acked).await;
+    assert_eq!(ack["success"], true, "{ack}");
+    server.kill();
+
+    let server = common::start_process(&disk.path, &[]);
+    let mut reader = RawClient::connect_token(server.addr, &token("inodes"))
+        .await
+        .unwrap();
+    for (i, r) in refs.iter().enumerate() {
+        reader.call("ref", &[json!(r)]).await.unwrap();
+        let got = reader.call1("get", json!({})).await.unwrap();
+        let served = got["version"].as_u64().unwrap_or(0);
+        assert_eq!(served, acked[i], "{r}: {got}");
+    }
+    println!("inodes exhausted ({taken} taken): acknowledged {acked:?}, then {refused}");
+    server.kill();
 }

@@ -98,7 +98,10 @@ pub struct FsStore {
     journaled_bytes: AtomicU64,
     /// Woken when a checkpoint is wanted early.
     pressure: tokio::sync::Notify,
-    /// Woken when a checkpoint has written files.
+    /// Whether the last checkpoint failed to write files: writers at the bound then get an
+    /// error instead of waiting for a checkpoint that cannot relieve them.
+    files_failing: AtomicBool,
+    /// Woken when a checkpoint has written files, or failed to.
     relieved: tokio::sync::Notify,
     /// Whether a write was committed since the last checkpoint began: an idle store does not
     /// checkpoint.
@@ -143,6 +146,7 @@ impl FsStore {
             unwritten_bytes: AtomicU64::new(0),
             unwritten_limit: limit,
             journaled_bytes: AtomicU64::new(0),
+            files_failing: AtomicBool::new(false),
             pressure: tokio::sync::Notify::new(),
             relieved: tokio::sync::Notify::new(),
             written: AtomicBool::new(false),
@@ -225,20 +229,30 @@ impl FsStore {
     }
 
     /// Waits while the blobs not written yet reach the limit, asking for a checkpoint: memory
-    /// never grows past it, and a writer waits instead of failing.
-    async fn room(&self) {
+    /// never grows past it, and a writer waits instead of failing, unless the checkpoint it
+    /// waited for could not write files (a full disk, no inodes left): then it is refused as
+    /// any write the disk cannot take, instead of waiting for good.
+    async fn room(&self) -> Result<()> {
         if self.unwritten_limit == 0 {
-            return;
+            return Ok(());
         }
+        let mut waited = false;
         loop {
             let relieved = self.relieved.notified();
             tokio::pin!(relieved);
             relieved.as_mut().enable();
             if self.unwritten_bytes.load(Ordering::Acquire) < self.unwritten_limit {
-                return;
+                return Ok(());
+            }
+            if waited && self.files_failing.load(Ordering::Acquire) {
+                return Err(io_error(
+                    &self.root,
+                    io::Error::other("blob files cannot be written and memory for more is full"),
+                ));
             }
             self.pressure.notify_one();
             relieved.await;
+            waited = true;
         }
     }
 
@@ -280,8 +294,11 @@ impl FsStore {
         let done = self.sync_files().await;
         crate::metrics::checkpoint(began.elapsed());
         if done.is_err() {
-            // What this checkpoint should have made durable waits for the next one.
+            // What this checkpoint should have made durable waits for the next one; writers
+            // waiting for room hear that it made none.
             self.written.store(true, Ordering::Release);
+            self.files_failing.store(true, Ordering::Release);
+            self.relieved.notify_waiters();
         }
         done
     }
@@ -316,6 +333,8 @@ impl FsStore {
                 }
             })
             .await;
+        self.files_failing
+            .store(failed.load(Ordering::Relaxed), Ordering::Release);
         self.relieved.notify_waiters();
         if failed.load(Ordering::Relaxed) {
             return Err(journal_error(io::Error::other(
@@ -395,7 +414,7 @@ impl Store for FsStore {
 
     async fn set(&self, bucket: &Bucket, r: &Ref, request: SetRequest) -> Result<SetOutcome> {
         // Before the blob's lock: a checkpoint needs it to write this blob's file.
-        self.room().await;
+        self.room().await?;
         let key = (bucket.clone(), r.clone());
         let slot = self.slots.get(&key);
         let mut cached = slot.lock().await;
