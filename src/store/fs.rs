@@ -40,7 +40,9 @@ pub const DEFAULT_UNWRITTEN_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Bytes appended to the journal since the last checkpoint began past which a checkpoint is
 /// wanted before its time: a few blobs written over and over keep little unwritten but grow
-/// the journal, which a checkpoint trims.
+/// the journal, which a checkpoint trims. Past twice this, writers wait for the next
+/// checkpoint to start a new segment: with the segments the running checkpoint still holds,
+/// the journal stays under about four times this on disk, however slow a checkpoint is.
 const JOURNAL_CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Blob files a checkpoint writes at once.
@@ -96,12 +98,15 @@ pub struct FsStore {
     unwritten_limit: u64,
     /// Bytes appended to the journal's current segment.
     journaled_bytes: AtomicU64,
+    /// Past this many `journaled_bytes` a checkpoint is wanted; past twice, writers wait
+    /// ([`JOURNAL_CHECKPOINT_BYTES`]).
+    journal_checkpoint_bytes: u64,
     /// Woken when a checkpoint is wanted early.
     pressure: tokio::sync::Notify,
-    /// Whether the last checkpoint failed to write files: writers at the bound then get an
-    /// error instead of waiting for a checkpoint that cannot relieve them.
+    /// Whether the running or last checkpoint failed: writers at a bound then get an error
+    /// instead of waiting for a checkpoint that cannot relieve them.
     files_failing: AtomicBool,
-    /// Woken when a checkpoint has written files, or failed to.
+    /// Woken when a checkpoint has started a new journal segment, written files, or failed.
     relieved: tokio::sync::Notify,
     /// Whether a write was committed since the last checkpoint began: an idle store does not
     /// checkpoint.
@@ -133,9 +138,16 @@ impl FsStore {
 
     /// [`FsStore::open`], keeping at most `limit` bytes of blobs whose files are not written.
     pub fn with_unwritten_limit(root: impl Into<PathBuf>, limit: u64) -> io::Result<Self> {
+        Self::with_bounds(root, limit, JOURNAL_CHECKPOINT_BYTES)
+    }
+
+    /// [`FsStore::with_unwritten_limit`], wanting a checkpoint once `journal` bytes are
+    /// appended since the last (and waiting at twice that).
+    fn with_bounds(root: impl Into<PathBuf>, limit: u64, journal: u64) -> io::Result<Self> {
         let root = root.into();
         fs::create_dir_all(&root)?;
         let misspelled = sweep(&root)?;
+        let journal_checkpoint_bytes = journal;
         let (journal, replay) = Journal::open(&root.join(JOURNAL_DIR))?;
         let store = Self {
             root,
@@ -146,6 +158,7 @@ impl FsStore {
             unwritten_bytes: AtomicU64::new(0),
             unwritten_limit: limit,
             journaled_bytes: AtomicU64::new(0),
+            journal_checkpoint_bytes,
             files_failing: AtomicBool::new(false),
             pressure: tokio::sync::Notify::new(),
             relieved: tokio::sync::Notify::new(),
@@ -228,26 +241,32 @@ impl FsStore {
         }
     }
 
-    /// Waits while the blobs not written yet reach the limit, asking for a checkpoint: memory
-    /// never grows past it, and a writer waits instead of failing, unless the checkpoint it
-    /// waited for could not write files (a full disk, no inodes left): then it is refused as
-    /// any write the disk cannot take, instead of waiting for good.
+    /// Whether a writer must wait for a checkpoint: the blobs not written yet reach their
+    /// limit, or the journal since the last checkpoint began reaches twice the size that wants
+    /// one.
+    fn full(&self) -> bool {
+        (self.unwritten_limit > 0
+            && self.unwritten_bytes.load(Ordering::Acquire) >= self.unwritten_limit)
+            || self.journaled_bytes.load(Ordering::Acquire) >= 2 * self.journal_checkpoint_bytes
+    }
+
+    /// Waits while the store is [`full`](Self::full), asking for a checkpoint: memory and the
+    /// journal never grow past their bounds, and a writer waits instead of failing, unless the
+    /// checkpoint it waited for failed (a full disk, no inodes left): then it is refused as any
+    /// write the disk cannot take, instead of waiting for good.
     async fn room(&self) -> Result<()> {
-        if self.unwritten_limit == 0 {
-            return Ok(());
-        }
         let mut waited = false;
         loop {
             let relieved = self.relieved.notified();
             tokio::pin!(relieved);
             relieved.as_mut().enable();
-            if self.unwritten_bytes.load(Ordering::Acquire) < self.unwritten_limit {
+            if !self.full() {
                 return Ok(());
             }
             if waited && self.files_failing.load(Ordering::Acquire) {
                 return Err(io_error(
                     &self.root,
-                    io::Error::other("blob files cannot be written and memory for more is full"),
+                    io::Error::other("a checkpoint failed and the store is at its bounds"),
                 ));
             }
             self.pressure.notify_one();
@@ -311,6 +330,10 @@ impl FsStore {
             self.journaled_bytes.store(0, Ordering::Release);
             next
         };
+        // Writers waiting for journal room go on; those waiting for memory wait for this
+        // checkpoint's files.
+        self.files_failing.store(false, Ordering::Release);
+        self.relieved.notify_waiters();
         // Each blob's file once, with its latest version, several at a time (the file system
         // overlaps creates and renames in different directories).
         let pending: Vec<Key> = self.unwritten().keys().cloned().collect();
@@ -432,7 +455,7 @@ impl Store for FsStore {
             .await
             .map_err(|source| io_error(&self.root.join(JOURNAL_DIR), source))?;
         if self.journaled_bytes.fetch_add(appended, Ordering::AcqRel) + appended
-            >= JOURNAL_CHECKPOINT_BYTES
+            >= self.journal_checkpoint_bytes
         {
             self.pressure.notify_one();
         }
@@ -854,6 +877,49 @@ mod tests {
         let files = fs::read_dir(dir.path().join("b")).unwrap().count();
         assert!(files > 0);
         checkpoints.abort();
+    }
+
+    /// One blob written over and over keeps little unwritten but grows the journal: past twice
+    /// the size that wants a checkpoint, a writer waits for one to start a new segment.
+    #[tokio::test]
+    async fn the_journal_is_bounded_when_one_blob_is_written_over_and_over() {
+        use futures_util::FutureExt;
+
+        const JOURNAL: u64 = 64 * 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::with_bounds(dir.path(), DEFAULT_UNWRITTEN_BYTES, JOURNAL).unwrap();
+        let (bucket, r) = (
+            Bucket::parse("b").unwrap(),
+            Ref::parse(&"ab".repeat(32)).unwrap(),
+        );
+        let data = "A".repeat(16 * 1024);
+        let write = |version: u64| SetRequest {
+            expect: Expect::Protocol((version > 0).then_some(version)),
+            ..put(&data)
+        };
+        let mut writes = 0;
+        while !store.full() {
+            let done = store.set(&bucket, &r, write(writes)).await.unwrap();
+            assert!(matches!(done, SetOutcome::Committed { .. }), "{done:?}");
+            writes += 1;
+            assert!(writes < 100, "writers never wait");
+        }
+        assert!(store.journaled_bytes.load(Ordering::Acquire) >= 2 * JOURNAL);
+        assert!(
+            store.checkpoint_wanted().now_or_never().is_some(),
+            "a checkpoint is wanted"
+        );
+        // Without a checkpoint the next write never goes on, however long it is given.
+        let mut waiting = Box::pin(store.set(&bucket, &r, write(writes)));
+        let given = std::time::Duration::from_millis(200);
+        assert!(
+            tokio::time::timeout(given, &mut waiting).await.is_err(),
+            "it waits"
+        );
+        let (waited, checkpointed) = tokio::join!(waiting, store.checkpoint());
+        waited.unwrap();
+        checkpointed.unwrap();
+        println!("{writes} writes of 16 KiB before one waited for a checkpoint");
     }
 
     #[test]
