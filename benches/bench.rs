@@ -326,7 +326,7 @@ async fn checkpoint_load(args: &Args, token: &str) -> Result<Value> {
     let dir = tempfile::tempdir_in(&args.dir).context("temp storage dir")?;
     let server = start_server(dir.path(), &[("METRICS_TOKEN", METRICS_TOKEN)]);
     let probe = Probe::cpu_of(&server);
-    let journal = dir.path().join(blobs::store::JOURNAL_DIR);
+    let journal = dir.path().join(blobs::storage::store::JOURNAL_DIR);
     let mut report = json!({});
     let phases = [
         ("distinct_100k_once", 4_000_000, DISTINCT_REFS, None),
@@ -854,7 +854,7 @@ fn gateway_pids(endpoint: &str) -> Vec<u32> {
 /// blob), each for `duration`; with the gateway's CPU per request.
 async fn raw_gateway(s3: &S3Server, duration: Duration, gateway: &[u32]) -> Result<Value> {
     use object_store::{GetOptions, ObjectStore as _, ObjectStoreExt as _};
-    let store = Arc::new(blobs::s3::client(
+    let store = Arc::new(blobs::storage::s3::client(
         &s3.endpoint,
         &s3.bucket,
         &s3.region,
@@ -1127,7 +1127,7 @@ fn durable_write_rate(dir: &Path, threads: usize, writes: usize, body_len: usize
                     .join(format!("{t}.json"));
                 let body = &body;
                 scope.spawn(move || {
-                    (0..writes).try_for_each(|_| blobs::durable::replace(&path, body))
+                    (0..writes).try_for_each(|_| blobs::storage::durable::replace(&path, body))
                 })
             })
             .collect();

@@ -252,7 +252,7 @@ pub struct Config {
     /// With `STORE=s3`: bytes of blobs a node keeps, so that a read the store answers `304 Not
     /// Modified` (the kept blob is still current) needs no body; 0 keeps none. Every read
     /// still asks the store.
-    #[arg(long, env = "OBJECT_CACHE_BYTES", default_value_t = crate::store::DEFAULT_CACHE_BYTES)]
+    #[arg(long, env = "OBJECT_CACHE_BYTES", default_value_t = crate::storage::store::DEFAULT_CACHE_BYTES)]
     pub object_cache_bytes: u64,
 
     /// Redis URL (`redis://host:6379`): when set, Socket.IO rooms and change notifications
@@ -263,7 +263,7 @@ pub struct Config {
     /// Most bytes one bucket may store, its versioned blobs, content and Blob Service records
     /// together, e.g. `10GiB`; 0: no limit. Past it, writes are refused with HTTP 507 or an
     /// `{ error }` acknowledgement (deletes always pass).
-    #[arg(long, env = "BUCKET_QUOTA_BYTES", value_parser = crate::quota::parse_size, default_value = "10GiB")]
+    #[arg(long, env = "BUCKET_QUOTA_BYTES", value_parser = crate::storage::quota::parse_size, default_value = "10GiB")]
     pub bucket_quota_bytes: u64,
 
     /// Most Blob Service records one bucket may hold (each takes about 1.3 KB of memory while
@@ -274,21 +274,21 @@ pub struct Config {
     /// Quotas of single buckets, in place of the two above: `bucket:bytes[:records]`,
     /// comma-separated, e.g. `app1:50GiB:1000000,app2:0` (0: no limit; records left out: the
     /// default).
-    #[arg(long, env = "BUCKET_QUOTAS", value_delimiter = ',', value_parser = crate::quota::parse_bucket_quota)]
-    pub bucket_quotas: Vec<crate::quota::BucketQuota>,
+    #[arg(long, env = "BUCKET_QUOTAS", value_delimiter = ',', value_parser = crate::storage::quota::parse_bucket_quota)]
+    pub bucket_quotas: Vec<crate::storage::quota::BucketQuota>,
 
     /// Free space kept on the storage's file system (`STORE=fs`), or on the temp directory
     /// uploads are received into (`STORE=s3`), e.g. `1GiB`: below it writes that add bytes
     /// are refused with HTTP 507, while the journal, checkpoints and deletes go on. 0: no
     /// reserve.
-    #[arg(long, env = "MIN_FREE_BYTES", value_parser = crate::quota::parse_size, default_value = "1GiB")]
+    #[arg(long, env = "MIN_FREE_BYTES", value_parser = crate::storage::quota::parse_size, default_value = "1GiB")]
     pub min_free_bytes: u64,
 
     /// With the file store: bytes of committed blobs whose files wait for the next checkpoint
     /// (the journal holds them durably; readers get them from memory), e.g. `64MiB`. Past half
     /// of it a checkpoint starts early; at all of it writers wait for one. 0: every write
     /// replaces its file before it is acknowledged, so the files are always current (slower).
-    #[arg(long, env = "UNWRITTEN_BYTES", value_parser = crate::quota::parse_size, default_value = "64MiB")]
+    #[arg(long, env = "UNWRITTEN_BYTES", value_parser = crate::storage::quota::parse_size, default_value = "64MiB")]
     pub unwritten_bytes: u64,
 
     /// Public origin of this server in direct transfer URLs, e.g. `https://blobs.example.com`.
@@ -449,7 +449,7 @@ impl Config {
         }
         s3_endpoint(endpoint)?;
         s3_prefix(&self.s3_prefix)?;
-        crate::s3::client(endpoint, bucket, &self.s3_region, key, secret)
+        crate::storage::s3::client(endpoint, bucket, &self.s3_region, key, secret)
             .map_err(|e| ConfigError::BadS3(e.to_string()))
     }
 
@@ -481,12 +481,12 @@ impl Config {
     }
 
     /// The quota of every bucket: the default, and `BUCKET_QUOTAS`.
-    pub fn quota_limits(&self) -> crate::quota::Limits {
-        let default = crate::quota::Limit {
+    pub fn quota_limits(&self) -> crate::storage::quota::Limits {
+        let default = crate::storage::quota::Limit {
             bytes: self.bucket_quota_bytes,
             records: self.bucket_max_records,
         };
-        crate::quota::Limits::new(default, &self.bucket_quotas)
+        crate::storage::quota::Limits::new(default, &self.bucket_quotas)
     }
 
     /// The token secret, trimmed, refusing a missing, blank or short one (see

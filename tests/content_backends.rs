@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blobs::blob_service::{BlobService, Record, RecordStore, RetentionPolicy, Upload};
-use blobs::content::{self, ContentStore, ObjectContent, Owner};
 use blobs::names::{Bucket, ContentHash, Handle};
+use blobs::storage::content::{self, ContentStore, ObjectContent, Owner};
 use bytes::Bytes;
 use common::{Backend, S3Server};
 use object_store::ObjectStoreExt;

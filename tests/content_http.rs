@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use blobs::direct::{DirectUrls, SignedUrls};
+use blobs::auth::signed_url::{DirectUrls, SignedUrls};
 use blobs::names::{Bucket, ContentHash};
 use bytes::Bytes;
 use common::{SECRET, TestServer, read_only_token, token};

@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use blobs::names::{Bucket, Ref};
-use blobs::store::{Edit, Expect, FsStore, JOURNAL_DIR, SetOutcome, SetRequest, Store};
+use blobs::storage::store::{Edit, Expect, FsStore, JOURNAL_DIR, SetOutcome, SetRequest, Store};
 
 fn set_request(version: u64, data: &str) -> SetRequest {
     SetRequest {

@@ -10,7 +10,7 @@ use std::fs;
 
 use blobs::clock::now_ms;
 use blobs::names::{Bucket, Ref};
-use blobs::store::{Edit, Expect, SetOutcome, SetRequest, live};
+use blobs::storage::store::{Edit, Expect, SetOutcome, SetRequest, live};
 use common::{Backend, blob_name, hex_ref};
 use serde_json::{Value, json};
 
@@ -727,7 +727,7 @@ async fn listing() {
             now: now_ms(),
         };
         committed(store.set(&b, &r("10"), delete).await.unwrap());
-        let refs = |page: Vec<(Ref, blobs::store::Listed)>| {
+        let refs = |page: Vec<(Ref, blobs::storage::store::Listed)>| {
             page.into_iter()
                 .map(|(r, _)| r.as_str()[..2].to_owned())
                 .collect::<Vec<_>>()

@@ -134,7 +134,7 @@ fn check_files(storage: &Path, ledger: &HashMap<String, Entry>) -> (HashMap<Stri
 /// Whether the journal holds records (more than a segment's 12-byte header), which the next
 /// start replays.
 fn journal_holds_records(storage: &Path) -> bool {
-    std::fs::read_dir(storage.join(blobs::store::JOURNAL_DIR))
+    std::fs::read_dir(storage.join(blobs::storage::store::JOURNAL_DIR))
         .into_iter()
         .flatten()
         .any(|segment| segment.unwrap().metadata().unwrap().len() > 12)
@@ -142,7 +142,7 @@ fn journal_holds_records(storage: &Path) -> bool {
 
 /// The journal's segment numbers, oldest first.
 fn segments(storage: &Path) -> Vec<u64> {
-    let mut numbers: Vec<u64> = std::fs::read_dir(storage.join(blobs::store::JOURNAL_DIR))
+    let mut numbers: Vec<u64> = std::fs::read_dir(storage.join(blobs::storage::store::JOURNAL_DIR))
         .into_iter()
         .flatten()
         .filter_map(|e| {

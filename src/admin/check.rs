@@ -17,8 +17,8 @@ use std::collections::HashSet;
 
 use super::copy::invalid;
 use crate::blob_service::Record;
-use crate::journal::HEADER_LEN;
-use crate::layout::{Entry, Kind, Tree, TreeError, classify, key_of};
+use crate::storage::journal::HEADER_LEN;
+use crate::storage::layout::{Entry, Kind, Tree, TreeError, classify, key_of};
 
 /// What is wrong with a name that an interrupted write or the original left behind: a temp
 /// file, a backup, journal writes not yet in their files. Opening the store repairs these.

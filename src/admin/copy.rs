@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::blob_service::{Record, records};
-use crate::content::marker_owns;
-use crate::layout::{Kind, Tree, TreeError, classify, key_of};
+use crate::auth::revocation::RevocationList;
+use crate::blob_service::{Record, record_store};
 use crate::names::{Bucket, ContentHash, Ref};
-use crate::revocation::RevocationList;
-use crate::store::{self, Blob};
+use crate::storage::content::marker_owns;
+use crate::storage::layout::{Kind, Tree, TreeError, classify, key_of};
+use crate::storage::store::{self, Blob};
 
 /// How often a long copy says how far it got.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
@@ -284,7 +284,7 @@ pub fn invalid(kind: &Kind, bytes: &[u8]) -> Option<String> {
         Kind::Blob(..) | Kind::CasedBlob(..) => {
             store::damage(bytes).map(|reason| format!("blob file is damaged: {reason}"))
         }
-        Kind::Record(_, handle) => records::decode(bytes, handle.as_str())
+        Kind::Record(_, handle) => record_store::decode(bytes, handle.as_str())
             .err()
             .map(|reason| format!("Blob Service record is damaged: {reason}")),
         Kind::Revocations => serde_json::from_slice::<RevocationList>(bytes)

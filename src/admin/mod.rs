@@ -15,15 +15,15 @@ mod copy;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::auth::revocation::{self, Place};
 use crate::clock::now_unix;
 use crate::config::{Config, ConfigError, StoreKind};
 use crate::names::Bucket;
-use crate::objects::Objects;
-use crate::quota;
-use crate::revocation::{self, Place};
-use crate::store::FsStore;
+use crate::storage::objects::Objects;
+use crate::storage::quota;
+use crate::storage::store::FsStore;
 
-use crate::layout::{Kind, Tree, TreeError, classify};
+use crate::storage::layout::{Kind, Tree, TreeError, classify};
 pub use check::Report;
 pub use copy::Copied;
 
@@ -101,7 +101,7 @@ pub enum AdminError {
     #[error(transparent)]
     Revocation(#[from] revocation::Error),
     #[error(transparent)]
-    Objects(#[from] crate::objects::OpenError),
+    Objects(#[from] crate::storage::objects::OpenError),
     #[error("{0}")]
     Refused(String),
     #[error("cannot open the storage directory {path}: {source}")]
@@ -138,7 +138,7 @@ fn open_stopped(root: &Path) -> Result<Option<std::fs::File>, AdminError> {
         path: root.display().to_string(),
         source,
     };
-    let Some(lock) = crate::store::lock(root).map_err(storage_error)? else {
+    let Some(lock) = crate::storage::store::lock(root).map_err(storage_error)? else {
         return Ok(None);
     };
     FsStore::open(root).map_err(storage_error)?;
@@ -160,7 +160,7 @@ fn server_running(root: &Path) -> Result<bool, AdminError> {
     if !root.exists() {
         return Ok(false);
     }
-    crate::store::lock(root)
+    crate::storage::store::lock(root)
         .map(|held| held.is_none())
         .map_err(|source| AdminError::Storage {
             path: root.display().to_string(),

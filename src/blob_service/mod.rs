@@ -3,9 +3,9 @@
 //! store, and announced on the bucket's metadata stream.
 //!
 //! Each upload is a record, one JSON document per handle at
-//! `<bucket>/handles/<handle[0..2]>/<handle>.json`, as a file or as an object ([`records`]);
+//! `<bucket>/handles/<handle[0..2]>/<handle>.json`, as a file or as an object ([`record_store`]);
 //! every record is also kept in memory (loaded at start) for listing and for the reference
-//! checks of the retention sweep. With several nodes ([`order`]), that memory follows the
+//! checks of the retention sweep. With several nodes ([`order_lock`]), that memory follows the
 //! other nodes' records through Redis, a handle it does not know yet is looked up in storage,
 //! and each sweep first catches up with storage. An expired record is gone for readers at
 //! once; the sweep deletes expired records, then the content no live record refers to any
@@ -16,9 +16,9 @@
 //! the same content is committing.
 
 mod index;
-pub mod order;
+pub mod order_lock;
 mod record;
-pub mod records;
+pub mod record_store;
 mod sweep;
 
 use std::collections::HashSet;
@@ -28,18 +28,18 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 
-use crate::content::{self, ContentStore, Incoming, Owner};
-use crate::locks::KeyedLocks;
 use crate::names::{Bucket, Handle};
-use crate::quota::{Account, Change, Quota};
+use crate::storage::content::{self, ContentStore, Incoming, Owner};
+use crate::storage::locks::KeyedLocks;
+use crate::storage::quota::{Account, Change, Quota};
 
 use crate::cluster::{Redis, relay};
 use index::{Index, Records, created_after};
-use order::{Applied, Order, Relayed};
+use order_lock::{Applied, Order, Relayed};
 pub use record::{
     MAX_SEMANTICS, Metadata, Record, RetentionPolicy, STREAM_NAME, STREAM_SEMANTICS, Shown, Upload,
 };
-pub use records::{HANDLES_DIR, RecordStore};
+pub use record_store::{HANDLES_DIR, RecordStore};
 pub use sweep::Swept;
 
 /// A storage failure; every variant is logged with its detail, and the client sees a 500
@@ -58,7 +58,7 @@ pub enum Error {
     },
     /// The store of the records failed.
     #[error(transparent)]
-    Store(#[from] crate::objects::Error),
+    Store(#[from] crate::storage::objects::Error),
     /// Redis, which orders new records across nodes, failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -145,7 +145,7 @@ impl BlobService {
 
     /// Joins the other nodes on Redis: from now on this node's new records are ordered with
     /// theirs, and it follows their records, from `records_feed`, until `closing` resolves.
-    /// `records_feed` must have been subscribed to [`order::CHANNEL`] before this service
+    /// `records_feed` must have been subscribed to [`order_lock::CHANNEL`] before this service
     /// was opened, so every record the others write is in what it loaded, or on the feed.
     pub fn join(
         &self,
@@ -537,10 +537,10 @@ mod tests {
         const UPLOADS: usize = 200;
         let root = tempfile::tempdir().unwrap();
         let content: Arc<dyn ContentStore> =
-            Arc::new(crate::content::FsContent::open(root.path()).unwrap());
-        let records = Arc::new(RecordStore::new(crate::objects::Objects::directory(
-            root.path(),
-        )));
+            Arc::new(crate::storage::content::FsContent::open(root.path()).unwrap());
+        let records = Arc::new(RecordStore::new(
+            crate::storage::objects::Objects::directory(root.path()),
+        ));
         let service = BlobService::open(records, content.clone()).await.unwrap();
         let bucket = Bucket::parse("b").unwrap();
         let (replay, mut live) = service.follow(&bucket, Some(0), 0);

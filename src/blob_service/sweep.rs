@@ -2,7 +2,7 @@
 //! (the retention sweep), and content a shared flow deletes.
 
 use crate::names::{Bucket, ContentHash, Handle};
-use crate::quota::Change;
+use crate::storage::quota::Change;
 
 use super::{BlobService, Relayed, Result, SETTLE};
 

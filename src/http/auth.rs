@@ -12,9 +12,9 @@ use utoipa::IntoParams;
 
 use super::error::{ApiError, Result};
 use crate::auth::Grant;
-use crate::direct::Denied;
+use crate::auth::signed_url::Denied;
 use crate::names::Bucket;
-use crate::state::AppState;
+use crate::serve::state::AppState;
 
 /// The token as a query parameter.
 #[derive(Default, Deserialize, IntoParams)]

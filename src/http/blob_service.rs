@@ -24,16 +24,16 @@ use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{AccessToken, Token};
+use super::change_stream::StreamSlot;
 use super::content::{Read, serve};
 use super::error::{ApiError, ErrorBody, Result};
-use super::events::StreamSlot;
 use super::paging::{self, Page};
 use crate::blob_service::{Metadata, Record, STREAM_NAME, STREAM_SEMANTICS, Shown, Upload};
 use crate::clock::now_ms;
-use crate::content::{self, Incoming};
+use crate::edge::client_addr;
 use crate::names::Handle;
-use crate::proxy;
-use crate::state::AppState;
+use crate::serve::state::AppState;
+use crate::storage::content::{self, Incoming};
 
 /// Largest `metadata` part, in bytes.
 const MAX_METADATA: usize = 64 * 1024;
@@ -185,7 +185,8 @@ pub(super) async fn upload(
         retention_policy,
         content_type,
         file_name,
-        uploader: proxy::client_address(peer.ip(), &headers, state.trusted_proxies()).to_string(),
+        uploader: client_addr::client_address(peer.ip(), &headers, state.trusted_proxies())
+            .to_string(),
         now,
     };
     let announcer = state.clone();

@@ -22,12 +22,12 @@ use super::auth::{AccessToken, Token};
 use super::error::{ApiError, ErrorBody, Result};
 use super::header_value;
 use super::paging::{self, Page};
-use crate::changes::Change;
 use crate::clock::now_ms;
+use crate::edge::client_addr;
 use crate::names::{Bucket, Ref};
-use crate::proxy;
-use crate::state::AppState;
-use crate::store::{Blob, Edit, Expect, SetOutcome, SetRequest, live};
+use crate::serve::changes::Change;
+use crate::serve::state::AppState;
+use crate::storage::store::{Blob, Edit, Expect, SetOutcome, SetRequest, live};
 
 pub(super) fn parse_ref(text: &str) -> Result<Ref> {
     Ref::parse(text).ok_or(ApiError::bad(
@@ -243,7 +243,7 @@ async fn write(
     let request = SetRequest {
         edit,
         expect,
-        ip: proxy::client_address(peer.ip(), headers, state.trusted_proxies()).to_string(),
+        ip: client_addr::client_address(peer.ip(), headers, state.trusted_proxies()).to_string(),
         now: now_ms(),
     };
     match state.commit(&bucket, &r, request).await? {
@@ -311,7 +311,7 @@ pub(super) async fn list(
         .store()
         .list(&token.0.bucket, after.as_ref(), limit + 1)
         .await?;
-    let entry = |(r, listed): (Ref, crate::store::Listed)| BlobEntry {
+    let entry = |(r, listed): (Ref, crate::storage::store::Listed)| BlobEntry {
         r#ref: r.to_string(),
         version: listed.version,
         size: listed.size,

@@ -32,9 +32,9 @@ use super::header_value;
 use super::paging::{self, Page};
 
 use crate::clock::now_unix;
-use crate::content;
 use crate::names::{Bucket, ContentHash};
-use crate::state::AppState;
+use crate::serve::state::AppState;
+use crate::storage::content;
 
 /// Bytes read from storage per body chunk: large enough that a big download is a few dozen
 /// reads per MiB rather than hundreds, small enough to keep a download's memory flat.

@@ -13,11 +13,12 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::direct::Denied;
-use crate::limits::ConnectionRefused;
-use crate::quota::{AdmitError, Refusal};
-use crate::state::CommitError;
-use crate::{blob_service, content, store};
+use crate::auth::signed_url::Denied;
+use crate::blob_service;
+use crate::edge::limits::ConnectionRefused;
+use crate::serve::state::CommitError;
+use crate::storage::quota::{AdmitError, Refusal};
+use crate::storage::{content, store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

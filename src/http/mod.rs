@@ -17,15 +17,15 @@ use utoipa::OpenApi;
 pub mod auth;
 pub mod blob_service;
 pub mod blobs;
+pub mod change_stream;
 pub mod content;
 pub mod error;
-pub mod events;
 pub mod inspect;
 pub mod paging;
 
 pub use error::{ApiError, error_response};
 
-use crate::state::AppState;
+use crate::serve::state::AppState;
 use error::ErrorBody;
 
 /// A header value the server writes itself (digits, quoted versions and hashes, HTTP dates,
@@ -68,7 +68,7 @@ pub fn router(max_data_bytes: usize, content_max_bytes: u64) -> Router<AppState>
             "/v1/blobs/{ref}",
             get(blobs::get).put(blobs::put).delete(blobs::delete),
         )
-        .route("/v1/blobs/{ref}/events", get(events::follow))
+        .route("/v1/blobs/{ref}/events", get(change_stream::follow))
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -115,7 +115,7 @@ async fn measure(request: Request, next: Next) -> Response {
 #[openapi(
     info(title = "Blobs HTTP API", description = "Versioned blobs with ETags, conditional requests and a change stream; content-addressed blobs named by their BLAKE3 hash; the Blob Service (uploads with semantics and retention, metadata stream)."),
     paths(
-        blobs::list, blobs::get, blobs::put, blobs::delete, events::follow, openapi, healthz, readyz,
+        blobs::list, blobs::get, blobs::put, blobs::delete, change_stream::follow, openapi, healthz, readyz,
         content::list_content, content::get_content, content::put_content, content::delete_content,
         blob_service::upload, blob_service::list, blob_service::read, blob_service::metadata, blob_service::remove,
         blob_service::subscribe

@@ -1,9 +1,9 @@
 //! What a Socket.IO client sees when an event fails: `{ error: "<message>" }` as the
 //! acknowledgement, and the socket stays connected.
 
-use crate::quota::{AdmitError, Refusal};
-use crate::state::CommitError;
-use crate::store::{self, MAX_VERSION};
+use crate::serve::state::CommitError;
+use crate::storage::quota::{AdmitError, Refusal};
+use crate::storage::store::{self, MAX_VERSION};
 
 /// Why an event could not be served. The client receives `{ error: "<this message>" }` as the
 /// acknowledgement and stays connected.
@@ -68,7 +68,7 @@ pub enum AckError {
     Store(#[from] store::Error),
     /// The content store failed; logged, like [`AckError::Store`].
     #[error("Storage error: the operation could not be completed")]
-    Content(crate::content::Error),
+    Content(crate::storage::content::Error),
 }
 
 impl From<CommitError> for AckError {
@@ -93,10 +93,10 @@ impl From<AdmitError> for AckError {
     }
 }
 
-impl From<crate::content::Error> for AckError {
-    fn from(error: crate::content::Error) -> Self {
+impl From<crate::storage::content::Error> for AckError {
+    fn from(error: crate::storage::content::Error) -> Self {
         match error {
-            crate::content::Error::Refused(refusal) => AckError::Refused(refusal),
+            crate::storage::content::Error::Refused(refusal) => AckError::Refused(refusal),
             other => AckError::Content(other),
         }
     }

@@ -29,10 +29,10 @@ use super::events::{Reply, object};
 use super::max_message_len;
 use super::session::Session;
 use crate::clock::now_unix;
-use crate::content;
 use crate::names::ContentHash;
 use crate::protocol::ack::AckError;
-use crate::state::Adopted;
+use crate::serve::state::Adopted;
+use crate::storage::content;
 
 /// Most entries (blobs or hashes) one message may carry.
 const MAX_ENTRIES: usize = 1024;

@@ -8,11 +8,11 @@ use serde_json::{Map, Value as Json, json};
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
 
-use crate::changes::{self, Change, RefKey, ServerFull, ref_key};
 use crate::clock::now_ms;
 use crate::names::Ref;
 use crate::protocol::ack::AckError;
-use crate::store::{Edit, Expect, MAX_VERSION, SetOutcome, SetRequest, live};
+use crate::serve::changes::{self, Change, RefKey, ServerFull, ref_key};
+use crate::storage::store::{Edit, Expect, MAX_VERSION, SetOutcome, SetRequest, live};
 
 use super::session::Session;
 

@@ -30,12 +30,12 @@ use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::DisconnectReason;
 use tokio_util::sync::CancellationToken;
 
-use crate::changes::{self};
-use crate::edge::Written;
-use crate::limits::{self, ConnectionRefused, PendingHandshake, RateLimiter};
-use crate::proxy;
-use crate::server::NodesAdapter;
-use crate::state::AppState;
+use crate::edge::accept::Written;
+use crate::edge::client_addr;
+use crate::edge::limits::{self, ConnectionRefused, PendingHandshake, RateLimiter};
+use crate::serve::changes::{self};
+use crate::serve::server::NodesAdapter;
+use crate::serve::state::AppState;
 
 /// Smallest transport limit: room for a `set` of the documented maximum (1,048,576 base64
 /// characters) with its framing. A larger frame disconnects only the client that sent it.
@@ -201,14 +201,14 @@ fn origin<A: Adapter>(socket: &SocketRef<A>, state: &AppState) -> String {
     format!("http://{host}")
 }
 
-/// The client's address (see [`proxy::client_address`]).
+/// The client's address (see [`client_addr::client_address`]).
 fn client_address<A: Adapter>(socket: &SocketRef<A>, trusted_proxies: &[IpNet]) -> IpAddr {
     let parts = socket.req_parts();
     let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |info| info.0.ip());
-    proxy::client_address(peer, &parts.headers, trusted_proxies)
+    client_addr::client_address(peer, &parts.headers, trusted_proxies)
 }
 
 #[derive(Clone, Copy, Debug)]

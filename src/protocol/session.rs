@@ -16,14 +16,14 @@ use socketioxide::{SendError, SocketError};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Grant;
-use crate::changes::RefKey;
-use crate::changes::{self};
 use crate::clock::now_ms;
-use crate::limits::{Backlog, ConnectionSlot, RateLimiter, Verdict};
+use crate::edge::limits::{Backlog, ConnectionSlot, RateLimiter, Verdict};
 use crate::metrics::Outcome;
 use crate::names::{Bucket, Ref};
 use crate::protocol::ack::AckError;
-use crate::state::AppState;
+use crate::serve::changes::RefKey;
+use crate::serve::changes::{self};
+use crate::serve::state::AppState;
 
 use super::events::{Reply, merged};
 use super::{Event, NO_ARGS, content};

@@ -11,7 +11,7 @@ use std::time::Duration;
 use blobs::auth::Keys;
 use blobs::config::Config;
 use blobs::names::Bucket;
-use blobs::objects::Objects;
+use blobs::storage::objects::Objects;
 pub use blobs_testkit::{RawClient, RedisServer, S3Server, ServerProcess};
 use clap::Parser;
 use tempfile::TempDir;
@@ -91,7 +91,8 @@ impl TestServer {
             .unwrap()
             .filter(|e| {
                 let name = e.as_ref().unwrap().file_name();
-                name != blobs::store::JOURNAL_DIR && name != blobs::store::LOCK_FILE
+                name != blobs::storage::store::JOURNAL_DIR
+                    && name != blobs::storage::store::LOCK_FILE
             })
             .count()
     }
@@ -252,12 +253,12 @@ impl Backend {
 
     /// The versioned store of this backend, kept under `storage` or the object prefix (the
     /// file store keeps its journal beside the files).
-    pub async fn versioned(&self, storage: &Path) -> Arc<dyn blobs::store::Store> {
+    pub async fn versioned(&self, storage: &Path) -> Arc<dyn blobs::storage::store::Store> {
         match self {
-            Backend::Files => Arc::new(blobs::store::FsStore::open(storage).unwrap()),
-            Backend::Object(_) => {
-                Arc::new(blobs::store::ObjectBlobs::new(self.objects(storage).await))
-            }
+            Backend::Files => Arc::new(blobs::storage::store::FsStore::open(storage).unwrap()),
+            Backend::Object(_) => Arc::new(blobs::storage::store::ObjectBlobs::new(
+                self.objects(storage).await,
+            )),
         }
     }
 
@@ -266,10 +267,10 @@ impl Backend {
         &self,
         storage: &Path,
         grace: Duration,
-    ) -> Arc<dyn blobs::content::ContentStore> {
+    ) -> Arc<dyn blobs::storage::content::ContentStore> {
         match self {
-            Backend::Files => Arc::new(blobs::content::FsContent::open(storage).unwrap()),
-            Backend::Object(_) => Arc::new(blobs::content::ObjectContent::new(
+            Backend::Files => Arc::new(blobs::storage::content::FsContent::open(storage).unwrap()),
+            Backend::Object(_) => Arc::new(blobs::storage::content::ObjectContent::new(
                 &self.objects(storage).await,
                 grace,
             )),
@@ -345,7 +346,7 @@ pub async fn rgw() -> S3Server {
 /// server that ignores conditional headers cannot make the tests pass.
 async fn probed(server: &S3Server) {
     let client = s3_client(server);
-    blobs::objects::probe(client.as_ref(), "")
+    blobs::storage::objects::probe(client.as_ref(), "")
         .await
         .expect("the S3 server does compare-and-swap");
 }
@@ -389,7 +390,7 @@ pub fn s3_env(s3: &S3Server, prefix: &str) -> Vec<(String, String)> {
 /// An object-store client of `s3`'s bucket.
 pub fn s3_client(s3: &S3Server) -> Arc<dyn object_store::ObjectStore> {
     Arc::new(
-        blobs::s3::client(
+        blobs::storage::s3::client(
             &s3.endpoint,
             &s3.bucket,
             &s3.region,

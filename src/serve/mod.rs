@@ -1,0 +1,14 @@
+//! Serving: the assembly of a node ([`server`]: storage, the Blob Service, the nodes on Redis,
+//! the Socket.IO and HTTP stack on one listener, the graceful shutdown), the one state handle
+//! every connection shares ([`state`]), the hub that carries each committed change to whoever
+//! watches it ([`changes`]), the storage a node runs on ([`backend`]) and the background sweeps
+//! ([`tasks`]).
+//!
+//! Everything above storage may import `state` and `changes`; nothing imports [`server`], which
+//! only the binaries and the tests call, through [`crate::run`].
+
+pub(crate) mod backend;
+pub(crate) mod changes;
+pub(crate) mod server;
+pub(crate) mod state;
+pub(crate) mod tasks;

@@ -1,0 +1,434 @@
+//! Versioned blobs and the storage trait behind them.
+//!
+//! The trait is small on purpose: reading the current blob, a conditional write and a listing
+//! are all the protocols need, and they map onto an object store with conditional writes
+//! ([`ObjectBlobs`]) as well as onto files ([`FsStore`]). Implementations must acknowledge a
+//! write only once it is durable.
+//!
+//! A deleted blob stays as a tombstone (`"deleted": true`, no data, its version kept): readers
+//! see it as missing, and a blob created again continues from its version, so an old client's
+//! write naming a stale version can never win.
+
+mod format;
+mod fs;
+mod object;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::{Bucket, Ref};
+
+pub use format::{damage, decode, preferred};
+pub use fs::{CASE_CONFLICT, FsStore, JOURNAL_DIR, LOCK_FILE, journaled, lock};
+pub use object::{DEFAULT_CACHE_BYTES, ObjectBlobs};
+
+/// Largest version a client may name: JavaScript's `Number.MAX_SAFE_INTEGER`, so every version
+/// (and the next one) stays exact in a browser.
+pub const MAX_VERSION: u64 = (1 << 53) - 1;
+
+/// One blob, exactly as stored in `<bucket>/<ref[0..2]>/<ref>.json` (the original's format,
+/// plus `deleted` on tombstones).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Blob {
+    /// Base64 text as the client sent it; absent when the blob has a version and no data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    pub version: u64,
+    /// Milliseconds since the epoch.
+    pub created: u64,
+    /// Milliseconds since the epoch; absent until the first update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated: Option<u64>,
+    /// Address of the last writer (`X-Real-IP` from a trusted proxy, or the peer).
+    #[serde(default = "unknown_ip")]
+    pub ip: String,
+    /// A tombstone: the blob was deleted at this version.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+}
+
+fn unknown_ip() -> String {
+    "unknown".to_owned()
+}
+
+impl Blob {
+    /// Time of the last change, milliseconds since the epoch.
+    pub fn modified(&self) -> u64 {
+        self.updated.unwrap_or(self.created)
+    }
+
+    /// Length of the decoded data in bytes (0 without data).
+    pub fn size(&self) -> usize {
+        self.data.as_deref().map_or(0, decoded_len)
+    }
+
+    /// Bytes of this blob's file as this server writes it (its JSON), counted without writing
+    /// it out.
+    pub fn stored_len(&self) -> u64 {
+        let digits = |n: u64| u64::from(n.checked_ilog10().unwrap_or(0) + 1);
+        let data = self.data.as_ref().map_or(0, |d| d.len() as u64 + 10);
+        let updated = self.updated.map_or(0, |u| 11 + digits(u));
+        let deleted = if self.deleted { 15 } else { 0 };
+        // `{"version":V,"created":C,"ip":"…"}` and the optional fields.
+        2 + 10
+            + digits(self.version)
+            + 11
+            + digits(self.created)
+            + 8
+            + self.ip.len() as u64
+            + data
+            + updated
+            + deleted
+    }
+}
+
+/// What a listing says of one blob. No data: a page costs memory by its entries, not by the
+/// size of the blobs it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub version: u64,
+    /// Bytes of data.
+    pub size: usize,
+    /// Last change, milliseconds since the epoch.
+    pub updated: u64,
+}
+
+impl From<&Blob> for Listed {
+    fn from(blob: &Blob) -> Self {
+        Listed {
+            version: blob.version,
+            size: blob.size(),
+            updated: blob.modified(),
+        }
+    }
+}
+
+/// Bytes a base64 text decodes to (padding optional).
+fn decoded_len(text: &str) -> usize {
+    let body = text.trim_end_matches('=').len();
+    body * 3 / 4
+}
+
+/// Bytes a blob's file grows by when `blob` replaces `current`.
+fn grown(current: Option<&Blob>, blob: &Blob) -> i64 {
+    blob.stored_len() as i64 - current.map_or(0, Blob::stored_len) as i64
+}
+
+/// The blob as readers see it: `None` for a missing blob and for a tombstone.
+pub fn live(blob: Option<Arc<Blob>>) -> Option<Arc<Blob>> {
+    blob.filter(|b| !b.deleted)
+}
+
+/// What a write expects of the current blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// The Socket.IO rule: a missing blob is created whatever the version says; otherwise the
+    /// version must match the current one (a tombstone's included).
+    Protocol(Option<u64>),
+    /// `If-Match`: a live blob at exactly this version.
+    Version(u64),
+    /// `If-None-Match: *`: no live blob (missing, or a tombstone, which it continues).
+    Absent,
+    /// No precondition: creates like `Absent`, but a live blob needs a precondition.
+    Unconditional,
+}
+
+/// The change a write makes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Edit {
+    /// New data (or none: a blob with a version and no data).
+    Put(Option<String>),
+    /// A tombstone.
+    Delete,
+}
+
+/// A conditional write.
+#[derive(Clone, Debug)]
+pub struct SetRequest {
+    pub edit: Edit,
+    pub expect: Expect,
+    pub ip: String,
+    /// Time of the write, milliseconds since the epoch.
+    pub now: u64,
+}
+
+/// What a conditional write did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SetOutcome {
+    /// The write is durable; the blob (or tombstone) now has this version, and its file grew
+    /// by `grown` bytes (negative: shrank; [`Blob::stored_len`] of what it replaced).
+    Committed { version: u64, grown: i64 },
+    /// The expectation failed: nothing was written; this is the current blob, if any
+    /// (tombstones included).
+    Conflict(Option<Arc<Blob>>),
+    /// An unconditional write met a live blob: the writer must say which version it replaces.
+    PreconditionRequired(Arc<Blob>),
+}
+
+/// A storage failure. Its detail is logged; the client only learns that the operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("i/o error on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A damaged blob file (see [`decode`]): never served, never written over.
+    #[error("blob file {path} is damaged: {reason}")]
+    Corrupt { path: String, reason: String },
+    #[error("the next version would exceed {MAX_VERSION}")]
+    VersionOverflow,
+    #[error("storage task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The object store failed (or could not be reached).
+    #[error("object store: {0}")]
+    Object(object_store::Error),
+}
+
+/// Counted by the object layer already.
+impl From<crate::storage::objects::Error> for Error {
+    fn from(e: crate::storage::objects::Error) -> Self {
+        Error::Object(e.source)
+    }
+}
+
+impl From<object_store::Error> for Error {
+    fn from(e: object_store::Error) -> Self {
+        crate::metrics::object_store_error();
+        Error::Object(e)
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Storage for versioned blobs, shared by every connection.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The current blob or tombstone, or `None` when there never was one.
+    async fn get(&self, bucket: &Bucket, r: &Ref) -> Result<Option<Arc<Blob>>>;
+
+    /// A conditional write (see [`apply`] for the rules).
+    async fn set(&self, bucket: &Bucket, r: &Ref, request: SetRequest) -> Result<SetOutcome>;
+
+    /// Live blobs of a bucket in ref order, after `after`, at most `limit` of them. A listing
+    /// reads only what it shows (a large blob's file by its head and tail, see
+    /// `format::summarize_ends`), never a blob's data; a damaged blob file is logged and left
+    /// out, so one bad file cannot fail a whole listing.
+    async fn list(
+        &self,
+        bucket: &Bucket,
+        after: Option<&Ref>,
+        limit: usize,
+    ) -> Result<Vec<(Ref, Listed)>>;
+
+    /// Whether the store can take writes now (a probe write succeeds).
+    async fn writable(&self) -> bool;
+
+    /// Makes every committed write durable where readers other than this server find it (the
+    /// file store's checkpoint); a no-op where a write already lands there.
+    async fn checkpoint(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Resolves when a checkpoint is wanted before its time (the file store's unwritten blobs
+    /// near their limit); never, where none is.
+    async fn checkpoint_wanted(&self) {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The blob a conditional write produces from the current one, or what it reports instead.
+///
+/// Pure, so the version rules are tested once for every backend.
+pub fn apply(current: Option<&Arc<Blob>>, request: SetRequest) -> Result<Result<Blob, SetOutcome>> {
+    let conflict = || Ok(Err(SetOutcome::Conflict(current.cloned())));
+    let live = current.filter(|b| !b.deleted);
+    let base = match (request.expect, current) {
+        (Expect::Protocol(_), None) => None,
+        (Expect::Protocol(version), Some(blob)) if version == Some(blob.version) => Some(blob),
+        (Expect::Protocol(_), Some(_)) => return conflict(),
+        (Expect::Version(version), _) => match live {
+            Some(blob) if blob.version == version => Some(blob),
+            _ => return conflict(),
+        },
+        (Expect::Absent, _) if live.is_some() => return conflict(),
+        (Expect::Unconditional, _) if live.is_some() => {
+            return Ok(Err(SetOutcome::PreconditionRequired(
+                live.cloned().expect("checked above"),
+            )));
+        }
+        (Expect::Absent | Expect::Unconditional, tombstone) => tombstone,
+    };
+    // Deleting what readers already see as missing is a conflict, not a new tombstone.
+    if request.edit == Edit::Delete && base.is_none_or(|b| b.deleted) {
+        return conflict();
+    }
+    let version = match base {
+        None => 1,
+        Some(b) if b.version >= MAX_VERSION => return Err(Error::VersionOverflow),
+        Some(b) => b.version + 1,
+    };
+    let (data, deleted) = match request.edit {
+        Edit::Put(data) => (data, false),
+        Edit::Delete => (None, true),
+    };
+    Ok(Ok(Blob {
+        data,
+        version,
+        // A blob created again over a tombstone starts a new life.
+        created: base
+            .filter(|b| !b.deleted)
+            .map_or(request.now, |b| b.created),
+        updated: base.is_some_and(|b| !b.deleted).then_some(request.now),
+        ip: request.ip,
+        deleted,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(expect: Expect, edit: Edit) -> SetRequest {
+        SetRequest {
+            edit,
+            expect,
+            ip: "ip".into(),
+            now: 7,
+        }
+    }
+
+    fn put(expect: Expect) -> SetRequest {
+        request(expect, Edit::Put(Some("AA==".into())))
+    }
+
+    fn committed(current: Option<&Arc<Blob>>, req: SetRequest) -> Arc<Blob> {
+        Arc::new(apply(current, req).unwrap().expect("write commits"))
+    }
+
+    #[test]
+    fn a_missing_blob_is_created_at_version_one_whatever_the_protocol_request_says() {
+        for version in [None, Some(1), Some(42)] {
+            let blob = committed(None, put(Expect::Protocol(version)));
+            assert_eq!((blob.version, blob.created, blob.updated), (1, 7, None));
+        }
+        assert_eq!(committed(None, put(Expect::Absent)).version, 1);
+        assert_eq!(committed(None, put(Expect::Unconditional)).version, 1);
+        assert_eq!(
+            apply(None, put(Expect::Version(1))).unwrap(),
+            Err(SetOutcome::Conflict(None))
+        );
+    }
+
+    #[test]
+    fn a_matching_version_increments_and_a_stale_one_conflicts() {
+        let current = committed(None, put(Expect::Protocol(None)));
+        let next = committed(Some(&current), put(Expect::Protocol(Some(1))));
+        assert_eq!((next.version, next.created, next.updated), (2, 7, Some(7)));
+        assert_eq!(
+            committed(Some(&current), put(Expect::Version(1))).version,
+            2
+        );
+        for stale in [
+            Expect::Protocol(None),
+            Expect::Protocol(Some(2)),
+            Expect::Version(2),
+        ] {
+            assert_eq!(
+                apply(Some(&current), put(stale)).unwrap(),
+                Err(SetOutcome::Conflict(Some(current.clone())))
+            );
+        }
+        assert_eq!(
+            apply(Some(&current), put(Expect::Absent)).unwrap(),
+            Err(SetOutcome::Conflict(Some(current.clone())))
+        );
+        assert_eq!(
+            apply(Some(&current), put(Expect::Unconditional)).unwrap(),
+            Err(SetOutcome::PreconditionRequired(current.clone()))
+        );
+    }
+
+    #[test]
+    fn tombstones_keep_the_version_and_stale_writers_never_win() {
+        let v1 = committed(None, put(Expect::Protocol(None)));
+        let tombstone = committed(Some(&v1), request(Expect::Version(1), Edit::Delete));
+        assert!(tombstone.deleted && tombstone.data.is_none());
+        assert_eq!(tombstone.version, 2);
+        assert!(live(Some(tombstone.clone())).is_none());
+        // An old client naming version 1, or none, loses.
+        for stale in [
+            Expect::Protocol(Some(1)),
+            Expect::Protocol(None),
+            Expect::Version(2),
+        ] {
+            assert!(matches!(
+                apply(Some(&tombstone), put(stale)).unwrap(),
+                Err(SetOutcome::Conflict(Some(_)))
+            ));
+        }
+        // Deleting again is a conflict; creating again continues the versions.
+        assert!(
+            apply(Some(&tombstone), request(Expect::Version(2), Edit::Delete))
+                .unwrap()
+                .is_err()
+        );
+        for create in [
+            Expect::Absent,
+            Expect::Unconditional,
+            Expect::Protocol(Some(2)),
+        ] {
+            let again = committed(Some(&tombstone), put(create));
+            assert_eq!(
+                (again.version, again.deleted, again.updated),
+                (3, false, None)
+            );
+        }
+    }
+
+    #[test]
+    fn the_file_format_round_trips() {
+        let text = r#"{"data":"aGk=","version":3,"created":1763780000000,"updated":1763780100000,"ip":"203.0.113.7"}"#;
+        let blob: Blob = serde_json::from_str(text).unwrap();
+        assert_eq!(serde_json::to_string(&blob).unwrap(), text);
+        assert_eq!((blob.size(), blob.modified()), (2, 1763780100000));
+        let bare: Blob =
+            serde_json::from_str(r#"{"version":1,"created":5,"ip":"unknown"}"#).unwrap();
+        assert_eq!(
+            serde_json::to_string(&bare).unwrap(),
+            r#"{"version":1,"created":5,"ip":"unknown"}"#
+        );
+        let tombstone = r#"{"version":4,"created":5,"ip":"unknown","deleted":true}"#;
+        let blob: Blob = serde_json::from_str(tombstone).unwrap();
+        assert!(blob.deleted);
+        assert_eq!(serde_json::to_string(&blob).unwrap(), tombstone);
+    }
+
+    #[test]
+    fn stored_lengths_are_the_files_lengths() {
+        let mut blob = Blob {
+            data: Some("aGVsbG8=".into()),
+            version: 1,
+            created: 1_763_780_000_000,
+            updated: None,
+            ip: "203.0.113.7".into(),
+            deleted: false,
+        };
+        let len = |b: &Blob| serde_json::to_vec(b).unwrap().len() as u64;
+        assert_eq!(blob.stored_len(), len(&blob));
+        for version in [9, 10, 99_999, MAX_VERSION] {
+            blob.version = version;
+            blob.updated = Some(version * 7);
+            assert_eq!(blob.stored_len(), len(&blob), "{version}");
+        }
+        blob.data = None;
+        blob.deleted = true;
+        blob.created = 0;
+        assert_eq!(blob.stored_len(), len(&blob));
+        blob.data = Some(String::new());
+        blob.ip = "::1".into();
+        assert_eq!(blob.stored_len(), len(&blob));
+    }
+}
