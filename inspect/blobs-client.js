@@ -28,7 +28,7 @@ function text(bytes) {
 
 // dist/blob.js
 var RETRY = [100, 5e3];
-var Blob2 = class {
+var BlobHandle = class {
   ref;
   #transport;
   constructor(transport, ref) {
@@ -3942,11 +3942,12 @@ async function* eventIds(body) {
 }
 
 // dist/index.js
+var Blob2 = BlobHandle;
 function connect(url2, options) {
   const transport = new SocketTransport(url2, options);
   return {
     socket: transport.socket,
-    blob: (ref) => new Blob2(transport, ref),
+    blob: (ref) => new BlobHandle(transport, ref),
     content: {
       put: (data) => transport.putContent(data),
       get: (hash) => transport.getContent(hash)
@@ -3957,7 +3958,7 @@ function connect(url2, options) {
 function connectHttp(url2, options) {
   const transport = new HttpTransport(url2, options);
   return {
-    blob: (ref) => new Blob2(transport, ref),
+    blob: (ref) => new BlobHandle(transport, ref),
     content: {
       put: (data) => transport.putContent(data),
       get: (hash) => transport.getContent(hash)
@@ -3967,6 +3968,7 @@ function connectHttp(url2, options) {
 }
 export {
   Blob2 as Blob,
+  BlobHandle,
   BlobsError,
   blake3Hex,
   connect,

@@ -34,8 +34,9 @@ export interface UpdateOptions {
 /// Waits, in milliseconds, before a watch reads again after a failed read: first, and longest.
 const RETRY = [100, 5000];
 
-/// One blob of the token's bucket.
-export class Blob {
+/// One blob of the token's bucket: a handle that reads, writes and watches it (it holds no
+/// data itself).
+export class BlobHandle {
   readonly ref: string;
   readonly #transport: Transport;
 

@@ -6,18 +6,26 @@
 //   await counter.update((bytes) => String(Number(text(bytes ?? new Uint8Array())) + 1));
 //   const stop = counter.watch((value) => console.log(value?.version));
 
-import { Blob } from './blob.js';
+import { BlobHandle } from './blob.js';
 import { type Data } from './bytes.js';
 import { HttpTransport } from './http.js';
 import { type ConnectOptions, SocketTransport } from './socket.js';
 
-export { Blob } from './blob.js';
+export { BlobHandle } from './blob.js';
 export type { SetResult, UpdateOptions, Value } from './blob.js';
 export { blake3Hex } from './blake3.js';
 export { fromBase64, text, toBase64, toBytes } from './bytes.js';
 export type { Data } from './bytes.js';
 export { BlobsError } from './socket.js';
 export type { ConnectOptions } from './socket.js';
+
+/**
+ * @deprecated Use {@link BlobHandle}: `Blob` shadows the DOM's global `Blob` where it is
+ * imported.
+ */
+export const Blob = BlobHandle;
+/** @deprecated Use {@link BlobHandle}. */
+export type Blob = BlobHandle;
 
 /// Content named by its BLAKE3 hash.
 export interface ContentStore {
@@ -29,7 +37,7 @@ export interface ContentStore {
 
 export interface Client {
   /// One blob of the token's bucket.
-  blob(ref: string): Blob;
+  blob(ref: string): BlobHandle;
   readonly content: ContentStore;
   close(): void;
 }
@@ -40,7 +48,7 @@ export function connect(url: string, options: ConnectOptions): Client & { readon
   const transport = new SocketTransport(url, options);
   return {
     socket: transport.socket,
-    blob: (ref) => new Blob(transport, ref),
+    blob: (ref) => new BlobHandle(transport, ref),
     content: {
       put: (data) => transport.putContent(data),
       get: (hash) => transport.getContent(hash),
@@ -54,7 +62,7 @@ export function connect(url: string, options: ConnectOptions): Client & { readon
 export function connectHttp(url: string, options: { token: string }): Client {
   const transport = new HttpTransport(url, options);
   return {
-    blob: (ref) => new Blob(transport, ref),
+    blob: (ref) => new BlobHandle(transport, ref),
     content: {
       put: (data) => transport.putContent(data),
       get: (hash) => transport.getContent(hash),
