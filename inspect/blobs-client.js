@@ -29,8 +29,14 @@ function text(bytes) {
 // dist/blob.js
 var RETRY = [100, 5e3];
 var BlobHandle = class {
+  /** The blob's ref: 64 lower-case hexadecimal characters. */
   ref;
   #transport;
+  /**
+   * @param transport - The protocol that carries the blob (Socket.IO or HTTP).
+   * @param ref - 64 hexadecimal characters naming the blob in the token's bucket.
+   * @throws TypeError when `ref` is not 64 hexadecimal characters.
+   */
   constructor(transport, ref) {
     if (!/^[0-9a-fA-F]{64}$/.test(ref)) {
       throw new TypeError("a ref is 64 hexadecimal characters");
@@ -38,19 +44,39 @@ var BlobHandle = class {
     this.ref = ref.toLowerCase();
     this.#transport = transport;
   }
-  /// The current value, or `null` when there is none.
+  /**
+   * The current value, or `null` when there is none.
+   * @throws `BlobsError` when the server answers with an error; another `Error` when
+   * the connection is refused or lost.
+   */
   async get() {
     const read = await this.#transport.read(this.ref);
     return read === "unchanged" ? null : read;
   }
-  /// Writes `data` if the blob is still at `version` (omit it to create a blob that does not
-  /// exist). A refusal carries the current blob, to rebase on.
+  /**
+   * Writes `data` if the blob is still at `version` (omit it to create a blob that does not
+   * exist). A refusal carries the current blob, to rebase on.
+   * @param data - Text (stored as UTF-8) or bytes.
+   * @param options - `version`: the version this write replaces.
+   * @returns Committed with the new version, or refused with the current version and data.
+   * @throws `BlobsError` when the server answers with an error (a read-only token, data
+   * too large); another `Error` when the connection is refused, or lost while the write was
+   * out (its outcome is then unknown).
+   */
   set(data, options = {}) {
     return this.#transport.write(this.ref, toBytes(data), options.version);
   }
-  /// Reads the blob, applies `fn` to its bytes (`null` when there is none) and writes the
-  /// result with compare-and-swap; on a conflict, applies `fn` again to the data the server
-  /// returned, as Firebase transactions do. Resolves to what was written.
+  /**
+   * Reads the blob, applies `fn` to its bytes (`null` when there is none) and writes the
+   * result with compare-and-swap; on a conflict, applies `fn` again to the data the server
+   * returned, as Firebase transactions do.
+   * @param fn - The new data from the current bytes; may be called more than once.
+   * @param options - `retries`: conflicts to retry after before giving up (default 100).
+   * @returns What was written: its version and bytes.
+   * @throws `BlobsError` when the server answers with an error; another `Error` when it still
+   * conflicts after `options.retries` retries, or when the connection is lost during a write
+   * (the outcome is then unknown: read the blob again before deciding to retry).
+   */
   async update(fn, options = {}) {
     const retries = options.retries ?? 100;
     const current = await this.get();
@@ -66,10 +92,12 @@ var BlobHandle = class {
     }
     throw new Error(`update of ${this.ref} still conflicted after ${retries} retries`);
   }
-  /// Calls `callback` with the current value first (`null` when there is none), then with each
-  /// newer version it sees, once each and in increasing order (a version superseded before it
-  /// could be read is skipped). Survives reconnects: it watches again and catches up. Returns a
-  /// function that stops watching.
+  /**
+   * Calls `callback` with the current value first (`null` when there is none), then with each
+   * newer version it sees, once each and in increasing order (a version superseded before it
+   * could be read is skipped). Survives reconnects: it watches again and catches up.
+   * @returns A function that stops watching.
+   */
   watch(callback) {
     let seen = 0;
     let delivered = false;
@@ -3652,6 +3680,7 @@ var BlobsError = class extends Error {
   }
 };
 var SocketTransport = class {
+  /** The Socket.IO socket, for its connection events (`connect`, `disconnect`, `connect_error`). */
   socket;
   #pending = /* @__PURE__ */ new Set();
   #follows = /* @__PURE__ */ new Map();
@@ -3691,7 +3720,11 @@ var SocketTransport = class {
         changed(version);
     });
   }
-  /// Sends `event` with `arg` and resolves to the answer; an `{ error }` answer rejects.
+  /**
+   * Sends `event` with `arg` and resolves to the answer.
+   * @throws `BlobsError` for an `{ error }` answer; another `Error` when the handshake was
+   * refused, or when the connection was lost after the event went out.
+   */
   call(event, arg) {
     if (this.#failure)
       return Promise.reject(this.#failure);
@@ -3753,7 +3786,7 @@ var SocketTransport = class {
         });
     };
   }
-  /// On every connection: watch every followed ref again, then let each catch up.
+  /** On every connection: watch every followed ref again, then let each catch up. */
   async #resubscribe() {
     const refs = [...this.#follows.keys()];
     try {
@@ -3767,8 +3800,10 @@ var SocketTransport = class {
       for (const changed of this.#follows.get(ref) ?? [])
         changed();
   }
-  /// Stores content and resolves to its hash: inline when small, through a direct upload URL
-  /// when large.
+  /**
+   * Stores content and resolves to its hash: inline when small, through a direct upload URL
+   * when large.
+   */
   async putContent(data) {
     const bytes = toBytes(data);
     const hash = blake3Hex(bytes);
@@ -3791,7 +3826,7 @@ var SocketTransport = class {
       throw new BlobsError(confirmed.reason);
     return hash;
   }
-  /// The content named `hash`, checked against it.
+  /** The content named `hash`, checked against it. */
   async getContent(hash) {
     const reply = await this.call("blob-request", { hashes: [hash], redirect: true });
     let bytes;
@@ -3890,6 +3925,7 @@ var HttpTransport = class {
       this.#streams.delete(stop);
     };
   }
+  /** Stores content (`PUT /blobs/{hash}`) and resolves to its hash. */
   async putContent(data) {
     const bytes = toBytes(data);
     const hash = blake3Hex(bytes);
@@ -3898,12 +3934,14 @@ var HttpTransport = class {
       throw await failure(response);
     return hash;
   }
+  /** The content named `hash` (`GET /blobs/{hash}`), checked against it. */
   async getContent(hash) {
     const response = await this.#request(`/blobs/${hash}`);
     if (!response.ok)
       throw await failure(response);
     return verified(new Uint8Array(await response.arrayBuffer()), hash);
   }
+  /** Stops every change stream. */
   close() {
     for (const stream of this.#streams)
       stream.abort();
