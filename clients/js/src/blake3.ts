@@ -28,7 +28,7 @@ function rotr(x: number, n: number): number {
   return (x >>> n) | (x << (32 - n));
 }
 
-/// The 16 output words of compressing one block.
+/** The 16 output words of compressing one block. */
 function compress(
   cv: Uint32Array,
   block: Uint32Array,
@@ -62,7 +62,7 @@ function compress(
   return s;
 }
 
-/// The little-endian words of up to 64 bytes, zero-padded.
+/** The little-endian words of up to 64 bytes, zero-padded. */
 function words(bytes: Uint8Array, start: number, end: number): Uint32Array {
   const block = new Uint32Array(16);
   for (let i = start; i < end; i++) {
@@ -71,7 +71,7 @@ function words(bytes: Uint8Array, start: number, end: number): Uint32Array {
   return block;
 }
 
-/// What is needed to finish a node: its compression inputs.
+/** What is needed to finish a node: its compression inputs. */
 interface Node {
   cv: Uint32Array;
   block: Uint32Array;
@@ -84,8 +84,10 @@ function chainingValue(node: Node): Uint32Array {
   return compress(node.cv, node.block, node.counter, node.blockLen, node.flags).subarray(0, 8);
 }
 
-/// One chunk (up to 1,024 bytes) of `input`: every block compressed but the last, which is
-/// returned as the chunk's node.
+/**
+ * One chunk (up to 1,024 bytes) of `input`: every block compressed but the last, which is
+ * returned as the chunk's node.
+ */
 function chunkNode(input: Uint8Array, start: number, end: number, counter: number): Node {
   let cv = IV;
   let blockStart = start;
@@ -112,7 +114,7 @@ function parentNode(left: Uint32Array, right: Uint32Array): Node {
   return { cv: IV, block, counter: 0, blockLen: BLOCK_LEN, flags: PARENT };
 }
 
-/// The BLAKE3 hash of `input`, as 64 lower-case hexadecimal characters.
+/** The BLAKE3 hash of `input`, as 64 lower-case hexadecimal characters. */
 export function blake3Hex(input: Uint8Array): string {
   // The chaining values of complete subtrees, largest first (the spec's CV stack).
   const stack: Uint32Array[] = [];

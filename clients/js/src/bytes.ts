@@ -1,13 +1,15 @@
 // Bytes as the protocols carry them: base64 over Socket.IO, raw over HTTP. Apps give and get
 // strings or Uint8Arrays; base64 is the library's business.
 
-/// What an app may store: text (UTF-8) or bytes.
+/** What an app may store: text (UTF-8) or bytes. */
 export type Data = string | Uint8Array;
 
+/** `data` as bytes: text encoded as UTF-8, bytes as they are. */
 export function toBytes(data: Data): Uint8Array {
   return typeof data === 'string' ? new TextEncoder().encode(data) : data;
 }
 
+/** `bytes` in base64, as the Socket.IO protocol carries them. */
 export function toBase64(bytes: Uint8Array): string {
   let binary = '';
   // In slices: String.fromCharCode takes its arguments on the stack.
@@ -17,6 +19,10 @@ export function toBase64(bytes: Uint8Array): string {
   return btoa(binary);
 }
 
+/**
+ * The bytes that the base64 `text` encodes.
+ * @throws DOMException (`InvalidCharacterError`) when `text` is not valid base64.
+ */
 export function fromBase64(text: string): Uint8Array {
   const binary = atob(text);
   const bytes = new Uint8Array(binary.length);
@@ -24,7 +30,7 @@ export function fromBase64(text: string): Uint8Array {
   return bytes;
 }
 
-/// The bytes as UTF-8 text.
+/** The bytes as UTF-8 text. */
 export function text(bytes: Uint8Array): string {
   return new TextDecoder().decode(bytes);
 }

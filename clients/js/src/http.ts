@@ -6,9 +6,13 @@ import { type Data, toBytes } from './bytes.js';
 import type { SetResult, Transport, Value } from './blob.js';
 import { BlobsError, verified } from './socket.js';
 
-/// Waits between attempts to reopen a change stream: first, and longest.
+/** Waits between attempts to reopen a change stream: first, and longest. */
 const RETRY = [250, 5000];
 
+/**
+ * Blobs over HTTP alone: fetch, and a Server-Sent Events change stream per followed blob.
+ * The `Transport` of `connectHttp`.
+ */
 export class HttpTransport implements Transport {
   readonly #base: string;
   readonly #token: string;
@@ -81,6 +85,7 @@ export class HttpTransport implements Transport {
     };
   }
 
+  /** Stores content (`PUT /blobs/{hash}`) and resolves to its hash. */
   async putContent(data: Data): Promise<string> {
     const bytes = toBytes(data);
     const hash = blake3Hex(bytes);
@@ -89,19 +94,21 @@ export class HttpTransport implements Transport {
     return hash;
   }
 
+  /** The content named `hash` (`GET /blobs/{hash}`), checked against it. */
   async getContent(hash: string): Promise<Uint8Array> {
     const response = await this.#request(`/blobs/${hash}`);
     if (!response.ok) throw await failure(response);
     return verified(new Uint8Array(await response.arrayBuffer()), hash);
   }
 
+  /** Stops every change stream. */
   close() {
     for (const stream of this.#streams) stream.abort();
     this.#streams.clear();
   }
 }
 
-/// The version an ETag (`"3"`) names.
+/** The version an ETag (`"3"`) names. */
 function etag(response: Response): number {
   return Number((response.headers.get('etag') ?? '').replaceAll('"', ''));
 }
@@ -111,7 +118,7 @@ async function failure(response: Response): Promise<BlobsError> {
   return new BlobsError(body?.error ?? `HTTP ${response.status}`);
 }
 
-/// The `id` of each event of a Server-Sent Events body.
+/** The `id` of each event of a Server-Sent Events body. */
 async function* eventIds(body: ReadableStream<Uint8Array>): AsyncGenerator<string> {
   const decoder = new TextDecoder();
   const reader = body.getReader();

@@ -7,13 +7,13 @@ import { blake3Hex } from './blake3.js';
 import { type Data, fromBase64, toBase64, toBytes } from './bytes.js';
 import type { SetResult, Transport, Value } from './blob.js';
 
-/// The refs one `watch` names at most (the server's limit per event).
+/** The refs one `watch` names at most (the server's limit per event). */
 const WATCH_BATCH = 1000;
 
-/// Content up to this size goes inline (`blob-upload`); larger goes to a direct upload URL.
+/** Content up to this size goes inline (`blob-upload`); larger goes to a direct upload URL. */
 const INLINE_LIMIT = 512 * 1024;
 
-/// An `{ error }` answer of the server.
+/** An `{ error }` answer of the server. */
 export class BlobsError extends Error {
   constructor(message: string) {
     super(message);
@@ -23,19 +23,27 @@ export class BlobsError extends Error {
 
 interface Pending {
   reject: (error: Error) => void;
-  /// Whether the call went out on the connection (a call made while disconnected waits in the
-  /// client's buffer and goes out on the next one).
+  /**
+   * Whether the call went out on the connection (a call made while disconnected waits in the
+   * client's buffer and goes out on the next one).
+   */
   sent: boolean;
 }
 
+/** Options of `connect`. */
 export interface ConnectOptions {
-  /// The bucket token.
+  /** The bucket token. */
   token: string;
-  /// Socket.IO transports, e.g. `['websocket']`; default: long-polling, then WebSocket.
+  /** Socket.IO transports, e.g. `['websocket']`; default: long-polling, then WebSocket. */
   transports?: ('polling' | 'websocket')[];
 }
 
+/**
+ * Blobs over one Socket.IO connection, which reconnects by itself: the `Transport` of
+ * `connect`.
+ */
 export class SocketTransport implements Transport {
+  /** The Socket.IO socket, for its connection events (`connect`, `disconnect`, `connect_error`). */
   readonly socket: Socket;
   readonly #pending = new Set<Pending>();
   readonly #follows = new Map<string, Set<(version?: number) => void>>();
@@ -75,7 +83,11 @@ export class SocketTransport implements Transport {
     });
   }
 
-  /// Sends `event` with `arg` and resolves to the answer; an `{ error }` answer rejects.
+  /**
+   * Sends `event` with `arg` and resolves to the answer.
+   * @throws `BlobsError` for an `{ error }` answer; another `Error` when the handshake was
+   * refused, or when the connection was lost after the event went out.
+   */
   call(event: string, arg: unknown): Promise<any> {
     if (this.#failure) return Promise.reject(this.#failure);
     return new Promise((resolve, reject) => {
@@ -132,7 +144,7 @@ export class SocketTransport implements Transport {
     };
   }
 
-  /// On every connection: watch every followed ref again, then let each catch up.
+  /** On every connection: watch every followed ref again, then let each catch up. */
   async #resubscribe() {
     const refs = [...this.#follows.keys()];
     try {
@@ -145,8 +157,10 @@ export class SocketTransport implements Transport {
     for (const ref of refs) for (const changed of this.#follows.get(ref) ?? []) changed();
   }
 
-  /// Stores content and resolves to its hash: inline when small, through a direct upload URL
-  /// when large.
+  /**
+   * Stores content and resolves to its hash: inline when small, through a direct upload URL
+   * when large.
+   */
   async putContent(data: Data): Promise<string> {
     const bytes = toBytes(data);
     const hash = blake3Hex(bytes);
@@ -165,7 +179,7 @@ export class SocketTransport implements Transport {
     return hash;
   }
 
-  /// The content named `hash`, checked against it.
+  /** The content named `hash`, checked against it. */
   async getContent(hash: string): Promise<Uint8Array> {
     const reply = await this.call('blob-request', { hashes: [hash], redirect: true });
     let bytes: Uint8Array | undefined;
@@ -184,7 +198,7 @@ export class SocketTransport implements Transport {
   }
 }
 
-/// `bytes` if they hash to `hash`; an error otherwise.
+/** `bytes` if they hash to `hash`; an error otherwise. */
 export function verified(bytes: Uint8Array, hash: string): Uint8Array {
   const actual = blake3Hex(bytes);
   if (actual !== hash) throw new BlobsError(`content ${hash} hashes to ${actual}`);

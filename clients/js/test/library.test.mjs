@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
-import { blake3Hex, connect, connectHttp, text } from '../dist/index.js';
+import { Blob as DeprecatedBlob, BlobHandle, blake3Hex, connect, connectHttp, text } from '../dist/index.js';
 import { newRef, startServer, token } from './server.mjs';
 
 const increment = (bytes) => String(Number(bytes ? text(bytes) || '0' : '0') + 1);
@@ -17,6 +17,14 @@ async function until(predicate, what, limit = 20_000) {
     await new Promise((wake) => setTimeout(wake, 10));
   }
 }
+
+test('a blob is a BlobHandle, still exported under its former name Blob', () => {
+  // No request goes out: an HTTP client connects on its first call.
+  const client = connectHttp('http://127.0.0.1:9', { token: 'unused' });
+  assert.ok(client.blob(newRef()) instanceof BlobHandle);
+  assert.equal(DeprecatedBlob, BlobHandle);
+  client.close();
+});
 
 describe('blobs over Socket.IO', () => {
   let server;
