@@ -73,13 +73,19 @@ pub struct Config {
     #[arg(long, env = "EXPOSE_UPLOADER_IP", default_value_t = false, action = clap::ArgAction::Set)]
     pub expose_uploader_ip: bool,
 
-    /// Most TCP connections (HTTP and Socket.IO) open at once, and most Socket.IO sessions
-    /// (either transport). Past it, new connections get 503 (`/healthz` still answers) and
-    /// handshakes `connect_error`.
+    /// Most TCP connections (HTTP, long-polling and WebSocket alike) open at once, lowered at
+    /// start to fit the descriptor limit. Past it, new connections get 503 (`/healthz` still
+    /// answers).
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
-    /// Most Socket.IO sessions from one client address (after `TRUSTED_PROXIES`); 0: no
+    /// Most Socket.IO sessions (either transport) and HTTP event streams at once; past it a
+    /// handshake gets `connect_error` and a stream 503. Unset: the connection cap as lowered
+    /// at start (a long-polling session holds no connection between its requests).
+    #[arg(long, env = "MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
+
+    /// Most Socket.IO sessions and HTTP event streams from one client address (after `TRUSTED_PROXIES`); 0: no
     /// per-address limit, as in the original (NAT puts whole offices and mobile networks on
     /// one address).
     #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = 0)]

@@ -30,7 +30,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -39,8 +39,10 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tower::{Service, ServiceExt as _};
 
-use crate::edge::limits::{Cap, Place};
-use crate::http::{error_response, healthz};
+use super::admission::SERVER_FULL;
+use super::admission::{Cap, PRE_CONNECT, Place};
+use super::reply::{error_response, healthy};
+use crate::config::Config;
 
 /// Connections past `MAX_CONNECTIONS` still served with the overflow answer.
 const OVERFLOW: usize = 64;
@@ -65,7 +67,7 @@ pub fn connection_slots(limits: &EdgeLimits) -> Arc<Cap> {
 /// `wanted`, lowered to what the process's descriptor limit leaves for connections (with the
 /// overflow and the reserve), so the cap is reached before `accept` fails for want of a
 /// descriptor. Logged when lowered.
-pub fn connection_cap(wanted: usize) -> usize {
+fn connection_cap(wanted: usize) -> usize {
     let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else {
         return wanted;
     };
@@ -93,6 +95,19 @@ pub struct EdgeLimits {
     pub max_head_bytes: usize,
     pub header_timeout: Duration,
     pub send_timeout: Duration,
+}
+
+impl EdgeLimits {
+    /// The bounds `config` sets, `MAX_CONNECTIONS` lowered to fit the descriptor limit.
+    pub fn new(config: &Config) -> Self {
+        Self {
+            max_connections: connection_cap(config.max_connections),
+            send_buffer: config.socket_send_buffer,
+            max_head_bytes: config.max_head_bytes as usize,
+            header_timeout: config.header_timeout,
+            send_timeout: config.send_timeout,
+        }
+    }
 }
 
 /// Bytes this server has written to one connection so far, in every request's extensions:
@@ -301,12 +316,9 @@ where
 /// else is 503.
 async fn over_limit<B>(request: hyper::Request<B>) -> Result<Response, Infallible> {
     let mut response = if request.uri().path() == "/healthz" {
-        healthz().await.into_response()
+        healthy()
     } else {
-        error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Server is at its connection limit".to_owned(),
-        )
+        error_response(StatusCode::SERVICE_UNAVAILABLE, SERVER_FULL.to_owned())
     };
     response.headers_mut().insert(
         header::CONNECTION,
@@ -374,10 +386,7 @@ impl AsyncRead for Metered {
         let polled = Pin::new(&mut this.tcp).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && !this.read_cap.read(buf.filled().len() - before)
         {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                crate::edge::limits::PRE_CONNECT,
-            )));
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, PRE_CONNECT)));
         }
         polled
     }

@@ -104,7 +104,7 @@ pub(super) async fn upload(
     multipart: std::result::Result<Multipart, MultipartRejection>,
 ) -> Result<Response> {
     let bucket = token.writer()?;
-    let limit = state.content_limits().max_bytes;
+    let limit = state.config().content_max_bytes;
     // A place for the record first: a bucket at its record quota refuses before the body.
     let hold = state.quota().admit(bucket, 0, 1).await?;
     let mut multipart = multipart.map_err(|_| {
@@ -185,7 +185,7 @@ pub(super) async fn upload(
         retention_policy,
         content_type,
         file_name,
-        uploader: client_addr::client_address(peer.ip(), &headers, state.trusted_proxies())
+        uploader: client_addr::client_address(peer.ip(), &headers, &state.config().trusted_proxies)
             .to_string(),
         now,
     };
@@ -293,7 +293,7 @@ pub(super) async fn metadata(
 ) -> Result<Json<Shown>> {
     Ok(Json(Shown {
         record: live_record(&state, &token, &handle).await?,
-        uploader: state.expose_uploader_ip(),
+        uploader: state.config().expose_uploader_ip,
     }))
 }
 
@@ -371,7 +371,7 @@ pub(super) async fn list(
         limit,
         now_ms(),
     );
-    let uploader = state.expose_uploader_ip();
+    let uploader = state.config().expose_uploader_ip;
     let records = page
         .into_iter()
         .map(|record| Shown { record, uploader })
@@ -459,10 +459,10 @@ pub(super) async fn subscribe(
             yield Ok::<_, Infallible>(line(record));
             last_sent = record.created;
         }
-        let closing = state.changes().closing();
+        let closing = state.changes().shutdown();
         tokio::pin!(closing, expiry);
         // A newline on an idle stream, so proxies and clients keep it open.
-        let mut keep_alive = tokio::time::interval(state.stream_keep_alive());
+        let mut keep_alive = tokio::time::interval(state.config().stream_keep_alive);
         keep_alive.reset();
         loop {
             let received = tokio::select! {

@@ -173,7 +173,7 @@ pub(super) async fn put(
 ) -> Result<Response> {
     let bucket = token.writer()?.clone();
     let r = parse_ref(&r)?;
-    let limit = state.max_data_bytes();
+    let limit = state.config().max_data_bytes;
     // The body limit layer refuses larger bodies while they arrive (chunked ones included).
     let body = body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(limit as u64),
@@ -243,7 +243,8 @@ async fn write(
     let request = SetRequest {
         edit,
         expect,
-        ip: client_addr::client_address(peer.ip(), headers, state.trusted_proxies()).to_string(),
+        ip: client_addr::client_address(peer.ip(), headers, &state.config().trusted_proxies)
+            .to_string(),
         now: now_ms(),
     };
     match state.commit(&bucket, &r, request).await? {

@@ -15,8 +15,8 @@ use tokio::sync::broadcast::error::RecvError;
 use super::auth::{AccessToken, Token};
 use super::blobs::parse_ref;
 use super::error::{ApiError, ErrorBody, Result};
+use crate::edge::admission::SessionSlot;
 use crate::edge::client_addr;
-use crate::edge::limits::ConnectionSlot;
 use crate::serve::state::AppState;
 
 /// A long-lived stream's place among the server's connections: it counts against
@@ -27,7 +27,7 @@ use crate::serve::state::AppState;
 /// Streams have no cap of their own per token or bucket: every visitor of an app holds its
 /// bucket's token, so such a cap would let one visitor shut the others out.
 pub(super) struct StreamSlot {
-    _slot: ConnectionSlot,
+    _slot: SessionSlot,
 }
 
 impl FromRequestParts<AppState> for StreamSlot {
@@ -39,10 +39,15 @@ impl FromRequestParts<AppState> for StreamSlot {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|info| info.0.ip())
             .ok_or(ApiError::NotFound)?;
-        let address = client_addr::client_address(peer, &parts.headers, state.trusted_proxies());
-        let slot = state.connections().acquire(address).inspect_err(|e| {
-            tracing::info!(%address, "stream refused: {e}");
-        })?;
+        let address =
+            client_addr::client_address(peer, &parts.headers, &state.config().trusted_proxies);
+        let slot = state
+            .admission()
+            .sessions
+            .acquire(address)
+            .inspect_err(|e| {
+                tracing::info!(%address, "stream refused: {e}");
+            })?;
         Ok(Self { _slot: slot })
     }
 }
@@ -89,14 +94,14 @@ pub(super) async fn follow(
             first = Some(changed_event(blob.version, blob.deleted));
         }
     }
-    let keep_alive = KeepAlive::new().interval(state.stream_keep_alive());
+    let keep_alive = KeepAlive::new().interval(state.config().stream_keep_alive);
     // Polled only as the client reads: a client that stops reading holds this one stream.
     let stream = async_stream::stream! {
         let _slot = slot;
         if let Some(event) = first {
             yield Ok(event);
         }
-        let closing = state.changes().closing();
+        let closing = state.changes().shutdown();
         tokio::pin!(closing, expiry);
         loop {
             let received = tokio::select! {

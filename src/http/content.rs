@@ -381,8 +381,8 @@ pub(super) async fn put_content(
     if encoded {
         return Err(ApiError::Encoded);
     }
-    let limit = state.content_limits().max_bytes;
-    let declared = super::declared_length(&headers);
+    let limit = state.config().content_max_bytes;
+    let declared = crate::edge::reply::declared_length(&headers);
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::TooLarge(limit));
     }

@@ -6,16 +6,16 @@
 
 use std::borrow::Cow;
 
-use axum::Json;
 use axum::http::StatusCode;
-use axum::http::header::{self, HeaderValue};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::auth::signed_url::Denied;
 use crate::blob_service;
-use crate::edge::limits::ConnectionRefused;
+use crate::edge::admission::SessionRefused;
+use crate::edge::reply::error_response;
 use crate::serve::state::CommitError;
 use crate::storage::quota::{AdmitError, Refusal};
 use crate::storage::{content, store};
@@ -68,7 +68,7 @@ pub enum ApiError {
     /// 503 (the server is at `MAX_CONNECTIONS`) or 429 (the client's address is at
     /// `MAX_CONNECTIONS_PER_IP`): a long-lived stream refused.
     #[error(transparent)]
-    Connections(#[from] ConnectionRefused),
+    Connections(#[from] SessionRefused),
     /// 507: the write would pass the bucket's quota, or the server is low on disk space (the
     /// message says which); nothing was written.
     #[error(transparent)]
@@ -101,10 +101,10 @@ impl ApiError {
             ApiError::Range(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Mismatch => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
-            ApiError::NotReady | ApiError::Connections(ConnectionRefused::ServerFull) => {
+            ApiError::NotReady | ApiError::Connections(SessionRefused::ServerFull) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::Connections(ConnectionRefused::AddressFull) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Connections(SessionRefused::AddressFull) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -174,18 +174,6 @@ impl From<blob_service::Error> for ApiError {
 #[derive(Serialize, ToSchema)]
 pub struct ErrorBody {
     error: String,
-}
-
-/// An error body with its status, for answers outside a handler too (the connection cap's
-/// 503, the handshake limit); a 401 carries the Bearer challenge.
-pub fn error_response(status: StatusCode, message: String) -> Response {
-    let mut response = (status, Json(ErrorBody { error: message })).into_response();
-    if status == StatusCode::UNAUTHORIZED {
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    response
 }
 
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;

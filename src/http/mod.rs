@@ -23,7 +23,7 @@ pub mod error;
 pub mod inspect;
 pub mod paging;
 
-pub use error::{ApiError, error_response};
+pub use error::ApiError;
 
 use crate::serve::state::AppState;
 use error::ErrorBody;
@@ -32,16 +32,6 @@ use error::ErrorBody;
 /// byte ranges), which is always a valid one.
 fn header_value(text: String) -> axum::http::HeaderValue {
     axum::http::HeaderValue::from_str(&text).expect("the server's own header text is ASCII")
-}
-
-/// The length a request's `Content-Length` announces, when it has a valid one.
-pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(axum::http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }
 
 /// Marks a response whose bytes a client uploaded as inert: no type sniffing, and a sandbox
@@ -157,8 +147,8 @@ async fn openapi() -> impl IntoResponse {
 
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "Up")))]
-pub(crate) async fn healthz() -> impl IntoResponse {
-    Json(json!({ "status": "ok" }))
+async fn healthz() -> Response {
+    crate::edge::reply::healthy()
 }
 
 /// Prometheus metrics, to the bearer of `METRICS_TOKEN` (404 without one: metrics are off).

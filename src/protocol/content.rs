@@ -151,7 +151,7 @@ pub(super) async fn request<A: Adapter>(
         Some(_) => return Err(AckError::InvalidArgument("redirect must be true or false")),
     };
     let state = &session.state;
-    let threshold = state.content_limits().redirect_bytes;
+    let threshold = state.config().content_redirect_bytes;
     // Room for the pack in one message, in base64 characters.
     let mut room = max_message_len(state.max_data_chars()) - FRAMING;
     let (mut blobs, mut unavailable, mut deferred, mut redirects) =
@@ -223,7 +223,7 @@ pub(super) async fn request_upload<A: Adapter>(
     let Some(size) = params.get("size").and_then(Json::as_u64) else {
         return denied("size must be the content's length in bytes".to_owned());
     };
-    let limit = session.state.content_limits().max_bytes;
+    let limit = session.state.config().content_max_bytes;
     if size > limit {
         return denied(format!("over the size limit of {limit} bytes"));
     }

@@ -65,7 +65,7 @@ impl<A: Adapter> Session<A> {
             .map(ref_key)
             .filter(|key| !queue.watched.contains(key))
             .collect();
-        let limit = self.state.max_watched_refs();
+        let limit = self.state.config().max_watched_refs;
         if queue.watched.len() + new.len() > limit {
             return Err(AckError::TooManyWatched(limit));
         }

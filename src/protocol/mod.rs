@@ -31,8 +31,9 @@ use socketioxide::socket::DisconnectReason;
 use tokio_util::sync::CancellationToken;
 
 use crate::edge::accept::Written;
+use crate::edge::admission::rate::RateLimiter;
+use crate::edge::admission::{self, PendingHandshake, SessionRefused};
 use crate::edge::client_addr;
-use crate::edge::limits::{self, ConnectionRefused, PendingHandshake, RateLimiter};
 use crate::serve::changes::{self};
 use crate::serve::server::NodesAdapter;
 use crate::serve::state::AppState;
@@ -79,7 +80,7 @@ enum Refused {
     #[error("{ACCESS_DENIED}")]
     AccessDenied,
     #[error(transparent)]
-    Limit(#[from] ConnectionRefused),
+    Limit(#[from] SessionRefused),
 }
 
 /// Verifies the token of the handshake (`auth: { token }`), takes a connection slot and
@@ -98,30 +99,35 @@ async fn authenticate<A: Adapter>(
         tracing::debug!(sid = %socket.id, "handshake refused");
         return Err(Refused::AccessDenied);
     };
-    let address = client_address(&socket, state.trusted_proxies());
-    let slot = state.connections().acquire(address).inspect_err(|e| {
-        tracing::info!(sid = %socket.id, %address, "connection refused: {e}");
-    })?;
+    let address = client_address(&socket, &state.config().trusted_proxies);
+    let slot = state
+        .admission()
+        .sessions
+        .acquire(address)
+        .inspect_err(|e| {
+            tracing::info!(sid = %socket.id, %address, "connection refused: {e}");
+        })?;
     let parts = socket.req_parts();
     if let Some(pending) = parts.extensions.get::<PendingHandshake>() {
         pending.connected();
     }
     tracing::debug!(sid = %socket.id, bucket = %grant.bucket, read_only = grant.read_only, %address, "connected");
-    let limits = state.event_limits();
+    let limits = state.admission().events;
     socket.join(changes::bucket_room(&grant.bucket));
     if state.changes().needs_own_room() {
         socket.join(socket.id.to_string());
     }
-    let backlog = state.backlog();
+    let backlog = state.admission().backlog();
     // A WebSocket handshake's connection carries the session; a long-polling one's does not.
     let direct = parts
         .uri
         .query()
-        .and_then(|q| limits::query_param(q, "transport"))
+        .and_then(|q| admission::query_param(q, "transport"))
         == Some("websocket");
     let written = parts.extensions.get::<Written>().filter(|_| direct);
     state
-        .backlogs()
+        .admission()
+        .backlogs
         .insert(socket.id.to_string(), &backlog, written);
     // Pushes to this socket (`changed`, `blob-available`) count against it too.
     socket.extensions.insert(backlog.clone());
@@ -184,7 +190,7 @@ async fn on_connect() {}
 /// This server's origin as the client reached it, for the direct URLs it is given:
 /// `PUBLIC_URL`, else `http://` and the handshake's `Host`.
 fn origin<A: Adapter>(socket: &SocketRef<A>, state: &AppState) -> String {
-    if let Some(url) = &state.content_limits().public_url {
+    if let Some(url) = &state.config().public_url {
         return url.clone();
     }
     let host = socket

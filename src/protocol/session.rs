@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Grant;
 use crate::clock::now_ms;
-use crate::edge::limits::{Backlog, ConnectionSlot, RateLimiter, Verdict};
+use crate::edge::admission::SessionSlot;
+use crate::edge::admission::backpressure::Backlog;
+use crate::edge::admission::rate::{RateLimiter, Verdict};
 use crate::metrics::Outcome;
 use crate::names::{Bucket, Ref};
 use crate::protocol::ack::AckError;
@@ -46,7 +48,7 @@ pub(super) struct Session<A: Adapter> {
     pub(super) origin: String,
     /// This connection's slot in the connection limits; freed on disconnect (or, at the
     /// latest, when the session is dropped).
-    pub(super) slot: Mutex<Option<ConnectionSlot>>,
+    pub(super) slot: Mutex<Option<SessionSlot>>,
     /// Set on disconnect, or when the client stopped reading: nothing more is queued or run.
     /// (Not `SocketRef::connected`, which socketioxide sets only after sending CONNECT, so a
     /// client's first events can arrive before it.)
@@ -157,11 +159,11 @@ impl<A: Adapter> Session<A> {
     /// waiting events is queued too, as its refusal: every answer then goes out in order, and
     /// waits for room like any other instead of overflowing the socket's send queue.
     pub(super) fn enqueue(self: &Arc<Self>, mut job: Job<A>) {
-        let limits = self.state.event_limits();
+        let limits = self.state.admission().events;
         let refused = {
             let mut queue = self.queue.lock().expect("queue lock poisoned");
             let refused = match queue.limiter.check(Instant::now()) {
-                _ if self.state.is_closing() => Some(AckError::Closing),
+                _ if self.state.shutdown().is_cancelled() => Some(AckError::Closing),
                 _ if self.closed.load(Ordering::Acquire) => return,
                 _ if crate::auth::has_passed(self.grant.expires) => Some(AckError::TokenExpired),
                 _ if self.state.revocations().revokes(&self.grant) => Some(AckError::TokenRevoked),
@@ -284,7 +286,10 @@ impl<A: Adapter> Session<A> {
             .watches()
             .remove(self.bucket.as_str(), &watched, self.sid);
         self.ended.cancel();
-        self.state.backlogs().remove(&self.sid.to_string());
+        self.state
+            .admission()
+            .backlogs
+            .remove(&self.sid.to_string());
         self.slot.lock().expect("slot lock poisoned").take();
     }
 
@@ -325,11 +330,11 @@ impl<A: Adapter> Session<A> {
         let len = reply.as_ref().map_or(0, Reply::min_len);
         let room = tokio::select! {
             biased;
-            room = self.backlog.reserve(len, self.state.stall_timeout()) => room,
+            room = self.backlog.reserve(len, self.state.admission().send_buffer.stall_timeout) => room,
             // Gone: nobody to answer.
             () = self.ended.cancelled() => return,
             // Shutting down: every accepted event is answered, without waiting.
-            () = self.state.closing() => true,
+            () = self.state.shutdown().clone().cancelled_owned() => true,
         };
         if !room {
             return self.drop_stalled(socket);

@@ -15,11 +15,12 @@ use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError, SocketIo};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::blob_service::Record;
 use crate::cluster::{Redis, relay};
-use crate::edge::limits::Backlog;
+use crate::edge::admission::backpressure::Backlog;
 use crate::names::{Bucket, ContentHash, Ref};
 
 mod watches;
@@ -59,16 +60,18 @@ pub struct Changes {
     /// With several nodes: this node's changes, on their way to the other nodes' HTTP streams
     /// over Redis pub/sub (unbounded, but drained at once by one publishing task).
     relay: OnceLock<mpsc::UnboundedSender<Change>>,
-    /// Becomes `true` at shutdown: HTTP streams end so they do not hold the server up.
-    closing: watch::Sender<bool>,
+    /// The server's one shutdown signal: HTTP streams and the relay end with it, so they do not
+    /// hold the server up.
+    shutdown: CancellationToken,
 }
 
 /// The Redis channel that carries changes between nodes.
 const RELAY_CHANNEL: &str = "blobs:changes";
 
 impl Changes {
-    /// Where changes go, for a server that holds at most `max_watches` watches.
-    pub fn new(max_watches: usize) -> Self {
+    /// Where changes go, for a server that holds at most `max_watches` watches and stops when
+    /// `shutdown` is cancelled.
+    pub fn new(max_watches: usize, shutdown: CancellationToken) -> Self {
         Self {
             rooms: OnceLock::new(),
             watching: Arc::new(Watching {
@@ -77,7 +80,7 @@ impl Changes {
             }),
             streams: broadcast::channel(STREAM_BACKLOG).0,
             relay: OnceLock::new(),
-            closing: watch::channel(false).0,
+            shutdown,
         }
     }
 
@@ -160,7 +163,7 @@ impl Changes {
             node,
         };
         // Ends with the server (the publishing task ends when this `Changes` is dropped).
-        relay::listen(subscription, self.closing(), relayed);
+        relay::listen(subscription, self.shutdown(), relayed);
         self.relay.set(relay).ok();
         Ok(())
     }
@@ -198,16 +201,8 @@ impl Changes {
     }
 
     /// Resolves once the server is shutting down.
-    pub fn closing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut closing = self.closing.subscribe();
-        async move {
-            closing.wait_for(|closing| *closing).await.ok();
-        }
-    }
-
-    /// Ends the HTTP streams (at shutdown).
-    pub fn close(&self) {
-        self.closing.send_replace(true);
+    pub fn shutdown(&self) -> WaitForCancellationFutureOwned {
+        self.shutdown.clone().cancelled_owned()
     }
 }
 

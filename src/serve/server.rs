@@ -2,6 +2,7 @@
 //! Socket.IO and HTTP stack on one listener; and the graceful shutdown.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
@@ -24,9 +25,9 @@ use crate::blob_service::{self, BlobService};
 use crate::cluster::{Redis, redacted, relay};
 use crate::config::{Config, ConfigError, StoreKind};
 use crate::edge::accept::{self, EdgeLimits};
-use crate::edge::limits;
+use crate::edge::admission::{self, Admission};
 use crate::serve::backend::Backend;
-use crate::serve::state::AppState;
+use crate::serve::state::{AppState, SocketCensus};
 use crate::{http, protocol};
 
 /// Why the server could not start. The binary prints it as one sentence and exits non-zero.
@@ -116,7 +117,17 @@ pub async fn run(
     let revocations = Revocations::load(backend.revocations.clone())
         .await
         .map_err(StartError::Revocations)?;
-    let state = AppState::new(&config, keys, revocations, backend, service, secret);
+    let edge = EdgeLimits::new(&config);
+    let admission = Admission::new(&config, config.max_sessions.unwrap_or(edge.max_connections));
+    let state = AppState::new(
+        Arc::new(config.clone()),
+        admission,
+        keys,
+        revocations,
+        backend,
+        service,
+        secret,
+    );
     // Before the background tasks: the content measure runs only when recording.
     if state.metrics_token().is_some() {
         crate::metrics::enable();
@@ -128,7 +139,7 @@ pub async fn run(
             let (layer, io) = builder.build_layer();
             protocol::register(&io);
             state.changes().attach(io.clone());
-            serve(listener, &config, state, layer, io, shutdown, background).await
+            serve(listener, edge, state, layer, io, shutdown, background).await
         }
         Some((redis, records_feed, redis_error)) => {
             let adapter = RedisAdapterCtr::new_with_driver(redis.clone(), Default::default());
@@ -140,8 +151,8 @@ pub async fn run(
             state.changes().relay(&redis).await.map_err(redis_error)?;
             state
                 .service()
-                .join(&redis, records_feed, state.changes().closing());
-            serve(listener, &config, state, layer, io, shutdown, background).await
+                .join(&redis, records_feed, state.changes().shutdown());
+            serve(listener, edge, state, layer, io, shutdown, background).await
         }
     }
 }
@@ -175,7 +186,7 @@ fn sockets(config: &Config, state: &AppState) -> SocketIoBuilder {
 /// Serves HTTP and Socket.IO (through `layer`, whichever adapter it has) until `shutdown`.
 async fn serve<A: Adapter>(
     listener: TcpListener,
-    config: &Config,
+    limits: EdgeLimits,
     state: AppState,
     layer: SocketIoLayer<A>,
     io: SocketIo<A>,
@@ -185,23 +196,27 @@ async fn serve<A: Adapter>(
     // Socket.IO wraps the router as one service: `Router::layer` would build one Engine.IO
     // engine per route and fallback, and a long-polling session must always meet the engine
     // that opened it.
+    let config = state.config().clone();
     let body_timeout = config.body_timeout;
     let app = ServiceBuilder::new()
-        .layer(cors(config)?)
+        .layer(cors(&config)?)
         .map_request(detach_head)
         // A body that pauses longer than this fails, which frees its handler and connection.
         .map_request(move |request: Request| {
             request.map(|body| axum::body::Body::new(TimeoutBody::new(body_timeout, body)))
         })
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            limits::socket_io,
+            state.admission().clone(),
+            admission::socket_io,
         ))
         .layer(MapResponseBodyLayer::new(axum::body::Body::new))
         .layer(layer)
         .service(
-            http::router(state.max_data_bytes(), state.content_limits().max_bytes)
-                .with_state(state.clone()),
+            http::router(
+                state.config().max_data_bytes,
+                state.config().content_max_bytes,
+            )
+            .with_state(state.clone()),
         );
 
     if let Ok(addr) = listener.local_addr() {
@@ -212,13 +227,6 @@ async fn serve<A: Adapter>(
         };
         tracing::info!(%addr, %storage, "listening");
     }
-    let limits = EdgeLimits {
-        max_connections: accept::connection_cap(config.max_connections),
-        send_buffer: config.socket_send_buffer,
-        max_head_bytes: config.max_head_bytes as usize,
-        header_timeout: config.header_timeout,
-        send_timeout: config.send_timeout,
-    };
     let open = accept::connection_slots(&limits);
     let sockets = io.clone();
     let connections = open.clone();
@@ -231,12 +239,15 @@ async fn serve<A: Adapter>(
                 socketioxide::TransportType::Polling => polling += 1,
             }
         }
-        (polling, websocket, connections.taken())
+        SocketCensus {
+            polling,
+            websocket,
+            connections: connections.taken(),
+        }
     });
     let connections = accept::serve(listener, app, limits, open, shutdown).await;
     tracing::info!("shutting down: finishing accepted events");
     state.drain().await;
-    state.changes().close();
     // The background tasks end with the drain and the change hub; none checkpoints after the
     // final checkpoint, and none holds the store once the server has stopped.
     background.join_all().await;

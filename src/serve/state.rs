@@ -1,9 +1,7 @@
 //! The one state handle every connection shares.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
-use ipnet::IpNet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -12,7 +10,7 @@ use crate::auth::signed_url::{DirectUrls, SignedUrls};
 use crate::auth::{Grant, Keys};
 use crate::blob_service::BlobService;
 use crate::config::Config;
-use crate::edge::limits::{Backlog, Backlogs, Cap, Connections};
+use crate::edge::admission::Admission;
 use crate::names::ContentHash;
 use crate::names::{Bucket, Ref};
 use crate::serve::backend::Backend;
@@ -22,11 +20,14 @@ use crate::storage::content::{ByteStream, Stored};
 use crate::storage::quota::{AdmitError, Change, Quota, Refusal};
 use crate::storage::store::{Edit, SetOutcome, SetRequest, Store};
 
-/// Shared server state. Cloning is cheap: it is one `Arc`.
+/// Shared server state: what every request and socket shares, named. Cloning is cheap: it is
+/// one `Arc`.
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
 
 struct Inner {
+    /// The settings, as read at start; every plain setting is read from here.
+    config: Arc<Config>,
     keys: Keys,
     revocations: Revocations,
     store: Arc<dyn Store>,
@@ -38,59 +39,27 @@ struct Inner {
     direct: Arc<dyn DirectUrls>,
     /// Checks the URLs this server signed itself.
     signed: SignedUrls,
-    content_limits: ContentLimits,
     changes: Changes,
-    connections: Arc<Connections>,
-    /// Engine.IO sessions waiting to authenticate (`MAX_PENDING_HANDSHAKES`).
-    handshakes: Arc<Cap>,
-    backlogs: Backlogs,
-    /// Bytes of large replies a socket may have waiting for its client, and its queue's
-    /// length in packets.
-    send_buffer: (u64, usize),
-    /// How long a socket's client may read nothing while replies wait before it is dropped.
-    stall_timeout: Duration,
-    /// Largest blob in bytes (HTTP body; Socket.IO `data` is its base64).
-    max_data_bytes: usize,
-    /// Keep-alive interval of idle event streams.
-    stream_keep_alive: Duration,
-    /// Most refs one socket may watch.
-    max_watched_refs: usize,
-    /// What one socket may send.
-    event_limits: EventLimits,
-    trusted_proxies: Vec<IpNet>,
-    /// Whether token holders see who uploaded a Blob Service record (`EXPOSE_UPLOADER_IP`).
-    expose_uploader_ip: bool,
+    /// What a connection may hold and send.
+    admission: Admission,
     /// Tasks that run client events; shutdown waits for them so every write that started is
     /// finished and acknowledged before the sockets close.
     tasks: TaskTracker,
-    /// Cancelled once shutdown begins: new events are refused with an `{ error }` ack, and no
-    /// reply waits any more for a client that does not read.
-    closing: CancellationToken,
-    /// The bearer token `/metrics` requires; `None`: no metrics.
-    metrics_token: Option<String>,
-    /// Counts Socket.IO sockets by transport (polling, websocket) and open TCP connections,
-    /// for the metrics; set once the Socket.IO server exists.
-    census: OnceLock<Census>,
+    /// The one shutdown signal, cancelled once shutdown begins: new events are refused with an
+    /// `{ error }` ack, no reply waits any more for a client that does not read, HTTP streams
+    /// end, and the background tasks stop.
+    shutdown: CancellationToken,
+    /// Counts Socket.IO sockets by transport and open TCP connections, for the metrics; set
+    /// once the Socket.IO server exists.
+    census: OnceLock<Box<dyn Fn() -> SocketCensus + Send + Sync>>,
 }
 
-type Census = Box<dyn Fn() -> (usize, usize, usize) + Send + Sync>;
-
-/// What one Socket.IO socket may send.
-#[derive(Clone, Copy, Debug)]
-pub struct EventLimits {
-    /// Sustained events per second.
-    pub per_second: u32,
-    /// Events at once above the sustained rate; also how many may wait to run.
-    pub burst: u32,
-    /// Bytes of arguments the events waiting to run may hold.
-    pub pending_bytes: u64,
-}
-
-impl EventLimits {
-    /// Events that may wait to run: a whole burst (at least 64).
-    pub fn pending(&self) -> usize {
-        (self.burst as usize).max(64)
-    }
+/// This node's sockets by transport, and its open TCP connections.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SocketCensus {
+    pub polling: usize,
+    pub websocket: usize,
+    pub connections: usize,
 }
 
 /// Bytes a blob's file takes beyond its data, at most: what a write reserves against the quota
@@ -131,21 +100,11 @@ pub enum Adopted {
     No(Option<u64>),
 }
 
-/// Limits and addresses of the content-addressed store.
-#[derive(Clone, Debug)]
-pub struct ContentLimits {
-    /// Largest content, in bytes.
-    pub max_bytes: u64,
-    /// Content larger than this is redirected when a `blob-request` allows it.
-    pub redirect_bytes: u64,
-    /// Origin of direct URLs; `None`: from the client's `Host`.
-    pub public_url: Option<String>,
-}
-
 impl AppState {
     /// The state of a server on `backend`, whose records `service` serves.
     pub fn new(
-        config: &Config,
+        config: Arc<Config>,
+        admission: Admission,
         keys: Keys,
         revocations: Revocations,
         backend: Backend,
@@ -154,6 +113,7 @@ impl AppState {
     ) -> Self {
         let signed = SignedUrls::new(secret, config.direct_url_ttl);
         let direct = backend.direct.unwrap_or_else(|| Arc::new(signed.clone()));
+        let shutdown = CancellationToken::new();
         Self(Arc::new(Inner {
             keys,
             revocations,
@@ -163,35 +123,18 @@ impl AppState {
             quota: backend.quota,
             direct,
             signed,
-            content_limits: ContentLimits {
-                max_bytes: config.content_max_bytes,
-                redirect_bytes: config.content_redirect_bytes,
-                public_url: config.public_url.clone(),
-            },
-            changes: Changes::new(config.max_watches),
-            connections: Connections::new(config.max_connections, config.max_connections_per_ip),
-            handshakes: Cap::new(config.max_pending_handshakes),
-            backlogs: Backlogs::new(config.max_connect_bytes),
-            send_buffer: (
-                config.send_buffer_bytes,
-                config.send_buffer_packets as usize,
-            ),
-            stall_timeout: config.ping_timeout,
-            max_data_bytes: config.max_data_bytes,
-            event_limits: EventLimits {
-                per_second: config.events_per_second,
-                burst: config.event_burst,
-                pending_bytes: config.max_pending_bytes,
-            },
-            max_watched_refs: config.max_watched_refs,
-            stream_keep_alive: config.stream_keep_alive,
-            trusted_proxies: config.trusted_proxies.clone(),
-            expose_uploader_ip: config.expose_uploader_ip,
+            changes: Changes::new(config.max_watches, shutdown.clone()),
+            admission,
             tasks: TaskTracker::new(),
-            closing: CancellationToken::new(),
-            metrics_token: config.metrics_token.clone().filter(|t| !t.is_empty()),
+            shutdown,
             census: OnceLock::new(),
+            config,
         }))
+    }
+
+    /// The settings, as read at start.
+    pub fn config(&self) -> &Config {
+        &self.0.config
     }
 
     /// What `token` grants, unless it is refused: not valid (see [`Keys::verify`]) or revoked.
@@ -268,7 +211,7 @@ impl AppState {
     ) -> crate::storage::content::Result<Stored> {
         let hold = self.0.quota.admit(bucket, 0, 0).await?;
         let body = crate::storage::content::metered(body, &hold);
-        let limit = self.0.content_limits.max_bytes;
+        let limit = self.0.config.content_max_bytes;
         let stored =
             crate::storage::content::put(self.content(), bucket, expected, body, limit).await?;
         if stored.created {
@@ -285,7 +228,7 @@ impl AppState {
         hash: &ContentHash,
     ) -> Result<Adopted, crate::storage::content::Error> {
         let store = self.content();
-        let max = self.0.content_limits.max_bytes;
+        let max = self.0.config.content_max_bytes;
         if store.size(bucket, hash).await?.is_some() {
             // Stored already (this server's own direct URLs store through `put_content`).
             let adopted = crate::storage::content::adopt(store, bucket, hash, max).await?;
@@ -325,107 +268,59 @@ impl AppState {
         &self.0.signed
     }
 
-    pub fn content_limits(&self) -> &ContentLimits {
-        &self.0.content_limits
-    }
-
     pub fn changes(&self) -> &Changes {
         &self.0.changes
     }
 
-    pub fn connections(&self) -> &Arc<Connections> {
-        &self.0.connections
-    }
-
-    pub fn handshakes(&self) -> &Arc<Cap> {
-        &self.0.handshakes
-    }
-
-    pub fn backlogs(&self) -> &Backlogs {
-        &self.0.backlogs
-    }
-
-    pub fn stall_timeout(&self) -> Duration {
-        self.0.stall_timeout
-    }
-
-    /// A new socket's [`Backlog`].
-    pub fn backlog(&self) -> Arc<Backlog> {
-        let (bytes, packets) = self.0.send_buffer;
-        Backlog::new(bytes, packets)
-    }
-
-    pub fn max_data_bytes(&self) -> usize {
-        self.0.max_data_bytes
-    }
-
-    /// Longest Socket.IO `data`: the base64 length of [`AppState::max_data_bytes`].
+    /// Longest Socket.IO `data`: the base64 length of `MAX_DATA_BYTES`.
     pub fn max_data_chars(&self) -> usize {
-        self.0.max_data_bytes.div_ceil(3) * 4
+        self.0.config.max_data_bytes.div_ceil(3) * 4
     }
 
-    pub fn stream_keep_alive(&self) -> Duration {
-        self.0.stream_keep_alive
+    pub fn admission(&self) -> &Admission {
+        &self.0.admission
     }
 
-    pub fn max_watched_refs(&self) -> usize {
-        self.0.max_watched_refs
-    }
-
-    pub fn event_limits(&self) -> EventLimits {
-        self.0.event_limits
-    }
-
-    pub fn trusted_proxies(&self) -> &[IpNet] {
-        &self.0.trusted_proxies
-    }
-
-    /// Whether the records token holders read show the uploader's address.
-    pub fn expose_uploader_ip(&self) -> bool {
-        self.0.expose_uploader_ip
+    /// The one shutdown signal: cancelled once shutdown begins.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.0.shutdown
     }
 
     pub fn tasks(&self) -> &TaskTracker {
         &self.0.tasks
     }
 
-    pub fn is_closing(&self) -> bool {
-        self.0.closing.is_cancelled()
-    }
-
-    /// Resolves once shutdown begins.
-    pub async fn closing(&self) {
-        self.0.closing.cancelled().await;
-    }
-
-    /// Cancelled once shutdown begins, for work that checks it as it goes.
-    pub fn closing_token(&self) -> CancellationToken {
-        self.0.closing.clone()
-    }
-
     /// Sets how sockets and connections are counted for the metrics.
-    pub fn set_census(&self, census: impl Fn() -> (usize, usize, usize) + Send + Sync + 'static) {
+    pub fn set_census(&self, census: impl Fn() -> SocketCensus + Send + Sync + 'static) {
         self.0.census.set(Box::new(census)).ok();
     }
 
     /// The bearer token `/metrics` requires; `None`: metrics are off.
     pub fn metrics_token(&self) -> Option<&str> {
-        self.0.metrics_token.as_deref()
+        self.0
+            .config
+            .metrics_token
+            .as_deref()
+            .filter(|t| !t.is_empty())
     }
 
     /// What exists now, for the metrics' gauges.
     pub fn census(&self) -> crate::metrics::Census {
-        let (polling, websocket, connections) = self.0.census.get().map_or((0, 0, 0), |c| c());
+        let sockets = self
+            .0
+            .census
+            .get()
+            .map_or_else(SocketCensus::default, |c| c());
         crate::metrics::Census {
-            sockets: (polling, websocket),
-            connections,
+            sockets: (sockets.polling, sockets.websocket),
+            connections: sockets.connections,
             records: self.0.service.record_count(),
         }
     }
 
     /// Refuses new events and waits until every event already accepted has been answered.
     pub async fn drain(&self) {
-        self.0.closing.cancel();
+        self.0.shutdown.cancel();
         self.0.tasks.close();
         self.0.tasks.wait().await;
     }

@@ -39,9 +39,12 @@ pub fn spawn(state: &AppState, config: &Config) -> JoinSet<()> {
 /// Reads the revoked tokens again every [`revocation::POLL`], until shutdown.
 async fn revocation_polls(state: AppState) {
     let first = Instant::now() + revocation::POLL;
-    every(first, revocation::POLL, state.closing(), || {
-        state.revocations().refresh()
-    })
+    every(
+        first,
+        revocation::POLL,
+        state.shutdown().clone().cancelled_owned(),
+        || state.revocations().refresh(),
+    )
     .await;
 }
 
@@ -49,19 +52,24 @@ async fn revocation_polls(state: AppState) {
 /// [`metrics::CONTENT_MEASURE_INTERVAL`], until shutdown.
 async fn content_measures(state: AppState, tree: Tree) {
     let interval = metrics::CONTENT_MEASURE_INTERVAL;
-    every(Instant::now(), interval, state.closing(), || async {
-        match tree.measure_content().await {
-            Ok((objects, bytes)) => metrics::content_measured(objects, bytes),
-            Err(e) => tracing::warn!("cannot measure the content store: {e}"),
-        }
-    })
+    every(
+        Instant::now(),
+        interval,
+        state.shutdown().clone().cancelled_owned(),
+        || async {
+            match tree.measure_content().await {
+                Ok((objects, bytes)) => metrics::content_measured(objects, bytes),
+                Err(e) => tracing::warn!("cannot measure the content store: {e}"),
+            }
+        },
+    )
     .await;
 }
 
 /// Checkpoints the store every `interval`, and sooner when the store asks, until shutdown
 /// (which checkpoints once more after the last write).
 async fn checkpoints(state: AppState, interval: Duration) {
-    let closing = state.closing();
+    let closing = state.shutdown().clone().cancelled_owned();
     tokio::pin!(closing);
     let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -103,7 +111,7 @@ async fn retention_sweeps(state: AppState, interval: Duration, staging_age: Dura
     every(
         Instant::now(),
         interval,
-        state.changes().closing(),
+        state.changes().shutdown(),
         || async {
             let swept = state.service().sweep(clock::now_ms()).await;
             crate::metrics::swept(swept.records as u64, swept.contents as u64, swept.bytes);
@@ -131,16 +139,21 @@ async fn retention_sweeps(state: AppState, interval: Duration, staging_age: Dura
 /// after start, so a restart does not reread everything), until shutdown.
 async fn scrubs(state: AppState, interval: Duration) {
     let first = Instant::now() + interval;
-    every(first, interval, state.closing(), || async {
-        match state.content().scrub(state.closing_token()).await {
-            Ok(found) if found.corrupt > 0 => tracing::error!(
-                checked = found.checked,
-                corrupt = found.corrupt,
-                "content scrub found content that no longer matches its hash"
-            ),
-            Ok(found) => tracing::info!(checked = found.checked, "content scrub: all intact"),
-            Err(e) => tracing::error!("content scrub failed: {e}"),
-        }
-    })
+    every(
+        first,
+        interval,
+        state.shutdown().clone().cancelled_owned(),
+        || async {
+            match state.content().scrub(state.shutdown().clone()).await {
+                Ok(found) if found.corrupt > 0 => tracing::error!(
+                    checked = found.checked,
+                    corrupt = found.corrupt,
+                    "content scrub found content that no longer matches its hash"
+                ),
+                Ok(found) => tracing::info!(checked = found.checked, "content scrub: all intact"),
+                Err(e) => tracing::error!("content scrub failed: {e}"),
+            }
+        },
+    )
     .await;
 }
