@@ -10,6 +10,8 @@ use std::time::Duration;
 use clap::Parser;
 use ipnet::IpNet;
 
+use crate::names::Bucket;
+
 /// Everything the server needs to start. Tests build it with [`Config::parse_from`].
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -258,7 +260,7 @@ pub struct Config {
     /// With `STORE=s3`: bytes of blobs a node keeps, so that a read the store answers `304 Not
     /// Modified` (the kept blob is still current) needs no body; 0 keeps none. Every read
     /// still asks the store.
-    #[arg(long, env = "OBJECT_CACHE_BYTES", default_value_t = crate::storage::store::DEFAULT_CACHE_BYTES)]
+    #[arg(long, env = "OBJECT_CACHE_BYTES", default_value_t = DEFAULT_OBJECT_CACHE_BYTES)]
     pub object_cache_bytes: u64,
 
     /// Redis URL (`redis://host:6379`): when set, Socket.IO rooms and change notifications
@@ -269,7 +271,7 @@ pub struct Config {
     /// Most bytes one bucket may store, its versioned blobs, content and Blob Service records
     /// together, e.g. `10GiB`; 0: no limit. Past it, writes are refused with HTTP 507 or an
     /// `{ error }` acknowledgement (deletes always pass).
-    #[arg(long, env = "BUCKET_QUOTA_BYTES", value_parser = crate::storage::quota::parse_size, default_value = "10GiB")]
+    #[arg(long, env = "BUCKET_QUOTA_BYTES", value_parser = parse_size, default_value = "10GiB")]
     pub bucket_quota_bytes: u64,
 
     /// Most Blob Service records one bucket may hold (each takes about 1.3 KB of memory while
@@ -280,21 +282,21 @@ pub struct Config {
     /// Quotas of single buckets, in place of the two above: `bucket:bytes[:records]`,
     /// comma-separated, e.g. `app1:50GiB:1000000,app2:0` (0: no limit; records left out: the
     /// default).
-    #[arg(long, env = "BUCKET_QUOTAS", value_delimiter = ',', value_parser = crate::storage::quota::parse_bucket_quota)]
-    pub bucket_quotas: Vec<crate::storage::quota::BucketQuota>,
+    #[arg(long, env = "BUCKET_QUOTAS", value_delimiter = ',', value_parser = parse_bucket_quota)]
+    pub bucket_quotas: Vec<BucketQuota>,
 
     /// Free space kept on the storage's file system (`STORE=fs`), or on the temp directory
     /// uploads are received into (`STORE=s3`), e.g. `1GiB`: below it writes that add bytes
     /// are refused with HTTP 507, while the journal, checkpoints and deletes go on. 0: no
     /// reserve.
-    #[arg(long, env = "MIN_FREE_BYTES", value_parser = crate::storage::quota::parse_size, default_value = "1GiB")]
+    #[arg(long, env = "MIN_FREE_BYTES", value_parser = parse_size, default_value = "1GiB")]
     pub min_free_bytes: u64,
 
     /// With the file store: bytes of committed blobs whose files wait for the next checkpoint
     /// (the journal holds them durably; readers get them from memory), e.g. `64MiB`. Past half
     /// of it a checkpoint starts early; at all of it writers wait for one. 0: every write
     /// replaces its file before it is acknowledged, so the files are always current (slower).
-    #[arg(long, env = "UNWRITTEN_BYTES", value_parser = crate::storage::quota::parse_size, default_value = "64MiB")]
+    #[arg(long, env = "UNWRITTEN_BYTES", value_parser = parse_size, default_value = "64MiB")]
     pub unwritten_bytes: u64,
 
     /// Public origin of this server in direct transfer URLs, e.g. `https://blobs.example.com`.
@@ -437,8 +439,8 @@ fn s3_prefix(prefix: &str) -> Result<(), ConfigError> {
 }
 
 impl Config {
-    /// The object store of `STORE=s3`.
-    pub fn s3(&self) -> Result<object_store::aws::AmazonS3, ConfigError> {
+    /// The settings of `STORE=s3`, checked: endpoint, bucket, access key and secret.
+    pub fn s3_settings(&self) -> Result<(&str, &str, &str, &str), ConfigError> {
         let (Some(endpoint), Some(bucket), Some(key), Some(secret)) = (
             &self.s3_endpoint,
             &self.s3_bucket,
@@ -455,8 +457,7 @@ impl Config {
         }
         s3_endpoint(endpoint)?;
         s3_prefix(&self.s3_prefix)?;
-        crate::storage::s3::client(endpoint, bucket, &self.s3_region, key, secret)
-            .map_err(|e| ConfigError::BadS3(e.to_string()))
+        Ok((endpoint, bucket, key, secret))
     }
 
     /// Refuses what no server can start with, before anything is bound or opened: a missing
@@ -480,19 +481,10 @@ impl Config {
             return Err(ConfigError::DuplicateQuota(twice.bucket.to_string()));
         }
         if self.store == StoreKind::S3 {
-            self.s3()?;
+            self.s3_settings()?;
         }
         self.secret()?;
         self.previous_secrets().map(drop)
-    }
-
-    /// The quota of every bucket: the default, and `BUCKET_QUOTAS`.
-    pub fn quota_limits(&self) -> crate::storage::quota::Limits {
-        let default = crate::storage::quota::Limit {
-            bytes: self.bucket_quota_bytes,
-            records: self.bucket_max_records,
-        };
-        crate::storage::quota::Limits::new(default, &self.bucket_quotas)
     }
 
     /// The token secret, trimmed, refusing a missing, blank or short one (see
@@ -517,6 +509,53 @@ impl Config {
         }
         Ok(secrets)
     }
+}
+
+/// Bytes of object-store blobs kept in memory by default (`OBJECT_CACHE_BYTES`).
+pub const DEFAULT_OBJECT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// One entry of `BUCKET_QUOTAS`: `bucket:bytes[:records]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BucketQuota {
+    pub bucket: Bucket,
+    pub bytes: u64,
+    /// `None`: the default record limit.
+    pub records: Option<u64>,
+}
+
+/// A size: bytes (`1048576`), or a number with a unit (`64MiB`, `10 GiB`, `1.5GB`).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    if let Ok(bytes) = text.parse::<u64>() {
+        return Ok(bytes);
+    }
+    text.parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|_| format!("{text:?} is not a size: use bytes or a unit, e.g. 10GiB or 500MB"))
+}
+
+/// Parses one `BUCKET_QUOTAS` entry, `bucket:bytes[:records]`.
+pub fn parse_bucket_quota(text: &str) -> Result<BucketQuota, String> {
+    let text = text.trim();
+    let shape = || format!("{text:?} is not bucket:bytes[:records], e.g. app1:50GiB:1000000");
+    let mut parts = text.split(':');
+    let (Some(name), Some(bytes)) = (parts.next(), parts.next()) else {
+        return Err(shape());
+    };
+    let records = parts
+        .next()
+        .map(|n| n.trim().parse::<u64>().map_err(|_| shape()))
+        .transpose()?;
+    if parts.next().is_some() {
+        return Err(shape());
+    }
+    let bucket = Bucket::parse(name.trim())
+        .ok_or_else(|| format!("{name:?} in {text:?} is not a bucket name"))?;
+    Ok(BucketQuota {
+        bucket,
+        bytes: parse_size(bytes)?,
+        records,
+    })
 }
 
 #[cfg(test)]
@@ -705,7 +744,7 @@ mod tests {
             "--bucket-quotas",
             "big:1TiB:0, small:1MiB",
         ]);
-        let limits = config.quota_limits();
+        let limits = crate::storage::quota::Limits::from_config(&config);
         let bucket = |name| crate::names::Bucket::parse(name).unwrap();
         assert_eq!(
             (

@@ -41,4 +41,5 @@ pub(crate) mod http;
 pub(crate) mod metrics;
 pub(crate) mod protocol;
 
-pub use serve::server::{StartError, run};
+pub use serve::StartError;
+pub use serve::server::run;

@@ -375,7 +375,7 @@ async fn revoke(config: &Config, args: RevokeArgs) -> Result<(), AdminError> {
 
 async fn usage(config: &Config, bucket: Option<&str>) -> Result<(), AdminError> {
     let tree = tree(config, config.store).await?;
-    let limits = config.quota_limits();
+    let limits = crate::storage::quota::Limits::from_config(config);
     let buckets = match bucket {
         Some(name) => {
             let bucket = Bucket::parse(name)

@@ -31,7 +31,7 @@ use crate::storage::objects::{Objects, Reread};
 pub const POLL: Duration = Duration::from_secs(1);
 
 /// Name of the list, at the top of the storage (a dot: never a bucket).
-pub const FILE_NAME: &str = ".revoked.json";
+pub use crate::storage::layout::REVOCATIONS_FILE as FILE_NAME;
 
 /// Rounds of read, change and conditional write one revocation may take while other
 /// revocations keep winning.

@@ -8,12 +8,10 @@ use futures_util::StreamExt;
 
 use crate::names::{Bucket, Handle};
 use crate::storage::durable;
+pub use crate::storage::layout::{HANDLES_DIR, record_name as name};
 use crate::storage::objects::Objects;
 
 use super::{Record, Result};
-
-/// Directory of a bucket's records, beside its versioned blobs and its content store.
-pub const HANDLES_DIR: &str = "handles";
 
 /// One record as found in storage.
 pub type Found = (Bucket, Handle, Arc<Record>);
@@ -21,11 +19,6 @@ pub type Found = (Bucket, Handle, Arc<Record>);
 /// Durable records, as objects of the object layer.
 pub struct RecordStore {
     objects: Objects,
-}
-
-/// The name of a record below the storage root or the object prefix.
-pub fn name(bucket: &Bucket, handle: &Handle) -> String {
-    format!("{bucket}/{HANDLES_DIR}/{}/{handle}.json", handle.shard())
 }
 
 /// The last part of a key, the record's file name.

@@ -10,6 +10,11 @@
 
 pub mod relay;
 
+/// The Socket.IO adapter of several nodes: rooms span the nodes over the shared Redis
+/// connection.
+pub(crate) type NodesAdapter =
+    socketioxide_redis::CustomRedisAdapter<socketioxide::adapter::Emitter, Redis>;
+
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

@@ -30,12 +30,12 @@ use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::DisconnectReason;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::NodesAdapter;
 use crate::edge::accept::Written;
 use crate::edge::admission::rate::RateLimiter;
 use crate::edge::admission::{self, PendingHandshake, SessionRefused};
 use crate::edge::client_addr;
 use crate::serve::changes::{self};
-use crate::serve::server::NodesAdapter;
 use crate::serve::state::AppState;
 
 /// Smallest transport limit: room for a `set` of the documented maximum (1,048,576 base64

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
+use super::StartError;
 use crate::auth::revocation::Place;
 use crate::auth::signed_url::{DirectUrls, PresignedUrls};
 use crate::blob_service::RecordStore;
 use crate::config::{Config, StoreKind};
-use crate::serve::server::StartError;
 use crate::storage::content::{CLAIM_GRACE, ContentStore, FsContent, ObjectContent};
 use crate::storage::layout::Tree;
 use crate::storage::objects::{Objects, OpenError};
@@ -54,7 +54,7 @@ impl Backend {
                 })
             }
             StoreKind::S3 => {
-                let s3 = config.s3()?;
+                let s3 = crate::storage::s3::from_config(config)?;
                 let prefix = &config.s3_prefix;
                 // Proved able to compare-and-swap before anything is served.
                 let objects = Objects::remote(Arc::new(s3.clone()), prefix)
@@ -85,7 +85,7 @@ impl Backend {
 /// `disk`.
 fn quota(config: &Config, tree: Tree, disk: std::path::PathBuf) -> Arc<Quota> {
     Arc::new(Quota::new(
-        config.quota_limits(),
+        crate::storage::quota::Limits::from_config(config),
         tree,
         disk,
         config.min_free_bytes,

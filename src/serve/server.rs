@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use axum::extract::Request;
 use axum::http::{HeaderValue, Method, Uri, header};
-use socketioxide::adapter::{Adapter, Emitter};
+use socketioxide::adapter::Adapter;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::{ParserConfig, SocketIo, SocketIoBuilder};
-use socketioxide_redis::{CustomRedisAdapter, RedisAdapterCtr};
+use socketioxide_redis::RedisAdapterCtr;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tower::ServiceBuilder;
@@ -18,10 +18,12 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::map_response_body::MapResponseBodyLayer;
 use tower_http::timeout::TimeoutBody;
 
+use super::error::StartError;
 use super::tasks;
 use crate::auth::Keys;
 use crate::auth::revocation::Revocations;
 use crate::blob_service::{self, BlobService};
+use crate::cluster::NodesAdapter;
 use crate::cluster::{Redis, redacted, relay};
 use crate::config::{Config, ConfigError, StoreKind};
 use crate::edge::accept::{self, EdgeLimits};
@@ -29,33 +31,6 @@ use crate::edge::admission::{self, Admission};
 use crate::serve::backend::Backend;
 use crate::serve::state::{AppState, SocketCensus};
 use crate::{http, protocol};
-
-/// Why the server could not start. The binary prints it as one sentence and exits non-zero.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("cannot open the storage directory {path}: {source}")]
-    Storage {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot use Redis at {url}: {source}")]
-    Redis {
-        url: String,
-        #[source]
-        source: redis::RedisError,
-    },
-    #[error("the Socket.IO Redis adapter failed to start: {0}")]
-    Adapter(String),
-    #[error("cannot load the Blob Service's records: {0}")]
-    Records(#[source] crate::blob_service::Error),
-    #[error(transparent)]
-    Objects(#[from] crate::storage::objects::OpenError),
-    #[error("cannot read the revoked tokens: {0}")]
-    Revocations(#[source] crate::auth::revocation::Error),
-}
 
 /// Serves Blobs on `listener` until `shutdown` resolves, then shuts down gracefully: new events
 /// are refused, every event already accepted (writes included) is finished and acknowledged,
@@ -156,10 +131,6 @@ pub async fn run(
         }
     }
 }
-
-/// The Socket.IO adapter of several nodes: rooms span the nodes over the shared Redis
-/// connection.
-pub(crate) type NodesAdapter = CustomRedisAdapter<Emitter, Redis>;
 
 /// The Socket.IO server's settings, before its adapter is chosen.
 fn sockets(config: &Config, state: &AppState) -> SocketIoBuilder {

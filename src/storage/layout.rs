@@ -11,13 +11,23 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 
-use crate::auth::revocation;
 use crate::config::{Config, StoreKind};
 use crate::names::{Bucket, ContentHash, Handle, Ref};
 use crate::storage::content::{CONTENT_DIR, MARKER_SUFFIX, STAGING_DIR, content_path};
 use crate::storage::durable;
 use crate::storage::objects::{Objects, OpenError};
 use crate::storage::store::CASE_CONFLICT;
+
+/// Directory of a bucket's records, beside its versioned blobs and its content store.
+pub const HANDLES_DIR: &str = "handles";
+
+/// The name of a record below the storage root or the object prefix.
+pub fn record_name(bucket: &Bucket, handle: &Handle) -> String {
+    format!("{bucket}/{HANDLES_DIR}/{}/{handle}.json", handle.shard())
+}
+
+/// The revocation list, at the top of the storage.
+pub const REVOCATIONS_FILE: &str = ".revoked.json";
 
 /// A store's names, in the object layer: the file store's root directory, or the object
 /// store under its prefix.
@@ -73,7 +83,7 @@ pub fn classify(key: &str) -> Kind {
     if durable::is_temp_name(file) {
         return Kind::Temp;
     }
-    if key == revocation::FILE_NAME {
+    if key == REVOCATIONS_FILE {
         return Kind::Revocations;
     }
     if key.starts_with('.') {
@@ -119,12 +129,10 @@ pub fn classify(key: &str) -> Kind {
                 _ => Kind::Unknown,
             }
         }
-        [crate::blob_service::HANDLES_DIR, shard, name] => {
-            match name.strip_suffix(".json").and_then(Handle::parse) {
-                Some(handle) if handle.shard() == shard => Kind::Record(bucket, handle),
-                _ => Kind::Unknown,
-            }
-        }
+        [HANDLES_DIR, shard, name] => match name.strip_suffix(".json").and_then(Handle::parse) {
+            Some(handle) if handle.shard() == shard => Kind::Record(bucket, handle),
+            _ => Kind::Unknown,
+        },
         _ => Kind::Unknown,
     }
 }
@@ -136,8 +144,8 @@ pub fn key_of(kind: &Kind) -> Option<String> {
         // The object store's names, which are the files' too, with no prefix.
         Kind::Content(bucket, hash) => content_path("", bucket, hash).to_string(),
         Kind::Marker(bucket, hash) => format!("{}{MARKER_SUFFIX}", content_path("", bucket, hash)),
-        Kind::Record(bucket, handle) => crate::blob_service::record_store::name(bucket, handle),
-        Kind::Revocations => revocation::FILE_NAME.to_owned(),
+        Kind::Record(bucket, handle) => record_name(bucket, handle),
+        Kind::Revocations => REVOCATIONS_FILE.to_owned(),
         _ => return None,
     })
 }

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 
+use crate::config::{BucketQuota, Config};
 use crate::names::Bucket;
 use crate::storage::layout::{Kind, Tree, TreeError, classify};
 
@@ -54,50 +55,6 @@ pub struct Limit {
     pub records: u64,
 }
 
-/// One entry of `BUCKET_QUOTAS`: `bucket:bytes[:records]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BucketQuota {
-    pub bucket: Bucket,
-    pub bytes: u64,
-    /// `None`: the default record limit.
-    pub records: Option<u64>,
-}
-
-/// A size: bytes (`1048576`), or a number with a unit (`64MiB`, `10 GiB`, `1.5GB`).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    if let Ok(bytes) = text.parse::<u64>() {
-        return Ok(bytes);
-    }
-    text.parse::<bytesize::ByteSize>()
-        .map(|size| size.as_u64())
-        .map_err(|_| format!("{text:?} is not a size: use bytes or a unit, e.g. 10GiB or 500MB"))
-}
-
-/// Parses one `BUCKET_QUOTAS` entry, `bucket:bytes[:records]`.
-pub fn parse_bucket_quota(text: &str) -> Result<BucketQuota, String> {
-    let text = text.trim();
-    let shape = || format!("{text:?} is not bucket:bytes[:records], e.g. app1:50GiB:1000000");
-    let mut parts = text.split(':');
-    let (Some(name), Some(bytes)) = (parts.next(), parts.next()) else {
-        return Err(shape());
-    };
-    let records = parts
-        .next()
-        .map(|n| n.trim().parse::<u64>().map_err(|_| shape()))
-        .transpose()?;
-    if parts.next().is_some() {
-        return Err(shape());
-    }
-    let bucket = Bucket::parse(name.trim())
-        .ok_or_else(|| format!("{name:?} in {text:?} is not a bucket name"))?;
-    Ok(BucketQuota {
-        bucket,
-        bytes: parse_size(bytes)?,
-        records,
-    })
-}
-
 /// The quota of every bucket: a default, and the operator's exceptions.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -108,6 +65,15 @@ pub struct Limits {
 impl Limits {
     /// The default `default`, with `exceptions` over it (a later entry for the same bucket
     /// wins; the configuration refuses duplicates before this).
+    /// The quota of every bucket `config` sets: the default, and `BUCKET_QUOTAS`.
+    pub fn from_config(config: &Config) -> Self {
+        let default = Limit {
+            bytes: config.bucket_quota_bytes,
+            records: config.bucket_max_records,
+        };
+        Self::new(default, &config.bucket_quotas)
+    }
+
     pub fn new(default: Limit, exceptions: &[BucketQuota]) -> Self {
         let exceptions = exceptions
             .iter()
@@ -565,6 +531,7 @@ pub async fn measure(tree: &Tree) -> Result<BTreeMap<Bucket, Usage>, TreeError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{parse_bucket_quota, parse_size};
 
     fn bucket(name: &str) -> Bucket {
         Bucket::parse(name).unwrap()

@@ -32,3 +32,12 @@ fn retries() -> object_store::RetryConfig {
         ..object_store::RetryConfig::default()
     }
 }
+
+/// The object store of `STORE=s3`, from its checked settings.
+pub fn from_config(
+    config: &crate::config::Config,
+) -> Result<object_store::aws::AmazonS3, crate::config::ConfigError> {
+    let (endpoint, bucket, key, secret) = config.s3_settings()?;
+    client(endpoint, bucket, &config.s3_region, key, secret)
+        .map_err(|e| crate::config::ConfigError::BadS3(e.to_string()))
+}

@@ -131,7 +131,11 @@ impl Objects {
             crate::config::StoreKind::Fs if batched => Self::batched_directory(&config.storage),
             crate::config::StoreKind::Fs => Self::directory(&config.storage),
             crate::config::StoreKind::S3 => {
-                Self::remote(Arc::new(config.s3()?), &config.s3_prefix).await?
+                Self::remote(
+                    Arc::new(crate::storage::s3::from_config(config)?),
+                    &config.s3_prefix,
+                )
+                .await?
             }
         })
     }

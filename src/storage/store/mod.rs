@@ -21,7 +21,7 @@ use crate::names::{Bucket, Ref};
 
 pub use format::{damage, decode, preferred};
 pub use fs::{CASE_CONFLICT, FsStore, JOURNAL_DIR, LOCK_FILE, journaled, lock};
-pub use object::{DEFAULT_CACHE_BYTES, ObjectBlobs};
+pub use object::ObjectBlobs;
 
 /// Largest version a client may name: JavaScript's `Number.MAX_SAFE_INTEGER`, so every version
 /// (and the next one) stays exact in a browser.

@@ -64,12 +64,9 @@ impl Weighter<String, Kept> for ByBytes {
     }
 }
 
-/// `OBJECT_CACHE_BYTES` by default.
-pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
-
 impl ObjectBlobs {
     pub fn new(objects: Objects) -> Self {
-        Self::with_cache(objects, DEFAULT_CACHE_BYTES)
+        Self::with_cache(objects, crate::config::DEFAULT_OBJECT_CACHE_BYTES)
     }
 
     /// Keeps at most `bytes` of blobs to answer reads the store confirms current.
