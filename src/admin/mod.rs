@@ -15,7 +15,7 @@ mod copy;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::auth::revocation::{self, Place};
+use crate::auth::revocation::{self, ListObject};
 use crate::clock::now_unix;
 use crate::config::{Config, ConfigError, StoreKind};
 use crate::names::Bucket;
@@ -345,7 +345,7 @@ async fn revoke(config: &Config, args: RevokeArgs) -> Result<(), AdminError> {
         }
         _ => None,
     };
-    let place = Place::new(Objects::configured(config, config.store, false).await?);
+    let place = ListObject::new(Objects::configured(config, config.store, false).await?);
     if let Some(id) = args.jti {
         let now = now_unix();
         place

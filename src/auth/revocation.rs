@@ -114,11 +114,11 @@ pub enum Error {
 /// Where the list is kept: [`FILE_NAME`] at the top of the storage, a file under the storage
 /// root or an object of the shared store.
 #[derive(Clone)]
-pub struct Place {
+pub struct ListObject {
     objects: Objects,
 }
 
-impl Place {
+impl ListObject {
     pub fn new(objects: Objects) -> Self {
         Self { objects }
     }
@@ -172,7 +172,7 @@ impl Place {
 /// their token is revoked.
 #[derive(Clone)]
 pub struct Revocations {
-    place: Place,
+    place: ListObject,
     current: watch::Sender<Arc<RevocationList>>,
     /// The version of the list in force, to read it again only when it changed.
     seen: Arc<Mutex<Option<UpdateVersion>>>,
@@ -180,7 +180,7 @@ pub struct Revocations {
 
 impl Revocations {
     /// Reads the list once: a server that cannot know what is revoked does not start.
-    pub async fn load(place: Place) -> Result<Self, Error> {
+    pub async fn load(place: ListObject) -> Result<Self, Error> {
         let (list, version) = place.read_found().await?;
         Ok(Self {
             place,
@@ -285,7 +285,7 @@ mod tests {
     #[tokio::test]
     async fn the_file_list_is_read_written_and_watched() {
         let dir = tempfile::tempdir().unwrap();
-        let place = Place::new(Objects::directory(dir.path()));
+        let place = ListObject::new(Objects::directory(dir.path()));
         assert_eq!(place.read().await.unwrap(), RevocationList::default());
         let revocations = Revocations::load(place.clone()).await.unwrap();
         let victim = grant("photos", Some(5), Some("t1"));
@@ -311,7 +311,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Each its own handle, as `blobs revoke` beside a server is its own process.
         let writers = (0..8).map(|i| {
-            let place = Place::new(Objects::directory(dir.path()));
+            let place = ListObject::new(Objects::directory(dir.path()));
             tokio::spawn(async move {
                 place
                     .update(move |list| list.revoke_token(&format!("t{i}"), 1))
@@ -321,7 +321,7 @@ mod tests {
         for writer in writers.collect::<Vec<_>>() {
             writer.await.unwrap().unwrap();
         }
-        let list = Place::new(Objects::directory(dir.path()))
+        let list = ListObject::new(Objects::directory(dir.path()))
             .read()
             .await
             .unwrap();

@@ -81,7 +81,7 @@ struct Inner {
     /// announcements come in `created` order), never across an await.
     records: Mutex<Records>,
     /// Every new record, in `created` order, for the metadata streams; bounded (see
-    /// [`STREAM_BACKLOG`]): a stream that falls further behind replays from the records.
+    /// [`METADATA_STREAM_BACKLOG`]): a stream that falls further behind replays from the records.
     stream: broadcast::Sender<(Bucket, Arc<Record>)>,
     /// One lock per bucket, held by an upload from choosing its `created` until its record is
     /// announced. A tokio lock: the record's durable write happens under it. Taken after the
@@ -102,7 +102,7 @@ struct Inner {
 pub type NewRecords = broadcast::Receiver<(Bucket, Arc<Record>)>;
 
 /// New records a metadata stream may fall behind by before it replays from the records.
-const STREAM_BACKLOG: usize = 1024;
+const METADATA_STREAM_BACKLOG: usize = 1024;
 
 /// How long an upload waits for its record to come back from Redis (this node lists it from
 /// then on; a message lost with a Redis connection arrives through the catch-up instead).
@@ -123,7 +123,7 @@ impl BlobService {
             storage,
             content,
             records: Mutex::new(records),
-            stream: broadcast::channel(STREAM_BACKLOG).0,
+            stream: broadcast::channel(METADATA_STREAM_BACKLOG).0,
             order: KeyedLocks::default(),
             nodes: OnceLock::new(),
             applied: watch::channel(0).0,

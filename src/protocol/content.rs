@@ -21,7 +21,7 @@
 use axum::http::Method;
 use base64::Engine as _;
 use bytes::Bytes;
-use serde_json::{Map, Value as Json, json};
+use serde_json::{Map, Value, json};
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
 
@@ -49,7 +49,7 @@ const USE_DIRECT_PATH: &str =
 pub(super) async fn upload<A: Adapter>(
     session: &Session<A>,
     socket: &SocketRef<A>,
-    arg: Option<&Json>,
+    arg: Option<&Value>,
 ) -> Result<Reply, AckError> {
     if session.read_only {
         return Err(AckError::ReadOnly);
@@ -64,7 +64,7 @@ pub(super) async fn upload<A: Adapter>(
     // room for it all; each entry is still held to the quota as it is stored.
     let adding = entries
         .iter()
-        .filter_map(|e| e.get("data_b64").and_then(Json::as_str))
+        .filter_map(|e| e.get("data_b64").and_then(Value::as_str))
         .map(|data| (data.len() / 4 * 3) as u64)
         .sum::<u64>();
     drop(
@@ -78,7 +78,7 @@ pub(super) async fn upload<A: Adapter>(
     let mut rejected = Vec::new();
     let mut created = Vec::new();
     for entry in entries {
-        let named = entry.get("hash").cloned().unwrap_or(Json::Null);
+        let named = entry.get("hash").cloned().unwrap_or(Value::Null);
         match store_inline(session, entry, max_chars).await {
             Ok(stored) => {
                 accepted.push(json!(stored.hash.as_str()));
@@ -101,17 +101,17 @@ pub(super) async fn upload<A: Adapter>(
 /// Stores one `{ hash, data_b64 }`, or says why not.
 async fn store_inline<A: Adapter>(
     session: &Session<A>,
-    entry: &Json,
+    entry: &Value,
     max_chars: usize,
 ) -> Result<content::Stored, String> {
     let hash = entry
         .get("hash")
-        .and_then(Json::as_str)
+        .and_then(Value::as_str)
         .and_then(ContentHash::parse)
         .ok_or("non-canonical hash")?;
     let data = entry
         .get("data_b64")
-        .and_then(Json::as_str)
+        .and_then(Value::as_str)
         .ok_or("data_b64 must be a base64 string")?;
     if data.len() > max_chars {
         return Err(USE_DIRECT_PATH.to_owned());
@@ -141,13 +141,13 @@ async fn store_inline<A: Adapter>(
 /// `redirect`, large content as direct download URLs.
 pub(super) async fn request<A: Adapter>(
     session: &Session<A>,
-    arg: Option<&Json>,
+    arg: Option<&Value>,
 ) -> Result<Reply, AckError> {
     let params = object(arg)?;
     let hashes = list(params, "hashes", "expected { hashes: [hash], redirect? }")?;
     let redirect = match params.get("redirect") {
-        None | Some(Json::Null) => false,
-        Some(Json::Bool(redirect)) => *redirect,
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(redirect)) => *redirect,
         Some(_) => return Err(AckError::InvalidArgument("redirect must be true or false")),
     };
     let state = &session.state;
@@ -204,10 +204,10 @@ pub(super) async fn request<A: Adapter>(
 /// `request-upload`: a direct upload URL, or why not.
 pub(super) async fn request_upload<A: Adapter>(
     session: &Session<A>,
-    arg: Option<&Json>,
+    arg: Option<&Value>,
 ) -> Result<Reply, AckError> {
     let params = object(arg)?;
-    let named = params.get("hash").cloned().unwrap_or(Json::Null);
+    let named = params.get("hash").cloned().unwrap_or(Value::Null);
     let denied = |reason: String| {
         Ok(Reply::Events(vec![(
             "upload-denied",
@@ -220,7 +220,7 @@ pub(super) async fn request_upload<A: Adapter>(
     if session.read_only {
         return denied("read-only token".to_owned());
     }
-    let Some(size) = params.get("size").and_then(Json::as_u64) else {
+    let Some(size) = params.get("size").and_then(Value::as_u64) else {
         return denied("size must be the content's length in bytes".to_owned());
     };
     let limit = session.state.config().content_max_bytes;
@@ -229,7 +229,7 @@ pub(super) async fn request_upload<A: Adapter>(
     }
     if !matches!(
         params.get("content_type"),
-        None | Some(Json::Null | Json::String(_))
+        None | Some(Value::Null | Value::String(_))
     ) {
         return denied("content_type must be a string".to_owned());
     }
@@ -267,10 +267,10 @@ pub(super) async fn request_upload<A: Adapter>(
 pub(super) async fn uploaded<A: Adapter>(
     session: &Session<A>,
     socket: &SocketRef<A>,
-    arg: Option<&Json>,
+    arg: Option<&Value>,
 ) -> Result<Reply, AckError> {
     let params = object(arg)?;
-    let named = params.get("hash").cloned().unwrap_or(Json::Null);
+    let named = params.get("hash").cloned().unwrap_or(Value::Null);
     let rejected = |reason: &str| {
         Ok(Reply::Events(vec![(
             "upload-rejected",
@@ -311,13 +311,13 @@ pub(super) async fn uploaded<A: Adapter>(
 
 /// The array `params[key]`, of at most [`MAX_ENTRIES`] entries.
 fn list<'a>(
-    params: &'a Map<String, Json>,
+    params: &'a Map<String, Value>,
     key: &str,
     shape: &'static str,
-) -> Result<&'a Vec<Json>, AckError> {
+) -> Result<&'a Vec<Value>, AckError> {
     let entries = params
         .get(key)
-        .and_then(Json::as_array)
+        .and_then(Value::as_array)
         .ok_or(AckError::InvalidArgument(shape))?;
     if entries.len() > MAX_ENTRIES {
         return Err(AckError::InvalidArgument(

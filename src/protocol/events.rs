@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use base64::Engine as _;
-use serde_json::{Map, Value as Json, json};
+use serde_json::{Map, Value, json};
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
 
@@ -20,11 +20,11 @@ impl<A: Adapter> Session<A> {
     pub(super) fn subscribe(
         &self,
         socket: &SocketRef<A>,
-        arg: Option<&Json>,
+        arg: Option<&Value>,
     ) -> Result<Reply, AckError> {
         let new = match arg {
-            Some(Json::Null) => None,
-            Some(Json::String(text)) => Some(Ref::parse(text).ok_or(AckError::InvalidRef)?),
+            Some(Value::Null) => None,
+            Some(Value::String(text)) => Some(Ref::parse(text).ok_or(AckError::InvalidRef)?),
             _ => return Err(AckError::InvalidRef),
         };
         let mut queue = self.queue.lock().expect("queue lock poisoned");
@@ -45,10 +45,10 @@ impl<A: Adapter> Session<A> {
 
     /// The blob a `get` or `set` acts on: its `ref` when it names one (any number of blobs on
     /// one socket), else the one `ref` subscribed (the original's way).
-    fn target(&self, params: &Map<String, Json>) -> Result<Ref, AckError> {
+    fn target(&self, params: &Map<String, Value>) -> Result<Ref, AckError> {
         match params.get("ref") {
             None => self.subscribed(),
-            Some(Json::String(text)) => Ref::parse(text).ok_or(AckError::InvalidRef),
+            Some(Value::String(text)) => Ref::parse(text).ok_or(AckError::InvalidRef),
             Some(_) => Err(AckError::InvalidRef),
         }
     }
@@ -56,7 +56,7 @@ impl<A: Adapter> Session<A> {
     /// `watch { refs }`: this socket hears `changed { ref, version }` for each of the refs from
     /// now on, its own writes included; at most `MAX_WATCHED_REFS` in all, and `MAX_WATCHES`
     /// on the whole server.
-    pub(super) fn watch(&self, arg: Option<&Json>) -> Result<Reply, AckError> {
+    pub(super) fn watch(&self, arg: Option<&Value>) -> Result<Reply, AckError> {
         let refs = ref_list(object(arg)?)?;
         let mut queue = self.queue.lock().expect("queue lock poisoned");
         // A set: a ref named twice in one event counts once against the limit.
@@ -76,11 +76,11 @@ impl<A: Adapter> Session<A> {
             .add(self.bucket.as_str(), &new, self.sid)
             .map_err(|ServerFull(limit)| AckError::ServerWatchesFull(limit))?;
         queue.watched.extend(new);
-        Ok(Reply::Json(json!({ "watching": queue.watched.len() })))
+        Ok(Reply::Value(json!({ "watching": queue.watched.len() })))
     }
 
     /// `unwatch { refs }`: the socket stops hearing about these refs.
-    pub(super) fn unwatch(&self, arg: Option<&Json>) -> Result<Reply, AckError> {
+    pub(super) fn unwatch(&self, arg: Option<&Value>) -> Result<Reply, AckError> {
         let refs = ref_list(object(arg)?)?;
         let mut queue = self.queue.lock().expect("queue lock poisoned");
         let gone: Vec<RefKey> = refs
@@ -93,17 +93,17 @@ impl<A: Adapter> Session<A> {
             .watches()
             .remove(self.bucket.as_str(), &gone, self.sid);
         queue.watched.shrink_to_fit();
-        Ok(Reply::Json(json!({ "watching": queue.watched.len() })))
+        Ok(Reply::Value(json!({ "watching": queue.watched.len() })))
     }
 
-    pub(super) async fn get(&self, arg: Option<&Json>) -> Result<Reply, AckError> {
+    pub(super) async fn get(&self, arg: Option<&Value>) -> Result<Reply, AckError> {
         let params = object(arg)?;
         let known = optional_version(params, "known")?;
         let r = self.target(params)?;
         let Some(blob) = live(self.state.store().get(&self.bucket, &r).await?) else {
-            return Ok(Reply::Json(Json::Null));
+            return Ok(Reply::Value(Value::Null));
         };
-        Ok(Reply::Json(if known == Some(blob.version) {
+        Ok(Reply::Value(if known == Some(blob.version) {
             json!({ "version": blob.version })
         } else {
             with_data(json!({ "version": blob.version }), blob.data.as_deref())
@@ -113,7 +113,7 @@ impl<A: Adapter> Session<A> {
     pub(super) async fn set(
         &self,
         socket: &SocketRef<A>,
-        arg: Option<&Json>,
+        arg: Option<&Value>,
     ) -> Result<Reply, AckError> {
         if self.read_only {
             return Err(AckError::ReadOnly);
@@ -139,7 +139,7 @@ impl<A: Adapter> Session<A> {
                     deleted: false,
                 };
                 self.state.changes().publish(change, Some(socket.id));
-                Ok(Reply::Json(json!({ "success": true, "version": version })))
+                Ok(Reply::Value(json!({ "success": true, "version": version })))
             }
             // A protocol write always finds something to conflict with (a missing blob is
             // created), so `current` is the live blob or its tombstone (which has no data).
@@ -150,7 +150,7 @@ impl<A: Adapter> Session<A> {
                     version: current.version,
                 }))
             }
-            SetOutcome::Conflict(None) => Ok(Reply::Json(json!({ "success": false }))),
+            SetOutcome::Conflict(None) => Ok(Reply::Value(json!({ "success": false }))),
         }
     }
 }
@@ -158,26 +158,26 @@ impl<A: Adapter> Session<A> {
 pub(super) enum Reply {
     /// No argument (`ref`).
     Empty,
-    Json(Json),
+    Value(Value),
     /// Named replies of the content-addressed events: each is an event when the client sent
     /// no ack; with an ack, their fields are merged into one object.
-    Events(Vec<(&'static str, Json)>),
+    Events(Vec<(&'static str, Value)>),
     /// A refused `set`, with its keys in the original's order (a JSON map would sort them).
     Stale(Stale),
 }
 
 /// The bytes `value` serialises to, at least (escapes left out).
-pub(super) fn json_min_len(value: &Json) -> u64 {
+pub(super) fn json_min_len(value: &Value) -> u64 {
     let separators = |n: usize| n.saturating_sub(1) as u64;
     match value {
-        Json::Null | Json::Bool(true) => 4,
-        Json::Bool(false) => 5,
-        Json::Number(_) => 1,
-        Json::String(text) => text.len() as u64 + 2,
-        Json::Array(items) => {
+        Value::Null | Value::Bool(true) => 4,
+        Value::Bool(false) => 5,
+        Value::Number(_) => 1,
+        Value::String(text) => text.len() as u64 + 2,
+        Value::Array(items) => {
             2 + separators(items.len()) + items.iter().map(json_min_len).sum::<u64>()
         }
-        Json::Object(fields) => {
+        Value::Object(fields) => {
             2 + separators(fields.len())
                 + fields
                     .iter()
@@ -203,7 +203,7 @@ impl Reply {
     pub(super) fn min_len(&self) -> u64 {
         match self {
             Reply::Empty => 2,
-            Reply::Json(value) => json_min_len(value),
+            Reply::Value(value) => json_min_len(value),
             Reply::Events(events) => events.iter().map(|(_, value)| json_min_len(value)).sum(),
             Reply::Stale(stale) => 29 + stale.data.as_ref().map_or(0, |d| d.len() as u64 + 10),
         }
@@ -211,31 +211,31 @@ impl Reply {
 }
 
 /// The fields of several reply objects in one.
-pub(super) fn merged(events: Vec<(&'static str, Json)>) -> Json {
+pub(super) fn merged(events: Vec<(&'static str, Value)>) -> Value {
     let mut all = Map::new();
     for (_, payload) in events {
-        if let Json::Object(fields) = payload {
+        if let Value::Object(fields) = payload {
             all.extend(fields);
         }
     }
-    Json::Object(all)
+    Value::Object(all)
 }
 
-pub(super) fn with_data(mut reply: Json, data: Option<&str>) -> Json {
+pub(super) fn with_data(mut reply: Value, data: Option<&str>) -> Value {
     if let (Some(data), Some(map)) = (data, reply.as_object_mut()) {
-        map.insert("data".to_owned(), Json::String(data.to_owned()));
+        map.insert("data".to_owned(), Value::String(data.to_owned()));
     }
     reply
 }
 
-pub(super) fn object(arg: Option<&Json>) -> Result<&Map<String, Json>, AckError> {
-    arg.and_then(Json::as_object).ok_or(AckError::NotAnObject)
+pub(super) fn object(arg: Option<&Value>) -> Result<&Map<String, Value>, AckError> {
+    arg.and_then(Value::as_object).ok_or(AckError::NotAnObject)
 }
 
 /// The `refs` of `watch` and `unwatch`: a list of refs (at most 1,000 in one event).
-fn ref_list(params: &Map<String, Json>) -> Result<Vec<Ref>, AckError> {
+fn ref_list(params: &Map<String, Value>) -> Result<Vec<Ref>, AckError> {
     match params.get("refs") {
-        Some(Json::Array(items)) if items.len() <= MAX_REFS_PER_EVENT => items
+        Some(Value::Array(items)) if items.len() <= MAX_REFS_PER_EVENT => items
             .iter()
             .map(|item| item.as_str().and_then(Ref::parse))
             .collect::<Option<Vec<_>>>()
@@ -249,11 +249,11 @@ const MAX_REFS_PER_EVENT: usize = 1000;
 
 /// `known` or `version`: absent or `null` is `None`; otherwise an integer in `1..=MAX_VERSION`.
 pub(super) fn optional_version(
-    params: &Map<String, Json>,
+    params: &Map<String, Value>,
     key: &'static str,
 ) -> Result<Option<u64>, AckError> {
     match params.get(key) {
-        None | Some(Json::Null) => Ok(None),
+        None | Some(Value::Null) => Ok(None),
         Some(value) => value
             .as_u64()
             .filter(|v| (1..=MAX_VERSION).contains(v))
@@ -265,12 +265,12 @@ pub(super) fn optional_version(
 /// `data`: absent or `null` is `None`; otherwise standard base64 (padding optional, no
 /// whitespace) of at most `max_chars` characters, kept exactly as sent.
 pub(super) fn optional_data(
-    params: &Map<String, Json>,
+    params: &Map<String, Value>,
     max_chars: usize,
 ) -> Result<Option<String>, AckError> {
     match params.get("data") {
-        None | Some(Json::Null) => Ok(None),
-        Some(Json::String(text)) if text.len() <= max_chars && is_base64(text) => {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) if text.len() <= max_chars && is_base64(text) => {
             Ok(Some(text.clone()))
         }
         Some(_) => Err(AckError::InvalidData(max_chars)),
@@ -290,7 +290,7 @@ pub(super) fn is_base64(text: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn params(value: Json) -> Map<String, Json> {
+    fn params(value: Value) -> Map<String, Value> {
         value.as_object().unwrap().clone()
     }
 

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::ConnectInfo;
 use ipnet::IpNet;
-use serde_json::Value as Json;
+use serde_json::Value;
 use socketioxide::SocketIo;
 use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide::extract::{SocketRef, State, TryData};
@@ -89,7 +89,7 @@ enum Refused {
 async fn authenticate<A: Adapter>(
     socket: SocketRef<A>,
     io: SocketIo<A>,
-    TryData(auth): TryData<Json>,
+    TryData(auth): TryData<Value>,
     State(state): State<AppState>,
 ) -> Result<(), Refused> {
     let token = auth

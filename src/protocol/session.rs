@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use serde_json::{Value as Json, json};
+use serde_json::{Value as JsonValue, json};
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, SocketRef};
 use socketioxide::handler::{FromMessageParts, MessageHandler, Value};
@@ -94,7 +94,7 @@ pub(super) enum Work<A: Adapter> {
 
 pub(super) struct Call<A: Adapter> {
     pub(super) event: Event,
-    pub(super) args: Result<Vec<Json>, AckError>,
+    pub(super) args: Result<Vec<JsonValue>, AckError>,
     /// `None`: the reply goes out as an event (content-addressed events only).
     pub(super) ack: Option<AckSender<A>>,
 }
@@ -139,14 +139,14 @@ impl<A: Adapter> MessageHandler<A, Ordered> for Handler<A> {
 }
 
 /// The arguments of an event packet `["name", ...args]`, without the name.
-fn event_args(value: &Value) -> Result<Vec<Json>, AckError> {
+fn event_args(value: &Value) -> Result<Vec<JsonValue>, AckError> {
     let Value::Str(text, binaries) = value else {
         return Err(AckError::Binary);
     };
     if binaries.as_ref().is_some_and(|b| !b.is_empty()) {
         return Err(AckError::Binary);
     }
-    let mut items: Vec<Json> =
+    let mut items: Vec<JsonValue> =
         serde_json::from_str(text.as_str()).map_err(|_| AckError::NotAnObject)?;
     if !items.is_empty() {
         items.remove(0);
@@ -309,7 +309,7 @@ impl<A: Adapter> Session<A> {
         };
         let arg = args.first();
         let reply = match event {
-            Event::Now => Ok(Reply::Json(json!({ "timestamp": now_ms() }))),
+            Event::Now => Ok(Reply::Value(json!({ "timestamp": now_ms() }))),
             Event::Ref => self.subscribe(socket, arg),
             Event::Get => self.get(arg).await,
             Event::Set => self.set(socket, arg).await,
@@ -324,7 +324,7 @@ impl<A: Adapter> Session<A> {
         // nothing is dropped instead of piling megabytes up.
         // With an ack, the named replies go out merged: measure what is sent.
         let reply = match (&ack, reply) {
-            (Some(_), Ok(Reply::Events(events))) => Ok(Reply::Json(merged(events))),
+            (Some(_), Ok(Reply::Events(events))) => Ok(Reply::Value(merged(events))),
             (_, reply) => reply,
         };
         let len = reply.as_ref().map_or(0, Reply::min_len);
@@ -366,19 +366,19 @@ impl<A: Adapter> Session<A> {
                 Some(name) => {
                     Reply::Events(vec![(name, json!({ "error": message, "reason": message }))])
                 }
-                None => Reply::Json(json!({ "error": message })),
+                None => Reply::Value(json!({ "error": message })),
             }
         });
         let sent = match (ack, reply) {
             (Some(ack), Reply::Empty) => ack.send(&NO_ARGS),
-            (Some(ack), Reply::Json(value)) => ack.send(&value),
+            (Some(ack), Reply::Value(value)) => ack.send(&value),
             (Some(ack), Reply::Stale(stale)) => ack.send(&stale),
             (Some(ack), Reply::Events(events)) => ack.send(&merged(events)),
             (None, Reply::Events(events)) => events
                 .into_iter()
                 .try_for_each(|(name, payload)| socket.emit(name, &payload)),
             // Only events with a reply name run without an ack, and they reply with events.
-            (None, Reply::Empty | Reply::Json(_) | Reply::Stale(_)) => Ok(()),
+            (None, Reply::Empty | Reply::Value(_) | Reply::Stale(_)) => Ok(()),
         };
         match sent {
             Ok(()) => {}
@@ -394,7 +394,7 @@ fn outcome(reply: &Result<Reply, AckError>) -> Outcome {
         Err(AckError::Store(_) | AckError::Content(_)) => Outcome::error,
         Err(_) => Outcome::refused,
         Ok(Reply::Stale(_)) => Outcome::conflict,
-        Ok(Reply::Json(json)) => match json.get("success").and_then(Json::as_bool) {
+        Ok(Reply::Value(json)) => match json.get("success").and_then(JsonValue::as_bool) {
             Some(true) => Outcome::committed,
             Some(false) => Outcome::conflict,
             None => Outcome::ok,

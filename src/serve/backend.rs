@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::StartError;
-use crate::auth::revocation::Place;
+use crate::auth::revocation::ListObject;
 use crate::auth::signed_url::{DirectUrls, PresignedUrls};
 use crate::blob_service::RecordStore;
 use crate::config::{Config, StoreKind};
@@ -23,7 +23,7 @@ pub struct Backend {
     /// Presigned object-store URLs; `None`: this server signs its own direct URLs.
     pub direct: Option<Arc<dyn DirectUrls>>,
     /// Where the revoked tokens are listed.
-    pub revocations: Place,
+    pub revocations: ListObject,
     /// The buckets' quotas, measured on this storage.
     pub quota: Arc<Quota>,
 }
@@ -49,7 +49,7 @@ impl Backend {
                     content: Arc::new(FsContent::open(&config.storage).map_err(storage_error)?),
                     records: Arc::new(RecordStore::new(objects.clone())),
                     direct: None,
-                    revocations: Place::new(objects.clone()),
+                    revocations: ListObject::new(objects.clone()),
                     quota: quota(config, Tree::new(objects), config.storage.clone()),
                 })
             }
@@ -67,7 +67,7 @@ impl Backend {
                     )),
                     content: Arc::new(ObjectContent::new(&objects, CLAIM_GRACE)),
                     records: Arc::new(RecordStore::new(objects.clone())),
-                    revocations: Place::new(objects.clone()),
+                    revocations: ListObject::new(objects.clone()),
                     // Uploads are received into local temp files before they go up.
                     quota: quota(config, Tree::new(objects), std::env::temp_dir()),
                     direct: Some(Arc::new(PresignedUrls::new(

@@ -10,7 +10,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use serde_json::Value as Json;
+use serde_json::Value;
 use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
@@ -28,7 +28,7 @@ mod watches;
 pub use watches::{RefKey, ServerFull, Watches, ref_key};
 
 /// Changes an HTTP stream may fall behind by before it skips to the current version.
-const STREAM_BACKLOG: usize = 1024;
+const CHANGE_STREAM_BACKLOG: usize = 1024;
 
 /// How often a stalled socket is asked again to disconnect.
 const STALLED_RETRY: Duration = Duration::from_millis(100);
@@ -53,7 +53,7 @@ pub struct Changes {
     /// This node's watchers, told of every change: this node's and, with several nodes, the
     /// others' (from the relay).
     watching: Arc<Watching>,
-    /// Every change, for the HTTP streams; bounded (see [`STREAM_BACKLOG`]): a stream that
+    /// Every change, for the HTTP streams; bounded (see [`CHANGE_STREAM_BACKLOG`]): a stream that
     /// falls further behind is told the current version instead. `None`: changes of other
     /// nodes may have been missed (Redis was away); every stream says where its blob is now.
     streams: broadcast::Sender<Option<Change>>,
@@ -78,7 +78,7 @@ impl Changes {
                 watches: Watches::new(max_watches),
                 sockets: OnceLock::new(),
             }),
-            streams: broadcast::channel(STREAM_BACKLOG).0,
+            streams: broadcast::channel(CHANGE_STREAM_BACKLOG).0,
             relay: OnceLock::new(),
             shutdown,
         }
@@ -120,7 +120,7 @@ impl Changes {
             room(&change.bucket, &change.r),
             writer,
             "changed",
-            Json::Array(Vec::new()),
+            Value::Array(Vec::new()),
         );
         // Watchers hear every commit, the writer's own included, with what changed.
         self.watching.tell(&change);
@@ -178,7 +178,7 @@ impl Changes {
         };
         let mut payload = serde_json::json!({ "hash": first.as_str() });
         if hashes.len() > 1 {
-            payload["hashes"] = hashes.iter().map(|h| Json::from(h.as_str())).collect();
+            payload["hashes"] = hashes.iter().map(|h| Value::from(h.as_str())).collect();
         }
         self.emit(bucket_room(bucket), uploader, "blob-available", payload);
     }
@@ -189,7 +189,7 @@ impl Changes {
         self.emit(bucket_room(bucket), None, "blob-metadata", record.event());
     }
 
-    fn emit(&self, room: String, except: Option<Sid>, event: &'static str, payload: Json) {
+    fn emit(&self, room: String, except: Option<Sid>, event: &'static str, payload: Value) {
         if let Some(rooms) = self.rooms.get() {
             rooms.emit(room, except, event, payload);
         }
@@ -223,7 +223,7 @@ impl Watching {
         let mut payload =
             serde_json::json!({ "ref": change.r.as_str(), "version": change.version });
         if change.deleted {
-            payload["deleted"] = Json::Bool(true);
+            payload["deleted"] = Value::Bool(true);
         }
         for sid in watchers {
             sockets.emit_to(sid, "changed", &payload);
@@ -233,11 +233,11 @@ impl Watching {
 
 /// This node's sockets, by id.
 trait SocketsById: Send + Sync {
-    fn emit_to(&self, sid: Sid, event: &'static str, payload: &Json);
+    fn emit_to(&self, sid: Sid, event: &'static str, payload: &Value);
 }
 
 impl<A: Adapter> SocketsById for SocketIo<A> {
-    fn emit_to(&self, sid: Sid, event: &'static str, payload: &Json) {
+    fn emit_to(&self, sid: Sid, event: &'static str, payload: &Value) {
         if let Some(socket) = self.get_socket(sid) {
             deliver(&socket, event, payload);
         }
@@ -271,7 +271,7 @@ impl relay::Listener for RelayedChanges {
 
 /// A change another node relayed (`None` for this node's own, or anything malformed).
 fn relayed_change(text: &str, this_node: &str) -> Option<Change> {
-    let message: Json = serde_json::from_str(text).ok()?;
+    let message: Value = serde_json::from_str(text).ok()?;
     if message["node"].as_str()? == this_node {
         return None;
     }
@@ -297,7 +297,7 @@ pub fn bucket_room(bucket: &Bucket) -> String {
 trait Rooms: Send + Sync {
     /// `event` with `payload` (an array is the argument list; anything else one argument) to
     /// every socket of `room` but `except`.
-    fn emit(&self, room: String, except: Option<Sid>, event: &'static str, payload: Json);
+    fn emit(&self, room: String, except: Option<Sid>, event: &'static str, payload: Value);
 
     /// Whether `except` names a room (the socket's own), rather than the socket itself.
     fn except_is_a_room(&self) -> bool {
@@ -310,7 +310,7 @@ trait Rooms: Send + Sync {
 struct LocalRooms(SocketIo<LocalAdapter>);
 
 impl Rooms for LocalRooms {
-    fn emit(&self, room: String, except: Option<Sid>, event: &'static str, payload: Json) {
+    fn emit(&self, room: String, except: Option<Sid>, event: &'static str, payload: Value) {
         for target in self.0.to(room).sockets() {
             if Some(target.id) != except {
                 deliver(&target, event, &payload);
@@ -321,7 +321,7 @@ impl Rooms for LocalRooms {
 
 /// Sends one event to one socket of this node, counted against its [`Backlog`]; a socket
 /// whose client is behind by the whole backlog, or whose queue is full, is dropped.
-fn deliver<A: Adapter>(socket: &SocketRef<A>, event: &'static str, payload: &Json) {
+fn deliver<A: Adapter>(socket: &SocketRef<A>, event: &'static str, payload: &Value) {
     if let Some(backlog) = socket.extensions.get::<Arc<Backlog>>()
         && !backlog.try_charge(packet_len(event, payload))
     {
@@ -337,9 +337,9 @@ fn deliver<A: Adapter>(socket: &SocketRef<A>, event: &'static str, payload: &Jso
 
 /// The bytes an event's arguments take on the wire, at least (see `Backlog`: never over the
 /// truth).
-fn packet_len(event: &str, payload: &Json) -> u64 {
+fn packet_len(event: &str, payload: &Value) -> u64 {
     let args = match payload {
-        Json::Array(args) if args.is_empty() => 0,
+        Value::Array(args) if args.is_empty() => 0,
         _ => serde_json::to_vec(payload).map_or(0, |bytes| bytes.len() as u64),
     };
     event.len() as u64 + args
@@ -350,7 +350,7 @@ struct RoomEvent {
     room: String,
     except: Option<Sid>,
     event: &'static str,
-    payload: Json,
+    payload: Value,
 }
 
 /// Several nodes: the adapter carries the event to every node, which delivers it to its
@@ -367,7 +367,7 @@ impl Rooms for ClusterRooms {
         true
     }
 
-    fn emit(&self, room: String, except: Option<Sid>, event: &'static str, payload: Json) {
+    fn emit(&self, room: String, except: Option<Sid>, event: &'static str, payload: Value) {
         let queued = self.0.send(RoomEvent {
             room,
             except,
@@ -401,7 +401,7 @@ async fn broadcast_through_adapter<A: Adapter>(
             crate::metrics::changed_delivered(operators.clone().sockets().len());
         }
         let sent = match &payload {
-            Json::Array(args) if args.is_empty() => operators.emit(event, &NO_ARGS).await,
+            Value::Array(args) if args.is_empty() => operators.emit(event, &NO_ARGS).await,
             _ => operators.emit(event, &payload).await,
         };
         if let Err(e) = sent {
@@ -414,10 +414,10 @@ async fn broadcast_through_adapter<A: Adapter>(
 fn emit_value<A: Adapter>(
     socket: &SocketRef<A>,
     event: &'static str,
-    payload: &Json,
+    payload: &Value,
 ) -> Result<(), SendError> {
     match payload {
-        Json::Array(args) if args.is_empty() => socket.emit(event, &NO_ARGS),
+        Value::Array(args) if args.is_empty() => socket.emit(event, &NO_ARGS),
         _ => socket.emit(event, payload),
     }
 }
