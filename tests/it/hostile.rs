@@ -1,15 +1,13 @@
 //! Hostile and malformed input: none of it may panic, hang or stop the server, and a normal
 //! client is served after each case.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::fixture::{SECRET, TestServer, hex_ref};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use blobs_testkit::tokio_tungstenite::tungstenite::Message;
 use blobs_testkit::{ClientError, RawClient};
-use common::{SECRET, TestServer, hex_ref};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 

@@ -3,17 +3,15 @@
 //! `blobs backup` while writes go on, `blobs restore`, and `blobs migrate` to the object store
 //! and back, with a cluster started on the result.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::fixture::service_api::Api;
+use crate::fixture::{self, SECRET, TestServer, hex_ref, token};
 use blobs_testkit::{ClientError, RawClient};
-use common::service_api::Api;
-use common::{SECRET, TestServer, hex_ref, token};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -94,7 +92,7 @@ async fn revoked_tokens_are_refused_and_their_connections_closed() {
     socket.call("ref", &[json!(r)]).await.unwrap();
     let mut other = RawClient::connect_token(server.addr, &kept).await.unwrap();
     other.call("ref", &[json!(r)]).await.unwrap();
-    let (events, metadata) = common::open_streams(server.addr, &leaked, &r).await;
+    let (events, metadata) = fixture::open_streams(server.addr, &leaked, &r).await;
 
     let output = blobs(server.storage(), &[], &["revoke", "--jti", "leaked-1"]);
     assert!(output.status.success(), "{output:?}");
@@ -413,8 +411,8 @@ async fn backup_while_writing_then_restore() {
 
 /// The environment that names `s3`'s bucket (under `prefix`) as the object store, without
 /// `STORE`.
-fn s3_env(s3: &common::S3Server, prefix: &str) -> Vec<(String, String)> {
-    common::s3_env(s3, prefix)
+fn s3_env(s3: &fixture::S3Server, prefix: &str) -> Vec<(String, String)> {
+    fixture::s3_env(s3, prefix)
         .into_iter()
         .filter(|(name, _)| name != "STORE")
         .collect()
@@ -426,8 +424,8 @@ fn s3_env(s3: &common::S3Server, prefix: &str) -> Vec<(String, String)> {
 /// `migrate --to fs` brings it back.
 #[tokio::test]
 async fn migrate_to_the_object_store_and_back() {
-    let s3 = common::rgw().await;
-    let redis = common::redis();
+    let s3 = fixture::rgw().await;
+    let redis = fixture::redis();
     let server = TestServer::start().await;
     let mut all = Vec::new();
     for (pair, versions) in [("f1", 1), ("f2", 4), ("f3", 2)] {
@@ -441,7 +439,7 @@ async fn migrate_to_the_object_store_and_back() {
     );
     let storage = server.stop().await;
 
-    let options = common::s3_options(&s3, "migrated/");
+    let options = fixture::s3_options(&s3, "migrated/");
     let s3_env = s3_env(&s3, "migrated/");
     let env: Vec<(&str, &str)> = s3_env
         .iter()
@@ -465,7 +463,7 @@ async fn migrate_to_the_object_store_and_back() {
         stdout(&output)
     );
     // Resumable: what the destination lacks is copied again, and only that.
-    let client = common::s3_client(&s3);
+    let client = fixture::s3_client(&s3);
     let (r, ..) = &all[0].0;
     let lost = object_store::path::Path::from(format!("migrated/b/{}/{r}.json", &r[..2]));
     object_store::ObjectStoreExt::delete(&*client, &lost)
@@ -556,7 +554,7 @@ async fn metrics_count_what_happened() {
     off.stop().await;
 
     let storage = tempfile::tempdir().unwrap();
-    let server = common::start_process(storage.path(), &[("METRICS_TOKEN", "scrape-me")]);
+    let server = fixture::start_process(storage.path(), &[("METRICS_TOKEN", "scrape-me")]);
     let url = format!("http://{}/metrics", server.addr);
     assert_eq!(http.get(&url).send().await.unwrap().status(), 401);
     assert_eq!(status(&http, &url, "wrong").await, 401);
@@ -792,7 +790,7 @@ async fn damaged_blobs_and_records_are_reported_and_never_copied() {
 /// under any case of its ref.
 #[tokio::test]
 async fn restore_and_migrate_from_the_originals_directory_end_lower_case() {
-    let s3 = common::rgw().await;
+    let s3 = fixture::rgw().await;
     let original = tempfile::tempdir().unwrap();
     let root = original.path();
     let file = |version: u64, data: &str| {
@@ -848,7 +846,7 @@ async fn restore_and_migrate_from_the_originals_directory_end_lower_case() {
     serves_any_case(&server).await;
     server.stop().await;
 
-    let env = s3_env(&s3, common::BACKEND_PREFIX);
+    let env = s3_env(&s3, fixture::BACKEND_PREFIX);
     let env: Vec<(&str, &str)> = env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
     let output = blobs(root, &env, &["migrate", "--to", "s3"]);
     let report = stdout(&output);
@@ -859,8 +857,8 @@ async fn restore_and_migrate_from_the_originals_directory_end_lower_case() {
         "{report}"
     );
     assert!(root.join(&aside).exists(), "kept aside in the source");
-    let client = common::s3_client(&s3);
-    let prefix = object_store::path::Path::from(common::BACKEND_PREFIX);
+    let client = fixture::s3_client(&s3);
+    let prefix = object_store::path::Path::from(fixture::BACKEND_PREFIX);
     let listed: Vec<object_store::ObjectMeta> = futures_util::TryStreamExt::try_collect(
         object_store::ObjectStore::list(&*client, Some(&prefix)),
     )
@@ -868,12 +866,12 @@ async fn restore_and_migrate_from_the_originals_directory_end_lower_case() {
     .unwrap();
     let mut names: Vec<String> = listed
         .iter()
-        .map(|m| m.location.as_ref()[common::BACKEND_PREFIX.len()..].to_owned())
+        .map(|m| m.location.as_ref()[fixture::BACKEND_PREFIX.len()..].to_owned())
         .filter(|name| !name.starts_with('.'))
         .collect();
     names.sort();
     assert_eq!(names, wanted);
-    let backend = common::Backend::Object(s3);
+    let backend = fixture::Backend::Object(s3);
     let server = backend.start(tempfile::tempdir().unwrap()).await;
     serves_any_case(&server).await;
     server.stop().await;

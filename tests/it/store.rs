@@ -3,15 +3,13 @@
 //! cannot drift from the file backend's rules: compare-and-swap, tombstones, listing,
 //! concurrent writers, restarts, stores left by the original, corrupt blobs and shutdown.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::fs;
 
+use crate::fixture::{self, Backend, blob_name, hex_ref};
 use blobs::clock::now_ms;
 use blobs::names::{Bucket, Ref};
 use blobs::storage::store::{Edit, Expect, SetOutcome, SetRequest, live};
-use common::{Backend, blob_name, hex_ref};
 use serde_json::{Value, json};
 
 /// A restart serves exactly what was acknowledged before it.
@@ -199,14 +197,14 @@ async fn a_corrupt_blob_is_an_error_not_a_missing_blob() {
 
 /// The answer to an HTTP request with `bucket`'s token: status and body.
 async fn http(
-    server: &common::TestServer,
+    server: &fixture::TestServer,
     method: reqwest::Method,
     path: &str,
     headers: &[(&str, &str)],
 ) -> (reqwest::StatusCode, Vec<u8>) {
     let mut request = reqwest::Client::new()
         .request(method, format!("http://{}{path}", server.addr))
-        .bearer_auth(common::token("b"));
+        .bearer_auth(fixture::token("b"));
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -434,13 +432,13 @@ async fn the_originals_upper_case_files_are_served() {
         (&large, None, 1),
     ];
 
-    let server = common::TestServer::start_in(storage).await;
+    let server = fixture::TestServer::start_in(storage).await;
     let mut client = server.client("MyApp").await;
     for (r, data, version) in &expected {
         for spelling in [r.to_string(), r.to_lowercase(), r.to_uppercase()] {
             let response = reqwest::Client::new()
                 .get(format!("http://{}/v1/blobs/{spelling}", server.addr))
-                .bearer_auth(common::token("MyApp"))
+                .bearer_auth(fixture::token("MyApp"))
                 .send()
                 .await
                 .unwrap();
@@ -511,7 +509,7 @@ async fn the_originals_upper_case_files_are_served() {
 
     let check = std::process::Command::new(env!("CARGO_BIN_EXE_blobs"))
         .arg("check")
-        .env("TOKEN_SECRET", common::SECRET)
+        .env("TOKEN_SECRET", fixture::SECRET)
         .env("STORAGE", storage.path())
         .output()
         .unwrap();
@@ -530,7 +528,7 @@ async fn the_originals_upper_case_files_are_served() {
         );
     }
 
-    let server = common::TestServer::start_in(storage).await;
+    let server = fixture::TestServer::start_in(storage).await;
     let storage = server.stop().await;
     assert_eq!(
         on_disk(storage.path()),

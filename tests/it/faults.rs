@@ -4,13 +4,11 @@
 //!
 //! The test mounts a small tmpfs, so it needs root (or CAP_SYS_ADMIN), as on CI.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::fixture::{self, TestServer, hex_ref, token};
 use blobs_testkit::RawClient;
-use common::{TestServer, hex_ref, token};
 use serde_json::{Value, json};
 
 /// A small tmpfs mounted on a temp directory, unmounted on drop.
@@ -109,7 +107,7 @@ fn temp_files(root: &Path) -> Vec<PathBuf> {
 #[tokio::test]
 async fn disk_faults_refuse_writes_and_keep_old_versions() {
     let mut disk = SmallDisk::mount("1m");
-    // The free-space reserve off: the disk itself runs out (`tests/quota.rs` tests the reserve).
+    // The free-space reserve off: the disk itself runs out (`tests/it/quota.rs` tests the reserve).
     let server = TestServer::start_with(disk.storage(), &["--min-free-bytes", "0"]).await;
     let r = hex_ref("d0");
     let mut writer = server.subscribed("b", &r).await;
@@ -174,7 +172,7 @@ async fn disk_faults_refuse_writes_and_keep_old_versions() {
 async fn a_full_disk_fails_writes_cleanly_and_loses_nothing_acknowledged() {
     const REFS: usize = 4;
     let disk = SmallDisk::mount("4m");
-    let server = common::start_process(
+    let server = fixture::start_process(
         &disk.path,
         &[
             ("CHECKPOINT_INTERVAL", "50ms"),
@@ -243,7 +241,7 @@ async fn a_full_disk_fails_writes_cleanly_and_loses_nothing_acknowledged() {
     }
     server.kill();
 
-    let server = common::start_process(&disk.path, &[]);
+    let server = fixture::start_process(&disk.path, &[]);
     let mut reader = RawClient::connect_token(server.addr, &token("full"))
         .await
         .unwrap();
@@ -265,7 +263,7 @@ async fn a_checkpoint_on_a_full_disk_keeps_every_write_in_the_journal() {
     const VERSIONS: u64 = 3;
     let disk = SmallDisk::mount("4m");
     // No checkpoint before the stop: the writes are in the journal and in memory only.
-    let server = common::start_process(
+    let server = fixture::start_process(
         &disk.path,
         &[("CHECKPOINT_INTERVAL", "1h"), ("MIN_FREE_BYTES", "0")],
     );
@@ -332,7 +330,7 @@ async fn a_checkpoint_on_a_full_disk_keeps_every_write_in_the_journal() {
 
     // Room again: the next start replays the journal.
     std::fs::remove_file(filler).unwrap();
-    let server = common::start_process(&disk.path, &[]);
+    let server = fixture::start_process(&disk.path, &[]);
     let mut reader = RawClient::connect_token(server.addr, &token("full"))
         .await
         .unwrap();
@@ -360,7 +358,7 @@ async fn writes_at_the_unwritten_bound_are_refused_while_files_cannot_be_written
         ("UNWRITTEN_BYTES", "64KiB"),
         ("MIN_FREE_BYTES", "0"),
     ];
-    let server = common::start_process(&disk.path, &settings);
+    let server = fixture::start_process(&disk.path, &settings);
     // Every inode left taken by empty files.
     let filler = disk.path.join("filler");
     std::fs::create_dir(&filler).unwrap();
@@ -411,7 +409,7 @@ async fn writes_at_the_unwritten_bound_are_refused_while_files_cannot_be_written
     assert_eq!(ack["success"], true, "{ack}");
     server.kill();
 
-    let server = common::start_process(&disk.path, &[]);
+    let server = fixture::start_process(&disk.path, &[]);
     let mut reader = RawClient::connect_token(server.addr, &token("inodes"))
         .await
         .unwrap();

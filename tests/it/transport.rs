@@ -1,9 +1,7 @@
 //! HTTP-level transport behaviour: CORS for browser apps served from anywhere, long-polling
 //! limits, and what unknown paths answer.
 
-mod common;
-
-use common::TestServer;
+use crate::fixture::TestServer;
 use serde_json::Value;
 
 const ORIGIN: &str = "https://app.example";

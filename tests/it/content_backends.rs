@@ -2,21 +2,19 @@
 //! files and an S3-compatible object store, moto, started by the test), and the object store's
 //! marker protocol with several nodes removing and storing one content at once.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::fixture::{self, Backend, S3Server};
 use blobs::blob_service::{BlobService, Record, RecordStore, RetentionPolicy, Upload};
 use blobs::names::{Bucket, ContentHash, Handle};
 use blobs::storage::content::{self, ContentStore, ObjectContent, Owner};
 use bytes::Bytes;
-use common::{Backend, S3Server};
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use tokio::io::AsyncReadExt;
 
-const PREFIX: &str = common::BACKEND_PREFIX;
+const PREFIX: &str = fixture::BACKEND_PREFIX;
 
 /// A content store and a record store under test, on one backend.
 struct Stores {
@@ -224,9 +222,9 @@ async fn remove(store: &dyn ContentStore, hash: ContentHash) -> bool {
 
 /// Two object-store nodes.
 async fn two_nodes(grace: Duration) -> (S3Server, ObjectContent, ObjectContent) {
-    let server = common::rgw().await;
-    let a = ObjectContent::new(&common::objects(&server, PREFIX).await, grace);
-    let b = ObjectContent::new(&common::objects(&server, PREFIX).await, grace);
+    let server = fixture::rgw().await;
+    let a = ObjectContent::new(&fixture::objects(&server, PREFIX).await, grace);
+    let b = ObjectContent::new(&fixture::objects(&server, PREFIX).await, grace);
     (server, a, b)
 }
 
@@ -236,7 +234,7 @@ async fn backdate(server: &S3Server, hash: &ContentHash, marker: &str) {
         "{}.service",
         content::content_path(PREFIX, &bucket(), hash)
     ));
-    common::s3_client(server)
+    fixture::s3_client(server)
         .put(&path, marker.as_bytes().to_vec().into())
         .await
         .unwrap();
@@ -320,7 +318,7 @@ async fn a_removal_left_by_a_dead_node_is_taken_over() {
 #[tokio::test]
 async fn direct_uploads_are_adopted_only_when_they_match() {
     let (server, a, _b) = two_nodes(Duration::ZERO).await;
-    let client = common::s3_client(&server);
+    let client = fixture::s3_client(&server);
     let good = ContentHash::of(b"direct");
     let staged = content::staging_path(PREFIX, &bucket(), &good);
     client
@@ -373,9 +371,9 @@ async fn direct_uploads_are_adopted_only_when_they_match() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_sweeping_the_blob_service_at_once() {
     const EXPIRED: usize = 8;
-    let server = common::rgw().await;
+    let server = fixture::rgw().await;
     let node = || {
-        let objects = common::objects(&server, PREFIX);
+        let objects = fixture::objects(&server, PREFIX);
         async move {
             let objects = objects.await;
             let content: Arc<dyn ContentStore> =
@@ -425,7 +423,7 @@ async fn two_nodes_sweeping_the_blob_service_at_once() {
         swept_a.contents + swept_b.contents >= EXPIRED,
         "{swept_a:?} {swept_b:?}"
     );
-    let left = RecordStore::new(common::objects(&server, PREFIX).await)
+    let left = RecordStore::new(fixture::objects(&server, PREFIX).await)
         .load()
         .await
         .unwrap();

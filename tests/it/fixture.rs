@@ -1,8 +1,6 @@
 //! The one helper every integration test uses: a real server on `127.0.0.1:0` with a temp
 //! storage directory, stopped gracefully by the test.
 
-#![allow(dead_code)] // each test binary uses a different part of this helper
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -2,18 +2,16 @@
 //! check that no acknowledged write was lost.
 //!
 //! CI runs 20 kill/restart cycles. The long mode is the same test with more cycles:
-//! `BLOBS_TORTURE_CYCLES=200 cargo test --release --test torture -- --nocapture`
+//! `BLOBS_TORTURE_CYCLES=200 cargo test --release --test it torture:: -- --nocapture`
 //! (`BLOBS_TORTURE_SEED` replays a run; the seed is printed).
-
-mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::fixture::{self, env_or, token};
 use blobs_testkit::{ClientError, RawClient};
-use common::{env_or, token};
 use serde_json::{Value, json};
 
 const WRITERS: usize = 8;
@@ -189,7 +187,7 @@ async fn sigkill_loses_no_acknowledged_write() {
         cycle += 1;
         replays += usize::from(journal_holds_records(storage.path()));
         let last = segments(storage.path()).last().copied().unwrap_or(0);
-        let server = common::start_process(storage.path(), settings);
+        let server = fixture::start_process(storage.path(), settings);
         // The server swept its directory before listening: check what the last kill left.
         let (stored, cycle_lost) = check_files(storage.path(), &ledger.lock().unwrap());
         lost += cycle_lost;
@@ -229,7 +227,7 @@ async fn sigkill_loses_no_acknowledged_write() {
             .map(|e| e.in_flight)
             .sum::<u64>();
     }
-    let server = common::start_process(storage.path(), &[]);
+    let server = fixture::start_process(storage.path(), &[]);
     let (_, final_lost) = check_files(storage.path(), &ledger.lock().unwrap());
     lost += final_lost;
     server.kill();
@@ -252,7 +250,7 @@ async fn sigkill_loses_no_acknowledged_write() {
 async fn sigterm_under_load_loses_nothing() {
     let storage = tempfile::tempdir().unwrap();
     let ledger: Ledger = Arc::default();
-    let server = common::start_process(storage.path(), &[]);
+    let server = fixture::start_process(storage.path(), &[]);
     let writers: Vec<_> = (0..WRITERS)
         .map(|i| tokio::spawn(writer(server.addr, ref_name(i % REFS), ledger.clone())))
         .collect();

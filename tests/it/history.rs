@@ -4,8 +4,6 @@
 //! checked against what one atomic blob per ref allows (see [`check`]). The plain tests at the
 //! end feed the checker hand-made histories that break each rule, so it cannot pass vacuously.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
@@ -13,10 +11,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::fixture::{self, ServerProcess, hex_ref, token};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use blobs_testkit::RawClient;
-use common::{ServerProcess, hex_ref, token};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -527,7 +525,7 @@ async fn client(mut run: Run, id: usize, home: usize, moves: bool, ops: usize) -
 async fn start_node(dir: PathBuf, env: Vec<(String, String)>) -> ServerProcess {
     tokio::task::spawn_blocking(move || {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        common::start_process(&dir, &env)
+        fixture::start_process(&dir, &env)
     })
     .await
     .expect("the node starts")
@@ -538,11 +536,11 @@ async fn start_node(dir: PathBuf, env: Vec<(String, String)>) -> ServerProcess {
 /// recorded history, final reads through every node included, breaks none of [`check`]'s rules.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn histories_across_a_killed_node_are_linearizable() {
-    let ops = common::env_or("HISTORY_OPS", 100) as usize;
+    let ops = fixture::env_or("HISTORY_OPS", 100) as usize;
     let began = Instant::now();
-    let redis = common::redis();
-    let s3 = common::rgw().await;
-    let mut env = common::s3_env(&s3, "");
+    let redis = fixture::redis();
+    let s3 = fixture::rgw().await;
+    let mut env = fixture::s3_env(&s3, "");
     env.push(("REDIS_URL".to_owned(), redis.url.clone()));
     let dirs: Vec<_> = (0..NODES).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = Vec::new();

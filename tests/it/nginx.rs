@@ -3,15 +3,13 @@
 //! NDJSON metadata stream arriving unbuffered, 40 MiB uploads on `/blobs/` and `/api/`, and the
 //! writer's address taken from `X-Real-IP`.
 
-mod common;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::fixture::{TestServer, hex_ref, token};
 use blobs_testkit::RawClient;
-use common::{TestServer, hex_ref, token};
 use serde_json::{Value, json};
 
 /// Longest any one step may take before the test fails instead of hanging.

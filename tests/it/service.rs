@@ -2,14 +2,12 @@
 //! refusal, reads by handle (Bearer and `access_token`), listing, deletion, retention and its
 //! sweep, and the metadata stream over HTTP and Socket.IO.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::fixture::service_api::{Api, PNG, next_line, subscription};
+use crate::fixture::{TestServer, read_only_token, token};
 use blobs::names::ContentHash;
-use common::service_api::{Api, PNG, next_line, subscription};
-use common::{TestServer, read_only_token, token};
 use futures_util::StreamExt;
 use reqwest::multipart::{Form, Part};
 use reqwest::{Client, Method, Response, StatusCode};

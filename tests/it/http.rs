@@ -1,13 +1,11 @@
 //! The HTTP API against the real server, with reqwest: ETags, preconditions, tombstones,
 //! paging, the change stream, cross-protocol notification, health and the OpenAPI document.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::fixture::{SECRET, TestServer, hex_ref, token};
 use blobs::auth::{Keys, MintOptions};
 use blobs::names::Bucket;
-use common::{SECRET, TestServer, hex_ref, token};
 use futures_util::StreamExt;
 use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{Value, json};

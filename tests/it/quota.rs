@@ -4,17 +4,15 @@
 //! a reserve larger than the disk refuses every write but no read or delete, `blobs usage`
 //! reports what is stored, and the object store is held to its quota too.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use crate::fixture::service_api::Api;
+use crate::fixture::{self, SECRET, TestServer, hex_ref, token};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use blobs::names::ContentHash;
-use common::service_api::Api;
-use common::{SECRET, TestServer, hex_ref, token};
 use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{Value, json};
 
@@ -477,11 +475,11 @@ async fn the_usage_command_reports_what_is_stored() {
 /// is denied past the quota, and `blobs usage` reads the objects.
 #[tokio::test]
 async fn the_object_store_is_held_to_the_quota() {
-    let backend = common::Backend::Object(common::s3().await);
-    let common::Backend::Object(s3) = &backend else {
+    let backend = fixture::Backend::Object(fixture::s3().await);
+    let fixture::Backend::Object(s3) = &backend else {
         unreachable!()
     };
-    let mut options = common::s3_options(s3, common::BACKEND_PREFIX);
+    let mut options = fixture::s3_options(s3, fixture::BACKEND_PREFIX);
     options.extend(["--bucket-quota-bytes".to_owned(), QUOTA.to_string()]);
     let options: Vec<&str> = options.iter().map(String::as_str).collect();
     let server = TestServer::start_with(tempfile::tempdir().unwrap(), &options).await;
@@ -518,7 +516,7 @@ async fn the_object_store_is_held_to_the_quota() {
     delete_makes_room(&server, &first).await;
     server.stop().await;
 
-    let env = common::s3_env(s3, common::BACKEND_PREFIX);
+    let env = fixture::s3_env(s3, fixture::BACKEND_PREFIX);
     let env: Vec<(&str, &str)> = env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
     let usage = blobs(Path::new("/nonexistent"), &env, &["usage"]);
     let full = usage_of(&usage, "full");

@@ -1,12 +1,10 @@
 //! The two binaries as a user runs them: `token <bucket>` and the server itself.
 
-mod common;
-
 use std::process::Command;
 
+use crate::fixture::{self, SECRET, TestServer, hex_ref};
 use blobs::auth::Keys;
 use blobs_testkit::{ClientError, RawClient};
-use common::{SECRET, TestServer, hex_ref};
 use serde_json::{Value, json};
 
 /// Runs the token binary with the test secret, in a directory without a `.env`.
@@ -169,8 +167,8 @@ fn former_setting_names_are_refused_with_the_new_name() {
 #[tokio::test]
 async fn sigterm_shuts_down_cleanly() {
     let storage = tempfile::tempdir().unwrap();
-    let server = common::start_process(storage.path(), &[]);
-    let mut client = RawClient::connect_token(server.addr, &common::token("b"))
+    let server = fixture::start_process(storage.path(), &[]);
+    let mut client = RawClient::connect_token(server.addr, &fixture::token("b"))
         .await
         .unwrap();
     client.call("ref", &[json!(hex_ref("f1"))]).await.unwrap();
@@ -224,7 +222,7 @@ fn the_store_help_says_where_everything_lives() {
 #[tokio::test]
 async fn previous_secrets_are_accepted_after_a_rotation() {
     let storage = tempfile::tempdir().unwrap();
-    let server = common::start_process(
+    let server = fixture::start_process(
         storage.path(),
         &[
             ("TOKEN_SECRET", " rotated-secret-0123 "),
@@ -292,7 +290,7 @@ async fn previous_secrets_are_accepted_after_a_rotation() {
 async fn a_blank_previous_secret_is_no_key() {
     let storage = tempfile::tempdir().unwrap();
     let previous = "previous-secret-0123";
-    let server = common::start_process(
+    let server = fixture::start_process(
         storage.path(),
         &[("PREVIOUS_TOKEN_SECRETS", &format!("{previous}, "))],
     );

@@ -4,15 +4,13 @@
 //! sees everything, the Blob Service's records are one sequence on every node, and direct
 //! transfer URLs are the object store's own. Every exchange with the nodes is bounded.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::fixture::service_api::{Api, next_line, subscription};
+use crate::fixture::{self, RedisServer, S3Server, ServerProcess, TestServer, hex_ref, token};
 use blobs::names::ContentHash;
 use blobs_testkit::RawClient;
-use common::service_api::{Api, next_line, subscription};
-use common::{RedisServer, S3Server, ServerProcess, TestServer, hex_ref, token};
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -26,8 +24,8 @@ struct Cluster {
 impl Cluster {
     async fn start() -> Self {
         Self {
-            redis: common::redis(),
-            s3: common::rgw().await,
+            redis: fixture::redis(),
+            s3: fixture::rgw().await,
         }
     }
 
@@ -38,14 +36,14 @@ impl Cluster {
 
     /// The same, with the Redis URL written as `redis_url`.
     fn options_with_redis(&self, redis_url: &str) -> Vec<String> {
-        let mut options = common::s3_options(&self.s3, "");
+        let mut options = fixture::s3_options(&self.s3, "");
         options.extend(["--redis-url".to_owned(), redis_url.to_owned()]);
         options
     }
 
     /// The same, as environment variables for the server binary.
     fn env(&self) -> Vec<(String, String)> {
-        let mut env = common::s3_env(&self.s3, "");
+        let mut env = fixture::s3_env(&self.s3, "");
         env.push(("REDIS_URL".to_owned(), self.redis.url.clone()));
         env
     }
@@ -239,7 +237,7 @@ async fn a_killed_node_loses_no_acknowledged_write() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let nodes: Vec<ServerProcess> = dirs
         .iter()
-        .map(|d| common::start_process(d.path(), &env))
+        .map(|d| fixture::start_process(d.path(), &env))
         .collect();
     let r = hex_ref("c3");
     let mut writers = Vec::new();
@@ -276,7 +274,7 @@ async fn a_killed_node_loses_no_acknowledged_write() {
         }
     }
     let late_dir = tempfile::tempdir().unwrap();
-    let late = common::start_process(late_dir.path(), &env);
+    let late = fixture::start_process(late_dir.path(), &env);
     let mut reader = RawClient::connect_token(late.addr, &token("b"))
         .await
         .unwrap();

@@ -1,7 +1,5 @@
 //! The file store's journal under what a power cut leaves: a journal cut at every byte offset
-//! of its last records. (A disk that fills while the journal is written: `tests/faults.rs`.)
-
-mod common;
+//! of its last records. (A disk that fills while the journal is written: `tests/it/faults.rs`.)
 
 use std::path::{Path, PathBuf};
 

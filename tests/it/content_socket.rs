@@ -3,13 +3,11 @@
 //! pack, redirects, the direct upload grant, lying clients, `blob-available` to the bucket's
 //! other sockets only, and the message limit.
 
-mod common;
-
+use crate::fixture::{self, TestServer, read_only_token};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use blobs::names::ContentHash;
 use blobs_testkit::RawClient;
-use common::{TestServer, read_only_token};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -422,7 +420,7 @@ async fn http_uploads_are_announced_to_the_bucket() {
     let hash = hash_of(&bytes);
     let stored = reqwest::Client::new()
         .put(format!("http://{}/blobs/{hash}", server.addr))
-        .bearer_auth(common::token("b"))
+        .bearer_auth(fixture::token("b"))
         .body(bytes)
         .send()
         .await

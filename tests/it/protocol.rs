@@ -1,11 +1,9 @@
 //! The Socket.IO protocol of docs/PROTOCOL.md, row by row, checked with exact packets.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::fixture::{SECRET, TestServer, hex_ref, token};
 use blobs_testkit::RawClient;
-use common::{SECRET, TestServer, hex_ref, token};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 

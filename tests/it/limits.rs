@@ -1,13 +1,11 @@
 //! Least privilege and overload limits: read-only tokens, trusted proxies, connection limits,
 //! the per-socket event rate and stalled subscribers.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::fixture::{self, TestServer, hex_ref, read_only_token, token};
 use blobs_testkit::tokio_tungstenite::{connect_async, tungstenite::Message};
 use blobs_testkit::{ClientError, RawClient};
-use common::{TestServer, hex_ref, read_only_token, token};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 
@@ -473,7 +471,7 @@ async fn watch_memory_is_bounded_and_reused() {
     const REFS: u32 = 1000;
     let storage = tempfile::tempdir().unwrap();
     let max = (SOCKETS * REFS).to_string();
-    let server = common::start_process(storage.path(), &[("MAX_WATCHES", max.as_str())]);
+    let server = fixture::start_process(storage.path(), &[("MAX_WATCHES", max.as_str())]);
     let mut rss = vec![server.rss_bytes()];
     for crowd in 0..2 {
         let mut clients = Vec::new();
@@ -526,7 +524,7 @@ async fn watch_memory_is_bounded_and_reused() {
 async fn streams_count_against_the_per_address_cap() {
     let server = server_with(&["--max-connections-per-ip", "3"]).await;
     let r = hex_ref("c3");
-    let (events, metadata) = common::open_streams(server.addr, &token("b"), &r).await;
+    let (events, metadata) = fixture::open_streams(server.addr, &token("b"), &r).await;
     let _socket = server.client("b").await;
     let http = reqwest::Client::new();
     let stream = |address: &'static str| {

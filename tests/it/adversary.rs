@@ -1,12 +1,10 @@
 //! An attacker's requests, authenticated or not: each costs a bounded amount and ends in a
 //! clear answer or a closed connection, and a token stops working when it expires.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::fixture::{self, SECRET, TestServer, hex_ref, token};
 use blobs_testkit::{RawClient, ServerProcess};
-use common::{SECRET, TestServer, hex_ref, token};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -176,7 +174,7 @@ async fn subscribe_requests_are_small() {
     );
     let refused = http
         .post(&url)
-        .bearer_auth(common::read_only_token("b"))
+        .bearer_auth(fixture::read_only_token("b"))
         .header("content-type", "application/json")
         .body(huge)
         .send()
@@ -210,7 +208,7 @@ async fn expiry_ends_sockets_and_streams() {
         .await
         .unwrap();
     assert_eq!(ack, json!({ "success": true, "version": 1 }));
-    let (events, metadata) = common::open_streams(server.addr, &expiring, &r).await;
+    let (events, metadata) = fixture::open_streams(server.addr, &expiring, &r).await;
     // The server says DISCONNECT (`41`) on its own once `exp` passes.
     let disconnected = tokio::time::timeout(HANG, async {
         loop {

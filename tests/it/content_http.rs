@@ -2,14 +2,12 @@
 //! status of the contract, ranges, the streaming limit, corrupt files, signed URLs, bucket
 //! isolation and flat memory for a 50 MiB upload.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::fixture::{self, SECRET, TestServer, read_only_token, token};
 use blobs::auth::signed_url::{DirectUrls, SignedUrls};
 use blobs::names::{Bucket, ContentHash};
 use bytes::Bytes;
-use common::{SECRET, TestServer, read_only_token, token};
 use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
 use serde_json::Value;
 
@@ -437,7 +435,7 @@ async fn a_50_mib_upload_keeps_memory_flat() {
     const SIZE: usize = 50 * 1024 * 1024;
     const CHUNK: usize = 256 * 1024;
     let storage = tempfile::tempdir().unwrap();
-    let server = common::start_process(storage.path(), &[]);
+    let server = fixture::start_process(storage.path(), &[]);
     let base = format!("http://{}/blobs", server.addr);
     // Warm up the allocator and the connection path with a small upload first.
     let small = b"warm-up".to_vec();

@@ -3,12 +3,10 @@
 //! example (a Node.js `form-data` upload and a page in headless Chromium). The scenarios live
 //! in `tests/interop/`; `scripts/test` installs their dependencies.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{TestServer, token};
+use crate::fixture::{TestServer, token};
 use tokio::process::Command;
 
 /// Longest a scenario may take before it counts as hung.

@@ -1,14 +1,13 @@
 //! Soak: thousands of connections and steady writes for a bounded time; throughput, p99,
 //! resident memory and open file descriptors at start and end (which must stay flat).
 //!
-//! CI runs it for 60 s. Longer: `BLOBS_SOAK_SECS=1800 cargo test --release --test soak -- --nocapture`.
-
-mod common;
+//! CI runs it for 60 s. Longer:
+//! `BLOBS_SOAK_SECS=1800 cargo test --release --test it soak:: -- --nocapture`.
 
 use std::time::{Duration, Instant};
 
+use crate::fixture::{self, env_or, token};
 use blobs_testkit::RawClient;
-use common::{env_or, token};
 use serde_json::json;
 
 const WRITERS: usize = 16;
@@ -58,7 +57,7 @@ async fn soak_keeps_memory_and_descriptors_flat() {
     rlimit::increase_nofile_limit(4 * connections as u64 + 1024).unwrap();
     let storage = tempfile::tempdir().unwrap();
     let limit = (2 * connections).to_string();
-    let server = common::start_process(
+    let server = fixture::start_process(
         storage.path(),
         &[
             ("MAX_CONNECTIONS", &limit),
