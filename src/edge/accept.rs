@@ -23,7 +23,6 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,12 +34,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::{Service, ServiceExt as _};
 
 use super::admission::SERVER_FULL;
-use super::admission::{Cap, PRE_CONNECT, Place};
+use super::admission::backpressure::Written;
+use super::admission::{Cap, PRE_CONNECT, Place, ReadCap};
 use super::reply::{error_response, healthy};
 use crate::config::Config;
 
@@ -107,77 +107,6 @@ impl EdgeLimits {
             header_timeout: config.header_timeout,
             send_timeout: config.send_timeout,
         }
-    }
-}
-
-/// Bytes this server has written to one connection so far, in every request's extensions:
-/// how a Socket.IO session tells whether its client reads what it is sent.
-#[derive(Clone, Debug, Default)]
-pub struct Written(Arc<WrittenInner>);
-
-#[derive(Debug, Default)]
-struct WrittenInner {
-    bytes: AtomicU64,
-    /// Woken on every write.
-    progress: Notify,
-}
-
-impl Written {
-    pub fn get(&self) -> u64 {
-        self.0.bytes.load(Ordering::Relaxed)
-    }
-
-    /// Resolves at the next write after it was created (whether polled yet or not).
-    pub fn progress(&self) -> tokio::sync::futures::Notified<'_> {
-        self.0.progress.notified()
-    }
-
-    fn add(&self, n: usize) {
-        self.0.bytes.fetch_add(n as u64, Ordering::Relaxed);
-        self.0.progress.notify_waiters();
-    }
-}
-
-/// Bytes one connection may still send, in every request's extensions. Unlimited, but for a
-/// WebSocket whose Engine.IO session has not connected yet: such a client has no business
-/// sending more than its Socket.IO CONNECT, so a cap ([`ReadCap::cap_from_now`]) closes the
-/// connection at the first read past it, before a large message is buffered whole, and the
-/// CONNECT lifts it ([`ReadCap::lift`]).
-#[derive(Clone, Debug, Default)]
-pub struct ReadCap(Arc<ReadCapInner>);
-
-#[derive(Debug)]
-struct ReadCapInner {
-    read: AtomicU64,
-    limit: AtomicU64,
-}
-
-impl Default for ReadCapInner {
-    fn default() -> Self {
-        Self {
-            read: AtomicU64::new(0),
-            limit: AtomicU64::new(u64::MAX),
-        }
-    }
-}
-
-impl ReadCap {
-    /// From now on, the connection may send at most `bytes` more.
-    pub fn cap_from_now(&self, bytes: u64) {
-        let read = self.0.read.load(Ordering::Relaxed);
-        self.0
-            .limit
-            .store(read.saturating_add(bytes), Ordering::Relaxed);
-    }
-
-    pub fn lift(&self) {
-        self.0.limit.store(u64::MAX, Ordering::Relaxed);
-    }
-
-    /// Counts `n` bytes read; false once they go past the cap.
-    fn read(&self, n: usize) -> bool {
-        let read = self.0.read.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
-        read <= self.0.limit.load(Ordering::Relaxed)
     }
 }
 

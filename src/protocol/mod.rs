@@ -31,7 +31,7 @@ use socketioxide::socket::DisconnectReason;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::NodesAdapter;
-use crate::edge::accept::Written;
+use crate::edge::admission::backpressure::Written;
 use crate::edge::admission::rate::RateLimiter;
 use crate::edge::admission::{self, PendingHandshake, SessionRefused};
 use crate::edge::client_addr;

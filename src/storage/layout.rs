@@ -13,10 +13,35 @@ use futures_util::TryStreamExt;
 
 use crate::config::{Config, StoreKind};
 use crate::names::{Bucket, ContentHash, Handle, Ref};
-use crate::storage::content::{CONTENT_DIR, MARKER_SUFFIX, STAGING_DIR, content_path};
 use crate::storage::durable;
 use crate::storage::objects::{Objects, OpenError};
 use crate::storage::store::CASE_CONFLICT;
+
+/// Directory of a bucket's content store, beside its versioned blobs' shard directories (`cas`
+/// in both backends, as stores written by earlier versions have it).
+pub const CONTENT_DIR: &str = "cas";
+
+/// Suffix of the marker beside a content that the Blob Service brought in.
+pub const MARKER_SUFFIX: &str = ".service";
+
+/// Directory, beside the shards of an object store's content, of what clients put to
+/// presigned upload URLs.
+pub const STAGING_DIR: &str = "incoming";
+
+/// The object of a content: `<prefix><bucket>/cas/<hash[0..2]>/<hash>`.
+pub fn content_path(prefix: &str, bucket: &Bucket, hash: &ContentHash) -> object_store::path::Path {
+    object_store::path::Path::from(format!(
+        "{prefix}{bucket}/{CONTENT_DIR}/{}/{hash}",
+        hash.shard()
+    ))
+}
+
+/// Where a presigned upload of a content lands, until `blob-uploaded` verifies it.
+pub fn staging_path(prefix: &str, bucket: &Bucket, hash: &ContentHash) -> object_store::path::Path {
+    object_store::path::Path::from(format!(
+        "{prefix}{bucket}/{CONTENT_DIR}/{STAGING_DIR}/{hash}"
+    ))
+}
 
 /// Directory of a bucket's records, beside its versioned blobs and its content store.
 pub const HANDLES_DIR: &str = "handles";

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::edge::accept::{ReadCap, Written};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::ReadCap;
 
 /// The live sessions' backlogs, by session id, for [`super::socket_io`].
 pub struct Backlogs {
@@ -112,6 +114,34 @@ impl Backlogs {
     pub(super) fn get(&self, sid: &str) -> Option<Arc<Backlog>> {
         let sessions = self.sessions.lock().expect("backlogs lock poisoned");
         sessions.by_sid.get(sid)?.upgrade()
+    }
+}
+
+/// Bytes this server has written to one connection so far, in every request's extensions:
+/// how a Socket.IO session tells whether its client reads what it is sent.
+#[derive(Clone, Debug, Default)]
+pub struct Written(Arc<WrittenInner>);
+
+#[derive(Debug, Default)]
+struct WrittenInner {
+    bytes: AtomicU64,
+    /// Woken on every write.
+    progress: Notify,
+}
+
+impl Written {
+    pub fn get(&self) -> u64 {
+        self.0.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Resolves at the next write after it was created (whether polled yet or not).
+    pub fn progress(&self) -> tokio::sync::futures::Notified<'_> {
+        self.0.progress.notified()
+    }
+
+    pub(crate) fn add(&self, n: usize) {
+        self.0.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.0.progress.notify_waiters();
     }
 }
 

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Request, State};
@@ -21,14 +21,13 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper::body::Body as _;
 
-use super::accept::{ReadCap, Written};
 use super::reply::{declared_length, error_response};
 use crate::config::Config;
 
 pub mod backpressure;
 pub mod rate;
 
-use backpressure::{Backlog, Backlogs};
+use backpressure::{Backlog, Backlogs, Written};
 use rate::EventLimits;
 
 /// The answer past `MAX_CONNECTIONS` or `MAX_SESSIONS`, over HTTP and as a `connect_error`.
@@ -243,6 +242,49 @@ pub async fn socket_io(
         backlog.polled(response.body().size_hint().lower());
     }
     response
+}
+
+/// Bytes one connection may still send, in every request's extensions. Unlimited, but for a
+/// WebSocket whose Engine.IO session has not connected yet: such a client has no business
+/// sending more than its Socket.IO CONNECT, so a cap ([`ReadCap::cap_from_now`]) closes the
+/// connection at the first read past it, before a large message is buffered whole, and the
+/// CONNECT lifts it ([`ReadCap::lift`]).
+#[derive(Clone, Debug, Default)]
+pub struct ReadCap(Arc<ReadCapInner>);
+
+#[derive(Debug)]
+struct ReadCapInner {
+    read: AtomicU64,
+    limit: AtomicU64,
+}
+
+impl Default for ReadCapInner {
+    fn default() -> Self {
+        Self {
+            read: AtomicU64::new(0),
+            limit: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl ReadCap {
+    /// From now on, the connection may send at most `bytes` more.
+    pub fn cap_from_now(&self, bytes: u64) {
+        let read = self.0.read.load(Ordering::Relaxed);
+        self.0
+            .limit
+            .store(read.saturating_add(bytes), Ordering::Relaxed);
+    }
+
+    pub fn lift(&self) {
+        self.0.limit.store(u64::MAX, Ordering::Relaxed);
+    }
+
+    /// Counts `n` bytes read; false once they go past the cap.
+    pub(crate) fn read(&self, n: usize) -> bool {
+        let read = self.0.read.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        read <= self.0.limit.load(Ordering::Relaxed)
+    }
 }
 
 /// Why a session that has not connected may send no more.

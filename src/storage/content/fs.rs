@@ -25,7 +25,9 @@ use crate::names::{Bucket, ContentHash};
 use crate::storage::durable::{self, Staged};
 use crate::storage::locks::KeyedLocks;
 
-use super::verify::{Identity, VERIFY_FIRST, Verified, Verifying, scrub, verified_file};
+use super::verify::{
+    Identity, VERIFY_FIRST, Verified, Verifying, content_dirs, scrub, verified_file,
+};
 use super::{
     ByteStream, CONTENT_DIR, Content, ContentLock, ContentStore, Error, Incoming, MARKER_SUFFIX,
     Owner, Result, Scrubbed,
@@ -338,18 +340,6 @@ impl ContentStore for FsContent {
         .await?
         .map_err(|source| io_error(&self.root, source))
     }
-}
-
-/// Every bucket directory under `root` that has content, with its content directory.
-pub(super) fn content_dirs(root: &Path) -> io::Result<Vec<(PathBuf, PathBuf)>> {
-    let mut dirs = Vec::new();
-    for bucket in durable::subdirs(root)? {
-        let dir = bucket.join(CONTENT_DIR);
-        if dir.is_dir() {
-            dirs.push((bucket, dir));
-        }
-    }
-    Ok(dirs)
 }
 
 /// Up to `limit` contents of one bucket's content directory after `after`, in hash order: the

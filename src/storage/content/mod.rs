@@ -25,17 +25,10 @@ use crate::storage::quota::{Hold, Refusal};
 
 pub use fs::FsContent;
 
-/// Directory of a bucket's content store, beside its versioned blobs' shard directories (`cas`
-/// in both backends, as stores written by earlier versions have it).
-pub const CONTENT_DIR: &str = "cas";
-
-/// Suffix of the marker beside a content that the Blob Service brought in.
-pub const MARKER_SUFFIX: &str = ".service";
-
-/// Directory, beside the shards of an object store's content, of what clients put to
-/// presigned upload URLs.
-pub const STAGING_DIR: &str = "incoming";
-pub use object::{CLAIM_GRACE, DOOM_LEASE, ObjectContent, content_path, marker_owns, staging_path};
+pub use crate::storage::layout::{
+    CONTENT_DIR, MARKER_SUFFIX, STAGING_DIR, content_path, staging_path,
+};
+pub use object::{CLAIM_GRACE, DOOM_LEASE, ObjectContent, marker_owns};
 
 /// A body arriving in chunks (an HTTP request body, a multipart part, or one buffer).
 pub type ByteStream<'a> = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + 'a>>;

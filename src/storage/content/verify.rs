@@ -19,8 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::names::ContentHash;
 use crate::storage::durable;
 
-use super::Scrubbed;
-use super::fs::content_dirs;
+use super::{CONTENT_DIR, Scrubbed};
 
 /// Content up to this size is hashed before a full read starts rather than as it streams.
 pub(super) const VERIFY_FIRST: u64 = 1024 * 1024;
@@ -90,6 +89,18 @@ impl Verified {
             .expect("verified lock poisoned")
             .remove(path);
     }
+}
+
+/// Every bucket directory under `root` that has content, with its content directory.
+pub(super) fn content_dirs(root: &Path) -> io::Result<Vec<(PathBuf, PathBuf)>> {
+    let mut dirs = Vec::new();
+    for bucket in durable::subdirs(root)? {
+        let dir = bucket.join(CONTENT_DIR);
+        if dir.is_dir() {
+            dirs.push((bucket, dir));
+        }
+    }
+    Ok(dirs)
 }
 
 /// Hashes every content file under `root` again (see [`ContentStore::scrub`](super::ContentStore::scrub)), until `stop`.

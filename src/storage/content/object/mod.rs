@@ -49,6 +49,7 @@ use super::{
     ByteStream, CONTENT_DIR, Content, ContentLock, ContentStore, Error, Incoming, MARKER_SUFFIX,
     Owner, Result, STAGING_DIR,
 };
+use super::{content_path, staging_path};
 use upload::ObjectIncoming;
 
 /// How long a doomed marker protects a removal in progress; older, its node is taken to have
@@ -61,21 +62,6 @@ pub const CLAIM_GRACE: Duration = Duration::from_secs(600);
 
 /// First wait, and the longest, between looks at a doomed marker.
 const DOOM_POLL: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(250));
-
-/// The object of a content: `<prefix><bucket>/cas/<hash[0..2]>/<hash>`.
-pub fn content_path(prefix: &str, bucket: &Bucket, hash: &ContentHash) -> Path {
-    Path::from(format!(
-        "{prefix}{bucket}/{CONTENT_DIR}/{}/{hash}",
-        hash.shard()
-    ))
-}
-
-/// Where a presigned upload of a content lands, until `blob-uploaded` verifies it.
-pub fn staging_path(prefix: &str, bucket: &Bucket, hash: &ContentHash) -> Path {
-    Path::from(format!(
-        "{prefix}{bucket}/{CONTENT_DIR}/{STAGING_DIR}/{hash}"
-    ))
-}
 
 /// Whose content is, as its marker says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
