@@ -283,7 +283,7 @@ pub fn event(event: &'static str, outcome: Outcome) {
 }
 
 /// A write was decided and, when committed, made durable, in `took`.
-pub fn commit(took: Duration) {
+pub fn blob_set(took: Duration) {
     if let Some(m) = get() {
         m.commit_seconds.observe(took.as_secs_f64());
     }

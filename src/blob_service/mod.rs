@@ -31,7 +31,7 @@ use tokio::sync::{broadcast, watch};
 use crate::names::{Bucket, Handle};
 use crate::storage::content::{self, ContentStore, Incoming, Owner};
 use crate::storage::locks::KeyedLocks;
-use crate::storage::quota::{Account, Change, Quota};
+use crate::storage::quota::{Account, Quota, UsageChange};
 
 use crate::cluster::{Redis, relay};
 use index::{Index, Records, created_after};
@@ -278,8 +278,8 @@ impl BlobService {
                 drop(held);
                 if let Some(account) = account {
                     let content = if created { size as i64 } else { 0 };
-                    account.apply(Change::content(content));
-                    account.apply(Change::record(record_len(&record)));
+                    account.apply(UsageChange::content(content));
+                    account.apply(UsageChange::record(record_len(&record)));
                 }
                 Ok(record)
             }

@@ -2,7 +2,7 @@
 //! (the retention sweep), and content a shared flow deletes.
 
 use crate::names::{Bucket, ContentHash, Handle};
-use crate::storage::quota::Change;
+use crate::storage::quota::UsageChange;
 
 use super::{BlobService, Relayed, Result, SETTLE};
 
@@ -34,7 +34,7 @@ impl BlobService {
             };
             let removed = content.remove(&bucket, &hash, held).await?;
             if let (true, Some(account), Some(size)) = (removed, account, size) {
-                account.apply(Change::content(-(size as i64)));
+                account.apply(UsageChange::content(-(size as i64)));
             }
             Ok(removed)
         })
@@ -99,7 +99,7 @@ impl BlobService {
         }
         let removed = self.records().remove(bucket, handle);
         if let (Some(account), Some(record)) = (account, removed) {
-            account.apply(Change::record(-super::record_len(&record)));
+            account.apply(UsageChange::record(-super::record_len(&record)));
         }
         Ok(())
     }
@@ -116,7 +116,7 @@ impl BlobService {
         }
         let released = content.release(bucket, hash, held).await?;
         if let (Some(account), Some(size)) = (account, released) {
-            account.apply(Change::content(-(size as i64)));
+            account.apply(UsageChange::content(-(size as i64)));
         }
         Ok(released)
     }

@@ -51,7 +51,7 @@ impl FromRequestParts<AppState> for Token {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        if let Some(grant) = bearer(&parts.headers).and_then(|token| state.verify(token)) {
+        if let Some(grant) = bearer(&parts.headers).and_then(|token| state.authorize(token)) {
             return Ok(Token(grant));
         }
         if parts.method != Method::GET && parts.method != Method::HEAD {
@@ -61,7 +61,7 @@ impl FromRequestParts<AppState> for Token {
             .await
             .ok()
             .and_then(|Query(query)| query.access_token)
-            .and_then(|token| state.verify(&token))
+            .and_then(|token| state.authorize(&token))
             .map(Token)
             .ok_or(ApiError::Unauthorized)
     }

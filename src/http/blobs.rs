@@ -247,13 +247,13 @@ async fn write(
             .to_string(),
         now: now_ms(),
     };
-    match state.commit(&bucket, &r, request).await? {
+    match state.set_blob(&bucket, &r, request).await? {
         SetOutcome::Committed { version, .. } => {
             tracing::debug!(%bucket, r#ref = %r, version, deleted, "committed over HTTP");
             state.changes().publish(
                 Change {
                     bucket,
-                    r,
+                    blob_ref: r,
                     version,
                     deleted,
                 },

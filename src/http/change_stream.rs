@@ -110,7 +110,7 @@ pub(super) async fn follow(
                 () = &mut expiry => break,
             };
             let event = match received {
-                Ok(Some(change)) if change.bucket == bucket && change.r == r => {
+                Ok(Some(change)) if change.bucket == bucket && change.blob_ref == r => {
                     changed_event(change.version, change.deleted)
                 }
                 Ok(Some(_)) => continue,

@@ -16,7 +16,7 @@ use crate::auth::signed_url::Denied;
 use crate::blob_service;
 use crate::edge::admission::SessionRefused;
 use crate::edge::reply::error_response;
-use crate::serve::state::CommitError;
+use crate::serve::state::SetBlobError;
 use crate::storage::quota::{AdmitError, Refusal};
 use crate::storage::{content, store};
 
@@ -131,11 +131,11 @@ impl From<store::Error> for ApiError {
     }
 }
 
-impl From<CommitError> for ApiError {
-    fn from(error: CommitError) -> Self {
+impl From<SetBlobError> for ApiError {
+    fn from(error: SetBlobError) -> Self {
         match error {
-            CommitError::Refused(refusal) => ApiError::InsufficientStorage(refusal),
-            CommitError::Store(error) => error.into(),
+            SetBlobError::Refused(refusal) => ApiError::InsufficientStorage(refusal),
+            SetBlobError::Store(error) => error.into(),
         }
     }
 }

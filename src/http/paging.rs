@@ -22,7 +22,10 @@ pub fn limit(asked: Option<usize>) -> Result<usize> {
 /// One page of a listing: `{ "blobs": [...], "next"?: "<cursor>" }`.
 #[derive(Serialize, ToSchema)]
 pub struct Page<T> {
-    pub blobs: Vec<T>,
+    /// The listed items (blobs, content or records), named `blobs` on the wire, as the
+    /// original named its listing.
+    #[serde(rename = "blobs")]
+    pub items: Vec<T>,
     /// Where the next page starts (pass it back as the listing's cursor); absent on the last.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
@@ -33,7 +36,7 @@ impl<T> Page<T> {
     /// (`cursor` names it).
     pub fn new(items: Vec<T>, more: bool, cursor: impl Fn(&T) -> String) -> Self {
         let next = more.then(|| items.last().map(cursor)).flatten();
-        Self { blobs: items, next }
+        Self { items, next }
     }
 }
 

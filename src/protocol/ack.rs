@@ -1,7 +1,7 @@
 //! What a Socket.IO client sees when an event fails: `{ error: "<message>" }` as the
 //! acknowledgement, and the socket stays connected.
 
-use crate::serve::state::CommitError;
+use crate::serve::state::SetBlobError;
 use crate::storage::quota::{AdmitError, Refusal};
 use crate::storage::store::{self, MAX_VERSION};
 
@@ -71,11 +71,11 @@ pub enum AckError {
     Content(crate::storage::content::Error),
 }
 
-impl From<CommitError> for AckError {
-    fn from(error: CommitError) -> Self {
+impl From<SetBlobError> for AckError {
+    fn from(error: SetBlobError) -> Self {
         match error {
-            CommitError::Refused(refusal) => AckError::Refused(refusal),
-            CommitError::Store(error) => AckError::Store(error),
+            SetBlobError::Refused(refusal) => AckError::Refused(refusal),
+            SetBlobError::Store(error) => AckError::Store(error),
         }
     }
 }

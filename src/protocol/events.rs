@@ -128,13 +128,13 @@ impl<A: Adapter> Session<A> {
             ip: self.ip.clone(),
             now: now_ms(),
         };
-        let outcome = self.state.commit(&self.bucket, &r, request).await;
+        let outcome = self.state.set_blob(&self.bucket, &r, request).await;
         match outcome? {
             SetOutcome::Committed { version, .. } => {
                 tracing::debug!(bucket = %self.bucket, r#ref = %r, version, "committed");
                 let change = Change {
                     bucket: self.bucket.clone(),
-                    r,
+                    blob_ref: r,
                     version,
                     deleted: false,
                 };

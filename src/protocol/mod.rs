@@ -95,7 +95,7 @@ async fn authenticate<A: Adapter>(
     let token = auth
         .ok()
         .and_then(|a| a.get("token")?.as_str().map(str::to_owned));
-    let Some(grant) = token.and_then(|t| state.verify(&t)) else {
+    let Some(grant) = token.and_then(|t| state.authorize(&t)) else {
         tracing::debug!(sid = %socket.id, "handshake refused");
         return Err(Refused::AccessDenied);
     };

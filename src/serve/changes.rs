@@ -40,7 +40,7 @@ const NO_ARGS: [(); 0] = [];
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
     pub bucket: Bucket,
-    pub r: Ref,
+    pub blob_ref: Ref,
     pub version: u64,
     pub deleted: bool,
 }
@@ -117,7 +117,7 @@ impl Changes {
     /// not hear its own change.
     pub fn publish(&self, change: Change, writer: Option<Sid>) {
         self.emit(
-            room(&change.bucket, &change.r),
+            room(&change.bucket, &change.blob_ref),
             writer,
             "changed",
             Value::Array(Vec::new()),
@@ -145,7 +145,7 @@ impl Changes {
                 let message = serde_json::json!({
                     "node": ours,
                     "bucket": change.bucket.as_str(),
-                    "ref": change.r.as_str(),
+                    "ref": change.blob_ref.as_str(),
                     "version": change.version,
                     "deleted": change.deleted,
                 });
@@ -216,12 +216,14 @@ struct Watching {
 impl Watching {
     /// Tells this node's watchers of `change`: `changed { ref, version, deleted? }`.
     fn tell(&self, change: &Change) {
-        let watchers = self.watches.watchers(change.bucket.as_str(), &change.r);
+        let watchers = self
+            .watches
+            .watchers(change.bucket.as_str(), &change.blob_ref);
         let Some(sockets) = self.sockets.get().filter(|_| !watchers.is_empty()) else {
             return;
         };
         let mut payload =
-            serde_json::json!({ "ref": change.r.as_str(), "version": change.version });
+            serde_json::json!({ "ref": change.blob_ref.as_str(), "version": change.version });
         if change.deleted {
             payload["deleted"] = Value::Bool(true);
         }
@@ -277,7 +279,7 @@ fn relayed_change(text: &str, this_node: &str) -> Option<Change> {
     }
     Some(Change {
         bucket: Bucket::parse(message["bucket"].as_str()?)?,
-        r: Ref::parse(message["ref"].as_str()?)?,
+        blob_ref: Ref::parse(message["ref"].as_str()?)?,
         version: message["version"].as_u64()?,
         deleted: message["deleted"].as_bool()?,
     })

@@ -17,7 +17,7 @@ use crate::serve::backend::Backend;
 use crate::serve::changes::Changes;
 use crate::storage::content::ContentStore;
 use crate::storage::content::{ByteStream, Stored};
-use crate::storage::quota::{AdmitError, Change, Quota, Refusal};
+use crate::storage::quota::{AdmitError, Quota, Refusal, UsageChange};
 use crate::storage::store::{Edit, SetOutcome, SetRequest, Store};
 
 /// Shared server state: what every request and socket shares, named. Cloning is cheap: it is
@@ -68,7 +68,7 @@ const BLOB_FILE_OVERHEAD: u64 = 160;
 
 /// Why a write to the versioned store was not made.
 #[derive(Debug, thiserror::Error)]
-pub enum CommitError {
+pub enum SetBlobError {
     /// Past the bucket's quota, or the free-space reserve: HTTP 507, or the Socket.IO
     /// `{ error }`.
     #[error(transparent)]
@@ -79,11 +79,11 @@ pub enum CommitError {
     Store(#[from] crate::storage::store::Error),
 }
 
-impl From<AdmitError> for CommitError {
+impl From<AdmitError> for SetBlobError {
     fn from(error: AdmitError) -> Self {
         match error {
-            AdmitError::Refused(refusal) => CommitError::Refused(refusal),
-            AdmitError::Measure(cause) => CommitError::Store(crate::storage::store::Error::Io {
+            AdmitError::Refused(refusal) => SetBlobError::Refused(refusal),
+            AdmitError::Measure(cause) => SetBlobError::Store(crate::storage::store::Error::Io {
                 path: "the bucket's listing".to_owned(),
                 source: std::io::Error::other(cause),
             }),
@@ -138,7 +138,7 @@ impl AppState {
     }
 
     /// What `token` grants, unless it is refused: not valid (see [`Keys::verify`]) or revoked.
-    pub fn verify(&self, token: &str) -> Option<Grant> {
+    pub fn authorize(&self, token: &str) -> Option<Grant> {
         self.0
             .keys
             .verify(token)
@@ -169,12 +169,12 @@ impl AppState {
     /// A conditional write to the versioned store, both protocols' one way in: within the
     /// bucket's quota and the free-space reserve (a delete always passes), counted in the
     /// bucket's usage, and timed for the metrics.
-    pub async fn commit(
+    pub async fn set_blob(
         &self,
         bucket: &Bucket,
         r: &Ref,
         request: SetRequest,
-    ) -> Result<SetOutcome, CommitError> {
+    ) -> Result<SetOutcome, SetBlobError> {
         let quota = &self.0.quota;
         let (hold, account) = match &request.edit {
             Edit::Put(data) => {
@@ -186,11 +186,11 @@ impl AppState {
         };
         let started = std::time::Instant::now();
         let outcome = self.0.store.set(bucket, r, request).await;
-        crate::metrics::commit(started.elapsed());
+        crate::metrics::blob_set(started.elapsed());
         if let Ok(SetOutcome::Committed { grown, .. }) = &outcome {
             let account = hold.as_deref().map(|h| h.account()).or(account.as_deref());
             if let Some(account) = account {
-                account.apply(Change::blobs(*grown));
+                account.apply(UsageChange::blobs(*grown));
             }
         }
         Ok(outcome?)
@@ -215,7 +215,8 @@ impl AppState {
         let stored =
             crate::storage::content::put(self.content(), bucket, expected, body, limit).await?;
         if stored.created {
-            hold.account().apply(Change::content(stored.size as i64));
+            hold.account()
+                .apply(UsageChange::content(stored.size as i64));
         }
         Ok(stored)
     }
@@ -247,7 +248,7 @@ impl AppState {
             return Ok(Adopted::No((limit < max).then_some(limit)));
         }
         if let Some(size) = store.size(bucket, hash).await? {
-            hold.account().apply(Change::content(size as i64));
+            hold.account().apply(UsageChange::content(size as i64));
         }
         Ok(Adopted::Yes)
     }

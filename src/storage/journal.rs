@@ -202,18 +202,22 @@ impl Writer {
                     }
                     Request::Rotate(done) => {
                         // Records before the rotation belong to the old segment.
-                        self.commit(&mut batch, &mut waiting);
+                        self.write_batch(&mut batch, &mut waiting);
                         done.send(self.rotate()).ok();
                         next = requests.try_recv().ok();
                     }
                 }
             }
-            self.commit(&mut batch, &mut waiting);
+            self.write_batch(&mut batch, &mut waiting);
         }
     }
 
     /// Writes `batch` with one write and one sync, and answers its writers.
-    fn commit(&mut self, batch: &mut Vec<u8>, waiting: &mut Vec<oneshot::Sender<io::Result<()>>>) {
+    fn write_batch(
+        &mut self,
+        batch: &mut Vec<u8>,
+        waiting: &mut Vec<oneshot::Sender<io::Result<()>>>,
+    ) {
         if waiting.is_empty() {
             return;
         }

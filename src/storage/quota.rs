@@ -143,7 +143,7 @@ impl Usage {
         }
     }
 
-    fn apply(&mut self, change: Change) {
+    fn apply(&mut self, change: UsageChange) {
         let add = |value: &mut u64, delta: i64| {
             *value = value.saturating_add_signed(delta);
         };
@@ -156,14 +156,14 @@ impl Usage {
 
 /// A change of a bucket's usage; negative: freed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Change {
+pub struct UsageChange {
     pub blobs: i64,
     pub content: i64,
     pub record_bytes: i64,
     pub records: i64,
 }
 
-impl Change {
+impl UsageChange {
     pub fn blobs(bytes: i64) -> Self {
         Self {
             blobs: bytes,
@@ -353,7 +353,7 @@ impl Account {
     }
 
     /// Counts a change this node made to the bucket's storage.
-    pub fn apply(&self, change: Change) {
+    pub fn apply(&self, change: UsageChange) {
         self.counts().used.apply(change);
     }
 
@@ -611,14 +611,14 @@ mod tests {
         assert_eq!(first.room(), 40);
         first.grow(30).unwrap();
         assert!(first.grow(11).is_err());
-        first.account().apply(Change::content(90));
-        first.account().apply(Change::record(10));
+        first.account().apply(UsageChange::content(90));
+        first.account().apply(UsageChange::record(10));
         drop(first);
         let account = quota.account(&b).await.unwrap();
         assert_eq!(account.usage().bytes(), 100);
         assert!(quota.admit(&b, 1, 0).await.is_err());
         assert!(quota.admit(&b, 0, 0).await.is_ok());
-        account.apply(Change::content(-50));
+        account.apply(UsageChange::content(-50));
         let two = quota.admit(&b, 0, 1).await.unwrap();
         assert!(matches!(
             quota.admit(&b, 0, 1).await,
@@ -667,8 +667,8 @@ mod tests {
             }
         );
         assert_eq!(usage.bytes(), 1402);
-        usage.apply(Change::record(-300));
-        usage.apply(Change::blobs(-1000));
+        usage.apply(UsageChange::record(-300));
+        usage.apply(UsageChange::blobs(-1000));
         assert_eq!((usage.records, usage.blobs), (0, 0));
     }
 }
