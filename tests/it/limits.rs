@@ -320,11 +320,19 @@ async fn a_session_sends_little_before_it_connects() {
     });
     closed.await.expect("the connection is closed");
 
-    // A long-polling session's POST before CONNECT is held to the same budget.
-    let http = reqwest::Client::new();
+    // A long-polling session's POST before CONNECT is held to the same budget. A connection
+    // whose body was refused half sent is not reused by the requests after it.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let base = format!("http://{}/socket.io/?EIO=4&transport=polling", server.addr);
     let open = http.get(&base).send().await.unwrap().text().await.unwrap();
-    let open: Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
+    let open: Value = serde_json::from_str(
+        open.strip_prefix('0')
+            .unwrap_or_else(|| panic!("not an open packet: {open}")),
+    )
+    .unwrap();
     let polling = format!("{base}&sid={}", open["sid"].as_str().unwrap());
     let big = format!("42[\"now\",\"{}\"]", "x".repeat(200_000));
     // Refused from its declared length, before the body is read: the client reads the 413,
@@ -344,8 +352,14 @@ async fn a_session_sends_little_before_it_connects() {
 
     // Connected, over long-polling then upgraded, the same message is read and answered.
     let polling = {
-        let open = http.get(&base).send().await.unwrap().text().await.unwrap();
-        let open: Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
+        let open = http.get(&base).send().await.unwrap();
+        let status = open.status();
+        let open = open.text().await.unwrap();
+        let open: Value = serde_json::from_str(
+            open.strip_prefix('0')
+                .unwrap_or_else(|| panic!("not an open packet: {status} {open}")),
+        )
+        .unwrap();
         format!("{base}&sid={}", open["sid"].as_str().unwrap())
     };
     let connect = format!("40{}", json!({"token": token("b")}));
