@@ -13,6 +13,7 @@ use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use command_fds::{CommandFdExt as _, FdMapping};
+use rustix::process::Signal;
 
 /// Longest a started server may take to answer its first request.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -143,11 +144,9 @@ impl ServerProcess {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
+        let child = self.child.as_ref().expect("not reaped");
+        rustix::process::kill_process(rustix::process::Pid::from_child(child), Signal::TERM)
+            .expect("SIGTERM");
     }
 
     /// Waits for the process to exit and returns its exit code.

@@ -28,6 +28,7 @@ fn built_bundle() -> PathBuf {
 
 /// The library's and the inspector's suites pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node, the npm packages of clients/js, and Chromium (run by scripts/test)"]
 async fn the_library_and_the_inspector_pass_their_suites() {
     built_bundle();
     let run = Command::new("node")
@@ -60,6 +61,7 @@ async fn the_library_and_the_inspector_pass_their_suites() {
 /// library's source: `npm run build` in clients/js, then copy `dist/blobs-client.browser.js` to
 /// `inspect/blobs-client.js`.
 #[test]
+#[ignore = "needs Node to build clients/js (run by scripts/test)"]
 fn the_inspector_embeds_the_current_library() {
     let built = std::fs::read_to_string(built_bundle()).unwrap();
     let embedded = std::fs::read_to_string(

@@ -101,6 +101,7 @@ async fn changed(client: &mut RawClient) {
 /// over Socket.IO and through node C over HTTP; an HTTP change stream and a `watch` on A hear
 /// both too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and Ceph RGW (run by scripts/test)"]
 async fn changes_reach_subscribers_on_every_node() {
     let cluster = Cluster::start().await;
     let nodes = [
@@ -177,6 +178,7 @@ async fn changes_reach_subscribers_on_every_node() {
 
 /// 16 clients spread over three nodes run compare-and-swap loops on one blob: every version is won exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and Ceph RGW (run by scripts/test)"]
 async fn compare_and_swap_holds_across_nodes() {
     const CLIENTS: usize = 16;
     const WRITES_EACH: usize = 5;
@@ -230,6 +232,7 @@ async fn compare_and_swap_holds_across_nodes() {
 /// Killing one node with SIGKILL in the middle of writes loses no acknowledged write; the
 /// other nodes keep serving, and a node started afterwards sees everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and Ceph RGW (run by scripts/test)"]
 async fn a_killed_node_loses_no_acknowledged_write() {
     let cluster = Cluster::start().await;
     let env = cluster.env();
@@ -308,6 +311,7 @@ async fn a_killed_node_loses_no_acknowledged_write() {
 /// socket on any node; each upload reads through another node, every node lists them all, and
 /// one deleted through one node is gone on the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and Ceph RGW (run by scripts/test)"]
 async fn blob_service_records_are_one_sequence_on_every_node() {
     const EACH: usize = 6;
     let cluster = Cluster::start().await;
@@ -394,6 +398,7 @@ async fn blob_service_records_are_one_sequence_on_every_node() {
 /// goes straight to the store and becomes content only once `blob-uploaded` finds its hash
 /// right; a redirect downloads straight from the store, through any node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and Ceph RGW (run by scripts/test)"]
 async fn direct_urls_are_the_object_stores_own() {
     let cluster = Cluster::start().await;
     let options = ["--content-redirect-bytes", "16"];
@@ -471,6 +476,7 @@ async fn direct_urls_are_the_object_stores_own() {
 /// stream opened before the outage delivers the records made after it, each once, in order,
 /// and `changed` crosses nodes through the Socket.IO adapter again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and Ceph RGW (run by scripts/test)"]
 async fn everything_flows_again_after_redis_restarts() {
     let mut cluster = Cluster::start().await;
     let nodes = [cluster.node().await, cluster.node().await];
@@ -556,6 +562,7 @@ async fn everything_flows_again_after_redis_restarts() {
 /// its node and on others, do; and a node takes a Redis URL that asks for RESP3 as
 /// socketioxide-redis's examples write it (`?protocol=RESP3`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and Ceph RGW (run by scripts/test)"]
 async fn the_writer_skips_its_own_change_on_every_node() {
     let cluster = Cluster::start().await;
     let a = cluster.node().await;

@@ -83,6 +83,7 @@ fn node_client_installed() {
 
 /// The official socket.io-client over WebSocket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node and socket.io-client from tests/interop (run by scripts/test)"]
 async fn official_js_client_over_websocket() {
     node_client_installed();
     run_scenario("node".into(), "client.mjs", "websocket").await;
@@ -90,6 +91,7 @@ async fn official_js_client_over_websocket() {
 
 /// The official socket.io-client over HTTP long-polling, maximum payload included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node and socket.io-client from tests/interop (run by scripts/test)"]
 async fn official_js_client_over_polling() {
     node_client_installed();
     run_scenario("node".into(), "client.mjs", "polling").await;
@@ -98,6 +100,7 @@ async fn official_js_client_over_polling() {
 /// The official socket.io-client as apps use it by default: long-polling first, upgraded to a
 /// WebSocket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node and socket.io-client from tests/interop (run by scripts/test)"]
 async fn official_js_client_upgrading_from_polling() {
     node_client_installed();
     run_scenario("node".into(), "client.mjs", "upgrade").await;
@@ -106,6 +109,7 @@ async fn official_js_client_upgrading_from_polling() {
 /// Many blobs on one connection (`watch`, `get`/`set` naming a `ref`) with the official
 /// client, over each transport.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node and socket.io-client from tests/interop (run by scripts/test)"]
 async fn many_blobs_on_one_connection_with_the_official_client() {
     node_client_installed();
     for transport in ["websocket", "polling"] {
@@ -117,6 +121,7 @@ async fn many_blobs_on_one_connection_with_the_official_client() {
 /// opening 150 watches at once) are answered in full without a disconnect, with the official
 /// client over each transport; past the burst the excess gets `{ error }` on a usable socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node and socket.io-client from tests/interop (run by scripts/test)"]
 async fn honest_bursts_are_answered_with_the_official_client() {
     node_client_installed();
     for transport in ["websocket", "polling"] {
@@ -126,6 +131,7 @@ async fn honest_bursts_are_answered_with_the_official_client() {
 
 /// python-socketio over WebSocket and over long-polling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Python's python-socketio in tests/interop/.venv (run by scripts/test)"]
 async fn python_socketio_client() {
     let python = interop_dir().join(".venv/bin/python");
     for transport in ["websocket", "polling"] {
@@ -137,6 +143,7 @@ async fn python_socketio_client() {
 /// page in headless Chromium (driven by playwright-core) receives its metadata from the event
 /// stream and shows the image; the page's screenshot is a real PNG.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node, form-data and playwright-core from tests/interop, and Chromium (run by scripts/test)"]
 async fn actyx_documentation_example_in_chromium() {
     node_client_installed();
     assert!(

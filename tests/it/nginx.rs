@@ -165,6 +165,7 @@ async fn read_until(response: &mut reqwest::Response, needle: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx (run by scripts/test)"]
 async fn the_deployed_nginx_config_carries_every_transport() {
     let server = TestServer::start_files_current().await;
     let nginx = Nginx::start(server.addr);
