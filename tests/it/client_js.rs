@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-/// Longest the suites may take before they count as hung.
-const LIMIT: Duration = Duration::from_secs(300);
+use crate::fixture::PATIENCE;
+
+/// Longest the suites may take before they count as hung: each of their tests gets
+/// [`PATIENCE`] (`--test-timeout`), and they run one at a time.
+const LIMIT: Duration = Duration::from_secs(3 * PATIENCE.as_secs());
 
 fn library() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/js")
@@ -36,7 +39,7 @@ async fn the_library_and_the_inspector_pass_their_suites() {
             "--test",
             "--test-concurrency=1",
             "--test-force-exit",
-            "--test-timeout=120000",
+            &format!("--test-timeout={}", PATIENCE.as_millis()),
             "test/",
         ])
         .current_dir(library())
@@ -46,7 +49,7 @@ async fn the_library_and_the_inspector_pass_their_suites() {
         .output();
     let output = tokio::time::timeout(LIMIT, run)
         .await
-        .expect("the suites finished in time")
+        .unwrap_or_else(|_| panic!("the suites did not end within {LIMIT:?}"))
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(

@@ -380,9 +380,8 @@ async fn writes_at_the_unwritten_bound_are_refused_while_files_cannot_be_written
         client.call("ref", &[json!(refs[i])]).await.unwrap();
         let version = (acked[i] > 0).then_some(acked[i]);
         let write = client.call1("set", json!({ "data": data, "version": version }));
-        let ack = tokio::time::timeout(std::time::Duration::from_secs(60), write)
+        let ack = fixture::within("the answer to a write at the bound", write)
             .await
-            .expect("a write at the bound is answered, not left waiting")
             .unwrap();
         if ack["success"] == true {
             acked[i] = ack["version"].as_u64().unwrap();

@@ -10,7 +10,7 @@ use blobs::auth::Keys;
 use blobs::config::Config;
 use blobs::names::Bucket;
 use blobs::objects::Objects;
-pub use blobs_testkit::{RawClient, RedisServer, S3Server, ServerProcess};
+pub use blobs_testkit::{PATIENCE, RawClient, RedisServer, S3Server, ServerProcess};
 use clap::Parser;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -140,6 +140,27 @@ impl TestServer {
             "ref is acknowledged with no argument: {ack}"
         );
         client
+    }
+}
+
+/// The output of `future`, or a failure saying that `what` did not come within [`PATIENCE`].
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {PATIENCE:?}"))
+}
+
+/// Checks `done` every few milliseconds until it holds, for at most [`PATIENCE`], for what the
+/// server does in its own time (a disconnect processed, a background sweep); a failure says
+/// `what` never happened.
+pub async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !done().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

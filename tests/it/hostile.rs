@@ -1,18 +1,13 @@
 //! Hostile and malformed input: none of it may panic, hang or stop the server, and a normal
 //! client is served after each case.
 
-use std::time::Duration;
-
-use crate::fixture::{SECRET, TestServer, hex_ref};
+use crate::fixture::{self, SECRET, TestServer, hex_ref};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use blobs_testkit::tokio_tungstenite::tungstenite::Message;
 use blobs_testkit::{ClientError, RawClient};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-
-/// Longest any single hostile case may take to be answered or closed.
-const CASE_LIMIT: Duration = Duration::from_secs(20);
 
 async fn assert_healthy(server: &TestServer) {
     let mut client = server.subscribed("healthy", &hex_ref("ee")).await;
@@ -29,9 +24,11 @@ async fn survive(client: &mut RawClient, case: &str) {
             Err(e) => panic!("unexpected client error: {e}"),
         }
     };
-    tokio::time::timeout(CASE_LIMIT, probe)
-        .await
-        .unwrap_or_else(|_| panic!("{case:?}: the server neither answered nor closed"));
+    fixture::within(
+        &format!("{case:?}: an answer to a probe, or the close"),
+        probe,
+    )
+    .await;
 }
 
 /// Tokens built to trick the verifier: algorithm confusion, `none`, bad claim types, unsafe
@@ -284,7 +281,8 @@ async fn malformed_http_requests_get_errors() {
         Err(e) => panic!("unexpected error {e}"),
         Ok((mut ws, _)) => {
             use futures_util::StreamExt;
-            let first = tokio::time::timeout(CASE_LIMIT, ws.next()).await.unwrap();
+            let first =
+                fixture::within("the close of an unknown session's upgrade", ws.next()).await;
             assert!(
                 matches!(first, None | Some(Err(_)) | Some(Ok(Message::Close(_)))),
                 "an upgrade for an unknown session is closed at once: {first:?}"

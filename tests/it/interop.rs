@@ -6,11 +6,18 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::fixture::{TestServer, token};
+use crate::fixture::{PATIENCE, TestServer, token};
 use tokio::process::Command;
 
-/// Longest a scenario may take before it counts as hung.
-const SCENARIO_LIMIT: Duration = Duration::from_secs(120);
+/// Longest a scenario may take before it is killed as hung: the scripts get [`PATIENCE`]
+/// (`BLOBS_PATIENCE_MS`) and fail on their own past it, naming the wait they were at, so this
+/// side waits a minute longer.
+const SCENARIO_LIMIT: Duration = Duration::from_secs(PATIENCE.as_secs() + 60);
+
+/// [`PATIENCE`] for the scripts, in milliseconds.
+fn patience_ms() -> String {
+    PATIENCE.as_millis().to_string()
+}
 
 fn interop_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
@@ -34,6 +41,7 @@ async fn run_scenario(program: PathBuf, script: &str, transport: &str) {
         .env("BLOBS_TOKEN", token("interop"))
         .env("BLOBS_TOKEN_OTHER", token("interop-other"))
         .env("BLOBS_CONTENT", content.path())
+        .env("BLOBS_PATIENCE_MS", patience_ms())
         .kill_on_drop(true)
         .output();
     let output = within_limit(run).await;
@@ -53,7 +61,7 @@ async fn within_limit(
 ) -> std::process::Output {
     tokio::time::timeout(SCENARIO_LIMIT, run)
         .await
-        .expect("scenario finished in time")
+        .unwrap_or_else(|_| panic!("the scenario did not end within {SCENARIO_LIMIT:?}"))
         .expect("scenario started")
 }
 
@@ -159,6 +167,7 @@ async fn actyx_documentation_example_in_chromium() {
         .env("BLOBS_URL", format!("http://{}", server.addr))
         .env("BLOBS_TOKEN", token("factory"))
         .env("SCREENSHOT", &screenshot)
+        .env("BLOBS_PATIENCE_MS", patience_ms())
         .kill_on_drop(true)
         .output();
     let output = within_limit(run).await;

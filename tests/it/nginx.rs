@@ -8,12 +8,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::fixture::{TestServer, hex_ref, token};
+use crate::fixture::{PATIENCE, TestServer, hex_ref, token};
 use blobs_testkit::RawClient;
 use serde_json::{Value, json};
-
-/// Longest any one step may take before the test fails instead of hanging.
-const STEP: Duration = Duration::from_secs(30);
 
 fn deployed_conf() -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx.conf"))
@@ -85,7 +82,10 @@ impl Nginx {
         // Bounded wait for nginx to listen (it reads its configuration first).
         let started = Instant::now();
         while TcpStream::connect(addr).is_err() {
-            assert!(started.elapsed() < STEP, "nginx did not start");
+            assert!(
+                started.elapsed() < PATIENCE,
+                "nginx did not listen within {PATIENCE:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         nginx
@@ -137,9 +137,12 @@ impl Polling {
 
     /// The next packet that starts with `prefix` (earlier ones, pings, are skipped).
     async fn receive(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + STEP;
+        let deadline = Instant::now() + PATIENCE;
         loop {
-            assert!(Instant::now() < deadline, "no packet {prefix}");
+            assert!(
+                Instant::now() < deadline,
+                "no packet {prefix} within {PATIENCE:?}"
+            );
             let payload = self.http.get(&self.url).send().await.unwrap();
             let payload = payload.text().await.unwrap();
             if let Some(packet) = payload.split('\u{1e}').find(|p| p.starts_with(prefix)) {
@@ -149,11 +152,11 @@ impl Polling {
     }
 }
 
-/// Reads `response` until its body so far contains `needle`, within [`STEP`]; the stream stays
-/// open, so what arrives came through unbuffered.
+/// Reads `response` until its body so far contains `needle`, within [`PATIENCE`]; the stream
+/// stays open, so what arrives came through unbuffered.
 async fn read_until(response: &mut reqwest::Response, needle: &str) -> String {
     let mut seen = String::new();
-    tokio::time::timeout(STEP, async {
+    tokio::time::timeout(PATIENCE, async {
         while !seen.contains(needle) {
             let chunk = response.chunk().await.unwrap().expect("stream still open");
             seen.push_str(&String::from_utf8_lossy(&chunk));

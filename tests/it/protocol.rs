@@ -1,8 +1,8 @@
 //! The Socket.IO protocol of docs/PROTOCOL.md, row by row, checked with exact packets.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::fixture::{SECRET, TestServer, hex_ref, token};
+use crate::fixture::{self, SECRET, TestServer, hex_ref, token};
 use blobs_testkit::RawClient;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -386,8 +386,11 @@ async fn events_sent_on_connect_are_answered() {
         let addr = server.addr;
         tokio::spawn(async move {
             let mut client = RawClient::connect_token(addr, &token("b")).await.unwrap();
-            let ack = tokio::time::timeout(Duration::from_secs(20), client.call_raw("now", &[]));
-            assert!(ack.await.expect("answered").unwrap().contains("timestamp"));
+            let ack = fixture::within(
+                "the answer to now, sent on connect",
+                client.call_raw("now", &[]),
+            );
+            assert!(ack.await.unwrap().contains("timestamp"));
         })
     });
     for client in clients.collect::<Vec<_>>() {
@@ -524,7 +527,7 @@ async fn message_limits() {
 
     let over = format!(r#"420["set",{{"data":"{}"}}]"#, "A".repeat(3 * 1024 * 1024));
     big.send_engine(&over).await.ok();
-    let closed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+    let closed = fixture::within("the close after the oversized frame", async {
         while let Ok(packet) = big.recv().await {
             assert!(
                 !packet.starts_with("30"),
@@ -532,9 +535,7 @@ async fn message_limits() {
             );
         }
     });
-    closed
-        .await
-        .expect("the oversized frame closes the connection");
+    closed.await;
     assert!(bystander.call1("now", Value::Null).await.unwrap()["timestamp"].is_u64());
     assert_eq!(
         bystander.call1("get", json!({"known": 1})).await.unwrap(),

@@ -6,7 +6,6 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use crate::fixture::service_api::Api;
 use crate::fixture::{self, SECRET, TestServer, hex_ref, token};
@@ -15,9 +14,6 @@ use base64::engine::general_purpose::STANDARD;
 use blobs::names::ContentHash;
 use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{Value, json};
-
-/// Longest wait for anything that should happen at once.
-const HANG: Duration = Duration::from_secs(30);
 
 /// The quota of the buckets in these tests, in bytes.
 const QUOTA: u64 = 10_000;
@@ -247,9 +243,8 @@ async fn a_content_body_is_cut_off_at_the_quota_while_it_arrives() {
             break;
         }
     }
-    let response = tokio::time::timeout(HANG, response)
+    let response = fixture::within("the answer while the body is still open", response)
         .await
-        .expect("answered while the body was still open")
         .unwrap()
         .unwrap();
     assert_refused(response, "Bucket quota exceeded").await;
