@@ -230,8 +230,8 @@ async fn malformed_packets_do_not_hurt_the_server() {
     server.stop().await;
 }
 
-/// Long-polling: invalid UTF-8 bodies, unknown sessions, and a WebSocket upgrade for a session
-/// id that does not exist.
+/// Long-polling: invalid UTF-8 bodies (400, and the session is closed), unknown sessions, and a
+/// WebSocket upgrade for a session id that does not exist.
 #[tokio::test]
 async fn malformed_http_requests_get_errors() {
     let server = TestServer::start().await;
@@ -248,7 +248,18 @@ async fn malformed_http_requests_get_errors() {
         .send()
         .await
         .unwrap();
-    assert!(invalid_utf8.status().is_client_error() || invalid_utf8.status().is_success());
+    assert_eq!(invalid_utf8.status(), 400);
+    // The session is closed by then: its sid is unknown to a POST and to a poll.
+    for after in [http.post(&session).body("40"), http.get(&session)] {
+        let after = after.send().await.unwrap();
+        assert_eq!(
+            after.status(),
+            400,
+            "the session of an invalid body is closed"
+        );
+        let body: Value = after.json().await.unwrap();
+        assert_eq!(body["message"], "Session ID unknown");
+    }
 
     let unknown = http
         .post(format!("{base}&sid=AAAAAAAAAAAAAAAA"))

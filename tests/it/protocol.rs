@@ -480,7 +480,7 @@ async fn concurrent_sets_have_exactly_one_winner_per_version() {
     let server = TestServer::start().await;
     let r = hex_ref("66");
     let mut tasks = Vec::new();
-    for id in 0..CLIENTS {
+    for _ in 0..CLIENTS {
         let mut client = server.subscribed("b", &r).await;
         tasks.push(tokio::spawn(async move {
             let mut won = Vec::new();
@@ -495,7 +495,6 @@ async fn concurrent_sets_have_exactly_one_winner_per_version() {
                     won.push(current);
                 }
                 version = Some(current);
-                let _ = id;
             }
             won
         }));
