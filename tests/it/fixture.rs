@@ -67,9 +67,18 @@ impl TestServer {
         args.extend_from_slice(options);
         let config = Config::parse_from(args);
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(blobs::run(listener, config, async {
+        let run = blobs::run(listener, config, async {
             stopped.await.ok();
-        }));
+        });
+        let task = tokio::spawn(async move {
+            let ran = run.await;
+            // Said at once: a server that failed to start shows only as refused or reset
+            // connections, long before `stop` would report this.
+            if let Err(e) = &ran {
+                eprintln!("the test server stopped: {e}");
+            }
+            ran
+        });
         Self {
             addr,
             storage,
