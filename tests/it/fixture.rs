@@ -1,5 +1,9 @@
-//! The one helper every integration test uses: a real server on `127.0.0.1:0` with a temp
-//! storage directory, stopped gracefully by the test.
+//! What every integration test shares: the real server on `127.0.0.1:0` with a temp storage
+//! directory, stopped gracefully by the test ([`TestServer`]) or run as a child process
+//! ([`start_process`]); tokens; bounded waits that say what they waited for ([`PATIENCE`],
+//! [`within`], [`eventually`]); and the stores the storage suites run on ([`TestStore`],
+//! [`on_every_store!`]) with the servers of the suites that need more than Rust ([`s3`],
+//! [`rgw`], [`redis`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
