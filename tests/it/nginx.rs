@@ -33,11 +33,12 @@ fn the_readme_shows_the_deployed_file() {
 }
 
 /// nginx running `deploy/nginx.conf`, with plain HTTP on a free loopback port instead of TLS on
-/// 443 and the test server as the upstream. Killed on drop.
+/// 443 and the test server as the upstream. Stopped on drop.
 struct Nginx {
     addr: SocketAddr,
+    /// The master process; it starts the worker.
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Nginx {
@@ -74,11 +75,7 @@ impl Nginx {
             .stdout(Stdio::null())
             .spawn()
             .expect("nginx runs (the test command installs it when missing)");
-        let nginx = Self {
-            addr,
-            child,
-            _dir: dir,
-        };
+        let nginx = Self { addr, child, dir };
         // Bounded wait for nginx to listen (it reads its configuration first).
         let started = Instant::now();
         while TcpStream::connect(addr).is_err() {
@@ -98,7 +95,19 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        self.child.kill().ok();
+        // `nginx -s stop` has the master stop its worker, then exit; a SIGKILL of the master
+        // alone would leave the worker running, orphaned, on the port.
+        let stopped = Command::new("nginx")
+            .arg("-p")
+            .arg(self.dir.path())
+            .arg("-c")
+            .arg(self.dir.path().join("nginx.conf"))
+            .args(["-s", "stop"])
+            .stderr(Stdio::null())
+            .status();
+        if !matches!(stopped, Ok(status) if status.success()) {
+            self.child.kill().ok();
+        }
         self.child.wait().ok();
     }
 }
