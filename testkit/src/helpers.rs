@@ -6,7 +6,6 @@ use std::ffi::OsStr;
 use std::io::{BufRead as _, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use tempfile::TempDir;
 
@@ -135,8 +134,8 @@ impl S3Server {
     /// bucket `bucket` (at least 3 characters) created. Several can run at once.
     ///
     /// # Panics
-    /// When the gateway does not come up (the script gives up after 60 s, with the logs that
-    /// say why) or the bucket cannot be created.
+    /// When the gateway does not come up (the script gives up after 5 minutes, with the logs
+    /// that say why) or the bucket cannot be created.
     pub async fn rgw(script: &Path, bucket: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("blobs-rgw-")
@@ -200,10 +199,10 @@ impl S3Server {
         let created = reqwest::Client::new()
             .put(&url)
             .headers(request.headers().clone())
-            .timeout(Duration::from_secs(30))
+            .timeout(crate::PATIENCE)
             .send()
             .await
-            .expect("the S3 server answers");
+            .expect("the S3 server answers the bucket's creation");
         let status = created.status();
         assert!(
             status.is_success(),

@@ -13,9 +13,9 @@ use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use command_fds::{CommandFdExt as _, FdMapping};
+use rustix::process::Signal;
 
-/// Longest a started server may take to answer its first request.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::PATIENCE;
 
 pub struct ServerProcess {
     pub addr: SocketAddr,
@@ -28,7 +28,7 @@ impl ServerProcess {
     /// directory plus the environment in `env`, and returns once it answers `/healthz`.
     ///
     /// # Panics
-    /// When the binary cannot start or does not answer within a minute.
+    /// When the binary cannot start or does not answer within [`PATIENCE`].
     pub fn start(binary: &Path, storage: &Path, env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(binary);
         command
@@ -70,7 +70,7 @@ impl ServerProcess {
     /// Node.js original does); returns once it answers an Engine.IO handshake.
     ///
     /// It cannot be handed a socket, so the port is found free and then released, and the
-    /// handshake is retried until the server listens, within a minute.
+    /// handshake is retried until the server listens, within [`PATIENCE`].
     ///
     /// # Panics
     /// When the command cannot start or does not answer in time.
@@ -95,8 +95,8 @@ impl ServerProcess {
         let started = std::time::Instant::now();
         while !server.answers(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n") {
             assert!(
-                started.elapsed() < START_TIMEOUT,
-                "the other server did not start: {command}"
+                started.elapsed() < PATIENCE,
+                "the other server did not answer a handshake within {PATIENCE:?}: {command}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -106,7 +106,7 @@ impl ServerProcess {
     /// Whether `request` gets a 200 answer.
     fn answers(&self, request: &[u8]) -> bool {
         let answer = TcpStream::connect(self.addr).and_then(|mut stream| {
-            stream.set_read_timeout(Some(START_TIMEOUT))?;
+            stream.set_read_timeout(Some(PATIENCE))?;
             stream.write_all(request)?;
             let mut answer = String::new();
             stream.read_to_string(&mut answer)?;
@@ -120,7 +120,7 @@ impl ServerProcess {
     fn wait_until_serving(&self) {
         assert!(
             self.answers(b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
-            "the server did not start"
+            "the server did not answer /healthz within {PATIENCE:?} of starting"
         );
     }
 
@@ -143,11 +143,9 @@ impl ServerProcess {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
+        let child = self.child.as_ref().expect("not reaped");
+        rustix::process::kill_process(rustix::process::Pid::from_child(child), Signal::TERM)
+            .expect("SIGTERM");
     }
 
     /// Waits for the process to exit and returns its exit code.

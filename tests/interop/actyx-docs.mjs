@@ -12,10 +12,15 @@ const url = process.env.BLOBS_URL;
 const token = process.env.BLOBS_TOKEN;
 const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
 
+// The test's patience (BLOBS_PATIENCE_MS), generous because the machine may be busy: past it
+// the scenario fails rather than hangs, and names the step it was at. Playwright's own waits
+// get the same.
+const patience = Number(process.env.BLOBS_PATIENCE_MS ?? 300_000);
+let step = 'the start';
 setTimeout(() => {
-  console.error('documentation scenario timed out');
+  console.error(`actyx-docs.mjs: not done within ${patience / 1000} s, at ${step}`);
   process.exit(1);
-}, 90_000).unref();
+}, patience).unref();
 
 // A 48x48 PNG checkerboard: the "photo".
 const photo = Buffer.from(
@@ -94,8 +99,10 @@ const page = `<!doctype html>
 </html>`;
 
 async function main() {
+  step = 'launching Chromium';
   const browser = await chromium.launch({
     executablePath: chromiumPath,
+    timeout: patience,
     args: [
       '--no-sandbox',
       '--disable-gpu',
@@ -107,14 +114,19 @@ async function main() {
     ],
   });
   try {
+    step = 'opening the page';
     const tab = await browser.newPage({ viewport: { width: 480, height: 360 } });
+    tab.setDefaultTimeout(patience);
     // The page is served from the server's own origin, as an app behind the same host would be.
     const pageUrl = `${url}/inspection.html`;
     await tab.route(pageUrl, (route) => route.fulfill({ contentType: 'text/html', body: page }));
     await tab.goto(pageUrl);
+    step = "the page's subscription to the metadata stream";
     await tab.waitForFunction(() => window.subscribed === true);
 
+    step = 'the upload of the photo';
     const handle = await uploadPhoto();
+    step = 'the page showing the photo';
     await tab.waitForFunction(() => {
       const img = document.getElementById('photo');
       return img.complete && img.naturalWidth > 0;
@@ -125,6 +137,7 @@ async function main() {
     });
     assert.deepEqual(size, [48, 48], 'the uploaded photo is what the page shows');
     assert.equal(await tab.textContent('#status'), `new photo ${handle}`);
+    step = 'the screenshot';
     await tab.screenshot({ path: process.env.SCREENSHOT });
     console.log(`ok ${handle}`);
   } finally {

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { call, connect, deadline, newRef, transport } from './scenario.mjs';
 
-deadline(100_000);
+deadline('bursts.mjs');
 
 // A socket must not be dropped while it answers: any disconnect fails the scenario.
 function keep(socket) {

@@ -14,14 +14,20 @@ const transport = process.argv[2] ?? 'websocket';
 const transports = transport === 'upgrade' ? ['polling', 'websocket'] : [transport];
 const options = { transports, reconnection: false, forceNew: true };
 
+// The test's patience (BLOBS_PATIENCE_MS), generous because the machine may be busy: past it
+// the scenario fails rather than hangs, and names the last wait it began.
+const patience = Number(process.env.BLOBS_PATIENCE_MS ?? 300_000);
+// The last wait the scenario began, for the message if time runs out.
+let waiting = 'the first step';
 setTimeout(() => {
-  console.error('interop scenario timed out');
+  console.error(`client.mjs ${transport}: not done within ${patience / 1000} s; the last wait begun: ${waiting}`);
   process.exit(1);
-}, 60_000).unref();
+}, patience).unref();
 
 const newRef = () => randomBytes(32).toString('hex');
 
 function connect(auth) {
+  waiting = 'a connection';
   const socket = io(url, { ...options, auth });
   return new Promise((resolve, reject) => {
     socket.once('connect', () => resolve(socket));
@@ -34,17 +40,20 @@ function connect(auth) {
 
 // Resolves once the socket's connection has been upgraded to a WebSocket.
 function upgraded(socket) {
+  waiting = 'the upgrade to a WebSocket';
   const engine = socket.io.engine;
   if (engine.transport.name === 'websocket') return Promise.resolve();
   return new Promise((resolve) => engine.once('upgrade', resolve));
 }
 
 function nextEvent(socket, name) {
+  waiting = `the event ${name}`;
   return new Promise((resolve) => socket.once(name, (...args) => resolve(args)));
 }
 
 // The callback's arguments exactly, to tell "no argument" from null.
 function call(socket, event, ...args) {
+  waiting = `the ack of ${event}`;
   return new Promise((resolve) => socket.emit(event, ...args, (...ackArgs) => resolve(ackArgs)));
 }
 

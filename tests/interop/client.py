@@ -14,12 +14,23 @@ import socketio
 URL = os.environ["BLOBS_URL"]
 TOKEN = os.environ["BLOBS_TOKEN"]
 TRANSPORT = sys.argv[1] if len(sys.argv) > 1 else "websocket"
+# The test's patience in seconds (BLOBS_PATIENCE_MS), for each wait: generous, because the
+# machine may be busy; past it the scenario fails, naming what it waited for, rather than hangs.
+PATIENCE = float(os.environ.get("BLOBS_PATIENCE_MS", "300000")) / 1000
 
 
 def connect():
     client = socketio.Client(reconnection=False)
-    client.connect(URL, auth={"token": TOKEN}, transports=[TRANSPORT], wait_timeout=10)
+    client.connect(URL, auth={"token": TOKEN}, transports=[TRANSPORT], wait_timeout=PATIENCE)
     return client
+
+
+def call(client, event, data=None):
+    """The ack of `event` with `data`, within PATIENCE."""
+    try:
+        return client.call(event, data, timeout=PATIENCE)
+    except socketio.exceptions.TimeoutError:
+        raise AssertionError(f"no ack of {event} within {PATIENCE:.0f} s") from None
 
 
 def main():
@@ -30,7 +41,9 @@ def main():
     denial = []
     refused.on("connect_error", denial.append)
     try:
-        refused.connect(URL, auth={"token": "garbage"}, transports=["websocket"], wait_timeout=10)
+        refused.connect(
+            URL, auth={"token": "garbage"}, transports=["websocket"], wait_timeout=PATIENCE
+        )
         raise AssertionError("a bad token must be refused")
     except socketio.exceptions.ConnectionError:
         pass
@@ -42,19 +55,19 @@ def main():
     changed = threading.Event()
     watcher.on("changed", lambda *args: changed.set() if not args else None)
 
-    assert writer.call("ref", ref, timeout=10) is None
-    assert watcher.call("ref", ref, timeout=10) is None
-    assert writer.call("get", {}, timeout=10) is None
-    assert writer.call("set", {"data": "aGk="}, timeout=10) == {"success": True, "version": 1}
-    assert changed.wait(10), "the watcher hears changed"
-    assert watcher.call("get", {"known": 1}, timeout=10) == {"version": 1}
-    assert watcher.call("set", {"data": "eA==", "version": 9}, timeout=10) == {
+    assert call(writer, "ref", ref) is None
+    assert call(watcher, "ref", ref) is None
+    assert call(writer, "get", {}) is None
+    assert call(writer, "set", {"data": "aGk="}) == {"success": True, "version": 1}
+    assert changed.wait(PATIENCE), f"the watcher hears changed within {PATIENCE:.0f} s"
+    assert call(watcher, "get", {"known": 1}) == {"version": 1}
+    assert call(watcher, "set", {"data": "eA==", "version": 9}) == {
         "success": False,
         "data": "aGk=",
         "version": 1,
     }
-    assert "error" in writer.call("get", None, timeout=10)
-    assert isinstance(writer.call("now", timeout=10)["timestamp"], int)
+    assert "error" in call(writer, "get")
+    assert isinstance(call(writer, "now")["timestamp"], int)
 
     writer.disconnect()
     watcher.disconnect()

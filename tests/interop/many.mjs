@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { call, connect, deadline, newRef, transport } from './scenario.mjs';
 
-deadline(100_000);
+deadline('many.mjs');
 
 // Every `changed` a socket receives, in order, with its arguments.
 function record(socket) {

@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-/// Longest the suites may take before they count as hung.
-const LIMIT: Duration = Duration::from_secs(300);
+use crate::fixture::PATIENCE;
+
+/// Longest the suites may take before they count as hung: each of their tests gets
+/// [`PATIENCE`] (`--test-timeout`), and they run one at a time.
+const LIMIT: Duration = Duration::from_secs(3 * PATIENCE.as_secs());
 
 fn library() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/js")
@@ -28,6 +31,7 @@ fn built_bundle() -> PathBuf {
 
 /// The library's and the inspector's suites pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node, the npm packages of clients/js, and Chromium (run by scripts/test)"]
 async fn the_library_and_the_inspector_pass_their_suites() {
     built_bundle();
     let run = Command::new("node")
@@ -35,7 +39,7 @@ async fn the_library_and_the_inspector_pass_their_suites() {
             "--test",
             "--test-concurrency=1",
             "--test-force-exit",
-            "--test-timeout=120000",
+            &format!("--test-timeout={}", PATIENCE.as_millis()),
             "test/",
         ])
         .current_dir(library())
@@ -45,7 +49,7 @@ async fn the_library_and_the_inspector_pass_their_suites() {
         .output();
     let output = tokio::time::timeout(LIMIT, run)
         .await
-        .expect("the suites finished in time")
+        .unwrap_or_else(|_| panic!("the suites did not end within {LIMIT:?}"))
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -60,6 +64,7 @@ async fn the_library_and_the_inspector_pass_their_suites() {
 /// library's source: `npm run build` in clients/js, then copy `dist/blobs-client.browser.js` to
 /// `inspect/blobs-client.js`.
 #[test]
+#[ignore = "needs Node to build clients/js (run by scripts/test)"]
 fn the_inspector_embeds_the_current_library() {
     let built = std::fs::read_to_string(built_bundle()).unwrap();
     let embedded = std::fs::read_to_string(

@@ -23,6 +23,7 @@ fn setting<'a>(unit: &'a str, key: &str) -> Option<&'a str> {
 /// `systemd-analyze verify` accepts both units, without a warning, when the service runs this
 /// build's binary (it checks that `ExecStart` is executable).
 #[test]
+#[ignore = "needs systemd-analyze (run by scripts/test)"]
 fn the_units_verify() {
     let dir = tempfile::tempdir().unwrap();
     let service = unit("blobs.service").replace(

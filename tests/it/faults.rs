@@ -105,6 +105,7 @@ fn temp_files(root: &Path) -> Vec<PathBuf> {
 /// open for writing, so `mount -o remount,ro` is refused as busy. A disk the kernel turns
 /// read-only fails the journal's writes like a full one.)
 #[tokio::test]
+#[ignore = "needs root to mount a tmpfs (run by scripts/test)"]
 async fn disk_faults_refuse_writes_and_keep_old_versions() {
     let mut disk = SmallDisk::mount("1m");
     // The free-space reserve off: the disk itself runs out (`tests/it/quota.rs` tests the reserve).
@@ -169,6 +170,7 @@ async fn disk_faults_refuse_writes_and_keep_old_versions() {
 /// keeps serving what was acknowledged, takes writes again once there is room, and after a
 /// crash and restart every acknowledged write is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root to mount a tmpfs (run by scripts/test)"]
 async fn a_full_disk_fails_writes_cleanly_and_loses_nothing_acknowledged() {
     const REFS: usize = 4;
     let disk = SmallDisk::mount("4m");
@@ -259,6 +261,7 @@ async fn a_full_disk_fails_writes_cleanly_and_loses_nothing_acknowledged() {
 /// files it cannot write stay in the journal, the next start replays them, nothing
 /// acknowledged is lost and no half-written file is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root to mount a tmpfs (run by scripts/test)"]
 async fn a_checkpoint_on_a_full_disk_keeps_every_write_in_the_journal() {
     const VERSIONS: u64 = 3;
     let disk = SmallDisk::mount("4m");
@@ -350,6 +353,7 @@ async fn a_checkpoint_on_a_full_disk_keeps_every_write_in_the_journal() {
 /// storage error instead of waiting for good. With inodes again, writes go on, and after a
 /// crash every acknowledged write is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root to mount a tmpfs (run by scripts/test)"]
 async fn writes_at_the_unwritten_bound_are_refused_while_files_cannot_be_written() {
     const REFS: usize = 8;
     let disk = SmallDisk::mount_with("size=16m,nr_inodes=64");
@@ -376,9 +380,8 @@ async fn writes_at_the_unwritten_bound_are_refused_while_files_cannot_be_written
         client.call("ref", &[json!(refs[i])]).await.unwrap();
         let version = (acked[i] > 0).then_some(acked[i]);
         let write = client.call1("set", json!({ "data": data, "version": version }));
-        let ack = tokio::time::timeout(std::time::Duration::from_secs(60), write)
+        let ack = fixture::within("the answer to a write at the bound", write)
             .await
-            .expect("a write at the bound is answered, not left waiting")
             .unwrap();
         if ack["success"] == true {
             acked[i] = ack["version"].as_u64().unwrap();

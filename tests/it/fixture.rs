@@ -1,5 +1,9 @@
-//! The one helper every integration test uses: a real server on `127.0.0.1:0` with a temp
-//! storage directory, stopped gracefully by the test.
+//! What every integration test shares: the real server on `127.0.0.1:0` with a temp storage
+//! directory, stopped gracefully by the test ([`TestServer`]) or run as a child process
+//! ([`start_process`]); tokens; bounded waits that say what they waited for ([`PATIENCE`],
+//! [`within`], [`eventually`]); and the stores the storage suites run on ([`TestStore`],
+//! [`on_every_store!`]) with the servers of the suites that need more than Rust ([`s3`],
+//! [`rgw`], [`redis`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,7 +14,7 @@ use blobs::auth::Keys;
 use blobs::config::Config;
 use blobs::names::Bucket;
 use blobs::storage::objects::Objects;
-pub use blobs_testkit::{RawClient, RedisServer, S3Server, ServerProcess};
+pub use blobs_testkit::{PATIENCE, RawClient, RedisServer, S3Server, ServerProcess};
 use clap::Parser;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -67,9 +71,18 @@ impl TestServer {
         args.extend_from_slice(options);
         let config = Config::parse_from(args);
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(blobs::run(listener, config, async {
+        let run = blobs::run(listener, config, async {
             stopped.await.ok();
-        }));
+        });
+        let task = tokio::spawn(async move {
+            let ran = run.await;
+            // Said at once: a server that failed to start shows only as refused or reset
+            // connections, long before `stop` would report this.
+            if let Err(e) = &ran {
+                eprintln!("the test server stopped: {e}");
+            }
+            ran
+        });
         Self {
             addr,
             storage,
@@ -144,6 +157,27 @@ impl TestServer {
     }
 }
 
+/// The output of `future`, or a failure saying that `what` did not come within [`PATIENCE`].
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {PATIENCE:?}"))
+}
+
+/// Checks `done` every few milliseconds until it holds, for at most [`PATIENCE`], for what the
+/// server does in its own time (a disconnect processed, a background sweep); a failure says
+/// `what` never happened.
+pub async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !done().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Opens, with `token`, the SSE change stream of `r` and the Blob Service's metadata stream;
 /// both answered 200 and left open.
 pub async fn open_streams(
@@ -197,85 +231,89 @@ pub fn hex_ref(pair: &str) -> String {
     pair.repeat(32)
 }
 
-/// The server binary run as a child process, for tests that kill it, signal it or read its
-/// memory and file descriptors.
 /// The `blobs` binary of this build as a child process on `storage`, with the test secret and
-/// `env`.
+/// `env`: for tests that kill it, signal it or read its memory and file descriptors.
 pub fn start_process(storage: &Path, env: &[(&str, &str)]) -> ServerProcess {
     let mut all = vec![("TOKEN_SECRET", SECRET)];
     all.extend_from_slice(env);
     ServerProcess::start(Path::new(env!("CARGO_BIN_EXE_blobs")), storage, &all)
 }
 
-/// Where a server under test keeps its data: the suites that test storage run once per
-/// backend.
-pub enum Backend {
+/// Where a server under test keeps its data. The suites that test storage run each case on
+/// both (see [`on_every_store!`]): the files in plain `cargo test`, the object store with the
+/// suites that need what `scripts/test` installs.
+pub enum TestStore {
+    /// JSON files under the storage directory.
     Files,
-    Object(S3Server),
+    /// An S3-compatible object store: moto's S3 server (see [`s3`]).
+    Objects(S3Server),
 }
 
-/// Object names of the object backend start with this, as with `S3_PREFIX`.
-pub const BACKEND_PREFIX: &str = "data/";
+/// Object names of the object store start with this, as with `S3_PREFIX`.
+pub const OBJECT_PREFIX: &str = "data/";
 
-impl Backend {
-    /// Every backend, each fresh.
-    pub async fn all() -> Vec<Backend> {
-        vec![Backend::Files, Backend::Object(s3().await)]
+impl TestStore {
+    /// A fresh object store: moto's S3 server with one empty bucket.
+    pub async fn object_store() -> Self {
+        Self::Objects(s3().await)
     }
 
+    /// How failure messages name this store.
     pub fn name(&self) -> &'static str {
         match self {
-            Backend::Files => "files",
-            Backend::Object(_) => "object store",
+            TestStore::Files => "files",
+            TestStore::Objects(_) => "object store",
         }
     }
 
-    /// Starts a server on this backend (`storage` is its directory either way).
+    /// Starts a server on this store (`storage` is its directory either way).
     pub async fn start(&self, storage: TempDir) -> TestServer {
         let options = match self {
-            Backend::Files => Vec::new(),
-            Backend::Object(s3) => s3_options(s3, BACKEND_PREFIX),
+            TestStore::Files => Vec::new(),
+            TestStore::Objects(s3) => s3_options(s3, OBJECT_PREFIX),
         };
         let options: Vec<&str> = options.iter().map(String::as_str).collect();
         TestServer::start_with(storage, &options).await
     }
 
-    /// The object layer of this backend: the directory `storage`, or the bucket under
-    /// [`BACKEND_PREFIX`] as a node opens it (probed, conditional writes normalized).
+    /// The object layer of this store: the directory `storage`, or the bucket under
+    /// [`OBJECT_PREFIX`] as a node opens it (probed, conditional writes normalized).
     pub async fn objects(&self, storage: &Path) -> Objects {
         match self {
-            Backend::Files => Objects::directory(storage),
-            Backend::Object(s3) => objects(s3, BACKEND_PREFIX).await,
+            TestStore::Files => Objects::directory(storage),
+            TestStore::Objects(s3) => objects(s3, OBJECT_PREFIX).await,
         }
     }
 
-    /// The versioned store of this backend, kept under `storage` or the object prefix (the
+    /// The versioned store of this store's kind, kept under `storage` or the object prefix (the
     /// file store keeps its journal beside the files).
     pub async fn versioned(&self, storage: &Path) -> Arc<dyn blobs::storage::store::Store> {
         match self {
-            Backend::Files => Arc::new(blobs::storage::store::FsStore::open(storage).unwrap()),
-            Backend::Object(_) => Arc::new(blobs::storage::store::ObjectBlobs::new(
+            TestStore::Files => Arc::new(blobs::storage::store::FsStore::open(storage).unwrap()),
+            TestStore::Objects(_) => Arc::new(blobs::storage::store::ObjectBlobs::new(
                 self.objects(storage).await,
             )),
         }
     }
 
-    /// The content store of this backend (`grace`: the object store's claim grace).
+    /// The content store on this store (`grace`: the object store's claim grace).
     pub async fn content(
         &self,
         storage: &Path,
         grace: Duration,
     ) -> Arc<dyn blobs::storage::content::ContentStore> {
         match self {
-            Backend::Files => Arc::new(blobs::storage::content::FsContent::open(storage).unwrap()),
-            Backend::Object(_) => Arc::new(blobs::storage::content::ObjectContent::new(
+            TestStore::Files => {
+                Arc::new(blobs::storage::content::FsContent::open(storage).unwrap())
+            }
+            TestStore::Objects(_) => Arc::new(blobs::storage::content::ObjectContent::new(
                 &self.objects(storage).await,
                 grace,
             )),
         }
     }
 
-    /// The Blob Service's record store of this backend.
+    /// The Blob Service's record store on this store.
     pub async fn records(&self, storage: &Path) -> Arc<blobs::blob_service::RecordStore> {
         Arc::new(blobs::blob_service::RecordStore::new(
             self.objects(storage).await,
@@ -295,6 +333,34 @@ impl Backend {
         found.expect("an object at the name").bytes.to_vec()
     }
 }
+
+/// Declares the tests of storage cases, each an `async fn(TestStore)` of the calling module:
+/// `files::<case>` runs it on the files, in plain `cargo test`; `objects::<case>` runs it on
+/// moto's object store, ignored unless asked for (`scripts/test` runs it), so the object
+/// store cannot drift from the files' rules.
+macro_rules! on_every_store {
+    ($($case:ident),+ $(,)?) => {
+        mod files {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case($crate::fixture::TestStore::Files).await;
+                }
+            )+
+        }
+
+        mod objects {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs moto, the S3 server in tests/interop/.venv (run by scripts/test)"]
+                async fn $case() {
+                    super::$case($crate::fixture::TestStore::object_store().await).await;
+                }
+            )+
+        }
+    };
+}
+pub(crate) use on_every_store;
 
 /// The objects of `s3`'s bucket under `prefix`, as a node opens them.
 pub async fn objects(s3: &S3Server, prefix: &str) -> Objects {

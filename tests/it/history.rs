@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::fixture::{self, ServerProcess, hex_ref, token};
+use crate::fixture::{self, PATIENCE, ServerProcess, hex_ref, token};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use blobs_testkit::RawClient;
@@ -396,11 +396,11 @@ const VICTIM: usize = 0;
 const BUCKET: &str = "history";
 /// The run's blobs, as `hex_ref` pairs.
 const BLOBS: [&str; 3] = ["a1", "b2", "c3"];
-/// Longest a call may take before its outcome is counted unknown and its client reconnects.
+/// Longest a call may take before its outcome is counted unknown and its client reconnects:
+/// part of the workload (a call to a node that hangs is one of unknown outcome), not a bound
+/// that fails the test.
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
-/// Longest a client may look for a node to connect to.
-const RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest one connection attempt may take.
+/// Longest one connection attempt may take before the client tries the next node.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every client of the run shares.
@@ -416,7 +416,7 @@ struct Run {
 /// Connects to the first of `nodes` (indexes) that answers, waiting for the addresses to change
 /// (a node restarting) between rounds.
 async fn connect(run: &mut Run, client: usize, nodes: &[usize]) -> RawClient {
-    let deadline = Instant::now() + RECONNECT_TIMEOUT;
+    let deadline = Instant::now() + PATIENCE;
     loop {
         let addresses = run.nodes.borrow_and_update().clone();
         for &node in nodes {
@@ -429,7 +429,7 @@ async fn connect(run: &mut Run, client: usize, nodes: &[usize]) -> RawClient {
         let left = deadline.saturating_duration_since(Instant::now());
         assert!(
             !left.is_zero(),
-            "client {client} found none of nodes {nodes:?} serving within {RECONNECT_TIMEOUT:?}"
+            "client {client} found none of nodes {nodes:?} serving within {PATIENCE:?}"
         );
         // A restart publishes the node's new address; a node merely slow is tried again.
         let _ =
@@ -535,6 +535,7 @@ async fn start_node(dir: PathBuf, env: Vec<(String, String)>) -> ServerProcess {
 /// compare-and-swaps on three blobs while one node is killed with SIGKILL and restarted; the
 /// recorded history, final reads through every node included, breaks none of [`check`]'s rules.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and Ceph RGW (run by scripts/test)"]
 async fn histories_across_a_killed_node_are_linearizable() {
     let ops = fixture::env_or("HISTORY_OPS", 100) as usize;
     let began = Instant::now();
@@ -562,9 +563,8 @@ async fn histories_across_a_killed_node_are_linearizable() {
         clients.push(tokio::spawn(client(run.clone(), id, home, moves, ops)));
     }
     let total = clients.len() * ops;
-    tokio::time::timeout(Duration::from_secs(60), done.wait_for(|n| *n >= total / 2))
+    fixture::within("half the calls", done.wait_for(|n| *n >= total / 2))
         .await
-        .expect("half the calls made within a minute")
         .expect("progress is published");
     nodes[VICTIM].take().expect("running").kill();
     let killed_at = run.epoch.elapsed();
@@ -575,31 +575,25 @@ async fn histories_across_a_killed_node_are_linearizable() {
 
     let mut history = Vec::new();
     for task in clients {
-        let calls = tokio::time::timeout(Duration::from_secs(120), task)
+        let calls = fixture::within("a client's last call", task)
             .await
-            .expect("every client finishes within two minutes")
             .expect("the client ran to the end");
         history.extend(calls);
     }
     // Once everything is quiet, every node reads every blob: they must all show the last write.
     let addresses = run.nodes.borrow().clone();
     for (node, address) in addresses.iter().enumerate() {
-        let mut socket = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            RawClient::connect_token(*address, &token(BUCKET)),
-        )
-        .await
-        .expect("a final reader connects in time")
-        .expect("a final reader connects");
+        let token = token(BUCKET);
+        let connect = RawClient::connect_token(*address, &token);
+        let mut socket = fixture::within("a final reader's connection", connect)
+            .await
+            .expect("a final reader connects");
         for (blob, pair) in BLOBS.iter().enumerate() {
             let start = run.epoch.elapsed();
-            let ack = tokio::time::timeout(
-                CALL_TIMEOUT,
-                socket.call1("get", json!({ "ref": hex_ref(pair) })),
-            )
-            .await
-            .expect("a final read in time")
-            .expect("a final read");
+            let read = socket.call1("get", json!({ "ref": hex_ref(pair) }));
+            let ack = fixture::within("a final read", read)
+                .await
+                .expect("a final read");
             history.push(Record {
                 client: 100 + node,
                 blob,

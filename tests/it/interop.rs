@@ -6,11 +6,18 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::fixture::{TestServer, token};
+use crate::fixture::{PATIENCE, TestServer, token};
 use tokio::process::Command;
 
-/// Longest a scenario may take before it counts as hung.
-const SCENARIO_LIMIT: Duration = Duration::from_secs(120);
+/// Longest a scenario may take before it is killed as hung: the scripts get [`PATIENCE`]
+/// (`BLOBS_PATIENCE_MS`) and fail on their own past it, naming the wait they were at, so this
+/// side waits a minute longer.
+const SCENARIO_LIMIT: Duration = Duration::from_secs(PATIENCE.as_secs() + 60);
+
+/// [`PATIENCE`] for the scripts, in milliseconds.
+fn patience_ms() -> String {
+    PATIENCE.as_millis().to_string()
+}
 
 fn interop_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
@@ -34,6 +41,7 @@ async fn run_scenario(program: PathBuf, script: &str, transport: &str) {
         .env("BLOBS_TOKEN", token("interop"))
         .env("BLOBS_TOKEN_OTHER", token("interop-other"))
         .env("BLOBS_CONTENT", content.path())
+        .env("BLOBS_PATIENCE_MS", patience_ms())
         .kill_on_drop(true)
         .output();
     let output = within_limit(run).await;
@@ -53,7 +61,7 @@ async fn within_limit(
 ) -> std::process::Output {
     tokio::time::timeout(SCENARIO_LIMIT, run)
         .await
-        .expect("scenario finished in time")
+        .unwrap_or_else(|_| panic!("the scenario did not end within {SCENARIO_LIMIT:?}"))
         .expect("scenario started")
 }
 
@@ -83,6 +91,7 @@ fn node_client_installed() {
 
 /// The official socket.io-client over WebSocket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node and socket.io-client from tests/interop (run by scripts/test)"]
 async fn official_js_client_over_websocket() {
     node_client_installed();
     run_scenario("node".into(), "client.mjs", "websocket").await;
@@ -90,6 +99,7 @@ async fn official_js_client_over_websocket() {
 
 /// The official socket.io-client over HTTP long-polling, maximum payload included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node and socket.io-client from tests/interop (run by scripts/test)"]
 async fn official_js_client_over_polling() {
     node_client_installed();
     run_scenario("node".into(), "client.mjs", "polling").await;
@@ -98,6 +108,7 @@ async fn official_js_client_over_polling() {
 /// The official socket.io-client as apps use it by default: long-polling first, upgraded to a
 /// WebSocket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node and socket.io-client from tests/interop (run by scripts/test)"]
 async fn official_js_client_upgrading_from_polling() {
     node_client_installed();
     run_scenario("node".into(), "client.mjs", "upgrade").await;
@@ -106,6 +117,7 @@ async fn official_js_client_upgrading_from_polling() {
 /// Many blobs on one connection (`watch`, `get`/`set` naming a `ref`) with the official
 /// client, over each transport.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node and socket.io-client from tests/interop (run by scripts/test)"]
 async fn many_blobs_on_one_connection_with_the_official_client() {
     node_client_installed();
     for transport in ["websocket", "polling"] {
@@ -117,6 +129,7 @@ async fn many_blobs_on_one_connection_with_the_official_client() {
 /// opening 150 watches at once) are answered in full without a disconnect, with the official
 /// client over each transport; past the burst the excess gets `{ error }` on a usable socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node and socket.io-client from tests/interop (run by scripts/test)"]
 async fn honest_bursts_are_answered_with_the_official_client() {
     node_client_installed();
     for transport in ["websocket", "polling"] {
@@ -126,6 +139,7 @@ async fn honest_bursts_are_answered_with_the_official_client() {
 
 /// python-socketio over WebSocket and over long-polling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Python's python-socketio in tests/interop/.venv (run by scripts/test)"]
 async fn python_socketio_client() {
     let python = interop_dir().join(".venv/bin/python");
     for transport in ["websocket", "polling"] {
@@ -137,6 +151,7 @@ async fn python_socketio_client() {
 /// page in headless Chromium (driven by playwright-core) receives its metadata from the event
 /// stream and shows the image; the page's screenshot is a real PNG.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node, form-data and playwright-core from tests/interop, and Chromium (run by scripts/test)"]
 async fn actyx_documentation_example_in_chromium() {
     node_client_installed();
     assert!(
@@ -152,6 +167,7 @@ async fn actyx_documentation_example_in_chromium() {
         .env("BLOBS_URL", format!("http://{}", server.addr))
         .env("BLOBS_TOKEN", token("factory"))
         .env("SCREENSHOT", &screenshot)
+        .env("BLOBS_PATIENCE_MS", patience_ms())
         .kill_on_drop(true)
         .output();
     let output = within_limit(run).await;

@@ -109,19 +109,17 @@ async fn connection_limits_refuse_the_excess() {
         Err(e) => assert!(e.to_string().contains("503"), "{e}"),
         Ok(_) => panic!("a third connection over a limit of two"),
     }
-    // The slot is freed when the server has processed the close; retry (bounded) until then.
+    // The slot is freed when the server has processed the close; retry until then.
     first_again.close().await.unwrap();
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        match RawClient::connect_token(server.addr, &token("b")).await {
-            Ok(_) => break,
-            Err(e) if attempts < 200 && e.to_string().contains("503") => {
-                tokio::task::yield_now().await
-            }
-            Err(e) => panic!("the freed slot was never reusable: {e}"),
-        }
-    }
+    fixture::eventually(
+        "the freed slot taken again",
+        async || match RawClient::connect_token(server.addr, &token("b")).await {
+            Ok(_) => true,
+            Err(e) if e.to_string().contains("503") => false,
+            Err(e) => panic!("a connection to a freed slot: {e}"),
+        },
+    )
+    .await;
     drop(first);
     server.stop().await;
 }
@@ -191,7 +189,7 @@ async fn a_stalled_client_is_dropped() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Now read: the connection ends before every request was answered.
     let mut answered = 0;
-    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+    let ended = async {
         loop {
             match stalled.recv().await {
                 Ok(packet) if packet.starts_with("31") => answered += 1,
@@ -200,12 +198,8 @@ async fn a_stalled_client_is_dropped() {
                 Err(_) => break,
             }
         }
-    });
-    let closed = ended.await;
-    assert!(
-        closed.is_ok(),
-        "the stalled client's connection is still open ({answered} answered)"
-    );
+    };
+    fixture::within("the end of the stalled client's connection", ended).await;
     assert!(
         answered < REQUESTS,
         "some requests were dropped ({answered} answered)"
@@ -228,9 +222,6 @@ async fn a_stalled_client_is_dropped() {
     server.stop().await;
 }
 
-/// Longest a case may take before it counts as a hang.
-const HANG: Duration = Duration::from_secs(30);
-
 /// A packet that announces a binary attachment (which no event takes) closes its connection at
 /// once, before its payload is kept: after CONNECT, and on a session that never sent CONNECT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,20 +232,20 @@ async fn a_packet_announcing_an_attachment_closes_the_connection() {
 
     let mut client = server.client("b").await;
     client.send_raw(&packet).await.unwrap();
-    let closed = tokio::time::timeout(HANG, async {
+    let closed = async {
         loop {
             if client.recv().await.is_err() {
                 break;
             }
         }
-    });
-    closed.await.expect("the connection is closed");
+    };
+    fixture::within("the close after CONNECT", closed).await;
 
     // No CONNECT: the Engine.IO session is closed too.
     let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
     let (mut ws, _) = connect_async(url).await.unwrap();
     ws.send(Message::text(format!("4{packet}"))).await.unwrap();
-    let ended = tokio::time::timeout(HANG, async {
+    let ended = async {
         while let Some(Ok(message)) = ws.next().await {
             if matches!(message, Message::Close(_)) {
                 break;
@@ -265,8 +256,8 @@ async fn a_packet_announcing_an_attachment_closes_the_connection() {
                 ws.send(Message::text("3")).await.ok();
             }
         }
-    });
-    ended.await.expect("the session is closed");
+    };
+    fixture::within("the close of the session without CONNECT", ended).await;
 
     // Everyone else is served.
     let mut other = server.client("b").await;
@@ -283,7 +274,7 @@ async fn a_packet_announcing_an_attachment_closes_the_connection() {
 async fn a_session_sends_little_before_it_connects() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    // Nothing but the cap could close these connections within `HANG`.
+    // Nothing but the cap could close these connections within the test's patience.
     let long = [
         "--connect-timeout",
         "300s",
@@ -314,11 +305,15 @@ async fn a_session_sends_little_before_it_connects() {
     frame.resize(frame.len() + 200_000, b'x');
     // The server may close while this is still being written.
     let _ = tcp.write_all(&frame).await;
-    let closed = tokio::time::timeout(HANG, async {
+    let closed = async {
         let mut sink = vec![0; 64 * 1024];
         while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
-    });
-    closed.await.expect("the connection is closed");
+    };
+    fixture::within(
+        "the close of the unfinished large frame's connection",
+        closed,
+    )
+    .await;
 
     // A long-polling session's POST before CONNECT is held to the same budget. A connection
     // whose body was refused half sent is not reused by the requests after it.
@@ -366,7 +361,7 @@ async fn a_session_sends_little_before_it_connects() {
     let posted = http.post(&polling).body(connect).send().await.unwrap();
     assert!(posted.status().is_success());
     // Polled as a client polls: a ping that comes first (a busy machine) is answered.
-    let connected = tokio::time::timeout(HANG, async {
+    let connected = async {
         loop {
             let polled = http
                 .get(&polling)
@@ -383,8 +378,8 @@ async fn a_session_sends_little_before_it_connects() {
                 http.post(&polling).body("3").send().await.unwrap();
             }
         }
-    });
-    connected.await.expect("CONNECT is answered");
+    };
+    fixture::within("the answer to CONNECT over long-polling", connected).await;
     let upgraded = polling.replace("transport=polling", "transport=websocket");
     let (mut ws, _) = connect_async(upgraded.replacen("http", "ws", 1))
         .await
@@ -394,7 +389,7 @@ async fn a_session_sends_little_before_it_connects() {
     ws.send(Message::text(format!("421{}", &big[2..])))
         .await
         .unwrap();
-    let answered = tokio::time::timeout(HANG, async {
+    let answered = async {
         while let Some(Ok(message)) = ws.next().await {
             if let Message::Text(text) = &message
                 && text.as_str().starts_with("431")
@@ -403,8 +398,8 @@ async fn a_session_sends_little_before_it_connects() {
             }
         }
         panic!("closed unanswered");
-    });
-    answered.await.expect("the event is answered");
+    };
+    fixture::within("the answer to the large event after the upgrade", answered).await;
 
     // Connected directly over a WebSocket: as before.
     let mut client = server.subscribed("b", &hex_ref("c0")).await;
@@ -450,28 +445,26 @@ async fn watches_are_capped_per_server_and_given_back() {
         .call1("set", json!({ "ref": watched, "data": "aGk=" }))
         .await;
     assert_eq!(ack.unwrap()["version"], 1);
-    let changed = tokio::time::timeout(HANG, second.next_event("changed")).await;
+    let changed = fixture::within(
+        "the watcher hearing the change",
+        second.next_event("changed"),
+    );
     assert_eq!(
-        changed.expect("the watcher hears the change").unwrap(),
+        changed.await.unwrap(),
         vec![json!({ "ref": watched, "version": 1 })]
     );
 
     // The first socket leaves: its 900 watches are given back (retried until the server has
-    // processed the disconnect, bounded).
+    // processed the disconnect).
     first.close().await.unwrap();
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
+    fixture::eventually("the first socket's watches given back", async || {
         let ack = second
             .call1("watch", json!({ "refs": refs(4, 400) }))
             .await
             .unwrap();
-        if ack == json!({ "watching": 1000 }) {
-            break;
-        }
-        assert!(attempts < 200, "the watches were never given back: {ack}");
-        tokio::task::yield_now().await;
-    }
+        ack == json!({ "watching": 1000 })
+    })
+    .await;
     assert_eq!(second.pending_events("changed"), 0);
     server.stop().await;
 }
@@ -498,23 +491,15 @@ async fn watch_memory_is_bounded_and_reused() {
         }
         for (i, client) in clients.iter_mut().enumerate() {
             let refs = refs(crowd * SOCKETS + i as u32, REFS);
-            // The first crowd's disconnects may still be in progress: retried, bounded.
-            let mut attempts = 0;
-            loop {
-                attempts += 1;
+            // The first crowd's disconnects may still be in progress: retried until done.
+            fixture::eventually("the first crowd's watches given back", async || {
                 let ack = client
-                    .call1("watch", json!({ "refs": refs }))
+                    .call1("watch", json!({ "refs": refs.clone() }))
                     .await
                     .unwrap();
-                if ack == json!({ "watching": REFS }) {
-                    break;
-                }
-                assert!(
-                    attempts < 1000,
-                    "the first crowd's watches were not given back: {ack}"
-                );
-                tokio::task::yield_now().await;
-            }
+                ack == json!({ "watching": REFS })
+            })
+            .await;
         }
         rss.push(server.rss_bytes());
         for client in clients {
@@ -560,16 +545,10 @@ async fn streams_count_against_the_per_address_cap() {
     assert_eq!(other.status(), 200);
     // A closed stream gives its place back (retried until the server has seen it close).
     drop(events);
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let again = stream("127.0.0.1").await.unwrap();
-        if again.status() == 200 {
-            break;
-        }
-        assert!(attempts < 200, "the place was never given back");
-        tokio::task::yield_now().await;
-    }
+    fixture::eventually("the closed stream's place given back", async || {
+        stream("127.0.0.1").await.unwrap().status() == 200
+    })
+    .await;
     drop((metadata, other));
     server.stop().await;
 }
@@ -590,15 +569,15 @@ async fn a_burst_is_answered_in_full_and_the_excess_refused_in_order() {
             .unwrap();
     }
     let mut answers = Vec::new();
-    let read = tokio::time::timeout(HANG, async {
+    let read = async {
         while answers.len() < 300 {
             let packet = client.recv().await.expect("still connected");
             if let Some(ack) = packet.strip_prefix("3") {
                 answers.push(ack.to_owned());
             }
         }
-    });
-    read.await.expect("every event answered");
+    };
+    fixture::within("an answer to each of the 300 events", read).await;
     // In order: ids 10000, 10001, …
     for (i, ack) in answers.iter().enumerate() {
         assert!(
@@ -655,13 +634,14 @@ async fn a_client_that_stops_reading_holds_a_bounded_kernel_buffer() {
     tcp.write_all(request.repeat(10).as_bytes()).await.unwrap();
     // The server's side of the connection, until it is gone; its largest send queue.
     let mut largest = 0;
-    let gone = tokio::time::timeout(HANG, async {
+    let gone = async {
+        // Sampled, to see the largest the queue gets.
         while let Some(queued) = send_queue(server.addr.port(), local_port) {
             largest = largest.max(queued);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    });
-    gone.await.expect("SEND_TIMEOUT closes the connection");
+    };
+    fixture::within("SEND_TIMEOUT closing the connection", gone).await;
     assert!(
         largest < 1024 * 1024,
         "the kernel held {largest} bytes for the client"

@@ -3,6 +3,12 @@
 //! helper in [`fixture`], which starts the real server on `127.0.0.1:0` with a temp storage
 //! directory.
 //!
+//! Plain `cargo test` runs what needs only Rust and this crate's binaries. A test that needs
+//! more (Node, Chromium, Python, Redis, Ceph RGW, nginx, systemd, root) is `#[ignore]`d with
+//! what it needs, and `scripts/test` installs that and runs them:
+//! `cargo test --test it -- --ignored`. The storage suites run each case on the files, and,
+//! ignored, on an object store ([`fixture::on_every_store!`]).
+//!
 //! One module: `cargo test --test it torture::`; one test: `cargo test --test it --
 //! --exact torture::sigkill_loses_no_acknowledged_write`.
 

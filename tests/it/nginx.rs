@@ -8,12 +8,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::fixture::{TestServer, hex_ref, token};
+use crate::fixture::{PATIENCE, TestServer, hex_ref, token};
 use blobs_testkit::RawClient;
 use serde_json::{Value, json};
-
-/// Longest any one step may take before the test fails instead of hanging.
-const STEP: Duration = Duration::from_secs(30);
 
 fn deployed_conf() -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx.conf"))
@@ -36,11 +33,12 @@ fn the_readme_shows_the_deployed_file() {
 }
 
 /// nginx running `deploy/nginx.conf`, with plain HTTP on a free loopback port instead of TLS on
-/// 443 and the test server as the upstream. Killed on drop.
+/// 443 and the test server as the upstream. Stopped on drop.
 struct Nginx {
     addr: SocketAddr,
+    /// The master process; it starts the worker.
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Nginx {
@@ -77,15 +75,14 @@ impl Nginx {
             .stdout(Stdio::null())
             .spawn()
             .expect("nginx runs (the test command installs it when missing)");
-        let nginx = Self {
-            addr,
-            child,
-            _dir: dir,
-        };
+        let nginx = Self { addr, child, dir };
         // Bounded wait for nginx to listen (it reads its configuration first).
         let started = Instant::now();
         while TcpStream::connect(addr).is_err() {
-            assert!(started.elapsed() < STEP, "nginx did not start");
+            assert!(
+                started.elapsed() < PATIENCE,
+                "nginx did not listen within {PATIENCE:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         nginx
@@ -98,7 +95,19 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        self.child.kill().ok();
+        // `nginx -s stop` has the master stop its worker, then exit; a SIGKILL of the master
+        // alone would leave the worker running, orphaned, on the port.
+        let stopped = Command::new("nginx")
+            .arg("-p")
+            .arg(self.dir.path())
+            .arg("-c")
+            .arg(self.dir.path().join("nginx.conf"))
+            .args(["-s", "stop"])
+            .stderr(Stdio::null())
+            .status();
+        if !matches!(stopped, Ok(status) if status.success()) {
+            self.child.kill().ok();
+        }
         self.child.wait().ok();
     }
 }
@@ -137,9 +146,12 @@ impl Polling {
 
     /// The next packet that starts with `prefix` (earlier ones, pings, are skipped).
     async fn receive(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + STEP;
+        let deadline = Instant::now() + PATIENCE;
         loop {
-            assert!(Instant::now() < deadline, "no packet {prefix}");
+            assert!(
+                Instant::now() < deadline,
+                "no packet {prefix} within {PATIENCE:?}"
+            );
             let payload = self.http.get(&self.url).send().await.unwrap();
             let payload = payload.text().await.unwrap();
             if let Some(packet) = payload.split('\u{1e}').find(|p| p.starts_with(prefix)) {
@@ -149,11 +161,11 @@ impl Polling {
     }
 }
 
-/// Reads `response` until its body so far contains `needle`, within [`STEP`]; the stream stays
-/// open, so what arrives came through unbuffered.
+/// Reads `response` until its body so far contains `needle`, within [`PATIENCE`]; the stream
+/// stays open, so what arrives came through unbuffered.
 async fn read_until(response: &mut reqwest::Response, needle: &str) -> String {
     let mut seen = String::new();
-    tokio::time::timeout(STEP, async {
+    tokio::time::timeout(PATIENCE, async {
         while !seen.contains(needle) {
             let chunk = response.chunk().await.unwrap().expect("stream still open");
             seen.push_str(&String::from_utf8_lossy(&chunk));
@@ -165,6 +177,7 @@ async fn read_until(response: &mut reqwest::Response, needle: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx (run by scripts/test)"]
 async fn the_deployed_nginx_config_carries_every_transport() {
     let server = TestServer::start_files_current().await;
     let nginx = Nginx::start(server.addr);

@@ -1,8 +1,8 @@
 //! The Socket.IO protocol of docs/PROTOCOL.md, row by row, checked with exact packets.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::fixture::{SECRET, TestServer, hex_ref, token};
+use crate::fixture::{self, SECRET, TestServer, hex_ref, token};
 use blobs_testkit::RawClient;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -386,8 +386,11 @@ async fn events_sent_on_connect_are_answered() {
         let addr = server.addr;
         tokio::spawn(async move {
             let mut client = RawClient::connect_token(addr, &token("b")).await.unwrap();
-            let ack = tokio::time::timeout(Duration::from_secs(20), client.call_raw("now", &[]));
-            assert!(ack.await.expect("answered").unwrap().contains("timestamp"));
+            let ack = fixture::within(
+                "the answer to now, sent on connect",
+                client.call_raw("now", &[]),
+            );
+            assert!(ack.await.unwrap().contains("timestamp"));
         })
     });
     for client in clients.collect::<Vec<_>>() {
@@ -477,7 +480,7 @@ async fn concurrent_sets_have_exactly_one_winner_per_version() {
     let server = TestServer::start().await;
     let r = hex_ref("66");
     let mut tasks = Vec::new();
-    for id in 0..CLIENTS {
+    for _ in 0..CLIENTS {
         let mut client = server.subscribed("b", &r).await;
         tasks.push(tokio::spawn(async move {
             let mut won = Vec::new();
@@ -492,7 +495,6 @@ async fn concurrent_sets_have_exactly_one_winner_per_version() {
                     won.push(current);
                 }
                 version = Some(current);
-                let _ = id;
             }
             won
         }));
@@ -524,7 +526,7 @@ async fn message_limits() {
 
     let over = format!(r#"420["set",{{"data":"{}"}}]"#, "A".repeat(3 * 1024 * 1024));
     big.send_engine(&over).await.ok();
-    let closed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+    let closed = fixture::within("the close after the oversized frame", async {
         while let Ok(packet) = big.recv().await {
             assert!(
                 !packet.starts_with("30"),
@@ -532,9 +534,7 @@ async fn message_limits() {
             );
         }
     });
-    closed
-        .await
-        .expect("the oversized frame closes the connection");
+    closed.await;
     assert!(bystander.call1("now", Value::Null).await.unwrap()["timestamp"].is_u64());
     assert_eq!(
         bystander.call1("get", json!({"known": 1})).await.unwrap(),

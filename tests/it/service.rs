@@ -3,10 +3,10 @@
 //! sweep, and the metadata stream over HTTP and Socket.IO.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::fixture::service_api::{Api, PNG, next_line, subscription};
-use crate::fixture::{TestServer, read_only_token, token};
+use crate::fixture::{self, TestServer, read_only_token, token};
 use blobs::names::ContentHash;
 use futures_util::StreamExt;
 use reqwest::multipart::{Form, Part};
@@ -318,15 +318,6 @@ async fn listing_by_semantics_newest_first_in_pages() {
     server.stop().await;
 }
 
-/// Waits, within a bound, until `done` holds (the retention sweep runs in the background).
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} did not happen in time");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// An expired upload is gone for readers at once; the sweep then deletes its record and the
 /// content nothing else refers to, while content another record or a shared flow still
 /// needs survives.
@@ -383,12 +374,13 @@ async fn retention_expires_readers_at_once_and_the_sweep_frees_content() {
     assert_eq!(handles_of(&api.list("").await), [shared_forever.as_str()]);
 
     let alone_path = content_path(&server, "b", &alone);
-    eventually("the sweep removing unreferenced content", || {
+    // The retention sweep runs in the background.
+    fixture::eventually("the sweep removing unreferenced content", async || {
         !alone_path.exists()
     })
     .await;
     let records = server.storage().join("b/handles");
-    eventually("the sweep removing expired records", || {
+    fixture::eventually("the sweep removing expired records", async || {
         files_under(&records).len() == 1
     })
     .await;
@@ -509,9 +501,8 @@ async fn an_idle_stream_gets_keep_alive_newlines() {
     let response = api.subscribe(&subscription(None)).await;
     let mut stream = response.bytes_stream();
     for _ in 0..2 {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        let chunk = fixture::within("a keep-alive newline", stream.next())
             .await
-            .expect("a keep-alive in time")
             .unwrap()
             .unwrap();
         assert_eq!(chunk.as_ref(), b"\n");
@@ -624,7 +615,10 @@ async fn the_sweep_removes_content_a_crash_left_without_a_record() {
 
     let server = TestServer::start_with(storage, &["--retention-sweep-interval", "100ms"]).await;
     let orphan = content_path(&server, "b", &bytes);
-    eventually("the sweep removing orphaned content", || !orphan.exists()).await;
+    fixture::eventually("the sweep removing orphaned content", async || {
+        !orphan.exists()
+    })
+    .await;
     assert!(files_under(&server.storage().join("b/cas")).is_empty());
     server.stop().await;
 }

@@ -260,9 +260,11 @@ async fn sigterm_under_load_loses_nothing() {
         let written = ledger.values().filter(|e| e.acked > 0).count();
         written == REFS && ledger.values().map(|e| e.acked).sum::<u64>() >= 300
     };
-    while !loaded() {
-        tokio::task::yield_now().await;
-    }
+    fixture::eventually(
+        "the load building up (every ref written, 300 writes acknowledged)",
+        async || loaded(),
+    )
+    .await;
     server.terminate();
     let mut acknowledged = 0;
     for task in writers {
