@@ -159,6 +159,7 @@ impl<A: Adapter> Session<A> {
     /// waiting events is queued too, as its refusal: every answer then goes out in order, and
     /// waits for room like any other instead of overflowing the socket's send queue.
     pub(super) fn enqueue(self: &Arc<Self>, mut job: Job<A>) {
+        self.state.event_received();
         let limits = self.state.admission().events;
         let refused = {
             let mut queue = self.queue.lock().expect("queue lock poisoned");

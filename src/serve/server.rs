@@ -218,7 +218,7 @@ async fn serve<A: Adapter>(
     });
     let connections = accept::serve(listener, app, limits, open, shutdown).await;
     tracing::info!("shutting down: finishing accepted events");
-    state.drain().await;
+    state.drain(SHUTDOWN_GRACE).await;
     // The background tasks end with the drain and the change hub; none checkpoints after the
     // final checkpoint, and none holds the store once the server has stopped.
     background.join_all().await;

@@ -1,6 +1,8 @@
 //! The one state handle every connection shares.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -45,6 +47,8 @@ struct Inner {
     /// Tasks that run client events; shutdown waits for them so every write that started is
     /// finished and acknowledged before the sockets close.
     tasks: TaskTracker,
+    /// Events read from every socket so far: shutdown waits until it stops growing.
+    events_received: AtomicU64,
     /// The one shutdown signal, cancelled once shutdown begins: new events are refused with an
     /// `{ error }` ack, no reply waits any more for a client that does not read, HTTP streams
     /// end, and the background tasks stop.
@@ -126,6 +130,7 @@ impl AppState {
             changes: Changes::new(config.max_watches, shutdown.clone()),
             admission,
             tasks: TaskTracker::new(),
+            events_received: AtomicU64::new(0),
             shutdown,
             census: OnceLock::new(),
             config,
@@ -319,10 +324,34 @@ impl AppState {
         }
     }
 
-    /// Refuses new events and waits until every event already accepted has been answered.
-    pub async fn drain(&self) {
+    /// Counts one event read from a socket, for [`AppState::drain`].
+    pub fn event_received(&self) {
+        self.0.events_received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Refuses new events and waits until every event already accepted has been answered, then
+    /// until no event has arrived for [`QUIET`] (at most `grace`): the events a client sent
+    /// just before the shutdown, still in the socket's buffers when it began, are read and
+    /// refused with an answer instead of cut off unread when the transports close.
+    pub async fn drain(&self, grace: Duration) {
         self.0.shutdown.cancel();
         self.0.tasks.close();
+        let _ = tokio::time::timeout(grace, async {
+            self.0.tasks.wait().await;
+            loop {
+                let seen = self.0.events_received.load(Ordering::Relaxed);
+                tokio::time::sleep(QUIET).await;
+                if self.0.events_received.load(Ordering::Relaxed) == seen {
+                    break;
+                }
+            }
+        })
+        .await;
+        // Events that arrived within the quiet period were refused at once, yet their answers
+        // are tracked like any other.
         self.0.tasks.wait().await;
     }
 }
+
+/// How long no event may arrive before the transports close at shutdown.
+pub const QUIET: Duration = Duration::from_millis(200);
