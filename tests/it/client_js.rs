@@ -45,6 +45,8 @@ async fn the_library_and_the_inspector_pass_their_suites() {
         .current_dir(library())
         .env("BLOBS_BIN", env!("CARGO_BIN_EXE_blobs"))
         .env("BLOBS_TOKEN_BIN", env!("CARGO_BIN_EXE_token"))
+        // Each wait of a test gets half its timeout, so it fails first, naming what it awaited.
+        .env("BLOBS_PATIENCE_MS", (PATIENCE.as_millis() / 2).to_string())
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(LIMIT, run)

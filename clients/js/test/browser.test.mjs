@@ -6,7 +6,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 import { chromium } from 'playwright-core';
 
-import { newRef, startServer, token } from './server.mjs';
+import { newRef, patience, startServer, token } from './server.mjs';
 
 const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const bundle = readFileSync(new URL('../dist/blobs-client.browser.js', import.meta.url), 'utf8');
@@ -36,6 +36,7 @@ after(async () => {
 
 test('the bundle in Chromium: updates, a watch and the HTTP client', async () => {
   const page = await browser.newPage();
+  page.setDefaultTimeout(patience);
   // Served from the server's own origin, as an app behind the same host would be.
   await page.route(`${server.url}/library.html`, (route) =>
     route.fulfill({ contentType: 'text/html', body: '<!doctype html><title>library</title>' }),
@@ -45,7 +46,7 @@ test('the bundle in Chromium: updates, a watch and the HTTP client', async () =>
   );
   await page.goto(`${server.url}/library.html`);
   const result = await page.evaluate(
-    async ({ url, token, ref }) => {
+    async ({ url, token, ref, patience }) => {
       const { connect, connectHttp, text } = await import('/blobs-client.js');
       const watcher = connect(url, { token, transports: ['websocket'] });
       const versions = [];
@@ -59,7 +60,7 @@ test('the bundle in Chromium: updates, a watch and the HTTP client', async () =>
           for (let i = 0; i < 50; i++) await client.blob(ref).update(increment, { retries: 1000 });
         }),
       );
-      const deadline = Date.now() + 20_000;
+      const deadline = Date.now() + patience;
       while (versions.at(-1) !== 400 && Date.now() < deadline) {
         await new Promise((wake) => setTimeout(wake, 10));
       }
@@ -68,7 +69,7 @@ test('the bundle in Chromium: updates, a watch and the HTTP client', async () =>
       watcher.close();
       return { versions, data: text(read.data), version: read.version };
     },
-    { url: server.url, token: token('browser'), ref: newRef() },
+    { url: server.url, token: token('browser'), ref: newRef(), patience },
   );
   assert.equal(result.data, '400');
   assert.equal(result.version, 400);

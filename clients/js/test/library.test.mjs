@@ -4,13 +4,13 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
 import { Blob as DeprecatedBlob, BlobHandle, blake3Hex, connect, connectHttp, text } from '../dist/index.js';
-import { newRef, startServer, token } from './server.mjs';
+import { newRef, patience, startServer, token } from './server.mjs';
 
 const increment = (bytes) => String(Number(bytes ? text(bytes) || '0' : '0') + 1);
 
 /// Resolves once `predicate()` holds, checking after every event `emitter` would fire; here,
 /// polled with a bounded number of short waits (the condition is on state the callbacks set).
-async function until(predicate, what, limit = 20_000) {
+async function until(predicate, what, limit = patience) {
   const deadline = Date.now() + limit;
   while (!predicate()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);

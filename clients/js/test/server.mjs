@@ -6,6 +6,10 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
+/** How long a test waits for anything (BLOBS_PATIENCE_MS): generous, because the machine
+ * may be busy; past it the test fails naming what it waited for. */
+export const patience = Number(process.env.BLOBS_PATIENCE_MS ?? 300_000);
+
 const SECRET = 'client-library-test-secret';
 const bin = process.env.BLOBS_BIN;
 const tokenBin = process.env.BLOBS_TOKEN_BIN;
@@ -46,13 +50,14 @@ export async function startServer(env = {}) {
     const exited = new Promise((resolve) => child.once('exit', resolve));
     child.exited = exited;
     // Ready once it answers; bounded, and failing loudly if it exits.
-    for (let attempt = 0; attempt < 600; attempt++) {
+    const deadline = Date.now() + patience;
+    while (Date.now() < deadline) {
       if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}`);
       const ok = await fetch(`${url}/healthz`).then((r) => r.ok, () => false);
       if (ok) return;
       await new Promise((wake) => setTimeout(wake, 50));
     }
-    throw new Error('server did not answer within 30 s');
+    throw new Error(`server did not answer /healthz within ${patience} ms`);
   };
   await launch();
   const stop = async () => {
