@@ -1,6 +1,7 @@
 //! The operator's commands: `blobs check`, `backup`, `restore`, `migrate`, `revoke` and
 //! `usage`. They read the same configuration as the server (`STORE`, `STORAGE`, `S3_*`), and
-//! act on the store it names.
+//! act on the store it names. They stand on storage, `auth` and the Blob Service's records,
+//! and never import the server, its state or a transport.
 //!
 //! A file store is locked by the server that runs on it (`<STORAGE>/.lock`, an advisory lock
 //! the kernel drops with the process). Commands that must not run beside a server (`check

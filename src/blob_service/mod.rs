@@ -1,6 +1,7 @@
 //! The Blob Service (the ActyxOS Blob Service API): uploads with a meaning (`semantics`) and
 //! a lifetime (`retentionPolicy`), named by a handle, stored once in the bucket's content
-//! store, and announced on the bucket's metadata stream.
+//! store, and announced on the bucket's metadata stream. It stands on storage and, across
+//! nodes, on `cluster`; it never imports a transport (`http`, `protocol`) or `serve`.
 //!
 //! Each upload is a record, one JSON document per handle at
 //! `<bucket>/handles/<handle[0..2]>/<handle>.json`, as a file or as an object ([`record_store`]);

@@ -1,7 +1,8 @@
 //! Several nodes on one Redis (`REDIS_URL`), through one client library (redis-rs) and one
 //! connection that every use shares: the Socket.IO adapter's channels (this is its
 //! [`Driver`]), the relay of changes and records between nodes ([`relay`]), and the Blob
-//! Service's order lock.
+//! Service's order lock. It imports only the shared modules: what travels is serialized by
+//! its users, so it knows no storage, state or transport.
 //!
 //! The connection speaks RESP3, so pub/sub messages arrive as pushes on the same connection
 //! as commands. When it drops, redis-rs connects again and subscribes to every channel again

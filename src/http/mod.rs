@@ -1,7 +1,8 @@
 //! The HTTP API: versioned blobs with ETags and their change stream (`/v1`), content named by
 //! its hash (`/blobs/{hash}`), the Blob Service (`/api/v1`), health, and the OpenAPI document
 //! of them all. Every route shares one error type ([`error`]), one way to authenticate
-//! ([`auth`]) and one way to page ([`paging`]). This module never touches files.
+//! ([`auth`]) and one way to page ([`paging`]). This module never touches files, and never
+//! imports `protocol` or the server's assembly.
 
 use std::time::Instant;
 

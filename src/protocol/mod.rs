@@ -1,6 +1,8 @@
 //! The Socket.IO protocol of the original: authentication, and the `now`, `ref`, `get` and
 //! `set` events with their acknowledgements, plus `changed` to the other subscribers of a blob.
 //! The content-addressed blob flow ([`content`]) shares the connection, its token and its queue.
+//! It uses the state and the change hub (`serve::state`, `serve::changes`), the edge's
+//! admission, `auth` and storage; it never imports `http` or the server's assembly.
 //!
 //! Two properties shape this module:
 //! - **Events take effect in the order a socket sent them.** socketioxide runs every async
