@@ -29,6 +29,7 @@ mod hostile;
 mod http;
 mod interop;
 mod journal;
+mod layers;
 mod limits;
 mod nginx;
 mod operate;
