@@ -30,8 +30,8 @@ use crate::storage::objects::{Objects, Reread};
 /// How often a server reads the list again: a revocation applies within about this long.
 pub const POLL: Duration = Duration::from_secs(1);
 
-/// Name of the list, at the top of the storage (a dot: never a bucket).
-pub use crate::storage::layout::REVOCATIONS_FILE as FILE_NAME;
+// The list's name, at the top of the storage (a dot: never a bucket), is the layout's.
+use crate::storage::layout::REVOCATIONS_FILE as FILE_NAME;
 
 /// Rounds of read, change and conditional write one revocation may take while other
 /// revocations keep winning.

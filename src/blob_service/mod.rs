@@ -40,7 +40,7 @@ use order_lock::{Applied, Order, Relayed};
 pub use record::{
     MAX_SEMANTICS, Metadata, Record, RetentionPolicy, STREAM_NAME, STREAM_SEMANTICS, Shown, Upload,
 };
-pub use record_store::{HANDLES_DIR, RecordStore};
+pub use record_store::RecordStore;
 pub use sweep::Swept;
 
 /// A storage failure; every variant is logged with its detail, and the client sees a 500

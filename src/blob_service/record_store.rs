@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 
 use crate::names::{Bucket, Handle};
 use crate::storage::durable;
-pub use crate::storage::layout::{HANDLES_DIR, record_name as name};
+use crate::storage::layout::{HANDLES_DIR, record_name as name};
 use crate::storage::objects::Objects;
 
 use super::{Record, Result};
