@@ -23,15 +23,14 @@ use object_store::UpdateVersion;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+// The list's name, at the top of the storage (a dot: never a bucket), is the layout's.
 use crate::auth::Grant;
 use crate::names::Bucket;
+use crate::storage::layout::REVOCATIONS_FILE as FILE_NAME;
 use crate::storage::objects::{Objects, Reread};
 
 /// How often a server reads the list again: a revocation applies within about this long.
 pub const POLL: Duration = Duration::from_secs(1);
-
-// The list's name, at the top of the storage (a dot: never a bucket), is the layout's.
-use crate::storage::layout::REVOCATIONS_FILE as FILE_NAME;
 
 /// Rounds of read, change and conditional write one revocation may take while other
 /// revocations keep winning.
