@@ -163,9 +163,16 @@ impl<A: Adapter> Session<A> {
         let limits = self.state.admission().events;
         let refused = {
             let mut queue = self.queue.lock().expect("queue lock poisoned");
+            let shutting_down = self.state.shutdown().is_cancelled();
             let refused = match queue.limiter.check(Instant::now()) {
-                _ if self.state.shutdown().is_cancelled() => Some(AckError::Closing),
                 _ if self.closed.load(Ordering::Acquire) => return,
+                // At shutdown every event is refused, in order behind the answers still due,
+                // and within the same bound on what may wait.
+                _ if shutting_down && queue.jobs.len() >= 2 * limits.pending() => {
+                    job.work = Work::Disconnect("too many events waiting to be answered");
+                    None
+                }
+                _ if shutting_down => Some(AckError::Closing),
                 _ if crate::auth::has_passed(self.grant.expires) => Some(AckError::TokenExpired),
                 _ if self.state.revocations().revokes(&self.grant) => Some(AckError::TokenRevoked),
                 // Refusals wait too; so many of them is a client that does not read.
@@ -193,7 +200,10 @@ impl<A: Adapter> Session<A> {
                     self.push(&mut queue, job);
                     return;
                 }
-                (Some(error @ (AckError::RateLimited | AckError::Busy)), Work::Call(call)) => {
+                (
+                    Some(error @ (AckError::RateLimited | AckError::Busy | AckError::Closing)),
+                    Work::Call(call),
+                ) => {
                     let refusal = Call {
                         args: Err(error),
                         ..call
@@ -308,6 +318,11 @@ impl<A: Adapter> Session<A> {
             Ok(args) => args,
             Err(error) => return self.answer(socket, event, ack, Err(error)),
         };
+        // An event that had not started when shutdown began is refused, not run: shutdown
+        // finishes the events in progress, and the rest cost one small answer each.
+        if self.state.shutdown().is_cancelled() {
+            return self.answer(socket, event, ack, Err(AckError::Closing));
+        }
         let arg = args.first();
         let reply = match event {
             Event::Now => Ok(Reply::Value(json!({ "timestamp": now_ms() }))),
