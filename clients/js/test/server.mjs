@@ -1,7 +1,7 @@
 // The Blobs server of this build for the library's tests: BLOBS_BIN (the `blobs` binary) on a
 // free loopback port with a temp storage directory; tokens from BLOBS_TOKEN_BIN (`token`).
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -35,8 +35,9 @@ function freePort() {
   });
 }
 
-/// Starts a server; `env` adds settings. `stop()` sends SIGTERM and waits for the exit;
-/// `restart()` stops it and starts it again on the same port and storage.
+/// Starts a server; `env` adds settings. `stop()` sends SIGTERM, waits for the exit and removes
+/// the server's temp storage; `restart()` stops it and starts it again on the same port and
+/// storage.
 export async function startServer(env = {}) {
   const storage = mkdtempSync(join(tmpdir(), 'blobs-client-'));
   const port = await freePort();
@@ -60,16 +61,19 @@ export async function startServer(env = {}) {
     throw new Error(`server did not answer /healthz within ${patience} ms`);
   };
   await launch();
-  const stop = async () => {
+  const halt = async () => {
     child.kill('SIGTERM');
     await child.exited;
   };
   return {
     url,
     storage,
-    stop,
+    async stop() {
+      await halt();
+      rmSync(storage, { recursive: true, force: true });
+    },
     async restart() {
-      await stop();
+      await halt();
       await launch();
     },
   };
