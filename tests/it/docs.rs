@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use crate::fixture::rust_sources;
+
 /// The targets of the Markdown links `[text](target)` in `text`.
 fn link_targets(text: &str) -> Vec<&str> {
     text.split("](")
@@ -68,14 +70,11 @@ fn code_identifiers(text: &str) -> Vec<&str> {
 }
 
 /// The crate's source files by module name (`accept` for `src/edge/accept.rs`, `admission`
-/// for `src/edge/admission/mod.rs`), their comments left out, so a name only a comment still
-/// mentions is not found.
-fn modules_of(dir: &Path, modules: &mut Vec<(String, String)>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            modules_of(&path, modules);
-        } else if path.extension().is_some_and(|e| e == "rs") {
+/// for `src/edge/admission/mod.rs`), their comments left out.
+fn modules_of(dir: &Path) -> Vec<(String, String)> {
+    rust_sources(dir)
+        .into_iter()
+        .map(|(path, code)| {
             let stem = path.file_stem().unwrap().to_str().unwrap();
             let name = if stem == "mod" {
                 path.parent()
@@ -87,15 +86,9 @@ fn modules_of(dir: &Path, modules: &mut Vec<(String, String)>) {
             } else {
                 stem
             };
-            let code = std::fs::read_to_string(&path)
-                .unwrap()
-                .lines()
-                .filter(|line| !line.trim_start().starts_with("//"))
-                .collect::<Vec<_>>()
-                .join("\n");
-            modules.push((name.to_owned(), code));
-        }
-    }
+            (name.to_owned(), code)
+        })
+        .collect()
 }
 
 /// Whether `word` occurs in `code` with no identifier character on either side.
@@ -137,8 +130,7 @@ fn exists(modules: &[(String, String)], identifier: &str) -> bool {
 fn the_architecture_names_only_identifiers_that_exist() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(root.join("docs/ARCHITECTURE.md")).unwrap();
-    let mut modules = Vec::new();
-    modules_of(&root.join("src"), &mut modules);
+    let modules = modules_of(&root.join("src"));
     let identifiers = code_identifiers(&text);
     let missing: Vec<&str> = identifiers
         .iter()

@@ -464,3 +464,25 @@ pub fn s3_client(s3: &S3Server) -> Arc<dyn object_store::ObjectStore> {
         .expect("S3 client"),
     )
 }
+
+/// Every Rust file under `path` (or `path` itself), with its code: comment lines left out, so
+/// a name only a comment mentions is not taken for code. For the tests that read the source.
+pub fn rust_sources(path: &Path) -> Vec<(PathBuf, String)> {
+    if path.is_dir() {
+        let mut sources = Vec::new();
+        for entry in std::fs::read_dir(path).unwrap() {
+            sources.extend(rust_sources(&entry.unwrap().path()));
+        }
+        return sources;
+    }
+    if path.extension().is_none_or(|e| e != "rs") {
+        return Vec::new();
+    }
+    let code = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    vec![(path.to_owned(), code)]
+}

@@ -1,7 +1,9 @@
 //! The layering `docs/ARCHITECTURE.md` promises, checked on the source: each folder imports
 //! only the layers below it, and nothing but the crate's root imports the server's assembly.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use crate::fixture::rust_sources;
 
 /// What each part of `src/` must never name (`crate::<module>`), as the architecture says.
 const RULES: &[(&str, &[&str])] = &[
@@ -93,26 +95,10 @@ const RULES: &[(&str, &[&str])] = &[
     ),
 ];
 
-fn rust_files(path: &Path, files: &mut Vec<PathBuf>) {
-    if path.is_dir() {
-        for entry in std::fs::read_dir(path).unwrap() {
-            rust_files(&entry.unwrap().path(), files);
-        }
-    } else if path.extension().is_some_and(|e| e == "rs") {
-        files.push(path.to_owned());
-    }
-}
-
-/// The `crate::` paths `file`'s code names, comments and unit tests left out, grouped imports
+/// The `crate::` paths `code` names, its unit tests left out, grouped imports
 /// (`use crate::{a, b::c}`) spelled out as `crate::a`, `crate::b::c`.
-fn crate_paths(file: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(file).unwrap();
-    let text = text.split("#[cfg(test)]\nmod tests").next().unwrap();
-    let code: String = text
-        .lines()
-        .filter(|line| !line.trim_start().starts_with("//"))
-        .collect::<Vec<_>>()
-        .join("\n");
+fn crate_paths(code: &str) -> Vec<String> {
+    let code = code.split("#[cfg(test)]\nmod tests").next().unwrap();
     let mut paths = Vec::new();
     for (at, _) in code.match_indices("crate::") {
         let rest = &code[at + "crate::".len()..];
@@ -141,11 +127,10 @@ fn every_layer_imports_only_the_layers_below_it() {
     let mut broken = Vec::new();
     let mut checked = 0;
     for (part, forbidden) in RULES {
-        let mut files = Vec::new();
-        rust_files(&src.join(part), &mut files);
-        assert!(!files.is_empty(), "src/{part} has no Rust file");
-        for file in files {
-            for path in crate_paths(&file) {
+        let sources = rust_sources(&src.join(part));
+        assert!(!sources.is_empty(), "src/{part} has no Rust file");
+        for (file, code) in sources {
+            for path in crate_paths(&code) {
                 checked += 1;
                 if forbidden.iter().any(|module| names(&path, module)) {
                     broken.push(format!("{} names {path}", file.display()));
@@ -155,11 +140,9 @@ fn every_layer_imports_only_the_layers_below_it() {
     }
     // Nothing imports the server's assembly but the crate's root and the `serve` folder's own
     // module list.
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
-    for file in files {
+    for (file, code) in rust_sources(&src) {
         let own = file.ends_with("lib.rs") || file.ends_with("serve/mod.rs");
-        for path in crate_paths(&file) {
+        for path in crate_paths(&code) {
             if !own && names(&path, "serve::server") {
                 broken.push(format!("{} names {path}", file.display()));
             }
