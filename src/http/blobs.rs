@@ -246,6 +246,7 @@ async fn write(
         ip: client_addr::client_address(peer.ip(), headers, &state.config().trusted_proxies)
             .to_string(),
         now: now_ms(),
+        id: None,
     };
     match state.set_blob(&bucket, &r, request).await? {
         SetOutcome::Committed { version, .. } => {
@@ -269,6 +270,12 @@ async fn write(
             Ok(response)
         }
         SetOutcome::Conflict(current) => precondition_failed(current.as_deref()),
+        // Only a write with an id is ever repeated, and HTTP writes carry none.
+        SetOutcome::Repeated { version } => {
+            let mut response = StatusCode::OK.into_response();
+            response.headers_mut().insert(header::ETAG, etag(version));
+            Ok(response)
+        }
         SetOutcome::PreconditionRequired(current) => {
             let mut response = ApiError::PreconditionRequired.into_response();
             response

@@ -12,7 +12,9 @@ use crate::clock::now_ms;
 use crate::names::Ref;
 use crate::protocol::ack::AckError;
 use crate::serve::changes::{self, Change, RefKey, ServerFull, ref_key};
-use crate::storage::store::{Edit, Expect, MAX_VERSION, SetOutcome, SetRequest, live};
+use crate::storage::store::{
+    Edit, Expect, MAX_VERSION, MAX_WRITE_ID, SetOutcome, SetRequest, live,
+};
 
 use super::session::Session;
 
@@ -121,12 +123,14 @@ impl<A: Adapter> Session<A> {
         let params = object(arg)?;
         let version = optional_version(params, "version")?;
         let data = optional_data(params, self.state.max_data_chars())?;
+        let id = write_id(params)?;
         let r = self.target(params)?;
         let request = SetRequest {
             edit: Edit::Put(data),
             expect: Expect::Protocol(version),
             ip: self.ip.clone(),
             now: now_ms(),
+            id: id.clone(),
         };
         let outcome = self.state.set_blob(&self.bucket, &r, request).await;
         match outcome? {
@@ -143,11 +147,17 @@ impl<A: Adapter> Session<A> {
             }
             // A protocol write always finds something to conflict with (a missing blob is
             // created), so `current` is the live blob or its tombstone (which has no data).
+            // Committed before, under the same id: answered as then, and announced then.
+            SetOutcome::Repeated { version } => {
+                Ok(Reply::Value(json!({ "success": true, "version": version })))
+            }
             SetOutcome::Conflict(Some(current)) | SetOutcome::PreconditionRequired(current) => {
                 Ok(Reply::Stale(Stale {
                     success: false,
                     data: current.data.clone(),
                     version: current.version,
+                    unknown: id.is_some()
+                        && current.may_have_forgotten(version.unwrap_or_default()),
                 }))
             }
             SetOutcome::Conflict(None) => Ok(Reply::Value(json!({ "success": false }))),
@@ -187,13 +197,18 @@ pub(super) fn json_min_len(value: &Value) -> u64 {
     }
 }
 
-/// `{ success: false, data?, version }`.
+/// `{ success: false, data?, version, unknown? }`.
 #[derive(serde::Serialize)]
 pub(super) struct Stale {
     success: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<String>,
     version: u64,
+    /// A `set` with an `id` that the blob may have forgotten (see
+    /// [`Blob::may_have_forgotten`](crate::storage::store::Blob::may_have_forgotten)): an
+    /// earlier send of it may have committed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    unknown: bool,
 }
 
 impl Reply {
@@ -205,7 +220,10 @@ impl Reply {
             Reply::Empty => 2,
             Reply::Value(value) => json_min_len(value),
             Reply::Events(events) => events.iter().map(|(_, value)| json_min_len(value)).sum(),
-            Reply::Stale(stale) => 29 + stale.data.as_ref().map_or(0, |d| d.len() as u64 + 10),
+            Reply::Stale(stale) => {
+                29 + stale.data.as_ref().map_or(0, |d| d.len() as u64 + 10)
+                    + if stale.unknown { 15 } else { 0 }
+            }
         }
     }
 }
@@ -262,6 +280,23 @@ pub(super) fn optional_version(
     }
 }
 
+/// `id` of a `set`: absent or `null` is `None`; otherwise 1 to [`MAX_WRITE_ID`] letters,
+/// digits, `-` or `_`, which the blob remembers (see [`SetRequest::id`]).
+fn write_id(params: &Map<String, Value>) -> Result<Option<String>, AckError> {
+    match params.get("id") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(id))
+            if (1..=MAX_WRITE_ID).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            Ok(Some(id.clone()))
+        }
+        Some(_) => Err(AckError::InvalidId),
+    }
+}
+
 /// `data`: absent or `null` is `None`; otherwise standard base64 (padding optional, no
 /// whitespace) of at most `max_chars` characters, kept exactly as sent.
 pub(super) fn optional_data(
@@ -311,13 +346,16 @@ mod tests {
             assert!(json_min_len(&value) <= text.len() as u64, "{text}");
         }
         for data in [None, Some(String::new()), Some("aGk=".to_owned())] {
-            let stale = Stale {
-                success: false,
-                data: data.clone(),
-                version: 1,
-            };
-            let text = serde_json::to_string(&stale).unwrap();
-            assert_eq!(Reply::Stale(stale).min_len(), text.len() as u64, "{text}");
+            for unknown in [false, true] {
+                let stale = Stale {
+                    success: false,
+                    data: data.clone(),
+                    version: 1,
+                    unknown,
+                };
+                let text = serde_json::to_string(&stale).unwrap();
+                assert_eq!(Reply::Stale(stale).min_len(), text.len() as u64, "{text}");
+            }
         }
     }
 

@@ -12,6 +12,7 @@ fn set_request(version: u64, data: &str) -> SetRequest {
         expect: Expect::Protocol((version > 0).then_some(version)),
         ip: "127.0.0.1".into(),
         now: 1_700_000_000_000 + version,
+        id: None,
     }
 }
 

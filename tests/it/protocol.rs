@@ -184,6 +184,89 @@ async fn set_is_compare_and_swap_and_get_honours_known() {
     server.stop().await;
 }
 
+/// A `set` with an `id` is done once: sent again (its answer lost with a connection), even
+/// after other writes and a restart, it is answered with the version it made and writes
+/// nothing; a stale one whose id the blob may have forgotten says `unknown`; a bad id is an
+/// `{ error }`.
+#[tokio::test]
+async fn a_set_sent_again_under_its_id_is_not_applied_twice() {
+    let server = TestServer::start().await;
+    let r = hex_ref("0a");
+    let mut client = server.subscribed("b", &r).await;
+    let mut watcher = server.subscribed("b", &r).await;
+    let first = json!({"data": "aGk=", "id": "intent-1"});
+    let done = json!({"success": true, "version": 1});
+    assert_eq!(client.call1("set", first.clone()).await.unwrap(), done);
+    assert_eq!(watcher.recv().await.unwrap(), r#"2["changed"]"#);
+    assert_eq!(client.call1("set", first.clone()).await.unwrap(), done);
+    // Another write, without an id, in between.
+    let other = json!({"data": "eA==", "version": 1});
+    assert_eq!(client.call1("set", other).await.unwrap()["version"], 2);
+    assert_eq!(watcher.recv().await.unwrap(), r#"2["changed"]"#);
+    let storage = server.stop().await;
+
+    let server = TestServer::start_in(storage).await;
+    let mut client = server.subscribed("b", &r).await;
+    let mut watcher = server.subscribed("b", &r).await;
+    assert_eq!(client.call1("set", first).await.unwrap(), done);
+    assert_eq!(
+        client.call1("get", json!({})).await.unwrap(),
+        json!({"data": "eA==", "version": 2}),
+        "the repeated write wrote nothing"
+    );
+    // Nothing was announced either: past one round trip, the watcher has nothing waiting.
+    assert!(
+        watcher
+            .call_raw("now", &[])
+            .await
+            .unwrap()
+            .contains("timestamp")
+    );
+    assert!(
+        tokio::time::timeout(std::time::Duration::ZERO, watcher.recv())
+            .await
+            .is_err(),
+        "no change was announced for the repeated write"
+    );
+
+    // The blob remembers the last 16 ids: a stale write whose earlier send would be older
+    // than those may have committed, and says so.
+    for version in 2..20u64 {
+        let write = json!({"data": "eA==", "version": version, "id": format!("w{version}")});
+        assert_eq!(
+            client.call1("set", write).await.unwrap()["version"],
+            version + 1
+        );
+    }
+    let stale = |version: u64| json!({"data": "eA==", "version": version, "id": "lost"});
+    assert_eq!(
+        client.call1("set", stale(2)).await.unwrap(),
+        json!({"success": false, "data": "eA==", "version": 20, "unknown": true})
+    );
+    assert_eq!(
+        client.call1("set", stale(4)).await.unwrap(),
+        json!({"success": false, "data": "eA==", "version": 20}),
+        "version 5 was made by w4, which the blob remembers: this write never committed"
+    );
+    for bad in [
+        json!(""),
+        json!("a".repeat(65)),
+        json!("a b"),
+        json!(7),
+        json!("é"),
+    ] {
+        let ack = client
+            .call1("set", json!({"data": "eA==", "version": 20, "id": bad}))
+            .await
+            .unwrap();
+        assert!(
+            ack["error"].as_str().unwrap().contains("Invalid id"),
+            "{bad}: {ack}"
+        );
+    }
+    server.stop().await;
+}
+
 /// Without a subscription `get` and `set` answer "Reference is not provided"; `ref(null)`
 /// unsubscribes; refs are lower-cased, so both cases name one blob.
 #[tokio::test]

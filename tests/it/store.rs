@@ -614,6 +614,7 @@ fn put(expect: Expect, data: &str) -> SetRequest {
         expect,
         ip: "127.0.0.1".into(),
         now: now_ms(),
+        id: None,
     }
 }
 
@@ -693,6 +694,7 @@ async fn tombstones(test_store: TestStore) {
         expect: Expect::Version(1),
         ip: "127.0.0.1".into(),
         now: now_ms(),
+        id: None,
     };
     assert_eq!(
         committed(store.set(&b, &one, delete).await.unwrap()),
@@ -737,6 +739,7 @@ async fn listing(test_store: TestStore) {
         expect: Expect::Version(1),
         ip: "127.0.0.1".into(),
         now: now_ms(),
+        id: None,
     };
     committed(store.set(&b, &r("10"), delete).await.unwrap());
     let refs = |page: Vec<(Ref, blobs::storage::store::Listed)>| {

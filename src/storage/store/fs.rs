@@ -826,6 +826,7 @@ mod tests {
             expect: Expect::Protocol(None),
             ip: "203.0.113.7".to_owned(),
             now: 1,
+            id: None,
         }
     }
 
@@ -860,6 +861,7 @@ mod tests {
             ip: "203.0.113.7".into(),
             data: Some(data.clone()),
             deleted: false,
+            writes: Vec::new(),
         });
         let mut peak = 0;
         for i in 0..200u32 {

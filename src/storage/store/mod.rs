@@ -27,8 +27,15 @@ pub use object::ObjectBlobs;
 /// (and the next one) stays exact in a browser.
 pub const MAX_VERSION: u64 = (1 << 53) - 1;
 
+/// Write ids a blob remembers: the last this many writes that carried one (see
+/// [`Blob::writes`]).
+pub const WRITE_IDS: usize = 16;
+
+/// Longest write id a client may send.
+pub const MAX_WRITE_ID: usize = 64;
+
 /// One blob, exactly as stored in `<bucket>/<ref[0..2]>/<ref>.json` (the original's format,
-/// plus `deleted` on tombstones).
+/// plus `deleted` on tombstones and `writes` on blobs written with write ids).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Blob {
     /// Base64 text as the client sent it; absent when the blob has a version and no data.
@@ -46,6 +53,17 @@ pub struct Blob {
     /// A tombstone: the blob was deleted at this version.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
+    /// The last [`WRITE_IDS`] writes that carried a write id, oldest first: a write sent again
+    /// with the same id is answered with the version it made instead of being applied twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writes: Vec<WriteRecord>,
+}
+
+/// A write id and the version its write made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteRecord {
+    pub id: String,
+    pub version: u64,
 }
 
 fn unknown_ip() -> String {
@@ -56,6 +74,19 @@ impl Blob {
     /// Time of the last change, milliseconds since the epoch.
     pub fn modified(&self) -> u64 {
         self.updated.unwrap_or(self.created)
+    }
+
+    /// The version the write with this id made, if this blob remembers it.
+    pub fn written_by(&self, id: &str) -> Option<u64> {
+        self.writes.iter().find(|w| w.id == id).map(|w| w.version)
+    }
+
+    /// Whether a write with an id this blob does not remember may still have committed on top
+    /// of version `expected` (0: none) and been forgotten since: the blob has forgotten ids
+    /// (it remembers [`WRITE_IDS`] of them), and the oldest it remembers is not older than
+    /// what that write would have made.
+    pub fn may_have_forgotten(&self, expected: u64) -> bool {
+        self.writes.len() >= WRITE_IDS && self.writes[0].version > expected + 1
     }
 
     /// Length of the decoded data in bytes (0 without data).
@@ -70,8 +101,17 @@ impl Blob {
         let data = self.data.as_ref().map_or(0, |d| d.len() as u64 + 10);
         let updated = self.updated.map_or(0, |u| 11 + digits(u));
         let deleted = if self.deleted { 15 } else { 0 };
+        // `,"writes":[` … `]`, each `{"id":"…","version":V}` and the commas between them.
+        let writes = if self.writes.is_empty() {
+            0
+        } else {
+            let each = |w: &WriteRecord| 20 + w.id.len() as u64 + digits(w.version);
+            12 + self.writes.iter().map(each).sum::<u64>() + self.writes.len() as u64 - 1
+        };
         // `{"version":V,"created":C,"ip":"…"}` and the optional fields.
-        2 + 10
+        writes
+            + 2
+            + 10
             + digits(self.version)
             + 11
             + digits(self.created)
@@ -151,6 +191,9 @@ pub struct SetRequest {
     pub ip: String,
     /// Time of the write, milliseconds since the epoch.
     pub now: u64,
+    /// The client's id for this write (see [`Blob::writes`]): a write whose id the blob
+    /// remembers is not applied again.
+    pub id: Option<String>,
 }
 
 /// What a conditional write did.
@@ -164,6 +207,9 @@ pub enum SetOutcome {
     Conflict(Option<Arc<Blob>>),
     /// An unconditional write met a live blob: the writer must say which version it replaces.
     PreconditionRequired(Arc<Blob>),
+    /// The write's id is one the blob remembers: that write committed this version before,
+    /// and nothing was written now.
+    Repeated { version: u64 },
 }
 
 /// A storage failure. Its detail is logged; the client only learns that the operation failed.
@@ -243,6 +289,10 @@ pub trait Store: Send + Sync + 'static {
 ///
 /// Pure, so the version rules are tested once for every backend.
 pub fn apply(current: Option<&Arc<Blob>>, request: SetRequest) -> Result<Result<Blob, SetOutcome>> {
+    let repeated = request.id.as_deref().and_then(|id| current?.written_by(id));
+    if let Some(version) = repeated {
+        return Ok(Err(SetOutcome::Repeated { version }));
+    }
     let conflict = || Ok(Err(SetOutcome::Conflict(current.cloned())));
     let live = current.filter(|b| !b.deleted);
     let base = match (request.expect, current) {
@@ -274,6 +324,14 @@ pub fn apply(current: Option<&Arc<Blob>>, request: SetRequest) -> Result<Result<
         Edit::Put(data) => (data, false),
         Edit::Delete => (None, true),
     };
+    // Kept by every write, so ids outlive writes without one.
+    let mut writes = base.map_or_else(Vec::new, |b| b.writes.clone());
+    if let Some(id) = request.id {
+        if writes.len() >= WRITE_IDS {
+            writes.remove(0);
+        }
+        writes.push(WriteRecord { id, version });
+    }
     Ok(Ok(Blob {
         data,
         version,
@@ -284,6 +342,7 @@ pub fn apply(current: Option<&Arc<Blob>>, request: SetRequest) -> Result<Result<
         updated: base.is_some_and(|b| !b.deleted).then_some(request.now),
         ip: request.ip,
         deleted,
+        writes,
     }))
 }
 
@@ -297,6 +356,7 @@ mod tests {
             expect,
             ip: "ip".into(),
             now: 7,
+            id: None,
         }
     }
 
@@ -415,6 +475,7 @@ mod tests {
             updated: None,
             ip: "203.0.113.7".into(),
             deleted: false,
+            writes: Vec::new(),
         };
         let len = |b: &Blob| serde_json::to_vec(b).unwrap().len() as u64;
         assert_eq!(blob.stored_len(), len(&blob));
@@ -430,5 +491,67 @@ mod tests {
         blob.data = Some(String::new());
         blob.ip = "::1".into();
         assert_eq!(blob.stored_len(), len(&blob));
+        for (i, version) in [(1, 7), (2, 10), (3, MAX_VERSION)] {
+            blob.writes.push(WriteRecord {
+                id: "x".repeat(i * 20),
+                version,
+            });
+            assert_eq!(blob.stored_len(), len(&blob), "{:?}", blob.writes);
+        }
+    }
+
+    fn with_id(expect: Expect, id: &str) -> SetRequest {
+        SetRequest {
+            id: Some(id.into()),
+            ..put(expect)
+        }
+    }
+
+    #[test]
+    fn a_write_sent_again_under_its_id_is_answered_with_its_version_not_applied_again() {
+        let first = committed(None, with_id(Expect::Protocol(None), "a"));
+        // Another client's write, without an id, keeps what the blob remembers.
+        let second = committed(Some(&first), put(Expect::Protocol(Some(1))));
+        assert_eq!(second.written_by("a"), Some(1));
+        // Sent again (its answer was lost) with the version it named then.
+        assert_eq!(
+            apply(Some(&second), with_id(Expect::Protocol(None), "a")).unwrap(),
+            Err(SetOutcome::Repeated { version: 1 })
+        );
+        // A new id is a new write, checked as any other.
+        assert!(matches!(
+            apply(Some(&second), with_id(Expect::Protocol(Some(1)), "b")).unwrap(),
+            Err(SetOutcome::Conflict(_))
+        ));
+        let third = committed(Some(&second), with_id(Expect::Protocol(Some(2)), "b"));
+        assert_eq!(
+            (third.written_by("a"), third.written_by("b")),
+            (Some(1), Some(3))
+        );
+    }
+
+    #[test]
+    fn a_blob_remembers_its_last_ids_and_says_when_it_may_have_forgotten_one() {
+        let mut blob = committed(None, with_id(Expect::Protocol(None), "0"));
+        for i in 1..40u64 {
+            blob = committed(
+                Some(&blob),
+                with_id(Expect::Protocol(Some(i)), &i.to_string()),
+            );
+            assert!(blob.writes.len() <= WRITE_IDS);
+        }
+        assert_eq!(blob.version, 40);
+        // The last WRITE_IDS writes (versions 25..=40) are remembered, the others forgotten.
+        assert_eq!(blob.written_by("39"), Some(40));
+        assert_eq!(blob.written_by("24"), Some(25));
+        assert_eq!(blob.written_by("23"), None);
+        // A write on version 24 would have made 25, which is remembered: that it is not
+        // among them is certain. On 23 it would have made 24, which is forgotten.
+        assert!(!blob.may_have_forgotten(24));
+        assert!(blob.may_have_forgotten(23));
+        assert!(blob.may_have_forgotten(0));
+        // Until WRITE_IDS ids were written, nothing was forgotten.
+        let young = committed(None, with_id(Expect::Protocol(None), "0"));
+        assert!(!young.may_have_forgotten(0));
     }
 }

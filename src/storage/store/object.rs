@@ -363,6 +363,7 @@ mod tests {
             expect,
             ip: "203.0.113.7".to_owned(),
             now: 1,
+            id: None,
         }
     }
 
