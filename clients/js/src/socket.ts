@@ -111,16 +111,23 @@ export class SocketTransport implements Transport {
     return { version: reply.version, data: reply.data ? fromBase64(reply.data) : new Uint8Array() };
   }
 
-  async write(ref: string, data: Uint8Array, version?: number): Promise<SetResult> {
+  async write(ref: string, data: Uint8Array, version?: number, id?: string): Promise<SetResult> {
     const arg: Record<string, unknown> = { ref, data: toBase64(data) };
     if (version !== undefined) arg.version = version;
+    if (id !== undefined) arg.id = id;
     const reply = await this.call('set', arg);
     if (reply.success) return { success: true, version: reply.version };
     return {
       success: false,
       version: reply.version,
       data: typeof reply.data === 'string' ? fromBase64(reply.data) : null,
+      ...(reply.unknown === true && { unknown: true }),
     };
+  }
+
+  /** The refused handshake that ended this client, if one did. */
+  get failure(): Error | undefined {
+    return this.#failure;
   }
 
   follow(ref: string, changed: (version?: number) => void): () => void {

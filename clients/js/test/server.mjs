@@ -37,7 +37,7 @@ function freePort() {
 
 /// Starts a server; `env` adds settings. `stop()` sends SIGTERM, waits for the exit and removes
 /// the server's temp storage; `restart()` stops it and starts it again on the same port and
-/// storage.
+/// storage; `down()` and `up()` do each half of that.
 export async function startServer(env = {}) {
   const storage = mkdtempSync(join(tmpdir(), 'blobs-client-'));
   const port = await freePort();
@@ -76,6 +76,8 @@ export async function startServer(env = {}) {
       await halt();
       await launch();
     },
+    down: halt,
+    up: launch,
   };
 }
 
