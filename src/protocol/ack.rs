@@ -3,7 +3,7 @@
 
 use crate::serve::state::SetBlobError;
 use crate::storage::quota::{AdmitError, Refusal};
-use crate::storage::store::{self, MAX_VERSION, MAX_WRITE_ID};
+use crate::storage::store::{self, MAX_VERSION, MAX_WRITER};
 
 /// Why an event could not be served. The client receives `{ error: "<this message>" }` as the
 /// acknowledgement and stays connected.
@@ -33,9 +33,12 @@ pub enum AckError {
     /// `known` or `version` that is not an integer in range.
     #[error("Invalid {0}: expected an integer from 1 to {MAX_VERSION}")]
     InvalidVersion(&'static str),
-    /// `id` of a `set` that is not 1 to 64 letters, digits, `-` or `_`.
-    #[error("Invalid id: expected 1 to {MAX_WRITE_ID} letters, digits, '-' or '_'")]
-    InvalidId,
+    /// A `set` whose `writer` is not 1 to 64 letters, digits, `-` or `_`, or whose `seq` is
+    /// not an integer in range, or with one of them and not the other.
+    #[error(
+        "Invalid write id: expected writer (1 to {MAX_WRITER} letters, digits, '-' or '_') and seq (an integer from 1 to {MAX_VERSION}), both or neither"
+    )]
+    InvalidWriteId,
     /// `data` that is not base64 text or is too long.
     #[error("Invalid data: expected a base64 string of at most {0} characters")]
     InvalidData(usize),

@@ -13,7 +13,7 @@ use crate::names::Ref;
 use crate::protocol::ack::AckError;
 use crate::serve::changes::{self, Change, RefKey, ServerFull, ref_key};
 use crate::storage::store::{
-    Edit, Expect, MAX_VERSION, MAX_WRITE_ID, SetOutcome, SetRequest, live,
+    Edit, Expect, MAX_VERSION, MAX_WRITER, SetOutcome, SetRequest, WriteId, live,
 };
 
 use super::session::Session;
@@ -204,7 +204,7 @@ pub(super) struct Stale {
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<String>,
     version: u64,
-    /// A `set` with an `id` that the blob may have forgotten (see
+    /// A `set` with a write id whose writer the blob may have forgotten (see
     /// [`Blob::may_have_forgotten`](crate::storage::store::Blob::may_have_forgotten)): an
     /// earlier send of it may have committed.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -280,21 +280,30 @@ pub(super) fn optional_version(
     }
 }
 
-/// `id` of a `set`: absent or `null` is `None`; otherwise 1 to [`MAX_WRITE_ID`] letters,
-/// digits, `-` or `_`, which the blob remembers (see [`SetRequest::id`]).
-fn write_id(params: &Map<String, Value>) -> Result<Option<String>, AckError> {
-    match params.get("id") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(id))
-            if (1..=MAX_WRITE_ID).contains(&id.len())
-                && id
+/// The write id of a `set` (see [`SetRequest::id`]): `writer`, 1 to [`MAX_WRITER`] letters,
+/// digits, `-` or `_`, and `seq`, an integer from 1 to [`MAX_VERSION`]; both or neither
+/// (absent or `null`).
+fn write_id(params: &Map<String, Value>) -> Result<Option<WriteId>, AckError> {
+    let present = |key| !matches!(params.get(key), None | Some(Value::Null));
+    if !present("writer") && !present("seq") {
+        return Ok(None);
+    }
+    let writer = match params.get("writer") {
+        Some(Value::String(writer))
+            if (1..=MAX_WRITER).contains(&writer.len())
+                && writer
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
         {
-            Ok(Some(id.clone()))
+            writer.clone()
         }
-        Some(_) => Err(AckError::InvalidId),
-    }
+        _ => return Err(AckError::InvalidWriteId),
+    };
+    let seq = optional_version(params, "seq")
+        .ok()
+        .flatten()
+        .ok_or(AckError::InvalidWriteId)?;
+    Ok(Some(WriteId { writer, seq }))
 }
 
 /// `data`: absent or `null` is `None`; otherwise standard base64 (padding optional, no

@@ -184,22 +184,22 @@ async fn set_is_compare_and_swap_and_get_honours_known() {
     server.stop().await;
 }
 
-/// A `set` with an `id` is done once: sent again (its answer lost with a connection), even
-/// after other writes and a restart, it is answered with the version it made and writes
-/// nothing; a stale one whose id the blob may have forgotten says `unknown`; a bad id is an
-/// `{ error }`.
+/// A `set` with a write id (`writer`, `seq`) is done once: sent again (its answer lost with a
+/// connection), even after other writes and a restart, it is answered with the version it made
+/// and writes nothing; a stale one whose writer the blob may have forgotten says `unknown`; a
+/// bad write id is an `{ error }`.
 #[tokio::test]
-async fn a_set_sent_again_under_its_id_is_not_applied_twice() {
+async fn a_set_sent_again_under_its_write_id_is_not_applied_twice() {
     let server = TestServer::start().await;
     let r = hex_ref("0a");
     let mut client = server.subscribed("b", &r).await;
     let mut watcher = server.subscribed("b", &r).await;
-    let first = json!({"data": "aGk=", "id": "intent-1"});
+    let first = json!({"data": "aGk=", "writer": "tab-1", "seq": 7});
     let done = json!({"success": true, "version": 1});
     assert_eq!(client.call1("set", first.clone()).await.unwrap(), done);
     assert_eq!(watcher.recv().await.unwrap(), r#"2["changed"]"#);
     assert_eq!(client.call1("set", first.clone()).await.unwrap(), done);
-    // Another write, without an id, in between.
+    // Another write, without a write id, in between.
     let other = json!({"data": "eA==", "version": 1});
     assert_eq!(client.call1("set", other).await.unwrap()["version"], 2);
     assert_eq!(watcher.recv().await.unwrap(), r#"2["changed"]"#);
@@ -229,40 +229,48 @@ async fn a_set_sent_again_under_its_id_is_not_applied_twice() {
         "no change was announced for the repeated write"
     );
 
-    // The blob remembers the last 16 ids: a stale write whose earlier send would be older
-    // than those may have committed, and says so.
-    for version in 2..20u64 {
-        let write = json!({"data": "eA==", "version": version, "id": format!("w{version}")});
+    // The blob remembers its last 32 writers: a stale write whose earlier send would be older
+    // than their writes may have committed, and says so.
+    for version in 2..40u64 {
+        let write =
+            json!({"data": "eA==", "version": version, "writer": format!("w{version}"), "seq": 1});
         assert_eq!(
             client.call1("set", write).await.unwrap()["version"],
             version + 1
         );
     }
-    let stale = |version: u64| json!({"data": "eA==", "version": version, "id": "lost"});
+    let stale =
+        |version: u64| json!({"data": "eA==", "version": version, "writer": "lost", "seq": 1});
     assert_eq!(
-        client.call1("set", stale(2)).await.unwrap(),
-        json!({"success": false, "data": "eA==", "version": 20, "unknown": true})
+        client.call1("set", stale(6)).await.unwrap(),
+        json!({"success": false, "data": "eA==", "version": 40, "unknown": true})
     );
     assert_eq!(
-        client.call1("set", stale(4)).await.unwrap(),
-        json!({"success": false, "data": "eA==", "version": 20}),
-        "version 5 was made by w4, which the blob remembers: this write never committed"
+        client.call1("set", stale(8)).await.unwrap(),
+        json!({"success": false, "data": "eA==", "version": 40}),
+        "version 9 was made by w8, which the blob remembers: this write never committed"
     );
-    for bad in [
-        json!(""),
-        json!("a".repeat(65)),
-        json!("a b"),
-        json!(7),
-        json!("é"),
-    ] {
-        let ack = client
-            .call1("set", json!({"data": "eA==", "version": 20, "id": bad}))
-            .await
-            .unwrap();
-        assert!(
-            ack["error"].as_str().unwrap().contains("Invalid id"),
-            "{bad}: {ack}"
-        );
+    let bad_ids = [
+        json!({"writer": "", "seq": 1}),
+        json!({"writer": "a".repeat(65), "seq": 1}),
+        json!({"writer": "a b", "seq": 1}),
+        json!({"writer": 7, "seq": 1}),
+        json!({"writer": "é", "seq": 1}),
+        json!({"writer": "a"}),
+        json!({"seq": 1}),
+        json!({"writer": "a", "seq": 0}),
+        json!({"writer": "a", "seq": 1.5}),
+        json!({"writer": "a", "seq": "1"}),
+    ];
+    for bad in bad_ids {
+        let mut write = json!({"data": "eA==", "version": 40});
+        write
+            .as_object_mut()
+            .unwrap()
+            .extend(bad.as_object().unwrap().clone());
+        let ack = client.call1("set", write).await.unwrap();
+        let error = ack["error"].as_str().unwrap_or_default();
+        assert!(error.contains("Invalid write id"), "{bad}: {ack}");
     }
     server.stop().await;
 }

@@ -22,12 +22,22 @@ export interface Value {
 /**
  * The answer to a compare-and-swap: committed, or refused with the current blob (`data` is
  * `null` when it has none: a blob deleted over HTTP keeps its version). `unknown` on a refusal
- * of a write sent with a write id: the blob no longer remembers ids as old as the version it
- * named, so an earlier send of that write may have committed.
+ * of a write sent with a write id: the blob no longer remembers writers as far back as the
+ * version it named, so an earlier send of that write may have committed.
  */
 export type SetResult =
   | { success: true; version: number }
   | { success: false; version: number; data: Uint8Array | null; unknown?: true };
+
+/**
+ * Who wrote, and the write's place in the writer's order: a writer sends its writes of one
+ * blob in increasing `seq`, each once the one before is answered, and the server does each
+ * once however often it is sent.
+ */
+export interface WriteId {
+  writer: string;
+  seq: number;
+}
 
 /** What a protocol provides for one bucket. */
 export interface Transport {
@@ -37,7 +47,7 @@ export interface Transport {
    * Compare-and-swap; `version` undefined: create only. `id`: the write id, which makes the
    * write one the server does once however often it is sent (Socket.IO only).
    */
-  write(ref: string, data: Uint8Array, version?: number, id?: string): Promise<SetResult>;
+  write(ref: string, data: Uint8Array, version?: number, id?: WriteId): Promise<SetResult>;
   /**
    * Calls `changed` with a version (or undefined: look again) whenever the blob may have
    * changed, and once on every (re)connection; returns a function that stops.

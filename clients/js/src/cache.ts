@@ -23,14 +23,14 @@ export interface ContentRecord {
 
 /**
  * A write the client has yet to see committed: a named operation (`op` and its `args`) or a
- * strict `set` (`data` in place of `version`). `id` is the write id the server remembers it
- * by; `attempt` is the write last sent (or about to be), kept so that after a lost answer or a
- * reload the same write is sent again.
+ * strict `set` (`data` in place of `version`). `writer` and `seq` are its write id, which the
+ * server remembers it by (`seq` also orders the queue); `attempt` is the write last sent (or
+ * about to be), kept so that after a lost answer or a reload the same write is sent again.
  */
 export interface IntentRecord {
   kind: 'intent';
   seq: number;
-  id: string;
+  writer: string;
   ref: string;
   op?: string;
   args?: unknown[];

@@ -2,10 +2,11 @@
 // read, content by hash, and the writes it has yet to make (intents), all kept in the cache;
 // and the loop that makes those writes, in order per blob, once connected.
 //
-// Exactly once rests on write ids: every intent has one, sent with each of its attempts, and
-// the server answers an id it remembers with the version that write made instead of applying
-// it again. An attempt is kept in the cache before it is sent, so after a lost answer, or a
-// reload, the same attempt is sent again and the server's answer settles it.
+// Exactly once rests on write ids: every intent has one (this client's writer name, and the
+// intent's place in its queue), sent with each of its attempts, and the server answers an id
+// it remembers as committed with the version that write made instead of applying it again.
+// An attempt is kept in the cache before it is sent, so after a lost answer, or a reload, the
+// same attempt is sent again and the server's answer settles it.
 
 import { blake3Hex } from './blake3.js';
 import type { SetResult, Value } from './blob.js';
@@ -119,6 +120,8 @@ export class Local {
   /** Whether the connection is known to be down (failed or lost since it was last up). */
   #down = false;
   #saving: Promise<void> = Promise.resolve();
+  /** This client's writer name: new for each client, kept by each of its intents. */
+  readonly #writer = randomName();
 
   constructor(transport: SocketTransport, provider: CacheProvider | undefined, scope: CacheScope | undefined) {
     this.#transport = transport;
@@ -480,7 +483,7 @@ export class Local {
     const intent: Intent = {
       kind: 'intent',
       seq: ++this.#seq,
-      id: writeId(),
+      writer: this.#writer,
       ref,
       durable: !('fn' in write),
       firstSend: false,
@@ -562,7 +565,8 @@ export class Local {
         const { base, data } = intent.attempt!;
         const first = intent.firstSend;
         intent.firstSend = false;
-        const result: SetResult = await this.#transport.write(ref, data, base, intent.id);
+        const id = { writer: intent.writer, seq: intent.seq };
+        const result: SetResult = await this.#transport.write(ref, data, base, id);
         refusals = 0;
         if (result.success) {
           this.#finish(intent);
@@ -672,8 +676,8 @@ function pause(ms: number) {
   return new Promise((wake) => setTimeout(wake, ms));
 }
 
-/** 128 random bits, base64url: the id the server remembers a write by. */
-function writeId(): string {
+/** 128 random bits, base64url: a writer's name, which the server remembers its writes by. */
+function randomName(): string {
   const bytes = crypto.getRandomValues(new Uint8Array(16));
   return btoa(String.fromCharCode(...bytes)).replaceAll('+', '-').replaceAll('/', '_').replace(/=+$/, '');
 }

@@ -5,7 +5,7 @@ import { io, type Socket } from 'socket.io-client';
 
 import { blake3Hex } from './blake3.js';
 import { type Data, fromBase64, toBase64, toBytes } from './bytes.js';
-import type { SetResult, Transport, Value } from './blob.js';
+import type { SetResult, Transport, Value, WriteId } from './blob.js';
 
 /** The refs one `watch` names at most (the server's limit per event). */
 const WATCH_BATCH = 1000;
@@ -111,10 +111,10 @@ export class SocketTransport implements Transport {
     return { version: reply.version, data: reply.data ? fromBase64(reply.data) : new Uint8Array() };
   }
 
-  async write(ref: string, data: Uint8Array, version?: number, id?: string): Promise<SetResult> {
+  async write(ref: string, data: Uint8Array, version?: number, id?: WriteId): Promise<SetResult> {
     const arg: Record<string, unknown> = { ref, data: toBase64(data) };
     if (version !== undefined) arg.version = version;
-    if (id !== undefined) arg.id = id;
+    if (id !== undefined) Object.assign(arg, id);
     const reply = await this.call('set', arg);
     if (reply.success) return { success: true, version: reply.version };
     return {

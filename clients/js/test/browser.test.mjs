@@ -2,32 +2,16 @@
 // 8 clients making 50 updates each, half over long-polling, lose nothing; a watch sees every
 // change in order; the HTTP-only client reads the result.
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
-import { chromium } from 'playwright-core';
 
+import { launch, open } from './chromium.mjs';
 import { newRef, patience, startServer, token } from './server.mjs';
-
-const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const bundle = readFileSync(new URL('../dist/blobs-client.browser.js', import.meta.url), 'utf8');
 
 let server;
 let browser;
 before(async () => {
-  assert.ok(existsSync(chromiumPath), `${chromiumPath} is missing: the test command installs it`);
   server = await startServer();
-  browser = await chromium.launch({
-    executablePath: chromiumPath,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--no-first-run',
-      '--disable-background-networking',
-      // The page is routed by the test, so Chromium takes it for a public one and would block
-      // its WebSocket to loopback.
-      '--disable-features=LocalNetworkAccessChecks',
-    ],
-  });
+  browser = await launch();
 });
 after(async () => {
   await browser?.close();
@@ -35,16 +19,7 @@ after(async () => {
 });
 
 test('the bundle in Chromium: updates, a watch and the HTTP client', async () => {
-  const page = await browser.newPage();
-  page.setDefaultTimeout(patience);
-  // Served from the server's own origin, as an app behind the same host would be.
-  await page.route(`${server.url}/library.html`, (route) =>
-    route.fulfill({ contentType: 'text/html', body: '<!doctype html><title>library</title>' }),
-  );
-  await page.route(`${server.url}/blobs-client.js`, (route) =>
-    route.fulfill({ contentType: 'text/javascript', body: bundle }),
-  );
-  await page.goto(`${server.url}/library.html`);
+  const page = await open(browser, server.url, 'library');
   const result = await page.evaluate(
     async ({ url, token, ref, patience }) => {
       const { connect, connectHttp, text } = await import('/blobs-client.js');

@@ -4,16 +4,15 @@
 // never appears in a URL. Screenshots go to BLOBS_SCREENSHOTS when it is set (docs/ holds
 // the ones of the README).
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { crc32, deflateSync } from 'node:zlib';
-import { chromium } from 'playwright-core';
 
 import { blake3Hex } from '../dist/index.js';
+import { launch } from './chromium.mjs';
 import { newRef, patience, startServer, token } from './server.mjs';
 
-const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const screenshots = process.env.BLOBS_SCREENSHOTS;
 
 /// A small PNG: a colour gradient.
@@ -48,13 +47,9 @@ let server;
 let browser;
 let bucketToken;
 before(async () => {
-  assert.ok(existsSync(chromiumPath), `${chromiumPath} is missing: the test command installs it`);
   server = await startServer();
   bucketToken = token('inspected');
-  browser = await chromium.launch({
-    executablePath: chromiumPath,
-    args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'],
-  });
+  browser = await launch();
 });
 after(async () => {
   await browser?.close();

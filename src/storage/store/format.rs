@@ -255,7 +255,7 @@ mod tests {
                 updated,
                 ip: "unknown".into(),
                 deleted: false,
-                writes: Vec::new(),
+                writers: Vec::new(),
             })
         };
         assert_eq!(preferred(&[blob(3, 1, None), blob(5, 1, None)]), 1);

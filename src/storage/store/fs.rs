@@ -861,7 +861,7 @@ mod tests {
             ip: "203.0.113.7".into(),
             data: Some(data.clone()),
             deleted: false,
-            writes: Vec::new(),
+            writers: Vec::new(),
         });
         let mut peak = 0;
         for i in 0..200u32 {

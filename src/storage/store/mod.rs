@@ -27,15 +27,15 @@ pub use object::ObjectBlobs;
 /// (and the next one) stays exact in a browser.
 pub const MAX_VERSION: u64 = (1 << 53) - 1;
 
-/// Write ids a blob remembers: the last this many writes that carried one (see
-/// [`Blob::writes`]).
-pub const WRITE_IDS: usize = 16;
+/// Writers a blob remembers: the last this many that wrote it with a write id (see
+/// [`Blob::writers`]).
+pub const WRITERS: usize = 32;
 
-/// Longest write id a client may send.
-pub const MAX_WRITE_ID: usize = 64;
+/// Longest writer name a client may send.
+pub const MAX_WRITER: usize = 64;
 
 /// One blob, exactly as stored in `<bucket>/<ref[0..2]>/<ref>.json` (the original's format,
-/// plus `deleted` on tombstones and `writes` on blobs written with write ids).
+/// plus `deleted` on tombstones and `writers` on blobs written with write ids).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Blob {
     /// Base64 text as the client sent it; absent when the blob has a version and no data.
@@ -53,16 +53,27 @@ pub struct Blob {
     /// A tombstone: the blob was deleted at this version.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
-    /// The last [`WRITE_IDS`] writes that carried a write id, oldest first: a write sent again
-    /// with the same id is answered with the version it made instead of being applied twice.
+    /// The last [`WRITERS`] writers that wrote with a write id, the one that wrote least
+    /// recently first, each with its last write: a write sent again is answered with the
+    /// version it made instead of being applied twice.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub writes: Vec<WriteRecord>,
+    pub writers: Vec<LastWrite>,
 }
 
-/// A write id and the version its write made.
+/// A write id: who wrote, and the write's place in the writer's order. A writer sends its
+/// writes of one blob in increasing `seq`, each once the one before is answered, so the last
+/// `seq` committed tells which of its writes committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteId {
+    pub writer: String,
+    pub seq: u64,
+}
+
+/// A writer's last committed write of a blob, and the version it made.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WriteRecord {
-    pub id: String,
+pub struct LastWrite {
+    pub writer: String,
+    pub seq: u64,
     pub version: u64,
 }
 
@@ -76,17 +87,20 @@ impl Blob {
         self.updated.unwrap_or(self.created)
     }
 
-    /// The version the write with this id made, if this blob remembers it.
-    pub fn written_by(&self, id: &str) -> Option<u64> {
-        self.writes.iter().find(|w| w.id == id).map(|w| w.version)
+    /// Whether the write `id` committed, as far as this blob remembers: its writer's last
+    /// committed write, and the version that made, when it is `id` or a later one.
+    pub fn committed(&self, id: &WriteId) -> Option<&LastWrite> {
+        self.writers
+            .iter()
+            .find(|last| last.writer == id.writer && last.seq >= id.seq)
     }
 
-    /// Whether a write with an id this blob does not remember may still have committed on top
-    /// of version `expected` (0: none) and been forgotten since: the blob has forgotten ids
-    /// (it remembers [`WRITE_IDS`] of them), and the oldest it remembers is not older than
-    /// what that write would have made.
+    /// Whether a write whose writer this blob does not remember may still have committed on
+    /// top of version `expected` (0: none), its writer forgotten since: the blob has forgotten
+    /// writers (it remembers [`WRITERS`]), and even the one it remembers least recently wrote
+    /// after what that write would have made.
     pub fn may_have_forgotten(&self, expected: u64) -> bool {
-        self.writes.len() >= WRITE_IDS && self.writes[0].version > expected + 1
+        self.writers.len() >= WRITERS && self.writers[0].version > expected + 1
     }
 
     /// Length of the decoded data in bytes (0 without data).
@@ -101,15 +115,16 @@ impl Blob {
         let data = self.data.as_ref().map_or(0, |d| d.len() as u64 + 10);
         let updated = self.updated.map_or(0, |u| 11 + digits(u));
         let deleted = if self.deleted { 15 } else { 0 };
-        // `,"writes":[` … `]`, each `{"id":"…","version":V}` and the commas between them.
-        let writes = if self.writes.is_empty() {
+        // `,"writers":[` … `]`, each `{"writer":"…","seq":S,"version":V}`, commas between.
+        let writers = if self.writers.is_empty() {
             0
         } else {
-            let each = |w: &WriteRecord| 20 + w.id.len() as u64 + digits(w.version);
-            12 + self.writes.iter().map(each).sum::<u64>() + self.writes.len() as u64 - 1
+            let each =
+                |w: &LastWrite| 31 + w.writer.len() as u64 + digits(w.seq) + digits(w.version);
+            13 + self.writers.iter().map(each).sum::<u64>() + self.writers.len() as u64 - 1
         };
         // `{"version":V,"created":C,"ip":"…"}` and the optional fields.
-        writes
+        writers
             + 2
             + 10
             + digits(self.version)
@@ -191,9 +206,9 @@ pub struct SetRequest {
     pub ip: String,
     /// Time of the write, milliseconds since the epoch.
     pub now: u64,
-    /// The client's id for this write (see [`Blob::writes`]): a write whose id the blob
-    /// remembers is not applied again.
-    pub id: Option<String>,
+    /// The client's id for this write (see [`Blob::writers`]): a write the blob remembers as
+    /// committed is not applied again.
+    pub id: Option<WriteId>,
 }
 
 /// What a conditional write did.
@@ -207,8 +222,8 @@ pub enum SetOutcome {
     Conflict(Option<Arc<Blob>>),
     /// An unconditional write met a live blob: the writer must say which version it replaces.
     PreconditionRequired(Arc<Blob>),
-    /// The write's id is one the blob remembers: that write committed this version before,
-    /// and nothing was written now.
+    /// The blob remembers the write's id as committed: its writer's last write made this
+    /// version, and nothing was written now.
     Repeated { version: u64 },
 }
 
@@ -289,9 +304,11 @@ pub trait Store: Send + Sync + 'static {
 ///
 /// Pure, so the version rules are tested once for every backend.
 pub fn apply(current: Option<&Arc<Blob>>, request: SetRequest) -> Result<Result<Blob, SetOutcome>> {
-    let repeated = request.id.as_deref().and_then(|id| current?.written_by(id));
-    if let Some(version) = repeated {
-        return Ok(Err(SetOutcome::Repeated { version }));
+    let repeated = request.id.as_ref().and_then(|id| current?.committed(id));
+    if let Some(last) = repeated {
+        return Ok(Err(SetOutcome::Repeated {
+            version: last.version,
+        }));
     }
     let conflict = || Ok(Err(SetOutcome::Conflict(current.cloned())));
     let live = current.filter(|b| !b.deleted);
@@ -324,13 +341,18 @@ pub fn apply(current: Option<&Arc<Blob>>, request: SetRequest) -> Result<Result<
         Edit::Put(data) => (data, false),
         Edit::Delete => (None, true),
     };
-    // Kept by every write, so ids outlive writes without one.
-    let mut writes = base.map_or_else(Vec::new, |b| b.writes.clone());
-    if let Some(id) = request.id {
-        if writes.len() >= WRITE_IDS {
-            writes.remove(0);
+    // Kept by every write, so writers outlive writes without an id.
+    let mut writers = base.map_or_else(Vec::new, |b| b.writers.clone());
+    if let Some(WriteId { writer, seq }) = request.id {
+        writers.retain(|last| last.writer != writer);
+        if writers.len() >= WRITERS {
+            writers.remove(0);
         }
-        writes.push(WriteRecord { id, version });
+        writers.push(LastWrite {
+            writer,
+            seq,
+            version,
+        });
     }
     Ok(Ok(Blob {
         data,
@@ -342,7 +364,7 @@ pub fn apply(current: Option<&Arc<Blob>>, request: SetRequest) -> Result<Result<
         updated: base.is_some_and(|b| !b.deleted).then_some(request.now),
         ip: request.ip,
         deleted,
-        writes,
+        writers,
     }))
 }
 
@@ -475,7 +497,7 @@ mod tests {
             updated: None,
             ip: "203.0.113.7".into(),
             deleted: false,
-            writes: Vec::new(),
+            writers: Vec::new(),
         };
         let len = |b: &Blob| serde_json::to_vec(b).unwrap().len() as u64;
         assert_eq!(blob.stored_len(), len(&blob));
@@ -492,66 +514,88 @@ mod tests {
         blob.ip = "::1".into();
         assert_eq!(blob.stored_len(), len(&blob));
         for (i, version) in [(1, 7), (2, 10), (3, MAX_VERSION)] {
-            blob.writes.push(WriteRecord {
-                id: "x".repeat(i * 20),
+            blob.writers.push(LastWrite {
+                writer: "x".repeat(i * 20),
+                seq: version * 3 % 1000,
                 version,
             });
-            assert_eq!(blob.stored_len(), len(&blob), "{:?}", blob.writes);
+            assert_eq!(blob.stored_len(), len(&blob), "{:?}", blob.writers);
         }
     }
 
-    fn with_id(expect: Expect, id: &str) -> SetRequest {
+    fn with_id(expect: Expect, writer: &str, seq: u64) -> SetRequest {
         SetRequest {
-            id: Some(id.into()),
+            id: Some(WriteId {
+                writer: writer.into(),
+                seq,
+            }),
             ..put(expect)
         }
     }
 
     #[test]
     fn a_write_sent_again_under_its_id_is_answered_with_its_version_not_applied_again() {
-        let first = committed(None, with_id(Expect::Protocol(None), "a"));
+        let first = committed(None, with_id(Expect::Protocol(None), "a", 1));
         // Another client's write, without an id, keeps what the blob remembers.
         let second = committed(Some(&first), put(Expect::Protocol(Some(1))));
-        assert_eq!(second.written_by("a"), Some(1));
+        assert_eq!(second.writers.len(), 1);
         // Sent again (its answer was lost) with the version it named then.
         assert_eq!(
-            apply(Some(&second), with_id(Expect::Protocol(None), "a")).unwrap(),
+            apply(Some(&second), with_id(Expect::Protocol(None), "a", 1)).unwrap(),
             Err(SetOutcome::Repeated { version: 1 })
         );
-        // A new id is a new write, checked as any other.
+        // The writer's next write is a new write, checked as any other.
         assert!(matches!(
-            apply(Some(&second), with_id(Expect::Protocol(Some(1)), "b")).unwrap(),
+            apply(Some(&second), with_id(Expect::Protocol(Some(1)), "a", 2)).unwrap(),
             Err(SetOutcome::Conflict(_))
         ));
-        let third = committed(Some(&second), with_id(Expect::Protocol(Some(2)), "b"));
+        let third = committed(Some(&second), with_id(Expect::Protocol(Some(2)), "a", 2));
         assert_eq!(
-            (third.written_by("a"), third.written_by("b")),
-            (Some(1), Some(3))
+            third.writers,
+            [LastWrite {
+                writer: "a".into(),
+                seq: 2,
+                version: 3
+            }]
+        );
+        // An earlier write of a writer whose later write committed committed before it.
+        assert_eq!(
+            apply(Some(&third), with_id(Expect::Protocol(Some(9)), "a", 1)).unwrap(),
+            Err(SetOutcome::Repeated { version: 3 })
         );
     }
 
     #[test]
-    fn a_blob_remembers_its_last_ids_and_says_when_it_may_have_forgotten_one() {
-        let mut blob = committed(None, with_id(Expect::Protocol(None), "0"));
-        for i in 1..40u64 {
+    fn a_blob_remembers_its_last_writers_and_says_when_it_may_have_forgotten_one() {
+        let mut blob = committed(None, with_id(Expect::Protocol(None), "w0", 1));
+        for i in 1..50u64 {
+            // Each writer writes twice in a row: it is remembered once.
+            let writer = format!("w{}", i / 2);
             blob = committed(
                 Some(&blob),
-                with_id(Expect::Protocol(Some(i)), &i.to_string()),
+                with_id(Expect::Protocol(Some(i)), &writer, i + 1),
             );
-            assert!(blob.writes.len() <= WRITE_IDS);
+            assert!(blob.writers.len() <= WRITERS);
         }
-        assert_eq!(blob.version, 40);
-        // The last WRITE_IDS writes (versions 25..=40) are remembered, the others forgotten.
-        assert_eq!(blob.written_by("39"), Some(40));
-        assert_eq!(blob.written_by("24"), Some(25));
-        assert_eq!(blob.written_by("23"), None);
-        // A write on version 24 would have made 25, which is remembered: that it is not
-        // among them is certain. On 23 it would have made 24, which is forgotten.
-        assert!(!blob.may_have_forgotten(24));
-        assert!(blob.may_have_forgotten(23));
-        assert!(blob.may_have_forgotten(0));
-        // Until WRITE_IDS ids were written, nothing was forgotten.
-        let young = committed(None, with_id(Expect::Protocol(None), "0"));
-        assert!(!young.may_have_forgotten(0));
+        assert_eq!(blob.version, 50);
+        assert_eq!(blob.writers.len(), 25);
+        let young = blob.clone();
+        assert!(!young.may_have_forgotten(0), "no writer was forgotten yet");
+        for i in 50..100u64 {
+            let writer = format!("w{i}");
+            blob = committed(Some(&blob), with_id(Expect::Protocol(Some(i)), &writer, 1));
+        }
+        // The last WRITERS writers (versions 69..=100) are remembered, the others forgotten.
+        let id = |writer: &str| WriteId {
+            writer: writer.into(),
+            seq: 1,
+        };
+        assert_eq!(blob.committed(&id("w99")).map(|l| l.version), Some(100));
+        assert_eq!(blob.committed(&id("w68")).map(|l| l.version), Some(69));
+        assert_eq!(blob.committed(&id("w67")), None);
+        // A write on version 68 would have made 69, which is remembered: that it is not among
+        // them is certain. On 67 it would have made 68, whose writer is forgotten.
+        assert!(!blob.may_have_forgotten(68));
+        assert!(blob.may_have_forgotten(67));
     }
 }
