@@ -33,24 +33,34 @@ var BlobHandle = class {
   /** The blob's ref: 64 lower-case hexadecimal characters. */
   ref;
   #transport;
+  #local;
+  /** The local state, when the client has a cache. */
+  #cache;
   /**
    * @param transport - The protocol that carries the blob (Socket.IO or HTTP).
    * @param ref - 64 hexadecimal characters naming the blob in the token's bucket.
+   * @param local - The client's operations, and its cache if it has one (Socket.IO only).
    * @throws TypeError when `ref` is not 64 hexadecimal characters.
    */
-  constructor(transport, ref) {
+  constructor(transport, ref, local) {
     if (!/^[0-9a-fA-F]{64}$/.test(ref)) {
       throw new TypeError("a ref is 64 hexadecimal characters");
     }
     this.ref = ref.toLowerCase();
     this.#transport = transport;
+    this.#local = local;
+    this.#cache = local?.caching ? local : void 0;
   }
   /**
-   * The current value, or `null` when there is none.
-   * @throws `BlobsError` when the server answers with an error; another `Error` when
-   * the connection is refused or lost.
+   * The current value, or `null` when there is none. With a cache, while offline: the cached
+   * value (marked `cached`), with this client's pending writes applied.
+   * @throws `BlobsError` when the server answers with an error; `OfflineError` when offline
+   * and the cache does not hold the blob; another `Error` when the connection is refused or
+   * lost (without a cache).
    */
   async get() {
+    if (this.#cache)
+      return this.#cache.get(this.ref);
     const read = await this.#transport.read(this.ref);
     return read === "unchanged" ? null : read;
   }
@@ -59,26 +69,34 @@ var BlobHandle = class {
    * exist). A refusal carries the current blob, to rebase on.
    * @param data - Text (stored as UTF-8) or bytes.
    * @param options - `version`: the version this write replaces.
+   * With a cache, the write is queued (kept in the cache, shown at once by `watch` and `get`)
+   * and made once connected, after this client's earlier writes of the blob; a refusal is
+   * also reported by the client's `conflict` event, and nothing is written.
    * @returns Committed with the new version, or refused with the current version and data.
    * @throws `BlobsError` when the server answers with an error (a read-only token, data
    * too large); another `Error` when the connection is refused, or lost while the write was
-   * out (its outcome is then unknown).
+   * out (its outcome is then unknown; with a cache, it is sent again and made once).
    */
   set(data, options = {}) {
+    if (this.#cache) {
+      return this.#cache.enqueue(this.ref, { data: toBytes(data), version: options.version });
+    }
     return this.#transport.write(this.ref, toBytes(data), options.version);
   }
-  /**
-   * Reads the blob, applies `fn` to its bytes (`null` when there is none) and writes the
-   * result with compare-and-swap; on a conflict, applies `fn` again to the data the server
-   * returned, as Firebase transactions do.
-   * @param fn - The new data from the current bytes; may be called more than once.
-   * @param options - `retries`: conflicts to retry after before giving up (default 100).
-   * @returns What was written: its version and bytes.
-   * @throws `BlobsError` when the server answers with an error; another `Error` when it still
-   * conflicts after `options.retries` retries, or when the connection is lost during a write
-   * (the outcome is then unknown: read the blob again before deciding to retry).
-   */
-  async update(fn, options = {}) {
+  update(fn, ...rest) {
+    if (typeof fn === "string") {
+      if (!this.#local)
+        throw new TypeError("named operations are registered on a Socket.IO client");
+      if (this.#cache)
+        return this.#cache.enqueue(this.ref, { op: fn, args: rest });
+      const op = this.#local.op(fn);
+      return this.#update((current) => op(current, ...rest));
+    }
+    if (this.#cache)
+      return this.#cache.enqueue(this.ref, { fn });
+    return this.#update(fn, rest[0]);
+  }
+  async #update(fn, options = {}) {
     const retries = options.retries ?? 100;
     const current = await this.get();
     let version = current?.version;
@@ -97,17 +115,36 @@ var BlobHandle = class {
    * Calls `callback` with the current value first (`null` when there is none), then with each
    * newer version it sees, once each and in increasing order (a version superseded before it
    * could be read is skipped). Survives reconnects: it watches again and catches up.
+   *
+   * With a cache, the cached value comes first (marked `cached`), then the server's (the same
+   * version again, no longer marked, when it had not changed), and each write of this client
+   * as soon as it is made (with `pending`), then as the server commits it.
    * @returns A function that stops watching.
    */
   watch(callback) {
-    let seen = 0;
+    const cache2 = this.#cache;
+    let seen = cache2?.knownVersion(this.ref) ?? 0;
     let delivered = false;
     let deleted = false;
     let running = false;
     let again = false;
     let stopped = false;
     let retry;
-    let pause = RETRY[0];
+    let pause2 = RETRY[0];
+    const heard = (read) => {
+      if (read === null) {
+        if (!delivered || seen > 0 && !deleted) {
+          deleted = seen > 0;
+          delivered = true;
+          callback(null);
+        }
+      } else if (read.version > seen) {
+        seen = read.version;
+        deleted = false;
+        delivered = true;
+        callback(read);
+      }
+    };
     const look = async () => {
       if (running) {
         again = true;
@@ -120,30 +157,28 @@ var BlobHandle = class {
           let read;
           try {
             read = await this.#transport.read(this.ref, seen || void 0);
-            pause = RETRY[0];
+            pause2 = RETRY[0];
           } catch {
             if (!stopped && retry === void 0) {
               retry = setTimeout(() => {
                 retry = void 0;
                 void look();
-              }, pause);
-              pause = Math.min(pause * 2, RETRY[1]);
+              }, pause2);
+              pause2 = Math.min(pause2 * 2, RETRY[1]);
             }
             break;
           }
-          if (stopped || read === "unchanged")
+          if (stopped)
             continue;
-          if (read === null) {
-            if (!delivered || seen > 0 && !deleted) {
-              deleted = seen > 0;
-              delivered = true;
-              callback(null);
-            }
-          } else if (read.version > seen) {
-            seen = read.version;
-            deleted = false;
+          if (!cache2) {
+            if (read !== "unchanged")
+              heard(read);
+          } else if (read === "unchanged") {
+            cache2.confirmUnchanged(this.ref);
+          } else {
+            seen = Math.max(seen, read?.version ?? 0);
             delivered = true;
-            callback(read);
+            cache2.confirm(this.ref, read);
           }
         } while (again && !stopped);
       } finally {
@@ -154,13 +189,35 @@ var BlobHandle = class {
       if (version === void 0 || version > seen || !delivered)
         void look();
     });
+    const unlisten = cache2 ? this.#show(cache2, callback, () => stopped) : void 0;
     return () => {
       stopped = true;
       clearTimeout(retry);
       unfollow();
+      unlisten?.();
     };
   }
+  /** Calls `callback` with what the cache shows of the blob, whenever that changes. */
+  #show(cache2, callback, stopped) {
+    let shown;
+    const show = () => {
+      const view = cache2.view(this.ref);
+      if (view === void 0 || stopped() || shown !== void 0 && same(shown, view))
+        return;
+      shown = view;
+      callback(view);
+    };
+    void cache2.ready.then(show);
+    return cache2.listen(this.ref, show);
+  }
 };
+function same(a, b) {
+  if (a === null || b === null)
+    return a === b;
+  if (a.version !== b.version || a.cached !== b.cached || a.pending !== b.pending)
+    return false;
+  return a.data.length === b.data.length && a.data.every((byte, i) => byte === b.data[i]);
+}
 
 // dist/blake3.js
 var IV = new Uint32Array([
@@ -898,7 +955,7 @@ var Polling = class extends Transport {
    */
   pause(onPause) {
     this.readyState = "pausing";
-    const pause = () => {
+    const pause2 = () => {
       this.readyState = "paused";
       onPause();
     };
@@ -907,17 +964,17 @@ var Polling = class extends Transport {
       if (this._polling) {
         total++;
         this.once("pollComplete", function() {
-          --total || pause();
+          --total || pause2();
         });
       }
       if (!this.writable) {
         total++;
         this.once("drain", function() {
-          --total || pause();
+          --total || pause2();
         });
       }
     } else {
-      pause();
+      pause2();
     }
   }
   /**
@@ -1371,8 +1428,8 @@ var WT = class extends Transport {
         encoderStream.readable.pipeTo(stream.writable);
         this._writer = encoderStream.writable.getWriter();
         const read = () => {
-          reader.read().then(({ done, value: value2 }) => {
-            if (done) {
+          reader.read().then(({ done: done2, value: value2 }) => {
+            if (done2) {
               return;
             }
             this.onPacket(value2);
@@ -3751,18 +3808,25 @@ var SocketTransport = class {
       return "unchanged";
     return { version: reply.version, data: reply.data ? fromBase64(reply.data) : new Uint8Array() };
   }
-  async write(ref, data, version) {
+  async write(ref, data, version, id) {
     const arg = { ref, data: toBase64(data) };
     if (version !== void 0)
       arg.version = version;
+    if (id !== void 0)
+      Object.assign(arg, id);
     const reply = await this.call("set", arg);
     if (reply.success)
       return { success: true, version: reply.version };
     return {
       success: false,
       version: reply.version,
-      data: typeof reply.data === "string" ? fromBase64(reply.data) : null
+      data: typeof reply.data === "string" ? fromBase64(reply.data) : null,
+      ...reply.unknown === true && { unknown: true }
     };
+  }
+  /** The refused handshake that ended this client, if one did. */
+  get failure() {
+    return this.#failure;
   }
   follow(ref, changed) {
     let callbacks = this.#follows.get(ref);
@@ -3894,7 +3958,7 @@ var HttpTransport = class {
     const stop = new AbortController();
     this.#streams.add(stop);
     void (async () => {
-      let pause = RETRY2[0];
+      let pause2 = RETRY2[0];
       let lastId;
       while (!stop.signal.aborted) {
         try {
@@ -3907,7 +3971,7 @@ var HttpTransport = class {
           });
           if (!response.ok || !response.body)
             throw await failure(response);
-          pause = RETRY2[0];
+          pause2 = RETRY2[0];
           changed();
           for await (const id of eventIds(response.body)) {
             lastId = id;
@@ -3917,8 +3981,8 @@ var HttpTransport = class {
         }
         if (stop.signal.aborted)
           break;
-        await new Promise((wake) => setTimeout(wake, pause));
-        pause = Math.min(pause * 2, RETRY2[1]);
+        await new Promise((wake) => setTimeout(wake, pause2));
+        pause2 = Math.min(pause2 * 2, RETRY2[1]);
       }
     })();
     return () => {
@@ -3962,8 +4026,8 @@ async function* eventIds(body) {
   let buffer = "";
   let id;
   for (; ; ) {
-    const { value: value2, done } = await reader.read();
-    if (done)
+    const { value: value2, done: done2 } = await reader.read();
+    if (done2)
       return;
     buffer += decoder.decode(value2, { stream: true });
     let end;
@@ -3980,19 +4044,734 @@ async function* eventIds(body) {
   }
 }
 
+// dist/local.js
+var OfflineError = class extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "OfflineError";
+  }
+};
+var OVERHEAD = 128;
+var RETRY3 = [500, 3e4];
+var Local = class {
+  ready;
+  #transport;
+  #provider;
+  #backend;
+  #values = /* @__PURE__ */ new Map();
+  #contents = /* @__PURE__ */ new Map();
+  #queue = [];
+  /** Refs read from the server by this client: their values are not "cached" any more. */
+  #fresh = /* @__PURE__ */ new Set();
+  #watchers = /* @__PURE__ */ new Map();
+  #running = /* @__PURE__ */ new Set();
+  #ops = /* @__PURE__ */ new Map();
+  #listeners = {
+    status: /* @__PURE__ */ new Set(),
+    conflict: /* @__PURE__ */ new Set(),
+    failed: /* @__PURE__ */ new Set()
+  };
+  #bytes = 0;
+  #clock = 0;
+  #seq = 0;
+  #lastError = null;
+  #status;
+  #lastStatus = "";
+  /** Whether the connection is known to be down (failed or lost since it was last up). */
+  #down = false;
+  #saving = Promise.resolve();
+  /** This client's writer name: new for each client, kept by each of its intents. */
+  #writer = randomName();
+  constructor(transport, provider, scope) {
+    this.#transport = transport;
+    this.#provider = provider;
+    const socket = transport.socket;
+    socket.on("connect", () => {
+      this.#down = false;
+      this.#changed();
+      this.#kickAll();
+    });
+    socket.on("disconnect", (reason) => {
+      this.#down = true;
+      if (reason === "io server disconnect") {
+        this.#lastError = new BlobsError("the server closed the connection (an expired or revoked token?)");
+      }
+      this.#changed();
+    });
+    socket.on("connect_error", (error) => {
+      this.#down = true;
+      if (!socket.active)
+        this.#lastError = error;
+      this.#changed();
+    });
+    this.#status = this.#current();
+    this.ready = provider && scope ? this.#load(provider, scope) : Promise.resolve();
+  }
+  /** Whether a cache was given. */
+  get caching() {
+    return this.#provider !== void 0;
+  }
+  /** The status, the same object until it changes. */
+  get status() {
+    return this.#status;
+  }
+  #current() {
+    const pending = this.#queue.length;
+    const state = !this.#transport.socket.connected ? "offline" : pending ? "syncing" : "online";
+    return { state, pending, lastError: this.#lastError };
+  }
+  on(event, listener) {
+    const listeners = this.#listeners[event];
+    listeners.add(listener);
+    return () => listeners.delete(listener);
+  }
+  #emit(event, value2) {
+    for (const listener of this.#listeners[event]) {
+      listener(value2);
+    }
+  }
+  /** Emits `status` if it changed. */
+  #changed() {
+    const status = this.#current();
+    const key = `${status.state} ${status.pending} ${status.lastError?.message}`;
+    if (key === this.#lastStatus)
+      return;
+    this.#lastStatus = key;
+    this.#status = status;
+    this.#emit("status", status);
+  }
+  /** Registers a named operation, and sends the queued writes that waited for it. */
+  operation(name, fn) {
+    if (typeof name !== "string" || name === "" || typeof fn !== "function") {
+      throw new TypeError("an operation is a name and a function");
+    }
+    this.#ops.set(name, fn);
+    this.#kickAll();
+  }
+  /** The operation registered under `name`. */
+  op(name) {
+    const fn = this.#ops.get(name);
+    if (!fn)
+      throw new TypeError(`no operation named ${JSON.stringify(name)}: register it with client.operation()`);
+    return fn;
+  }
+  async #load(provider, scope) {
+    try {
+      this.#backend = await provider.open(scope);
+      const damaged = [];
+      for (const [key, record2] of await this.#backend.load()) {
+        if (record2.kind === "value") {
+          const intact = record2.data === null || blake3Hex(record2.data) === record2.hash;
+          if (!intact) {
+            damaged.push(key);
+            continue;
+          }
+          this.#values.set(record2.ref, { version: record2.version, data: record2.data, used: 0 });
+          this.#bytes += valueBytes(record2.data);
+        } else if (record2.kind === "content") {
+          this.#contents.set(record2.hash, { data: record2.data, used: 0 });
+          this.#bytes += contentBytes(record2.data);
+        } else {
+          this.#queue.push({ ...record2, durable: true, firstSend: false });
+          this.#bytes += intentBytes(record2);
+          this.#seq = Math.max(this.#seq, record2.seq);
+        }
+      }
+      this.#queue.sort((a, b) => a.seq - b.seq);
+      if (damaged.length)
+        this.#save([], damaged);
+      this.#evict();
+    } catch (error) {
+      this.#backend = void 0;
+      this.#lastError = error;
+    }
+    this.#changed();
+    this.#kickAll();
+  }
+  /** Queues a change of the cache's records, in order, and resolves once it is stored. */
+  #save(puts, deletes) {
+    const backend = this.#backend;
+    if (!backend)
+      return Promise.resolve();
+    this.#saving = this.#saving.then(() => backend.write(puts, deletes).catch((error) => {
+      this.#lastError = error;
+      this.#changed();
+    }));
+    return this.#saving;
+  }
+  /** Resolves whether the server can be asked now: connected, or connected at first try. */
+  async online() {
+    const socket = this.#transport.socket;
+    if (socket.connected)
+      return true;
+    if (this.#down || !socket.active)
+      return false;
+    return new Promise((resolve) => {
+      const settle = (up) => () => {
+        socket.off("connect", yes);
+        socket.off("connect_error", no);
+        resolve(up);
+      };
+      const yes = settle(true);
+      const no = settle(false);
+      socket.once("connect", yes);
+      socket.once("connect_error", no);
+    });
+  }
+  // --- values ---
+  /** What the app sees of `ref`: the server's last value with the queued writes applied. */
+  view(ref) {
+    const known = this.#values.get(ref);
+    let data = known ? known.data : null;
+    let pending = 0;
+    for (const intent of this.#queue) {
+      if (intent.ref !== ref)
+        continue;
+      pending++;
+      try {
+        data = this.#applied(intent, data) ?? data;
+      } catch {
+      }
+    }
+    if (!known && !pending)
+      return void 0;
+    if (data === null)
+      return null;
+    const value2 = { version: known?.version ?? 0, data };
+    if (!this.#fresh.has(ref))
+      value2.cached = true;
+    if (pending)
+      value2.pending = pending;
+    return value2;
+  }
+  /** What `intent` writes over `data`; undefined when its operation is not registered yet. */
+  #applied(intent, data) {
+    if (intent.op === void 0 && !intent.fn)
+      return intent.data;
+    const fn = intent.fn ?? this.#ops.get(intent.op);
+    return fn ? toBytes(fn(data, ...intent.args ?? [])) : void 0;
+  }
+  /** Takes in what the server said of `ref` (`null`: no such blob). */
+  confirm(ref, value2) {
+    const fresh = !this.#fresh.has(ref);
+    this.#fresh.add(ref);
+    const known = this.#values.get(ref);
+    const newer = value2 ? !known || value2.version > known.version || known.data === null && value2.version >= known.version : !known || known.data !== null;
+    if (newer) {
+      const next = value2 ?? { version: known?.version ?? 0, data: null };
+      this.#keepValue(ref, next.version, next.data);
+    } else if (known) {
+      known.used = ++this.#clock;
+    }
+    if (newer || fresh)
+      this.#notify(ref);
+  }
+  /** The server said `ref` is still at the version this client knows. */
+  confirmUnchanged(ref) {
+    if (this.#fresh.has(ref))
+      return;
+    this.#fresh.add(ref);
+    this.#notify(ref);
+  }
+  /** The version of `ref` this client knows, if any. */
+  knownVersion(ref) {
+    return this.#values.get(ref)?.version || void 0;
+  }
+  #keepValue(ref, version, data) {
+    const old = this.#values.get(ref);
+    if (old)
+      this.#bytes -= valueBytes(old.data);
+    this.#values.set(ref, { version, data, used: ++this.#clock });
+    this.#bytes += valueBytes(data);
+    const record2 = { kind: "value", ref, version, data, hash: data && blake3Hex(data) };
+    void this.#save([[valueKey(ref), record2]], []);
+    this.#evict();
+  }
+  /** Calls `listener` whenever the view of `ref` may have changed. */
+  listen(ref, listener) {
+    let set = this.#watchers.get(ref);
+    if (!set) {
+      set = /* @__PURE__ */ new Set();
+      this.#watchers.set(ref, set);
+    }
+    set.add(listener);
+    return () => {
+      set.delete(listener);
+      if (!set.size)
+        this.#watchers.delete(ref);
+    };
+  }
+  #notify(ref) {
+    for (const listener of this.#watchers.get(ref) ?? [])
+      listener();
+  }
+  /** Reads `ref`: from the server when it can be asked, from the cache otherwise. */
+  async get(ref) {
+    await this.ready;
+    if (this.#transport.socket.connected || this.view(ref) === void 0 && await this.online()) {
+      try {
+        const read = await this.#transport.read(ref);
+        this.confirm(ref, read === "unchanged" ? null : read);
+      } catch (error) {
+        if (error instanceof BlobsError)
+          throw error;
+      }
+    }
+    const view = this.view(ref);
+    if (view === void 0) {
+      throw new OfflineError(`offline, and blob ${ref} is not in the local cache`);
+    }
+    const known = this.#values.get(ref);
+    if (known)
+      known.used = ++this.#clock;
+    return view;
+  }
+  // --- content ---
+  /** Content by hash: from the cache when it holds it (checked), from the server otherwise. */
+  async content(hash, fetch2) {
+    await this.ready;
+    const cached = this.#contents.get(hash);
+    if (cached) {
+      try {
+        verified(cached.data, hash);
+        cached.used = ++this.#clock;
+        return cached.data;
+      } catch {
+        this.#dropContent(hash);
+      }
+    }
+    if (!await this.online()) {
+      throw new OfflineError(`offline, and content ${hash} is not in the local cache`);
+    }
+    const bytes = await fetch2();
+    this.keepContent(hash, bytes);
+    return bytes;
+  }
+  /** Keeps content the server has (verified against `hash` by the caller). */
+  keepContent(hash, data) {
+    if (!this.caching || this.#contents.has(hash))
+      return;
+    this.#contents.set(hash, { data, used: ++this.#clock });
+    this.#bytes += contentBytes(data);
+    void this.#save([[contentKey(hash), { kind: "content", hash, data }]], []);
+    this.#evict();
+  }
+  #dropContent(hash) {
+    const content = this.#contents.get(hash);
+    if (!content)
+      return;
+    this.#contents.delete(hash);
+    this.#bytes -= contentBytes(content.data);
+    void this.#save([], [contentKey(hash)]);
+  }
+  /** Evicts the values and content used least recently until the cache fits its bound. */
+  #evict() {
+    const max = this.#provider?.maxBytes ?? Infinity;
+    if (this.#bytes <= max)
+      return;
+    const pinned = new Set(this.#queue.map((intent) => intent.ref));
+    const candidates = [];
+    for (const [ref, known] of this.#values) {
+      if (!pinned.has(ref))
+        candidates.push([known.used, () => this.#dropValue(ref)]);
+    }
+    for (const [hash, content] of this.#contents) {
+      candidates.push([content.used, () => this.#dropContent(hash)]);
+    }
+    candidates.sort((a, b) => a[0] - b[0]);
+    for (const [, drop] of candidates) {
+      if (this.#bytes <= max)
+        break;
+      drop();
+    }
+  }
+  #dropValue(ref) {
+    const known = this.#values.get(ref);
+    if (!known)
+      return;
+    this.#values.delete(ref);
+    this.#fresh.delete(ref);
+    this.#bytes -= valueBytes(known.data);
+    void this.#save([], [valueKey(ref)]);
+  }
+  /** Forgets everything: values, content, and the queued writes (which reject). */
+  async clear() {
+    await this.ready;
+    const queued = this.#queue;
+    this.#queue = [];
+    this.#values.clear();
+    this.#contents.clear();
+    this.#fresh.clear();
+    this.#bytes = 0;
+    const backend = this.#backend;
+    this.#saving = this.#saving.then(() => backend?.clear());
+    await this.#saving;
+    for (const intent of queued)
+      intent.settle?.reject(new Error("the cache was cleared before this write was sent"));
+    for (const ref of new Set(queued.map((intent) => intent.ref)))
+      this.#notify(ref);
+    this.#changed();
+  }
+  /** Stores what is left to store, then closes the cache. */
+  async close() {
+    await this.ready;
+    await this.#saving;
+    this.#backend?.close();
+  }
+  // --- queued writes ---
+  /**
+   * Queues a write of `ref`, applies it to the view at once, and resolves with the answer of
+   * the server once it is made: a named operation (`op`, `args`), an anonymous one (`fn`,
+   * kept in memory only), or a strict set (`data`, `version`).
+   */
+  async enqueue(ref, write) {
+    await this.ready;
+    const intent = {
+      kind: "intent",
+      seq: ++this.#seq,
+      writer: this.#writer,
+      ref,
+      durable: !("fn" in write),
+      firstSend: false
+    };
+    if ("op" in write) {
+      this.op(write.op);
+      intent.op = write.op;
+      intent.args = JSON.parse(JSON.stringify(write.args));
+    } else if ("fn" in write) {
+      intent.fn = write.fn;
+    } else {
+      intent.data = write.data;
+      if (write.version !== void 0)
+        intent.version = write.version;
+    }
+    this.#applied(intent, this.view(ref)?.data ?? null);
+    const pinned = this.#pinnedBytes() + intentBytes(intent);
+    const max = this.#provider?.maxBytes ?? Infinity;
+    if (pinned > max) {
+      throw new BlobsError(`the local cache cannot hold another pending write (${pinned} of ${max} bytes)`);
+    }
+    const answer = new Promise((resolve, reject) => {
+      intent.settle = { resolve, reject };
+    });
+    this.#queue.push(intent);
+    this.#bytes += intentBytes(intent);
+    if (intent.durable)
+      void this.#save([[intentKey(intent), record(intent)]], []);
+    this.#evict();
+    this.#notify(ref);
+    this.#changed();
+    this.#kick(ref);
+    return answer;
+  }
+  /** Bytes that cannot be evicted: queued writes and the values they apply to. */
+  #pinnedBytes() {
+    let bytes = 0;
+    const refs = /* @__PURE__ */ new Set();
+    for (const intent of this.#queue) {
+      bytes += intentBytes(intent);
+      refs.add(intent.ref);
+    }
+    for (const ref of refs)
+      bytes += valueBytes(this.#values.get(ref)?.data ?? null);
+    return bytes;
+  }
+  #kickAll() {
+    for (const ref of new Set(this.#queue.map((intent) => intent.ref)))
+      this.#kick(ref);
+  }
+  /** Starts sending the queued writes of `ref`, unless that is under way or offline. */
+  #kick(ref) {
+    if (!this.#transport.socket.connected || this.#running.has(ref))
+      return;
+    this.#running.add(ref);
+    void this.#sync(ref).then((stopped) => {
+      this.#running.delete(ref);
+      if (stopped === "lost")
+        this.#kick(ref);
+    });
+  }
+  /** Sends the queued writes of `ref` one at a time, in order, while connected. */
+  async #sync(ref) {
+    await this.ready;
+    let refusals = 0;
+    let conflicts = 0;
+    while (this.#transport.socket.connected) {
+      const intent = this.#queue.find((queued) => queued.ref === ref);
+      if (!intent)
+        return "idle";
+      const fn = intent.fn ?? (intent.op === void 0 ? void 0 : this.#ops.get(intent.op));
+      if (intent.op !== void 0 && !fn)
+        return "blocked";
+      try {
+        if (!intent.attempt) {
+          const known = this.#values.get(ref);
+          const base2 = known && this.#fresh.has(ref) ? known : await this.#read(ref);
+          await this.#attempt(intent, fn, base2?.version || void 0, base2?.data ?? null);
+        }
+        const { base, data } = intent.attempt;
+        const first = intent.firstSend;
+        intent.firstSend = false;
+        const id = { writer: intent.writer, seq: intent.seq };
+        const result = await this.#transport.write(ref, data, base, id);
+        refusals = 0;
+        if (result.success) {
+          this.#finish(intent);
+          this.confirm(ref, { version: result.version, data });
+          if (this.#lastError instanceof BlobsError)
+            this.#lastError = null;
+          this.#changed();
+          intent.settle?.resolve(fn ? { version: result.version, data } : result);
+          continue;
+        }
+        if (result.unknown && !first) {
+          this.#fail(intent, new BlobsError(`a write to ${ref} was sent before and its answer lost, and the server no longer remembers whether it committed: it is not sent again`));
+          continue;
+        }
+        if (result.data !== null)
+          this.confirm(ref, { version: result.version, data: result.data });
+        if (!fn) {
+          this.#finish(intent);
+          this.#emit("conflict", {
+            ref,
+            data,
+            version: base,
+            current: { version: result.version, data: result.data }
+          });
+          intent.settle?.resolve(result);
+          continue;
+        }
+        await this.#attempt(intent, fn, result.version, result.data);
+        if (++conflicts % 100 === 0)
+          await pause(RETRY3[0]);
+      } catch (error) {
+        if (error instanceof AppError) {
+          this.#fail(intent, error.cause);
+          continue;
+        }
+        if (!(error instanceof BlobsError))
+          return "lost";
+        this.#lastError = error;
+        this.#changed();
+        if (/^(Invalid|Read-only)/.test(error.message)) {
+          this.#fail(intent, error);
+        } else if (/^Token (expired|revoked)/.test(error.message)) {
+          return "lost";
+        } else {
+          await pause(Math.min(RETRY3[0] * 2 ** refusals++, RETRY3[1]));
+        }
+      }
+    }
+    return "lost";
+  }
+  async #read(ref) {
+    const read = await this.#transport.read(ref);
+    const value2 = read === "unchanged" ? null : read;
+    this.confirm(ref, value2);
+    return value2;
+  }
+  /** Makes the next attempt of `intent` on top of `(base, data)` and stores it before it goes. */
+  async #attempt(intent, fn, base, data) {
+    let next;
+    if (fn) {
+      try {
+        next = toBytes(fn(data, ...intent.args ?? []));
+      } catch (error) {
+        throw new AppError(error);
+      }
+    } else {
+      next = intent.data;
+      base = intent.version;
+    }
+    this.#bytes -= intentBytes(intent);
+    intent.attempt = base === void 0 ? { data: next } : { base, data: next };
+    intent.firstSend = true;
+    this.#bytes += intentBytes(intent);
+    if (intent.durable)
+      await this.#save([[intentKey(intent), record(intent)]], []);
+  }
+  /** Takes a write off the queue. */
+  #finish(intent) {
+    this.#queue = this.#queue.filter((queued) => queued !== intent);
+    this.#bytes -= intentBytes(intent);
+    if (intent.durable)
+      void this.#save([], [intentKey(intent)]);
+    this.#notify(intent.ref);
+    this.#changed();
+  }
+  /** Gives a write up, saying why. */
+  #fail(intent, error) {
+    this.#finish(intent);
+    this.#lastError = error;
+    this.#changed();
+    this.#emit("failed", { ref: intent.ref, error });
+    intent.settle?.reject(error);
+  }
+};
+var AppError = class extends Error {
+  constructor(cause) {
+    super("the operation threw", { cause });
+  }
+};
+function pause(ms) {
+  return new Promise((wake) => setTimeout(wake, ms));
+}
+function randomName() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+}
+function record(intent) {
+  const { durable: _durable, fn: _fn, settle: _settle, firstSend: _first, ...stored } = intent;
+  return stored;
+}
+var valueKey = (ref) => `v:${ref}`;
+var contentKey = (hash) => `c:${hash}`;
+var intentKey = (intent) => `q:${String(intent.seq).padStart(16, "0")}`;
+var valueBytes = (data) => OVERHEAD + (data?.length ?? 0);
+var contentBytes = (data) => OVERHEAD + data.length;
+function intentBytes(intent) {
+  return OVERHEAD + (intent.data?.length ?? 0) + (intent.attempt?.data.length ?? 0) + (intent.args ? JSON.stringify(intent.args).length : 0);
+}
+
+// dist/cache.js
+var DEFAULT_MAX_BYTES = 8 * 1024 * 1024;
+function maxBytesOf(options) {
+  const bytes = options.maxBytes ?? DEFAULT_MAX_BYTES;
+  if (!Number.isSafeInteger(bytes) || bytes < 0) {
+    throw new TypeError("maxBytes is a whole number of bytes");
+  }
+  return bytes;
+}
+function memoryCache(options = {}) {
+  const scopes = /* @__PURE__ */ new Map();
+  return {
+    maxBytes: maxBytesOf(options),
+    async open(scope) {
+      let records = scopes.get(scope.name);
+      if (!records) {
+        records = /* @__PURE__ */ new Map();
+        scopes.set(scope.name, records);
+      }
+      const stored = records;
+      return {
+        async load() {
+          return [...stored].map(([key, record2]) => [key, structuredClone(record2)]);
+        },
+        async write(puts, deletes) {
+          for (const key of deletes)
+            stored.delete(key);
+          for (const [key, record2] of puts)
+            stored.set(key, structuredClone(record2));
+        },
+        async clear() {
+          stored.clear();
+        },
+        close() {
+        }
+      };
+    }
+  };
+}
+function indexedDbCache(options = {}) {
+  return {
+    maxBytes: maxBytesOf(options),
+    async open(scope) {
+      const db = await request((() => {
+        const opening = indexedDB.open(`blobs-client ${scope.server} ${scope.bucket}`, 1);
+        opening.onupgradeneeded = () => opening.result.createObjectStore(STORE);
+        return opening;
+      })());
+      const transaction = (mode) => db.transaction(STORE, mode, { durability: "strict" });
+      return {
+        async load() {
+          const store = transaction("readonly").objectStore(STORE);
+          const [keys, records] = await Promise.all([
+            request(store.getAllKeys()),
+            request(store.getAll())
+          ]);
+          return keys.map((key, i) => [String(key), records[i]]);
+        },
+        write(puts, deletes) {
+          const tx = transaction("readwrite");
+          const store = tx.objectStore(STORE);
+          for (const key of deletes)
+            store.delete(key);
+          for (const [key, record2] of puts)
+            store.put(record2, key);
+          return done(tx);
+        },
+        clear() {
+          const tx = transaction("readwrite");
+          tx.objectStore(STORE).clear();
+          return done(tx);
+        },
+        close() {
+          db.close();
+        }
+      };
+    }
+  };
+}
+var STORE = "records";
+function request(req) {
+  return new Promise((resolve, reject) => {
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(req.error);
+  });
+}
+function done(tx) {
+  return new Promise((resolve, reject) => {
+    tx.oncomplete = () => resolve();
+    tx.onerror = () => reject(tx.error);
+    tx.onabort = () => reject(tx.error ?? new Error("IndexedDB transaction aborted"));
+  });
+}
+
 // dist/index.js
 var Blob2 = BlobHandle;
 function connect(url2, options) {
+  const scope = options.cache && cacheScope(url2, options.token);
   const transport = new SocketTransport(url2, options);
+  const local = new Local(transport, options.cache, scope);
   return {
     socket: transport.socket,
-    blob: (ref) => new BlobHandle(transport, ref),
+    blob: (ref) => new BlobHandle(transport, ref, local),
     content: {
-      put: (data) => transport.putContent(data),
-      get: (hash) => transport.getContent(hash)
+      put: async (data) => {
+        const bytes = toBytes(data);
+        if (local.caching && !await local.online()) {
+          throw new OfflineError("offline: content is stored only while connected");
+        }
+        const hash = await transport.putContent(bytes);
+        local.keepContent(hash, bytes);
+        return hash;
+      },
+      get: (hash) => local.caching ? local.content(hash, () => transport.getContent(hash)) : transport.getContent(hash)
     },
-    close: () => transport.socket.close()
+    operation: (name, fn) => local.operation(name, fn),
+    get status() {
+      return local.status;
+    },
+    on: (event, listener) => local.on(event, listener),
+    clearCache: () => local.clear(),
+    close: () => {
+      transport.socket.close();
+      return local.close();
+    }
   };
+}
+function cacheScope(url2, token) {
+  const server = new URL(url2, globalThis.location?.href).origin;
+  let bucket;
+  try {
+    const payload = token.split(".")[1].replaceAll("-", "+").replaceAll("_", "/");
+    bucket = JSON.parse(new TextDecoder().decode(fromBase64(payload))).bucket;
+  } catch {
+  }
+  if (typeof bucket !== "string" || bucket === "") {
+    throw new TypeError("a cache needs a bucket token: a JWT whose `bucket` names its bucket");
+  }
+  return { server, bucket, name: `${server} ${bucket}` };
 }
 function connectHttp(url2, options) {
   const transport = new HttpTransport(url2, options);
@@ -4009,10 +4788,14 @@ export {
   Blob2 as Blob,
   BlobHandle,
   BlobsError,
+  DEFAULT_MAX_BYTES,
+  OfflineError,
   blake3Hex,
   connect,
   connectHttp,
   fromBase64,
+  indexedDbCache,
+  memoryCache,
   text,
   toBase64,
   toBytes

@@ -20,7 +20,7 @@ use crate::serve::changes::Changes;
 use crate::storage::content::ContentStore;
 use crate::storage::content::{ByteStream, Stored};
 use crate::storage::quota::{AdmitError, Quota, Refusal, UsageChange};
-use crate::storage::store::{Edit, SetOutcome, SetRequest, Store};
+use crate::storage::store::{Edit, MAX_LAST_WRITE_LEN, SetOutcome, SetRequest, Store};
 
 /// Shared server state: what every request and socket shares, named. Cloning is cheap: it is
 /// one `Arc`.
@@ -67,7 +67,8 @@ pub struct SocketCensus {
 }
 
 /// Bytes a blob's file takes beyond its data, at most: what a write reserves against the quota
-/// before it knows its file (the version, times and address).
+/// before it knows its file (the version, times and address). A write with a write id reserves
+/// one entry of the blob's writers more (the others were in the file it replaces).
 const BLOB_FILE_OVERHEAD: u64 = 160;
 
 /// Why a write to the versioned store was not made.
@@ -183,7 +184,9 @@ impl AppState {
         let quota = &self.0.quota;
         let (hold, account) = match &request.edit {
             Edit::Put(data) => {
-                let needs = data.as_ref().map_or(0, String::len) as u64 + BLOB_FILE_OVERHEAD;
+                let writer = request.id.as_ref().map_or(0, |_| MAX_LAST_WRITE_LEN);
+                let needs =
+                    data.as_ref().map_or(0, String::len) as u64 + BLOB_FILE_OVERHEAD + writer;
                 let hold = quota.admit(bucket, needs, 0).await?;
                 (Some(hold), None)
             }

@@ -220,6 +220,20 @@ mod tests {
                 Listed::from(&decode(&file).unwrap()).size
             );
         }
+        // Its longest writers, as many as a blob remembers, still fit the tail.
+        let writer = format!(
+            r#"{{"writer":"{}","seq":{MAX_VERSION},"version":{MAX_VERSION}}}"#,
+            "w".repeat(crate::storage::store::MAX_WRITER)
+        );
+        let writers = vec![writer; crate::storage::store::WRITERS].join(",");
+        let after = format!(
+            r#","version":{MAX_VERSION},"created":{MAX_VERSION},"updated":{MAX_VERSION},"ip":"2001:db8::1","writers":[{writers}]}}"#
+        );
+        let (file, head, tail) = ends(10_000, &after);
+        assert_eq!(
+            summarize_ends(&head, &tail, file.len() as u64),
+            Some(summarize(&file))
+        );
         let (file, head, tail) = ends(10_000, r#","version":0,"created":1}"#);
         assert!(
             summarize_ends(&head, &tail, file.len() as u64)

@@ -31,8 +31,13 @@ pub const MAX_VERSION: u64 = (1 << 53) - 1;
 /// [`Blob::writers`]).
 pub const WRITERS: usize = 32;
 
-/// Longest writer name a client may send.
-pub const MAX_WRITER: usize = 64;
+/// Longest writer name a client may send. With it, [`WRITERS`] entries stay well within the
+/// tail of a blob file that a listing reads (`format::TAIL`).
+pub const MAX_WRITER: usize = 32;
+
+/// Bytes a write id adds to its blob's file at most: its entry of [`Blob::writers`] with a
+/// comma, or, the first time, with the key.
+pub const MAX_LAST_WRITE_LEN: u64 = 13 + 31 + MAX_WRITER as u64 + 2 * 16;
 
 /// One blob, exactly as stored in `<bucket>/<ref[0..2]>/<ref>.json` (the original's format,
 /// plus `deleted` on tombstones and `writers` on blobs written with write ids).
@@ -521,6 +526,19 @@ mod tests {
             });
             assert_eq!(blob.stored_len(), len(&blob), "{:?}", blob.writers);
         }
+        // The longest entry, the first or another, within what a write reserves for it.
+        let longest = LastWrite {
+            writer: "w".repeat(MAX_WRITER),
+            seq: MAX_VERSION,
+            version: MAX_VERSION,
+        };
+        let before = len(&blob);
+        blob.writers.push(longest.clone());
+        assert!(len(&blob) - before <= MAX_LAST_WRITE_LEN);
+        blob.writers.clear();
+        let before = len(&blob);
+        blob.writers.push(longest);
+        assert_eq!(len(&blob) - before, MAX_LAST_WRITE_LEN);
     }
 
     fn with_id(expect: Expect, writer: &str, seq: u64) -> SetRequest {
