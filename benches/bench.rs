@@ -72,8 +72,8 @@ struct Args {
     /// Seconds the `checkpoint` scenario writes 10,000 refs round-robin.
     #[arg(long, default_value_t = 60)]
     round_robin_seconds: u64,
-    /// Run only these scenarios (idle, set, get, http_get, http_put, contend, fanout,
-    /// content_put, content_get, metrics, checkpoint, cluster); all when absent.
+    /// Run only these scenarios (idle, set, get, http_get, http_put, contend, write_ids,
+    /// fanout, content_put, content_get, metrics, checkpoint, cluster); all when absent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Passed by `cargo bench`; without it the binary only says how to run it.
@@ -211,7 +211,8 @@ struct Disk {
 }
 
 /// The Socket.IO scenarios, into `report`: memory per idle connection, `set`, `get`,
-/// `contend` and `fanout`; `set` also as a multiple of the disk's limits.
+/// `contend`, both writes with write ids, and `fanout`; `set` also as a multiple of the
+/// disk's limits.
 async fn socket_scenarios(
     args: &Args,
     server: &ServerProcess,
@@ -249,6 +250,11 @@ async fn socket_scenarios(
     if args.runs("contend") {
         eprintln!("contend…");
         report["contend"] = measured(16, Workload::Contend).await?;
+    }
+    if args.runs("write_ids") {
+        eprintln!("set and contend with write ids…");
+        report["set_write_ids"] = measured(32, Workload::SetIds).await?;
+        report["contend_write_ids"] = measured(16, Workload::ContendIds).await?;
     }
     if args.runs("fanout") {
         for &subscribers in &args.fanout_subscribers {
@@ -1267,6 +1273,16 @@ enum Workload {
     Get,
     /// All clients compare-and-swap loop on one ref.
     Contend,
+    /// [`Workload::Set`] with write ids (each client a writer).
+    SetIds,
+    /// [`Workload::Contend`] with write ids: the blob remembers every client as a writer.
+    ContendIds,
+}
+
+impl Workload {
+    fn contended(self) -> bool {
+        matches!(self, Workload::Contend | Workload::ContendIds)
+    }
 }
 
 /// 1 KiB of data as base64.
@@ -1312,7 +1328,7 @@ async fn measured_throughput(
     let mut sockets = Vec::with_capacity(clients);
     for i in 0..clients {
         let mut socket = RawClient::connect_token(addrs[i % addrs.len()], token).await?;
-        let r = if workload == Workload::Contend {
+        let r = if workload.contended() {
             bench_ref(1_000_000 + base)
         } else {
             bench_ref(base + i)
@@ -1330,17 +1346,27 @@ async fn measured_throughput(
     let deadline = Instant::now() + duration;
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for mut socket in sockets {
+    for (writer, mut socket) in sockets.into_iter().enumerate() {
         let data = data.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut committed = 0u64;
             let mut version: Option<u64> = None;
+            let mut seq = 0u64;
             while Instant::now() < deadline {
                 let sent = Instant::now();
                 let ack = match workload {
                     Workload::Get => socket.call1("get", json!({})).await?,
-                    _ => socket.call1("set", set_args(&data, version)).await?,
+                    Workload::SetIds | Workload::ContendIds => {
+                        seq += 1;
+                        let mut args = set_args(&data, version);
+                        args["writer"] = json!(format!("bench-writer-{writer}"));
+                        args["seq"] = json!(seq);
+                        socket.call1("set", args).await?
+                    }
+                    Workload::Set | Workload::Contend => {
+                        socket.call1("set", set_args(&data, version)).await?
+                    }
                 };
                 latencies.push(sent.elapsed());
                 if workload != Workload::Get {
@@ -1371,7 +1397,7 @@ async fn measured_throughput(
         "p50_ms": percentile_ms(&mut latencies, 0.50),
         "p99_ms": percentile_ms(&mut latencies, 0.99),
     });
-    if workload == Workload::Contend {
+    if workload.contended() {
         report["committed_per_sec"] = json!(round(committed as f64 / elapsed));
     }
     if let (Some(probe), Some(before)) = (probe, before) {

@@ -124,13 +124,14 @@ impl<A: Adapter> Session<A> {
         let version = optional_version(params, "version")?;
         let data = optional_data(params, self.state.max_data_chars())?;
         let id = write_id(params)?;
+        let with_id = id.is_some();
         let r = self.target(params)?;
         let request = SetRequest {
             edit: Edit::Put(data),
             expect: Expect::Protocol(version),
             ip: self.ip.clone(),
             now: now_ms(),
-            id: id.clone(),
+            id,
         };
         let outcome = self.state.set_blob(&self.bucket, &r, request).await;
         match outcome? {
@@ -156,8 +157,7 @@ impl<A: Adapter> Session<A> {
                     success: false,
                     data: current.data.clone(),
                     version: current.version,
-                    unknown: id.is_some()
-                        && current.may_have_forgotten(version.unwrap_or_default()),
+                    unknown: with_id && current.may_have_forgotten(version.unwrap_or_default()),
                 }))
             }
             SetOutcome::Conflict(None) => Ok(Reply::Value(json!({ "success": false }))),
