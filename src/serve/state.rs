@@ -187,7 +187,22 @@ impl AppState {
                 let writer = request.id.as_ref().map_or(0, |_| MAX_LAST_WRITE_LEN);
                 let needs =
                     data.as_ref().map_or(0, String::len) as u64 + BLOB_FILE_OVERHEAD + writer;
-                let hold = quota.admit(bucket, needs, 0).await?;
+                let hold = match quota.admit(bucket, needs, 0).await {
+                    Ok(hold) => hold,
+                    Err(refused) => {
+                        // A write sent again once it committed is answered as committed, even
+                        // when the bucket has filled up since.
+                        if let Some(id) = &request.id
+                            && let Some(blob) = self.0.store.get(bucket, r).await?
+                            && let Some(last) = blob.committed(id)
+                        {
+                            return Ok(SetOutcome::Repeated {
+                                version: last.version,
+                            });
+                        }
+                        return Err(refused.into());
+                    }
+                };
                 (Some(hold), None)
             }
             Edit::Delete => (None, quota.account_for_delete(bucket).await),

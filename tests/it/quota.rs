@@ -376,6 +376,32 @@ async fn a_reserve_larger_than_the_disk_refuses_writes_but_not_reads_or_deletes(
     server.stop().await;
 }
 
+/// A write sent again once it committed (its answer lost) is answered as committed even when
+/// the server now refuses writes for space; a new write is refused.
+#[tokio::test]
+async fn a_committed_write_sent_again_is_answered_as_committed_when_writes_are_refused() {
+    let server = TestServer::start().await;
+    let r = hex_ref("0c");
+    let write = json!({"data": "aGk=", "writer": "tab", "seq": 3});
+    let mut client = server.subscribed("b", &r).await;
+    let done = json!({"success": true, "version": 1});
+    assert_eq!(client.call1("set", write.clone()).await.unwrap(), done);
+    let storage = server.stop().await;
+
+    let server = TestServer::start_with(storage, &["--min-free-bytes", "1000000TiB"]).await;
+    let mut client = server.subscribed("b", &r).await;
+    assert_eq!(client.call1("set", write).await.unwrap(), done);
+    let next = json!({"data": "aGk=", "version": 1, "writer": "tab", "seq": 4});
+    let refused = client.call1("set", next).await.unwrap();
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("low on disk space")),
+        "{refused}"
+    );
+    server.stop().await;
+}
+
 /// `blobs <args>` with the test secret, `STORAGE` and `env`.
 fn blobs(storage: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
     let cwd = tempfile::tempdir().unwrap();

@@ -346,13 +346,18 @@ pub fn apply(current: Option<&Arc<Blob>>, request: SetRequest) -> Result<Result<
         Edit::Put(data) => (data, false),
         Edit::Delete => (None, true),
     };
-    // Kept by every write, so writers outlive writes without an id.
+    // Kept by every write, so writers outlive writes without an id; a file that holds more
+    // (edited by hand) is brought back to the bound.
     let mut writers = base.map_or_else(Vec::new, |b| b.writers.clone());
-    if let Some(WriteId { writer, seq }) = request.id {
-        writers.retain(|last| last.writer != writer);
-        if writers.len() >= WRITERS {
-            writers.remove(0);
+    let room = match &request.id {
+        Some(id) => {
+            writers.retain(|last| last.writer != id.writer);
+            WRITERS - 1
         }
+        None => WRITERS,
+    };
+    writers.drain(..writers.len().saturating_sub(room));
+    if let Some(WriteId { writer, seq }) = request.id {
         writers.push(LastWrite {
             writer,
             seq,
@@ -615,5 +620,27 @@ mod tests {
         // them is certain. On 67 it would have made 68, whose writer is forgotten.
         assert!(!blob.may_have_forgotten(68));
         assert!(blob.may_have_forgotten(67));
+        // A file edited to hold more is brought back to the bound by the next write.
+        let mut edited = (*blob).clone();
+        edited.writers = (0..100)
+            .map(|i| LastWrite {
+                writer: format!("e{i}"),
+                seq: 1,
+                version: i,
+            })
+            .collect();
+        let edited = Arc::new(edited);
+        assert_eq!(
+            committed(Some(&edited), put(Expect::Protocol(Some(100))))
+                .writers
+                .len(),
+            WRITERS
+        );
+        let next = committed(
+            Some(&edited),
+            with_id(Expect::Protocol(Some(100)), "new", 1),
+        );
+        assert_eq!(next.writers.len(), WRITERS);
+        assert_eq!(next.writers.last().unwrap().writer, "new");
     }
 }
