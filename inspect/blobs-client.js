@@ -7,7 +7,18 @@ var __export = (target, all) => {
 
 // dist/bytes.js
 function toBytes(data) {
-  return typeof data === "string" ? new TextEncoder().encode(data) : data;
+  if (typeof data === "string")
+    return new TextEncoder().encode(data);
+  if (data instanceof Uint8Array)
+    return data;
+  throw new TypeError(`a blob's data is text or a Uint8Array, not ${describe(data)}`);
+}
+function describe(value2) {
+  if (value2 === null)
+    return "null";
+  if (typeof value2 !== "object")
+    return typeof value2;
+  return value2.constructor?.name ?? "an object";
 }
 function toBase64(bytes) {
   let binary = "";
@@ -22,6 +33,9 @@ function fromBase64(text2) {
   for (let i = 0; i < binary.length; i++)
     bytes[i] = binary.charCodeAt(i);
   return bytes;
+}
+function sameBytes(a, b) {
+  return a.length === b.length && a.every((byte, i) => byte === b[i]);
 }
 function text(bytes) {
   return new TextDecoder().decode(bytes);
@@ -77,7 +91,7 @@ var BlobHandle = class {
    * too large); another `Error` when the connection is refused, or lost while the write was
    * out (its outcome is then unknown; with a cache, it is sent again and made once).
    */
-  set(data, options = {}) {
+  async set(data, options = {}) {
     if (this.#cache) {
       return this.#cache.enqueue(this.ref, { data: toBytes(data), version: options.version });
     }
@@ -159,7 +173,7 @@ var BlobHandle = class {
             read = await this.#transport.read(this.ref, seen || void 0);
             pause2 = RETRY[0];
           } catch {
-            if (!stopped && retry === void 0) {
+            if (!stopped && retry === void 0 && !this.#transport.closed) {
               retry = setTimeout(() => {
                 retry = void 0;
                 void look();
@@ -176,7 +190,7 @@ var BlobHandle = class {
           } else if (read === "unchanged") {
             cache2.confirmUnchanged(this.ref);
           } else {
-            seen = Math.max(seen, read?.version ?? 0);
+            seen = read?.version ?? seen;
             delivered = true;
             cache2.confirm(this.ref, read);
           }
@@ -189,7 +203,11 @@ var BlobHandle = class {
       if (version === void 0 || version > seen || !delivered)
         void look();
     });
-    const unlisten = cache2 ? this.#show(cache2, callback, () => stopped) : void 0;
+    const reset = () => {
+      seen = 0;
+      void look();
+    };
+    const unlisten = cache2 ? this.#show(cache2, callback, () => stopped, reset) : void 0;
     return () => {
       stopped = true;
       clearTimeout(retry);
@@ -197,8 +215,11 @@ var BlobHandle = class {
       unlisten?.();
     };
   }
-  /** Calls `callback` with what the cache shows of the blob, whenever that changes. */
-  #show(cache2, callback, stopped) {
+  /**
+   * Calls `callback` with what the cache shows of the blob, whenever that changes; `reset`
+   * when the cache was cleared.
+   */
+  #show(cache2, callback, stopped, reset) {
     let shown;
     const show = () => {
       const view = cache2.view(this.ref);
@@ -208,7 +229,7 @@ var BlobHandle = class {
       callback(view);
     };
     void cache2.ready.then(show);
-    return cache2.listen(this.ref, show);
+    return cache2.listen(this.ref, (cleared) => cleared ? reset() : show());
   }
 };
 function same(a, b) {
@@ -216,7 +237,7 @@ function same(a, b) {
     return a === b;
   if (a.version !== b.version || a.cached !== b.cached || a.pending !== b.pending)
     return false;
-  return a.data.length === b.data.length && a.data.every((byte, i) => byte === b.data[i]);
+  return sameBytes(a.data, b.data);
 }
 
 // dist/blake3.js
@@ -3737,13 +3758,16 @@ var BlobsError = class extends Error {
     this.name = "BlobsError";
   }
 };
+var MAX_DATA_BYTES = 786432;
 var SocketTransport = class {
   /** The Socket.IO socket, for its connection events (`connect`, `disconnect`, `connect_error`). */
   socket;
   #pending = /* @__PURE__ */ new Set();
   #follows = /* @__PURE__ */ new Map();
+  #maxData;
   #failure;
   constructor(url2, options) {
+    this.#maxData = options.maxDataBytes ?? MAX_DATA_BYTES;
     this.socket = lookup2(url2, {
       auth: { token: options.token },
       transports: options.transports ?? ["polling", "websocket"],
@@ -3786,6 +3810,9 @@ var SocketTransport = class {
   call(event, arg) {
     if (this.#failure)
       return Promise.reject(this.#failure);
+    if (!this.socket.active) {
+      return Promise.reject(new Error("not connected, and not reconnecting: the connection was closed"));
+    }
     return new Promise((resolve, reject) => {
       const pending = { reject, sent: this.socket.connected };
       this.#pending.add(pending);
@@ -3809,6 +3836,9 @@ var SocketTransport = class {
     return { version: reply.version, data: reply.data ? fromBase64(reply.data) : new Uint8Array() };
   }
   async write(ref, data, version, id) {
+    if (data.length > this.#maxData) {
+      throw new BlobsError(`Invalid data: ${data.length} bytes, more than the ${this.#maxData} the server takes`);
+    }
     const arg = { ref, data: toBase64(data) };
     if (version !== void 0)
       arg.version = version;
@@ -3823,6 +3853,9 @@ var SocketTransport = class {
       data: typeof reply.data === "string" ? fromBase64(reply.data) : null,
       ...reply.unknown === true && { unknown: true }
     };
+  }
+  get closed() {
+    return !this.socket.active;
   }
   /** The refused handshake that ended this client, if one did. */
   get failure() {
@@ -3923,6 +3956,7 @@ var HttpTransport = class {
   #base;
   #token;
   #streams = /* @__PURE__ */ new Set();
+  #closed = false;
   constructor(url2, options) {
     this.#base = url2.replace(/\/+$/, "");
     this.#token = options.token;
@@ -4006,8 +4040,12 @@ var HttpTransport = class {
       throw await failure(response);
     return verified(new Uint8Array(await response.arrayBuffer()), hash);
   }
+  get closed() {
+    return this.#closed;
+  }
   /** Stops every change stream. */
   close() {
+    this.#closed = true;
     for (const stream of this.#streams)
       stream.abort();
     this.#streams.clear();
@@ -4063,7 +4101,12 @@ var Local = class {
   #queue = [];
   /** Refs read from the server by this client: their values are not "cached" any more. */
   #fresh = /* @__PURE__ */ new Set();
+  /** What `view` gave, per ref, until that ref changes: a long queue is applied once. */
+  #views = /* @__PURE__ */ new Map();
+  /** Called with `true` when the cache was cleared (look again), `false` when the view changed. */
   #watchers = /* @__PURE__ */ new Map();
+  /** Refs whose watchers are told at the end of this turn, once however often they changed. */
+  #told = /* @__PURE__ */ new Set();
   #running = /* @__PURE__ */ new Set();
   #ops = /* @__PURE__ */ new Map();
   #listeners = {
@@ -4080,6 +4123,7 @@ var Local = class {
   /** Whether the connection is known to be down (failed or lost since it was last up). */
   #down = false;
   #saving = Promise.resolve();
+  #closed = false;
   /** This client's writer name: new for each client, kept by each of its intents. */
   #writer = randomName();
   constructor(transport, provider, scope) {
@@ -4158,35 +4202,54 @@ var Local = class {
   async #load(provider, scope) {
     try {
       this.#backend = await provider.open(scope);
+    } catch (error) {
+      this.#lastError = error;
+      this.#changed();
+      return;
+    }
+    try {
       const damaged = [];
       for (const [key, record2] of await this.#backend.load()) {
-        if (record2.kind === "value") {
-          const intact = record2.data === null || blake3Hex(record2.data) === record2.hash;
-          if (!intact) {
-            damaged.push(key);
-            continue;
-          }
-          this.#values.set(record2.ref, { version: record2.version, data: record2.data, used: 0 });
-          this.#bytes += valueBytes(record2.data);
-        } else if (record2.kind === "content") {
-          this.#contents.set(record2.hash, { data: record2.data, used: 0 });
-          this.#bytes += contentBytes(record2.data);
-        } else {
-          this.#queue.push({ ...record2, durable: true, firstSend: false });
-          this.#bytes += intentBytes(record2);
-          this.#seq = Math.max(this.#seq, record2.seq);
-        }
+        if (!this.#take(record2))
+          damaged.push(key);
       }
       this.#queue.sort((a, b) => a.seq - b.seq);
       if (damaged.length)
         this.#save([], damaged);
       this.#evict();
     } catch (error) {
-      this.#backend = void 0;
       this.#lastError = error;
     }
+    for (const ref of this.#watchers.keys())
+      this.#touched(ref);
     this.#changed();
     this.#kickAll();
+  }
+  /** Takes in one record the cache held; `false` when it is damaged (and left out). */
+  #take(record2) {
+    const bytes = (data) => data instanceof Uint8Array;
+    if (record2.kind === "value") {
+      const intact = typeof record2.ref === "string" && Number.isSafeInteger(record2.version) && (record2.data === null || bytes(record2.data) && blake3Hex(record2.data) === record2.hash);
+      if (!intact)
+        return false;
+      this.#values.set(record2.ref, { version: record2.version, data: record2.data, used: 0 });
+      this.#bytes += valueBytes(record2.data);
+    } else if (record2.kind === "content") {
+      if (!bytes(record2.data) || typeof record2.hash !== "string")
+        return false;
+      this.#contents.set(record2.hash, { data: record2.data, used: 0 });
+      this.#bytes += contentBytes(record2.data);
+    } else if (record2.kind === "intent") {
+      const intact = typeof record2.ref === "string" && typeof record2.writer === "string" && Number.isSafeInteger(record2.seq) && (record2.op === void 0 ? bytes(record2.data) : Array.isArray(record2.args ?? [])) && (record2.attempt === void 0 || bytes(record2.attempt.data));
+      if (!intact)
+        return false;
+      this.#queue.push({ ...record2, durable: true, firstSend: false, sending: false });
+      this.#bytes += intentBytes(record2);
+      this.#seq = Math.max(this.#seq, record2.seq);
+    } else {
+      return false;
+    }
+    return true;
   }
   /** Queues a change of the cache's records, in order, and resolves once it is stored. */
   #save(puts, deletes) {
@@ -4221,9 +4284,21 @@ var Local = class {
   // --- values ---
   /** What the app sees of `ref`: the server's last value with the queued writes applied. */
   view(ref) {
-    const known = this.#values.get(ref);
+    return this.#memo(ref).view;
+  }
+  #memo(ref) {
+    let memo = this.#views.get(ref);
+    if (!memo) {
+      memo = this.#viewOver(ref, this.#values.get(ref));
+      this.#views.set(ref, memo);
+    }
+    return memo;
+  }
+  /** `view`, over `known` as the server's value, and the data its first pending write makes. */
+  #viewOver(ref, known) {
     let data = known ? known.data : null;
     let pending = 0;
+    let head;
     for (const intent of this.#queue) {
       if (intent.ref !== ref)
         continue;
@@ -4232,12 +4307,17 @@ var Local = class {
         data = this.#applied(intent, data) ?? data;
       } catch {
       }
+      if (pending === 1)
+        head = data;
     }
-    if (!known && !pending)
+    return { view: this.#shown(ref, known?.version, data, pending), head };
+  }
+  #shown(ref, version, data, pending) {
+    if (version === void 0 && !pending)
       return void 0;
     if (data === null)
       return null;
-    const value2 = { version: known?.version ?? 0, data };
+    const value2 = { version: version ?? 0, data };
     if (!this.#fresh.has(ref))
       value2.cached = true;
     if (pending)
@@ -4251,27 +4331,47 @@ var Local = class {
     const fn = intent.fn ?? this.#ops.get(intent.op);
     return fn ? toBytes(fn(data, ...intent.args ?? [])) : void 0;
   }
-  /** Takes in what the server said of `ref` (`null`: no such blob). */
+  /** The view of `ref` changed: computed again when asked, and its watchers told. */
+  #touched(ref) {
+    this.#views.delete(ref);
+    if (!this.#watchers.has(ref))
+      return;
+    if (!this.#told.size) {
+      queueMicrotask(() => {
+        const refs = [...this.#told];
+        this.#told.clear();
+        for (const told of refs)
+          for (const listener of this.#watchers.get(told) ?? [])
+            listener(false);
+      });
+    }
+    this.#told.add(ref);
+  }
+  /**
+   * Takes in what the server said of `ref` (`null`: no such blob). Its first answer replaces
+   * what the cache held whatever the versions (the server may have been restored from a
+   * backup); after that, only a newer version does, as answers may cross.
+   */
   confirm(ref, value2) {
-    const fresh = !this.#fresh.has(ref);
+    const first = !this.#fresh.has(ref);
     this.#fresh.add(ref);
     const known = this.#values.get(ref);
-    const newer = value2 ? !known || value2.version > known.version || known.data === null && value2.version >= known.version : !known || known.data !== null;
+    const newer = value2 ? first || !known || value2.version > known.version || known.data === null && value2.version >= known.version : first || !known || known.data !== null;
     if (newer) {
       const next = value2 ?? { version: known?.version ?? 0, data: null };
       this.#keepValue(ref, next.version, next.data);
     } else if (known) {
       known.used = ++this.#clock;
     }
-    if (newer || fresh)
-      this.#notify(ref);
+    if (newer || first)
+      this.#touched(ref);
   }
   /** The server said `ref` is still at the version this client knows. */
   confirmUnchanged(ref) {
     if (this.#fresh.has(ref))
       return;
     this.#fresh.add(ref);
-    this.#notify(ref);
+    this.#touched(ref);
   }
   /** The version of `ref` this client knows, if any. */
   knownVersion(ref) {
@@ -4287,7 +4387,10 @@ var Local = class {
     void this.#save([[valueKey(ref), record2]], []);
     this.#evict();
   }
-  /** Calls `listener` whenever the view of `ref` may have changed. */
+  /**
+   * Calls `listener(false)` whenever the view of `ref` may have changed, and
+   * `listener(true)` when the cache was cleared (what the watch knows is gone: read again).
+   */
   listen(ref, listener) {
     let set = this.#watchers.get(ref);
     if (!set) {
@@ -4301,23 +4404,21 @@ var Local = class {
         this.#watchers.delete(ref);
     };
   }
-  #notify(ref) {
-    for (const listener of this.#watchers.get(ref) ?? [])
-      listener();
-  }
   /** Reads `ref`: from the server when it can be asked, from the cache otherwise. */
   async get(ref) {
     await this.ready;
+    let read;
     if (this.#transport.socket.connected || this.view(ref) === void 0 && await this.online()) {
       try {
-        const read = await this.#transport.read(ref);
-        this.confirm(ref, read === "unchanged" ? null : read);
+        read = await this.#read(ref);
       } catch (error) {
         if (error instanceof BlobsError)
           throw error;
       }
     }
-    const view = this.view(ref);
+    let view = this.view(ref);
+    if (view === void 0 && read !== void 0)
+      view = read && this.#viewOver(ref, read).view;
     if (view === void 0) {
       throw new OfflineError(`offline, and blob ${ref} is not in the local cache`);
     }
@@ -4369,7 +4470,7 @@ var Local = class {
     const max = this.#provider?.maxBytes ?? Infinity;
     if (this.#bytes <= max)
       return;
-    const pinned = new Set(this.#queue.map((intent) => intent.ref));
+    const pinned = /* @__PURE__ */ new Set([...this.#queue.map((intent) => intent.ref), ...this.#watchers.keys()]);
     const candidates = [];
     for (const [ref, known] of this.#values) {
       if (!pinned.has(ref))
@@ -4391,29 +4492,46 @@ var Local = class {
       return;
     this.#values.delete(ref);
     this.#fresh.delete(ref);
+    this.#views.delete(ref);
     this.#bytes -= valueBytes(known.data);
     void this.#save([], [valueKey(ref)]);
   }
-  /** Forgets everything: values, content, and the queued writes (which reject). */
+  /**
+   * Forgets everything: values, content, and the queued writes, which reject, except those
+   * out and waiting for their answer, which settle with it (kept in memory alone).
+   */
   async clear() {
     await this.ready;
-    const queued = this.#queue;
-    this.#queue = [];
+    const dropped = this.#queue.filter((intent) => !intent.sending);
+    this.#queue = this.#queue.filter((intent) => intent.sending);
+    for (const intent of this.#queue)
+      intent.durable = false;
     this.#values.clear();
     this.#contents.clear();
     this.#fresh.clear();
-    this.#bytes = 0;
+    this.#views.clear();
+    this.#bytes = this.#queue.reduce((sum, intent) => sum + intentBytes(intent), 0);
     const backend = this.#backend;
     this.#saving = this.#saving.then(() => backend?.clear());
     await this.#saving;
-    for (const intent of queued)
-      intent.settle?.reject(new Error("the cache was cleared before this write was sent"));
-    for (const ref of new Set(queued.map((intent) => intent.ref)))
-      this.#notify(ref);
+    for (const intent of dropped)
+      intent.settle?.reject(new Error(dropReason(intent, "the cache was cleared")));
+    for (const listeners of this.#watchers.values())
+      for (const listener of listeners)
+        listener(true);
     this.#changed();
   }
-  /** Stores what is left to store, then closes the cache. */
+  /**
+   * Closes: the queued writes' promises reject (those kept in the cache are made by the next
+   * client on it), and once the cache has stored what it was given, it is closed.
+   */
   async close() {
+    this.#closed = true;
+    for (const intent of this.#queue) {
+      const kept = intent.durable && this.#backend ? "; it stays in the cache for the next client" : "";
+      intent.settle?.reject(new Error(dropReason(intent, "the client was closed") + kept));
+      delete intent.settle;
+    }
     await this.ready;
     await this.#saving;
     this.#backend?.close();
@@ -4426,13 +4544,16 @@ var Local = class {
    */
   async enqueue(ref, write) {
     await this.ready;
+    if (this.#closed)
+      throw new Error("the client is closed");
     const intent = {
       kind: "intent",
       seq: ++this.#seq,
       writer: this.#writer,
       ref,
       durable: !("fn" in write),
-      firstSend: false
+      firstSend: false,
+      sending: false
     };
     if ("op" in write) {
       this.op(write.op);
@@ -4445,7 +4566,8 @@ var Local = class {
       if (write.version !== void 0)
         intent.version = write.version;
     }
-    this.#applied(intent, this.view(ref)?.data ?? null);
+    const before = this.#memo(ref);
+    const after = this.#applied(intent, before.view?.data ?? null);
     const pinned = this.#pinnedBytes() + intentBytes(intent);
     const max = this.#provider?.maxBytes ?? Infinity;
     if (pinned > max) {
@@ -4459,7 +4581,11 @@ var Local = class {
     if (intent.durable)
       void this.#save([[intentKey(intent), record(intent)]], []);
     this.#evict();
-    this.#notify(ref);
+    this.#touched(ref);
+    const pending = (before.view?.pending ?? 0) + 1;
+    const version = before.view?.version ?? this.#values.get(ref)?.version;
+    const head = pending > 1 ? before.head : after;
+    this.#views.set(ref, { view: this.#shown(ref, version, after, pending), head });
     this.#changed();
     this.#kick(ref);
     return answer;
@@ -4509,15 +4635,24 @@ var Local = class {
           const base2 = known && this.#fresh.has(ref) ? known : await this.#read(ref);
           await this.#attempt(intent, fn, base2?.version || void 0, base2?.data ?? null);
         }
+        if (this.#closed)
+          return "idle";
+        if (!this.#queue.includes(intent))
+          continue;
         const { base, data } = intent.attempt;
         const first = intent.firstSend;
         intent.firstSend = false;
         const id = { writer: intent.writer, seq: intent.seq };
-        const result = await this.#transport.write(ref, data, base, id);
+        let result;
+        intent.sending = true;
+        try {
+          result = await this.#transport.write(ref, data, base, id);
+        } finally {
+          intent.sending = false;
+        }
         refusals = 0;
         if (result.success) {
-          this.#finish(intent);
-          this.confirm(ref, { version: result.version, data });
+          this.#landed(intent, result.version, data);
           if (this.#lastError instanceof BlobsError)
             this.#lastError = null;
           this.#changed();
@@ -4549,8 +4684,12 @@ var Local = class {
           this.#fail(intent, error.cause);
           continue;
         }
-        if (!(error instanceof BlobsError))
-          return "lost";
+        if (!(error instanceof BlobsError)) {
+          if (!this.#transport.socket.connected)
+            return "lost";
+          this.#fail(intent, error);
+          continue;
+        }
         this.#lastError = error;
         this.#changed();
         if (/^(Invalid|Read-only)/.test(error.message)) {
@@ -4590,13 +4729,36 @@ var Local = class {
     if (intent.durable)
       await this.#save([[intentKey(intent), record(intent)]], []);
   }
+  /**
+   * Takes a committed write off the queue. When it wrote what the view assumed, the view
+   * stays, one write less pending, and only the next write is applied again: a long queue is
+   * not applied again for each write it makes.
+   */
+  #landed(intent, version, data) {
+    const ref = intent.ref;
+    const memo = this.#views.get(ref);
+    this.#finish(intent);
+    this.confirm(ref, { version, data });
+    const assumed = memo?.view && memo.head && sameBytes(memo.head, data);
+    if (!assumed || this.#values.get(ref)?.version !== version)
+      return;
+    const next = this.#queue.find((queued) => queued.ref === ref);
+    let head;
+    try {
+      head = next && this.#applied(next, data);
+    } catch {
+      return;
+    }
+    const pending = (memo.view.pending ?? 1) - 1;
+    this.#views.set(ref, { view: this.#shown(ref, version, memo.view.data, pending), head });
+  }
   /** Takes a write off the queue. */
   #finish(intent) {
     this.#queue = this.#queue.filter((queued) => queued !== intent);
     this.#bytes -= intentBytes(intent);
     if (intent.durable)
       void this.#save([], [intentKey(intent)]);
-    this.#notify(intent.ref);
+    this.#touched(intent.ref);
     this.#changed();
   }
   /** Gives a write up, saying why. */
@@ -4608,6 +4770,9 @@ var Local = class {
     intent.settle?.reject(error);
   }
 };
+function dropReason(intent, what) {
+  return intent.attempt && !intent.firstSend ? `${what} while this write's outcome was unknown: it may have been made` : `${what} before this write was sent`;
+}
 var AppError = class extends Error {
   constructor(cause) {
     super("the operation threw", { cause });

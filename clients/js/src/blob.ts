@@ -1,7 +1,7 @@
 // What a blob is to an app, whichever protocol carries it: read, compare-and-swap, update with
 // retries, and watch. The protocols (Socket.IO, HTTP) only provide a `Transport`.
 
-import { type Data, toBytes } from './bytes.js';
+import { type Data, sameBytes, toBytes } from './bytes.js';
 import type { Local, Operation } from './local.js';
 
 /** A blob's current value. */
@@ -53,6 +53,8 @@ export interface Transport {
    * changed, and once on every (re)connection; returns a function that stops.
    */
   follow(ref: string, changed: (version?: number) => void): () => void;
+  /** Whether nothing will be sent any more: closed by the app or, for good, by the server. */
+  readonly closed: boolean;
 }
 
 /** Options of {@link BlobHandle.update}. */
@@ -119,7 +121,7 @@ export class BlobHandle {
    * too large); another `Error` when the connection is refused, or lost while the write was
    * out (its outcome is then unknown; with a cache, it is sent again and made once).
    */
-  set(data: Data, options: { version?: number } = {}): Promise<SetResult> {
+  async set(data: Data, options: { version?: number } = {}): Promise<SetResult> {
     if (this.#cache) {
       return this.#cache.enqueue(this.ref, { data: toBytes(data), version: options.version });
     }
@@ -228,8 +230,8 @@ export class BlobHandle {
             pause = RETRY[0];
           } catch {
             // Refused (a rate limit) or cut off: look again after a pause, doubling while it
-            // fails (a new connection also looks again).
-            if (!stopped && retry === undefined) {
+            // fails (a new connection also looks again); closed: nothing will answer.
+            if (!stopped && retry === undefined && !this.#transport.closed) {
               retry = setTimeout(() => {
                 retry = undefined;
                 void look();
@@ -244,7 +246,8 @@ export class BlobHandle {
           } else if (read === 'unchanged') {
             cache.confirmUnchanged(this.ref);
           } else {
-            seen = Math.max(seen, read?.version ?? 0);
+            // The server's version, even below what the cache held (restored from a backup).
+            seen = read?.version ?? seen;
             delivered = true;
             cache.confirm(this.ref, read);
           }
@@ -256,7 +259,12 @@ export class BlobHandle {
     const unfollow = this.#transport.follow(this.ref, (version) => {
       if (version === undefined || version > seen || !delivered) void look();
     });
-    const unlisten = cache ? this.#show(cache, callback, () => stopped) : undefined;
+    const reset = () => {
+      // The cache was cleared: what this watch knew is gone with it.
+      seen = 0;
+      void look();
+    };
+    const unlisten = cache ? this.#show(cache, callback, () => stopped, reset) : undefined;
     return () => {
       stopped = true;
       clearTimeout(retry);
@@ -265,8 +273,11 @@ export class BlobHandle {
     };
   }
 
-  /** Calls `callback` with what the cache shows of the blob, whenever that changes. */
-  #show(cache: Local, callback: (value: Value | null) => void, stopped: () => boolean) {
+  /**
+   * Calls `callback` with what the cache shows of the blob, whenever that changes; `reset`
+   * when the cache was cleared.
+   */
+  #show(cache: Local, callback: (value: Value | null) => void, stopped: () => boolean, reset: () => void) {
     let shown: Value | null | undefined;
     const show = () => {
       const view = cache.view(this.ref);
@@ -275,7 +286,7 @@ export class BlobHandle {
       callback(view);
     };
     void cache.ready.then(show);
-    return cache.listen(this.ref, show);
+    return cache.listen(this.ref, (cleared) => (cleared ? reset() : show()));
   }
 }
 
@@ -283,5 +294,5 @@ export class BlobHandle {
 function same(a: Value | null, b: Value | null): boolean {
   if (a === null || b === null) return a === b;
   if (a.version !== b.version || a.cached !== b.cached || a.pending !== b.pending) return false;
-  return a.data.length === b.data.length && a.data.every((byte, i) => byte === b.data[i]);
+  return sameBytes(a.data, b.data);
 }

@@ -4,9 +4,20 @@
 /** What an app may store: text (UTF-8) or bytes. */
 export type Data = string | Uint8Array;
 
-/** `data` as bytes: text encoded as UTF-8, bytes as they are. */
+/**
+ * `data` as bytes: text encoded as UTF-8, bytes as they are.
+ * @throws TypeError for anything else (a number, an object, a promise, `null`).
+ */
 export function toBytes(data: Data): Uint8Array {
-  return typeof data === 'string' ? new TextEncoder().encode(data) : data;
+  if (typeof data === 'string') return new TextEncoder().encode(data);
+  if (data instanceof Uint8Array) return data;
+  throw new TypeError(`a blob's data is text or a Uint8Array, not ${describe(data)}`);
+}
+
+function describe(value: unknown): string {
+  if (value === null) return 'null';
+  if (typeof value !== 'object') return typeof value;
+  return value.constructor?.name ?? 'an object';
 }
 
 /** `bytes` in base64, as the Socket.IO protocol carries them. */
@@ -28,6 +39,11 @@ export function fromBase64(text: string): Uint8Array {
   const bytes = new Uint8Array(binary.length);
   for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
   return bytes;
+}
+
+/** Whether `a` and `b` hold the same bytes. */
+export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((byte, i) => byte === b[i]);
 }
 
 /** The bytes as UTF-8 text. */

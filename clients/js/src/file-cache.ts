@@ -23,7 +23,7 @@ export function fileCache(dir: string, options: CacheOptions = {}): CacheProvide
     async open(scope): Promise<CacheBackend> {
       await mkdir(dir, { recursive: true });
       const path = join(dir, `blobs-${blake3Hex(toBytes(scope.name)).slice(0, 32)}.json`);
-      const records = new Map<string, CacheRecord>(await read(path, scope.name));
+      const records = new Map<string, CacheRecord>();
       let last = Promise.resolve();
       // One replacement at a time, each of the whole file as it is after this change.
       const save = () => {
@@ -33,6 +33,7 @@ export function fileCache(dir: string, options: CacheOptions = {}): CacheProvide
       };
       return {
         async load() {
+          for (const [key, record] of await read(path, scope.name)) records.set(key, record);
           return [...records];
         },
         write(puts, deletes) {
@@ -58,13 +59,16 @@ async function read(path: string, scope: string): Promise<[string, CacheRecord][
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return [];
     throw error;
   }
-  // A file that does not parse, or holds another scope (a hash collision), is started over.
+  let file;
   try {
-    const file = JSON.parse(text, decode);
-    return file.scope === scope && Array.isArray(file.records) ? file.records : [];
-  } catch {
-    return [];
+    file = JSON.parse(text, decode);
+  } catch (error) {
+    // Set aside for a person to look at, and started over.
+    await rename(path, `${path}.damaged`);
+    throw new Error(`the cache file ${path} does not parse (${error}): set aside as ${path}.damaged`);
   }
+  // Another scope's (a hash collision): started over.
+  return file?.scope === scope && Array.isArray(file.records) ? file.records : [];
 }
 
 /** Writes a temporary file, syncs it, and renames it over `path`, then syncs the folder. */

@@ -17,6 +17,7 @@ export class HttpTransport implements Transport {
   readonly #base: string;
   readonly #token: string;
   readonly #streams = new Set<AbortController>();
+  #closed = false;
 
   constructor(url: string, options: { token: string }) {
     this.#base = url.replace(/\/+$/, '');
@@ -101,8 +102,13 @@ export class HttpTransport implements Transport {
     return verified(new Uint8Array(await response.arrayBuffer()), hash);
   }
 
+  get closed(): boolean {
+    return this.#closed;
+  }
+
   /** Stops every change stream. */
   close() {
+    this.#closed = true;
     for (const stream of this.#streams) stream.abort();
     this.#streams.clear();
   }

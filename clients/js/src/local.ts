@@ -10,7 +10,7 @@
 
 import { blake3Hex } from './blake3.js';
 import type { SetResult, Value } from './blob.js';
-import { type Data, toBytes } from './bytes.js';
+import { type Data, sameBytes, toBytes } from './bytes.js';
 import type {
   CacheBackend,
   CacheProvider,
@@ -73,6 +73,8 @@ interface Intent extends IntentRecord {
   settle?: { resolve: (value: any) => void; reject: (error: Error) => void };
   /** Its attempt was made here and has not gone out yet: no earlier send of it can exist. */
   firstSend: boolean;
+  /** Its attempt is out, waiting for the server's answer. */
+  sending: boolean;
 }
 
 interface Known {
@@ -103,7 +105,12 @@ export class Local {
   #queue: Intent[] = [];
   /** Refs read from the server by this client: their values are not "cached" any more. */
   readonly #fresh = new Set<string>();
-  readonly #watchers = new Map<string, Set<() => void>>();
+  /** What `view` gave, per ref, until that ref changes: a long queue is applied once. */
+  readonly #views = new Map<string, Memo>();
+  /** Called with `true` when the cache was cleared (look again), `false` when the view changed. */
+  readonly #watchers = new Map<string, Set<(reset: boolean) => void>>();
+  /** Refs whose watchers are told at the end of this turn, once however often they changed. */
+  readonly #told = new Set<string>();
   readonly #running = new Set<string>();
   readonly #ops = new Map<string, Operation>();
   readonly #listeners: { [K in keyof ClientEvents]: Set<(event: ClientEvents[K]) => void> } = {
@@ -120,6 +127,7 @@ export class Local {
   /** Whether the connection is known to be down (failed or lost since it was last up). */
   #down = false;
   #saving: Promise<void> = Promise.resolve();
+  #closed = false;
   /** This client's writer name: new for each client, kept by each of its intents. */
   readonly #writer = randomName();
 
@@ -205,35 +213,59 @@ export class Local {
   async #load(provider: CacheProvider, scope: CacheScope) {
     try {
       this.#backend = await provider.open(scope);
+    } catch (error) {
+      // No cache to be had (storage refused, blocked): go on in memory alone, and say so.
+      this.#lastError = error as Error;
+      this.#changed();
+      return;
+    }
+    try {
       const damaged: string[] = [];
       for (const [key, record] of await this.#backend.load()) {
-        if (record.kind === 'value') {
-          const intact = record.data === null || blake3Hex(record.data) === record.hash;
-          if (!intact) {
-            damaged.push(key);
-            continue;
-          }
-          this.#values.set(record.ref, { version: record.version, data: record.data, used: 0 });
-          this.#bytes += valueBytes(record.data);
-        } else if (record.kind === 'content') {
-          this.#contents.set(record.hash, { data: record.data, used: 0 });
-          this.#bytes += contentBytes(record.data);
-        } else {
-          this.#queue.push({ ...record, durable: true, firstSend: false });
-          this.#bytes += intentBytes(record);
-          this.#seq = Math.max(this.#seq, record.seq);
-        }
+        if (!this.#take(record)) damaged.push(key);
       }
       this.#queue.sort((a, b) => a.seq - b.seq);
       if (damaged.length) this.#save([], damaged);
       this.#evict();
     } catch (error) {
-      // No cache to be had (storage refused, blocked): go on in memory alone, and say so.
-      this.#backend = undefined;
+      // What it held is lost (a damaged cache): start from nothing, and say so.
       this.#lastError = error as Error;
     }
+    for (const ref of this.#watchers.keys()) this.#touched(ref);
     this.#changed();
     this.#kickAll();
+  }
+
+  /** Takes in one record the cache held; `false` when it is damaged (and left out). */
+  #take(record: CacheRecord): boolean {
+    const bytes = (data: unknown): data is Uint8Array => data instanceof Uint8Array;
+    if (record.kind === 'value') {
+      const intact =
+        typeof record.ref === 'string' &&
+        Number.isSafeInteger(record.version) &&
+        (record.data === null || (bytes(record.data) && blake3Hex(record.data) === record.hash));
+      if (!intact) return false;
+      this.#values.set(record.ref, { version: record.version, data: record.data, used: 0 });
+      this.#bytes += valueBytes(record.data);
+    } else if (record.kind === 'content') {
+      if (!bytes(record.data) || typeof record.hash !== 'string') return false;
+      this.#contents.set(record.hash, { data: record.data, used: 0 });
+      this.#bytes += contentBytes(record.data);
+    } else if (record.kind === 'intent') {
+      const intact =
+        typeof record.ref === 'string' &&
+        typeof record.writer === 'string' &&
+        Number.isSafeInteger(record.seq) &&
+        (record.op === undefined ? bytes(record.data) : Array.isArray(record.args ?? [])) &&
+        (record.attempt === undefined || bytes(record.attempt.data));
+      if (!intact) return false;
+      this.#queue.push({ ...record, durable: true, firstSend: false, sending: false });
+      this.#bytes += intentBytes(record);
+      this.#seq = Math.max(this.#seq, record.seq);
+    } else {
+      return false;
+    }
+    return true;
   }
 
   /** Queues a change of the cache's records, in order, and resolves once it is stored. */
@@ -271,9 +303,23 @@ export class Local {
 
   /** What the app sees of `ref`: the server's last value with the queued writes applied. */
   view(ref: string): Value | null | undefined {
-    const known = this.#values.get(ref);
+    return this.#memo(ref).view;
+  }
+
+  #memo(ref: string): Memo {
+    let memo = this.#views.get(ref);
+    if (!memo) {
+      memo = this.#viewOver(ref, this.#values.get(ref));
+      this.#views.set(ref, memo);
+    }
+    return memo;
+  }
+
+  /** `view`, over `known` as the server's value, and the data its first pending write makes. */
+  #viewOver(ref: string, known: { version: number; data: Uint8Array | null } | undefined): Memo {
     let data = known ? known.data : null;
     let pending = 0;
+    let head: Uint8Array | null | undefined;
     for (const intent of this.#queue) {
       if (intent.ref !== ref) continue;
       pending++;
@@ -282,10 +328,15 @@ export class Local {
       } catch {
         // Failed here, it fails when sent too, and is reported then.
       }
+      if (pending === 1) head = data;
     }
-    if (!known && !pending) return undefined;
+    return { view: this.#shown(ref, known?.version, data, pending), head };
+  }
+
+  #shown(ref: string, version: number | undefined, data: Uint8Array | null, pending: number) {
+    if (version === undefined && !pending) return undefined;
     if (data === null) return null;
-    const value: Value = { version: known?.version ?? 0, data };
+    const value: Value = { version: version ?? 0, data };
     if (!this.#fresh.has(ref)) value.cached = true;
     if (pending) value.pending = pending;
     return value;
@@ -298,28 +349,46 @@ export class Local {
     return fn ? toBytes(fn(data, ...(intent.args ?? []))) : undefined;
   }
 
-  /** Takes in what the server said of `ref` (`null`: no such blob). */
+  /** The view of `ref` changed: computed again when asked, and its watchers told. */
+  #touched(ref: string) {
+    this.#views.delete(ref);
+    if (!this.#watchers.has(ref)) return;
+    if (!this.#told.size) {
+      queueMicrotask(() => {
+        const refs = [...this.#told];
+        this.#told.clear();
+        for (const told of refs) for (const listener of this.#watchers.get(told) ?? []) listener(false);
+      });
+    }
+    this.#told.add(ref);
+  }
+
+  /**
+   * Takes in what the server said of `ref` (`null`: no such blob). Its first answer replaces
+   * what the cache held whatever the versions (the server may have been restored from a
+   * backup); after that, only a newer version does, as answers may cross.
+   */
   confirm(ref: string, value: Value | null) {
-    const fresh = !this.#fresh.has(ref);
+    const first = !this.#fresh.has(ref);
     this.#fresh.add(ref);
     const known = this.#values.get(ref);
     const newer = value
-      ? !known || value.version > known.version || (known.data === null && value.version >= known.version)
-      : !known || known.data !== null;
+      ? first || !known || value.version > known.version || (known.data === null && value.version >= known.version)
+      : first || !known || known.data !== null;
     if (newer) {
       const next = value ?? { version: known?.version ?? 0, data: null };
       this.#keepValue(ref, next.version, next.data);
     } else if (known) {
       known.used = ++this.#clock;
     }
-    if (newer || fresh) this.#notify(ref);
+    if (newer || first) this.#touched(ref);
   }
 
   /** The server said `ref` is still at the version this client knows. */
   confirmUnchanged(ref: string) {
     if (this.#fresh.has(ref)) return;
     this.#fresh.add(ref);
-    this.#notify(ref);
+    this.#touched(ref);
   }
 
   /** The version of `ref` this client knows, if any. */
@@ -337,8 +406,11 @@ export class Local {
     this.#evict();
   }
 
-  /** Calls `listener` whenever the view of `ref` may have changed. */
-  listen(ref: string, listener: () => void): () => void {
+  /**
+   * Calls `listener(false)` whenever the view of `ref` may have changed, and
+   * `listener(true)` when the cache was cleared (what the watch knows is gone: read again).
+   */
+  listen(ref: string, listener: (reset: boolean) => void): () => void {
     let set = this.#watchers.get(ref);
     if (!set) {
       set = new Set();
@@ -351,23 +423,21 @@ export class Local {
     };
   }
 
-  #notify(ref: string) {
-    for (const listener of this.#watchers.get(ref) ?? []) listener();
-  }
-
   /** Reads `ref`: from the server when it can be asked, from the cache otherwise. */
   async get(ref: string): Promise<Value | null> {
     await this.ready;
+    let read: Value | null | undefined;
     if (this.#transport.socket.connected || (this.view(ref) === undefined && (await this.online()))) {
       try {
-        const read = await this.#transport.read(ref);
-        this.confirm(ref, read === 'unchanged' ? null : read);
+        read = await this.#read(ref);
       } catch (error) {
         if (error instanceof BlobsError) throw error;
         // Cut off: what the cache holds will do.
       }
     }
-    const view = this.view(ref);
+    let view = this.view(ref);
+    // A value too large to keep is shown as read.
+    if (view === undefined && read !== undefined) view = read && this.#viewOver(ref, read).view;
     if (view === undefined) {
       throw new OfflineError(`offline, and blob ${ref} is not in the local cache`);
     }
@@ -420,7 +490,8 @@ export class Local {
   #evict() {
     const max = this.#provider?.maxBytes ?? Infinity;
     if (this.#bytes <= max) return;
-    const pinned = new Set(this.#queue.map((intent) => intent.ref));
+    // Never what a pending write applies to, nor what is watched.
+    const pinned = new Set([...this.#queue.map((intent) => intent.ref), ...this.#watchers.keys()]);
     const candidates: [number, () => void][] = [];
     for (const [ref, known] of this.#values) {
       if (!pinned.has(ref)) candidates.push([known.used, () => this.#dropValue(ref)]);
@@ -440,29 +511,44 @@ export class Local {
     if (!known) return;
     this.#values.delete(ref);
     this.#fresh.delete(ref);
+    this.#views.delete(ref);
     this.#bytes -= valueBytes(known.data);
     void this.#save([], [valueKey(ref)]);
   }
 
-  /** Forgets everything: values, content, and the queued writes (which reject). */
+  /**
+   * Forgets everything: values, content, and the queued writes, which reject, except those
+   * out and waiting for their answer, which settle with it (kept in memory alone).
+   */
   async clear() {
     await this.ready;
-    const queued = this.#queue;
-    this.#queue = [];
+    const dropped = this.#queue.filter((intent) => !intent.sending);
+    this.#queue = this.#queue.filter((intent) => intent.sending);
+    for (const intent of this.#queue) intent.durable = false;
     this.#values.clear();
     this.#contents.clear();
     this.#fresh.clear();
-    this.#bytes = 0;
+    this.#views.clear();
+    this.#bytes = this.#queue.reduce((sum, intent) => sum + intentBytes(intent), 0);
     const backend = this.#backend;
     this.#saving = this.#saving.then(() => backend?.clear());
     await this.#saving;
-    for (const intent of queued) intent.settle?.reject(new Error('the cache was cleared before this write was sent'));
-    for (const ref of new Set(queued.map((intent) => intent.ref))) this.#notify(ref);
+    for (const intent of dropped) intent.settle?.reject(new Error(dropReason(intent, 'the cache was cleared')));
+    for (const listeners of this.#watchers.values()) for (const listener of listeners) listener(true);
     this.#changed();
   }
 
-  /** Stores what is left to store, then closes the cache. */
+  /**
+   * Closes: the queued writes' promises reject (those kept in the cache are made by the next
+   * client on it), and once the cache has stored what it was given, it is closed.
+   */
   async close() {
+    this.#closed = true;
+    for (const intent of this.#queue) {
+      const kept = intent.durable && this.#backend ? '; it stays in the cache for the next client' : '';
+      intent.settle?.reject(new Error(dropReason(intent, 'the client was closed') + kept));
+      delete intent.settle;
+    }
     await this.ready;
     await this.#saving;
     this.#backend?.close();
@@ -480,6 +566,7 @@ export class Local {
     write: { op: string; args: unknown[] } | { fn: Operation } | { data: Uint8Array; version?: number },
   ): Promise<any> {
     await this.ready;
+    if (this.#closed) throw new Error('the client is closed');
     const intent: Intent = {
       kind: 'intent',
       seq: ++this.#seq,
@@ -487,6 +574,7 @@ export class Local {
       ref,
       durable: !('fn' in write),
       firstSend: false,
+      sending: false,
     };
     if ('op' in write) {
       this.op(write.op);
@@ -500,7 +588,8 @@ export class Local {
       if (write.version !== undefined) intent.version = write.version;
     }
     // Applied once now, so that a function that throws fails its caller.
-    this.#applied(intent, this.view(ref)?.data ?? null);
+    const before = this.#memo(ref);
+    const after = this.#applied(intent, before.view?.data ?? null)!;
     const pinned = this.#pinnedBytes() + intentBytes(intent);
     const max = this.#provider?.maxBytes ?? Infinity;
     if (pinned > max) {
@@ -513,7 +602,12 @@ export class Local {
     this.#bytes += intentBytes(intent);
     if (intent.durable) void this.#save([[intentKey(intent), record(intent)]], []);
     this.#evict();
-    this.#notify(ref);
+    this.#touched(ref);
+    // The view grows by this write alone.
+    const pending = (before.view?.pending ?? 0) + 1;
+    const version = before.view?.version ?? this.#values.get(ref)?.version;
+    const head = pending > 1 ? before.head : after;
+    this.#views.set(ref, { view: this.#shown(ref, version, after, pending), head });
     this.#changed();
     this.#kick(ref);
     return answer;
@@ -562,15 +656,23 @@ export class Local {
           const base = known && this.#fresh.has(ref) ? known : await this.#read(ref);
           await this.#attempt(intent, fn, base?.version || undefined, base?.data ?? null);
         }
+        if (this.#closed) return 'idle';
+        // Dropped while its attempt was stored (the cache cleared): never sent.
+        if (!this.#queue.includes(intent)) continue;
         const { base, data } = intent.attempt!;
         const first = intent.firstSend;
         intent.firstSend = false;
         const id = { writer: intent.writer, seq: intent.seq };
-        const result: SetResult = await this.#transport.write(ref, data, base, id);
+        let result: SetResult;
+        intent.sending = true;
+        try {
+          result = await this.#transport.write(ref, data, base, id);
+        } finally {
+          intent.sending = false;
+        }
         refusals = 0;
         if (result.success) {
-          this.#finish(intent);
-          this.confirm(ref, { version: result.version, data });
+          this.#landed(intent, result.version, data);
           if (this.#lastError instanceof BlobsError) this.#lastError = null;
           this.#changed();
           intent.settle?.resolve(fn ? { version: result.version, data } : result);
@@ -603,7 +705,11 @@ export class Local {
           this.#fail(intent, error.cause as Error);
           continue;
         }
-        if (!(error instanceof BlobsError)) return 'lost'; // cut off: the next connection goes on
+        if (!(error instanceof BlobsError)) {
+          if (!this.#transport.socket.connected) return 'lost'; // the next connection goes on
+          this.#fail(intent, error as Error); // not the connection's doing: it would fail again
+          continue;
+        }
         this.#lastError = error;
         this.#changed();
         if (/^(Invalid|Read-only)/.test(error.message)) {
@@ -646,12 +752,35 @@ export class Local {
     if (intent.durable) await this.#save([[intentKey(intent), record(intent)]], []);
   }
 
+  /**
+   * Takes a committed write off the queue. When it wrote what the view assumed, the view
+   * stays, one write less pending, and only the next write is applied again: a long queue is
+   * not applied again for each write it makes.
+   */
+  #landed(intent: Intent, version: number, data: Uint8Array) {
+    const ref = intent.ref;
+    const memo = this.#views.get(ref);
+    this.#finish(intent);
+    this.confirm(ref, { version, data });
+    const assumed = memo?.view && memo.head && sameBytes(memo.head, data);
+    if (!assumed || this.#values.get(ref)?.version !== version) return;
+    const next = this.#queue.find((queued) => queued.ref === ref);
+    let head: Uint8Array | undefined;
+    try {
+      head = next && this.#applied(next, data);
+    } catch {
+      return; // computed again when asked
+    }
+    const pending = (memo.view!.pending ?? 1) - 1;
+    this.#views.set(ref, { view: this.#shown(ref, version, memo.view!.data, pending), head });
+  }
+
   /** Takes a write off the queue. */
   #finish(intent: Intent) {
     this.#queue = this.#queue.filter((queued) => queued !== intent);
     this.#bytes -= intentBytes(intent);
     if (intent.durable) void this.#save([], [intentKey(intent)]);
-    this.#notify(intent.ref);
+    this.#touched(intent.ref);
     this.#changed();
   }
 
@@ -664,6 +793,20 @@ export class Local {
     intent.settle?.reject(error);
   }
 }
+
+/** Why a queued write's promise rejects without an answer. */
+function dropReason(intent: Intent, what: string): string {
+  return intent.attempt && !intent.firstSend
+    ? `${what} while this write's outcome was unknown: it may have been made`
+    : `${what} before this write was sent`;
+}
+
+/** What `view` gave of a ref, and the data its first pending write makes (if one is). */
+interface Memo {
+  view: Value | null | undefined;
+  head?: Uint8Array | null;
+}
+
 
 /** An exception of the app's own function. */
 class AppError extends Error {

@@ -36,7 +36,15 @@ export interface ConnectOptions {
   token: string;
   /** Socket.IO transports, e.g. `['websocket']`; default: long-polling, then WebSocket. */
   transports?: ('polling' | 'websocket')[];
+  /**
+   * The largest blob the server takes, in bytes: its `MAX_DATA_BYTES` (default 786,432). A
+   * larger write is refused here, as the server would refuse it.
+   */
+  maxDataBytes?: number;
 }
+
+/** The default of {@link ConnectOptions.maxDataBytes}: the server's default `MAX_DATA_BYTES`. */
+const MAX_DATA_BYTES = 786_432;
 
 /**
  * Blobs over one Socket.IO connection, which reconnects by itself: the `Transport` of
@@ -47,9 +55,11 @@ export class SocketTransport implements Transport {
   readonly socket: Socket;
   readonly #pending = new Set<Pending>();
   readonly #follows = new Map<string, Set<(version?: number) => void>>();
+  readonly #maxData: number;
   #failure: Error | undefined;
 
   constructor(url: string, options: ConnectOptions) {
+    this.#maxData = options.maxDataBytes ?? MAX_DATA_BYTES;
     this.socket = io(url, {
       auth: { token: options.token },
       transports: options.transports ?? ['polling', 'websocket'],
@@ -90,6 +100,10 @@ export class SocketTransport implements Transport {
    */
   call(event: string, arg: unknown): Promise<any> {
     if (this.#failure) return Promise.reject(this.#failure);
+    if (!this.socket.active) {
+      // Nothing would send it: closed by the app (`close`, `socket.disconnect`) or the server.
+      return Promise.reject(new Error('not connected, and not reconnecting: the connection was closed'));
+    }
     return new Promise((resolve, reject) => {
       const pending: Pending = { reject, sent: this.socket.connected };
       this.#pending.add(pending);
@@ -112,6 +126,10 @@ export class SocketTransport implements Transport {
   }
 
   async write(ref: string, data: Uint8Array, version?: number, id?: WriteId): Promise<SetResult> {
+    if (data.length > this.#maxData) {
+      // Sent, it would be refused, or past the transport's limit close the connection.
+      throw new BlobsError(`Invalid data: ${data.length} bytes, more than the ${this.#maxData} the server takes`);
+    }
     const arg: Record<string, unknown> = { ref, data: toBase64(data) };
     if (version !== undefined) arg.version = version;
     if (id !== undefined) Object.assign(arg, id);
@@ -123,6 +141,10 @@ export class SocketTransport implements Transport {
       data: typeof reply.data === 'string' ? fromBase64(reply.data) : null,
       ...(reply.unknown === true && { unknown: true }),
     };
+  }
+
+  get closed(): boolean {
+    return !this.socket.active;
   }
 
   /** The refused handshake that ended this client, if one did. */

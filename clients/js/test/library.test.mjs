@@ -131,6 +131,16 @@ describe('blobs over Socket.IO', () => {
     );
   });
 
+  test('a closed client refuses calls instead of holding them forever', async () => {
+    const client = connect(server.url, { token: bucketToken, transports: ['websocket'] });
+    const blob = client.blob(newRef());
+    await blob.set('before');
+    client.close();
+    await assert.rejects(blob.get(), /not reconnecting/);
+    await assert.rejects(blob.set('after', { version: 1 }), /not reconnecting/);
+    await assert.rejects(blob.set(7), TypeError);
+  });
+
   test('a refused token fails every call', async () => {
     const client = connect(server.url, { token: 'not-a-token', transports: ['websocket'] });
     await assert.rejects(client.blob(newRef()).get(), /Access denied/);

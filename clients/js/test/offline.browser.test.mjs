@@ -152,7 +152,7 @@ describe('offline-first in Chromium', () => {
     try {
       await offline(page);
       await page.evaluate(async (ref) => {
-        void window.app.client.blob(ref).set('made offline', { version: 1 });
+        void window.app.client.blob(ref).set('made offline', { version: 1 }).catch(() => {});
         await window.app.when('(s) => s.pending === 1');
         await window.app.client.close();
       }, ref);

@@ -232,6 +232,129 @@ describe('a client with a cache', () => {
     assert.throws(() => connect(server.url, { token: 'not-a-jwt', cache }), /bucket token/);
   });
 
+  test('what a write gives is checked: operations that return no data, data too large', async () => {
+    const client = open(memoryCache());
+    const blob = client.blob(newRef());
+    for (const [name, result] of [['nothing', undefined], ['null', null], ['number', 42], ['object', { a: 1 }], ['promise', Promise.resolve('1')]]) {
+      client.operation(name, () => result);
+      await assert.rejects(blob.update(name), TypeError, name);
+    }
+    await assert.rejects(blob.set(5), TypeError);
+    assert.equal(client.status.pending, 0);
+    // Larger than the server takes: refused, and the next writes go on.
+    await assert.rejects(blob.set('x'.repeat(800_000)), /Invalid data/);
+    const other = client.blob(newRef());
+    for (let i = 0; i < 5; i++) await other.update('add', 1);
+    assert.equal(text((await other.get()).data), '5');
+    client.close();
+  });
+
+  test("the server's first answer replaces what the cache held, even an older version", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'blobs-cache-'));
+    try {
+      const first = open(fileCache(dir));
+      const ref = newRef();
+      await first.blob(ref).set('restored');
+      await first.blob(ref).get();
+      await first.close();
+      // As if the server were restored from a backup older than the cache.
+      const [file] = readdirSync(dir);
+      const saved = JSON.parse(readFileSync(join(dir, file), 'utf8'));
+      for (const [, record] of saved.records) if (record.kind === 'value') record.version = 50;
+      writeFileSync(join(dir, file), JSON.stringify(saved));
+
+      const second = open(fileCache(dir));
+      const watch = watching(second.blob(ref));
+      await watch.until((v) => v && !v.cached, 'the server value');
+      const read = await second.blob(ref).get();
+      assert.deepEqual([read.version, text(read.data), read.cached], [1, 'restored', undefined]);
+      const other = open(undefined);
+      await other.blob(ref).set('after', { version: 1 });
+      await watch.until((v) => v?.version === 2, 'the next version');
+      watch.stop();
+      other.close();
+      await second.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('a blob larger than the cache is read and watched while online', async () => {
+    const client = open(memoryCache({ maxBytes: 1000 }));
+    const writer = open(undefined);
+    const blob = client.blob(newRef());
+    await writer.blob(blob.ref).set('y'.repeat(5000));
+    assert.equal((await blob.get()).data.length, 5000);
+    const watch = watching(blob);
+    await watch.until((v) => v?.version === 1, 'the first version');
+    await writer.blob(blob.ref).set('z'.repeat(6000), { version: 1 });
+    assert.equal((await watch.until((v) => v?.version === 2, 'the second')).data.length, 6000);
+    // A write must fit the cache, where it waits until it is made.
+    await assert.rejects(blob.set('w'.repeat(2000), { version: 2 }), /cannot hold another pending write/);
+    watch.stop();
+    client.close();
+    writer.close();
+  });
+
+  test('clearCache while writes are made: each settles with what happened to it', async () => {
+    const client = open(memoryCache());
+    const other = open(undefined);
+    const ref = newRef();
+    client.socket.disconnect();
+    await offline(client);
+    const writes = Array.from({ length: 20 }, () => client.blob(ref).update('add', 1));
+    await status(client, (s) => s.pending === 20, 'queued');
+    client.socket.connect();
+    await status(client, (s) => s.pending < 18, 'some made');
+    await client.clearCache();
+    const settled = await Promise.allSettled(writes);
+    const made = settled.filter((s) => s.status === 'fulfilled').length;
+    for (const s of settled) {
+      if (s.status === 'rejected') assert.match(s.reason.message, /cleared before this write was sent/);
+    }
+    await synced(client);
+    const stored = await other.blob(ref).get();
+    assert.deepEqual([stored.version, text(stored.data)], [made, String(made)]);
+    client.close();
+    other.close();
+  });
+
+  test('close settles every pending write, and later writes are refused', async () => {
+    const client = open(memoryCache());
+    client.socket.disconnect();
+    await offline(client);
+    const blob = client.blob(newRef());
+    const writes = [blob.update('add', 1), blob.set('x', { version: 1 })];
+    await status(client, (s) => s.pending === 2, 'queued');
+    await client.close();
+    for (const result of await Promise.allSettled(writes)) {
+      assert.equal(result.status, 'rejected');
+      assert.match(result.reason.message, /closed before this write was sent; it stays in the cache/);
+    }
+    await assert.rejects(blob.update('add', 1), /closed/);
+  });
+
+  test('a long queue of one blob is applied once per write, not once per write per write', async () => {
+    const client = open(memoryCache({ maxBytes: 64 << 20 }));
+    let calls = 0;
+    client.operation('count', (bytes) => {
+      calls++;
+      return add(bytes);
+    });
+    const blob = client.blob(newRef());
+    const watch = watching(blob);
+    client.socket.disconnect();
+    await offline(client);
+    const writes = Array.from({ length: 3000 }, () => blob.update('count'));
+    await status(client, (s) => s.pending === 3000, 'queued');
+    client.socket.connect();
+    await Promise.all(writes);
+    await watch.until((v) => v?.version === 3000 && !v.pending, 'all made');
+    assert.ok(calls < 5 * 3000, `${calls} calls for 3,000 writes`);
+    watch.stop();
+    client.close();
+  });
+
   test('a revoked token: offline with the reason, the cache still readable, writes kept', async () => {
     const storage = server.storage;
     const revocable = token('revocable');
