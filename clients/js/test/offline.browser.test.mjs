@@ -224,6 +224,7 @@ describe('offline-first in Chromium', () => {
     );
     for (const { error } of counts) assert.equal(error, null);
     const total = counts[0].made + counts[1].made;
+    console.log(`${total} increments across 10 restarts`);
     assert.ok(total >= 200, `${total} increments`);
     assert.deepEqual(await stored(ref), { version: total, data: String(total) });
     for (const context of contexts) await context.close();
