@@ -5,6 +5,19 @@ use std::path::Path;
 
 use crate::fixture::rust_sources;
 
+/// Every folder of `src/`: what the root files beneath them all must never name.
+const EVERY_FOLDER: &[&str] = &[
+    "storage",
+    "auth",
+    "blob_service",
+    "serve",
+    "edge",
+    "http",
+    "protocol",
+    "cluster",
+    "admin",
+];
+
 /// What each part of `src/` must never name (`crate::<module>`), as the architecture says.
 const RULES: &[(&str, &[&str])] = &[
     (
@@ -65,34 +78,8 @@ const RULES: &[(&str, &[&str])] = &[
     ("admin", &["serve", "http", "protocol", "edge", "cluster"]),
     ("http", &["protocol", "serve::server"]),
     ("protocol", &["http", "serve::server"]),
-    (
-        "config.rs",
-        &[
-            "storage",
-            "auth",
-            "blob_service",
-            "serve",
-            "edge",
-            "http",
-            "protocol",
-            "cluster",
-            "admin",
-        ],
-    ),
-    (
-        "names.rs",
-        &[
-            "storage",
-            "auth",
-            "blob_service",
-            "serve",
-            "edge",
-            "http",
-            "protocol",
-            "cluster",
-            "admin",
-        ],
-    ),
+    ("config.rs", EVERY_FOLDER),
+    ("names.rs", EVERY_FOLDER),
 ];
 
 /// The `crate::` paths `code` names, its unit tests left out, grouped imports

@@ -608,14 +608,23 @@ fn r(pair: &str) -> Ref {
     Ref::parse(&pair.repeat(32)).unwrap()
 }
 
-fn put(expect: Expect, data: &str) -> SetRequest {
+fn request(edit: Edit, expect: Expect) -> SetRequest {
     SetRequest {
-        edit: Edit::Put(Some(data.to_owned())),
+        edit,
         expect,
         ip: "127.0.0.1".into(),
         now: now_ms(),
         id: None,
     }
+}
+
+fn put(expect: Expect, data: &str) -> SetRequest {
+    request(Edit::Put(Some(data.to_owned())), expect)
+}
+
+/// A delete of the live blob at `version`.
+fn delete(version: u64) -> SetRequest {
+    request(Edit::Delete, Expect::Version(version))
 }
 
 fn committed(outcome: SetOutcome) -> u64 {
@@ -689,15 +698,8 @@ async fn tombstones(test_store: TestStore) {
             .await
             .unwrap(),
     );
-    let delete = SetRequest {
-        edit: Edit::Delete,
-        expect: Expect::Version(1),
-        ip: "127.0.0.1".into(),
-        now: now_ms(),
-        id: None,
-    };
     assert_eq!(
-        committed(store.set(&b, &one, delete).await.unwrap()),
+        committed(store.set(&b, &one, delete(1)).await.unwrap()),
         2,
         "{name}"
     );
@@ -734,14 +736,7 @@ async fn listing(test_store: TestStore) {
                 .unwrap(),
         );
     }
-    let delete = SetRequest {
-        edit: Edit::Delete,
-        expect: Expect::Version(1),
-        ip: "127.0.0.1".into(),
-        now: now_ms(),
-        id: None,
-    };
-    committed(store.set(&b, &r("10"), delete).await.unwrap());
+    committed(store.set(&b, &r("10"), delete(1)).await.unwrap());
     let refs = |page: Vec<(Ref, blobs::storage::store::Listed)>| {
         page.into_iter()
             .map(|(r, _)| r.as_str()[..2].to_owned())
