@@ -4098,7 +4098,11 @@ var Local = class {
   #backend;
   #values = /* @__PURE__ */ new Map();
   #contents = /* @__PURE__ */ new Map();
-  #queue = [];
+  /** The writes yet to be made, per ref, in the order they were made. */
+  #queues = /* @__PURE__ */ new Map();
+  /** How many writes `#queues` holds, and their bytes. */
+  #pending = 0;
+  #queuedBytes = 0;
   /** Refs read from the server by this client: their values are not "cached" any more. */
   #fresh = /* @__PURE__ */ new Set();
   /** What `view` gave, per ref, until that ref changes: a long queue is applied once. */
@@ -4119,7 +4123,6 @@ var Local = class {
   #seq = 0;
   #lastError = null;
   #status;
-  #lastStatus = "";
   /** Whether the connection is known to be down (failed or lost since it was last up). */
   #down = false;
   #saving = Promise.resolve();
@@ -4160,7 +4163,7 @@ var Local = class {
     return this.#status;
   }
   #current() {
-    const pending = this.#queue.length;
+    const pending = this.#pending;
     const state = !this.#transport.socket.connected ? "offline" : pending ? "syncing" : "online";
     return { state, pending, lastError: this.#lastError };
   }
@@ -4177,10 +4180,10 @@ var Local = class {
   /** Emits `status` if it changed. */
   #changed() {
     const status = this.#current();
-    const key = `${status.state} ${status.pending} ${status.lastError?.message}`;
-    if (key === this.#lastStatus)
+    const was = this.#status;
+    const same2 = status.state === was.state && status.pending === was.pending && status.lastError?.message === was.lastError?.message;
+    if (same2)
       return;
-    this.#lastStatus = key;
     this.#status = status;
     this.#emit("status", status);
   }
@@ -4213,7 +4216,8 @@ var Local = class {
         if (!this.#take(record2))
           damaged.push(key);
       }
-      this.#queue.sort((a, b) => a.seq - b.seq);
+      for (const queue of this.#queues.values())
+        queue.sort((a, b) => a.seq - b.seq);
       if (damaged.length)
         this.#save([], damaged);
       this.#evict();
@@ -4243,8 +4247,7 @@ var Local = class {
       const intact = typeof record2.ref === "string" && typeof record2.writer === "string" && Number.isSafeInteger(record2.seq) && (record2.op === void 0 ? bytes(record2.data) : Array.isArray(record2.args ?? [])) && (record2.attempt === void 0 || bytes(record2.attempt.data));
       if (!intact)
         return false;
-      this.#queue.push({ ...record2, durable: true, firstSend: false, sending: false });
-      this.#bytes += intentBytes(record2);
+      this.#enter({ ...record2, durable: true, firstSend: false, sending: false });
       this.#seq = Math.max(this.#seq, record2.seq);
     } else {
       return false;
@@ -4299,9 +4302,7 @@ var Local = class {
     let data = known ? known.data : null;
     let pending = 0;
     let head;
-    for (const intent of this.#queue) {
-      if (intent.ref !== ref)
-        continue;
+    for (const intent of this.#queued(ref)) {
       pending++;
       try {
         data = this.#applied(intent, data) ?? data;
@@ -4470,7 +4471,7 @@ var Local = class {
     const max = this.#provider?.maxBytes ?? Infinity;
     if (this.#bytes <= max)
       return;
-    const pinned = /* @__PURE__ */ new Set([...this.#queue.map((intent) => intent.ref), ...this.#watchers.keys()]);
+    const pinned = /* @__PURE__ */ new Set([...this.#queues.keys(), ...this.#watchers.keys()]);
     const candidates = [];
     for (const [ref, known] of this.#values) {
       if (!pinned.has(ref))
@@ -4502,15 +4503,16 @@ var Local = class {
    */
   async clear() {
     await this.ready;
-    const dropped = this.#queue.filter((intent) => !intent.sending);
-    this.#queue = this.#queue.filter((intent) => intent.sending);
-    for (const intent of this.#queue)
+    const dropped = this.#intents().filter((intent) => !intent.sending);
+    for (const intent of dropped)
+      this.#leave(intent);
+    for (const intent of this.#intents())
       intent.durable = false;
     this.#values.clear();
     this.#contents.clear();
     this.#fresh.clear();
     this.#views.clear();
-    this.#bytes = this.#queue.reduce((sum, intent) => sum + intentBytes(intent), 0);
+    this.#bytes = this.#queuedBytes;
     const backend = this.#backend;
     this.#saving = this.#saving.then(() => backend?.clear());
     await this.#saving;
@@ -4527,7 +4529,7 @@ var Local = class {
    */
   async close() {
     this.#closed = true;
-    for (const intent of this.#queue) {
+    for (const intent of this.#intents()) {
       const kept = intent.durable && this.#backend ? "; it stays in the cache for the next client" : "";
       intent.settle?.reject(new Error(dropReason(intent, "the client was closed") + kept));
       delete intent.settle;
@@ -4576,8 +4578,7 @@ var Local = class {
     const answer = new Promise((resolve, reject) => {
       intent.settle = { resolve, reject };
     });
-    this.#queue.push(intent);
-    this.#bytes += intentBytes(intent);
+    this.#enter(intent);
     if (intent.durable)
       void this.#save([[intentKey(intent), record(intent)]], []);
     this.#evict();
@@ -4592,18 +4593,49 @@ var Local = class {
   }
   /** Bytes that cannot be evicted: queued writes and the values they apply to. */
   #pinnedBytes() {
-    let bytes = 0;
-    const refs = /* @__PURE__ */ new Set();
-    for (const intent of this.#queue) {
-      bytes += intentBytes(intent);
-      refs.add(intent.ref);
-    }
-    for (const ref of refs)
+    let bytes = this.#queuedBytes;
+    for (const ref of this.#queues.keys())
       bytes += valueBytes(this.#values.get(ref)?.data ?? null);
     return bytes;
   }
+  /** The queued writes of `ref`, first first. */
+  #queued(ref) {
+    return this.#queues.get(ref) ?? [];
+  }
+  /** Every queued write. */
+  #intents() {
+    return [...this.#queues.values()].flat();
+  }
+  /** Queues `intent` after the writes of its ref, and counts it. */
+  #enter(intent) {
+    const queue = this.#queues.get(intent.ref);
+    if (queue)
+      queue.push(intent);
+    else
+      this.#queues.set(intent.ref, [intent]);
+    this.#pending++;
+    this.#count(intent, 1);
+  }
+  /** Takes `intent` off its ref's queue, and out of the counts. */
+  #leave(intent) {
+    const queue = this.#queued(intent.ref);
+    const at = queue.indexOf(intent);
+    if (at < 0)
+      return;
+    queue.splice(at, 1);
+    if (!queue.length)
+      this.#queues.delete(intent.ref);
+    this.#pending--;
+    this.#count(intent, -1);
+  }
+  /** Adds (`1`) or takes away (`-1`) the bytes of `intent`. */
+  #count(intent, sign) {
+    const bytes = sign * intentBytes(intent);
+    this.#bytes += bytes;
+    this.#queuedBytes += bytes;
+  }
   #kickAll() {
-    for (const ref of new Set(this.#queue.map((intent) => intent.ref)))
+    for (const ref of this.#queues.keys())
       this.#kick(ref);
   }
   /** Starts sending the queued writes of `ref`, unless that is under way or offline. */
@@ -4623,7 +4655,7 @@ var Local = class {
     let refusals = 0;
     let conflicts = 0;
     while (this.#transport.socket.connected) {
-      const intent = this.#queue.find((queued) => queued.ref === ref);
+      const intent = this.#queued(ref)[0];
       if (!intent)
         return "idle";
       const fn = intent.fn ?? (intent.op === void 0 ? void 0 : this.#ops.get(intent.op));
@@ -4637,7 +4669,7 @@ var Local = class {
         }
         if (this.#closed)
           return "idle";
-        if (!this.#queue.includes(intent))
+        if (this.#queued(ref)[0] !== intent)
           continue;
         const { base, data } = intent.attempt;
         const first = intent.firstSend;
@@ -4722,10 +4754,14 @@ var Local = class {
       next = intent.data;
       base = intent.version;
     }
-    this.#bytes -= intentBytes(intent);
+    const queued = this.#queued(intent.ref)[0] === intent;
+    if (queued)
+      this.#count(intent, -1);
     intent.attempt = base === void 0 ? { data: next } : { base, data: next };
     intent.firstSend = true;
-    this.#bytes += intentBytes(intent);
+    if (!queued)
+      return;
+    this.#count(intent, 1);
     if (intent.durable)
       await this.#save([[intentKey(intent), record(intent)]], []);
   }
@@ -4742,7 +4778,7 @@ var Local = class {
     const assumed = memo?.view && memo.head && sameBytes(memo.head, data);
     if (!assumed || this.#values.get(ref)?.version !== version)
       return;
-    const next = this.#queue.find((queued) => queued.ref === ref);
+    const next = this.#queued(ref)[0];
     let head;
     try {
       head = next && this.#applied(next, data);
@@ -4754,8 +4790,7 @@ var Local = class {
   }
   /** Takes a write off the queue. */
   #finish(intent) {
-    this.#queue = this.#queue.filter((queued) => queued !== intent);
-    this.#bytes -= intentBytes(intent);
+    this.#leave(intent);
     if (intent.durable)
       void this.#save([], [intentKey(intent)]);
     this.#touched(intent.ref);

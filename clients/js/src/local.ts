@@ -102,7 +102,11 @@ export class Local {
   #backend: CacheBackend | undefined;
   readonly #values = new Map<string, Known>();
   readonly #contents = new Map<string, { data: Uint8Array; used: number }>();
-  #queue: Intent[] = [];
+  /** The writes yet to be made, per ref, in the order they were made. */
+  readonly #queues = new Map<string, Intent[]>();
+  /** How many writes `#queues` holds, and their bytes. */
+  #pending = 0;
+  #queuedBytes = 0;
   /** Refs read from the server by this client: their values are not "cached" any more. */
   readonly #fresh = new Set<string>();
   /** What `view` gave, per ref, until that ref changes: a long queue is applied once. */
@@ -123,7 +127,6 @@ export class Local {
   #seq = 0;
   #lastError: Error | null = null;
   #status: Status;
-  #lastStatus = '';
   /** Whether the connection is known to be down (failed or lost since it was last up). */
   #down = false;
   #saving: Promise<void> = Promise.resolve();
@@ -167,7 +170,7 @@ export class Local {
   }
 
   #current(): Status {
-    const pending = this.#queue.length;
+    const pending = this.#pending;
     const state = !this.#transport.socket.connected ? 'offline' : pending ? 'syncing' : 'online';
     return { state, pending, lastError: this.#lastError };
   }
@@ -187,9 +190,12 @@ export class Local {
   /** Emits `status` if it changed. */
   #changed() {
     const status = this.#current();
-    const key = `${status.state} ${status.pending} ${status.lastError?.message}`;
-    if (key === this.#lastStatus) return;
-    this.#lastStatus = key;
+    const was = this.#status;
+    const same =
+      status.state === was.state &&
+      status.pending === was.pending &&
+      status.lastError?.message === was.lastError?.message;
+    if (same) return;
     this.#status = status;
     this.#emit('status', status);
   }
@@ -224,7 +230,7 @@ export class Local {
       for (const [key, record] of await this.#backend.load()) {
         if (!this.#take(record)) damaged.push(key);
       }
-      this.#queue.sort((a, b) => a.seq - b.seq);
+      for (const queue of this.#queues.values()) queue.sort((a, b) => a.seq - b.seq);
       if (damaged.length) this.#save([], damaged);
       this.#evict();
     } catch (error) {
@@ -259,8 +265,7 @@ export class Local {
         (record.op === undefined ? bytes(record.data) : Array.isArray(record.args ?? [])) &&
         (record.attempt === undefined || bytes(record.attempt.data));
       if (!intact) return false;
-      this.#queue.push({ ...record, durable: true, firstSend: false, sending: false });
-      this.#bytes += intentBytes(record);
+      this.#enter({ ...record, durable: true, firstSend: false, sending: false });
       this.#seq = Math.max(this.#seq, record.seq);
     } else {
       return false;
@@ -320,8 +325,7 @@ export class Local {
     let data = known ? known.data : null;
     let pending = 0;
     let head: Uint8Array | null | undefined;
-    for (const intent of this.#queue) {
-      if (intent.ref !== ref) continue;
+    for (const intent of this.#queued(ref)) {
       pending++;
       try {
         data = this.#applied(intent, data) ?? data;
@@ -491,7 +495,7 @@ export class Local {
     const max = this.#provider?.maxBytes ?? Infinity;
     if (this.#bytes <= max) return;
     // Never what a pending write applies to, nor what is watched.
-    const pinned = new Set([...this.#queue.map((intent) => intent.ref), ...this.#watchers.keys()]);
+    const pinned = new Set([...this.#queues.keys(), ...this.#watchers.keys()]);
     const candidates: [number, () => void][] = [];
     for (const [ref, known] of this.#values) {
       if (!pinned.has(ref)) candidates.push([known.used, () => this.#dropValue(ref)]);
@@ -522,14 +526,14 @@ export class Local {
    */
   async clear() {
     await this.ready;
-    const dropped = this.#queue.filter((intent) => !intent.sending);
-    this.#queue = this.#queue.filter((intent) => intent.sending);
-    for (const intent of this.#queue) intent.durable = false;
+    const dropped = this.#intents().filter((intent) => !intent.sending);
+    for (const intent of dropped) this.#leave(intent);
+    for (const intent of this.#intents()) intent.durable = false;
     this.#values.clear();
     this.#contents.clear();
     this.#fresh.clear();
     this.#views.clear();
-    this.#bytes = this.#queue.reduce((sum, intent) => sum + intentBytes(intent), 0);
+    this.#bytes = this.#queuedBytes;
     const backend = this.#backend;
     this.#saving = this.#saving.then(() => backend?.clear());
     await this.#saving;
@@ -544,7 +548,7 @@ export class Local {
    */
   async close() {
     this.#closed = true;
-    for (const intent of this.#queue) {
+    for (const intent of this.#intents()) {
       const kept = intent.durable && this.#backend ? '; it stays in the cache for the next client' : '';
       intent.settle?.reject(new Error(dropReason(intent, 'the client was closed') + kept));
       delete intent.settle;
@@ -598,8 +602,7 @@ export class Local {
     const answer = new Promise((resolve, reject) => {
       intent.settle = { resolve, reject };
     });
-    this.#queue.push(intent);
-    this.#bytes += intentBytes(intent);
+    this.#enter(intent);
     if (intent.durable) void this.#save([[intentKey(intent), record(intent)]], []);
     this.#evict();
     this.#touched(ref);
@@ -615,18 +618,50 @@ export class Local {
 
   /** Bytes that cannot be evicted: queued writes and the values they apply to. */
   #pinnedBytes(): number {
-    let bytes = 0;
-    const refs = new Set<string>();
-    for (const intent of this.#queue) {
-      bytes += intentBytes(intent);
-      refs.add(intent.ref);
-    }
-    for (const ref of refs) bytes += valueBytes(this.#values.get(ref)?.data ?? null);
+    let bytes = this.#queuedBytes;
+    for (const ref of this.#queues.keys()) bytes += valueBytes(this.#values.get(ref)?.data ?? null);
     return bytes;
   }
 
+  /** The queued writes of `ref`, first first. */
+  #queued(ref: string): Intent[] {
+    return this.#queues.get(ref) ?? [];
+  }
+
+  /** Every queued write. */
+  #intents(): Intent[] {
+    return [...this.#queues.values()].flat();
+  }
+
+  /** Queues `intent` after the writes of its ref, and counts it. */
+  #enter(intent: Intent) {
+    const queue = this.#queues.get(intent.ref);
+    if (queue) queue.push(intent);
+    else this.#queues.set(intent.ref, [intent]);
+    this.#pending++;
+    this.#count(intent, 1);
+  }
+
+  /** Takes `intent` off its ref's queue, and out of the counts. */
+  #leave(intent: Intent) {
+    const queue = this.#queued(intent.ref);
+    const at = queue.indexOf(intent);
+    if (at < 0) return;
+    queue.splice(at, 1);
+    if (!queue.length) this.#queues.delete(intent.ref);
+    this.#pending--;
+    this.#count(intent, -1);
+  }
+
+  /** Adds (`1`) or takes away (`-1`) the bytes of `intent`. */
+  #count(intent: IntentRecord, sign: 1 | -1) {
+    const bytes = sign * intentBytes(intent);
+    this.#bytes += bytes;
+    this.#queuedBytes += bytes;
+  }
+
   #kickAll() {
-    for (const ref of new Set(this.#queue.map((intent) => intent.ref))) this.#kick(ref);
+    for (const ref of this.#queues.keys()) this.#kick(ref);
   }
 
   /** Starts sending the queued writes of `ref`, unless that is under way or offline. */
@@ -646,7 +681,7 @@ export class Local {
     let refusals = 0;
     let conflicts = 0;
     while (this.#transport.socket.connected) {
-      const intent = this.#queue.find((queued) => queued.ref === ref);
+      const intent = this.#queued(ref)[0];
       if (!intent) return 'idle';
       const fn = intent.fn ?? (intent.op === undefined ? undefined : this.#ops.get(intent.op));
       if (intent.op !== undefined && !fn) return 'blocked'; // until operation() registers it
@@ -658,7 +693,7 @@ export class Local {
         }
         if (this.#closed) return 'idle';
         // Dropped while its attempt was stored (the cache cleared): never sent.
-        if (!this.#queue.includes(intent)) continue;
+        if (this.#queued(ref)[0] !== intent) continue;
         const { base, data } = intent.attempt!;
         const first = intent.firstSend;
         intent.firstSend = false;
@@ -745,10 +780,13 @@ export class Local {
       next = intent.data!;
       base = intent.version;
     }
-    this.#bytes -= intentBytes(intent);
+    // Dropped meanwhile (the cache cleared): neither counted nor stored again.
+    const queued = this.#queued(intent.ref)[0] === intent;
+    if (queued) this.#count(intent, -1);
     intent.attempt = base === undefined ? { data: next } : { base, data: next };
     intent.firstSend = true;
-    this.#bytes += intentBytes(intent);
+    if (!queued) return;
+    this.#count(intent, 1);
     if (intent.durable) await this.#save([[intentKey(intent), record(intent)]], []);
   }
 
@@ -764,7 +802,7 @@ export class Local {
     this.confirm(ref, { version, data });
     const assumed = memo?.view && memo.head && sameBytes(memo.head, data);
     if (!assumed || this.#values.get(ref)?.version !== version) return;
-    const next = this.#queue.find((queued) => queued.ref === ref);
+    const next = this.#queued(ref)[0];
     let head: Uint8Array | undefined;
     try {
       head = next && this.#applied(next, data);
@@ -777,8 +815,7 @@ export class Local {
 
   /** Takes a write off the queue. */
   #finish(intent: Intent) {
-    this.#queue = this.#queue.filter((queued) => queued !== intent);
-    this.#bytes -= intentBytes(intent);
+    this.#leave(intent);
     if (intent.durable) void this.#save([], [intentKey(intent)]);
     this.#touched(intent.ref);
     this.#changed();
