@@ -137,7 +137,7 @@ var BlobHandle = class {
    */
   watch(callback) {
     const cache2 = this.#cache;
-    let seen = cache2?.knownVersion(this.ref) ?? 0;
+    let seen = 0;
     let delivered = false;
     let deleted = false;
     let running = false;
@@ -166,6 +166,10 @@ var BlobHandle = class {
       }
       running = true;
       try {
+        if (cache2 && !delivered) {
+          await cache2.ready;
+          seen ||= cache2.knownVersion(this.ref) ?? 0;
+        }
         do {
           again = false;
           let read;

@@ -191,7 +191,7 @@ export class BlobHandle {
    */
   watch(callback: (value: Value | null) => void): () => void {
     const cache = this.#cache;
-    let seen = cache?.knownVersion(this.ref) ?? 0;
+    let seen = 0;
     let delivered = false;
     let deleted = false;
     let running = false;
@@ -222,6 +222,12 @@ export class BlobHandle {
       }
       running = true;
       try {
+        if (cache && !delivered) {
+          // What the server says is taken in once the cache is loaded, never under it; the
+          // cached version lets the server answer "unchanged".
+          await cache.ready;
+          seen ||= cache.knownVersion(this.ref) ?? 0;
+        }
         do {
           again = false;
           let read: Value | null | 'unchanged';
