@@ -4947,6 +4947,7 @@ function connect(url2, options) {
           throw new OfflineError("offline: content is stored only while connected");
         }
         const hash = await transport.putContent(bytes);
+        await local.ready;
         local.keepContent(hash, bytes);
         return hash;
       },

@@ -145,6 +145,7 @@ export function connect(url: string, options: ConnectOptions): SocketClient {
           throw new OfflineError('offline: content is stored only while connected');
         }
         const hash = await transport.putContent(bytes);
+        await local.ready; // kept beside what the cache holds, not under it
         local.keepContent(hash, bytes);
         return hash;
       },
